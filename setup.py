@@ -1,0 +1,69 @@
+"""Build the compiled modules of telemetry-cy.
+
+Every ``telemetry_cy/*.pyx`` becomes an extension module. Switches (environment variables):
+
+- ``TELEMETRY_CY_SANITIZE=address,undefined`` (or ``thread``): build with those sanitizers, for the
+  fuzz and stress jobs. Run Python with the sanitizer runtime preloaded.
+- ``TELEMETRY_CY_DEBUG=1``: ``-O0 -g``, assertions on, Cython bounds checks on.
+- ``TELEMETRY_CY_NATIVE=1``: ``-march=native``. Off by default so a wheel built on one machine runs on
+  every machine of its architecture (x86_64 and aarch64 alike).
+- ``TELEMETRY_CY_ONLY=_decode,_ring``: build only the named modules (a developer's fast loop).
+"""
+
+import os
+from pathlib import Path
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+HERE = Path(__file__).parent
+PKG = "telemetry_cy"
+
+
+def compile_flags():
+    flags = ["-std=gnu11", "-fno-strict-aliasing", "-Wno-unused-function"]
+    link = []
+    if os.environ.get("TELEMETRY_CY_DEBUG") == "1":
+        flags += ["-O0", "-g3", "-UNDEBUG"]
+    else:
+        flags += ["-O2", "-DNDEBUG"]
+    if os.environ.get("TELEMETRY_CY_NATIVE") == "1":
+        flags.append("-march=native")
+    sanitize = os.environ.get("TELEMETRY_CY_SANITIZE", "").strip()
+    if sanitize:
+        flags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
+        link += [f"-fsanitize={sanitize}"]
+    return flags, link
+
+
+def extensions():
+    only = {m for m in os.environ.get("TELEMETRY_CY_ONLY", "").split(",") if m}
+    cflags, ldflags = compile_flags()
+    exts = []
+    for pyx in sorted((HERE / PKG).glob("*.pyx")):
+        if only and pyx.stem not in only:
+            continue
+        exts.append(
+            Extension(
+                f"{PKG}.{pyx.stem}",
+                [str(pyx.relative_to(HERE))],
+                include_dirs=[str(Path(PKG) / "includes")],
+                extra_compile_args=cflags,
+                extra_link_args=ldflags,
+            )
+        )
+    debug = os.environ.get("TELEMETRY_CY_DEBUG") == "1"
+    return cythonize(
+        exts,
+        language_level=3,
+        compiler_directives={
+            "boundscheck": debug,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": debug,
+            "embedsignature": True,
+        },
+    )
+
+
+setup(ext_modules=extensions())
