@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian / Raspberry Pi OS machine (or CI, as root without sudo):
+#   scripts/bootstrap.sh test   install everything, build, run the test suite
+#   scripts/bootstrap.sh demo   install everything, build, run the demo (the main job)
+#   scripts/bootstrap.sh install
+# It installs the OS packages it needs (through sudo when not root), makes .venv, and installs the
+# project into it with its dev extras. Re-running it is cheap: it skips what is already there.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=${TELEMETRY_CY_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+
+log() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"
+    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+    else log "need root for: $* (no sudo found)"; return 1; fi
+}
+
+have_mosquitto() { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; }
+
+python_ready() {
+    command -v "$PY" >/dev/null 2>&1 || return 1
+    # venv with ensurepip (python3-venv) and the C headers (python3-dev)
+    "$PY" - <<'PYEOF' >/dev/null 2>&1
+import ensurepip, os, sysconfig, venv
+assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
+PYEOF
+}
+
+install_os_packages() {
+    local missing=()
+    command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+    python_ready || missing+=(python3 python3-dev python3-venv)
+    have_mosquitto || missing+=(mosquitto)
+    command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing OS packages: ${missing[*]}"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null
+    fi
+    # The package starts a system broker on 1883; the project never relies on it (tests and the
+    # demo start their own brokers on free ports), so leave it as the distribution configured it.
+}
+
+install_python_env() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "creating $VENV"
+        "$PY" -m venv "$VENV"
+    fi
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -U pip setuptools wheel
+    log "building and installing telemetry-cy (dev extras)"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev]"
+}
+
+cmd=${1:-install}
+shift || true
+install_os_packages
+install_python_env
+case "$cmd" in
+    install) log "done: activate with 'source $VENV/bin/activate'" ;;
+    test) exec "$VENV/bin/python" -m pytest "$@" ;;
+    demo) exec "$VENV/bin/telemetry-cy" demo "$@" ;;
+    *) log "unknown command: $cmd (install | test | demo)"; exit 2 ;;
+esac

@@ -1,0 +1,94 @@
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+
+from telemetry_cy._decode cimport tc_decoded
+
+
+cdef extern from "tc_window.h" nogil:
+    ctypedef struct tc_pane:
+        uint32_t count
+        double sum, m2, min, max, first
+
+    ctypedef struct tc_key:
+        uint64_t hash
+        int64_t newest
+        double last, last_ts
+        uint32_t dense_index, device_len, sensor_len, unit_len, unit_cap
+
+    ctypedef struct tc_agg:
+        uint64_t count
+        double sum, mean, min, max, m2, first, last
+
+    ctypedef struct tc_table:
+        tc_key **keys
+        size_t n_keys
+        size_t max_keys
+        uint64_t seed
+
+    uint32_t TC_NO_UNIT
+    uint64_t tc_key_hash(uint64_t seed, const char *dev, size_t dlen, const char *sen, size_t slen)
+    char *tc_key_device(const tc_key *k, uint32_t panes)
+    char *tc_key_sensor(const tc_key *k, uint32_t panes)
+    char *tc_key_unit(const tc_key *k, uint32_t panes)
+    int tc_table_init(tc_table *t, uint32_t panes, size_t max_keys, uint64_t seed)
+    void tc_table_free(tc_table *t)
+    size_t tc_table_state_bytes(const tc_table *t)
+    tc_key *tc_table_find(const tc_table *t, uint64_t hash, const char *dev, size_t dlen,
+                          const char *sen, size_t slen, size_t *slot_out)
+    tc_key *tc_table_insert(tc_table *t, uint64_t hash, size_t slot, const char *dev, size_t dlen,
+                            const char *sen, size_t slen)
+    void tc_table_remove(tc_table *t, size_t d)
+    tc_key *tc_key_set_unit(tc_table *t, tc_key *k, const char *unit, uint32_t ulen)
+    void tc_key_add(tc_key *k, uint32_t panes, int64_t interval, double ts, double x)
+    int tc_key_aggregate(const tc_key *k, uint32_t panes, int64_t tick, tc_agg *out)
+
+
+cdef class Aggregate:
+    cdef readonly str device
+    cdef readonly str sensor
+    cdef readonly object unit
+    cdef readonly double window_start
+    cdef readonly double window_end
+    cdef readonly unsigned long long count
+    cdef readonly double sum
+    cdef readonly double mean
+    cdef readonly double min
+    cdef readonly double max
+    cdef readonly double stddev
+    cdef readonly double first
+    cdef readonly double last
+
+
+cdef class Engine:
+    cdef tc_table table
+    cdef tc_decoded decoded
+    cdef readonly double window
+    cdef readonly double emit_every
+    cdef readonly double key_ttl
+    cdef readonly Py_ssize_t max_payload_bytes
+    cdef readonly uint32_t max_name_bytes
+    cdef uint32_t panes
+    cdef bint started            # the clock starts at the first accepted reading or tick()
+    cdef int64_t closed          # newest closed tick index (tick k closes interval k-1)
+    cdef int64_t newest_data     # newest interval any key holds data in
+    cdef list pending            # aggregates of closed ticks not yet returned by tick()
+    # batch scratch space, reused across calls
+    cdef const char **batch_ptrs
+    cdef Py_ssize_t *batch_lens
+    cdef Py_ssize_t batch_cap
+    # counters; drops indexed by tc_reason
+    cdef uint64_t received, payloads, readings, evicted, ticks, aggregates
+    cdef uint64_t drops[8]
+
+    cdef int _apply_reading(self, const char *dev, uint32_t dlen, const char *sen, uint32_t slen,
+                            const char *unit, uint32_t ulen, double value, double ts,
+                            int64_t interval) noexcept nogil
+    cdef Py_ssize_t _run_batch(self, Py_ssize_t start, Py_ssize_t n, double ts, int64_t interval,
+                               int *why) noexcept nogil
+    cdef int _advance(self, int64_t interval) except -1
+    cdef int _scan(self, int64_t tick, bint emit) except -1
+    cdef Py_ssize_t _push_batch(self, Py_ssize_t n, double ts) except -1
+    cdef int64_t _interval(self, double ts) except? -1
+    cdef _push_fallback(self, Py_ssize_t i, double ts, int64_t interval)
+    cdef _accept_python(self, str device, str sensor, double value, unit, double ts,
+                        int64_t interval)
+    cdef int _reserve_batch(self, Py_ssize_t n) except -1

@@ -1,0 +1,416 @@
+# cython: language_level=3
+"""Compiled decode + window engine. The pure-Python twin is ``_engine_py.py``; both follow the
+semantics written down in docs/windows.md."""
+
+import os
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.math cimport floor, isfinite, sqrt
+from libc.stdint cimport INT64_MIN, int64_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memset
+
+from telemetry_cy._decode cimport (
+    TC_MIN_READING_BYTES, TC_PAYLOAD_FALLBACK, TC_PAYLOAD_OK, tc_decode_payload,
+    tc_reading,
+)
+from telemetry_cy._engine_common import check_config, AGGREGATE_FIELDS
+from telemetry_cy.fallback import decode_with_cbor2
+from telemetry_cy.reasons import DROP_REASONS, ENGINE_REASONS
+
+cdef extern from "tc_reasons.h":
+    enum:
+        TC_DROP_OVERSIZE, TC_DROP_DECODE_ERROR, TC_DROP_SCHEMA_MISMATCH, TC_DROP_NON_FINITE,
+        TC_DROP_KEY_LIMIT, TC_DROP_LATE, TC_DROP_N_REASONS
+
+# why _run_batch stopped
+cdef enum:
+    RUN_DONE = 0
+    RUN_ADVANCE = 1    # a payload with readings needs the clock moved (GIL: builds aggregates)
+    RUN_FALLBACK = 2   # the C reader handed a payload to cbor2 (GIL)
+    RUN_NO_MEMORY = 3
+
+# ts/emit_every must fit an int64 interval index with room to spare
+cdef double MAX_INTERVAL = 4.0e18
+
+
+cdef class Aggregate:
+    """One key's statistics over [window_start, window_end), emitted at tick window_end."""
+
+    def __init__(self, device, sensor, unit, window_start, window_end, count, sum, mean, min, max,
+                 stddev, first, last):
+        self.device = device
+        self.sensor = sensor
+        self.unit = unit
+        self.window_start = window_start
+        self.window_end = window_end
+        self.count = count
+        self.sum = sum
+        self.mean = mean
+        self.min = min
+        self.max = max
+        self.stddev = stddev
+        self.first = first
+        self.last = last
+
+    def as_dict(self):
+        return {name: getattr(self, name) for name in AGGREGATE_FIELDS}
+
+    def __reduce__(self):
+        return (Aggregate, tuple(getattr(self, name) for name in AGGREGATE_FIELDS))
+
+    def __eq__(self, other):
+        if not isinstance(other, Aggregate):
+            return NotImplemented
+        return self.as_dict() == other.as_dict()
+
+    def __hash__(self):
+        return hash((self.device, self.sensor, self.window_end))
+
+    def __repr__(self):
+        return "Aggregate(" + ", ".join(
+            f"{name}={getattr(self, name)!r}" for name in AGGREGATE_FIELDS) + ")"
+
+
+cdef inline bint _is_late(bint started, int64_t closed, int64_t interval) noexcept nogil:
+    # tick `closed` has been emitted: its window ended at the start of interval `closed`
+    return started and interval < closed
+
+
+cdef class Engine:
+    """Exact sliding-window aggregates per (device, sensor) over CBOR payloads.
+
+    Not thread-safe: one thread owns an Engine (the ingest pipeline's engine thread).
+    """
+
+    def __cinit__(self):
+        self.table.keys = NULL
+        self.decoded.readings = NULL
+        self.batch_ptrs = NULL
+        self.batch_lens = NULL
+
+    def __init__(self, window=60.0, emit_every=5.0, max_keys=1_000_000, key_ttl=300.0,
+                 max_payload_bytes=65536, max_name_bytes=256):
+        cfg = check_config(window, emit_every, max_keys, key_ttl, max_payload_bytes,
+                           max_name_bytes)
+        self.window = cfg.window
+        self.emit_every = cfg.emit_every
+        self.key_ttl = cfg.key_ttl
+        self.max_payload_bytes = cfg.max_payload_bytes
+        self.max_name_bytes = cfg.max_name_bytes
+        self.panes = cfg.panes
+        seed = int.from_bytes(os.urandom(8), "little")
+        if self.table.keys != NULL:
+            tc_table_free(&self.table)
+        if tc_table_init(&self.table, self.panes, cfg.max_keys, seed) != 0:
+            raise MemoryError()
+        # the reader stores only accepted readings, each at least TC_MIN_READING_BYTES long
+        cdef size_t cap = <size_t>self.max_payload_bytes // TC_MIN_READING_BYTES + 1
+        free(self.decoded.readings)
+        self.decoded.readings = <tc_reading *>malloc(cap * sizeof(tc_reading))
+        if self.decoded.readings == NULL:
+            raise MemoryError()
+        self.decoded.cap = cap
+        self.started = False
+        self.closed = 0
+        self.newest_data = INT64_MIN
+        self.pending = []
+        self.received = self.payloads = self.readings = 0
+        self.evicted = self.ticks = self.aggregates = 0
+        memset(self.drops, 0, sizeof(self.drops))
+
+    def __dealloc__(self):
+        if self.table.keys != NULL:
+            tc_table_free(&self.table)
+        free(self.decoded.readings)
+        free(self.batch_ptrs)
+        free(self.batch_lens)
+
+    # ---- the hot path (no GIL) ----------------------------------------------------------------
+
+    cdef int _apply_reading(self, const char *dev, uint32_t dlen, const char *sen, uint32_t slen,
+                            const char *unit, uint32_t ulen, double value, double ts,
+                            int64_t interval) noexcept nogil:
+        """0 accepted, 1 dropped for key_limit, -1 out of memory. The clock is already at
+        `interval` (not late, no tick left to close below it)."""
+        cdef size_t slot
+        cdef uint64_t h = tc_key_hash(self.table.seed, dev, dlen, sen, slen)
+        cdef tc_key *k = tc_table_find(&self.table, h, dev, dlen, sen, slen, &slot)
+        if k == NULL:
+            if self.table.n_keys >= self.table.max_keys:
+                self.drops[TC_DROP_KEY_LIMIT] += 1
+                return 1
+            k = tc_table_insert(&self.table, h, slot, dev, dlen, sen, slen)
+            if k == NULL:
+                return -1
+        if ts >= k.last_ts:
+            # this reading becomes the key's latest: its unit is the window's unit
+            k = tc_key_set_unit(&self.table, k, unit, ulen)
+            if k == NULL:
+                return -1
+        tc_key_add(k, self.panes, interval, ts, value)
+        if interval > self.newest_data:
+            self.newest_data = interval
+        self.readings += 1
+        return 0
+
+    cdef Py_ssize_t _run_batch(self, Py_ssize_t start, Py_ssize_t n, double ts, int64_t interval,
+                               int *why) noexcept nogil:
+        """Decodes and applies payloads [start, n) of the batch scratch arrays. Stops early (and
+        says why) where the GIL is needed; the payload it stops at is not counted yet."""
+        cdef Py_ssize_t i, j, size
+        cdef int status, rc
+        cdef tc_reading *r
+        cdef bint late = _is_late(self.started, self.closed, interval)
+        for i in range(start, n):
+            size = self.batch_lens[i]
+            if size > self.max_payload_bytes:
+                self.drops[TC_DROP_OVERSIZE] += 1
+                continue
+            status = tc_decode_payload(<const unsigned char *>self.batch_ptrs[i], <size_t>size,
+                                       self.max_name_bytes, &self.decoded)
+            if status != TC_PAYLOAD_OK and status != TC_PAYLOAD_FALLBACK:
+                # DECODE_ERROR; CAP_TOO_SMALL cannot happen (cap covers max_payload_bytes)
+                self.drops[TC_DROP_DECODE_ERROR] += 1
+                continue
+            if status == TC_PAYLOAD_FALLBACK:
+                why[0] = RUN_FALLBACK
+                return i
+            if (self.decoded.n_readings > 0 and not late
+                    and (not self.started or interval > self.closed)):
+                why[0] = RUN_ADVANCE
+                return i
+            self.payloads += 1
+            self.drops[TC_DROP_SCHEMA_MISMATCH] += self.decoded.schema_mismatch
+            self.drops[TC_DROP_NON_FINITE] += self.decoded.non_finite
+            if late:
+                self.drops[TC_DROP_LATE] += self.decoded.n_readings
+                continue
+            for j in range(<Py_ssize_t>self.decoded.n_readings):
+                r = &self.decoded.readings[j]
+                rc = self._apply_reading(r.device, r.device_len, r.sensor, r.sensor_len, r.unit,
+                                         r.unit_len, r.value, ts, interval)
+                if rc < 0:
+                    why[0] = RUN_NO_MEMORY
+                    return i + 1
+        why[0] = RUN_DONE
+        return n
+
+    # ---- clock and ticks (GIL) ----------------------------------------------------------------
+
+    cdef int _advance(self, int64_t interval) except -1:
+        """Moves the clock to `interval`, closing every tick <= interval on the way."""
+        if not self.started:
+            # the first tick is the first boundary after the first reading (or tick() call)
+            self.started = True
+            self.closed = interval
+            return 0
+        if interval <= self.closed:
+            return 0
+        cdef int64_t tick = self.closed + 1
+        # a tick emits only for keys with data in its P intervals: past newest_data + P every
+        # tick is empty, so jump to the target and only evict there
+        cdef int64_t last_emitting = interval
+        if self.newest_data == INT64_MIN:
+            last_emitting = tick - 1
+        elif self.newest_data + <int64_t>self.panes < interval:
+            last_emitting = self.newest_data + <int64_t>self.panes
+        while tick <= last_emitting:
+            self._scan(tick, True)
+            tick += 1
+        if tick <= interval:
+            self._scan(interval, False)
+        self.ticks += <uint64_t>(interval - self.closed)
+        self.closed = interval
+        return 0
+
+    cdef int _scan(self, int64_t tick, bint emit) except -1:
+        """At tick `tick`: emit each key's aggregate, then evict keys idle for key_ttl."""
+        cdef double tick_time = <double>tick * self.emit_every
+        cdef double window_start = <double>(tick - <int64_t>self.panes) * self.emit_every
+        cdef size_t i = 0
+        cdef tc_key *k
+        cdef tc_agg agg
+        cdef Aggregate a
+        cdef list out = self.pending
+        cdef uint32_t panes = self.panes
+        while i < self.table.n_keys:
+            k = self.table.keys[i]
+            if emit and tc_key_aggregate(k, panes, tick, &agg):
+                a = Aggregate.__new__(Aggregate)
+                a.device = PyUnicode_DecodeUTF8(tc_key_device(k, panes), k.device_len, NULL)
+                a.sensor = PyUnicode_DecodeUTF8(tc_key_sensor(k, panes), k.sensor_len, NULL)
+                if k.unit_len == TC_NO_UNIT:
+                    a.unit = None
+                else:
+                    a.unit = PyUnicode_DecodeUTF8(tc_key_unit(k, panes), k.unit_len, NULL)
+                a.window_start = window_start
+                a.window_end = tick_time
+                a.count = agg.count
+                a.sum = agg.sum
+                a.mean = agg.mean
+                a.min = agg.min
+                a.max = agg.max
+                a.stddev = sqrt(agg.m2 / <double>agg.count)
+                a.first = agg.first
+                a.last = agg.last
+                out.append(a)
+                self.aggregates += 1
+            if tick_time - k.last_ts >= self.key_ttl:
+                # swap-remove: the key moved into slot i has not been scanned yet
+                tc_table_remove(&self.table, i)
+                self.evicted += 1
+                continue
+            i += 1
+        return 0
+
+    cdef int64_t _interval(self, double ts) except? -1:
+        if not isfinite(ts):
+            raise ValueError(f"ts must be a finite number of seconds, got {ts!r}")
+        cdef double q = floor(ts / self.emit_every)
+        if q > MAX_INTERVAL or q < -MAX_INTERVAL:
+            raise ValueError(f"ts {ts!r} is out of range")
+        return <int64_t>q
+
+    # ---- batches --------------------------------------------------------------------------------
+
+    cdef Py_ssize_t _push_batch(self, Py_ssize_t n, double ts) except -1:
+        """Runs the scratch batch of n payloads; returns the readings accepted."""
+        cdef int64_t interval = self._interval(ts)
+        cdef uint64_t before = self.readings
+        cdef Py_ssize_t i = 0
+        cdef int why = RUN_DONE
+        self.received += <uint64_t>n
+        while i < n:
+            with nogil:
+                i = self._run_batch(i, n, ts, interval, &why)
+            if why == RUN_ADVANCE:
+                self._advance(interval)
+            elif why == RUN_FALLBACK:
+                self._push_fallback(i, ts, interval)
+                i += 1
+            elif why == RUN_NO_MEMORY:
+                raise MemoryError("telemetry-cy engine: out of memory growing the window table")
+        return <Py_ssize_t>(self.readings - before)
+
+    cdef _push_fallback(self, Py_ssize_t i, double ts, int64_t interval):
+        payload = (<const char *>self.batch_ptrs[i])[:self.batch_lens[i]]
+        decoded = decode_with_cbor2(payload, self.max_name_bytes)
+        if decoded.status != "ok":
+            self.drops[TC_DROP_DECODE_ERROR] += 1
+            return
+        self.payloads += 1
+        self.drops[TC_DROP_SCHEMA_MISMATCH] += decoded.schema_mismatch
+        self.drops[TC_DROP_NON_FINITE] += decoded.non_finite
+        for reading in decoded.readings:
+            self._accept_python(reading.device, reading.sensor, reading.value, reading.unit, ts,
+                                interval)
+
+    cdef _accept_python(self, str device, str sensor, double value, unit, double ts,
+                        int64_t interval):
+        """Applies one validated reading that came through Python (fallback, push_reading)."""
+        if _is_late(self.started, self.closed, interval):
+            self.drops[TC_DROP_LATE] += 1
+            return
+        self._advance(interval)
+        dev_b = device.encode("utf-8")
+        sen_b = sensor.encode("utf-8")
+        cdef const char *unit_p = NULL
+        cdef uint32_t ulen = 0
+        if unit is not None:
+            unit_b = (<str>unit).encode("utf-8")
+            unit_p = PyBytes_AS_STRING(unit_b)
+            ulen = <uint32_t>PyBytes_GET_SIZE(unit_b)
+        if self._apply_reading(PyBytes_AS_STRING(dev_b), <uint32_t>PyBytes_GET_SIZE(dev_b),
+                               PyBytes_AS_STRING(sen_b), <uint32_t>PyBytes_GET_SIZE(sen_b),
+                               unit_p, ulen, value, ts, interval) < 0:
+            raise MemoryError("telemetry-cy engine: out of memory growing the window table")
+
+    cdef int _reserve_batch(self, Py_ssize_t n) except -1:
+        if n <= self.batch_cap:
+            return 0
+        cdef Py_ssize_t cap = max(n, 2 * self.batch_cap, 64)
+        cdef const char **ptrs = <const char **>realloc(self.batch_ptrs, cap * sizeof(char *))
+        if ptrs == NULL:
+            raise MemoryError()
+        self.batch_ptrs = ptrs
+        cdef Py_ssize_t *lens = <Py_ssize_t *>realloc(self.batch_lens, cap * sizeof(Py_ssize_t))
+        if lens == NULL:
+            raise MemoryError()
+        self.batch_lens = lens
+        self.batch_cap = cap
+        return 0
+
+    # ---- public API -------------------------------------------------------------------------------
+
+    def push(self, payload, double ts):
+        """Decodes one CBOR payload that arrived at `ts`; returns the readings accepted."""
+        if not PyBytes_CheckExact(payload):
+            payload = _as_bytes(payload)
+        self._reserve_batch(1)
+        self.batch_ptrs[0] = PyBytes_AS_STRING(payload)
+        self.batch_lens[0] = PyBytes_GET_SIZE(payload)
+        return self._push_batch(1, ts)
+
+    def push_many(self, payloads, double ts):
+        """Decodes a batch of payloads taken at one clock reading; returns readings accepted."""
+        cdef list items = [p if PyBytes_CheckExact(p) else _as_bytes(p) for p in payloads]
+        cdef Py_ssize_t n = len(items), i
+        self._reserve_batch(n)
+        # `items` keeps every payload alive while the loop below reads them without the GIL
+        for i in range(n):
+            p = items[i]
+            self.batch_ptrs[i] = PyBytes_AS_STRING(p)
+            self.batch_lens[i] = PyBytes_GET_SIZE(p)
+        return self._push_batch(n, ts)
+
+    def push_reading(self, str device not None, str sensor not None, value, double ts,
+                     unit=None):
+        """Adds one reading given as Python values. Bad values are counted drops like bad
+        payloads (schema_mismatch, non_finite); wrong argument types raise TypeError."""
+        cdef int64_t interval = self._interval(ts)
+        checked = _check_reading(device, sensor, value, unit, self.max_name_bytes)
+        if isinstance(checked, str):
+            self.drops[DROP_REASONS.index(checked)] += 1
+            return
+        self._accept_python(checked.device, checked.sensor, checked.value, checked.unit, ts,
+                            interval)
+
+    def tick(self, double now):
+        """Closes every aligned tick <= now and returns the aggregates of all ticks closed since
+        the last call, oldest tick first."""
+        cdef int64_t interval = self._interval(now)
+        if not self.started or interval > self.closed:
+            self._advance(interval)
+        out = self.pending
+        self.pending = []
+        return out
+
+    def stats(self):
+        return {
+            "received": self.received,
+            "payloads": self.payloads,
+            "readings": self.readings,
+            "drops": {reason: self.drops[i] for i, reason in enumerate(ENGINE_REASONS)},
+            "live_keys": self.table.n_keys,
+            "evicted": self.evicted,
+            "state_bytes": tc_table_state_bytes(&self.table),
+            "ticks": self.ticks,
+            "aggregates": self.aggregates,
+            "pending": len(self.pending),
+            "closed_tick": self.closed * self.emit_every if self.started else None,
+        }
+
+    @property
+    def max_keys(self):
+        return self.table.max_keys
+
+
+cdef bytes _as_bytes(payload):
+    if isinstance(payload, (bytearray, memoryview)):
+        return bytes(payload)
+    raise TypeError(f"payload must be bytes-like, not {type(payload).__name__}")
+
+
+from telemetry_cy._engine_common import check_reading as _check_reading

@@ -1,0 +1,57 @@
+"""Type stubs for the compiled SPSC byte ring (``_ring.pyx``); ``_ring_py.py`` is its pure twin."""
+
+from typing import TypedDict
+
+HEADER_SIZE: int  # 24: uint32 total_len, uint32 topic_len, double ts, uint64 payload_len
+ALIGN: int  # 8: every record starts and ends on an 8-byte boundary
+MIN_CAPACITY: int  # 64
+MAX_CAPACITY: int  # 2**31
+
+def record_size(topic_len: int, payload_len: int) -> int:
+    """Bytes one record occupies: (24 + topic_len + payload_len) rounded up to 8."""
+
+class StressResult(TypedDict):
+    produced: int  # == n_records
+    received: int
+    dropped: int  # refused because the ring was full; received + dropped == produced
+    errors: int  # bad records + accounting mismatches; 0 on success
+    elapsed_s: float
+
+class ByteRing:
+    """Single-producer single-consumer ring of ``(ts, topic, payload)`` records.
+
+    ``try_push`` belongs to one producer thread, ``pop``/``pop_many`` to one consumer thread.
+    """
+
+    def __init__(self, capacity_bytes: int) -> None:
+        """``capacity_bytes``: a power of two in [MIN_CAPACITY, MAX_CAPACITY] (ValueError otherwise)."""
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def max_record_bytes(self) -> int:
+        """Largest accepted ``record_size(len(topic), len(payload))``: capacity // 2 - 8."""
+    @property
+    def used_bytes(self) -> int:
+        """Bytes in use, wrap padding included (exact when neither side is running)."""
+    @property
+    def drops_full(self) -> int:
+        """Pushes refused because the ring was full."""
+    def try_push(self, ts: float, topic: bytes, payload: bytes) -> bool:
+        """False (counted in ``drops_full``) when full; ValueError when the record is too big."""
+    def pop(self) -> tuple[float, bytes, bytes] | None: ...
+    def pop_many(self, max_records: int) -> list[tuple[float, bytes, bytes]]: ...
+
+def stress(
+    n_records: int,
+    seed: int,
+    capacity_bytes: int,
+    max_payload: int,
+    consumer_delay_every: int = 0,
+    *,
+    yield_on_full: bool = False,
+) -> StressResult:
+    """Producer thread against a consumer on the calling thread; checks order and every byte.
+
+    ``consumer_delay_every=K``: the consumer sleeps briefly after every K records (forces drops).
+    ``yield_on_full=True``: the producer calls sched_yield() after each drop, so most records pass.
+    """

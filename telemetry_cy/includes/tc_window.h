@@ -1,0 +1,392 @@
+/* The window table: (device, sensor) -> per-key pane ring, owned by the engine thread alone.
+ *
+ * Time is cut into intervals of emit_every seconds; interval k = floor(ts / emit_every) (IEEE
+ * double). A window of P = window / emit_every intervals is a ring of P panes per key, one pane per
+ * interval, each holding count, sum, second moment (Welford), min, max and the first value. The tick
+ * that closes interval k-1 (tick k, at time k * emit_every) covers intervals [k-P, k-1].
+ *
+ * Invariant the engine keeps (and everything here relies on): a reading is only applied when its
+ * interval is >= every interval already closed, and a tick k is only closed once no key holds data
+ * in interval >= k. So a key only ever writes its newest pane (or a newer one), panes older than the
+ * newest are frozen, and per-key memory is constant whatever the key's rate.
+ *
+ * Storage: each key is one malloc'd record (header, P panes, name bytes, unit bytes); a dense array
+ * of record pointers gives O(live keys) scans with swap-remove; an open-addressing table (linear
+ * probing, backward-shift deletion, no tombstones) maps hash -> dense index. No locks: one thread.
+ */
+#ifndef TC_WINDOW_H
+#define TC_WINDOW_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    uint32_t count;
+    uint32_t _pad;
+    double sum;
+    double m2;    /* sum of squared deviations from this pane's mean (Welford) */
+    double min;
+    double max;
+    double first; /* value of the earliest reading in the pane (by ts, ties by arrival) */
+} tc_pane;
+
+#define TC_NO_UNIT UINT32_MAX
+
+typedef struct {
+    uint64_t hash;
+    int64_t newest;         /* interval of the newest pane holding data */
+    double last;            /* the key's latest reading (by ts, ties by arrival) ... */
+    double last_ts;         /* ... and its ts; also drives TTL eviction */
+    double newest_first_ts; /* ts of `first` in the newest pane: only that pane is still open */
+    uint32_t dense_index;
+    uint32_t device_len;
+    uint32_t sensor_len;
+    uint32_t unit_len;      /* TC_NO_UNIT when the latest reading had no unit */
+    uint32_t unit_cap;
+    uint32_t _pad;
+    tc_pane panes[];        /* P panes, then device bytes, sensor bytes, unit_cap unit bytes */
+} tc_key;
+
+typedef struct {
+    uint64_t count;
+    double sum, mean, min, max, m2, first, last;
+} tc_agg;
+
+typedef struct {
+    uint64_t *slots;   /* 0 = empty; else (hash high 32 bits << 32) | (dense index + 1) */
+    size_t slot_mask;
+    tc_key **keys;     /* dense array of live keys */
+    size_t n_keys;
+    size_t keys_cap;
+    size_t max_keys;
+    uint32_t panes;    /* P */
+    uint64_t seed;     /* random per table: keeps a hostile publisher from choosing collisions */
+    size_t record_bytes; /* sum of record sizes, for state_bytes */
+} tc_table;
+
+/* ---- hashing --------------------------------------------------------------------------------- */
+
+static inline uint64_t tc_mix(uint64_t a, uint64_t b) {
+#ifdef __SIZEOF_INT128__
+    __uint128_t r = (__uint128_t)a * b;
+    return (uint64_t)r ^ (uint64_t)(r >> 64);
+#else
+    uint64_t r = a * b;
+    return r ^ (r >> 29) ^ (b * (a >> 32));
+#endif
+}
+
+static inline uint64_t tc_hash_bytes(uint64_t h, const char *p, size_t n) {
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = tc_mix(h ^ w, 0x9E3779B97F4A7C15ULL);
+        p += 8;
+        n -= 8;
+    }
+    uint64_t w = 0;
+    memcpy(&w, p, n);
+    /* the length goes in too, so ("ab", "c") and ("a", "bc") differ */
+    return tc_mix(h ^ w ^ ((uint64_t)(n + 1) << 56), 0xBF58476D1CE4E5B9ULL);
+}
+
+static inline uint64_t tc_key_hash(uint64_t seed, const char *dev, size_t dlen, const char *sen,
+                                   size_t slen) {
+    uint64_t h = tc_hash_bytes(seed ^ ((uint64_t)dlen * 0x94D049BB133111EBULL), dev, dlen);
+    h = tc_hash_bytes(h, sen, slen);
+    h ^= h >> 31;
+    return h;
+}
+
+/* ---- record layout ---------------------------------------------------------------------------- */
+
+static inline char *tc_key_device(const tc_key *k, uint32_t panes) {
+    return (char *)&k->panes[panes];
+}
+static inline char *tc_key_sensor(const tc_key *k, uint32_t panes) {
+    return tc_key_device(k, panes) + k->device_len;
+}
+static inline char *tc_key_unit(const tc_key *k, uint32_t panes) {
+    return tc_key_sensor(k, panes) + k->sensor_len;
+}
+static inline size_t tc_record_size(uint32_t panes, size_t dlen, size_t slen, size_t ucap) {
+    return sizeof(tc_key) + (size_t)panes * sizeof(tc_pane) + dlen + slen + ucap;
+}
+
+/* ---- table ------------------------------------------------------------------------------------ */
+
+static inline int tc_table_init(tc_table *t, uint32_t panes, size_t max_keys, uint64_t seed) {
+    memset(t, 0, sizeof(*t));
+    t->panes = panes;
+    t->max_keys = max_keys;
+    t->seed = seed;
+    size_t cap = 1024;
+    t->slots = (uint64_t *)calloc(cap, sizeof(uint64_t));
+    t->keys = (tc_key **)malloc(cap * sizeof(tc_key *));
+    if (!t->slots || !t->keys) {
+        free(t->slots);
+        free(t->keys);
+        t->slots = NULL;
+        t->keys = NULL;
+        return -1;
+    }
+    t->slot_mask = cap - 1;
+    t->keys_cap = cap;
+    return 0;
+}
+
+static inline void tc_table_free(tc_table *t) {
+    if (t->keys) {
+        for (size_t i = 0; i < t->n_keys; i++) free(t->keys[i]);
+    }
+    free(t->keys);
+    free(t->slots);
+    t->keys = NULL;
+    t->slots = NULL;
+    t->n_keys = 0;
+}
+
+static inline size_t tc_table_state_bytes(const tc_table *t) {
+    return sizeof(*t) + (t->slot_mask + 1) * sizeof(uint64_t) + t->keys_cap * sizeof(tc_key *) +
+           t->record_bytes;
+}
+
+static inline int tc_key_equals(const tc_key *k, uint32_t panes, const char *dev, size_t dlen,
+                                const char *sen, size_t slen) {
+    return k->device_len == dlen && k->sensor_len == slen &&
+           memcmp(tc_key_device(k, panes), dev, dlen) == 0 &&
+           memcmp(tc_key_sensor(k, panes), sen, slen) == 0;
+}
+
+/* Slot index holding `dense_index`, or of the first empty slot on the probe path. */
+static inline size_t tc_find_slot_of_index(const tc_table *t, uint64_t hash, size_t dense_index) {
+    size_t i = (size_t)hash & t->slot_mask;
+    for (;;) {
+        uint64_t s = t->slots[i];
+        if (s == 0 || (s & 0xFFFFFFFFu) == dense_index + 1) return i;
+        i = (i + 1) & t->slot_mask;
+    }
+}
+
+static inline tc_key *tc_table_find(const tc_table *t, uint64_t hash, const char *dev, size_t dlen,
+                                    const char *sen, size_t slen, size_t *slot_out) {
+    size_t i = (size_t)hash & t->slot_mask;
+    uint64_t tag = hash >> 32;
+    for (;;) {
+        uint64_t s = t->slots[i];
+        if (s == 0) {
+            *slot_out = i;
+            return NULL;
+        }
+        if ((s >> 32) == tag) {
+            tc_key *k = t->keys[(s & 0xFFFFFFFFu) - 1];
+            if (tc_key_equals(k, t->panes, dev, dlen, sen, slen)) {
+                *slot_out = i;
+                return k;
+            }
+        }
+        i = (i + 1) & t->slot_mask;
+    }
+}
+
+static inline int tc_table_grow(tc_table *t) {
+    size_t cap = (t->slot_mask + 1) * 2;
+    uint64_t *slots = (uint64_t *)calloc(cap, sizeof(uint64_t));
+    tc_key **keys = (tc_key **)realloc(t->keys, cap * sizeof(tc_key *));
+    if (!slots || !keys) {
+        free(slots);
+        if (keys) t->keys = keys;
+        return -1;
+    }
+    t->keys = keys;
+    t->keys_cap = cap;
+    free(t->slots);
+    t->slots = slots;
+    t->slot_mask = cap - 1;
+    for (size_t d = 0; d < t->n_keys; d++) {
+        uint64_t h = t->keys[d]->hash;
+        size_t i = (size_t)h & t->slot_mask;
+        while (t->slots[i] != 0) i = (i + 1) & t->slot_mask;
+        t->slots[i] = ((h >> 32) << 32) | (uint64_t)(d + 1);
+    }
+    return 0;
+}
+
+/* Inserts a new key whose probe ended at `slot` (from tc_table_find). NULL when out of memory. */
+static inline tc_key *tc_table_insert(tc_table *t, uint64_t hash, size_t slot, const char *dev,
+                                      size_t dlen, const char *sen, size_t slen) {
+    /* keep the load factor <= 3/4 so probe sequences stay short */
+    if ((t->n_keys + 1) * 4 > (t->slot_mask + 1) * 3) {
+        if (tc_table_grow(t) != 0) return NULL;
+        tc_table_find(t, hash, dev, dlen, sen, slen, &slot);
+    }
+    size_t size = tc_record_size(t->panes, dlen, slen, 0);
+    tc_key *k = (tc_key *)malloc(size);
+    if (!k) return NULL;
+    memset(k, 0, sizeof(tc_key));
+    k->hash = hash;
+    k->newest = INT64_MIN;
+    k->last_ts = -INFINITY;
+    k->device_len = (uint32_t)dlen;
+    k->sensor_len = (uint32_t)slen;
+    k->unit_len = TC_NO_UNIT;
+    k->unit_cap = 0;
+    memcpy(tc_key_device(k, t->panes), dev, dlen);
+    memcpy(tc_key_sensor(k, t->panes), sen, slen);
+    for (uint32_t j = 0; j < t->panes; j++) k->panes[j].count = 0;
+    k->dense_index = (uint32_t)t->n_keys;
+    t->keys[t->n_keys++] = k;
+    t->slots[slot] = ((hash >> 32) << 32) | (uint64_t)t->n_keys;
+    t->record_bytes += size;
+    return k;
+}
+
+/* Removes the key at dense index d: frees it, swap-removes the dense array, and closes the hole in
+ * the probe sequence by shifting later entries back (so lookups never need tombstones). */
+static inline void tc_table_remove(tc_table *t, size_t d) {
+    tc_key *k = t->keys[d];
+    size_t hole = tc_find_slot_of_index(t, k->hash, d);
+    size_t j = hole;
+    for (;;) {
+        j = (j + 1) & t->slot_mask;
+        uint64_t s = t->slots[j];
+        if (s == 0) break;
+        size_t home = (size_t)t->keys[(s & 0xFFFFFFFFu) - 1]->hash & t->slot_mask;
+        /* the entry at j may move into the hole unless its home lies cyclically in (hole, j] */
+        int stays = (hole <= j) ? (home > hole && home <= j) : (home > hole || home <= j);
+        if (!stays) {
+            t->slots[hole] = s;
+            hole = j;
+        }
+    }
+    t->slots[hole] = 0;
+    t->record_bytes -= tc_record_size(t->panes, k->device_len, k->sensor_len, k->unit_cap);
+    free(k);
+
+    size_t last = t->n_keys - 1;
+    if (d != last) {
+        tc_key *moved = t->keys[last];
+        size_t s = tc_find_slot_of_index(t, moved->hash, last);
+        t->slots[s] = (t->slots[s] & 0xFFFFFFFF00000000ULL) | (uint64_t)(d + 1);
+        t->keys[d] = moved;
+        moved->dense_index = (uint32_t)d;
+    }
+    t->n_keys = last;
+}
+
+/* ---- readings and aggregates ------------------------------------------------------------------ */
+
+/* The pane of interval j: floor modulo, since intervals before the epoch are negative. */
+static inline uint32_t tc_pane_of(int64_t j, uint32_t panes) {
+    int64_t m = j % (int64_t)panes;
+    return (uint32_t)(m < 0 ? m + (int64_t)panes : m);
+}
+
+/* Records the unit of the key's latest reading. May move the record (realloc): returns the key's
+ * new address, or NULL when out of memory (the old record is then unchanged). */
+static inline tc_key *tc_key_set_unit(tc_table *t, tc_key *k, const char *unit, uint32_t ulen) {
+    if (unit == NULL) {
+        k->unit_len = TC_NO_UNIT;
+        return k;
+    }
+    if (ulen > k->unit_cap) {
+        size_t old_size = tc_record_size(t->panes, k->device_len, k->sensor_len, k->unit_cap);
+        size_t new_size = tc_record_size(t->panes, k->device_len, k->sensor_len, ulen);
+        tc_key *moved = (tc_key *)realloc(k, new_size);
+        if (!moved) return NULL;
+        k = moved;
+        t->keys[k->dense_index] = k;
+        k->unit_cap = ulen;
+        t->record_bytes += new_size - old_size;
+    }
+    memcpy(tc_key_unit(k, t->panes), unit, ulen);
+    k->unit_len = ulen;
+    return k;
+}
+
+/* Adds one reading in interval `interval` (>= k->newest, see the invariant at the top). */
+static inline void tc_key_add(tc_key *k, uint32_t panes, int64_t interval, double ts, double x) {
+    if (interval > k->newest) {
+        /* panes between the old newest and this interval had no data: empty them (at most P) */
+        int64_t from = k->newest == INT64_MIN ? interval : k->newest + 1;
+        if (interval - from >= (int64_t)panes) from = interval - (int64_t)panes + 1;
+        for (int64_t j = from; j <= interval; j++) {
+            k->panes[tc_pane_of(j, panes)].count = 0;
+        }
+        k->newest = interval;
+    }
+    tc_pane *p = &k->panes[tc_pane_of(interval, panes)];
+    if (p->count == 0) {
+        p->count = 1;
+        p->sum = x;
+        p->m2 = 0.0;
+        p->min = x;
+        p->max = x;
+        p->first = x;
+        k->newest_first_ts = ts;
+    } else {
+        /* Welford: the pane keeps sum rather than mean so that sums stay as exact as a plain sum */
+        double n = (double)p->count;
+        double mean_old = p->sum / n;
+        double delta = x - mean_old;
+        p->sum += x;
+        p->count += 1;
+        p->m2 += delta * (x - p->sum / (n + 1.0));
+        if (x < p->min) p->min = x;
+        if (x > p->max) p->max = x;
+        if (ts < k->newest_first_ts) {
+            p->first = x;
+            k->newest_first_ts = ts;
+        }
+    }
+    if (ts >= k->last_ts) {
+        k->last = x;
+        k->last_ts = ts;
+    }
+}
+
+/* Aggregate for the tick closing interval tick-1 (covering [tick-P, tick-1]). Returns 0 when the
+ * key has no reading in that span. Panes are merged oldest first with Chan et al.'s pairwise
+ * update, so the second moment never comes from a raw sum of squares. */
+static inline int tc_key_aggregate(const tc_key *k, uint32_t panes, int64_t tick, tc_agg *out) {
+    if (k->newest == INT64_MIN || k->newest < tick - (int64_t)panes) return 0;
+    int64_t lo = tick - (int64_t)panes;
+    int64_t oldest_kept = k->newest - (int64_t)panes + 1;
+    if (lo < oldest_kept) lo = oldest_kept;
+    uint64_t n = 0;
+    double sum = 0.0, m2 = 0.0, mn = 0.0, mx = 0.0, first = 0.0;
+    for (int64_t j = lo; j <= k->newest; j++) {
+        const tc_pane *p = &k->panes[tc_pane_of(j, panes)];
+        if (p->count == 0) continue;
+        if (n == 0) {
+            n = p->count;
+            sum = p->sum;
+            m2 = p->m2;
+            mn = p->min;
+            mx = p->max;
+            first = p->first;
+            continue;
+        }
+        double na = (double)n, nb = (double)p->count;
+        double delta = p->sum / nb - sum / na;
+        m2 += p->m2 + delta * delta * (na * nb / (na + nb));
+        sum += p->sum;
+        n += p->count;
+        if (p->min < mn) mn = p->min;
+        if (p->max > mx) mx = p->max;
+    }
+    if (n == 0) return 0;
+    out->count = n;
+    out->sum = sum;
+    out->mean = sum / (double)n;
+    out->min = mn;
+    out->max = mx;
+    out->m2 = m2;
+    out->first = first;
+    out->last = k->last;
+    return 1;
+}
+
+#endif

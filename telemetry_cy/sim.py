@@ -1,0 +1,74 @@
+"""A simulated sensor fleet: realistic CBOR payloads for demos, tests and load generation.
+
+Signals drift slowly, carry noise and the odd spike; one device in twenty goes silent for a while;
+a small share of payloads is malformed on purpose so the drop counters have something to count.
+Deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import cbor2
+
+SENSORS = (("temp", "C", 21.0, 3.0), ("rh", "%", 45.0, 10.0), ("pressure", "hPa", 1013.0, 6.0),
+           ("vbat", "V", 3.7, 0.2))
+
+MALFORMED = (
+    b"\xa3\x61d",                                   # truncated
+    cbor2.dumps({"d": "gw-x", "s": "temp"}),        # no value
+    cbor2.dumps({"d": "gw-x", "s": "temp", "v": float("nan")}),
+    b"\xa2\x61d\x61a\x61d\x61b",                     # duplicate key
+)
+
+
+@dataclass
+class _Series:
+    device: str
+    sensor: str
+    unit: str
+    base: float
+    spread: float
+    phase: float
+    seq: int = 0
+
+
+class Fleet:
+    def __init__(self, devices: int = 100, sensors: int = 4, seed: int = 1,
+                 malformed_share: float = 0.001, silent_share: float = 0.05):
+        self._rng = random.Random(seed)
+        self.series = [
+            _Series(f"dev-{d:05d}", name, unit, base, spread, self._rng.random() * math.tau)
+            for d in range(devices)
+            for name, unit, base, spread in SENSORS[: max(1, min(sensors, len(SENSORS)))]
+        ]
+        self.malformed_share = malformed_share
+        n_silent = int(devices * silent_share)
+        self._silent = {f"dev-{d:05d}" for d in self._rng.sample(range(devices), n_silent)}
+        self._next = 0
+
+    def value(self, s: _Series, now: float) -> float:
+        drift = math.sin(now / 600.0 + s.phase) * s.spread
+        noise = self._rng.gauss(0.0, s.spread * 0.05)
+        spike = s.spread * 5.0 if self._rng.random() < 0.0005 else 0.0
+        return round(s.base + drift + noise + spike, 3)
+
+    def payloads(self, now: float, n: int) -> list[bytes]:
+        """The next n payloads, round-robin over the fleet. Silent devices skip the minutes
+        whose number is odd, so their keys go quiet, emit nothing and come back."""
+        out = []
+        quiet = int(now // 60) % 2 == 1
+        for _ in range(n):
+            if self._rng.random() < self.malformed_share:
+                out.append(self._rng.choice(MALFORMED))
+                continue
+            s = self.series[self._next]
+            self._next = (self._next + 1) % len(self.series)
+            if quiet and s.device in self._silent:
+                continue
+            s.seq += 1
+            out.append(cbor2.dumps({"d": s.device, "s": s.sensor, "v": self.value(s, now),
+                                    "u": s.unit, "n": s.seq}))
+        return out

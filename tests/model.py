@@ -1,0 +1,119 @@
+"""The plain-Python model of the window semantics: the test oracle for both engine twins.
+
+It keeps every reading and recomputes each window from scratch with correctly rounded sums (math.fsum,
+two-pass variance), so it shares nothing with the pane design it checks.
+It is written straight from docs/windows.md:
+
+- interval(ts) = floor(ts / emit_every); tick k (time k * emit_every) covers intervals
+  [k - P, k - 1], P = window / emit_every;
+- the clock starts at the first accepted reading's interval (or at tick(now)); a reading whose
+  interval is below the last closed tick is `late`; a reading or tick(now) closes every tick
+  up to its interval;
+- at each tick: every live key with readings in the span emits, then keys with
+  tick_time - last_ts >= key_ttl are evicted;
+- a new key while max_keys are live is `key_limit`.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class Model:
+    def __init__(self, window=60.0, emit_every=5.0, max_keys=1_000_000, key_ttl=300.0):
+        self.emit_every = float(emit_every)
+        self.panes = round(window / emit_every)
+        self.max_keys = max_keys
+        self.key_ttl = float(key_ttl)
+        self.readings: dict[tuple[str, str], list[tuple[float, int, float, str | None]]] = {}
+        self.closed: int | None = None
+        self.pending: list[dict] = []
+        self.arrivals = 0
+        self.drops = {"late": 0, "key_limit": 0}
+        self.accepted = 0
+        self.evicted = 0
+
+    def interval(self, ts: float) -> int:
+        return math.floor(ts / self.emit_every)
+
+    def offer(self, device: str, sensor: str, value: float, ts: float, unit=None) -> str | None:
+        """Offers one valid reading; returns the drop reason or None when accepted."""
+        k = self.interval(ts)
+        if self.closed is not None and k < self.closed:
+            self.drops["late"] += 1
+            return "late"
+        self.advance(k)
+        key = (device, sensor)
+        if key not in self.readings:
+            if len(self.readings) >= self.max_keys:
+                self.drops["key_limit"] += 1
+                return "key_limit"
+            self.readings[key] = []
+        self.arrivals += 1
+        self.readings[key].append((float(ts), self.arrivals, float(value), unit))
+        self.accepted += 1
+        return None
+
+    def advance(self, k: int) -> None:
+        if self.closed is None:
+            self.closed = k
+            return
+        for tick in range(self.closed + 1, k + 1):
+            self._close(tick)
+        self.closed = max(self.closed, k)
+
+    def tick(self, now: float) -> list[dict]:
+        self.advance(self.interval(now))
+        out, self.pending = self.pending, []
+        return out
+
+    def _close(self, tick: int) -> None:
+        tick_time = tick * self.emit_every
+        for (device, sensor), rows in self.readings.items():
+            span = [r for r in rows if tick - self.panes <= self.interval(r[0]) <= tick - 1]
+            if not span:
+                continue
+            values = [r[2] for r in span]
+            first = min(span, key=lambda r: (r[0], r[1]))
+            last = max(span, key=lambda r: (r[0], r[1]))
+            mean = math.fsum(values) / len(values)
+            self.pending.append({
+                "device": device,
+                "sensor": sensor,
+                "unit": last[3],
+                "window_start": (tick - self.panes) * self.emit_every,
+                "window_end": tick_time,
+                "count": len(values),
+                "sum": math.fsum(values),
+                "mean": mean,
+                "min": min(values),
+                "max": max(values),
+                "stddev": math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values)),
+                "first": first[2],
+                "last": last[2],
+                "magnitude": math.fsum(abs(v) for v in values),
+            })
+        for key in [key for key, rows in self.readings.items()
+                    if tick_time - max(r[0] for r in rows) >= self.key_ttl]:
+            del self.readings[key]
+            self.evicted += 1
+        # readings older than every future window are no longer needed
+        for rows in self.readings.values():
+            kept = [r for r in rows if self.interval(r[0]) >= tick + 1 - self.panes]
+            rows[:] = kept or [max(rows, key=lambda r: (r[0], r[1]))]
+
+
+def close_enough(got: dict, want: dict, magnitude: float, rel: float = 1e-9) -> list[str]:
+    """Field names where `got` differs from the exact `want`: count, min, max, first, last and
+    names exactly; sum, mean and stddev within `rel` of the data's magnitude (sum of |x| for the
+    sum, max |x| for mean and stddev), which is what floating point can promise."""
+    bad = []
+    for name in ("device", "sensor", "unit", "window_start", "window_end", "count", "min", "max",
+                 "first", "last"):
+        if got[name] != want[name]:
+            bad.append(name)
+    scale = {"sum": magnitude, "mean": magnitude / want["count"], "stddev": magnitude / want["count"]}
+    for name in ("sum", "mean", "stddev"):
+        if abs(got[name] - want[name]) > rel * max(scale[name], 1e-300):
+            bad.append(name)
+    return bad
