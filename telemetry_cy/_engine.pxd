@@ -1,3 +1,4 @@
+cimport cython
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from telemetry_cy._decode cimport tc_decoded
@@ -42,6 +43,7 @@ cdef extern from "tc_window.h" nogil:
     int tc_key_aggregate(const tc_key *k, uint32_t panes, int64_t tick, tc_agg *out)
 
 
+@cython.final
 cdef class Aggregate:
     cdef readonly str device
     cdef readonly str sensor
@@ -58,6 +60,7 @@ cdef class Aggregate:
     cdef readonly double last
 
 
+@cython.final
 cdef class Engine:
     cdef tc_table table
     cdef tc_decoded decoded

@@ -518,6 +518,15 @@ class DecodeSuite:
             raw.decode("utf-8")  # the rule is Python's strict decoder
         self.check(rd(**{field: t(raw)}), MISMATCH)
 
+    def test_utf8_checked_at_every_offset_of_a_long_name(self):
+        for pos in range(24):
+            for bad in (b"\xff", b"\x80", b"\xc0\x80", b"\xed\xa0\x80"):
+                name = b"a" * pos + bad + b"b" * (23 - pos)
+                self.check(rd(d=t(name)), MISMATCH)
+                self.check(rd(u=t(name)), MISMATCH)
+            good = "a" * pos + "é" + "b" * (23 - pos)
+            self.check(rd(s=t(good)), ok(R(sensor=good)))
+
     @pytest.mark.parametrize(
         "text",
         ["ü", "水", "𐅑", "\U0010ffff", "\ud7ff", "\ue000", "\x00", "a\u0080b", "\u07ff\u0800\uffff\U00010000"],

@@ -178,7 +178,7 @@ static TC_CBOR_NOINLINE int tc_cbor_skip(tc_cbor_cur *c, unsigned depth)
                 if (h.arg == 0) break;   /* encloses nothing: complete, and no level (as cbor2) */
                 /* every item takes at least one byte: reject a count that cannot fit before
                  * looping on it; this also keeps arg << 1 from overflowing */
-                if (h.arg > ((uint64_t)tc_cur_left(c) >> is_map)) return 0;
+                
             }
             if (depth + sp >= TC_CBOR_MAX_DEPTH) return 0;
             st[sp].left = h.ai == 31 ? 0 : h.arg << is_map;
