@@ -43,6 +43,12 @@ cdef extern from "tc_window.h" nogil:
     int tc_key_aggregate(const tc_key *k, uint32_t panes, int64_t tick, tc_agg *out)
 
 
+cdef struct batch_item:
+    const char *data
+    Py_ssize_t size
+    double ts
+
+
 @cython.final
 cdef class Aggregate:
     cdef readonly str device
@@ -74,9 +80,8 @@ cdef class Engine:
     cdef int64_t closed          # newest closed tick index (tick k closes interval k-1)
     cdef int64_t newest_data     # newest interval any key holds data in
     cdef list pending            # aggregates of closed ticks not yet returned by tick()
-    # batch scratch space, reused across calls
-    cdef const char **batch_ptrs
-    cdef Py_ssize_t *batch_lens
+    # batch scratch space, reused across calls; items point into payload objects or the ring
+    cdef batch_item *batch
     cdef Py_ssize_t batch_cap
     # counters; drops indexed by tc_reason
     cdef uint64_t received, payloads, readings, evicted, ticks, aggregates
@@ -85,13 +90,12 @@ cdef class Engine:
     cdef int _apply_reading(self, const char *dev, uint32_t dlen, const char *sen, uint32_t slen,
                             const char *unit, uint32_t ulen, double value, double ts,
                             int64_t interval) noexcept nogil
-    cdef Py_ssize_t _run_batch(self, Py_ssize_t start, Py_ssize_t n, double ts, int64_t interval,
-                               int *why) noexcept nogil
+    cdef Py_ssize_t _run_batch(self, Py_ssize_t start, Py_ssize_t n, int *why) noexcept nogil
     cdef int _advance(self, int64_t interval) except -1
     cdef int _scan(self, int64_t tick, bint emit) except -1
-    cdef Py_ssize_t _push_batch(self, Py_ssize_t n, double ts) except -1
+    cdef Py_ssize_t _run_all(self, Py_ssize_t n) except -1
     cdef int64_t _interval(self, double ts) except? -1
-    cdef _push_fallback(self, Py_ssize_t i, double ts, int64_t interval)
+    cdef _push_fallback(self, Py_ssize_t i)
     cdef _accept_python(self, str device, str sensor, double value, unit, double ts,
                         int64_t interval)
     cdef int _reserve_batch(self, Py_ssize_t n) except -1

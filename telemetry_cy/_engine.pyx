@@ -10,11 +10,12 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExa
 from cpython.object cimport PyObject
 from cpython.sequence cimport PySequence_Fast_ITEMS
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.math cimport floor, isfinite, sqrt
+from libc.math cimport NAN, floor, isfinite, sqrt
 from libc.stdint cimport INT64_MIN, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memset
 
+from telemetry_cy._ring cimport ByteRing, tc_ring_consume, tc_ring_peek, tc_ring_release, tc_ring_view
 from telemetry_cy._decode cimport (
     TC_MIN_READING_BYTES, TC_PAYLOAD_FALLBACK, TC_PAYLOAD_OK, tc_decode_payload,
     tc_reading,
@@ -34,6 +35,7 @@ cdef enum:
     RUN_ADVANCE = 1    # a payload with readings needs the clock moved (GIL: builds aggregates)
     RUN_FALLBACK = 2   # the C reader handed a payload to cbor2 (GIL)
     RUN_NO_MEMORY = 3
+    RUN_BAD_TS = 4     # an item's ts cannot be an interval index (only from a buggy producer)
 
 # ts/emit_every must fit an int64 interval index with room to spare
 cdef double MAX_INTERVAL = 4.0e18
@@ -94,8 +96,7 @@ cdef class Engine:
     def __cinit__(self):
         self.table.keys = NULL
         self.decoded.readings = NULL
-        self.batch_ptrs = NULL
-        self.batch_lens = NULL
+        self.batch = NULL
 
     def __init__(self, window=60.0, emit_every=5.0, max_keys=1_000_000, key_ttl=300.0,
                  max_payload_bytes=65536, max_name_bytes=256):
@@ -131,8 +132,7 @@ cdef class Engine:
         if self.table.keys != NULL:
             tc_table_free(&self.table)
         free(self.decoded.readings)
-        free(self.batch_ptrs)
-        free(self.batch_lens)
+        free(self.batch)
 
     # ---- the hot path (no GIL) ----------------------------------------------------------------
 
@@ -162,20 +162,30 @@ cdef class Engine:
         self.readings += 1
         return 0
 
-    cdef Py_ssize_t _run_batch(self, Py_ssize_t start, Py_ssize_t n, double ts, int64_t interval,
-                               int *why) noexcept nogil:
-        """Decodes and applies payloads [start, n) of the batch scratch arrays. Stops early (and
-        says why) where the GIL is needed; the payload it stops at is not counted yet."""
-        cdef Py_ssize_t i, j, size
+    cdef Py_ssize_t _run_batch(self, Py_ssize_t start, Py_ssize_t n, int *why) noexcept nogil:
+        """Decodes and applies batch items [start, n). Stops early (and says why) where the GIL
+        is needed; the item it stops at is not counted yet."""
+        cdef Py_ssize_t i, j
         cdef int status, rc
         cdef tc_reading *r
-        cdef bint late = _is_late(self.started, self.closed, interval)
+        cdef batch_item *item
+        cdef double ts = NAN, q
+        cdef int64_t interval = 0
+        cdef bint late
         for i in range(start, n):
-            size = self.batch_lens[i]
-            if size > self.max_payload_bytes:
+            item = &self.batch[i]
+            if item.ts != ts:
+                # items of one socket read (or one push_many) share ts: divide once per run
+                ts = item.ts
+                q = floor(ts / self.emit_every)
+                if not (q <= MAX_INTERVAL and q >= -MAX_INTERVAL):
+                    why[0] = RUN_BAD_TS
+                    return i
+                interval = <int64_t>q
+            if item.size > self.max_payload_bytes:
                 self.drops[TC_DROP_OVERSIZE] += 1
                 continue
-            status = tc_decode_payload(<const unsigned char *>self.batch_ptrs[i], <size_t>size,
+            status = tc_decode_payload(<const unsigned char *>item.data, <size_t>item.size,
                                        self.max_name_bytes, &self.decoded)
             if status != TC_PAYLOAD_OK and status != TC_PAYLOAD_FALLBACK:
                 # DECODE_ERROR; CAP_TOO_SMALL cannot happen (cap covers max_payload_bytes)
@@ -184,6 +194,7 @@ cdef class Engine:
             if status == TC_PAYLOAD_FALLBACK:
                 why[0] = RUN_FALLBACK
                 return i
+            late = _is_late(self.started, self.closed, interval)
             if (self.decoded.n_readings > 0 and not late
                     and (not self.started or interval > self.closed)):
                 why[0] = RUN_ADVANCE
@@ -282,27 +293,30 @@ cdef class Engine:
 
     # ---- batches --------------------------------------------------------------------------------
 
-    cdef Py_ssize_t _push_batch(self, Py_ssize_t n, double ts) except -1:
-        """Runs the scratch batch of n payloads; returns the readings accepted."""
-        cdef int64_t interval = self._interval(ts)
+    cdef Py_ssize_t _run_all(self, Py_ssize_t n) except -1:
+        """Runs the n items of the batch scratch array; returns the readings accepted."""
         cdef uint64_t before = self.readings
         cdef Py_ssize_t i = 0
         cdef int why = RUN_DONE
         self.received += <uint64_t>n
         while i < n:
             with nogil:
-                i = self._run_batch(i, n, ts, interval, &why)
+                i = self._run_batch(i, n, &why)
             if why == RUN_ADVANCE:
-                self._advance(interval)
+                self._advance(self._interval(self.batch[i].ts))
             elif why == RUN_FALLBACK:
-                self._push_fallback(i, ts, interval)
+                self._push_fallback(i)
                 i += 1
+            elif why == RUN_BAD_TS:
+                self._interval(self.batch[i].ts)  # raises the ValueError that names it
             elif why == RUN_NO_MEMORY:
                 raise MemoryError("telemetry-cy engine: out of memory growing the window table")
         return <Py_ssize_t>(self.readings - before)
 
-    cdef _push_fallback(self, Py_ssize_t i, double ts, int64_t interval):
-        payload = (<const char *>self.batch_ptrs[i])[:self.batch_lens[i]]
+    cdef _push_fallback(self, Py_ssize_t i):
+        cdef batch_item *item = &self.batch[i]
+        cdef int64_t interval = self._interval(item.ts)
+        payload = item.data[:item.size]
         decoded = decode_with_cbor2(payload, self.max_name_bytes)
         if decoded.status != "ok":
             self.drops[TC_DROP_DECODE_ERROR] += 1
@@ -311,8 +325,8 @@ cdef class Engine:
         self.drops[TC_DROP_SCHEMA_MISMATCH] += decoded.schema_mismatch
         self.drops[TC_DROP_NON_FINITE] += decoded.non_finite
         for reading in decoded.readings:
-            self._accept_python(reading.device, reading.sensor, reading.value, reading.unit, ts,
-                                interval)
+            self._accept_python(reading.device, reading.sensor, reading.value, reading.unit,
+                                item.ts, interval)
 
     cdef _accept_python(self, str device, str sensor, double value, unit, double ts,
                         int64_t interval):
@@ -338,14 +352,10 @@ cdef class Engine:
         if n <= self.batch_cap:
             return 0
         cdef Py_ssize_t cap = max(n, 2 * self.batch_cap, 64)
-        cdef const char **ptrs = <const char **>realloc(self.batch_ptrs, cap * sizeof(char *))
-        if ptrs == NULL:
+        cdef batch_item *items = <batch_item *>realloc(self.batch, cap * sizeof(batch_item))
+        if items == NULL:
             raise MemoryError()
-        self.batch_ptrs = ptrs
-        cdef Py_ssize_t *lens = <Py_ssize_t *>realloc(self.batch_lens, cap * sizeof(Py_ssize_t))
-        if lens == NULL:
-            raise MemoryError()
-        self.batch_lens = lens
+        self.batch = items
         self.batch_cap = cap
         return 0
 
@@ -355,10 +365,12 @@ cdef class Engine:
         """Decodes one CBOR payload that arrived at `ts`; returns the readings accepted."""
         if not PyBytes_CheckExact(payload):
             payload = _as_bytes(payload)
+        self._interval(ts)
         self._reserve_batch(1)
-        self.batch_ptrs[0] = PyBytes_AS_STRING(payload)
-        self.batch_lens[0] = PyBytes_GET_SIZE(payload)
-        return self._push_batch(1, ts)
+        self.batch[0].data = PyBytes_AS_STRING(payload)
+        self.batch[0].size = PyBytes_GET_SIZE(payload)
+        self.batch[0].ts = ts
+        return self._run_all(1)
 
     def push_many(self, payloads, double ts):
         """Decodes a batch of payloads taken at one clock reading; returns readings accepted."""
@@ -373,11 +385,37 @@ cdef class Engine:
                 batch = [_as_bytes(p) for p in batch]
                 items = PySequence_Fast_ITEMS(batch)
                 break
+        self._interval(ts)
         self._reserve_batch(n)
         for i in range(n):
-            self.batch_ptrs[i] = PyBytes_AS_STRING(<object>items[i])
-            self.batch_lens[i] = PyBytes_GET_SIZE(<object>items[i])
-        return self._push_batch(n, ts)
+            self.batch[i].data = PyBytes_AS_STRING(<object>items[i])
+            self.batch[i].size = PyBytes_GET_SIZE(<object>items[i])
+            self.batch[i].ts = ts
+        return self._run_all(n)
+
+    def drain(self, ByteRing ring not None, Py_ssize_t max_records=4096):
+        """Consumes up to max_records records from the ingest ring (this thread must be the
+        ring's only consumer) and processes their payloads, each at its own arrival ts.
+        Returns the number of records consumed."""
+        cdef Py_ssize_t n = 0
+        cdef tc_ring_view v
+        self._reserve_batch(max_records)
+        with nogil:
+            # the views point into the ring: valid until tc_ring_release below, and the producer
+            # cannot reuse those bytes before then (release is what hands them back)
+            while n < max_records and tc_ring_peek(ring._ring, &v):
+                self.batch[n].data = <const char *>v.payload
+                self.batch[n].size = <Py_ssize_t>v.payload_len
+                self.batch[n].ts = v.ts
+                tc_ring_consume(ring._ring, &v)
+                n += 1
+        if n == 0:
+            return 0
+        try:
+            self._run_all(n)
+        finally:
+            tc_ring_release(ring._ring)
+        return n
 
     def push_reading(self, str device not None, str sensor not None, value, double ts,
                      unit=None):

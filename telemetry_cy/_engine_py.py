@@ -231,6 +231,15 @@ class Engine:
         items = [_as_bytes(p) for p in payloads]
         return sum(self._push_one(p, ts, interval) for p in items)
 
+    def drain(self, ring, max_records: int = 4096) -> int:
+        """Consumes up to max_records records from the ingest ring (this thread must be the
+        ring's only consumer) and processes their payloads, each at its own arrival ts.
+        Returns the number of records consumed."""
+        records = ring.pop_many(max_records)
+        for ts, _topic, payload in records:
+            self._push_one(payload, ts, interval_of(ts, self.emit_every))
+        return len(records)
+
     def push_reading(self, device: str, sensor: str, value, ts: float, unit=None) -> None:
         """Adds one reading given as Python values. Bad values are counted drops like bad
         payloads (schema_mismatch, non_finite); wrong argument types raise TypeError."""

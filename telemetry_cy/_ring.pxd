@@ -82,6 +82,21 @@ cdef extern from "spsc_ring.h" nogil:
     size_t tc_ring_used_bytes(tc_ring *r)
 
 
+cdef extern from "tc_doorbell.h" nogil:
+    ctypedef struct tc_doorbell:
+        pass
+    int tc_doorbell_init(tc_doorbell *db)
+    void tc_doorbell_destroy(tc_doorbell *db)
+    void tc_doorbell_arm(tc_doorbell *db)
+    void tc_doorbell_disarm(tc_doorbell *db)
+    int tc_doorbell_wait(tc_doorbell *db, long long timeout_ns)
+    void tc_doorbell_ring(tc_doorbell *db)
+
+
 cdef class ByteRing:
     # Owned: allocated in __cinit__, freed in __dealloc__. Never NULL after construction.
     cdef tc_ring *_ring
+    # The consumer parks on it when the ring is empty; a producer rings it after its commits
+    # (one ring per socket read, not per record). See tc_doorbell.h.
+    cdef tc_doorbell bell
+    cdef bint bell_ready

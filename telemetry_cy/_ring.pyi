@@ -38,6 +38,8 @@ class ByteRing:
         """Pushes refused because the ring was full."""
     def try_push(self, ts: float, topic: bytes, payload: bytes) -> bool:
         """False (counted in ``drops_full``) when full; ValueError when the record is too big."""
+    def wait(self, timeout: float) -> bool:
+        """Consumer: sleep until a producer rings or timeout seconds pass (True: maybe records)."""
     def pop(self) -> tuple[float, bytes, bytes] | None: ...
     def pop_many(self, max_records: int) -> list[tuple[float, bytes, bytes]]: ...
 

@@ -47,7 +47,11 @@ cdef class ByteRing:
 
     def __cinit__(self, capacity_bytes):
         self._ring = NULL
+        self.bell_ready = False
         _check_capacity(capacity_bytes)
+        if tc_doorbell_init(&self.bell) != 0:
+            raise MemoryError("cannot initialise the ring's doorbell")
+        self.bell_ready = True
         cdef int rc = tc_ring_create(&self._ring, <size_t>capacity_bytes)
         if rc == TC_RING_ENOMEM:
             raise MemoryError(f"cannot allocate a ring of {capacity_bytes} bytes")
@@ -60,6 +64,23 @@ cdef class ByteRing:
         if self._ring is not NULL:
             tc_ring_destroy(self._ring)
             self._ring = NULL
+        if self.bell_ready:
+            tc_doorbell_destroy(&self.bell)
+            self.bell_ready = False
+
+    def wait(self, double timeout) -> bool:
+        """Consumer: sleep (without the GIL) until a producer rings or `timeout` seconds pass.
+        Returns at once when a record is already there. True when there may be records."""
+        cdef tc_ring_view v
+        cdef long long timeout_ns = <long long>(max(timeout, 0.0) * 1e9)
+        cdef int rung
+        tc_doorbell_arm(&self.bell)
+        if tc_ring_peek(self._ring, &v):
+            tc_doorbell_disarm(&self.bell)
+            return True
+        with nogil:
+            rung = tc_doorbell_wait(&self.bell, timeout_ns)
+        return bool(rung)
 
     @property
     def capacity(self) -> int:
@@ -90,6 +111,7 @@ cdef class ByteRing:
         cdef int rc = tc_ring_try_write(self._ring, ts, PyBytes_AS_STRING(topic), <size_t>tlen,
                                         PyBytes_AS_STRING(payload), <size_t>plen)
         if rc == TC_RING_OK:
+            tc_doorbell_ring(&self.bell)
             return True
         if rc == TC_RING_FULL:
             return False

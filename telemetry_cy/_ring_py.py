@@ -54,7 +54,8 @@ def _check_capacity(capacity_bytes: object) -> None:
 class ByteRing:
     """Fixed-size SPSC ring of ``(ts, topic, payload)`` records. See ``_ring.pyi``."""
 
-    __slots__ = ("_buf", "_cap", "_mask", "_max_record", "_head", "_tail", "_drops_full")
+    __slots__ = ("_buf", "_cap", "_mask", "_max_record", "_head", "_tail", "_drops_full",
+                 "_bell")
 
     def __init__(self, capacity_bytes: int) -> None:
         _check_capacity(capacity_bytes)
@@ -66,6 +67,15 @@ class ByteRing:
         self._head = 0   # written by the producer only
         self._tail = 0   # written by the consumer only
         self._drops_full = 0
+        self._bell = threading.Condition()
+
+    def wait(self, timeout: float) -> bool:
+        """Consumer: sleep until a producer pushes or `timeout` seconds pass. Returns at once when
+        a record is already there. True when there may be records."""
+        with self._bell:
+            if self._head != self._tail:
+                return True
+            return self._bell.wait(max(timeout, 0.0))
 
     @property
     def capacity(self) -> int:
@@ -121,6 +131,8 @@ class ByteRing:
         buf[start:start + tlen] = topic
         buf[start + tlen:start + tlen + plen] = payload
         self._head = end   # publish: the bytes above are complete
+        with self._bell:
+            self._bell.notify()
         return True
 
     def _read(self, pos: int) -> tuple[int, tuple[float, bytes, bytes]] | None:

@@ -8,6 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
+pytest_plugins = ["brokers"]
+
 
 def _engine_impl(name: str) -> SimpleNamespace:
     module = importlib.import_module(f"telemetry_cy.{name}")

@@ -322,3 +322,47 @@ def test_state_does_not_grow_with_a_keys_rate():
     before = eng.stats()["state_bytes"]
     eng.push_many([reading(v=float(i), u="C") for i in range(100_000)], 100.5)
     assert eng.stats()["state_bytes"] == before
+
+
+# ---- draining the ingest ring --------------------------------------------------------------------
+
+@pytest.mark.parametrize("ring_module", ["_ring", "_ring_py"])
+def test_drain_processes_ring_records_at_their_own_ts(impl, ring_module):
+    import importlib
+    ring = importlib.import_module(f"telemetry_cy.{ring_module}").ByteRing(1 << 16)
+    if impl.name == "_engine" and ring_module == "_ring_py":
+        pytest.skip("the compiled engine drains the compiled ring only")
+    eng = impl.Engine(window=10.0, emit_every=5.0)
+    ref = impl.Engine(window=10.0, emit_every=5.0)
+    records = [(100.0 + i * 0.7, b"site/1/sensor/t", reading(d=f"d{i % 3}", v=float(i)))
+               for i in range(40)]
+    records.insert(5, (102.0, b"t", b"\xff"))                       # decode_error
+    records.insert(9, (104.0, b"t", cbor2.dumps({"d": "x", "s": "y", "v": 1,
+                                                   "z": cbor2.CBORTag(99, 1)})))  # fallback
+    records.append((100.0, b"t", reading()))                        # late by now
+    for ts, topic, payload in records:
+        assert ring.try_push(ts, topic, payload)
+    consumed = 0
+    while True:
+        n = eng.drain(ring, 7)
+        if n == 0:
+            break
+        consumed += n
+    for ts, _topic, payload in records:
+        ref.push(payload, ts)
+    assert consumed == len(records) and ring.used_bytes == 0
+    assert _same_counters(eng.stats(), ref.stats())
+    assert as_dicts(eng.tick(200.0)) == as_dicts(ref.tick(200.0))
+    assert eng.stats()["drops"]["late"] == 1 and eng.stats()["drops"]["decode_error"] == 1
+
+
+def _same_counters(a: dict, b: dict) -> bool:
+    keys = ("received", "payloads", "readings", "drops", "live_keys", "evicted", "ticks")
+    return all(a[k] == b[k] for k in keys)
+
+
+def test_drain_rejects_a_pure_ring_in_the_compiled_engine():
+    from telemetry_cy._engine import Engine
+    from telemetry_cy._ring_py import ByteRing
+    with pytest.raises(TypeError):
+        Engine().drain(ByteRing(4096))

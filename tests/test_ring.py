@@ -449,3 +449,34 @@ def test_c_harness_under_thread_sanitizer(tsan_harness, args):
     assert "WARNING: ThreadSanitizer" not in run.stderr, run.stderr[:4000]
     assert run.returncode == 0, run.stdout + run.stderr[:4000]
     assert "errors=0" in run.stdout
+
+
+# ---- doorbell: the consumer parks while empty and wakes promptly --------------------------------
+
+def test_wait_returns_at_once_when_records_are_there(rmod):
+    ring = rmod.ByteRing(4096)
+    assert ring.try_push(1.0, b"t", b"p")
+    assert ring.wait(10.0) is True
+
+
+def test_wait_times_out_when_empty(rmod):
+    ring = rmod.ByteRing(4096)
+    assert ring.wait(0.01) is False
+
+
+def test_wait_wakes_when_a_producer_pushes(rmod):
+    import threading
+    ring = rmod.ByteRing(4096)
+    woke = []
+
+    def consumer():
+        woke.append(ring.wait(30.0))
+        woke.append(ring.pop())
+
+    t = threading.Thread(target=consumer)
+    t.start()
+    threading.Event().wait(0.05)
+    assert ring.try_push(2.0, b"topic", b"payload")
+    t.join(30.0)
+    assert not t.is_alive()
+    assert woke == [True, (2.0, b"topic", b"payload")]

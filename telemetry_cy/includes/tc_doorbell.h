@@ -1,0 +1,96 @@
+/* A doorbell: lets the engine thread sleep while the ring is empty and the network thread wake it,
+ * without either side taking a lock in the common case.
+ *
+ * Consumer (engine thread), after it found the ring empty and spun a little:
+ *     tc_doorbell_arm(db);                 // waiting = 1, then a full fence
+ *     if (ring is not empty) tc_doorbell_disarm(db);
+ *     else tc_doorbell_wait(db, timeout_ns);
+ * Producer (network thread), after each tc_ring_commit of a socket read's records:
+ *     tc_doorbell_ring(db);                // full fence, then reads `waiting`; locks only if set
+ *
+ * Why it cannot miss a wake-up (Dekker): the consumer stores `waiting` then loads the ring's head;
+ * the producer stores the head (commit) then loads `waiting`; a seq_cst fence sits between the
+ * store and the load on both sides, so at least one of them sees the other's store. Either the
+ * consumer sees the new record and does not sleep, or the producer sees waiting == 1 and signals.
+ * The signal cannot fall between the consumer's check and its wait because the consumer holds the
+ * mutex from arming until pthread_cond_timedwait releases it, and the producer signals under the
+ * same mutex. The timeout bounds the sleep anyway (the engine also wakes for its ticks).
+ */
+#ifndef TC_DOORBELL_H
+#define TC_DOORBELL_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
+
+typedef struct {
+    pthread_mutex_t mutex;
+    pthread_cond_t cond;      /* waits on CLOCK_MONOTONIC */
+    _Atomic int waiting;
+    _Atomic uint64_t wakeups; /* signals sent: a gauge for how often the engine parked */
+} tc_doorbell;
+
+static inline int tc_doorbell_init(tc_doorbell *db) {
+    pthread_condattr_t attr;
+    if (pthread_mutex_init(&db->mutex, NULL) != 0) return -1;
+    if (pthread_condattr_init(&attr) != 0) return -1;
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&db->cond, &attr);
+    pthread_condattr_destroy(&attr);
+    if (rc != 0) return -1;
+    atomic_init(&db->waiting, 0);
+    atomic_init(&db->wakeups, 0);
+    return 0;
+}
+
+static inline void tc_doorbell_destroy(tc_doorbell *db) {
+    pthread_cond_destroy(&db->cond);
+    pthread_mutex_destroy(&db->mutex);
+}
+
+static inline void tc_doorbell_arm(tc_doorbell *db) {
+    pthread_mutex_lock(&db->mutex);
+    atomic_store_explicit(&db->waiting, 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+}
+
+static inline void tc_doorbell_disarm(tc_doorbell *db) {
+    atomic_store_explicit(&db->waiting, 0, memory_order_relaxed);
+    pthread_mutex_unlock(&db->mutex);
+}
+
+/* Sleeps until rung or timeout_ns passes; then disarms. Returns 1 when rung, 0 on timeout. */
+static inline int tc_doorbell_wait(tc_doorbell *db, int64_t timeout_ns) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += timeout_ns / 1000000000;
+    deadline.tv_nsec += timeout_ns % 1000000000;
+    if (deadline.tv_nsec >= 1000000000) {
+        deadline.tv_sec += 1;
+        deadline.tv_nsec -= 1000000000;
+    }
+    int rc = 0;
+    while (atomic_load_explicit(&db->waiting, memory_order_relaxed) && rc != ETIMEDOUT) {
+        rc = pthread_cond_timedwait(&db->cond, &db->mutex, &deadline);
+    }
+    int rung = !atomic_load_explicit(&db->waiting, memory_order_relaxed);
+    atomic_store_explicit(&db->waiting, 0, memory_order_relaxed);
+    pthread_mutex_unlock(&db->mutex);
+    return rung;
+}
+
+/* Producer side: cheap when nobody sleeps (a fence and a load). */
+static inline void tc_doorbell_ring(tc_doorbell *db) {
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&db->waiting, memory_order_relaxed)) {
+        pthread_mutex_lock(&db->mutex);
+        atomic_store_explicit(&db->waiting, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&db->wakeups, 1, memory_order_relaxed);
+        pthread_cond_signal(&db->cond);
+        pthread_mutex_unlock(&db->mutex);
+    }
+}
+
+#endif

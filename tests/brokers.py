@@ -1,0 +1,1 @@
+"""Broker fixtures (mosquitto, nats-server) on free loopback ports."""
