@@ -1,0 +1,104 @@
+"""Settings: defaults < TOML < environment < flags, clear one-line errors, secrets kept out."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from telemetry_cy import config as cfg
+
+
+def parse(argv=(), environ=None):
+    parser = argparse.ArgumentParser()
+    cfg.add_arguments(parser)
+    return cfg.load(parser.parse_args(list(argv)), environ or {})
+
+
+def test_defaults():
+    c = parse()
+    assert (c.window, c.emit_every, c.key_ttl, c.qos) == (60.0, 5.0, 300.0, 1)
+    assert c.topic == ["site/+/sensor/+"]
+    assert c.sources["window"] == "default"
+
+
+@pytest.mark.parametrize("text, seconds", [("500ms", 0.5), ("5s", 5.0), ("1m", 60.0),
+                                           ("2h", 7200.0), ("1.5", 1.5), (3, 3.0)])
+def test_durations(text, seconds):
+    assert cfg.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text, size", [("65536", 65536), ("64KiB", 65536), ("16MiB", 16 << 20),
+                                        ("1g", 1 << 30), ("2kb", 2000)])
+def test_sizes(text, size):
+    assert cfg.parse_size(text) == size
+
+
+def test_layers_override_in_order(tmp_path: Path):
+    path = tmp_path / "t.toml"
+    path.write_text('window = "2m"\nemit_every = "10s"\n[mqtt]\nurl = "mqtt://127.0.0.1:1999"\n'
+                    'topics = ["a/#", "b/+"]\n[nats]\nurl = "nats://127.0.0.1:5222"\n')
+    c = parse(["--config", str(path)])
+    assert (c.window, c.emit_every, c.mqtt_url, c.nats_url) == (120.0, 10.0,
+                                                                "mqtt://127.0.0.1:1999",
+                                                                "nats://127.0.0.1:5222")
+    assert c.topic == ["a/#", "b/+"]
+    c = parse(["--config", str(path)], {"TELEMETRY_CY_WINDOW": "30s",
+                                        "TELEMETRY_CY_TOPIC": "x/#, y/#"})
+    assert c.window == 30.0 and c.topic == ["x/#", "y/#"]
+    assert c.sources["window"] == "environment TELEMETRY_CY_WINDOW"
+    c = parse(["--config", str(path), "--window", "20s", "--topic", "z/1", "--topic", "z/2"],
+              {"TELEMETRY_CY_WINDOW": "30s"})
+    assert c.window == 20.0 and c.topic == ["z/1", "z/2"] and c.sources["window"] == "flag --window"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--window", "soon"], r"^setting window \(flag --window\): expected a duration"),
+    (["--emit-every", "7s"], r"^settings window/emit_every/key_ttl: .*whole multiple"),
+    (["--key-ttl", "10s"], r"key_ttl .* must be >= window"),
+    (["--qos", "2"], r"^setting qos \(flag --qos\): expected one of 0, 1"),
+    (["--max-keys", "0"], r"^setting max_keys .*at least 1"),
+    (["--format", "xml"], r"^setting format"),
+    (["--mqtt-url", "http://x"], r"^setting mqtt_url"),
+    (["--session-expiry", "1h"], r"^setting session_expiry: .*client_id"),
+    (["--ring-bytes", "lots"], r"^setting ring_bytes"),
+])
+def test_bad_values_name_the_setting(argv, words):
+    with pytest.raises(cfg.ConfigError) as err:
+        parse(argv)
+    message = str(err.value)
+    assert "\n" not in message
+    assert re.search(words, message), message
+
+
+def test_unknown_and_broken_config_files(tmp_path: Path):
+    path = tmp_path / "t.toml"
+    path.write_text("windw = 5\n")
+    with pytest.raises(cfg.ConfigError, match="unknown setting 'windw'"):
+        parse(["--config", str(path)])
+    path.write_text("window = \n")
+    with pytest.raises(cfg.ConfigError, match="not valid TOML"):
+        parse(["--config", str(path)])
+    with pytest.raises(cfg.ConfigError, match="cannot read"):
+        parse(["--config", str(tmp_path / "missing.toml")])
+
+
+def test_secrets_from_files_and_never_shown(tmp_path: Path):
+    secret = "s3cr3t-Zq9"
+    (tmp_path / "pw").write_text(secret + "\n")
+    c = parse(["--mqtt-password-file", str(tmp_path / "pw")],
+              {"TELEMETRY_CY_NATS_TOKEN": secret})
+    assert c.mqtt_password == secret and c.nats_token == secret
+    assert secret not in repr(c.redacted())
+    with pytest.raises(cfg.ConfigError) as err:
+        parse([], {"TELEMETRY_CY_NATS_PASSWORD": secret, "TELEMETRY_CY_WINDOW": "x"})
+    assert secret not in str(err.value)
+
+
+def test_every_setting_is_documented():
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    for s in cfg.SETTINGS:
+        assert f"`{s.name}`" in doc, s.name
+        assert s.flag in doc and s.env in doc, s.name
