@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from telemetry_cy import PURE, Engine
+from telemetry_cy import PURE, Engine, config
 from telemetry_cy.sim import Fleet
 
 
@@ -55,6 +55,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="telemetry-cy",
                                      description="Real-time telemetry processor.")
     sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="the daemon: MQTT in, window aggregates out to NATS",
+                         description="Subscribe to MQTT, keep sliding windows per (device, "
+                         "sensor), publish aggregates to NATS. Settings: defaults < --config "
+                         "TOML < TELEMETRY_CY_* environment < flags (docs/configuration.md).")
+    config.add_arguments(run)
     demo = sub.add_parser("demo", help="run a simulated fleet through the engine")
     demo.add_argument("--rate", type=int, default=2000, help="payloads per second (2000)")
     demo.add_argument("--devices", type=int, default=50, help="simulated devices (50)")
@@ -65,6 +70,14 @@ def main(argv=None) -> int:
     demo.add_argument("--show", type=int, default=8, help="aggregates printed per tick (8)")
     demo.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.command == "run":
+        try:
+            settings = config.load(args)
+        except config.ConfigError as exc:
+            print(f"telemetry-cy: {exc}", file=sys.stderr)
+            return 2
+        from telemetry_cy import daemon
+        return daemon.main(settings)
     try:
         return _demo(args)
     except ValueError as exc:

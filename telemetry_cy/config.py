@@ -228,6 +228,9 @@ SETTINGS: tuple[Setting, ...] = (
        "(0 = never)", "duration", group="operations"),
     _s("log_format", choice("text", "json"), "text", "log line format", "text|json",
        group="operations"),
+    _s("start_timeout", parse_duration, 0.0, "exit with code 3 when MQTT or NATS is not "
+       "connected this long after start (0 = keep retrying with backoff)", "duration",
+       group="operations"),
     _s("shutdown_deadline", parse_duration, 10.0, "on SIGTERM, how long to wait for the "
        "final flush to NATS", "duration", group="operations"),
 )
