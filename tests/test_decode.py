@@ -743,31 +743,18 @@ class DecodeSuite:
         self.check(mp((t("s"), t("temp")), (t("v"), uint(1)), (t("d"), t(b"\xf0\x9f"))), MISMATCH)
         self.check(mp((t("s"), t("temp")), (t("v"), uint(1)), (t("d"), t(b"\xe2\x82\xac"))), ok(R("\u20ac")))
 
-    def test_huge_counts_are_rejected_without_looping(self):
-        """A count larger than the bytes left is refused before any item is read: here the 16 MiB
-        of zeros after it would each be an item, tens of ms of looping if the count were trusted."""
-        import time
-
-        def best_time(payload):
-            best = math.inf
-            for _ in range(3):
-                start = time.perf_counter()
-                assert self.impl.decode(payload) == ERROR
-                best = min(best, time.perf_counter() - start)
-            return best
-
-        zeros = b"\x00" * (16 << 20)
+    def test_huge_counts_are_rejected(self):
+        """A count larger than the bytes left is decode_error. (That it is refused at once rather
+        than after reading the items is the fuzz harness's business: tests do not time code.)"""
+        zeros = b"\x00" * (1 << 16)
         huge = b"\x9b" + b"\xff" * 8
-        # same size, rejected at its second byte: what a payload this big costs anyway (e.g. the
-        # wrapper's readings array, slow under a sanitizer)
-        baseline = best_time(b"\x00" + zeros)
         for payload in (
             huge + zeros,  # top-level array
             rd(extra=[(t("x"), huge + zeros)]),  # skipped value
             b"\xbb" + b"\xff" * 8 + zeros,  # map read for a reading
             arr(huge + zeros),  # skipped element
         ):
-            assert best_time(payload) < 2 * baseline + 0.003
+            assert self.impl.decode(payload) == ERROR
 
     def test_break_inside_ignored_values(self):
         self.check(rd(extra=[(t("x"), b"\xbf\x00\xff")]), ERROR)  # between key and value

@@ -178,7 +178,7 @@ static TC_CBOR_NOINLINE int tc_cbor_skip(tc_cbor_cur *c, unsigned depth)
                 if (h.arg == 0) break;   /* encloses nothing: complete, and no level (as cbor2) */
                 /* every item takes at least one byte: reject a count that cannot fit before
                  * looping on it; this also keeps arg << 1 from overflowing */
-                
+                if (h.arg > ((uint64_t)tc_cur_left(c) >> is_map)) return 0;
             }
             if (depth + sp >= TC_CBOR_MAX_DEPTH) return 0;
             st[sp].left = h.ai == 31 ? 0 : h.arg << is_map;
@@ -458,7 +458,7 @@ static inline int tc_read_reading(tc_cbor_cur *c, const tc_cbor_head *mh, unsign
 static inline int tc_decode_payload(const uint8_t *buf, size_t len, uint32_t max_name_bytes,
                                     tc_decoded *out)
 {
-    tc_cbor_cur c = { buf, buf + len };
+    tc_cbor_cur c;
     tc_cbor_head h;
     unsigned depth = 0;      /* levels enclosing the top-level item (the 55799 tag counts, as in cbor2) */
     int fb = 0;
@@ -469,6 +469,9 @@ static inline int tc_decode_payload(const uint8_t *buf, size_t len, uint32_t max
     out->schema_mismatch = 0;
     out->non_finite = 0;
     if (out->cap < len / TC_MIN_READING_BYTES + 1) return TC_PAYLOAD_CAP_TOO_SMALL;
+    if (len == 0) return TC_PAYLOAD_DECODE_ERROR;   /* also keeps NULL + 0 out of the arithmetic */
+    c.p = buf;
+    c.end = buf + len;
 
     start = c.p;
     if (!tc_cbor_read_head(&c, &h)) goto malformed;
