@@ -37,6 +37,9 @@ cdef enum:
     RUN_NO_MEMORY = 3
     RUN_BAD_TS = 4     # an item's ts cannot be an interval index (only from a buggy producer)
 
+# push_many hands payloads to the decoder this many at a time
+cdef Py_ssize_t PUSH_CHUNK = 2048
+
 # ts/emit_every must fit an int64 interval index with room to spare
 cdef double MAX_INTERVAL = 4.0e18
 
@@ -386,12 +389,17 @@ cdef class Engine:
                 items = PySequence_Fast_ITEMS(batch)
                 break
         self._interval(ts)
-        self._reserve_batch(n)
-        for i in range(n):
-            self.batch[i].data = PyBytes_AS_STRING(<object>items[i])
-            self.batch[i].size = PyBytes_GET_SIZE(<object>items[i])
-            self.batch[i].ts = ts
-        return self._run_all(n)
+        cdef Py_ssize_t start, m, accepted = 0
+        self._reserve_batch(min(n, PUSH_CHUNK))
+        # in chunks, so each payload object is still in cache when the decoder reads it
+        for start in range(0, n, PUSH_CHUNK):
+            m = min(PUSH_CHUNK, n - start)
+            for i in range(m):
+                self.batch[i].data = PyBytes_AS_STRING(<object>items[start + i])
+                self.batch[i].size = PyBytes_GET_SIZE(<object>items[start + i])
+                self.batch[i].ts = ts
+            accepted += self._run_all(m)
+        return accepted
 
     def drain(self, ByteRing ring not None, Py_ssize_t max_records=4096):
         """Consumes up to max_records records from the ingest ring (this thread must be the

@@ -153,11 +153,19 @@ static inline size_t tc_table_state_bytes(const tc_table *t) {
            t->record_bytes;
 }
 
+/* Names are short (a few to a few dozen bytes): an inline loop beats a call to memcmp. */
+static inline int tc_bytes_equal(const char *a, const char *b, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (a[i] != b[i]) return 0;
+    }
+    return 1;
+}
+
 static inline int tc_key_equals(const tc_key *k, uint32_t panes, const char *dev, size_t dlen,
                                 const char *sen, size_t slen) {
     return k->device_len == dlen && k->sensor_len == slen &&
-           memcmp(tc_key_device(k, panes), dev, dlen) == 0 &&
-           memcmp(tc_key_sensor(k, panes), sen, slen) == 0;
+           tc_bytes_equal(tc_key_device(k, panes), dev, dlen) &&
+           tc_bytes_equal(tc_key_sensor(k, panes), sen, slen);
 }
 
 /* Slot index holding `dense_index`, or of the first empty slot on the probe path. */
@@ -290,6 +298,9 @@ static inline tc_key *tc_key_set_unit(tc_table *t, tc_key *k, const char *unit, 
     if (unit == NULL) {
         k->unit_len = TC_NO_UNIT;
         return k;
+    }
+    if (k->unit_len == ulen && tc_bytes_equal(tc_key_unit(k, t->panes), unit, ulen)) {
+        return k; /* the common case: a key's unit never changes */
     }
     if (ulen > k->unit_cap) {
         size_t old_size = tc_record_size(t->panes, k->device_len, k->sensor_len, k->unit_cap);
