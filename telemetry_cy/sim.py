@@ -55,20 +55,24 @@ class Fleet:
         spike = s.spread * 5.0 if self._rng.random() < 0.0005 else 0.0
         return round(s.base + drift + noise + spike, 3)
 
-    def payloads(self, now: float, n: int) -> list[bytes]:
-        """The next n payloads, round-robin over the fleet. Silent devices skip the minutes
-        whose number is odd, so their keys go quiet, emit nothing and come back."""
+    def messages(self, now: float, n: int) -> list[tuple[str, bytes]]:
+        """The next n (topic, payload) pairs, round-robin over the fleet. Silent devices skip the
+        minutes whose number is odd, so their keys go quiet, emit nothing and come back."""
         out = []
         quiet = int(now // 60) % 2 == 1
         for _ in range(n):
             if self._rng.random() < self.malformed_share:
-                out.append(self._rng.choice(MALFORMED))
+                out.append(("site/unknown/sensor/unknown", self._rng.choice(MALFORMED)))
                 continue
             s = self.series[self._next]
             self._next = (self._next + 1) % len(self.series)
             if quiet and s.device in self._silent:
                 continue
             s.seq += 1
-            out.append(cbor2.dumps({"d": s.device, "s": s.sensor, "v": self.value(s, now),
-                                    "u": s.unit, "n": s.seq}))
+            out.append((f"site/{s.device}/sensor/{s.sensor}",
+                        cbor2.dumps({"d": s.device, "s": s.sensor, "v": self.value(s, now),
+                                     "u": s.unit, "n": s.seq})))
         return out
+
+    def payloads(self, now: float, n: int) -> list[bytes]:
+        return [payload for _topic, payload in self.messages(now, n)]
