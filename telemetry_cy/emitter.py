@@ -1,0 +1,520 @@
+"""Thread [3] of the pipeline: publishes tick batches of aggregates to NATS.
+
+nats-py is asyncio-only and not thread-safe, so the emitter owns a thread running its own event
+loop with one client, and nothing else touches that client. The engine thread calls `submit`,
+which only hands the batch (a list reference) to the loop with one `call_soon_threadsafe` -- never
+a task per message, never a lock the loop thread could hold, never a wait.
+
+Encoding happens on the loop thread, not in `submit`: the engine thread drains the ingest ring
+with the GIL released, so Python work on this thread runs beside it on the other core, while
+encoding on the engine thread (a few microseconds per aggregate, seconds for a million keys)
+would stall the drain and overflow the ring (`ingest_full`).
+
+Backlog (loop thread): a deque of encoded batches, bounded by `max_backlog_batches` and
+`max_backlog_bytes`. Over either bound the OLDEST waiting batches are dropped and each aggregate
+in them counts as `emit_backlog`; the newest batch is always kept, and the one batch being
+published right now is not counted against the bounds. A batch leaves the backlog only when its
+one flush (core NATS: PING/PONG, so the server has everything before it) or all its JetStream acks
+succeeded; otherwise it goes back to the front for a retry. Core NATS delivery is therefore
+at-least-once: a batch cut by a disconnect after some of it reached the server is sent again.
+JetStream mode sets `Nats-Msg-Id`, so the stream stores a retried aggregate once (within the
+stream's duplicate window, 2 minutes by default).
+
+Counters: the engine thread writes only `_handoff` (one tuple, replaced whole), the loop thread
+writes the rest under `_lock`, which only the loop thread and `stats()` readers take. Balance, at
+any snapshot: submitted == published + drops[emit_backlog] + backlog_aggregates, where
+backlog_aggregates includes batches handed over but not yet taken by the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import ssl
+import threading
+import time
+from urllib.parse import urlsplit
+
+from nats.aio.client import Client
+
+from telemetry_cy.encode import encoder_for
+from telemetry_cy.subjects import escape_token, subject_for, validate_prefix
+
+log = logging.getLogger("telemetry_cy.emitter")
+
+#: nats-server's default max_control_line is 4096 bytes and the PUB/HPUB line carries the subject,
+#: a reply inbox (JetStream) and sizes. A longer subject would get the connection closed by the
+#: server and the batch retried forever, so such an aggregate is dropped instead. It counts as
+#: `emit_backlog` (the emit stage's one reason in the closed set, and the daemon's balance
+#: `aggregates == published + emit_backlog + backlog` keeps holding) and, to tell why, in the
+#: `subject_too_long` stat. Only names of more than ~500 bytes (max_name_bytes) can get here.
+MAX_SUBJECT_BYTES = 3072
+#: Hand-offs the loop has not picked up yet, at most. Normally 0 or 1 (one per tick); this is a
+#: net for a stuck or starved NATS thread, so memory stays bounded even then.
+MIN_IN_FLIGHT_BATCHES = 64
+
+
+class _Batch:
+    __slots__ = ("msgs", "n", "nbytes")
+
+    def __init__(self, msgs: list, nbytes: int) -> None:
+        self.msgs = msgs          # [(subject, body, msg_id or None)]
+        self.n = len(msgs)
+        self.nbytes = nbytes
+
+
+def _id_token(raw: str) -> str:
+    # the subject token, then '|' and non-ASCII characters percent-encoded too: header values stay
+    # ASCII, and since '%' is always escaped this is plain percent-encoding, so it is injective
+    return "".join(ch if ch.isascii() and ch != "|"
+                   else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+                   for ch in escape_token(raw))
+
+
+def msg_id(device: str, sensor: str, window_end: float) -> str:
+    """JetStream deduplication id ``device|sensor|window_end``, unambiguous and ASCII-only:
+    names are escaped as subject tokens (so no whitespace or control characters reach the
+    header), and ``|`` and non-ASCII characters in them are percent-encoded as well."""
+    return f"{_id_token(device)}|{_id_token(sensor)}|{window_end!r}"
+
+
+def _safe_url(url: str) -> str:
+    parts = urlsplit(url if "://" in url else "nats://" + url)
+    if parts.username or parts.password:
+        return url.replace(parts.netloc, "***@" + parts.netloc.rpartition("@")[2])
+    return url
+
+
+class NatsEmitter:
+    def __init__(self, servers: str | list[str] = "nats://127.0.0.1:4222",
+                 subject_prefix: str = "agg", format: str = "json", jetstream: bool = False,
+                 max_backlog_batches: int = 64, max_backlog_bytes: int = 64 << 20,
+                 user: str | None = None, password: str | None = None,
+                 token: str | None = None, creds_file: str | None = None,
+                 tls_ca_file: str | None = None, tls_cert_file: str | None = None,
+                 tls_key_file: str | None = None, connect_timeout: float = 2.0,
+                 flush_timeout: float = 5.0, reconnect_time_wait: float = 0.25,
+                 max_reconnect_wait: float = 5.0, name: str = "telemetry-cy") -> None:
+        self.servers = [servers] if isinstance(servers, str) else list(servers)
+        if not self.servers:
+            raise ValueError("at least one NATS server URL is needed")
+        self.prefix = validate_prefix(subject_prefix)
+        self.format = format
+        self._encode = encoder_for(format)
+        if max_backlog_batches < 1 or max_backlog_bytes < 1:
+            raise ValueError("max_backlog_batches and max_backlog_bytes must be at least 1")
+        if token and (user or password):
+            raise ValueError("NATS auth: give either a token or user/password, not both")
+        if creds_file:
+            try:
+                import nkeys  # noqa: F401  (nats-py needs it to sign with a credentials file)
+            except ImportError:
+                raise ValueError("NATS creds_file needs the 'nkeys' package "
+                                 "(pip install nkeys)") from None
+            open(creds_file, "rb").close()  # fail now, with the path, not at each reconnect
+        self.jetstream = jetstream
+        self.max_backlog_batches = max_backlog_batches
+        self.max_backlog_bytes = max_backlog_bytes
+        self._max_in_flight = max(max_backlog_batches, MIN_IN_FLIGHT_BATCHES)
+        self.connect_timeout = connect_timeout
+        self.flush_timeout = flush_timeout
+        self.reconnect_time_wait = reconnect_time_wait
+        self.max_reconnect_wait = max_reconnect_wait
+        self.name = name
+
+        # secrets never leave this object in stats, errors or logs: redact them from any text
+        secrets = {password, token}
+        for url in self.servers:
+            parts = urlsplit(url if "://" in url else "nats://" + url)
+            secrets.update((parts.username, parts.password))  # nats://TOKEN@host puts it here
+        self._secrets = sorted((s for s in secrets if s), key=len, reverse=True)
+        self._safe_servers = ",".join(_safe_url(u) for u in self.servers)
+
+        tls = None
+        if tls_key_file and not tls_cert_file:
+            raise ValueError("NATS TLS: tls_key_file needs tls_cert_file")
+        if (tls_ca_file or tls_cert_file
+                or any(u.startswith("tls://") for u in self.servers)):
+            # verification stays on (CERT_REQUIRED, hostname checked); a private CA is added,
+            # never trusted instead of checking
+            tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls_ca_file)
+            if tls_cert_file:
+                tls.load_cert_chain(tls_cert_file, tls_key_file)
+        self._connect_opts = dict(
+            servers=self.servers, name=name, connect_timeout=connect_timeout,
+            allow_reconnect=True, max_reconnect_attempts=-1,
+            reconnect_time_wait=reconnect_time_wait,
+            reconnect_to_server_handler=self._next_server, user=user, password=password,
+            token=token, user_credentials=creds_file, tls=tls, flush_timeout=flush_timeout,
+            error_cb=self._on_error, disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected, closed_cb=self._on_closed)
+
+        # written by the producer (engine) thread only: (batches, aggregates) handed to the
+        # loop, aggregates refused at the door (emitter not running, or loop not keeping up)
+        self._handoff = (0, 0, 0)
+        # written by the loop thread only, under _lock
+        self._lock = threading.Lock()
+        self._taken = (0, 0)
+        self._backlog: collections.deque[_Batch] = collections.deque()
+        self._waiting_bytes = 0
+        self._current: _Batch | None = None
+        self._published = self._batches_published = self._flushes = 0
+        self._drops = {"emit_backlog": 0}
+        self._subject_too_long = 0
+        self._connected = False
+        self._reconnects = 0
+        self._down_since: float | None = time.monotonic()
+        self._down_total = 0.0
+        self._last_error = ""
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._accepting = False
+        self._closing = False
+        self._connected_event = threading.Event()
+        self._attempt = 0
+
+    # ---------------------------------------------------------------- producer side
+
+    def submit(self, aggregates: list, now: float | None = None) -> None:
+        """Hands one tick batch to the NATS thread. Called by the engine thread; never blocks.
+
+        The list is taken over as is (the engine builds a fresh list per tick). If the emitter is
+        not running, or the loop has not picked up max(max_backlog_batches, 64) earlier
+        hand-offs (it is stuck), the batch is dropped here and counted as `emit_backlog`."""
+        n = len(aggregates)
+        if not n:
+            return
+        batches, aggs, refused = self._handoff
+        loop = self._loop
+        if (not self._accepting or loop is None
+                or batches - self._taken[0] >= self._max_in_flight):
+            self._handoff = (batches, aggs, refused + n)
+            return
+        # counted before the call so the loop can never have taken more than was handed
+        self._handoff = (batches + 1, aggs + n, refused)
+        try:
+            loop.call_soon_threadsafe(self._take, aggregates)
+        except RuntimeError:  # the loop closed under a late submit (stop() raced with us)
+            self._handoff = (batches, aggs, refused + n)
+
+    # ---------------------------------------------------------------- loop side
+
+    def _take(self, aggregates: list) -> None:
+        """Loop thread: encode a handed-over batch, add it to the backlog, enforce the bounds."""
+        encode, prefix = self._encode, self.prefix
+        msgs, nbytes = [], 0
+        for a in aggregates:
+            subject = subject_for(prefix, a.device, a.sensor)
+            if len(subject) > MAX_SUBJECT_BYTES // 4 and len(subject.encode()) > MAX_SUBJECT_BYTES:
+                continue
+            body = encode(a)
+            mid = msg_id(a.device, a.sensor, a.window_end) if self.jetstream else None
+            msgs.append((subject, body, mid))
+            nbytes += len(subject) + len(body)
+        too_long = len(aggregates) - len(msgs)
+        dropped = 0
+        with self._lock:
+            self._taken = (self._taken[0] + 1, self._taken[1] + len(aggregates))
+            self._drops["emit_backlog"] += too_long
+            self._subject_too_long += too_long
+            if msgs:
+                self._backlog.append(_Batch(msgs, nbytes))
+                self._waiting_bytes += nbytes
+                dropped = self._trim()
+        if too_long:
+            log.warning("aggregates dropped: subject longer than %d bytes", MAX_SUBJECT_BYTES,
+                        extra={"fields": {"reason": "emit_backlog", "aggregates": too_long}})
+        if dropped:
+            log.warning("NATS backlog full: oldest batches dropped",
+                        extra={"fields": {"reason": "emit_backlog", "aggregates": dropped}})
+        self._wake.set()
+
+    def _trim(self) -> int:
+        """Under _lock: drop the oldest waiting batches until within both bounds (the newest
+        always stays). Returns the aggregates dropped."""
+        dropped = 0
+        while len(self._backlog) > 1 and (len(self._backlog) > self.max_backlog_batches
+                                          or self._waiting_bytes > self.max_backlog_bytes):
+            old = self._backlog.popleft()
+            self._waiting_bytes -= old.nbytes
+            dropped += old.n
+        self._drops["emit_backlog"] += dropped
+        return dropped
+
+    async def _publisher(self) -> None:
+        """The only code that publishes: oldest batch first, one at a time, only when connected
+        (while disconnected nats-py would buffer out of our sight and bounds)."""
+        nc = self._nc
+        while True:
+            if not self._backlog or not nc.is_connected:
+                self._wake.clear()
+                await self._wake.wait()  # set by _take, by (re)connection, by stop
+                continue
+            with self._lock:
+                batch = self._current = self._backlog.popleft()
+                self._waiting_bytes -= batch.nbytes
+            ok = await self._publish(batch)
+            dropped = 0
+            with self._lock:
+                self._current = None
+                if ok:
+                    self._published += batch.n
+                    self._batches_published += 1
+                else:  # back to the front: it is still the oldest
+                    self._backlog.appendleft(batch)
+                    self._waiting_bytes += batch.nbytes
+                    dropped = self._trim()
+            if dropped:
+                log.warning("NATS backlog full: oldest batches dropped",
+                            extra={"fields": {"reason": "emit_backlog", "aggregates": dropped}})
+            if not ok:
+                await asyncio.sleep(self.reconnect_time_wait)
+
+    async def _publish(self, batch: _Batch) -> bool:
+        nc = self._nc
+        futures: list[asyncio.Future] = []
+        try:
+            if self.jetstream:
+                js = self._js
+                for subject, body, mid in batch.msgs:
+                    futures.append(await js.publish_async(
+                        subject, body, wait_stall=self.flush_timeout,
+                        headers={"Nats-Msg-Id": mid}))
+                await nc.flush(self.flush_timeout)
+                self._flushes += 1
+                done, pending = await asyncio.wait(futures, timeout=self.flush_timeout)
+                if pending:
+                    raise TimeoutError(f"{len(pending)} of {batch.n} JetStream acks missing "
+                                       f"after {self.flush_timeout} s")
+                for f in done:
+                    f.result()  # raises the stream's error (no stream, ...)
+            else:
+                publish = nc.publish
+                for subject, body, _ in batch.msgs:
+                    await publish(subject, body)
+                await nc.flush(self.flush_timeout)
+                self._flushes += 1
+            return True
+        except Exception as exc:
+            self._note_error("publish failed, batch kept for retry", exc)
+            return False
+        finally:
+            for f in futures:  # frees nats-py's pending-ack slots of an abandoned attempt
+                if not f.done():
+                    f.cancel()
+
+    def _next_server(self, servers, server_info):
+        """nats-py reconnect hook: exponential backoff with jitter (nats-py itself only waits a
+        fixed reconnect_time_wait, so many clients restarting together would retry in step)."""
+        delay = min(self.max_reconnect_wait, self.reconnect_time_wait * 2 ** min(self._attempt, 16))
+        self._attempt += 1
+        server = min(servers, key=lambda s: s.reconnects)  # round-robin over the pool
+        return server, delay * random.uniform(0.5, 1.0)
+
+    # ---------------------------------------------------------------- connection callbacks
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _note_error(self, what: str, exc: BaseException) -> None:
+        text = self._redact(f"{what}: {type(exc).__name__}: {exc}".rstrip(": "))
+        if text != self._last_error:  # one line per new error, not one per retry
+            log.warning(text)
+        with self._lock:
+            self._last_error = text
+
+    def _set_connected(self, up: bool) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if up and self._down_since is not None:
+                self._down_total += now - self._down_since
+                self._down_since = None
+            elif not up and self._down_since is None:
+                self._down_since = now
+            self._connected = up
+        if up:
+            self._attempt = 0
+            self._connected_event.set()
+            self._wake.set()
+        else:
+            self._connected_event.clear()
+
+    async def _on_error(self, exc: Exception) -> None:
+        self._note_error("NATS error", exc)
+
+    async def _on_disconnected(self) -> None:
+        if self._closing:
+            return
+        if self._connected:
+            log.warning("NATS disconnected; backlog holds until it is back")
+        self._set_connected(False)
+
+    async def _on_reconnected(self) -> None:
+        with self._lock:
+            self._reconnects += 1
+        self._set_connected(True)
+        log.info("NATS reconnected", extra={"fields": {"url": self._connected_url()}})
+
+    async def _on_closed(self) -> None:
+        if not self._closing:
+            log.error("NATS connection closed")
+            self._set_connected(False)
+
+    def _connected_url(self) -> str:
+        url = self._nc.connected_url
+        return _safe_url(url.geturl()) if url else ""
+
+    async def _connect(self) -> None:
+        try:
+            # with max_reconnect_attempts=-1 this keeps retrying until the server is there
+            await self._nc.connect(**self._connect_opts)
+        except Exception as exc:
+            self._note_error("NATS connect failed", exc)
+            return
+        self._set_connected(True)
+        log.info("NATS connected", extra={"fields": {"url": self._connected_url()}})
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def _run(self, started: threading.Event) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        self._nc = Client()
+        self._js = self._nc.jetstream(timeout=self.flush_timeout) if self.jetstream else None
+        self._wake = asyncio.Event()
+        self._tasks = [loop.create_task(self._publisher()), loop.create_task(self._connect())]
+        loop.call_soon(started.set)
+        try:
+            loop.run_forever()
+        finally:
+            # whatever is left (nats-py's reader, pinger, ...) is cancelled before closing
+            leftovers = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in leftovers:
+                t.cancel()
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+            loop.close()
+
+    def start(self, wait_connected: float | None = None, fail_fast: bool = False) -> None:
+        """Starts the NATS thread and connects in the background.
+
+        wait_connected: seconds to wait for the first connection (None: do not wait). If NATS is
+        not there by then, the emitter keeps retrying in the background (submissions go to the
+        backlog) -- unless fail_fast, which stops it and raises ConnectionError. fail_fast
+        without wait_connected waits connect_timeout."""
+        if self._thread is not None:
+            raise RuntimeError("NatsEmitter.start() called twice")
+        self._loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(started,),
+                                        name=f"{self.name}-nats", daemon=True)
+        self._thread.start()
+        if not started.wait(10.0):
+            raise RuntimeError("the NATS thread did not start")
+        self._accepting = True
+        if fail_fast and wait_connected is None:
+            wait_connected = self.connect_timeout
+        if not wait_connected or self._connected_event.wait(wait_connected):
+            return
+        if fail_fast:
+            error = self.stats()["last_error"]
+            self.stop(0.0)
+            raise ConnectionError(f"NATS not reachable at {self._safe_servers} within "
+                                  f"{wait_connected:g} s" + (f": {error}" if error else ""))
+        log.warning("NATS not connected yet; retrying in the background",
+                    extra={"fields": {"servers": self._safe_servers}})
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected_event.wait(timeout)
+
+    def stop(self, deadline_s: float = 5.0) -> None:
+        """Publishes what is in the backlog within deadline_s, counts the rest as
+        `emit_backlog`, closes the connection and joins the thread. Call it after the producer
+        has stopped: later submissions are counted as `emit_backlog` too."""
+        self._accepting = False
+        thread, loop = self._thread, self._loop
+        if thread is None or not thread.is_alive():
+            return
+        done = asyncio.run_coroutine_threadsafe(self._shutdown(deadline_s), loop)
+        try:
+            # the coroutine bounds itself; the margin covers closing the connection
+            done.result(timeout=deadline_s + self.connect_timeout + 5.0)
+        except Exception as exc:
+            self._note_error("stop", exc)
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(10.0)
+        # hand-offs the loop never took (scheduled before it closed) are lost: count them
+        with self._lock:
+            batches, aggs, _ = self._handoff
+            lost = aggs - self._taken[1]
+            if lost > 0:
+                self._drops["emit_backlog"] += lost
+                self._taken = (batches, aggs)
+
+    async def _shutdown(self, deadline_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + max(0.0, deadline_s)
+        # let the publisher work through the backlog while connected (polled: cheap, bounded)
+        while (self._backlog or self._current) and loop.time() < end:
+            await asyncio.sleep(min(0.01, max(0.0, end - loop.time())))
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        dropped = 0
+        with self._lock:
+            for batch in ([self._current] if self._current else []) + list(self._backlog):
+                dropped += batch.n
+            self._backlog.clear()
+            self._current = None
+            self._waiting_bytes = 0
+            self._drops["emit_backlog"] += dropped
+        if dropped:
+            log.warning("stop: backlog not published within the deadline",
+                        extra={"fields": {"reason": "emit_backlog", "aggregates": dropped}})
+        try:
+            await asyncio.wait_for(self._nc.close(), timeout=max(1.0, end - loop.time()))
+        except Exception as exc:
+            self._note_error("close", exc)
+        with self._lock:  # stopped: no longer connected, and no longer "down" either
+            self._connected = False
+            if self._down_since is not None:
+                self._down_total += time.monotonic() - self._down_since
+                self._down_since = None
+        loop.stop()
+
+    # ---------------------------------------------------------------- counters
+
+    def stats(self) -> dict:
+        """A consistent snapshot, safe from any thread."""
+        with self._lock:
+            taken_batches, taken_aggs = self._taken
+            current = [self._current] if self._current else []
+            backlog_batches = len(self._backlog) + len(current)
+            backlog_aggs = sum(b.n for b in self._backlog) + sum(b.n for b in current)
+            backlog_bytes = self._waiting_bytes + sum(b.nbytes for b in current)
+            down = self._down_total + (time.monotonic() - self._down_since
+                                       if self._down_since is not None else 0.0)
+            out = {
+                "published": self._published,
+                "batches_published": self._batches_published,
+                "flushes": self._flushes,
+                "drops": dict(self._drops),
+                "subject_too_long": self._subject_too_long,
+                "connected": self._connected,
+                "reconnects": self._reconnects,
+                "disconnected_seconds": round(down, 3),
+                "last_error": self._last_error,
+            }
+        # read after the loop-side snapshot: handed >= taken, so in-flight is never negative
+        batches, aggs, refused = self._handoff
+        out["drops"]["emit_backlog"] += refused
+        out["submitted"] = aggs + refused
+        out["backlog_batches"] = backlog_batches + batches - taken_batches
+        out["backlog_aggregates"] = backlog_aggs + aggs - taken_aggs
+        out["backlog_bytes"] = backlog_bytes
+        return out
