@@ -81,14 +81,18 @@ class Daemon:
         self.log.info("starting", extra={"fields": {
             "mqtt": c.mqtt_url, "topics": ",".join(c.topic), "nats": c.nats_url,
             "window_s": c.window, "emit_every_s": c.emit_every}})
-        self.emitter.start()
-        self.engine_thread.start()
-        self.source.start()
+        self.start()
         code = self._wait_for_connections()
         if code == EXIT_OK:
             code = self._serve()
         self.shutdown()
         return code
+
+    def start(self) -> None:
+        """Starts the threads, downstream first, so each has a consumer when data arrives."""
+        self.emitter.start()
+        self.engine_thread.start()
+        self.source.start()
 
     def _wait_for_connections(self) -> int:
         timeout = self.config.start_timeout
