@@ -8,6 +8,13 @@ import sys
 from telemetry_cy import config
 
 
+def _duration(text: str) -> float:
+    try:
+        return config.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="telemetry-cy",
                                      description="Real-time telemetry processor.")
@@ -21,10 +28,10 @@ def main(argv=None) -> int:
                           "and nats-server, a simulated fleet, a live view")
     demo.add_argument("--rate", type=float, default=2000, help="messages per second (2000)")
     demo.add_argument("--devices", type=int, default=50, help="simulated devices (50)")
-    demo.add_argument("--duration", type=float, default=0.0,
-                      help="seconds to run; 0 runs until Ctrl-C (0)")
-    demo.add_argument("--window", type=float, default=60.0, help="window seconds (60)")
-    demo.add_argument("--emit-every", type=float, default=5.0, help="tick seconds (5)")
+    demo.add_argument("--duration", type=_duration, default=0.0,
+                      help="how long to run, e.g. 30s or 5m; 0 runs until Ctrl-C (0)")
+    demo.add_argument("--window", type=_duration, default=60.0, help="window (60s)")
+    demo.add_argument("--emit-every", type=_duration, default=5.0, help="tick period (5s)")
     demo.add_argument("--show", type=int, default=8, help="aggregates printed per tick (8)")
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--plain", action="store_true",

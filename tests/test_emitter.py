@@ -19,7 +19,7 @@ from telemetry_cy.emitter import NatsEmitter
 from telemetry_cy.encode import decode_body, encode_json
 from telemetry_cy.subjects import parse_subject, subject_for
 
-from brokers import NatsServer, find_nats_server, free_port  # nats_server, tls_certs: fixtures
+from brokers import NatsServer, NatsSubscriber as Subscriber, find_nats_server, free_port  # noqa: E501
 
 FAST = dict(connect_timeout=1.0, flush_timeout=2.0, reconnect_time_wait=0.05,
             max_reconnect_wait=0.3)
@@ -55,55 +55,6 @@ def batch(window_end, n, prefix="dev"):
 
 def balance(s):
     return s["published"] + sum(s["drops"].values()) + s["backlog_aggregates"]
-
-
-class Subscriber:
-    """A nats-py client on its own loop thread, recording every message on `subject`."""
-
-    def __init__(self, url, subject="agg.>"):
-        self.msgs = []
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.nc = self.call(nats.connect(url, connect_timeout=2, max_reconnect_attempts=0))
-        if subject:
-            self.call(self._subscribe(subject))
-
-    def call(self, coro, timeout=10.0):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    async def _subscribe(self, subject):
-        async def cb(msg):
-            self.msgs.append(msg)
-        await self.nc.subscribe(subject, cb=cb)
-        await self.nc.flush()
-
-    def wait_count(self, n, timeout=10.0):
-        assert wait_for(lambda: len(self.msgs) >= n, timeout), (len(self.msgs), n)
-        time.sleep(0.1)  # and nothing more arrives
-        return list(self.msgs)
-
-    def add_stream(self, name="AGG", subjects=("agg.>",)):
-        self.call(self.nc.jetstream().add_stream(name=name, subjects=list(subjects)))
-
-    def stream_msgs(self, name="AGG"):
-        async def read():
-            jsm = self.nc.jsm()
-            info = await jsm.stream_info(name)
-            return [await jsm.get_msg(name, seq)
-                    for seq in range(info.state.first_seq, info.state.last_seq + 1)]
-        return self.call(read())
-
-    def close(self):
-        if not self.thread.is_alive():
-            return
-        try:
-            self.call(self.nc.close(), timeout=5)
-        except BaseException:  # the server may be gone already; closing is best effort
-            pass
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
 
 
 @pytest.fixture
