@@ -37,15 +37,7 @@ class FrameError(ValueError):
         self.packets = packets if packets is not None else []
 
 
-def _check_args(protocol, max_payload_bytes, buffer_bytes):
-    # Shared wording with _frames_py._check_args: the twins raise the same errors.
-    if protocol not in (3, 4, 5):
-        raise ValueError(f"protocol must be 3 or 4 (MQTT 3.1/3.1.1) or 5, got {protocol!r}")
-    if not isinstance(buffer_bytes, int) or not (MIN_BUFFER_BYTES <= buffer_bytes <= MAX_BUFFER_BYTES):
-        raise ValueError(
-            f"buffer_bytes must be an int in [{MIN_BUFFER_BYTES}, {MAX_BUFFER_BYTES}], got {buffer_bytes!r}")
-    if not isinstance(max_payload_bytes, int) or max_payload_bytes < 0:
-        raise ValueError(f"max_payload_bytes must be an int >= 0, got {max_payload_bytes!r}")
+from telemetry_cy._frames_py import _check_args  # the twin's check: same errors, same words
 
 
 cdef class FrameReader:

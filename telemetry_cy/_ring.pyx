@@ -29,17 +29,7 @@ def record_size(topic_len: int, payload_len: int) -> int:
     return (HEADER_SIZE + topic_len + payload_len + ALIGN - 1) & ~(ALIGN - 1)
 
 
-cdef int _check_capacity(object capacity_bytes) except -1:
-    # Same checks and messages as _ring_py._check_capacity: the two implementations are
-    # interchangeable, errors included.
-    if not isinstance(capacity_bytes, int) or isinstance(capacity_bytes, bool):
-        raise TypeError(f"capacity_bytes must be an int, not {type(capacity_bytes).__name__}")
-    if not (MIN_CAPACITY <= capacity_bytes <= MAX_CAPACITY) or (capacity_bytes & (capacity_bytes - 1)):
-        raise ValueError(
-            f"capacity_bytes must be a power of two in [{MIN_CAPACITY}, {MAX_CAPACITY}], "
-            f"got {capacity_bytes}"
-        )
-    return 0
+from telemetry_cy._ring_py import _check_capacity
 
 
 cdef class ByteRing:
@@ -48,7 +38,7 @@ cdef class ByteRing:
     def __cinit__(self, capacity_bytes):
         self._ring = NULL
         self.bell_ready = False
-        _check_capacity(capacity_bytes)
+        _check_capacity(capacity_bytes)  # the twin's check: same errors, same words
         if tc_doorbell_init(&self.bell) != 0:
             raise MemoryError("cannot initialise the ring's doorbell")
         self.bell_ready = True
