@@ -15,7 +15,13 @@ PURE = os.environ.get("TELEMETRY_CY_PURE", "") not in ("", "0")
 if PURE:
     from telemetry_cy._engine_py import Aggregate, Engine
 else:
-    from telemetry_cy._engine import Aggregate, Engine
+    try:
+        from telemetry_cy._engine import Aggregate, Engine
+    except ImportError as exc:  # a source checkout that was never built
+        raise ImportError(
+            "telemetry-cy's compiled modules are not built: install with 'pip install .' (or "
+            "'python setup.py build_ext --inplace' in a checkout), or set TELEMETRY_CY_PURE=1 "
+            "to use the pure-Python engine") from exc
 
 from telemetry_cy.reasons import DROP_REASONS
 
