@@ -37,6 +37,7 @@ install_os_packages() {
     python_ready || missing+=(python3 python3-dev python3-venv)
     have_mosquitto || missing+=(mosquitto)
     command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # TLS test certificates
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing OS packages: ${missing[*]}"
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
