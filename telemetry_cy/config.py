@@ -106,6 +106,13 @@ def parse_list(value: Any) -> list[str]:
     return items
 
 
+def parse_port(value: Any) -> int:
+    port = parse_int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"expected a TCP port 0..65535, got {value!r}")
+    return port
+
+
 def choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = str(value).strip().lower()
@@ -233,6 +240,13 @@ SETTINGS: tuple[Setting, ...] = (
        group="operations"),
     _s("shutdown_deadline", parse_duration, 10.0, "on SIGTERM, how long to wait for the "
        "final flush to NATS", "duration", group="operations"),
+    _s("metrics_port", parse_port, 0, "serve Prometheus /metrics and /healthz on this TCP "
+       "port (0 = off)", "int", group="operations"),
+    _s("metrics_host", parse_str, "127.0.0.1", "address the metrics port listens on "
+       "(0.0.0.0 or :: for every interface)", group="operations"),
+    _s("health_stale_after", at_least(parse_duration, 1.0), 30.0, "/healthz answers 503 when "
+       "MQTT or NATS has been down, or the engine thread has not looped, for longer than this",
+       "duration", group="operations"),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}

@@ -4,6 +4,12 @@ Ownership: the Engine and everything in it belong to this thread alone. Other th
 counters only through `stats()`, a snapshot this thread publishes (a dict swapped in whole, so a
 reader never sees a half-updated one). Aggregates leave through `emit(aggregates, now)`, called
 on this thread; a bounded hand-off to the publisher is the emitter's business (it must not block).
+
+For metrics and health (telemetry_cy/metrics.py): each snapshot carries ``heartbeat``, the
+``time.monotonic()`` of the loop iteration that published it (snapshots are published every
+SNAPSHOT_EVERY_S from inside the loop, busy or idle, so an old heartbeat means the loop is stuck),
+and ``on_tick(seconds)``, if given, is called on this thread after each tick with its duration
+(engine tick, snapshot, hand-off) -- once per emit_every, never per message.
 """
 
 from __future__ import annotations
@@ -24,13 +30,16 @@ SNAPSHOT_EVERY_S = 0.25
 class EngineThread(threading.Thread):
     def __init__(self, engine, ring, emit: Callable[[list, float], None],
                  clock: Callable[[], float] = time.time, batch_records: int = 8192,
-                 name: str = "telemetry-cy-engine"):
+                 name: str = "telemetry-cy-engine",
+                 on_tick: Callable[[float], None] | None = None):
         super().__init__(name=name, daemon=True)
         self.engine = engine
         self.ring = ring
         self.emit = emit
         self.clock = clock
         self.batch_records = batch_records
+        self.on_tick = on_tick
+        self.last_tick_seconds = 0.0
         self._stop_requested = threading.Event()
         self._snapshot: dict = {}
         self.parks = 0
@@ -53,9 +62,10 @@ class EngineThread(threading.Thread):
                 if now >= next_tick:
                     self._tick(now)
                     next_tick = self._next_tick(now)
-                if time.monotonic() >= next_snapshot:
-                    self._publish_stats()
-                    next_snapshot = time.monotonic() + SNAPSHOT_EVERY_S
+                mono = time.monotonic()
+                if mono >= next_snapshot:
+                    self._publish_stats(mono)
+                    next_snapshot = mono + SNAPSHOT_EVERY_S
                 if consumed:
                     idle = 0
                     continue
@@ -77,13 +87,19 @@ class EngineThread(threading.Thread):
         started = time.perf_counter()
         aggregates = self.engine.tick(now)
         if aggregates:
+            # the snapshot goes out before the hand-off: a reader that sees an aggregate
+            # published (or dropped) downstream then sees it counted here too
+            self._publish_stats()
             self.emit(aggregates, now)
-        self.last_tick_seconds = time.perf_counter() - started
+        self.last_tick_seconds = elapsed = time.perf_counter() - started
+        if self.on_tick is not None:
+            self.on_tick(elapsed)
 
-    def _publish_stats(self) -> None:
+    def _publish_stats(self, mono: float | None = None) -> None:
         stats = self.engine.stats()
         stats["parks"] = self.parks
         stats["ring_used_bytes"] = self.ring.used_bytes
+        stats["heartbeat"] = time.monotonic() if mono is None else mono
         self._snapshot = stats
 
     def stats(self) -> dict:
