@@ -139,7 +139,8 @@ class Daemon:
             signal.signal(signum, self._on_signal)
         c = self.config
         self.log.info("starting", extra={"fields": {
-            "mqtt": c.mqtt_url, "topics": ",".join(c.topic), "nats": c.nats_url,
+            "mqtt": logs.redact_url(c.mqtt_url), "topics": ",".join(c.topic),
+            "nats": ",".join(logs.redact_url(u) for u in c.nats_url.split(",")),
             "window_s": c.window, "emit_every_s": c.emit_every}})
         if self.metrics is not None:
             try:

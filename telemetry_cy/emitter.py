@@ -35,10 +35,12 @@ import random
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from nats.aio.client import Client
 
+from telemetry_cy.logs import redact_url
 from telemetry_cy.encode import encoder_for
 from telemetry_cy.subjects import escape_token, subject_for, validate_prefix
 
@@ -57,12 +59,13 @@ MIN_IN_FLIGHT_BATCHES = 64
 
 
 class _Batch:
-    __slots__ = ("msgs", "n", "nbytes")
+    __slots__ = ("msgs", "n", "nbytes", "window_end")
 
-    def __init__(self, msgs: list, nbytes: int) -> None:
+    def __init__(self, msgs: list, nbytes: int, window_end: float) -> None:
         self.msgs = msgs          # [(subject, body, msg_id or None)]
         self.n = len(msgs)
         self.nbytes = nbytes
+        self.window_end = window_end  # the oldest tick in the batch
 
 
 def _id_token(raw: str) -> str:
@@ -80,13 +83,6 @@ def msg_id(device: str, sensor: str, window_end: float) -> str:
     return f"{_id_token(device)}|{_id_token(sensor)}|{window_end!r}"
 
 
-def _safe_url(url: str) -> str:
-    parts = urlsplit(url if "://" in url else "nats://" + url)
-    if parts.username or parts.password:
-        return url.replace(parts.netloc, "***@" + parts.netloc.rpartition("@")[2])
-    return url
-
-
 class NatsEmitter:
     def __init__(self, servers: str | list[str] = "nats://127.0.0.1:4222",
                  subject_prefix: str = "agg", format: str = "json", jetstream: bool = False,
@@ -96,7 +92,8 @@ class NatsEmitter:
                  tls_ca_file: str | None = None, tls_cert_file: str | None = None,
                  tls_key_file: str | None = None, connect_timeout: float = 2.0,
                  flush_timeout: float = 5.0, reconnect_time_wait: float = 0.25,
-                 max_reconnect_wait: float = 5.0, name: str = "telemetry-cy") -> None:
+                 max_reconnect_wait: float = 5.0, name: str = "telemetry-cy",
+                 on_published: Callable[[int, float], None] | None = None) -> None:
         self.servers = [servers] if isinstance(servers, str) else list(servers)
         if not self.servers:
             raise ValueError("at least one NATS server URL is needed")
@@ -123,6 +120,8 @@ class NatsEmitter:
         self.reconnect_time_wait = reconnect_time_wait
         self.max_reconnect_wait = max_reconnect_wait
         self.name = name
+        # called on the NATS thread once a batch is confirmed: (aggregates, oldest window_end)
+        self.on_published = on_published
 
         # secrets never leave this object in stats, errors or logs: redact them from any text
         secrets = {password, token}
@@ -130,7 +129,7 @@ class NatsEmitter:
             parts = urlsplit(url if "://" in url else "nats://" + url)
             secrets.update((parts.username, parts.password))  # nats://TOKEN@host puts it here
         self._secrets = sorted((s for s in secrets if s), key=len, reverse=True)
-        self._safe_servers = ",".join(_safe_url(u) for u in self.servers)
+        self._safe_servers = ",".join(redact_url(u) for u in self.servers)
 
         tls = None
         if tls_key_file and not tls_cert_file:
@@ -221,7 +220,8 @@ class NatsEmitter:
             self._drops["emit_backlog"] += too_long
             self._subject_too_long += too_long
             if msgs:
-                self._backlog.append(_Batch(msgs, nbytes))
+                window_end = min(a.window_end for a in aggregates)
+                self._backlog.append(_Batch(msgs, nbytes, window_end))
                 self._waiting_bytes += nbytes
                 dropped = self._trim()
         if too_long:
@@ -270,6 +270,11 @@ class NatsEmitter:
             if dropped:
                 log.warning("NATS backlog full: oldest batches dropped",
                             extra={"fields": {"reason": "emit_backlog", "aggregates": dropped}})
+            if ok and self.on_published is not None:
+                try:
+                    self.on_published(batch.n, batch.window_end)
+                except Exception:  # an observer's failure is not a failed publication
+                    log.exception("on_published callback failed")
             if not ok:
                 await asyncio.sleep(self.reconnect_time_wait)
 
@@ -367,7 +372,7 @@ class NatsEmitter:
 
     def _connected_url(self) -> str:
         url = self._nc.connected_url
-        return _safe_url(url.geturl()) if url else ""
+        return redact_url(url.geturl()) if url else ""
 
     async def _connect(self) -> None:
         try:

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+from urllib.parse import urlsplit
 
 LOGGER_NAME = "telemetry_cy"
 
@@ -46,6 +47,18 @@ def _text(value) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its whole user-info part replaced by ``***``: a password, and also a token
+    given as the user name (nats://TOKEN@host), never reach a log line, a stat or an error."""
+    try:
+        parts = urlsplit(url if "://" in url else "//" + url)
+    except ValueError:
+        return "<unparseable URL>"
+    if "@" not in parts.netloc:
+        return url
+    return url.replace(parts.netloc, "***@" + parts.netloc.rpartition("@")[2], 1)
 
 
 def setup(log_format: str = "text", level: int = logging.INFO, stream=None) -> logging.Logger:

@@ -306,34 +306,11 @@ class PipelineCollector(Collector):
 def watch_publications(emitter, observe: Callable[[float], None],
                        clock: Callable[[], float] = time.time) -> bool:
     """Calls ``observe(confirmed_at - window_end)`` on the NATS thread for every tick batch the
-    emitter publishes successfully. ``window_end`` is read from the batch's first message body,
-    the oldest tick in the batch.
-
-    NatsEmitter has no public publication hook, so this wraps its instance's ``_publish``
-    coroutine (the one call per batch attempt that returns True once NATS has everything).
-    Anything unexpected -- another emitter, a changed batch layout -- leaves the emitter
-    untouched or skips the observation; publishing itself is never affected. Returns whether
-    the hook is in place."""
-    import inspect
-
-    from telemetry_cy.encode import decode_body
-
-    publish = getattr(emitter, "_publish", None)
-    fmt = getattr(emitter, "format", None)
-    if publish is None or fmt is None or not inspect.iscoroutinefunction(publish):
+    emitter publishes successfully (``window_end``: the oldest tick in the batch). Returns
+    whether the emitter offers the hook."""
+    if not hasattr(emitter, "on_published"):
         return False
-
-    async def _publish(batch):
-        ok = await publish(batch)
-        if ok:
-            try:
-                end = float(decode_body(fmt, batch.msgs[0][1])["window_end"])
-                observe(clock() - end)
-            except Exception:  # an observation is not worth a failed publication
-                pass
-        return ok
-
-    emitter._publish = _publish
+    emitter.on_published = lambda n, window_end: observe(clock() - window_end)
     return True
 
 

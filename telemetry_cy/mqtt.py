@@ -51,6 +51,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
 from telemetry_cy import PURE, _frames_py
+from telemetry_cy.logs import redact_url
 
 try:
     from telemetry_cy import _frames, _ring
@@ -134,18 +135,6 @@ def parse_url(url: str) -> tuple[bool, str, int, str | None, str | None]:
     user = urllib.parse.unquote(parts.username) if parts.username is not None else None
     password = urllib.parse.unquote(parts.password) if parts.password is not None else None
     return tls, host, port or (8883 if tls else 1883), user, password
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for logs and reprs)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
-    except ValueError:
-        return "<unparseable URL>"
 
 
 # ---- the paho client with the compiled receive path ----------------------------------------------------

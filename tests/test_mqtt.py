@@ -187,7 +187,8 @@ def test_parse_url():
     for bad in ("http://h", "h:1883", "mqtt://", "mqtt://h/topic", "mqtt://h:99999"):
         with pytest.raises(ValueError):
             parse_url(bad)
-    assert redact_url("mqtt://u:secret@h:1") == "mqtt://u:***@h:1"
+    assert redact_url("mqtt://u:secret@h:1") == "mqtt://***@h:1"
+    assert redact_url("nats://TOKEN@h:1") == "nats://***@h:1"
     assert redact_url("mqtt://h:1") == "mqtt://h:1"
     with pytest.raises(ValueError) as ei:
         parse_url("ftp://u:secret@h")
