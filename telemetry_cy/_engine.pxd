@@ -14,6 +14,8 @@ cdef extern from "tc_window.h" nogil:
         int64_t newest
         double last, last_ts
         uint32_t dense_index, device_len, sensor_len, unit_len, unit_cap
+        uint32_t has_seq
+        uint64_t last_seq
 
     ctypedef struct tc_agg:
         uint64_t count
@@ -42,11 +44,46 @@ cdef extern from "tc_window.h" nogil:
     void tc_key_add(tc_key *k, uint32_t panes, int64_t interval, double ts, double x)
     int tc_key_aggregate(const tc_key *k, uint32_t panes, int64_t tick, tc_agg *out)
 
+    enum:
+        TC_SEQ_FIRST, TC_SEQ_NEXT, TC_SEQ_GAP, TC_SEQ_DUPLICATE, TC_SEQ_REORDER, TC_SEQ_RESTART,
+        TC_SEQ_N_CLASSES
+    uint32_t TC_SEQ_MAX_REORDER
+    uint64_t TC_SEQ_MAX_GAP
+    int tc_key_seq(tc_key *k, uint64_t n, uint64_t *gap)
+
+
+cdef extern from "tc_topn.h" nogil:
+    enum:
+        TC_TOPN_CAP
+        TC_TOPN_NAME_BYTES
+
+    ctypedef struct tc_topn:
+        uint32_t n
+        uint64_t total
+        uint64_t count[TC_TOPN_CAP]
+        uint64_t error[TC_TOPN_CAP]
+        uint32_t name_len[TC_TOPN_CAP]
+        char name[TC_TOPN_CAP][TC_TOPN_NAME_BYTES]
+
+    void tc_topn_init(tc_topn *t)
+    size_t tc_topn_cut(const char *p, size_t len, size_t budget)
+    void tc_topn_add(tc_topn *t, const char *name, size_t len, uint64_t w)
+    void tc_topn_add_name(tc_topn *t, const char *p, size_t len, uint64_t w)
+    void tc_topn_add_pair(tc_topn *t, const char *a, size_t alen, const char *b, size_t blen,
+                          uint64_t w)
+
 
 cdef struct batch_item:
     const char *data
     Py_ssize_t size
     double ts
+    const char *topic        # only set by drain (Engine.batch_topics)
+    Py_ssize_t topic_len
+
+
+@cython.final
+cdef class TopN:
+    cdef tc_topn summary
 
 
 @cython.final
@@ -86,16 +123,23 @@ cdef class Engine:
     # counters; drops indexed by tc_reason
     cdef uint64_t received, payloads, readings, evicted, ticks, aggregates
     cdef uint64_t drops[8]
+    # sequence numbers: events by class (TC_SEQ_*), and the numbers skipped by gaps
+    cdef uint64_t seq_events[6]
+    cdef uint64_t seq_gaps
+    # top offenders (tc_topn.h); batch_topics: the batch items carry MQTT topics (drain)
+    cdef tc_topn top_drops, top_gaps, top_late
+    cdef bint batch_topics
 
     cdef int _apply_reading(self, const char *dev, uint32_t dlen, const char *sen, uint32_t slen,
                             const char *unit, uint32_t ulen, double value, double ts,
-                            int64_t interval) noexcept nogil
+                            int64_t interval, uint64_t seq, bint has_seq) noexcept nogil
+    cdef void _payload_offender(self, const batch_item *item, uint64_t w) noexcept nogil
     cdef Py_ssize_t _run_batch(self, Py_ssize_t start, Py_ssize_t n, int *why) noexcept nogil
     cdef int _advance(self, int64_t interval) except -1
     cdef int _scan(self, int64_t tick, bint emit) except -1
     cdef Py_ssize_t _run_all(self, Py_ssize_t n) except -1
     cdef int64_t _interval(self, double ts) except? -1
     cdef _push_fallback(self, Py_ssize_t i)
-    cdef _accept_python(self, str device, str sensor, double value, unit, double ts,
+    cdef _accept_python(self, str device, str sensor, double value, unit, seq, double ts,
                         int64_t interval)
     cdef int _reserve_batch(self, Py_ssize_t n) except -1

@@ -1,6 +1,42 @@
 from collections.abc import Iterable
+from typing import TypedDict
 
 from telemetry_cy._ring import ByteRing
+
+class SeqStats(TypedDict):
+    """Sequence-number accounting over accepted readings with `n`, per (device, sensor) stream
+    (docs/windows.md, "Sequence numbers and offenders")."""
+
+    gaps: int  # numbers skipped between two readings of a stream (messages we never accepted)
+    duplicates: int  # n equal to the stream's last
+    reorders: int  # n a little below the stream's last (at most 1,024 back, and n > 1)
+    restarts: int  # back to 0 or 1, more than 1,024 back, or more than 2**20 forward
+
+#: (name, count, error_bound): the true count lies in [count - error_bound, count].
+Offender = tuple[str, int, int]
+
+class Offenders(TypedDict):
+    drops: list[Offender]  # key_limit by "device/sensor"; other drops by MQTT topic, or "-"
+    gaps: list[Offender]  # "device/sensor", weighted by the numbers skipped
+    late: list[Offender]  # "device/sensor"
+
+class TopN:
+    """A space-saving summary of the heaviest names (includes/tc_topn.h): ``capacity`` slots,
+    names cut to ``name_bytes`` bytes at a UTF-8 boundary. Every name whose weight is above
+    ``total / capacity`` holds a slot; a slot's count over-estimates by at most its error."""
+
+    capacity: int  # 32
+    name_bytes: int  # 96
+    def __init__(self) -> None: ...
+    def add(self, name: bytes, weight: int = 1) -> None: ...
+    def add_pair(self, a: bytes, b: bytes, weight: int = 1) -> None:
+        """The name a + b"/" + b."""
+    @property
+    def total(self) -> int: ...
+    def entries(self) -> list[tuple[bytes, int, int]]:
+        """Every slot, in slot order: (name, count, error)."""
+    def top(self, k: int = 10) -> list[Offender]:
+        """The k largest, by count then name."""
 
 
 class Aggregate:
@@ -37,6 +73,9 @@ class Engine:
     def push_many(self, payloads: Iterable[bytes | bytearray | memoryview], ts: float) -> int: ...
     def drain(self, ring: ByteRing, max_records: int = 4096) -> int: ...
     def push_reading(self, device: str, sensor: str, value: float, ts: float,
-                     unit: str | None = None) -> None: ...
+                     unit: str | None = None, seq: int | None = None) -> None: ...
     def tick(self, now: float) -> list[Aggregate]: ...
-    def stats(self) -> dict[str, object]: ...
+    def stats(self) -> dict[str, object]:
+        """Counters and gauges. Besides the drop and window counters: ``stats()["seq"]`` is a
+        ``SeqStats`` and ``stats()["offenders"]`` an ``Offenders`` (top 10 of each summary, by
+        count)."""

@@ -6,7 +6,8 @@ import os
 
 cimport cython
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact, \
+    PyBytes_FromStringAndSize
 from cpython.object cimport PyObject
 from cpython.sequence cimport PySequence_Fast_ITEMS
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -20,7 +21,9 @@ from telemetry_cy._decode cimport (
     TC_MIN_READING_BYTES, TC_PAYLOAD_FALLBACK, TC_PAYLOAD_OK, tc_decode_payload,
     tc_reading,
 )
-from telemetry_cy._engine_common import check_config, AGGREGATE_FIELDS
+from telemetry_cy._engine_common import (
+    AGGREGATE_FIELDS, TOP_OFFENDERS, check_config, top_entries,
+)
 from telemetry_cy.fallback import decode_with_cbor2
 from telemetry_cy.reasons import DROP_REASONS, ENGINE_REASONS
 
@@ -85,6 +88,51 @@ cdef class Aggregate:
             f"{name}={getattr(self, name)!r}" for name in AGGREGATE_FIELDS) + ")"
 
 
+@cython.final
+cdef class TopN:
+    """A space-saving summary (includes/tc_topn.h) on its own, for tests and tools; the engine
+    embeds three of them. The pure twin is ``_engine_py.TopN``."""
+
+    capacity = TC_TOPN_CAP
+    name_bytes = TC_TOPN_NAME_BYTES
+
+    def __cinit__(self):
+        tc_topn_init(&self.summary)
+
+    def add(self, bytes name not None, weight=1):
+        """Adds `weight` (a positive int) to `name`, cut to name_bytes."""
+        if weight < 1:
+            raise ValueError("weight must be positive")
+        cdef uint64_t w = weight
+        tc_topn_add_name(&self.summary, PyBytes_AS_STRING(name), <size_t>PyBytes_GET_SIZE(name), w)
+
+    def add_pair(self, bytes a not None, bytes b not None, weight=1):
+        """Adds `weight` to the name a + b"/" + b, cut to name_bytes."""
+        if weight < 1:
+            raise ValueError("weight must be positive")
+        cdef uint64_t w = weight
+        tc_topn_add_pair(&self.summary, PyBytes_AS_STRING(a), <size_t>PyBytes_GET_SIZE(a),
+                         PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b), w)
+
+    @property
+    def total(self):
+        return self.summary.total
+
+    def entries(self):
+        """Every slot in order: [(name bytes, count, error), ...]."""
+        return _topn_entries(&self.summary)
+
+    def top(self, Py_ssize_t k=TOP_OFFENDERS):
+        """The k largest: [(name, count, error_bound), ...], by count then name."""
+        return top_entries(_topn_entries(&self.summary), k)
+
+
+cdef list _topn_entries(const tc_topn *t):
+    cdef uint32_t i
+    return [(PyBytes_FromStringAndSize(t.name[i], t.name_len[i]), t.count[i], t.error[i])
+            for i in range(t.n)]
+
+
 cdef inline bint _is_late(bint started, int64_t closed, int64_t interval) noexcept nogil:
     # tick `closed` has been emitted: its window ended at the start of interval `closed`
     return started and interval < closed
@@ -130,6 +178,12 @@ cdef class Engine:
         self.received = self.payloads = self.readings = 0
         self.evicted = self.ticks = self.aggregates = 0
         memset(self.drops, 0, sizeof(self.drops))
+        memset(self.seq_events, 0, sizeof(self.seq_events))
+        self.seq_gaps = 0
+        tc_topn_init(&self.top_drops)
+        tc_topn_init(&self.top_gaps)
+        tc_topn_init(&self.top_late)
+        self.batch_topics = False
 
     def __dealloc__(self):
         if self.table.keys != NULL:
@@ -141,15 +195,18 @@ cdef class Engine:
 
     cdef int _apply_reading(self, const char *dev, uint32_t dlen, const char *sen, uint32_t slen,
                             const char *unit, uint32_t ulen, double value, double ts,
-                            int64_t interval) noexcept nogil:
+                            int64_t interval, uint64_t seq, bint has_seq) noexcept nogil:
         """0 accepted, 1 dropped for key_limit, -1 out of memory. The clock is already at
         `interval` (not late, no tick left to close below it)."""
         cdef size_t slot
+        cdef uint64_t gap
+        cdef int seq_class
         cdef uint64_t h = tc_key_hash(self.table.seed, dev, dlen, sen, slen)
         cdef tc_key *k = tc_table_find(&self.table, h, dev, dlen, sen, slen, &slot)
         if k == NULL:
             if self.table.n_keys >= self.table.max_keys:
                 self.drops[TC_DROP_KEY_LIMIT] += 1
+                tc_topn_add_pair(&self.top_drops, dev, dlen, sen, slen, 1)
                 return 1
             k = tc_table_insert(&self.table, h, slot, dev, dlen, sen, slen)
             if k == NULL:
@@ -159,6 +216,12 @@ cdef class Engine:
             k = tc_key_set_unit(&self.table, k, unit, ulen)
             if k == NULL:
                 return -1
+        if has_seq:
+            seq_class = tc_key_seq(k, seq, &gap)
+            self.seq_events[seq_class] += 1
+            if seq_class == TC_SEQ_GAP:
+                self.seq_gaps += gap
+                tc_topn_add_pair(&self.top_gaps, dev, dlen, sen, slen, gap)
         tc_key_add(k, self.panes, interval, ts, value)
         if interval > self.newest_data:
             self.newest_data = interval
@@ -187,12 +250,14 @@ cdef class Engine:
                 interval = <int64_t>q
             if item.size > self.max_payload_bytes:
                 self.drops[TC_DROP_OVERSIZE] += 1
+                self._payload_offender(item, 1)
                 continue
             status = tc_decode_payload(<const unsigned char *>item.data, <size_t>item.size,
                                        self.max_name_bytes, &self.decoded)
             if status != TC_PAYLOAD_OK and status != TC_PAYLOAD_FALLBACK:
                 # DECODE_ERROR; CAP_TOO_SMALL cannot happen (cap covers max_payload_bytes)
                 self.drops[TC_DROP_DECODE_ERROR] += 1
+                self._payload_offender(item, 1)
                 continue
             if status == TC_PAYLOAD_FALLBACK:
                 why[0] = RUN_FALLBACK
@@ -203,20 +268,35 @@ cdef class Engine:
                 why[0] = RUN_ADVANCE
                 return i
             self.payloads += 1
-            self.drops[TC_DROP_SCHEMA_MISMATCH] += self.decoded.schema_mismatch
-            self.drops[TC_DROP_NON_FINITE] += self.decoded.non_finite
+            if self.decoded.schema_mismatch or self.decoded.non_finite:
+                self.drops[TC_DROP_SCHEMA_MISMATCH] += self.decoded.schema_mismatch
+                self.drops[TC_DROP_NON_FINITE] += self.decoded.non_finite
+                self._payload_offender(
+                    item, self.decoded.schema_mismatch + self.decoded.non_finite)
             if late:
                 self.drops[TC_DROP_LATE] += self.decoded.n_readings
+                for j in range(<Py_ssize_t>self.decoded.n_readings):
+                    r = &self.decoded.readings[j]
+                    tc_topn_add_pair(&self.top_late, r.device, r.device_len, r.sensor,
+                                     r.sensor_len, 1)
                 continue
             for j in range(<Py_ssize_t>self.decoded.n_readings):
                 r = &self.decoded.readings[j]
                 rc = self._apply_reading(r.device, r.device_len, r.sensor, r.sensor_len, r.unit,
-                                         r.unit_len, r.value, ts, interval)
+                                         r.unit_len, r.value, ts, interval, r.seq, r.has_seq)
                 if rc < 0:
                     why[0] = RUN_NO_MEMORY
                     return i + 1
         why[0] = RUN_DONE
         return n
+
+    cdef void _payload_offender(self, const batch_item *item, uint64_t w) noexcept nogil:
+        """A drop counted per payload, or for readings the decoder does not name: the offender
+        is the payload's MQTT topic, or "-" when it came without one (push, push_many)."""
+        if self.batch_topics:
+            tc_topn_add_name(&self.top_drops, item.topic, <size_t>item.topic_len, w)
+        else:
+            tc_topn_add(&self.top_drops, b"-", 1, w)
 
     # ---- clock and ticks (GIL) ----------------------------------------------------------------
 
@@ -323,32 +403,39 @@ cdef class Engine:
         decoded = decode_with_cbor2(payload, self.max_name_bytes)
         if decoded.status != "ok":
             self.drops[TC_DROP_DECODE_ERROR] += 1
+            self._payload_offender(item, 1)
             return
         self.payloads += 1
-        self.drops[TC_DROP_SCHEMA_MISMATCH] += decoded.schema_mismatch
-        self.drops[TC_DROP_NON_FINITE] += decoded.non_finite
+        if decoded.schema_mismatch or decoded.non_finite:
+            self.drops[TC_DROP_SCHEMA_MISMATCH] += decoded.schema_mismatch
+            self.drops[TC_DROP_NON_FINITE] += decoded.non_finite
+            self._payload_offender(item, decoded.schema_mismatch + decoded.non_finite)
         for reading in decoded.readings:
             self._accept_python(reading.device, reading.sensor, reading.value, reading.unit,
-                                item.ts, interval)
+                                reading.seq, item.ts, interval)
 
-    cdef _accept_python(self, str device, str sensor, double value, unit, double ts,
+    cdef _accept_python(self, str device, str sensor, double value, unit, seq, double ts,
                         int64_t interval):
         """Applies one validated reading that came through Python (fallback, push_reading)."""
-        if _is_late(self.started, self.closed, interval):
-            self.drops[TC_DROP_LATE] += 1
-            return
-        self._advance(interval)
         dev_b = device.encode("utf-8")
         sen_b = sensor.encode("utf-8")
+        if _is_late(self.started, self.closed, interval):
+            self.drops[TC_DROP_LATE] += 1
+            tc_topn_add_pair(&self.top_late, PyBytes_AS_STRING(dev_b),
+                             <size_t>PyBytes_GET_SIZE(dev_b), PyBytes_AS_STRING(sen_b),
+                             <size_t>PyBytes_GET_SIZE(sen_b), 1)
+            return
+        self._advance(interval)
         cdef const char *unit_p = NULL
         cdef uint32_t ulen = 0
+        cdef uint64_t seq_n = 0 if seq is None else seq
         if unit is not None:
             unit_b = (<str>unit).encode("utf-8")
             unit_p = PyBytes_AS_STRING(unit_b)
             ulen = <uint32_t>PyBytes_GET_SIZE(unit_b)
         if self._apply_reading(PyBytes_AS_STRING(dev_b), <uint32_t>PyBytes_GET_SIZE(dev_b),
                                PyBytes_AS_STRING(sen_b), <uint32_t>PyBytes_GET_SIZE(sen_b),
-                               unit_p, ulen, value, ts, interval) < 0:
+                               unit_p, ulen, value, ts, interval, seq_n, seq is not None) < 0:
             raise MemoryError("telemetry-cy engine: out of memory growing the window table")
 
     cdef int _reserve_batch(self, Py_ssize_t n) except -1:
@@ -370,6 +457,7 @@ cdef class Engine:
             payload = _as_bytes(payload)
         self._interval(ts)
         self._reserve_batch(1)
+        self.batch_topics = False
         self.batch[0].data = PyBytes_AS_STRING(payload)
         self.batch[0].size = PyBytes_GET_SIZE(payload)
         self.batch[0].ts = ts
@@ -391,6 +479,7 @@ cdef class Engine:
         self._interval(ts)
         cdef Py_ssize_t start, m, accepted = 0
         self._reserve_batch(min(n, PUSH_CHUNK))
+        self.batch_topics = False
         # in chunks, so each payload object is still in cache when the decoder reads it
         for start in range(0, n, PUSH_CHUNK):
             m = min(PUSH_CHUNK, n - start)
@@ -415,10 +504,13 @@ cdef class Engine:
                 self.batch[n].data = <const char *>v.payload
                 self.batch[n].size = <Py_ssize_t>v.payload_len
                 self.batch[n].ts = v.ts
+                self.batch[n].topic = <const char *>v.topic
+                self.batch[n].topic_len = <Py_ssize_t>v.topic_len
                 tc_ring_consume(ring._ring, &v)
                 n += 1
         if n == 0:
             return 0
+        self.batch_topics = True
         try:
             self._run_all(n)
         finally:
@@ -426,16 +518,18 @@ cdef class Engine:
         return n
 
     def push_reading(self, str device not None, str sensor not None, value, double ts,
-                     unit=None):
-        """Adds one reading given as Python values. Bad values are counted drops like bad
-        payloads (schema_mismatch, non_finite); wrong argument types raise TypeError."""
+                     unit=None, seq=None):
+        """Adds one reading given as Python values (`seq`: the payload's optional `n`). Bad
+        values are counted drops like bad payloads (schema_mismatch, non_finite); wrong argument
+        types raise TypeError."""
         cdef int64_t interval = self._interval(ts)
-        checked = _check_reading(device, sensor, value, unit, self.max_name_bytes)
+        checked = _check_reading(device, sensor, value, unit, self.max_name_bytes, seq)
         if isinstance(checked, str):
             self.drops[DROP_REASONS.index(checked)] += 1
+            tc_topn_add(&self.top_drops, b"-", 1, 1)
             return
-        self._accept_python(checked.device, checked.sensor, checked.value, checked.unit, ts,
-                            interval)
+        self._accept_python(checked.device, checked.sensor, checked.value, checked.unit,
+                            checked.seq, ts, interval)
 
     def tick(self, double now):
         """Closes every aligned tick <= now and returns the aggregates of all ticks closed since
@@ -460,6 +554,17 @@ cdef class Engine:
             "aggregates": self.aggregates,
             "pending": len(self.pending),
             "closed_tick": self.closed * self.emit_every if self.started else None,
+            "seq": {
+                "gaps": self.seq_gaps,
+                "duplicates": self.seq_events[TC_SEQ_DUPLICATE],
+                "reorders": self.seq_events[TC_SEQ_REORDER],
+                "restarts": self.seq_events[TC_SEQ_RESTART],
+            },
+            "offenders": {
+                "drops": top_entries(_topn_entries(&self.top_drops), TOP_OFFENDERS),
+                "gaps": top_entries(_topn_entries(&self.top_gaps), TOP_OFFENDERS),
+                "late": top_entries(_topn_entries(&self.top_late), TOP_OFFENDERS),
+            },
         }
 
     @property

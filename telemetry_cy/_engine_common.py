@@ -90,9 +90,9 @@ def interval_of(ts: float, emit_every: float) -> int:
     return q
 
 
-def check_reading(device, sensor, value, unit, max_name_bytes: int):
+def check_reading(device, sensor, value, unit, max_name_bytes: int, seq=None):
     """Validates a reading given as Python values (``Engine.push_reading``) by the same rules as
-    a decoded payload element. Returns a ``Reading`` or the drop reason."""
+    a decoded payload element (``seq`` is its ``n``). Returns a ``Reading`` or the drop reason."""
     if not isinstance(device, str) or not isinstance(sensor, str):
         raise TypeError("device and sensor must be str")
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
@@ -100,4 +100,30 @@ def check_reading(device, sensor, value, unit, max_name_bytes: int):
     elem = {"d": device, "s": sensor, "v": value}
     if unit is not None:
         elem["u"] = unit
+    if seq is not None:
+        elem["n"] = seq
     return check_element(elem, max_name_bytes)
+
+
+# ---- sequence numbers and offenders (docs/windows.md, "Sequence numbers and offenders") ----------
+
+#: A backward step of at most this much is a reorder (TC_SEQ_MAX_REORDER in tc_window.h).
+SEQ_MAX_REORDER = 1024
+#: A forward step skipping more numbers than this is a restart, not a gap (TC_SEQ_MAX_GAP).
+SEQ_MAX_GAP = 1 << 20
+#: Entries each space-saving summary keeps (TC_TOPN_CAP in tc_topn.h) ...
+TOPN_CAPACITY = 32
+#: ... the bytes of a name it keeps (TC_TOPN_NAME_BYTES) ...
+TOPN_NAME_BYTES = 96
+#: ... and how many of them ``stats()`` reports.
+TOP_OFFENDERS = 10
+#: The offender name of a payload-level drop that came without an MQTT topic.
+NO_TOPIC = b"-"
+
+
+def top_entries(entries, k: int) -> list[tuple[str, int, int]]:
+    """The k largest summary entries as ``(name, count, error_bound)``: by count, ties by name
+    bytes. Names are decoded as UTF-8 (device and sensor always are; a topic with bad bytes gets
+    U+FFFD in their place)."""
+    ranked = sorted(entries, key=lambda e: (-e[1], e[0]))[:k]
+    return [(name.decode("utf-8", "replace"), count, error) for name, count, error in ranked]

@@ -12,7 +12,10 @@ import sys
 from dataclasses import asdict, dataclass
 
 from telemetry_cy._decode_py import decode
-from telemetry_cy._engine_common import check_config, check_reading, interval_of
+from telemetry_cy._engine_common import (
+    NO_TOPIC, SEQ_MAX_GAP, SEQ_MAX_REORDER, TOP_OFFENDERS, TOPN_CAPACITY, TOPN_NAME_BYTES,
+    check_config, check_reading, interval_of, top_entries,
+)
 from telemetry_cy._decode_types import Reading
 from telemetry_cy.reasons import ENGINE_REASONS
 
@@ -39,6 +42,102 @@ class Aggregate:
         return asdict(self)
 
 
+class TopN:
+    """Space-saving summary of the heaviest names (twin of ``includes/tc_topn.h``): the same
+    slots, the same takeover rule (the smallest count, lowest slot among equals), so it holds
+    exactly what the C summary holds after any stream of updates."""
+
+    capacity = TOPN_CAPACITY
+    name_bytes = TOPN_NAME_BYTES
+
+    def __init__(self) -> None:
+        self._names: list[bytes] = []
+        self._counts: list[int] = []
+        self._errors: list[int] = []
+        self._slot: dict[bytes, int] = {}
+        self.total = 0
+
+    def add(self, name: bytes, weight: int = 1) -> None:
+        """Adds `weight` (a positive int) to `name`, cut to name_bytes."""
+        if not isinstance(name, bytes):
+            raise TypeError("name must be bytes")
+        if isinstance(weight, bool) or not isinstance(weight, int):
+            raise TypeError("weight must be an int")
+        if weight < 1:
+            raise ValueError("weight must be positive")
+        self._add(name[:_cut(name, self.name_bytes)], weight)
+
+    def add_pair(self, a: bytes, b: bytes, weight: int = 1) -> None:
+        """Adds `weight` to the name a + b"/" + b, cut to name_bytes."""
+        self.add(a + b"/" + b, weight)
+
+    def _add(self, name: bytes, w: int) -> None:
+        self.total += w
+        i = self._slot.get(name)
+        if i is not None:
+            self._counts[i] += w
+            return
+        if len(self._names) < self.capacity:
+            self._slot[name] = len(self._names)
+            self._names.append(name)
+            self._counts.append(w)
+            self._errors.append(0)
+            return
+        counts = self._counts
+        m = 0
+        for j in range(1, self.capacity):
+            if counts[j] < counts[m]:
+                m = j
+        del self._slot[self._names[m]]
+        self._slot[name] = m
+        self._names[m] = name
+        self._errors[m] = counts[m]
+        counts[m] += w
+
+    def entries(self) -> list[tuple[bytes, int, int]]:
+        """Every slot in order: [(name bytes, count, error), ...]."""
+        return list(zip(self._names, self._counts, self._errors))
+
+    def top(self, k: int = TOP_OFFENDERS) -> list[tuple[str, int, int]]:
+        """The k largest: [(name, count, error_bound), ...], by count then name."""
+        return top_entries(self.entries(), k)
+
+
+def _cut(p: bytes, budget: int) -> int:
+    """tc_topn_cut: the budget, moved back (at most 3 bytes) to the start of a UTF-8 character."""
+    if len(p) <= budget:
+        return len(p)
+    n = budget
+    back = 0
+    while back < 3 and n > 0 and p[n] & 0xC0 == 0x80:
+        n -= 1
+        back += 1
+    return n
+
+
+# classes of tc_key_seq (tc_window.h)
+SEQ_FIRST, SEQ_NEXT, SEQ_GAP, SEQ_DUPLICATE, SEQ_REORDER, SEQ_RESTART = range(6)
+
+
+def seq_step(last: int | None, n: int) -> tuple[int, int, int]:
+    """tc_key_seq: (class, new baseline, numbers skipped) for sequence number n after `last`
+    (None: no baseline yet)."""
+    if last is None:
+        return SEQ_FIRST, n, 0
+    if n > last:
+        skipped = n - last - 1
+        if skipped == 0:
+            return SEQ_NEXT, n, 0
+        if skipped > SEQ_MAX_GAP:
+            return SEQ_RESTART, n, 0
+        return SEQ_GAP, n, skipped
+    if n == last:
+        return SEQ_DUPLICATE, last, 0
+    if n <= 1 or last - n > SEQ_MAX_REORDER:
+        return SEQ_RESTART, n, 0
+    return SEQ_REORDER, last, 0
+
+
 class _Pane:
     __slots__ = ("count", "sum", "m2", "min", "max", "first")
 
@@ -48,7 +147,7 @@ class _Pane:
 
 class _Key:
     __slots__ = ("device", "sensor", "panes", "newest", "last", "last_ts", "newest_first_ts",
-                 "unit")
+                 "unit", "seq")
 
     def __init__(self, device: str, sensor: str, panes: int) -> None:
         self.device = device
@@ -59,6 +158,7 @@ class _Key:
         self.last_ts = -math.inf
         self.newest_first_ts = 0.0
         self.unit: str | None = None
+        self.seq: int | None = None  # the sequence baseline (tc_key.last_seq / has_seq)
 
     def add(self, interval: int, ts: float, x: float) -> None:
         n_panes = len(self.panes)
@@ -140,41 +240,56 @@ class Engine:
         self._received = self._payloads = self._readings = 0
         self._evicted = self._ticks = self._aggregates = 0
         self._drops = dict.fromkeys(ENGINE_REASONS, 0)
+        self._seq_events = [0] * 6
+        self._seq_gaps = 0
+        self._top_drops, self._top_gaps, self._top_late = TopN(), TopN(), TopN()
 
     # ---- readings ----
 
     def _accept(self, reading: Reading, ts: float, interval: int) -> bool:
         if self._started and interval < self._closed:
             self._drops["late"] += 1
+            self._top_late.add_pair(_utf8(reading.device), _utf8(reading.sensor))
             return False
         self._advance(interval)
         key = self._keys.get((reading.device, reading.sensor))
         if key is None:
             if len(self._keys) >= self.max_keys:
                 self._drops["key_limit"] += 1
+                self._top_drops.add_pair(_utf8(reading.device), _utf8(reading.sensor))
                 return False
             key = self._keys[(reading.device, reading.sensor)] = _Key(
                 reading.device, reading.sensor, self._panes)
         if ts >= key.last_ts:
             key.unit = reading.unit
+        if reading.seq is not None:
+            seq_class, key.seq, skipped = seq_step(key.seq, reading.seq)
+            self._seq_events[seq_class] += 1
+            if seq_class == SEQ_GAP:
+                self._seq_gaps += skipped
+                self._top_gaps.add_pair(_utf8(reading.device), _utf8(reading.sensor), skipped)
         key.add(interval, ts, reading.value)
         if self._newest_data is None or interval > self._newest_data:
             self._newest_data = interval
         self._readings += 1
         return True
 
-    def _push_one(self, payload, ts: float, interval: int) -> int:
+    def _push_one(self, payload, ts: float, interval: int, topic: bytes = NO_TOPIC) -> int:
         self._received += 1
         if len(payload) > self.max_payload_bytes:
             self._drops["oversize"] += 1
+            self._top_drops.add(topic)
             return 0
         decoded = decode(payload, self.max_name_bytes)
         if decoded.status != "ok":
             self._drops["decode_error"] += 1
+            self._top_drops.add(topic)
             return 0
         self._payloads += 1
-        self._drops["schema_mismatch"] += decoded.schema_mismatch
-        self._drops["non_finite"] += decoded.non_finite
+        if decoded.schema_mismatch or decoded.non_finite:
+            self._drops["schema_mismatch"] += decoded.schema_mismatch
+            self._drops["non_finite"] += decoded.non_finite
+            self._top_drops.add(topic, decoded.schema_mismatch + decoded.non_finite)
         return sum(self._accept(r, ts, interval) for r in decoded.readings)
 
     # ---- clock ----
@@ -236,17 +351,20 @@ class Engine:
         ring's only consumer) and processes their payloads, each at its own arrival ts.
         Returns the number of records consumed."""
         records = ring.pop_many(max_records)
-        for ts, _topic, payload in records:
-            self._push_one(payload, ts, interval_of(ts, self.emit_every))
+        for ts, topic, payload in records:
+            self._push_one(payload, ts, interval_of(ts, self.emit_every), topic)
         return len(records)
 
-    def push_reading(self, device: str, sensor: str, value, ts: float, unit=None) -> None:
-        """Adds one reading given as Python values. Bad values are counted drops like bad
-        payloads (schema_mismatch, non_finite); wrong argument types raise TypeError."""
+    def push_reading(self, device: str, sensor: str, value, ts: float, unit=None,
+                     seq=None) -> None:
+        """Adds one reading given as Python values (`seq`: the payload's optional `n`). Bad
+        values are counted drops like bad payloads (schema_mismatch, non_finite); wrong argument
+        types raise TypeError."""
         interval = interval_of(ts, self.emit_every)
-        reading_or_reason = check_reading(device, sensor, value, unit, self.max_name_bytes)
+        reading_or_reason = check_reading(device, sensor, value, unit, self.max_name_bytes, seq)
         if isinstance(reading_or_reason, str):
             self._drops[reading_or_reason] += 1
+            self._top_drops.add(NO_TOPIC)
             return
         self._accept(reading_or_reason, float(ts), interval)
 
@@ -272,7 +390,22 @@ class Engine:
             "aggregates": self._aggregates,
             "pending": len(self._pending),
             "closed_tick": self._closed * self.emit_every if self._started else None,
+            "seq": {
+                "gaps": self._seq_gaps,
+                "duplicates": self._seq_events[SEQ_DUPLICATE],
+                "reorders": self._seq_events[SEQ_REORDER],
+                "restarts": self._seq_events[SEQ_RESTART],
+            },
+            "offenders": {
+                "drops": self._top_drops.top(TOP_OFFENDERS),
+                "gaps": self._top_gaps.top(TOP_OFFENDERS),
+                "late": self._top_late.top(TOP_OFFENDERS),
+            },
         }
+
+
+def _utf8(name: str) -> bytes:
+    return name.encode("utf-8")
 
 
 def _as_bytes(payload) -> bytes:

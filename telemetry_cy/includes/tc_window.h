@@ -10,6 +10,8 @@
  * in interval >= k. So a key only ever writes its newest pane (or a newer one), panes older than the
  * newest are frozen, and per-key memory is constant whatever the key's rate.
  *
+ * Each key also keeps its sequence baseline (the optional `n` field, tc_key_seq): 8 bytes of header.
+ *
  * Storage: each key is one malloc'd record (header, P panes, name bytes, unit bytes); a dense array
  * of record pointers gives O(live keys) scans with swap-remove; an open-addressing table (linear
  * probing, backward-shift deletion, no tombstones) maps hash -> dense index. No locks: one thread.
@@ -34,18 +36,20 @@ typedef struct {
 
 #define TC_NO_UNIT UINT32_MAX
 
+/* Fields read for every reading come first (the first 64 bytes), the rarely used ones last. */
 typedef struct {
     uint64_t hash;
     int64_t newest;         /* interval of the newest pane holding data */
     double last;            /* the key's latest reading (by ts, ties by arrival) ... */
     double last_ts;         /* ... and its ts; also drives TTL eviction */
     double newest_first_ts; /* ts of `first` in the newest pane: only that pane is still open */
-    uint32_t dense_index;
+    uint64_t last_seq;      /* the sequence baseline (see tc_key_seq) ... */
     uint32_t device_len;
     uint32_t sensor_len;
     uint32_t unit_len;      /* TC_NO_UNIT when the latest reading had no unit */
+    uint32_t has_seq;       /* ... set by the key's first accepted reading with `n` */
+    uint32_t dense_index;
     uint32_t unit_cap;
-    uint32_t _pad;
     tc_pane panes[];        /* P panes, then device bytes, sensor bytes, unit_cap unit bytes */
 } tc_key;
 
@@ -356,6 +360,50 @@ static inline void tc_key_add(tc_key *k, uint32_t panes, int64_t interval, doubl
         k->last = x;
         k->last_ts = ts;
     }
+}
+
+/* ---- sequence numbers ------------------------------------------------------------------------- */
+
+/* A backward step of at most this much is a reorder; more (or back to 0 or 1) is a restart. */
+#define TC_SEQ_MAX_REORDER 1024u
+/* A forward step that skips more than this many numbers is a restart, not a gap. */
+#define TC_SEQ_MAX_GAP ((uint64_t)1 << 20)
+
+enum {
+    TC_SEQ_FIRST = 0,     /* no baseline yet: this reading sets it */
+    TC_SEQ_NEXT = 1,      /* n == last + 1 */
+    TC_SEQ_GAP = 2,       /* last + 1 < n <= last + 1 + MAX_GAP: n - last - 1 numbers missing */
+    TC_SEQ_DUPLICATE = 3, /* n == last */
+    TC_SEQ_REORDER = 4,   /* last - MAX_REORDER <= n < last and n > 1: baseline kept */
+    TC_SEQ_RESTART = 5,   /* n < last with n <= 1 or last - n > MAX_REORDER, or a forward step
+                           * over more than MAX_GAP: the baseline becomes n */
+    TC_SEQ_N_CLASSES = 6
+};
+
+/* Classifies an accepted reading's sequence number `n` against the key's baseline and moves the
+ * baseline (docs/windows.md, "Sequence numbers and offenders"). For TC_SEQ_GAP, *gap is the count of
+ * numbers skipped. Unsigned differences only, so nothing wraps. */
+static inline int tc_key_seq(tc_key *k, uint64_t n, uint64_t *gap) {
+    uint64_t last = k->last_seq;
+    if (!k->has_seq) {
+        k->has_seq = 1;
+        k->last_seq = n;
+        return TC_SEQ_FIRST;
+    }
+    if (n > last) {
+        uint64_t skipped = n - last - 1;
+        k->last_seq = n;
+        if (skipped == 0) return TC_SEQ_NEXT;
+        if (skipped > TC_SEQ_MAX_GAP) return TC_SEQ_RESTART;
+        *gap = skipped;
+        return TC_SEQ_GAP;
+    }
+    if (n == last) return TC_SEQ_DUPLICATE;
+    if (n <= 1 || last - n > TC_SEQ_MAX_REORDER) {
+        k->last_seq = n;
+        return TC_SEQ_RESTART;
+    }
+    return TC_SEQ_REORDER;
 }
 
 /* Aggregate for the tick closing interval tick-1 (covering [tick-P, tick-1]). Returns 0 when the
