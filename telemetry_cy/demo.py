@@ -204,13 +204,23 @@ class Demo:
                 live.stop()
 
 
+def _offenders(c: dict) -> str:
+    """The top offender of each kind: which keys or topics cause the drops, gaps, late data."""
+    parts = []
+    for kind, top in (c.get("offenders") or {}).items():
+        if top:
+            name, count = top[0][0], top[0][1]
+            parts.append(f"{kind}: {name} ({count:,})")
+    return "; ".join(parts) or "none"
+
+
 def _plain_line(s: dict) -> str:
     c = s["counters"]
     drops = ",".join(f"{k}={v}" for k, v in c["drops"].items() if v) or "-"
     return (f"rate={s['rate']:.0f}/s received={c['received']} readings={c['readings']} "
             f"aggregates={c['aggregates']} published={c['published']} seen={s['seen']} "
             f"live_keys={c['live_keys']} ring_bytes={s['ring']} drops={drops} "
-            f"cpu={s['cpu']:.0f}% rss={s['rss']:.0f}MiB")
+            f"cpu={s['cpu']:.0f}% rss={s['rss']:.0f}MiB offenders={_offenders(c)!r}")
 
 
 def _render(s: dict, args):
@@ -228,6 +238,9 @@ def _render(s: dict, args):
     drops = ", ".join(f"{k} {v:,}" for k, v in c["drops"].items() if v) or "none"
     head.add_row("drops", drops, "mqtt", "up" if c["mqtt"]["connected"] else "DOWN",
                  "nats", "up" if c["nats"]["connected"] else "DOWN")
+    seq = c.get("seq") or {}
+    head.add_row("sequence", ", ".join(f"{k} {v:,}" for k, v in seq.items() if v) or "no gaps",
+                 "offenders", _offenders(c), "", "")
     table = Table(title=f"latest aggregates ({args.window:g} s window, every "
                         f"{args.emit_every:g} s)", expand=False)
     for name in ("device", "sensor", "unit", "count", "mean", "min", "max", "stddev",
