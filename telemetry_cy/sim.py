@@ -1,7 +1,8 @@
 """A simulated sensor fleet: realistic CBOR payloads for demos, tests and load generation.
 
 Signals drift slowly, carry noise and the odd spike; one device in twenty goes silent for a while;
-a small share of payloads is malformed on purpose so the drop counters have something to count.
+a small share of payloads is malformed on purpose so the drop counters have something to count,
+and a few are lost on the way (a sequence number skipped) for the gap accounting.
 Deterministic for a given seed.
 """
 
@@ -37,7 +38,8 @@ class _Series:
 
 class Fleet:
     def __init__(self, devices: int = 100, sensors: int = 4, seed: int = 1,
-                 malformed_share: float = 0.001, silent_share: float = 0.05):
+                 malformed_share: float = 0.001, silent_share: float = 0.05,
+                 lost_share: float = 0.001):
         self._rng = random.Random(seed)
         self.series = [
             _Series(f"dev-{d:05d}", name, unit, base, spread, self._rng.random() * math.tau)
@@ -45,6 +47,9 @@ class Fleet:
             for name, unit, base, spread in SENSORS[: max(1, min(sensors, len(SENSORS)))]
         ]
         self.malformed_share = malformed_share
+        # messages "lost on the way": their sequence number is used but they are never sent,
+        # so the engine's gap accounting has something to find
+        self.lost_share = lost_share
         n_silent = int(devices * silent_share)
         self._silent = {f"dev-{d:05d}" for d in self._rng.sample(range(devices), n_silent)}
         self._next = 0
@@ -69,6 +74,8 @@ class Fleet:
             if quiet and s.device in self._silent:
                 continue
             s.seq += 1
+            if self._rng.random() < self.lost_share:
+                continue
             out.append((f"site/{s.device}/sensor/{s.sensor}",
                         cbor2.dumps({"d": s.device, "s": s.sensor, "v": self.value(s, now),
                                      "u": s.unit, "n": s.seq})))
