@@ -85,7 +85,10 @@ class SystemdNotifier:
 
 class Daemon:
     def __init__(self, config, source_factory=None, emitter_factory=None):
-        from telemetry_cy._ring import ByteRing
+        if PURE:  # the pure twins end to end: the pure engine drains only the pure ring
+            from telemetry_cy._ring_py import ByteRing
+        else:
+            from telemetry_cy._ring import ByteRing
         from telemetry_cy.emitter import NatsEmitter
         from telemetry_cy.engine_thread import EngineThread
         from telemetry_cy.mqtt import MqttSource
