@@ -43,6 +43,7 @@ cdef extern from "tc_window.h" nogil:
     tc_key *tc_key_set_unit(tc_table *t, tc_key *k, const char *unit, uint32_t ulen)
     void tc_key_add(tc_key *k, uint32_t panes, int64_t interval, double ts, double x)
     int tc_key_aggregate(const tc_key *k, uint32_t panes, int64_t tick, tc_agg *out)
+    uint64_t tc_key_open_count(const tc_key *k, uint32_t panes, int64_t interval)
 
     enum:
         TC_SEQ_FIRST, TC_SEQ_NEXT, TC_SEQ_GAP, TC_SEQ_DUPLICATE, TC_SEQ_REORDER, TC_SEQ_RESTART,

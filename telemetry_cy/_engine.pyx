@@ -541,6 +541,17 @@ cdef class Engine:
         self.pending = []
         return out
 
+    def open_readings(self):
+        """Readings accepted in the interval no tick has closed yet: they are in no aggregate
+        returned so far (docs/windows.md, "Stopping"). O(live keys)."""
+        if not self.started:
+            return 0
+        cdef uint64_t n = 0
+        cdef size_t i
+        for i in range(self.table.n_keys):
+            n += tc_key_open_count(self.table.keys[i], self.panes, self.closed)
+        return n
+
     def stats(self):
         return {
             "received": self.received,

@@ -377,6 +377,15 @@ class Engine:
         out, self._pending = self._pending, []
         return out
 
+    def open_readings(self) -> int:
+        """Readings accepted in the interval no tick has closed yet: they are in no aggregate
+        returned so far (docs/windows.md, "Stopping"). O(live keys)."""
+        if not self._started:
+            return 0
+        n_panes = self._panes
+        return sum(key.panes[self._closed % n_panes].count for key in self._keys.values()
+                   if key.newest == self._closed)
+
     def stats(self) -> dict:
         return {
             "received": self._received,

@@ -354,6 +354,7 @@ def _read_secret_files(config: Config) -> None:
 def _check_together(config: Config) -> None:
     """Rules that tie settings together, checked with the engine's own validation."""
     from telemetry_cy._engine_common import check_config
+    from telemetry_cy.logs import redact_url
 
     try:
         check_config(config.window, config.emit_every, config.max_keys, config.key_ttl,
@@ -362,7 +363,7 @@ def _check_together(config: Config) -> None:
         raise ConfigError(f"settings window/emit_every/key_ttl: {exc}") from None
     if not config.mqtt_url.startswith(("mqtt://", "mqtts://")):
         raise ConfigError(f"setting mqtt_url: expected mqtt://host:port or mqtts://host:port, "
-                          f"got {config.mqtt_url!r}")
+                          f"got {redact_url(config.mqtt_url)!r}")
     if float(config.session_expiry) > 0 and not config.client_id:
         raise ConfigError("setting session_expiry: a persistent session needs a fixed "
                           "client_id (set --client-id)")

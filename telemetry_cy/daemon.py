@@ -4,8 +4,10 @@ Threads (docs/architecture.md): [1] the MQTT network thread (MqttSource) writes 
 ring; [2] the engine thread drains it and ticks; [3] the NATS thread publishes tick batches. This
 module is the main thread: it starts them (and, with metrics_port, the metrics server thread of
 telemetry_cy/metrics.py), logs a stats line every stats_every, and on SIGTERM or SIGINT stops them
-in data-flow order so nothing accepted is lost: stop reading MQTT, drain the ring, run the final
-tick, flush NATS within the deadline, print the final counters as one JSON object on stdout. A
+in data-flow order so nothing accepted goes unaccounted: stop reading MQTT, drain the ring, run the
+final tick (windows that have closed by then), count the readings of the interval still open
+(`open_readings`: in no aggregate), flush NATS within the deadline, print the final counters as
+one JSON object on stdout. A
 second signal exits at once. Under systemd (Type=notify) it reports readiness, status, watchdog
 pings and stopping through $NOTIFY_SOCKET (SystemdNotifier).
 """
@@ -230,7 +232,10 @@ class Daemon:
         """Whole-pipeline counters. Balance rules (docs/architecture.md):
         received == payloads + drops[oversize] + drops[decode_error] + drops[ingest_full]
         readings of decoded payloads == readings + schema_mismatch + non_finite + key_limit + late
-        aggregates == published + drops[emit_backlog] + backlog"""
+        aggregates == published + drops[emit_backlog] + backlog
+        at stop, open_readings = readings of the interval no tick closed (in no aggregate); with
+        window == emit_every: readings == sum of published counts + open_readings + (readings of
+        aggregates dropped as emit_backlog)"""
         src, eng, emi = self.source.stats(), self.engine_thread.stats(), self.emitter.stats()
         drops = dict.fromkeys(DROP_REASONS, 0)
         for part in (src, eng, emi):
@@ -246,6 +251,7 @@ class Daemon:
             "backlog": emi.get("backlog_aggregates", 0),
             "live_keys": eng.get("live_keys", 0),
             "evicted": eng.get("evicted", 0),
+            "open_readings": eng.get("open_readings", 0),
             "state_bytes": eng.get("state_bytes", 0),
             "uptime_s": round(time.time() - self.started_at, 3),
             "mqtt": {k: src.get(k) for k in ("connected", "connects", "disconnects",

@@ -43,6 +43,7 @@ class EngineThread(threading.Thread):
         self._stop_requested = threading.Event()
         self._snapshot: dict = {}
         self.parks = 0
+        self.open_readings = 0  # set once, when the thread stops
         self.error: BaseException | None = None
 
     def _next_tick(self, now: float) -> float:
@@ -78,6 +79,8 @@ class EngineThread(threading.Thread):
             while drain(ring, self.batch_records):
                 pass
             self._tick(self.clock())
+            # what no tick will ever cover now: counted, so a stop hides nothing it accepted
+            self.open_readings = self.engine.open_readings()
         except BaseException as exc:  # the owner watches .error and shuts the pipeline down
             self.error = exc
         finally:
@@ -98,6 +101,7 @@ class EngineThread(threading.Thread):
     def _publish_stats(self, mono: float | None = None) -> None:
         stats = self.engine.stats()
         stats["parks"] = self.parks
+        stats["open_readings"] = self.open_readings
         stats["ring_used_bytes"] = self.ring.used_bytes
         stats["heartbeat"] = time.monotonic() if mono is None else mono
         self._snapshot = stats

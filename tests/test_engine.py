@@ -361,3 +361,16 @@ def test_drain_processes_ring_records_at_their_own_ts(impl, ring_module):
 def _same_counters(a: dict, b: dict) -> bool:
     keys = ("received", "payloads", "readings", "drops", "live_keys", "evicted", "ticks")
     return all(a[k] == b[k] for k in keys)
+
+
+def test_open_readings_are_those_no_tick_has_covered(impl):
+    eng = impl.Engine(window=5.0, emit_every=5.0)
+    assert eng.open_readings() == 0
+    eng.push_many([reading(d=f"d{i}") for i in range(4)], 100.0)
+    assert eng.open_readings() == 4
+    eng.push_many([reading(d="d0"), reading(d="d9")], 106.0)   # closes tick 105
+    emitted = sum(a.count for a in eng.tick(106.0))
+    assert (emitted, eng.open_readings()) == (4, 2)
+    assert emitted + eng.open_readings() == eng.stats()["readings"]
+    eng.tick(110.0)
+    assert eng.open_readings() == 0

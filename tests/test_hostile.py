@@ -306,10 +306,6 @@ def test_wrong_secrets_never_printed_in_errors(tmp_path, mosquitto_auth, nats_to
     _assert_no_secret(d, wrong_pw, wrong_token)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: config._check_together reports a bad mqtt_url scheme with the whole URL "
-    "(f\"... got {config.mqtt_url!r}\"), so the password of mqttx://user:pass@host is printed "
-    "in the one-line config error (exit 2)"))
 def test_config_error_never_prints_the_password_in_a_url(tmp_path, spawn):
     d = spawn(f"mqttx://{MQTT_USER}:{MQTT_PASSWORD}@127.0.0.1:1", "nats://127.0.0.1:1")
     d.proc.wait(30)

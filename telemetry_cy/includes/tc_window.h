@@ -406,6 +406,12 @@ static inline int tc_key_seq(tc_key *k, uint64_t n, uint64_t *gap) {
     return TC_SEQ_REORDER;
 }
 
+/* Readings of interval `interval` (the one still open: no tick has covered it yet). */
+static inline uint64_t tc_key_open_count(const tc_key *k, uint32_t panes, int64_t interval) {
+    if (k->newest != interval) return 0;
+    return k->panes[tc_pane_of(interval, panes)].count;
+}
+
 /* Aggregate for the tick closing interval tick-1 (covering [tick-P, tick-1]). Returns 0 when the
  * key has no reading in that span. Panes are merged oldest first with Chan et al.'s pairwise
  * update, so the second moment never comes from a raw sum of squares. */
