@@ -300,6 +300,11 @@ class NatsEmitter:
                 publish = nc.publish
                 for subject, body, _ in batch.msgs:
                     await publish(subject, body)
+                # Twice: nats-py (2.16) writes flush()'s PING straight to the socket while the
+                # batch may still sit in its pending buffer, so the first PONG can confirm only
+                # the batches before this one. The second PING goes out after the first flush
+                # has pushed the buffer, so its PONG covers the whole batch.
+                await nc.flush(self.flush_timeout)
                 await nc.flush(self.flush_timeout)
                 self._flushes += 1
             return True
