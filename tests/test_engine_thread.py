@@ -10,7 +10,7 @@ import pytest
 
 from telemetry_cy._engine import Engine
 from telemetry_cy._ring import ByteRing
-from telemetry_cy.engine_thread import EngineThread
+from telemetry_cy.engine_thread import TICK_LAG_S, EngineThread
 
 
 class FakeClock:
@@ -49,10 +49,10 @@ def test_engine_thread_drains_ticks_and_stops_cleanly():
         assert ring.try_push(1000.5, b"t", cbor2.dumps({"d": f"d{i % 10}", "s": "t", "v": i}))
     assert wait_for(lambda: thread.stats().get("readings") == 1000)
     assert emitted == []
-    clock.set(1005.0)
+    clock.set(1005.0 + TICK_LAG_S)  # the tick at 1005 waits out the stamping lag
     assert wait_for(lambda: emitted)
     [(now, aggs)] = emitted
-    assert now == 1005.0 and len(aggs) == 10 and sum(a.count for a in aggs) == 1000
+    assert now == pytest.approx(1005.0) and len(aggs) == 10 and sum(a.count for a in aggs) == 1000
     # records pushed right before stop are still processed
     for i in range(50):
         ring.try_push(1006.0, b"t", cbor2.dumps({"d": "late-comer", "s": "t", "v": i}))
@@ -88,6 +88,29 @@ def test_engine_thread_error_is_surfaced():
     thread.start()
     ring.try_push(1000.0, b"t", cbor2.dumps({"d": "a", "s": "b", "v": 1}))
     assert wait_for(lambda: thread.stats().get("readings") == 1)
-    clock.set(1005.0)
+    clock.set(1005.0 + TICK_LAG_S)
     thread.join(10.0)
     assert isinstance(thread.error, RuntimeError)
+
+
+def test_a_due_tick_first_drains_what_the_ring_holds():
+    """Records stamped before a tick boundary but still in the ring when the clock passes it are
+    processed before the tick, not dropped as late (the ring holds several drain batches)."""
+    ring = ByteRing(1 << 22)
+    readings = iter([1000.0])
+
+    def clock():  # the thread starts at 1000; from its first drain on, the tick at 1005 is due
+        return next(readings, 1005.0 + TICK_LAG_S)
+
+    emitted = []
+    thread = EngineThread(Engine(window=5.0, emit_every=5.0), ring,
+                          lambda aggs, now: emitted.append(aggs), clock=clock, batch_records=64)
+    payload = cbor2.dumps({"d": "a", "s": "t", "v": 1})
+    for _ in range(5000):   # stamped before 1005, many batches' worth
+        assert ring.try_push(1004.9, b"t", payload)
+    thread.start()
+    assert wait_for(lambda: emitted)
+    thread.stop()
+    stats = thread.stats()
+    assert stats["drops"]["late"] == 0 and stats["readings"] == 5000
+    assert sum(a.count for a in emitted[0]) == 5000
