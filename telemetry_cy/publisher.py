@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 
 
-def _remaining_length(n: int) -> bytes:
+def remaining_length(n: int) -> bytes:
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -31,12 +31,12 @@ def _utf8(text: str | bytes) -> bytes:
 def connect_frame(client_id: str, keepalive: int = 0, clean: bool = True) -> bytes:
     variable = _utf8("MQTT") + bytes([4, 0x02 if clean else 0]) + struct.pack("!H", keepalive)
     body = variable + _utf8(client_id)
-    return b"\x10" + _remaining_length(len(body)) + body
+    return b"\x10" + remaining_length(len(body)) + body
 
 
 def publish_frame(topic: str | bytes, payload: bytes, qos: int = 0, packet_id: int = 0) -> bytes:
     body = _utf8(topic) + (struct.pack("!H", packet_id) if qos else b"") + payload
-    return bytes([0x30 | (qos << 1)]) + _remaining_length(len(body)) + body
+    return bytes([0x30 | (qos << 1)]) + remaining_length(len(body)) + body
 
 
 class RawPublisher:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import cbor2
 
+from telemetry_cy.publisher import remaining_length
+
 HERE = Path(__file__).resolve().parent
 CBOR_DIR = HERE / "corpus" / "cbor"
 FRAMES_DIR = HERE / "corpus" / "frames"
@@ -178,20 +180,11 @@ def conf(buf: int = 3, v5: bool = True, max_payload: int = 3, ring: int = 3,
     return bytes([buf | (v5 << 2) | (max_payload << 3) | (ring << 5) | (drain << 7), seed])
 
 
-def rl(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def publish(topic: bytes, payload: bytes, qos: int = 0, pid: int = 1, v5: bool = True,
             props: bytes = b"\x00") -> bytes:
     body = struct.pack(">H", len(topic)) + topic + (struct.pack(">H", pid) if qos else b"")
     body += (props if v5 else b"") + payload
-    return bytes([0x30 | qos << 1]) + rl(len(body)) + body
+    return bytes([0x30 | qos << 1]) + remaining_length(len(body)) + body
 
 
 def frames_seeds() -> dict[str, bytes]:
