@@ -256,7 +256,8 @@ class Daemon:
             "uptime_s": round(time.time() - self.started_at, 3),
             "mqtt": {k: src.get(k) for k in ("connected", "connects", "disconnects",
                                              "disconnected_seconds")},
-            "nats": {k: emi.get(k) for k in ("connected", "reconnects", "disconnected_seconds")},
+            "nats": {k: emi.get(k) for k in ("connected", "reconnects", "disconnected_seconds",
+                                               "stalled_flushes")},
         }
         # engines with sequence accounting and offender summaries (docs/windows.md)
         for name in ("seq", "offenders"):

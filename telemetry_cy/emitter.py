@@ -13,10 +13,13 @@ would stall the drain and overflow the ring (`ingest_full`).
 Backlog (loop thread): a deque of encoded batches, bounded by `max_backlog_batches` and
 `max_backlog_bytes`. Over either bound the OLDEST waiting batches are dropped and each aggregate
 in them counts as `emit_backlog`; the newest batch is always kept, and the one batch being
-published right now is not counted against the bounds. A batch leaves the backlog only when its
-one flush (core NATS: PING/PONG, so the server has everything before it) or all its JetStream acks
-succeeded; otherwise it goes back to the front for a retry. Core NATS delivery is therefore
-at-least-once: a batch cut by a disconnect after some of it reached the server is sent again.
+published right now (in flight) is not counted against the bounds. A batch is published when the
+server has read it (core NATS: a PING/PONG after it) and, in JetStream mode, all its acks came
+back. If the connection drops first, or a JetStream ack fails, the batch goes back to the front
+for a retry. Core NATS delivery is therefore at-least-once: a batch cut by a disconnect after some
+of it reached the server is sent again. A flush that merely times out on a live connection does
+not end the attempt (see `_delivered`): those bytes are already on their way and cannot be
+recalled, so the batch stays in flight and is never also counted as dropped.
 JetStream mode sets `Nats-Msg-Id`, so the stream stores a retried aggregate once (within the
 stream's duplicate window, 2 minutes by default).
 
@@ -39,6 +42,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from nats.aio.client import Client
+from nats.errors import FlushTimeoutError
 
 from telemetry_cy.logs import redact_url
 from telemetry_cy.encode import encoder_for
@@ -162,6 +166,10 @@ class NatsEmitter:
         self._published = self._batches_published = self._flushes = 0
         self._drops = {"emit_backlog": 0}
         self._subject_too_long = 0
+        self._stalled_flushes = 0
+        # loop thread only: bumped on every disconnect and reconnect, so a batch written on one
+        # connection is never confirmed by a PONG of the next
+        self._generation = 0
         self._connected = False
         self._reconnects = 0
         self._down_since: float | None = time.monotonic()
@@ -280,6 +288,7 @@ class NatsEmitter:
 
     async def _publish(self, batch: _Batch) -> bool:
         nc = self._nc
+        generation = self._generation
         futures: list[asyncio.Future] = []
         try:
             if self.jetstream:
@@ -288,8 +297,7 @@ class NatsEmitter:
                     futures.append(await js.publish_async(
                         subject, body, wait_stall=self.flush_timeout,
                         headers={"Nats-Msg-Id": mid}))
-                await nc.flush(self.flush_timeout)
-                self._flushes += 1
+                await self._delivered(generation)
                 done, pending = await asyncio.wait(futures, timeout=self.flush_timeout)
                 if pending:
                     raise TimeoutError(f"{len(pending)} of {batch.n} JetStream acks missing "
@@ -300,13 +308,7 @@ class NatsEmitter:
                 publish = nc.publish
                 for subject, body, _ in batch.msgs:
                     await publish(subject, body)
-                # Twice: nats-py (2.16) writes flush()'s PING straight to the socket while the
-                # batch may still sit in its pending buffer, so the first PONG can confirm only
-                # the batches before this one. The second PING goes out after the first flush
-                # has pushed the buffer, so its PONG covers the whole batch.
-                await nc.flush(self.flush_timeout)
-                await nc.flush(self.flush_timeout)
-                self._flushes += 1
+                await self._delivered(generation)
             return True
         except Exception as exc:
             self._note_error("publish failed, batch kept for retry", exc)
@@ -315,6 +317,41 @@ class NatsEmitter:
             for f in futures:  # frees nats-py's pending-ack slots of an abandoned attempt
                 if not f.done():
                     f.cancel()
+
+    async def _delivered(self, generation: int) -> None:
+        """Returns once the server has read everything written on connection `generation`
+        (a PONG arrives after the bytes before its PING); raises if that connection is gone.
+
+        A flush that times out on a connection that is still up does NOT fail the batch: its
+        PUBs are already in nats-py's buffer, the transport or the socket, where they cannot be
+        taken back and will reach the server in order once it reads again. Failing the batch
+        would retry it behind those very bytes (a duplicate), and dropping it from a full
+        backlog would count as `emit_backlog` what the server then receives. So the batch
+        stays in flight and nothing new is written until the server catches up or the
+        connection drops (nats-py's pinger declares a dead server stale); only then is the
+        batch retried. What sits outside our bounds is therefore at most this one batch."""
+        nc = self._nc
+        while True:
+            try:
+                # Twice: nats-py (2.16) writes flush()'s PING straight to the socket while the
+                # batch may still sit in its pending buffer, so the first PONG can confirm only
+                # the batches before this one. The second PING goes out after the first flush
+                # has pushed the buffer, so its PONG covers the whole batch.
+                await nc.flush(self.flush_timeout)
+                await nc.flush(self.flush_timeout)
+            except FlushTimeoutError as exc:
+                if generation != self._generation or not nc.is_connected:
+                    raise ConnectionError("connection lost with a batch in flight") from exc
+                with self._lock:
+                    self._stalled_flushes += 1
+                self._note_error("flush timed out; the batch stays in flight until the server "
+                                 "reads it or the connection drops", exc)
+                continue
+            if generation != self._generation:
+                # a PONG from a newer connection says nothing about bytes the old one lost
+                raise ConnectionError("connection replaced with a batch in flight")
+            self._flushes += 1
+            return
 
     def _next_server(self, servers, server_info):
         """nats-py reconnect hook: exponential backoff with jitter (nats-py itself only waits a
@@ -358,6 +395,7 @@ class NatsEmitter:
         self._note_error("NATS error", exc)
 
     async def _on_disconnected(self) -> None:
+        self._generation += 1
         if self._closing:
             return
         if self._connected:
@@ -365,6 +403,7 @@ class NatsEmitter:
         self._set_connected(False)
 
     async def _on_reconnected(self) -> None:
+        self._generation += 1
         with self._lock:
             self._reconnects += 1
         self._set_connected(True)
@@ -515,6 +554,7 @@ class NatsEmitter:
                 "flushes": self._flushes,
                 "drops": dict(self._drops),
                 "subject_too_long": self._subject_too_long,
+                "stalled_flushes": self._stalled_flushes,
                 "connected": self._connected,
                 "reconnects": self._reconnects,
                 "disconnected_seconds": round(down, 3),

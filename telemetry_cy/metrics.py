@@ -278,6 +278,9 @@ class PipelineCollector(Collector):
                      1 if emi.get("connected") else 0)
         yield _counter("telemetry_cy_nats_reconnects", "NATS reconnections after a lost "
                        "connection.", emi.get("reconnects"))
+        yield _counter("telemetry_cy_nats_stalled_flushes", "NATS flushes that timed out on a "
+                       "live connection (the server is not reading).",
+                       emi.get("stalled_flushes"))
         yield _counter("telemetry_cy_nats_disconnected_seconds", "Time without a NATS "
                        "connection since start.", emi.get("disconnected_seconds"))
         yield _gauge("telemetry_cy_nats_down_seconds", "How long the current NATS outage has "

@@ -11,7 +11,7 @@ What is asserted is behaviour, never speed: each wait has a deadline only so tha
 daemon fails the test instead of hanging it.
 
 Run: ``python -m pytest -q tests/test_faults_nats.py -m "not slow"`` (~35 s: the slow-server
-test and two xfail tests for the bugs it led to) and ``-m slow`` for the one-minute outage
+test and the two stalled-server tests that led to the in-flight batch rule) and ``-m slow`` for the one-minute outage
 (~70 s).
 """
 
@@ -341,8 +341,8 @@ def test_slow_nats_backlog_bounded_drops_exact_then_catches_up(mosquitto, nats_s
 
 @contextlib.contextmanager
 def scenario():
-    """In the xfail tests below, a failed step of the scenario is a plain failure (pytest.fail),
-    not the known bug: only the final assertions may raise AssertionError (xfail raises=)."""
+    """Reports a failed step of the scenario as such, apart from the final assertions about
+    what reached the server."""
     try:
         yield
     except AssertionError as exc:
@@ -425,13 +425,6 @@ def test_stalled_nats_published_aggregates_reached_the_server(mosquitto, nats_se
     assert distinct >= final["published"], (distinct, final)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "core NATS: a batch whose flush timed out (the server stopped reading) is counted as "
-    "emit_backlog when the full backlog drops it, yet its PUBs stay queued in the client's "
-    "transport and socket, outside --emit-backlog-bytes, and reach the server once it reads "
-    "again. So emit_backlog over-counts, and every flush_timeout (5 s) of a stall queues one "
-    "more batch that no bound covers. Seen in 8 runs: the server got published+20 distinct "
-    "aggregates (one batch counted as dropped), and published+60 after a 13 s stall"))
 def test_stalled_nats_emit_backlog_counts_only_what_never_arrived(mosquitto, nats_server,
                                                                   throttle_proxy, spawn):
     """The server stops reading for longer than the flush timeout (a flush fails), then reads
@@ -441,7 +434,8 @@ def test_stalled_nats_emit_backlog_counts_only_what_never_arrived(mosquitto, nat
     with scenario():
         sub, d, load = _stall_setup(mosquitto, nats_server, proxy, spawn, "stall-resume")
         try:
-            # a flush times out (5 s); the backlog is full, so that batch is dropped
+            # a flush times out (5 s): that batch stays in flight, and the full backlog behind
+            # it drops whole batches that never left the daemon
             failed = wait_for(lambda: any("FlushTimeoutError" in str(r.get("msg"))
                                           for r in d.records()), 20.0, 0.1)
             assert failed, f"no flush timed out while the server read nothing:\n{d.tail()}"
@@ -455,6 +449,8 @@ def test_stalled_nats_emit_backlog_counts_only_what_never_arrived(mosquitto, nat
     twice = sum(n - 1 for c in ticks.values() for n in c.values())
     print(f"\nstall + resume: final published={final['published']} distinct at the server="
           f"{distinct} (twice: {twice}) emit_backlog={final['drops']['emit_backlog']}")
+    assert final["nats"]["stalled_flushes"] >= 1, final
+    assert final["drops"]["emit_backlog"] > 0, final  # the bound was hit while stalled
     assert twice == 0, twice
     assert distinct == final["published"], (distinct, final)
 

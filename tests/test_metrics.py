@@ -39,7 +39,8 @@ COUNTERS = ("telemetry_cy_received", "telemetry_cy_payloads", "telemetry_cy_read
             "telemetry_cy_aggregates", "telemetry_cy_published", "telemetry_cy_drops",
             "telemetry_cy_mqtt_connects", "telemetry_cy_mqtt_disconnects",
             "telemetry_cy_mqtt_disconnected_seconds", "telemetry_cy_nats_reconnects",
-            "telemetry_cy_nats_disconnected_seconds", "telemetry_cy_keys_evicted",
+            "telemetry_cy_nats_disconnected_seconds", "telemetry_cy_nats_stalled_flushes",
+            "telemetry_cy_keys_evicted",
             "telemetry_cy_mqtt_payload_bytes")
 GAUGES = ("telemetry_cy_ring_used_bytes", "telemetry_cy_ring_capacity_bytes",
           "telemetry_cy_nats_backlog_batches", "telemetry_cy_nats_backlog_aggregates",
