@@ -349,6 +349,12 @@ def _read_secret_files(config: Config) -> None:
         except OSError as exc:
             raise ConfigError(f"setting {path_name}: cannot read {path}: {exc.strerror}") from None
         config.sources[secret] = f"file {path}"
+    if config.values["nats_creds_file"]:
+        from telemetry_cy.emitter import check_creds_file
+        try:
+            check_creds_file(config.values["nats_creds_file"])
+        except ValueError as exc:
+            raise ConfigError(f"setting nats_creds_file: {exc}") from None
 
 
 def _check_together(config: Config) -> None:

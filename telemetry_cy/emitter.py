@@ -87,6 +87,32 @@ def msg_id(device: str, sensor: str, window_end: float) -> str:
     return f"{_id_token(device)}|{_id_token(sensor)}|{window_end!r}"
 
 
+_CREDS_SECTIONS = ((b"BEGIN NATS USER JWT", "user JWT"), (b"BEGIN USER NKEY SEED", "nkey seed"))
+
+
+def check_creds_file(path: str) -> None:
+    """ValueError, naming the path but never the contents, unless `path` is a readable NATS
+    credentials file with a user JWT and a seed section, and nkeys (which nats-py signs with)
+    is installed. Checked before connecting because nats-py 2.16 spins its event loop forever
+    on a file without the JWT section and gives up for good on one without a seed."""
+    try:
+        import nkeys  # noqa: F401
+    except ImportError:
+        raise ValueError("a NATS credentials file needs the 'nkeys' package: "
+                         "pip install 'telemetry-cy[creds]' (or pip install nkeys)") from None
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    for marker, what in _CREDS_SECTIONS:
+        # nats-py reads the line after the marker as the value
+        if not any(marker in line and i + 1 < len(lines) and lines[i + 1].strip()
+                   for i, line in enumerate(lines)):
+            raise ValueError(f"{path} is not a NATS credentials file: no {what} section "
+                             f"('-----{marker.decode()}-----' and the line after it)")
+
+
 class NatsEmitter:
     def __init__(self, servers: str | list[str] = "nats://127.0.0.1:4222",
                  subject_prefix: str = "agg", format: str = "json", jetstream: bool = False,
@@ -109,12 +135,7 @@ class NatsEmitter:
         if token and (user or password):
             raise ValueError("NATS auth: give either a token or user/password, not both")
         if creds_file:
-            try:
-                import nkeys  # noqa: F401  (nats-py needs it to sign with a credentials file)
-            except ImportError:
-                raise ValueError("NATS creds_file needs the 'nkeys' package "
-                                 "(pip install nkeys)") from None
-            open(creds_file, "rb").close()  # fail now, with the path, not at each reconnect
+            check_creds_file(creds_file)
         self.jetstream = jetstream
         self.max_backlog_batches = max_backlog_batches
         self.max_backlog_bytes = max_backlog_bytes
