@@ -57,6 +57,8 @@ log = logging.getLogger("telemetry_cy.emitter")
 #: `aggregates == published + emit_backlog + backlog` keeps holding) and, to tell why, in the
 #: `subject_too_long` stat. Only names of more than ~500 bytes (max_name_bytes) can get here.
 MAX_SUBJECT_BYTES = 3072
+#: The same NATS error is logged at most once per this many seconds.
+ERROR_LOG_EVERY_S = 60.0
 #: Hand-offs the loop has not picked up yet, at most. Normally 0 or 1 (one per tick); this is a
 #: net for a stuck or starved NATS thread, so memory stays bounded even then.
 MIN_IN_FLIGHT_BATCHES = 64
@@ -203,6 +205,8 @@ class NatsEmitter:
         self._closing = False
         self._connected_event = threading.Event()
         self._attempt = 0
+        self._ever_connected = False
+        self._logged_errors: dict[str, float] = {}  # error text -> when it was last logged
 
     # ---------------------------------------------------------------- producer side
 
@@ -377,10 +381,13 @@ class NatsEmitter:
     def _next_server(self, servers, server_info):
         """nats-py reconnect hook: exponential backoff with jitter (nats-py itself only waits a
         fixed reconnect_time_wait, so many clients restarting together would retry in step)."""
+        server = min(servers, key=lambda s: s.reconnects)  # round-robin over the pool
+        return server, self._backoff()
+
+    def _backoff(self) -> float:
         delay = min(self.max_reconnect_wait, self.reconnect_time_wait * 2 ** min(self._attempt, 16))
         self._attempt += 1
-        server = min(servers, key=lambda s: s.reconnects)  # round-robin over the pool
-        return server, delay * random.uniform(0.5, 1.0)
+        return delay * random.uniform(0.5, 1.0)
 
     # ---------------------------------------------------------------- connection callbacks
 
@@ -391,7 +398,13 @@ class NatsEmitter:
 
     def _note_error(self, what: str, exc: BaseException) -> None:
         text = self._redact(f"{what}: {type(exc).__name__}: {exc}".rstrip(": "))
-        if text != self._last_error:  # one line per new error, not one per retry
+        now = time.monotonic()
+        # one line per error and ERROR_LOG_EVERY_S, not one per retry: a refused connection
+        # alternates between the server's error and a reset, so "same as the last" is not enough
+        if now - self._logged_errors.get(text, -ERROR_LOG_EVERY_S) >= ERROR_LOG_EVERY_S:
+            if len(self._logged_errors) >= 64:
+                self._logged_errors.clear()
+            self._logged_errors[text] = now
             log.warning(text)
         with self._lock:
             self._last_error = text
@@ -407,6 +420,7 @@ class NatsEmitter:
             self._connected = up
         if up:
             self._attempt = 0
+            self._ever_connected = True
             self._connected_event.set()
             self._wake.set()
         else:
@@ -414,6 +428,11 @@ class NatsEmitter:
 
     async def _on_error(self, exc: Exception) -> None:
         self._note_error("NATS error", exc)
+        if not self._ever_connected and not self._closing:
+            # nats-py's first-connect loop retries every reconnect_time_wait, without the
+            # backoff `_next_server` gives reconnects; it awaits this callback after each
+            # failed attempt, so the same jittered backoff is applied here
+            await asyncio.sleep(self._backoff())
 
     async def _on_disconnected(self) -> None:
         self._generation += 1

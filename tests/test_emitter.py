@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 
@@ -440,6 +441,45 @@ def test_reconnect_backoff_grows_with_jitter_and_is_capped():
         delays.append(delay)
     assert 0.05 <= delays[0] <= 0.1 and 0.1 <= delays[1] <= 0.2
     assert all(1.0 <= d <= 2.0 for d in delays[6:])  # capped, jittered in [cap/2, cap]
+
+
+def test_first_connect_backs_off_and_logs_each_error_once(emitters, caplog):
+    """Before the first connection, a server that accepts and hangs up at once is tried with
+    the same growing backoff as reconnects (nats-py alone retries every reconnect_time_wait),
+    and the repeated error is logged once, not once per attempt."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.1)
+    accepted = []
+    done = threading.Event()
+
+    def refuse():
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            accepted.append(time.monotonic())
+            conn.close()
+    thread = threading.Thread(target=refuse, daemon=True)
+    thread.start()
+    caplog.set_level(logging.WARNING, logger="telemetry_cy.emitter")
+    em = emitters(f"nats://127.0.0.1:{listener.getsockname()[1]}", connect_timeout=0.5,
+                  reconnect_time_wait=0.02, max_reconnect_wait=0.64)
+    try:
+        em.start()
+        assert wait_for(lambda: len(accepted) >= 8, timeout=30.0), accepted
+    finally:
+        em.stop(0.5)
+        done.set()
+        thread.join(2.0)
+        listener.close()
+    gaps = [b - a for a, b in zip(accepted, accepted[1:8])]
+    # the 7th wait is drawn from [0.32, 0.64] s; without backoff every gap would be ~0.02 s
+    assert max(gaps) >= 0.3, gaps
+    lines = [r.getMessage() for r in caplog.records if "NATS error" in r.getMessage()]
+    assert lines and len(lines) == len(set(lines)), lines
 
 
 def test_tls_client_certificate(tmp_path, emitters, tls_certs):
