@@ -428,6 +428,19 @@ def test_tls_verifies_the_server(tmp_path, emitters, tls_certs):
         server.kill()
 
 
+def test_nats_py_internals_the_emitter_relies_on():
+    """Core NATS batches go out as whole chunks of PUB commands through nats-py's private
+    `_send_command(cmd, priority=False)` coroutine, the queue its publish() feeds. A nats-py
+    release that changes it must fail here, not silently lose aggregates."""
+    import inspect
+    from nats.aio.client import Client
+    send = Client._send_command
+    assert inspect.iscoroutinefunction(send)
+    assert list(inspect.signature(send).parameters) == ["self", "cmd", "priority"]
+    source = inspect.getsource(Client._send_publish)
+    assert "await self._send_command(pub_cmd)" in source
+
+
 def test_reconnect_backoff_grows_with_jitter_and_is_capped():
     from nats.aio.client import Server
     from urllib.parse import urlparse

@@ -1,0 +1,324 @@
+"""NATS wire encoder: the compiled ``_wire`` against its twin ``_wire_py`` byte for byte, and the
+twin against what the emitter does one aggregate at a time (subject_for + encode_json/cbor)."""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from telemetry_cy import _engine, _engine_py, _wire, _wire_py
+from telemetry_cy._engine_common import AGGREGATE_FIELDS
+from telemetry_cy.encode import decode_body, encoder_for
+from telemetry_cy.subjects import parse_subject, subject_for
+
+PREFIX = "agg"
+MAX_SUBJECT = 3072  # emitter.MAX_SUBJECT_BYTES
+TWINS = [_wire, _wire_py]
+FLOAT_FIELDS = [f for f in AGGREGATE_FIELDS[3:] if f != "count"]
+
+any_char = st.characters(codec=None, categories=None, exclude_categories=())
+names = st.one_of(
+    st.text(st.characters(max_codepoint=0x7F), max_size=12),  # printable or not, DEL included
+    st.text(st.sampled_from(".*>% \t\r\n\x00\x01\x08\x0c\x1f\x7f\"\\/'é°温\u2028\ud800\udfff"),
+            max_size=12),
+    st.text(any_char, max_size=12),
+    st.sampled_from(["dev-00042", "temp", "C", "°C", "", "\ud800", "a.b", "100%"]),
+    # long enough for the subject limit (3072 bytes) and past subjects.CACHE_NAME_MAX
+    st.builds(lambda s, n: (s * n)[:4000], st.text(any_char, min_size=1, max_size=3),
+              st.integers(1, 4000)),
+)
+# whole numbers around repr's switch to exponent form (1e16) and the end of exact integers (2**53)
+EDGE_FLOATS = [0.0, -0.0, 5e-324, -5e-324, 2.2250738585072014e-308, 1e16, -1e16, 1e16 - 2,
+               -(1e16 - 2), 2.0**53, 2.0**53 + 2, 2.0**63, -(2.0**63), 1e15, 1e-5, 1e-4,
+               1.7e9, 1700000060.0, 0.1, 1.7976931348623157e308, math.inf, -math.inf, math.nan,
+               -math.nan, 21.95]
+floats = st.one_of(
+    st.floats(),
+    st.sampled_from(EDGE_FLOATS),
+    st.integers(-(2**60), 2**60).map(float),
+    st.integers(-10**6, 10**6).map(lambda i: i / 100),
+)
+counts = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 23, 24, 255, 256, 65535, 65536,
+                                                              2**32 - 1, 2**32, 2**64 - 1]))
+
+
+@st.composite
+def aggregates(draw):
+    cls = draw(st.sampled_from([_engine.Aggregate, _engine_py.Aggregate]))
+    values = dict(device=draw(names), sensor=draw(names),
+                  unit=draw(st.one_of(st.none(), names)), count=draw(counts))
+    values.update({f: draw(floats) for f in FLOAT_FIELDS})
+    return cls(*(values[f] for f in AGGREGATE_FIELDS))
+
+
+batches = st.lists(aggregates(), max_size=8)
+chunk_sizes = st.one_of(st.integers(1, 2000), st.just(262144))
+
+
+def typical(i: int, cls=_engine.Aggregate):
+    t = 1700000000.0 + 5 * (i % 7)
+    return cls(f"dev-{i:05d}", "temp", "C", t - 60, t, 12, 263.4 + i, 21.95, 20.1, 23.7,
+               1.0312345, 20.1, 23.7 + i / 1000)
+
+
+def run(mod, *args, **kwargs):
+    """The result, or the exception's type and text (the twins must fail alike too)."""
+    try:
+        return mod.encode_batch(*args, **kwargs)
+    except Exception as exc:
+        return type(exc), str(exc)
+
+
+def raw_messages(chunks):
+    """Every PUB message of the stream, as bytes, checking the framing as a server would."""
+    data, out, pos = b"".join(chunks), [], 0
+    while pos < len(data):
+        end = data.index(b"\r\n", pos)
+        op, _, size = data[pos:end].split(b" ")
+        assert op == b"PUB"
+        body_end = end + 2 + int(size)
+        assert data[body_end:body_end + 2] == b"\r\n"
+        out.append(data[pos:body_end + 2])
+        pos = body_end + 2
+    return out
+
+
+def messages(chunks):
+    """(subject, body) of every PUB message of the stream."""
+    out = []
+    for raw in raw_messages(chunks):
+        head, body = raw[:-2].split(b"\r\n", 1)
+        out.append((head.split(b" ")[1].decode(), body))
+    return out
+
+
+def same_value(got, want, fmt) -> bool:
+    if isinstance(want, float):
+        if not math.isfinite(want) and fmt == "json":
+            return got is None
+        if math.isnan(want):
+            return math.isnan(got)
+        return struct.pack("<d", got) == struct.pack("<d", want)  # -0.0 is not 0.0
+    if isinstance(want, str) and fmt == "json":
+        # encode_json writes lone surrogates as \\uXXXX escapes, and a JSON reader joins a high
+        # one followed by a low one into one astral character (encode.py's behaviour, not ours)
+        want = want.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    return type(got) is type(want) and got == want
+
+
+# ---- the twins agree, and what they write decodes back ----------------------------------------
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches, st.sampled_from(["json", "cbor"]), chunk_sizes)
+@example([typical(1), typical(2, _engine_py.Aggregate)], "json", 262144)
+def test_compiled_matches_twin(aggs, fmt, chunk_bytes):
+    got = run(_wire, aggs, PREFIX, fmt, MAX_SUBJECT, chunk_bytes)
+    want = run(_wire_py, aggs, PREFIX, fmt, MAX_SUBJECT, chunk_bytes)
+    assert got == want
+    if isinstance(want[0], type):
+        # the only failure the engine's values can cause: cbor2 cannot encode a lone surrogate
+        assert fmt == "cbor" and want[0] is UnicodeEncodeError
+        return
+    chunks, encoded, too_long, nbytes = got
+    assert all(type(c) is bytes and c for c in chunks)
+    assert encoded + too_long == len(aggs)
+    for c in chunks:
+        assert len(c) <= chunk_bytes or len(raw_messages([c])) == 1
+    # the stream does not depend on where it is cut
+    whole = _wire.encode_batch(aggs, PREFIX, fmt, MAX_SUBJECT, 2**40)[0]
+    assert b"".join(chunks) == b"".join(whole) and len(whole) <= 1
+
+    msgs = messages(chunks)
+    assert len(msgs) == encoded
+    kept = [a for a in aggs if len(subject_for(PREFIX, a.device, a.sensor).encode()) <= MAX_SUBJECT]
+    assert len(kept) == encoded
+    assert nbytes == sum(len(s) + len(b) for s, b in msgs)
+    for a, (subject, body) in zip(kept, msgs):
+        assert parse_subject(PREFIX, subject) == (a.device, a.sensor)
+        fields = decode_body(fmt, body)
+        assert list(fields) == list(AGGREGATE_FIELDS)
+        for name in AGGREGATE_FIELDS:
+            assert same_value(fields[name], getattr(a, name), fmt), name
+
+
+@pytest.mark.parametrize("fmt", ["json", "cbor"])
+def test_twin_is_the_emitters_per_aggregate_path(fmt):
+    """What emitter._take does per aggregate, concatenated: the twin must be exactly that."""
+    encode = encoder_for(fmt)
+    aggs = [typical(i) for i in range(50)] + [typical(i, _engine_py.Aggregate) for i in range(5)]
+    aggs.append(_engine.Aggregate("Küche.1", "温度 ", "°C", 0.0, 5.0, 1, math.inf, math.nan,
+                                  -0.0, 1e300, 0.0, 1.0, 2.0))
+    stream, nbytes = [], 0
+    for a in aggs:
+        subject = subject_for(PREFIX, a.device, a.sensor)
+        body = encode(a)
+        stream.append(b"PUB " + subject.encode() + b" " + str(len(body)).encode() + b"\r\n"
+                      + body + b"\r\n")
+        nbytes += len(subject) + len(body)
+    for mod in TWINS:
+        chunks, encoded, too_long, got_nbytes = mod.encode_batch(aggs, PREFIX, fmt, MAX_SUBJECT)
+        assert (b"".join(chunks), encoded, too_long, got_nbytes) == (b"".join(stream), len(aggs),
+                                                                      0, nbytes)
+        assert len(chunks) == 1
+
+
+# ---- floats: the C fast paths must print exactly repr(x) ----------------------------------------
+
+def float_batch(xs, cls=_engine.Aggregate):
+    xs = list(xs) + [0.0] * (-len(xs) % 9)
+    return [cls("d", "s", None, *xs[i:i + 2], 1, *xs[i + 2:i + 9]) for i in range(0, len(xs), 9)]
+
+
+def sweep_floats(seed: int = 7) -> list[float]:
+    """Decimals of 1 to 17 significant digits in every decade where repr uses fixed notation and
+    beyond, their neighbouring doubles, powers of ten and their neighbours, random bit patterns."""
+    rng = random.Random(seed)
+    xs = []
+    for n in range(1, 18):
+        for e in range(-7, 18):
+            for _ in range(12):
+                x = float(f"{rng.randrange(10 ** (n - 1), 10 ** n)}e{e - n + 1}")
+                xs += [x, -x, math.nextafter(x, math.inf), math.nextafter(x, -math.inf)]
+    for e in range(-8, 20):
+        p = float(f"1e{e}")
+        xs += [p, -p, math.nextafter(p, 0.0), math.nextafter(p, math.inf), p * (1 - 1e-15)]
+    xs += [struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+           for _ in range(5000)]
+    xs += [i / d for i in range(-3000, 3000, 7) for d in (10, 100, 1000, 3)]
+    return xs
+
+
+def test_float_sweep():
+    aggs = float_batch(sweep_floats())
+    for fmt in ("json", "cbor"):
+        assert _wire.encode_batch(aggs, PREFIX, fmt, MAX_SUBJECT) == \
+            _wire_py.encode_batch(aggs, PREFIX, fmt, MAX_SUBJECT)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(floats, st.floats(1e-5, 1e15), st.floats(-1e15, -1e-5),
+                          st.builds(lambda m, e: m * 10.0 ** e, st.integers(-10**15, 10**15),
+                                    st.integers(-20, 2))),
+                min_size=9, max_size=90))
+def test_floats_print_as_repr(xs):
+    aggs = float_batch(xs)
+    assert _wire.encode_batch(aggs, PREFIX, "json", MAX_SUBJECT) == \
+        _wire_py.encode_batch(aggs, PREFIX, "json", MAX_SUBJECT)
+
+
+# ---- limits and chunking ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_too_long_subjects_are_counted_and_skipped(mod):
+    room = MAX_SUBJECT - len(PREFIX) - 2  # bytes left for device + sensor
+    fits = _engine.Aggregate("d" * (room - 1), "s", None, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)
+    over = _engine.Aggregate("d" * room, "s", None, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)
+    # escaping grows the subject: 1100 dots are 3300 bytes of %2E
+    dots = _engine_py.Aggregate("." * 1100, "s", "C", 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)
+    wide = _engine.Aggregate("温" * 1023, "s", None, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)  # 3075 bytes
+    aggs = [fits, over, dots, wide, typical(1)]
+    chunks, encoded, too_long, _ = mod.encode_batch(aggs, PREFIX, "json", MAX_SUBJECT)
+    assert (encoded, too_long) == (2, 3)
+    assert [s for s, _ in messages(chunks)] == [subject_for(PREFIX, a.device, a.sensor)
+                                                for a in (fits, typical(1))]
+    assert mod.encode_batch(aggs, PREFIX, "json", 0)[1:3] == (0, 5)
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_chunks_are_cut_at_message_boundaries(mod):
+    aggs = [typical(i) for i in range(100)]
+    one = mod.encode_batch(aggs[:1], PREFIX, "json", MAX_SUBJECT)[0][0]
+    whole = b"".join(mod.encode_batch(aggs, PREFIX, "json", MAX_SUBJECT)[0])
+    for chunk_bytes in (1, len(one) - 1, len(one), len(one) + 1, 2 * len(one), 5000, 10**9):
+        chunks = mod.encode_batch(aggs, PREFIX, "json", MAX_SUBJECT, chunk_bytes)[0]
+        assert b"".join(chunks) == whole
+        for c in chunks:
+            assert c.startswith(b"PUB ") and c.endswith(b"\r\n")
+            assert len(c) <= chunk_bytes or len(raw_messages([c])) == 1
+        if chunk_bytes <= len(one):
+            assert len(chunks) == len(aggs)  # every message on its own
+        # greedy: a chunk was cut only because the next message did not fit
+        for a, b in zip(chunks, chunks[1:]):
+            assert len(a) + len(raw_messages([b])[0]) > chunk_bytes
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_empty_batch(mod):
+    assert mod.encode_batch([], PREFIX, "json", MAX_SUBJECT) == ([], 0, 0, 0)
+    assert mod.encode_batch(iter([]), PREFIX, "cbor", MAX_SUBJECT, 1) == ([], 0, 0, 0)
+
+
+def test_any_iterable_and_mixed_types():
+    aggs = [typical(1), typical(2, _engine_py.Aggregate), typical(3)]
+    for fmt in ("json", "cbor"):
+        want = _wire_py.encode_batch(aggs, PREFIX, fmt, MAX_SUBJECT)
+        assert _wire.encode_batch(tuple(aggs), PREFIX, fmt, MAX_SUBJECT) == want
+        assert _wire.encode_batch(iter(aggs), PREFIX, fmt, MAX_SUBJECT) == want
+
+
+@pytest.mark.parametrize("args, exc, text", [
+    (("xml", MAX_SUBJECT, 1), ValueError, "format must be one of json, cbor, got 'xml'"),
+    (("JSON", MAX_SUBJECT, 1), ValueError, "format must be one of json, cbor, got 'JSON'"),
+    (("json", -1, 1), ValueError, "max_subject_bytes must be between 0"),
+    (("json", MAX_SUBJECT, 0), ValueError, "chunk_bytes must be between 1"),
+    (("json", 2**64, 1), ValueError, "max_subject_bytes must be between 0"),
+    (("json", 3.0, 1), TypeError, "max_subject_bytes must be an integer"),
+    (("json", MAX_SUBJECT, True), TypeError, "chunk_bytes must be an integer"),
+])
+@pytest.mark.parametrize("mod", TWINS)
+def test_bad_arguments(mod, args, exc, text):
+    fmt, max_subject, chunk_bytes = args
+    with pytest.raises(exc, match="^" + text.replace("(", r"\(")):
+        mod.encode_batch([typical(1)], PREFIX, fmt, max_subject, chunk_bytes)
+
+
+@pytest.mark.parametrize("prefix, exc", [("", ValueError), ("a b", ValueError),
+                                         ("agg\r\nPUB x 0", ValueError), ("a.*", ValueError),
+                                         ("a..b", ValueError), (b"agg", TypeError),
+                                         (None, TypeError)])
+def test_bad_prefix(prefix, exc):
+    for mod in TWINS:
+        with pytest.raises(exc):
+            mod.encode_batch([typical(1)], prefix, "json", MAX_SUBJECT)
+    assert run(_wire, [], prefix, "json", 1) == run(_wire_py, [], prefix, "json", 1)
+
+
+def test_prefix_subclass_rejected():
+    class Prefix(str):
+        pass
+    for mod in TWINS:
+        with pytest.raises(TypeError, match="prefix must be a str"):
+            mod.encode_batch([], Prefix("agg"), "json", MAX_SUBJECT)
+
+
+def test_multi_token_and_non_ascii_prefix():
+    aggs = [typical(1), _engine.Aggregate("é", "x.y", None, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)]
+    for prefix in ("a.b.c", "télé.agg"):
+        for fmt in ("json", "cbor"):
+            want = _wire_py.encode_batch(aggs, prefix, fmt, MAX_SUBJECT)
+            assert _wire.encode_batch(aggs, prefix, fmt, MAX_SUBJECT) == want
+            assert want[3] == sum(len(s) + len(b) for s, b in messages(want[0]))
+
+
+def test_odd_field_values_fail_alike():
+    """Values the engine never makes still go the Python way in both twins (same result or same
+    error): a None name on the compiled class, non-str units, odd types on the pure class."""
+    A, P = _engine.Aggregate, _engine_py.Aggregate
+    cases = [
+        [A(None, "s", None, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)],
+        [A("d", "s", 42, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)],
+        [A("d", "s", type("U", (str,), {})("°C"), 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)],
+        [P("d", "s", None, 0, 5, -1, 1, 1, 1, 1, 0, 1, 1)],
+        [P("d", "s", None, 0, 5, 2**70, 1, 1, 1, 1, 0, 1, 1)],
+        [P(3, "s", None, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)],
+        [object()],
+    ]
+    for aggs in cases:
+        for fmt in ("json", "cbor"):
+            assert run(_wire, aggs, PREFIX, fmt, MAX_SUBJECT) == \
+                run(_wire_py, aggs, PREFIX, fmt, MAX_SUBJECT)
