@@ -1,0 +1,130 @@
+"""One tick of many keys, from the engine to NATS protocol bytes: how long does it take?
+
+At 1,000,000 live keys a tick emits 1,000,000 aggregates every emit interval (5 s by default),
+so the engine's ``tick`` plus the emitter's encoding must stay well inside that interval. This
+times, for ``--keys`` keys with every key's panes filled (``--rounds`` intervals of one reading
+per key, then the tick that closes the last one):
+
+- ``tick``: ``Engine.tick`` building the Aggregate objects (engine thread);
+- ``wire``: what the NATS thread does with them for core NATS (``NatsEmitter._encode_core``:
+  the compiled encoder in ``ENCODE_SLICE`` slices);
+- ``python_path`` (on a sample of ``--sample`` aggregates, scaled): the per-aggregate
+  ``subject_for`` + ``encode_json`` that the emitter used before the compiled encoder, without
+  nats-py's ``publish`` per message on top.
+
+Each is repeated ``--reps`` times (a fresh tick each time) and the medians are printed and
+written as JSON::
+
+    PYTHONPATH=$PWD .venv/bin/python perf/tick_to_wire.py --keys 1000000 -o /tmp/tick_to_wire.json
+
+Not a pyperf benchmark: one measurement is a whole tick of seconds, and what matters is whether
+it fits the emit interval, not a nanosecond trend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "perf"))
+
+from payloads import PayloadSet  # noqa: E402
+
+from telemetry_cy._engine import Engine  # noqa: E402
+from telemetry_cy.emitter import ENCODE_SLICE, MAX_SUBJECT_BYTES, encode_batch  # noqa: E402
+from telemetry_cy.encode import encode_json  # noqa: E402
+from telemetry_cy.subjects import subject_for  # noqa: E402
+
+EMIT_EVERY = 5.0
+WINDOW = 60.0
+T0 = 1_800_000_000.0
+BATCH = 8192
+
+
+def feed_interval(engine, ps: PayloadSet, n_keys: int, interval: int) -> None:
+    base = T0 + EMIT_EVERY * interval
+    for start in range(0, n_keys, BATCH):
+        engine.push_many(ps.batch(start, min(BATCH, n_keys - start)),
+                         base + EMIT_EVERY * start / n_keys)
+
+
+def encode_wire(aggregates: list) -> tuple[int, int]:
+    n = size = 0
+    for i in range(0, len(aggregates), ENCODE_SLICE):
+        chunks, encoded, _, _ = encode_batch(aggregates[i:i + ENCODE_SLICE], "agg", "json",
+                                             MAX_SUBJECT_BYTES)
+        n += encoded
+        size += sum(len(c) for c in chunks)
+    return n, size
+
+
+def python_path(aggregates: list) -> int:
+    size = 0
+    for a in aggregates:
+        subject = subject_for("agg", a.device, a.sensor)
+        size += len(subject) + len(encode_json(a))
+    return size
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--keys", type=int, default=1_000_000)
+    ap.add_argument("--rounds", type=int, default=3, help="intervals fed before the timed ticks")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--sample", type=int, default=20_000)
+    ap.add_argument("-o", "--output")
+    args = ap.parse_args()
+
+    ps = PayloadSet.cached(args.keys, 1)
+    engine = Engine(window=WINDOW, emit_every=EMIT_EVERY, max_keys=args.keys + 1)
+    interval = 0
+    for interval in range(args.rounds):
+        feed_interval(engine, ps, args.keys, interval)
+        engine.tick(T0 + EMIT_EVERY * (interval + 1))
+    rows = []
+    for rep in range(args.reps):
+        interval += 1
+        feed_interval(engine, ps, args.keys, interval)
+        t0 = time.perf_counter()
+        aggregates = engine.tick(T0 + EMIT_EVERY * (interval + 1))
+        t1 = time.perf_counter()
+        n, wire_bytes = encode_wire(aggregates)
+        t2 = time.perf_counter()
+        sample = aggregates[:args.sample]
+        python_path(sample)
+        t3 = time.perf_counter()
+        if len(aggregates) != args.keys or n != args.keys:
+            raise SystemExit(f"rep {rep}: {len(aggregates)} aggregates, {n} encoded, "
+                             f"want {args.keys}")
+        rows.append({"tick_s": t1 - t0, "wire_s": t2 - t1,
+                     "python_path_s": (t3 - t2) * len(aggregates) / len(sample),
+                     "wire_bytes": wire_bytes})
+        del aggregates, sample
+        print(f"rep {rep}: tick {t1 - t0:.3f} s, wire {t2 - t1:.3f} s, "
+              f"python path (scaled) {rows[-1]['python_path_s']:.3f} s", flush=True)
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    per = {k: med[k] / args.keys * 1e9 for k in ("tick_s", "wire_s", "python_path_s")}
+    print(f"{args.keys:,} keys, medians of {args.reps}: tick {med['tick_s']:.3f} s "
+          f"({per['tick_s']:.0f} ns/agg), wire {med['wire_s']:.3f} s "
+          f"({per['wire_s']:.0f} ns/agg, {med['wire_bytes'] / args.keys:.0f} B/agg), "
+          f"tick + wire {med['tick_s'] + med['wire_s']:.3f} s of a {EMIT_EVERY:g} s interval; "
+          f"python path {med['python_path_s']:.3f} s ({per['python_path_s']:.0f} ns/agg)")
+    if args.output:
+        Path(args.output).write_text(json.dumps({
+            "keys": args.keys, "reps": rows, "medians": med, "ns_per_aggregate": per,
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                        "python": platform.python_version(),
+                        "load": os.getloadavg()}}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
