@@ -510,12 +510,12 @@ class MqttSource:
         except (OSError, ValueError) as exc:
             with self._lock:
                 self._connect_failures += 1
-            self._note_error(f"cannot connect to {self._url}: {type(exc).__name__}: {exc}")
+            self._note_error(f"cannot connect: {type(exc).__name__}: {exc}")
             return 0.0
         if rc:
             with self._lock:
                 self._connect_failures += 1
-            self._note_error(f"cannot connect to {self._url}: {paho.error_string(rc)}")
+            self._note_error(f"cannot connect: {paho.error_string(rc)}")
             return 0.0
         t_open = time.monotonic()
         t_up: float | None = None
