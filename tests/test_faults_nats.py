@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import socket
 import threading
 import time
@@ -198,6 +199,58 @@ def aggregates_by_tick(msgs) -> dict[float, collections.Counter]:
         body = decode_body("json", m.data)
         ticks[body["window_end"]][(body["device"], body["sensor"])] += 1
     return ticks
+
+
+@dataclasses.dataclass
+class Recovery:
+    resumed: dict     # the first stats line with NATS up and publishing again
+    later: dict       # a stats line further on: drops after the recovery would show against it
+    seconds: float    # from `since` to `resumed`
+    sent: int
+    final: dict
+
+
+def recover_and_stop(d, load, published_before: int, keys: int, since: float,
+                     later_batches: int = 2) -> Recovery:
+    """After a NATS fault: publishing resumes by itself (NATS up, two more tick batches of
+    `keys` published), goes on (`later_batches` more), then the load stops and the daemon
+    stops cleanly: every message sent became a reading, no ingest_full, the counters balance.
+    The load is stopped whatever happens."""
+    try:
+        resumed = d.wait_stats(lambda s: s.get("nats") == "up"
+                               and s.get("published", 0) >= published_before + 2 * keys, 30.0)
+        assert resumed is not None, f"publishing did not resume:\n{d.tail()}"
+        seconds = time.monotonic() - since
+        later = d.wait_stats(
+            lambda s: s.get("published", 0) >= resumed["published"] + later_batches * keys, 15.0)
+        assert later is not None, d.tail()
+    finally:
+        sent = load.stop()
+    assert d.wait_stats(lambda s: s.get("readings", 0) >= sent, 15.0), d.tail()
+    time.sleep(1.2)   # the last windows close
+    code, final = d.stop()
+    assert code == 0, d.tail()
+    assert_balanced(final)
+    assert final["received"] == sent and final["readings"] == sent, final
+    assert final["drops"]["ingest_full"] == 0, final
+    return Recovery(resumed, later, seconds, sent, final)
+
+
+def stream_check(stored: list, final: dict, d, keys: int) -> tuple[int, int, bool]:
+    """What the server received across NATS faults (a JetStream stream on agg.>; the daemon
+    publishes core NATS): exactly `published` distinct aggregates, none twice -- except that a
+    batch cut by a lost connection (a `publish failed` line in the log) may be there twice, or
+    although counted as dropped when the stop cut it. Returns (distinct, twice, cut)."""
+    ticks = aggregates_by_tick(stored)
+    distinct = sum(len(c) for c in ticks.values())
+    twice = sum(n - 1 for c in ticks.values() for n in c.values())
+    cut = any("publish failed" in str(r.get("msg")) for r in d.records())
+    if cut:
+        assert final["published"] <= distinct <= final["published"] + keys, (distinct, final)
+        assert twice <= keys, twice
+    else:
+        assert distinct == final["published"] and twice == 0, (distinct, twice, final)
+    return distinct, twice, cut
 
 
 class Load:
@@ -383,16 +436,7 @@ def _settled(d, sub, quiet_s: float = 1.5, timeout: float = 12.0) -> dict:
 
 
 def _finish(d, load, sub, catch_up_from: int):
-    s = d.wait_stats(lambda s: s.get("nats") == "up"
-                     and s.get("published", 0) >= catch_up_from + 5 * KEYS, 30.0)
-    assert s is not None, f"publishing did not resume:\n{d.tail()}"
-    sent = load.stop()
-    assert d.wait_stats(lambda s: s.get("readings", 0) >= sent, 15.0), d.tail()
-    time.sleep(0.6)
-    code, final = d.stop()
-    assert code == 0, d.tail()
-    assert_balanced(final)
-    assert final["readings"] == sent and final["drops"]["ingest_full"] == 0, final
+    final = recover_and_stop(d, load, catch_up_from, KEYS, time.monotonic(), 3).final
     sub.wait_count(final["published"] - KEYS, 15.0)
     time.sleep(0.5)
     ticks = aggregates_by_tick(list(sub.msgs))
@@ -496,24 +540,12 @@ def test_nats_unreachable_for_a_minute(mosquitto, nats_server, spawn):
             checkpoints += 1
         before = d.stats()
         nats_server.start()
-        t_up = time.monotonic()
-        resumed = d.wait_stats(lambda s: s.get("nats") == "up"
-                               and s.get("published", 0) >= before["published"] + 2 * keys, 30.0)
-        assert resumed is not None, f"publishing did not resume:\n{d.tail()}"
-        recovery = time.monotonic() - t_up
-        later = d.wait_stats(lambda s: s.get("published", 0) >= resumed["published"] + 4 * keys,
-                             15.0)
-        assert later is not None, d.tail()
-    finally:
-        sent = load.stop()
-    assert d.wait_stats(lambda s: s.get("readings", 0) >= sent, 15.0), d.tail()
-    time.sleep(1.2)
-    code, final = d.stop()
-    assert code == 0, d.tail()
-    assert_balanced(final)
+    except BaseException:
+        load.stop()
+        raise
+    r = recover_and_stop(d, load, before["published"], keys, time.monotonic(), 4)
+    final, sent = r.final, r.sent
     drops = final["drops"]
-    assert final["received"] == sent and final["readings"] == sent, final
-    assert drops["ingest_full"] == 0, final
 
     # the stats line during the outage
     outage = [st for st in d.records()
@@ -533,7 +565,7 @@ def test_nats_unreachable_for_a_minute(mosquitto, nats_server, spawn):
     dropped = drops["emit_backlog"]
     assert dropped > 0 and dropped % keys == 0, final
     assert logged_backlog_drops(d) == dropped, d.tail()
-    assert dropped == later["drops"]["emit_backlog"], (later, final)
+    assert dropped == r.later["drops"]["emit_backlog"], (r.later, final)
     assert final["nats"]["reconnects"] == 1, final
 
     # what the server received, across the restart
@@ -542,17 +574,9 @@ def test_nats_unreachable_for_a_minute(mosquitto, nats_server, spawn):
         stored = reader.stream_msgs("AGG")
     finally:
         reader.close()
-    ticks = aggregates_by_tick(stored)
-    distinct = sum(len(c) for c in ticks.values())
-    twice = sum(n - 1 for c in ticks.values() for n in c.values())
-    cut = any("publish failed" in str(r.get("msg")) for r in d.records())
+    distinct, _, cut = stream_check(stored, final, d, keys)
     print(f"\nNATS away {OUTAGE_S:.0f} s: sent={sent} aggregates={final['aggregates']} "
           f"published={final['published']} emit_backlog={dropped} ({dropped // keys} batches) "
           f"max backlog={max(st['backlog'] for st in outage)} stream: {len(stored)} msgs, "
-          f"{distinct} distinct; batch cut by the stop: {cut}; recovery {recovery:.2f} s; "
+          f"{distinct} distinct; batch cut by the stop: {cut}; recovery {r.seconds:.2f} s; "
           f"nats={final['nats']}")
-    if cut:
-        assert final["published"] <= distinct <= final["published"] + keys, (distinct, final)
-        assert twice <= keys, twice
-    else:
-        assert distinct == final["published"] and twice == 0, (distinct, twice, final)

@@ -39,7 +39,7 @@ from brokers import (Mosquitto, NatsServer, NatsSubscriber, TlsCerts, find_mosqu
 from telemetry_cy.encode import decode_body
 from test_faults import (assert_balanced, log_lines, paho_publisher, payload, publish_all,
                          seen_keys, spawn)  # noqa: F401  (spawn is a fixture)
-from test_faults_nats import Load, aggregates_by_tick, logged_backlog_drops
+from test_faults_nats import Load, logged_backlog_drops, recover_and_stop, stream_check
 
 KEYS = 20                  # keys of the steady load in the NATS tests
 BACKLOG_BATCHES = 2        # small, so that an outage of a few ticks drops whole batches
@@ -180,23 +180,6 @@ def stats_between(d, t0: float, t1: float) -> list[dict]:
     return [r for r in d.records() if r.get("msg") == "stats" and t0 <= r["ts"] <= t1]
 
 
-def stream_check(stored: list, final: dict, d) -> tuple[int, int, bool]:
-    """What the server received across the faults (a JetStream stream on agg.>; the daemon
-    publishes core NATS): exactly `published` distinct aggregates, none twice, except that a
-    batch cut by a stop (a failed flush in the log) may be there although counted as dropped
-    (the rule of tests/test_faults_nats.py::test_nats_unreachable_for_a_minute)."""
-    ticks = aggregates_by_tick(stored)
-    distinct = sum(len(c) for c in ticks.values())
-    twice = sum(n - 1 for c in ticks.values() for n in c.values())
-    cut = any("publish failed" in str(r.get("msg")) for r in d.records())
-    if cut:
-        assert final["published"] <= distinct <= final["published"] + KEYS, (distinct, final)
-        assert twice <= KEYS, twice
-    else:
-        assert distinct == final["published"] and twice == 0, (distinct, twice, final)
-    return distinct, twice, cut
-
-
 # ---- 1. MQTT over TLS: broker restart -------------------------------------------------------------
 
 
@@ -333,23 +316,12 @@ def test_nats_over_tls_server_restart(mosquitto_tls, nats_tls, tls_certs, spawn,
         before = d.stats()
         server.start()
         t_up, wall_up = time.monotonic(), time.time()
-        resumed = d.wait_stats(lambda s: s.get("nats") == "up"
-                               and s.get("published", 0) >= before["published"] + 2 * KEYS, 30.0)
-        assert resumed is not None, f"publishing did not resume:\n{d.tail()}"
-        recovery = time.monotonic() - t_up
-        later = d.wait_stats(lambda s: s.get("published", 0) >= resumed["published"] + 2 * KEYS,
-                             15.0)
-        assert later is not None, d.tail()
-    finally:
-        sent = load.stop()
-    assert d.wait_stats(lambda s: s.get("readings", 0) >= sent, 15.0), d.tail()
-    time.sleep(1.2)   # the last windows close
-    code, final = d.stop()
-    assert code == 0, d.tail()
-    assert_balanced(final)
+    except BaseException:
+        load.stop()
+        raise
+    r = recover_and_stop(d, load, before["published"], KEYS, t_up)
+    final, sent, later, recovery = r.final, r.sent, r.later, r.seconds
     drops = final["drops"]
-    assert final["received"] == sent and final["readings"] == sent, final
-    assert drops["ingest_full"] == 0, final
     assert final["mqtt"]["connects"] == 1 and final["mqtt"]["disconnects"] == 0, final
 
     outage = stats_between(d, down["ts"], before["ts"])
@@ -370,7 +342,7 @@ def test_nats_over_tls_server_restart(mosquitto_tls, nats_tls, tls_certs, spawn,
     assert len(after) >= 2 * KEYS, (len(after), len(sub.msgs))
     stored = sub.stream_msgs("AGG")
     sub.close()
-    distinct, twice, cut = stream_check(stored, final, d)
+    distinct, twice, cut = stream_check(stored, final, d, KEYS)
     print(f"\nNATS over {'mTLS' if mutual else 'TLS'} restart: sent={sent} aggregates="
           f"{final['aggregates']} published={final['published']} emit_backlog={dropped} "
           f"({dropped // KEYS} batches); publishing resumed {recovery:.2f} s after the server "
@@ -437,22 +409,11 @@ def test_nats_untrusted_certificate_after_restart(tmp_path, mosquitto, nats_tls,
         install(live, tls_certs.server_cert, tls_certs.server_key)
         server.start()
         t_good, wall_good = time.monotonic(), time.time()
-        resumed = d.wait_stats(lambda s: s.get("nats") == "up"
-                               and s.get("published", 0) >= bad["published"] + 2 * KEYS, 30.0)
-        assert resumed is not None, f"did not connect with the right certificate:\n{d.tail()}"
-        recovery = time.monotonic() - t_good
-        later = d.wait_stats(lambda s: s.get("published", 0) >= resumed["published"] + 2 * KEYS,
-                             15.0)
-        assert later is not None, d.tail()
-    finally:
-        sent = load.stop()
-    assert d.wait_stats(lambda s: s.get("readings", 0) >= sent, 15.0), d.tail()
-    time.sleep(1.2)
-    code, final = d.stop()
-    assert code == 0, d.tail()
-    assert_balanced(final)
-    assert final["received"] == sent and final["readings"] == sent, final
-    assert final["drops"]["ingest_full"] == 0, final
+    except BaseException:
+        load.stop()
+        raise
+    r = recover_and_stop(d, load, bad["published"], KEYS, t_good)
+    final, sent, later, recovery = r.final, r.sent, r.later, r.seconds
 
     # with the rogue certificate: never connected, ingest and counting went on
     rogue = stats_between(d, wall_bad, wall_good)
@@ -481,7 +442,7 @@ def test_nats_untrusted_certificate_after_restart(tmp_path, mosquitto, nats_tls,
         stored = reader.stream_msgs("AGG")
     finally:
         reader.close()
-    distinct, twice, cut = stream_check(stored, final, d)
+    distinct, twice, cut = stream_check(stored, final, d, KEYS)
     print(f"NATS rogue certificate: {attempts} refused handshakes in {wall_good - wall_bad:.1f} s "
           f"({len(failed)} log line(s)); published resumed {recovery:.2f} s after the right "
           f"certificate was back; sent={sent} published={final['published']} "

@@ -29,11 +29,10 @@ from telemetry_cy._engine import Aggregate  # noqa: E402
 from telemetry_cy.emitter import NatsEmitter  # noqa: E402
 from telemetry_cy.encode import decode_body  # noqa: E402
 from telemetry_cy.subjects import parse_subject  # noqa: E402
+from test_emitter import emitters  # noqa: E402,F401  (a fixture)
 from test_faults import (  # noqa: E402,F401  (spawn is a fixture)
     assert_balanced, paho_publisher, payload, publish_all, seen_keys, spawn)
 
-FAST = dict(connect_timeout=1.0, flush_timeout=2.0, reconnect_time_wait=0.05,
-            max_reconnect_wait=0.3)
 #: what nats-server answers (and nats-py raises) for any refused credentials
 REFUSED = "Authorization Violation"
 
@@ -116,19 +115,6 @@ def subscribers():
     yield make
     for s in made:
         s.close()
-
-
-@pytest.fixture
-def emitters():
-    made = []
-
-    def make(*args, **kwargs):
-        e = NatsEmitter(*args, **{**FAST, **kwargs})
-        made.append(e)
-        return e
-    yield make
-    for e in made:
-        e.stop(1.0)
 
 
 @pytest.fixture
