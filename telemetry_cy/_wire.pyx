@@ -31,6 +31,8 @@ from libc.string cimport memset, strlen
 
 from telemetry_cy._engine cimport Aggregate
 
+import sys
+
 from telemetry_cy._engine_common import AGGREGATE_FIELDS
 from telemetry_cy._wire_py import DEFAULT_CHUNK_BYTES, _check_args
 from telemetry_cy.subjects import escape_token, subject_for
@@ -189,11 +191,12 @@ cdef inline size_t decimal_digits(size_t v) noexcept:
 
 
 def encode_batch(aggregates, prefix, format, max_subject_bytes,
-                 chunk_bytes=DEFAULT_CHUNK_BYTES):
+                 chunk_bytes=DEFAULT_CHUNK_BYTES, max_body_bytes=sys.maxsize):
     """See ``_wire.pyi``."""
-    encode = _check_args(prefix, format, max_subject_bytes, chunk_bytes)
+    encode = _check_args(prefix, format, max_subject_bytes, chunk_bytes, max_body_bytes)
     cdef bint cbor = format == "cbor"
     cdef Py_ssize_t max_subject = max_subject_bytes, chunk_max = chunk_bytes
+    cdef Py_ssize_t max_body = max_body_bytes
     cdef text pre, dev, sen, unit, fb
     pre.p = PyUnicode_AsUTF8AndSize(prefix, &pre.n)  # validated: no surrogates
     pre.chars = PyUnicode_GET_LENGTH(prefix)
@@ -245,6 +248,9 @@ def encode_batch(aggregates, prefix, format, max_subject_bytes,
                 fallback_body = <bytes?>encode(obj)
                 body_p = PyBytes_AS_STRING(fallback_body)
                 body_n = <size_t>PyBytes_GET_SIZE(fallback_body)
+            if <Py_ssize_t>body_n > max_body:
+                too_long += 1
+                continue
 
             # PUB <subject> <n>\r\n<body>\r\n, in a new chunk if it would overflow this one
             msg_n = 4 + sub.len + 1 + decimal_digits(body_n) + 2 + body_n + 2

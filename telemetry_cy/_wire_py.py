@@ -16,7 +16,7 @@ from telemetry_cy.subjects import subject_for, validate_prefix
 DEFAULT_CHUNK_BYTES = 262144
 
 
-def _check_args(prefix, format, max_subject_bytes, chunk_bytes):
+def _check_args(prefix, format, max_subject_bytes, chunk_bytes, max_body_bytes):
     """Shared by both twins: the same errors in the same words. Returns the body encoder."""
     encode = encoder_for(format)
     # The chunks go to the socket without nats-py's per-publish subject check, so the one part
@@ -26,7 +26,8 @@ def _check_args(prefix, format, max_subject_bytes, chunk_bytes):
         raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
     validate_prefix(prefix)
     for name, value, low in (("max_subject_bytes", max_subject_bytes, 0),
-                             ("chunk_bytes", chunk_bytes, 1)):
+                             ("chunk_bytes", chunk_bytes, 1),
+                             ("max_body_bytes", max_body_bytes, 0)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
         if not low <= value <= sys.maxsize:
@@ -35,9 +36,10 @@ def _check_args(prefix, format, max_subject_bytes, chunk_bytes):
 
 
 def encode_batch(aggregates: list, prefix: str, format: str, max_subject_bytes: int,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[list[bytes], int, int, int]:
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 max_body_bytes: int = sys.maxsize) -> tuple[list[bytes], int, int, int]:
     """See ``_wire.pyi``."""
-    encode = _check_args(prefix, format, max_subject_bytes, chunk_bytes)
+    encode = _check_args(prefix, format, max_subject_bytes, chunk_bytes, max_body_bytes)
     chunks: list[bytes] = []
     parts: list[bytes] = []
     size = encoded = too_long = nbytes = 0
@@ -48,6 +50,9 @@ def encode_batch(aggregates: list, prefix: str, format: str, max_subject_bytes: 
             too_long += 1
             continue
         body = encode(a)
+        if len(body) > max_body_bytes:
+            too_long += 1
+            continue
         msg = b"PUB %s %d\r\n%s\r\n" % (subject_b, len(body), body)
         if size and size + len(msg) > chunk_bytes:
             chunks.append(b"".join(parts))

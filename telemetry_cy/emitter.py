@@ -68,7 +68,10 @@ ENCODE_SLICE = 4096
 #: server and the batch retried forever, so such an aggregate is dropped instead. It counts as
 #: `emit_backlog` (the emit stage's one reason in the closed set, and the daemon's balance
 #: `aggregates == published + emit_backlog + backlog` keeps holding) and, to tell why, in the
-#: `subject_too_long` stat. Only names of more than ~500 bytes (max_name_bytes) can get here.
+#: `too_large` stat. Only names of more than ~500 bytes (max_name_bytes) can get here. The same
+#: goes for a body longer than the server's max_payload (1 MiB by default; the server closes the
+#: connection on a longer one), which only names of tens of kilobytes or a small max_payload in
+#: the server's configuration can cause.
 MAX_SUBJECT_BYTES = 3072
 #: The same NATS error is logged at most once per this many seconds.
 ERROR_LOG_EVERY_S = 60.0
@@ -202,7 +205,7 @@ class NatsEmitter:
         self._current: _Batch | None = None
         self._published = self._batches_published = self._flushes = 0
         self._drops = {"emit_backlog": 0}
-        self._subject_too_long = 0
+        self._too_large = 0
         self._stalled_flushes = 0
         # loop thread only: bumped on every disconnect and reconnect, so a batch written on one
         # connection is never confirmed by a PONG of the next
@@ -250,22 +253,26 @@ class NatsEmitter:
 
     def _encode_core(self, aggregates: list) -> tuple[list, int, int]:
         parts, n, nbytes = [], 0, 0
+        max_body = self._nc.max_payload  # from the server's INFO; nats-py's default before
         for i in range(0, len(aggregates), ENCODE_SLICE):
             chunks, encoded, _, size = encode_batch(aggregates[i:i + ENCODE_SLICE], self.prefix,
-                                                    self.format, MAX_SUBJECT_BYTES)
+                                                    self.format, MAX_SUBJECT_BYTES,
+                                                    max_body_bytes=max_body)
             parts += chunks
             n += encoded
             nbytes += size
         return parts, n, nbytes
 
     def _encode_jetstream(self, aggregates: list) -> tuple[list, int, int]:
-        encode, prefix = self._encode, self.prefix
+        encode, prefix, max_body = self._encode, self.prefix, self._nc.max_payload
         msgs, nbytes = [], 0
         for a in aggregates:
             subject = subject_for(prefix, a.device, a.sensor)
             if len(subject) > MAX_SUBJECT_BYTES // 4 and len(subject.encode()) > MAX_SUBJECT_BYTES:
                 continue
             body = encode(a)
+            if len(body) > max_body:
+                continue
             msgs.append((subject, body, msg_id(a.device, a.sensor, a.window_end)))
             nbytes += len(subject) + len(body)
         return msgs, len(msgs), nbytes
@@ -279,14 +286,15 @@ class NatsEmitter:
         with self._lock:
             self._taken = (self._taken[0] + 1, self._taken[1] + len(aggregates))
             self._drops["emit_backlog"] += too_long
-            self._subject_too_long += too_long
+            self._too_large += too_long
             if n:
                 window_end = min(a.window_end for a in aggregates)
                 self._backlog.append(_Batch(parts, n, nbytes, window_end))
                 self._waiting_bytes += nbytes
                 dropped = self._trim()
         if too_long:
-            log.warning("aggregates dropped: subject longer than %d bytes", MAX_SUBJECT_BYTES,
+            log.warning("aggregates dropped: subject longer than %d bytes or body longer than "
+                        "the server's max_payload", MAX_SUBJECT_BYTES,
                         extra={"fields": {"reason": "emit_backlog", "aggregates": too_long}})
         if dropped:
             log.warning("NATS backlog full: oldest batches dropped",
@@ -627,7 +635,7 @@ class NatsEmitter:
                 "batches_published": self._batches_published,
                 "flushes": self._flushes,
                 "drops": dict(self._drops),
-                "subject_too_long": self._subject_too_long,
+                "too_large": self._too_large,
                 "stalled_flushes": self._stalled_flushes,
                 "connected": self._connected,
                 "reconnects": self._reconnects,

@@ -45,8 +45,8 @@ def wait_for(predicate, timeout=10.0, interval=0.01):
     return predicate()
 
 
-def agg(device, sensor, window_end, value=1.5, count=3):
-    return Aggregate(device, sensor, "degC", window_end - 60.0, window_end, count, value * count,
+def agg(device, sensor, window_end, value=1.5, count=3, unit="degC"):
+    return Aggregate(device, sensor, unit, window_end - 60.0, window_end, count, value * count,
                      value, value - 1, value + 1, 0.5, value - 1, value + 1)
 
 
@@ -403,8 +403,37 @@ def test_oversize_subject_is_dropped_not_retried_forever(nats_server, emitters,
     (m,) = sub.wait_count(1)
     assert m.subject == "agg.ok.t"
     s = em.stats()
-    assert s["drops"] == {"emit_backlog": 1} and s["subject_too_long"] == 1
+    assert s["drops"] == {"emit_backlog": 1} and s["too_large"] == 1
     assert s["published"] == 1 and s["submitted"] == 2 == balance(s)
+
+
+@pytest.mark.parametrize("jetstream", [False, True], ids=["core", "jetstream"])
+def test_body_over_the_servers_max_payload_is_dropped_not_retried_forever(
+        tmp_path, emitters, subscriber_for, jetstream):
+    """A server with a small max_payload closes the connection on a longer PUB, so the batch
+    would be retried forever: such an aggregate is dropped and counted instead, the rest of
+    the batch is published, and the connection stays up."""
+    conf = tmp_path / "nats.conf"
+    conf.write_text("max_payload: 2048\n")
+    server = start_nats(tmp_path / "small", args=("-c", str(conf)))
+    try:
+        sub = subscriber_for(server.url)
+        if jetstream:
+            sub.add_stream("AGG", ("agg.>",))
+        em = emitters(server.url, jetstream=jetstream)
+        em.start(wait_connected=5)
+        # 1,500 control characters in the unit: a JSON body of ~9,300 bytes (\u0001 each)
+        em.submit([agg("ok", "t", 5.0), agg("big", "t", 5.0, unit="\x01" * 1500),
+                   agg("ok2", "t", 5.0)], 5.0)
+        msgs = sub.wait_count(2)
+        assert sorted(m.subject for m in msgs) == ["agg.ok.t", "agg.ok2.t"]
+        assert wait_for(lambda: em.stats()["published"] == 2)
+        s = em.stats()
+        assert s["drops"] == {"emit_backlog": 1} and s["too_large"] == 1
+        assert s["submitted"] == 3 == balance(s)
+        assert s["reconnects"] == 0 and s["connected"]
+    finally:
+        server.kill()
 
 
 # ------------------------------------------------------------------ TLS

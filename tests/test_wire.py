@@ -261,6 +261,26 @@ def test_any_iterable_and_mixed_types():
         assert _wire.encode_batch(iter(aggs), PREFIX, fmt, MAX_SUBJECT) == want
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches, st.sampled_from(["json", "cbor"]), st.integers(0, 600))
+@example([typical(1), typical(2, _engine_py.Aggregate)], "json", 200)
+def test_body_limit_skips_and_counts_exactly_the_long_bodies(aggs, fmt, limit):
+    """max_body_bytes (the server's max_payload): a longer body is skipped and counted in
+    too_long, like a long subject; everything else is written as without the limit."""
+    got = run(_wire, aggs, PREFIX, fmt, MAX_SUBJECT, 262144, max_body_bytes=limit)
+    assert got == run(_wire_py, aggs, PREFIX, fmt, MAX_SUBJECT, 262144, max_body_bytes=limit)
+    if isinstance(got[0], type):
+        assert fmt == "cbor" and got[0] is UnicodeEncodeError
+        return
+    encode = encoder_for(fmt)
+    fits = [a for a in aggs
+            if len(subject_for(PREFIX, a.device, a.sensor).encode()) <= MAX_SUBJECT
+            and len(encode(a)) <= limit]
+    chunks, encoded, too_long, _ = got
+    assert (encoded, too_long) == (len(fits), len(aggs) - len(fits))
+    assert [body for _, body in messages(chunks)] == [encode(a) for a in fits]
+
+
 @pytest.mark.parametrize("args, exc, text", [
     (("xml", MAX_SUBJECT, 1), ValueError, "format must be one of json, cbor, got 'xml'"),
     (("JSON", MAX_SUBJECT, 1), ValueError, "format must be one of json, cbor, got 'JSON'"),
@@ -275,6 +295,14 @@ def test_bad_arguments(mod, args, exc, text):
     fmt, max_subject, chunk_bytes = args
     with pytest.raises(exc, match="^" + text.replace("(", r"\(")):
         mod.encode_batch([typical(1)], PREFIX, fmt, max_subject, chunk_bytes)
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_bad_body_limit(mod):
+    with pytest.raises(ValueError, match="^max_body_bytes must be between 0"):
+        mod.encode_batch([typical(1)], PREFIX, "json", MAX_SUBJECT, max_body_bytes=-1)
+    with pytest.raises(TypeError, match="^max_body_bytes must be an integer"):
+        mod.encode_batch([typical(1)], PREFIX, "json", MAX_SUBJECT, max_body_bytes=1.5)
 
 
 @pytest.mark.parametrize("prefix, exc", [("", ValueError), ("a b", ValueError),
