@@ -12,6 +12,10 @@ per key, then the tick that closes the last one):
   ``subject_for`` + ``encode_json`` that the emitter used before the compiled encoder, without
   nats-py's ``publish`` per message on top.
 
+Meanwhile a probe thread sleeps 0.5 ms at a time and records its longest wait to run again
+(``gil_wait_tick_s``, ``gil_wait_wire_s``): how long another thread (in the daemon, the MQTT
+network thread) can be kept off the GIL by each step.
+
 Each is repeated ``--reps`` times (a fresh tick each time) and the medians are printed and
 written as JSON::
 
@@ -29,11 +33,12 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # PYTHONPATH (a snapshot of the package) wins over the working tree
 sys.path.insert(0, str(ROOT / "perf"))
 
 from payloads import PayloadSet  # noqa: E402
@@ -66,6 +71,27 @@ def encode_wire(aggregates: list) -> tuple[int, int]:
     return n, size
 
 
+class GilProbe(threading.Thread):
+    """Sleeps 0.5 ms at a time; `longest()` is its longest wait to run again since the last
+    call (the sleep included), i.e. how long it waited for the GIL at most."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.worst = 0.0
+        self.done = threading.Event()
+
+    def run(self):
+        clock = time.perf_counter
+        while not self.done.is_set():
+            t0 = clock()
+            time.sleep(0.0005)
+            self.worst = max(self.worst, clock() - t0)
+
+    def longest(self) -> float:
+        worst, self.worst = self.worst, 0.0
+        return worst
+
+
 def python_path(aggregates: list) -> int:
     size = 0
     for a in aggregates:
@@ -90,25 +116,36 @@ def main() -> int:
         feed_interval(engine, ps, args.keys, interval)
         engine.tick(T0 + EMIT_EVERY * (interval + 1))
     rows = []
+    probe = GilProbe()
+    probe.start()
     for rep in range(args.reps):
         interval += 1
         feed_interval(engine, ps, args.keys, interval)
+        time.sleep(0.05)
+        probe.longest()
         t0 = time.perf_counter()
         aggregates = engine.tick(T0 + EMIT_EVERY * (interval + 1))
         t1 = time.perf_counter()
+        time.sleep(0.02)  # the probe wakes and records the wait that ended with the step
+        gil_tick = probe.longest()
+        t1b = time.perf_counter()
         n, wire_bytes = encode_wire(aggregates)
         t2 = time.perf_counter()
+        time.sleep(0.02)
+        gil_wire = probe.longest()
         sample = aggregates[:args.sample]
         python_path(sample)
         t3 = time.perf_counter()
         if len(aggregates) != args.keys or n != args.keys:
             raise SystemExit(f"rep {rep}: {len(aggregates)} aggregates, {n} encoded, "
                              f"want {args.keys}")
-        rows.append({"tick_s": t1 - t0, "wire_s": t2 - t1,
+        rows.append({"tick_s": t1 - t0, "wire_s": t2 - t1b, "gil_wait_tick_s": gil_tick,
+                     "gil_wait_wire_s": gil_wire,
                      "python_path_s": (t3 - t2) * len(aggregates) / len(sample),
                      "wire_bytes": wire_bytes})
         del aggregates, sample
-        print(f"rep {rep}: tick {t1 - t0:.3f} s, wire {t2 - t1:.3f} s, "
+        print(f"rep {rep}: tick {t1 - t0:.3f} s, wire {t2 - t1b:.3f} s, longest GIL wait "
+              f"{gil_tick * 1e3:.1f} / {gil_wire * 1e3:.1f} ms, "
               f"python path (scaled) {rows[-1]['python_path_s']:.3f} s", flush=True)
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     per = {k: med[k] / args.keys * 1e9 for k in ("tick_s", "wire_s", "python_path_s")}
@@ -116,7 +153,10 @@ def main() -> int:
           f"({per['tick_s']:.0f} ns/agg), wire {med['wire_s']:.3f} s "
           f"({per['wire_s']:.0f} ns/agg, {med['wire_bytes'] / args.keys:.0f} B/agg), "
           f"tick + wire {med['tick_s'] + med['wire_s']:.3f} s of a {EMIT_EVERY:g} s interval; "
-          f"python path {med['python_path_s']:.3f} s ({per['python_path_s']:.0f} ns/agg)")
+          f"python path {med['python_path_s']:.3f} s ({per['python_path_s']:.0f} ns/agg); "
+          f"longest GIL wait of another thread: tick {med['gil_wait_tick_s'] * 1e3:.1f} ms, "
+          f"wire {med['gil_wait_wire_s'] * 1e3:.1f} ms")
+    probe.done.set()
     if args.output:
         Path(args.output).write_text(json.dumps({
             "keys": args.keys, "reps": rows, "medians": med, "ns_per_aggregate": per,

@@ -40,6 +40,9 @@ cdef enum:
     RUN_NO_MEMORY = 3
     RUN_BAD_TS = 4     # an item's ts cannot be an interval index (only from a buggy producer)
 
+# tick releases the GIL after every (mask + 1) aggregates it builds (~1 ms of work)
+cdef uint64_t GIL_YIELD_MASK = 4095
+
 # push_many hands payloads to the decoder this many at a time
 cdef Py_ssize_t PUSH_CHUNK = 2048
 
@@ -358,6 +361,12 @@ cdef class Engine:
                 a.last = agg.last
                 out.append(a)
                 self.aggregates += 1
+                if (self.aggregates & GIL_YIELD_MASK) == 0:
+                    # Building a million aggregates holds the GIL for ~0.25 s, and no bytecode
+                    # boundary comes by where CPython would hand it over: release it briefly so
+                    # a thread that has asked for it (the MQTT network thread) gets it now.
+                    with nogil:
+                        pass
             if tick_time - k.last_ts >= self.key_ttl:
                 # swap-remove: the key moved into slot i has not been scanned yet
                 tc_table_remove(&self.table, i)
