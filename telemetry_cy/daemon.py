@@ -257,7 +257,7 @@ class Daemon:
             "mqtt": {k: src.get(k) for k in ("connected", "connects", "disconnects",
                                              "disconnected_seconds")},
             "nats": {k: emi.get(k) for k in ("connected", "reconnects", "disconnected_seconds",
-                                               "stalled_flushes")},
+                                               "stalled_flushes", "too_large")},
         }
         # engines with sequence accounting and offender summaries (docs/windows.md)
         for name in ("seq", "offenders"):

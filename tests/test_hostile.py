@@ -207,7 +207,7 @@ def test_subject_too_long_is_dropped_and_counted(mosquitto, nats_server, spawn):
     code, final = d.stop()
     assert code == 0, d.tail()
     assert_balanced(final)
-    assert final["drops"]["emit_backlog"] == len(too_long), final
+    assert final["drops"]["emit_backlog"] == len(too_long) == final["nats"]["too_large"], final
     assert final["nats"]["reconnects"] == 0, final
     sub.wait_count(final["published"], 15.0)
     keys = {parse_subject("agg", m.subject) for m in sub.msgs}
