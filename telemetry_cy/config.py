@@ -333,6 +333,7 @@ def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None 
         sources[s.name] = source
     config = Config(values, sources)
     _read_secret_files(config)
+    _check_creds_file(config)
     _check_together(config)
     return config
 
@@ -349,12 +350,18 @@ def _read_secret_files(config: Config) -> None:
         except OSError as exc:
             raise ConfigError(f"setting {path_name}: cannot read {path}: {exc.strerror}") from None
         config.sources[secret] = f"file {path}"
-    if config.values["nats_creds_file"]:
-        from telemetry_cy.emitter import check_creds_file
-        try:
-            check_creds_file(config.values["nats_creds_file"])
-        except ValueError as exc:
-            raise ConfigError(f"setting nats_creds_file: {exc}") from None
+
+
+def _check_creds_file(config: Config) -> None:
+    """A bad credentials file fails at start, not at every connect (emitter.check_creds_file)."""
+    path = config.values["nats_creds_file"]
+    if not path:
+        return
+    from telemetry_cy.emitter import check_creds_file
+    try:
+        check_creds_file(path)
+    except ValueError as exc:
+        raise ConfigError(f"setting nats_creds_file: {exc}") from None
 
 
 def _check_together(config: Config) -> None:
