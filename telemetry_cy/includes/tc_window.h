@@ -203,6 +203,19 @@ static inline tc_key *tc_table_find(const tc_table *t, uint64_t hash, const char
     }
 }
 
+/* The slot a lookup of `hash` reads first. At 1M keys a lookup is a chain of dependent cache misses
+ * (slot -> keys[dense] -> record); the engine's batch loop hashes each reading a few readings
+ * before it applies it and prefetches its slot, which takes the first, serial, miss off the chain
+ * (docs/performance.md). A hint only: a table grown since costs a useless prefetch, nothing more. */
+static inline void tc_prefetch_slot(const tc_table *t, uint64_t hash) {
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(&t->slots[(size_t)hash & t->slot_mask], 0, 3);
+#else
+    (void)t;
+    (void)hash;
+#endif
+}
+
 static inline int tc_table_grow(tc_table *t) {
     size_t cap = (t->slot_mask + 1) * 2;
     uint64_t *slots = (uint64_t *)calloc(cap, sizeof(uint64_t));
