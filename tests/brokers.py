@@ -172,14 +172,16 @@ def _make_certs_cryptography(d: Path) -> TlsCerts:  # pragma: no cover - only wh
 
 
 class NatsSubscriber:
-    """A nats-py client on its own loop thread, recording every message on `subject`."""
+    """A nats-py client on its own loop thread, recording every message on `subject`.
+    ``connect_opts`` go to nats.connect over the defaults (credentials, TLS, reconnecting)."""
 
-    def __init__(self, url, subject="agg.>"):
+    def __init__(self, url, subject="agg.>", **connect_opts):
         self.msgs = []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.nc = self.call(nats.connect(url, connect_timeout=2, max_reconnect_attempts=0))
+        opts = {"connect_timeout": 2, "max_reconnect_attempts": 0, **connect_opts}
+        self.nc = self.call(nats.connect(url, **opts))
         if subject:
             self.call(self._subscribe(subject))
 

@@ -21,7 +21,6 @@ Run: ``python -m pytest -q tests/test_faults_tls.py -s`` (~60 s; each test print
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import secrets
 import shutil
@@ -31,7 +30,6 @@ import threading
 import time
 from pathlib import Path
 
-import nats
 import pytest
 
 from brokers import (Mosquitto, NatsServer, NatsSubscriber, TlsCerts, find_mosquitto,
@@ -158,21 +156,14 @@ class TlsSubscriber(NatsSubscriber):
 
     def __init__(self, url: str, context: ssl.SSLContext, subject: str | None = "agg.>",
                  **opts) -> None:
-        self.msgs = []
         self.errors: list[Exception] = []   # a restart's refused reconnects land here, quietly
 
         async def error_cb(exc: Exception) -> None:
             self.errors.append(exc)
 
         opts.setdefault("error_cb", error_cb)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.nc = self.call(nats.connect(url, tls=context, connect_timeout=2,
-                                         max_reconnect_attempts=-1, reconnect_time_wait=0.1,
-                                         **opts))
-        if subject:
-            self.call(self._subscribe(subject))
+        super().__init__(url, subject, tls=context, max_reconnect_attempts=-1,
+                         reconnect_time_wait=0.1, **opts)
 
 
 def stats_between(d, t0: float, t1: float) -> list[dict]:

@@ -11,14 +11,11 @@ configuration error. Only 127.0.0.1; waits have deadlines, nothing asserts on ti
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import threading
 import time
 from pathlib import Path
 
-import nats
 import pytest
 
 pytest.importorskip("nkeys", reason="creds-file auth needs nkeys (pip install nkeys)")
@@ -88,28 +85,12 @@ def refused_creds(realm: Realm, kind: str, workdir: Path) -> tuple[str, list[str
     raise AssertionError(kind)
 
 
-# ---- a consumer that authenticates with creds ---------------------------------------------------
-
-
-class CredsSubscriber(NatsSubscriber):
-    """brokers.NatsSubscriber, connecting with a credentials file."""
-
-    def __init__(self, url, creds, subject="agg.>"):
-        self.msgs = []
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.nc = self.call(nats.connect(url, user_credentials=creds, connect_timeout=2,
-                                         max_reconnect_attempts=0))
-        self.call(self._subscribe(subject))
-
-
 @pytest.fixture
 def subscribers():
     made = []
 
-    def make(*args, **kwargs):
-        s = CredsSubscriber(*args, **kwargs)
+    def make(url, creds):
+        s = NatsSubscriber(url, user_credentials=creds)
         made.append(s)
         return s
     yield make
