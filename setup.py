@@ -1,6 +1,6 @@
 """Build the compiled modules of telemetry-cy.
 
-Every ``telemetry_cy/*.pyx`` becomes an extension module. Switches (environment variables):
+Every ``telemetry_cy/<stage>/*.pyx`` becomes an extension module (``telemetry_cy.<stage>.<name>``). Switches (environment variables):
 
 - ``TELEMETRY_CY_SANITIZE=address,undefined`` (or ``thread``): build with those sanitizers, for the
   fuzz and stress jobs. Run Python with the sanitizer runtime preloaded.
@@ -42,12 +42,13 @@ def extensions():
     only = {m for m in os.environ.get("TELEMETRY_CY_ONLY", "").split(",") if m}
     cflags, ldflags = compile_flags()
     exts = []
-    for pyx in sorted((HERE / PKG).glob("*.pyx")):
+    for pyx in sorted((HERE / PKG).rglob("*.pyx")):
         if only and pyx.stem not in only:
             continue
+        module = ".".join(pyx.relative_to(HERE).with_suffix("").parts)
         exts.append(
             Extension(
-                f"{PKG}.{pyx.stem}",
+                module,
                 [str(pyx.relative_to(HERE))],
                 include_dirs=[str(Path(PKG) / "includes")],
                 extra_compile_args=cflags,

@@ -6,7 +6,7 @@ docs/notebook.md walks through it. Plotting needs the optional extra: pip instal
 
 # %% 1. A recorded stream: (arrival ts, payload) pairs, as a gateway log or a capture would give.
 # Here the simulated fleet records 10 minutes of 4 sensors on 3 devices, 5 messages a second.
-from telemetry_cy.sim import Fleet
+from telemetry_cy.tools.fleet_sim import Fleet
 
 fleet = Fleet(devices=3, seed=42, malformed_share=0.002)
 t0 = 1_700_000_000.0

@@ -6,7 +6,7 @@ many readings one of its loops holds (``inner_loops``). What each benchmark time
 ==============================  ================================================================
 benchmark                       one loop is ... and the timer covers
 ==============================  ================================================================
-decode_api_60B                  1,000 calls of ``telemetry_cy._decode.decode(p)`` (C reader +
+decode_api_60B                  1,000 calls of ``telemetry_cy.engine._decode.decode(p)`` (C reader +
                                 Python call + a ``Decoded`` with one ``Reading`` per payload)
 decode_native_60B               1,000 calls of ``_decode.decode_native(p)`` (C reader + Python
                                 call; returns only the verdict string)
@@ -32,7 +32,7 @@ push_many_tick_1M_keys          of every batch + ``tick(ts)`` after every batch;
 push_reading_1k_keys            1,000 calls of ``Engine.push_reading(d, s, v, ts, u)`` with
                                 pre-decoded Python values (the Python-level API)
 pure_push_many_1k_keys          as push_many_1k_keys / push_many_tick_1k_keys, with the
-pure_push_many_tick_1k_keys     pure-Python twin ``telemetry_cy._engine_py.Engine``
+pure_push_many_tick_1k_keys     pure-Python twin ``telemetry_cy.engine._engine_py.Engine``
 py_baseline_tick_1k_keys        the same stream as push_many_tick_1k_keys through a plain
                                 Python pipeline: ``cbor2.loads`` + dict of deques + running sum,
                                 mean over 60 s per key at every 5 s tick
@@ -97,9 +97,9 @@ K1, M1 = 1_000, 1_000_000
 
 def _engine_cls(pure: bool):
     if pure:
-        from telemetry_cy._engine_py import Engine
+        from telemetry_cy.engine._engine_py import Engine
     else:
-        from telemetry_cy._engine import Engine
+        from telemetry_cy.engine._engine import Engine
     return Engine
 
 
@@ -165,7 +165,7 @@ class Lazy:
 
 def bench_decode(batch: int, native: bool):
     def setup():
-        from telemetry_cy import _decode
+        from telemetry_cy.engine import _decode
         fn = _decode.decode_native if native else _decode.decode
         ps = payload_set(K1, 20)
         feed = Feed(ps, batch)
@@ -247,7 +247,7 @@ def bench_push_many(n_keys: int, batch: int, mode: str, pure: bool = False):
 
 def bench_cold(n_keys: int, batch: int):
     def setup():
-        from telemetry_cy._engine import Engine
+        from telemetry_cy.engine._engine import Engine
         ps = payload_set(n_keys, 1)
         ts = T0 + 1.0
 
@@ -339,7 +339,7 @@ def bench_tick(n_keys: int, batch: int, pure: bool = False):
 def bench_push_reading(n_keys: int, batch: int):
     def setup():
         import cbor2
-        from telemetry_cy._engine import Engine
+        from telemetry_cy.engine._engine import Engine
         ps = payload_set(n_keys, 20)
         readings = []
         for i in range(len(ps)):
@@ -476,8 +476,8 @@ def _module_state() -> dict:
     """Which compiled engine this process loaded. Others rebuild the .so files in place while a
     suite runs: perf/report.py refuses to tabulate a run whose workers loaded different builds."""
     import hashlib
-    import telemetry_cy._decode as dec
-    import telemetry_cy._engine as eng
+    import telemetry_cy.engine._decode as dec
+    import telemetry_cy.engine._engine as eng
 
     def digest(path):
         with open(path, "rb") as f:

@@ -52,7 +52,7 @@ class BenchError(RuntimeError):
 
 
 def typical_batch(n: int, seed: int = 42) -> list:
-    from telemetry_cy._engine import Aggregate
+    from telemetry_cy.engine._engine import Aggregate
     rng = random.Random(seed)
     end = 1_700_000_060.0
     out = []
@@ -68,8 +68,8 @@ def typical_batch(n: int, seed: int = 42) -> list:
 
 def emitter_path(fmt: str):
     """NatsEmitter._take's loop for core NATS (no msg_id), as of this benchmark's writing."""
-    from telemetry_cy.encode import encoder_for
-    from telemetry_cy.subjects import subject_for
+    from telemetry_cy.sink.bodies import encoder_for
+    from telemetry_cy.sink.subjects import subject_for
     encode = encoder_for(fmt)
 
     def take(aggregates):
@@ -86,7 +86,8 @@ def emitter_path(fmt: str):
 
 
 def check(batch: list, fmt: str) -> None:
-    from telemetry_cy import _wire, _wire_py
+    from telemetry_cy.sink import _wire
+    from telemetry_cy.sink import _wire_py
     got = _wire.encode_batch(batch, PREFIX, fmt, MAX_SUBJECT_BYTES)
     if got != _wire_py.encode_batch(batch, PREFIX, fmt, MAX_SUBJECT_BYTES):
         raise BenchError(f"compiled and twin output differ ({fmt})")
@@ -111,7 +112,8 @@ class Lazy:
 
 def bench(kind: str, fmt: str, n: int):
     def setup():
-        from telemetry_cy import _wire, _wire_py
+        from telemetry_cy.sink import _wire
+        from telemetry_cy.sink import _wire_py
         batch = typical_batch(n)
         check(batch, fmt)
         if kind == "emitter_path":
@@ -138,7 +140,7 @@ def bench(kind: str, fmt: str, n: int):
 
 def _module_state() -> dict:
     """Which compiled encoder this process loaded (others may rebuild in place during a run)."""
-    import telemetry_cy._wire as wire
+    import telemetry_cy.sink._wire as wire
     with open(wire.__file__, "rb") as f:
         return {"wire_so": hashlib.sha256(f.read()).hexdigest()[:16]}
 

@@ -1,6 +1,6 @@
 """How many aggregates per second does the NATS emitter publish, core NATS and JetStream?
 
-Starts a private nats-server (telemetry_cy.local_brokers, free loopback port; a JetStream stream
+Starts a private nats-server (telemetry_cy.tools.local_brokers, free loopback port; a JetStream stream
 on ``agg.>`` for the JetStream mode), hands a NatsEmitter ``--batches`` tick batches of
 ``--keys`` typical aggregates (perf/bench_wire.py's ``typical_batch``), and times from the first
 hand-off until every aggregate is confirmed (``published``: a PONG after it for core NATS, every
@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT / "perf"))
 
 from bench_wire import typical_batch  # noqa: E402
 
-from telemetry_cy.emitter import NatsEmitter  # noqa: E402
-from telemetry_cy.local_brokers import NatsServer  # noqa: E402
+from telemetry_cy.sink.nats_emitter import NatsEmitter  # noqa: E402
+from telemetry_cy.tools.local_brokers import NatsServer  # noqa: E402
 
 
 def add_stream(url: str) -> None:
@@ -51,7 +51,7 @@ def add_stream(url: str) -> None:
 def tick_batch(keys: int, tick: int) -> list:
     """typical_batch moved to its own tick: JetStream deduplicates on (device, sensor,
     window_end), so batches of the same window would not all be stored."""
-    from telemetry_cy._engine import Aggregate
+    from telemetry_cy.engine._engine import Aggregate
     shift = 5.0 * tick
     return [Aggregate(a.device, a.sensor, a.unit, a.window_start + shift, a.window_end + shift,
                       a.count, a.sum, a.mean, a.min, a.max, a.stddev, a.first, a.last)

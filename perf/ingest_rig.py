@@ -10,7 +10,7 @@ subject in turn gets a fresh process, subscribed to ``site/#`` / ``site/+/sensor
   and one flushed write() per message, as with ``> /dev/null``; the file size counts them exactly:
   CBOR payloads contain newline bytes, so ``-v | wc -l`` would not);
 - ``ingest``: perf/ingest_proc.py, MqttSource + ByteRing + EngineThread, no-op emit (no NATS);
-- ``pipeline``: ``telemetry-cy run`` (``python -m telemetry_cy.cli run``) publishing to a private
+- ``pipeline``: ``telemetry-cy run`` (``python -m telemetry_cy.service.cli run``) publishing to a private
   nats-server, with perf/nats_count.py counting the aggregates on ``agg.>``.
 
 A point: start the subject, probe it with single messages until one arrives (so it is subscribed),
@@ -71,9 +71,9 @@ sys.path.insert(0, str(HERE))
 
 import loadgen  # noqa: E402
 from payloads import PayloadSet  # noqa: E402
-from telemetry_cy.local_brokers import (Mosquitto, NatsServer, find_mosquitto,  # noqa: E402
+from telemetry_cy.tools.local_brokers import (Mosquitto, NatsServer, find_mosquitto,  # noqa: E402
                                         find_nats_server)
-from telemetry_cy.publisher import RawPublisher, publish_frame  # noqa: E402
+from telemetry_cy.tools.mqtt_loadgen import RawPublisher, publish_frame  # noqa: E402
 
 PY = sys.executable
 CLK = os.sysconf("SC_CLK_TCK")
@@ -355,7 +355,7 @@ class Daemon(_PyProc):
 
     def argv(self) -> list[str]:
         r = self.rig
-        return [PY, "-m", "telemetry_cy.cli", "run", "--mqtt-url", r.mosq.url,
+        return [PY, "-m", "telemetry_cy.service.cli", "run", "--mqtt-url", r.mosq.url,
                 "--nats-url", r.nats.url if r.nats else "nats://127.0.0.1:1",
                 "--stats-every", self.stats_every, "--log-format", "json",
                 "--window", f"{r.window}s", "--emit-every", f"{r.emit_every}s", *self.extra]
@@ -558,7 +558,7 @@ class Rig:
 
 
 class IngestSpin0(IngestProc):
-    """Experiment: ingest with telemetry_cy.engine_thread.SPIN_DRAINS = 0 (the engine thread parks
+    """Experiment: ingest with telemetry_cy.engine.engine_thread.SPIN_DRAINS = 0 (the engine thread parks
     on the ring's doorbell after the first empty drain instead of spinning 200 times in Python)."""
 
     name = "ingest_spin0"

@@ -1,7 +1,7 @@
 """Fast MQTT load generator for the ingest and pipeline benchmarks.
 
 Pre-built PUBLISH frames of ~60-byte CBOR readings (perf/payloads.py: 1,000 keys by default, topic
-``site/<device>/sensor/<sensor>``), sent over raw sockets by ``telemetry_cy.publisher`` (batched
+``site/<device>/sensor/<sensor>``), sent over raw sockets by ``telemetry_cy.tools.mqtt_loadgen`` (batched
 writes, rate pacing), from several processes to reach rates one Python process cannot. QoS 0 by
 default; QoS 1 frames carry packet ids and the broker's PUBACKs are counted.
 
@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from payloads import PayloadSet, key_of  # noqa: E402
-from telemetry_cy.publisher import RawPublisher, paced, publish_frame  # noqa: E402
+from telemetry_cy.tools.mqtt_loadgen import RawPublisher, paced, publish_frame  # noqa: E402
 
 #: frames per write in unpaced (--rate 0) mode: ~100 KB per sendall
 CHUNK = 1000

@@ -32,7 +32,7 @@ def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "warm"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
     seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 10.0
-    from telemetry_cy._engine import Engine
+    from telemetry_cy.engine._engine import Engine
 
     ps = PayloadSet.cached(n, 1 if n > 100_000 else 20)
     ts = T0 + 1.0

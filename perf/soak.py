@@ -4,10 +4,10 @@
     python perf/soak.py --rate 20000 --duration 120 -o /tmp/soak.json
     python perf/soak.py --keys 100000 --window 60s --emit-every 5s
 
-What it does: starts a private mosquitto and nats-server (telemetry_cy.local_brokers, free
+What it does: starts a private mosquitto and nats-server (telemetry_cy.tools.local_brokers, free
 loopback ports), the daemon as a process (QoS 1 subscription, 60 s windows every 5 s by
 default), and a publisher *process* sending pre-built ~60-byte CBOR readings for ``--keys`` keys
-at ``--rate`` msg/s (telemetry_cy.publisher: raw socket, QoS 0, paced). Every ``--sample-every``
+at ``--rate`` msg/s (telemetry_cy.tools.mqtt_loadgen: raw socket, QoS 0, paced). Every ``--sample-every``
 seconds it records the daemon's RSS (VmRSS), its CPU time and its latest stats line. At the end
 it stops the daemon with SIGTERM, checks the balance of the final counters, and fits a
 least-squares line to RSS over time *after the warm-up* (default: two windows, when every key's
@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 import cbor2  # noqa: E402
 
-from telemetry_cy.local_brokers import Mosquitto, NatsServer  # noqa: E402
-from telemetry_cy.publisher import RawPublisher, paced, publish_frame  # noqa: E402
+from telemetry_cy.tools.local_brokers import Mosquitto, NatsServer  # noqa: E402
+from telemetry_cy.tools.mqtt_loadgen import RawPublisher, paced, publish_frame  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--output", help="write the samples and the verdict as JSON here")
     args = ap.parse_args(argv)
 
-    from telemetry_cy.config import parse_duration
+    from telemetry_cy.service.config import parse_duration
     window = parse_duration(args.window)
     warmup = args.warmup if args.warmup is not None else 2 * window
 
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     mosq = Mosquitto(work / "mosquitto").start()
     nats = NatsServer(work / "nats", jetstream=False).start()
     err_path, out_path = work / "daemon.stderr", work / "daemon.stdout"
-    cmd = [sys.executable, "-m", "telemetry_cy.cli", "run", "--mqtt-url", mosq.url,
+    cmd = [sys.executable, "-m", "telemetry_cy.service.cli", "run", "--mqtt-url", mosq.url,
            "--nats-url", nats.url, "--topic", "site/+/sensor/+", "--qos", args.qos,
            "--window", args.window, "--emit-every", args.emit_every,
            "--key-ttl", f"{max(300.0, window)}s", "--stats-every", f"{args.sample_every}s",

@@ -50,7 +50,7 @@ def vm_rss() -> int:
 
 def per_key(n_keys: int) -> dict:
     """Runs in a fresh child: inserts n_keys keys (one reading each) into a default Engine."""
-    from telemetry_cy._engine import Engine
+    from telemetry_cy.engine._engine import Engine
     ps = PayloadSet.cached(n_keys, 1) if n_keys >= 100_000 else PayloadSet(n_keys, 1)
     e = Engine()
     gc.collect()
@@ -80,7 +80,7 @@ def per_key(n_keys: int) -> dict:
 
 
 def one_hot_key(readings: int, rate: float, sample_every: int) -> dict:
-    from telemetry_cy._engine import Engine
+    from telemetry_cy.engine._engine import Engine
     ps = PayloadSet(1, 10 * BATCH)           # one key, 10,000 distinct payloads (values, seq)
     batches = [ps.batch(i, BATCH) for i in range(0, len(ps), BATCH)]
     e = Engine()

@@ -43,10 +43,10 @@ sys.path.insert(0, str(ROOT / "perf"))
 
 from payloads import PayloadSet  # noqa: E402
 
-from telemetry_cy._engine import Engine  # noqa: E402
-from telemetry_cy.emitter import ENCODE_SLICE, MAX_SUBJECT_BYTES, encode_batch  # noqa: E402
-from telemetry_cy.encode import encode_json  # noqa: E402
-from telemetry_cy.subjects import subject_for  # noqa: E402
+from telemetry_cy.engine._engine import Engine  # noqa: E402
+from telemetry_cy.sink.nats_emitter import ENCODE_SLICE, MAX_SUBJECT_BYTES, encode_batch  # noqa: E402
+from telemetry_cy.sink.bodies import encode_json  # noqa: E402
+from telemetry_cy.sink.subjects import subject_for  # noqa: E402
 
 EMIT_EVERY = 5.0
 WINDOW = 60.0

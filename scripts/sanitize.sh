@@ -173,7 +173,7 @@ stage_python() {
                UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
                PYTHONDONTWRITEBYTECODE=1)
     local which
-    which=$(cd "$build" && env "${env[@]}" "$PY" -c 'import telemetry_cy._decode as m; print(m.__file__)')
+    which=$(cd "$build" && env "${env[@]}" "$PY" -c 'import telemetry_cy.engine._decode as m; print(m.__file__)')
     case "$which" in "$build"/*) ;; *) fail "python: the ASan build is not the one imported ($which)"; return;; esac
     # cwd = the build dir, so `telemetry_cy` resolves there and not in the working tree
     if (cd "$build" && env "${env[@]}" "$PY" -m pytest -q -p no:cacheprovider -x \

@@ -1,28 +1,22 @@
 """telemetry-cy: exact sliding-window aggregates over CBOR sensor readings.
 
-The compiled engine is used when it is built; ``TELEMETRY_CY_PURE=1`` selects the pure-Python twin
+The compiled engine is used when it is built; ``TELEMETRY_CY_PURE=1`` selects the pure-Python twins
 (same behaviour, slower), for machines without a C compiler and for checking one against the other.
+The choice is made once, in :mod:`telemetry_cy.backend`.
+
+Where a reading goes, by subpackage: ``source`` (MQTT, frame reader, ingest ring) -> ``engine``
+(decode, window engine, engine thread) -> ``sink`` (wire encoder, NATS emitter) ; ``service`` runs
+them as the daemon; ``tools`` holds the demo, the simulated fleet and the load generator.
 """
 
 from __future__ import annotations
 
-import os
+from telemetry_cy.backend import ACTIVE, PURE
+from telemetry_cy.reasons import DROP_REASONS
 
 __version__ = "0.1.0"
 
-PURE = os.environ.get("TELEMETRY_CY_PURE", "") not in ("", "0")
-
-if PURE:
-    from telemetry_cy._engine_py import Aggregate, Engine
-else:
-    try:
-        from telemetry_cy._engine import Aggregate, Engine
-    except ImportError as exc:  # a source checkout that was never built
-        raise ImportError(
-            "telemetry-cy's compiled modules are not built: install with 'pip install .' (or "
-            "'python setup.py build_ext --inplace' in a checkout), or set TELEMETRY_CY_PURE=1 "
-            "to use the pure-Python engine") from exc
-
-from telemetry_cy.reasons import DROP_REASONS
+Engine = ACTIVE.Engine
+Aggregate = ACTIVE.Aggregate
 
 __all__ = ["Aggregate", "Engine", "DROP_REASONS", "PURE", "__version__"]

@@ -34,7 +34,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from telemetry_cy.local_brokers import (  # noqa: F401  (re-exported for the tests)
+from telemetry_cy.tools.local_brokers import (  # noqa: F401  (re-exported for the tests)
     HOST,
     START_TIMEOUT,
     STOP_TIMEOUT,

@@ -8,11 +8,17 @@ from types import SimpleNamespace
 
 import pytest
 
+
+def _qualified(name: str) -> str:
+    stage = {"_ring": "source", "_frames": "source", "_decode": "engine", "_engine": "engine", "_wire": "sink"}[name.removesuffix("_py")]
+    return f"telemetry_cy.{stage}.{name}"
+
+
 pytest_plugins = ["brokers"]
 
 
 def _engine_impl(name: str) -> SimpleNamespace:
-    module = importlib.import_module(f"telemetry_cy.{name}")
+    module = importlib.import_module(_qualified(name))
     return SimpleNamespace(name=name, Engine=module.Engine, Aggregate=module.Aggregate)
 
 

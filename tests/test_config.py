@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from telemetry_cy import config as cfg
+from telemetry_cy.service import config as cfg
 
 
 def parse(argv=(), environ=None):

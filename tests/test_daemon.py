@@ -22,14 +22,14 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from brokers import NatsSubscriber, wait_for
-from telemetry_cy.encode import decode_body
-from telemetry_cy.subjects import parse_subject
+from telemetry_cy.sink.bodies import decode_body
+from telemetry_cy.sink.subjects import parse_subject
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def daemon_cmd(mosquitto, nats_server, *extra):
-    return [sys.executable, "-m", "telemetry_cy.cli", "run", "--mqtt-url", mosquitto.url,
+    return [sys.executable, "-m", "telemetry_cy.service.cli", "run", "--mqtt-url", mosquitto.url,
             "--nats-url", nats_server.url, "--topic", "site/+/sensor/+", "--qos", "1",
             "--window", "1s", "--emit-every", "1s", "--key-ttl", "30s", "--stats-every", "1s",
             "--log-format", "json", *extra]
@@ -200,7 +200,7 @@ def test_bad_setting_exits_2_with_one_line(mosquitto, nats_server):
 def test_unreachable_broker_exits_3_when_asked(nats_server, tmp_path):
     from brokers import free_port
     dead = free_port()
-    cmd = [sys.executable, "-m", "telemetry_cy.cli", "run", "--mqtt-url",
+    cmd = [sys.executable, "-m", "telemetry_cy.service.cli", "run", "--mqtt-url",
            f"mqtt://127.0.0.1:{dead}", "--nats-url", nats_server.url, "--start-timeout", "2s"]
     proc = start_daemon(cmd)
     out, err = proc.communicate(timeout=60)

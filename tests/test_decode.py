@@ -1,9 +1,9 @@
 """The fixed-schema CBOR payload reader: one suite, run against the compiled reader and its pure twin.
 
 ``DecodeSuite`` holds every behavioural test; ``TestCompiled`` and ``TestPure`` run it against
-``telemetry_cy._decode`` and ``telemetry_cy._decode_py``. ``TestTwins`` checks that the two agree
+``telemetry_cy.engine._decode`` and ``telemetry_cy.engine._decode_py``. ``TestTwins`` checks that the two agree
 on arbitrary bytes, and ``TestFallback`` tests the cbor2 path on its own. The rules under test are
-the docstring of ``telemetry_cy/_decode_py.py``.
+the docstring of ``telemetry_cy/engine/_decode_py.py``.
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from telemetry_cy import _decode_py
-from telemetry_cy._decode_types import (
+from telemetry_cy.engine import _decode_py
+from telemetry_cy.engine.decode_types import (
     MAX_DEPTH,
     MAX_READ_KEYS,
     MIN_READING_BYTES,
     Decoded,
     Reading,
 )
-from telemetry_cy.fallback import check_element, decode_with_cbor2
+from telemetry_cy.engine.cbor_fallback import check_element, decode_with_cbor2
 
 try:
-    from telemetry_cy import _decode as _compiled
+    from telemetry_cy.engine import _decode as _compiled
 
     _COMPILED_ERR = None
 except ImportError as exc:  # not built
@@ -154,15 +154,8 @@ MISMATCH = ok(mismatch=1)
 NON_FINITE = ok(non_finite=1)
 
 
-def _shared_data(name: str) -> Path:
-    here = Path(__file__).resolve()
-    for base in (here.parents[2] / "shared", Path("/work/shared")):
-        if (base / "data" / name).exists():
-            return base / "data" / name
-    raise FileNotFoundError(f"{name}: expected in shared/data beside the repository")
-
-
-APPENDIX_A = json.loads(_shared_data("cbor_appendix_a.json").read_text())
+#: RFC 8949 Appendix A examples (tests/data/README.md says where they come from)
+APPENDIX_A = json.loads((Path(__file__).parent / "data" / "cbor_appendix_a.json").read_text())
 
 
 def appendix_a_bytes(entry) -> bytes:
@@ -998,8 +991,8 @@ class TestPure(DecodeSuite):
 def _compiled_built():
     if _compiled is None:
         if PURE_ONLY:
-            pytest.skip("TELEMETRY_CY_PURE=1 and telemetry_cy._decode is not built")
-        pytest.fail(f"telemetry_cy._decode is not built: {_COMPILED_ERR}")
+            pytest.skip("TELEMETRY_CY_PURE=1 and telemetry_cy.engine._decode is not built")
+        pytest.fail(f"telemetry_cy.engine._decode is not built: {_COMPILED_ERR}")
 
 
 @pytest.mark.usefixtures("_compiled_built")

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_demo_runs_headless_and_aggregates_reach_nats():
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
-        [sys.executable, "-m", "telemetry_cy.cli", "demo", "--duration", "8", "--rate", "1500",
+        [sys.executable, "-m", "telemetry_cy.service.cli", "demo", "--duration", "8", "--rate", "1500",
          "--devices", "20", "--window", "2s", "--emit-every", "1s"],
         capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -16,9 +16,9 @@ import nats
 import pytest
 
 from telemetry_cy import Aggregate
-from telemetry_cy.emitter import NatsEmitter
-from telemetry_cy.encode import decode_body, encode_json
-from telemetry_cy.subjects import parse_subject, subject_for
+from telemetry_cy.sink.nats_emitter import NatsEmitter
+from telemetry_cy.sink.bodies import decode_body, encode_json
+from telemetry_cy.sink.subjects import parse_subject, subject_for
 
 from brokers import NatsServer, NatsSubscriber as Subscriber, find_nats_server, free_port  # noqa: E501
 
@@ -506,7 +506,7 @@ def test_first_connect_backs_off_and_logs_each_error_once(emitters, caplog):
             conn.close()
     thread = threading.Thread(target=refuse, daemon=True)
     thread.start()
-    caplog.set_level(logging.WARNING, logger="telemetry_cy.emitter")
+    caplog.set_level(logging.WARNING, logger="telemetry_cy.sink.nats_emitter")
     em = emitters(f"nats://127.0.0.1:{listener.getsockname()[1]}", connect_timeout=0.5,
                   reconnect_time_wait=0.02, max_reconnect_wait=0.64)
     try:

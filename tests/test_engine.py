@@ -12,6 +12,12 @@ from model import Model, close_enough
 from telemetry_cy.reasons import ENGINE_REASONS
 
 
+def _qualified(name: str) -> str:
+    stage = {"_ring": "source", "_frames": "source", "_decode": "engine", "_engine": "engine", "_wire": "sink"}[name.removesuffix("_py")]
+    return f"telemetry_cy.{stage}.{name}"
+
+
+
 def reading(d="dev1", s="temp", v=1.0, u=None, n=None, **extra) -> bytes:
     obj = {"d": d, "s": s, "v": v}
     if u is not None:
@@ -316,7 +322,7 @@ def test_ten_thousand_readings_per_second_on_one_key_match_the_model(impl):
 
 
 def test_state_does_not_grow_with_a_keys_rate():
-    from telemetry_cy._engine import Engine
+    from telemetry_cy.engine._engine import Engine
     eng = Engine()
     eng.push(reading(v=1.0, u="C"), 100.0)
     before = eng.stats()["state_bytes"]
@@ -329,7 +335,7 @@ def test_state_does_not_grow_with_a_keys_rate():
 @pytest.mark.parametrize("ring_module", ["_ring", "_ring_py"])
 def test_drain_processes_ring_records_at_their_own_ts(impl, ring_module):
     import importlib
-    ring = importlib.import_module(f"telemetry_cy.{ring_module}").ByteRing(1 << 16)
+    ring = importlib.import_module(_qualified(ring_module)).ByteRing(1 << 16)
     eng = impl.Engine(window=10.0, emit_every=5.0)
     if impl.name == "_engine" and ring_module == "_ring_py":
         with pytest.raises(TypeError):  # the compiled engine reads the C ring directly

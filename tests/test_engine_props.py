@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model import Model, close_enough
-from telemetry_cy._engine import Engine as CompiledEngine
-from telemetry_cy._engine_py import Engine as PureEngine
+from telemetry_cy.engine._engine import Engine as CompiledEngine
+from telemetry_cy.engine._engine_py import Engine as PureEngine
 
 DEVICES = ["a", "b", "gw-01", "ü"]
 SENSORS = ["t", "rh", "p"]

@@ -8,9 +8,9 @@ import time
 import cbor2
 import pytest
 
-from telemetry_cy._engine import Engine
-from telemetry_cy._ring import ByteRing
-from telemetry_cy.engine_thread import TICK_LAG_S, EngineThread
+from telemetry_cy.engine._engine import Engine
+from telemetry_cy.source._ring import ByteRing
+from telemetry_cy.engine.engine_thread import TICK_LAG_S, EngineThread
 
 
 class FakeClock:

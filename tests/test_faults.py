@@ -35,9 +35,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from brokers import Mosquitto, NatsSubscriber, free_port, wait_for
-from telemetry_cy.encode import decode_body
-from telemetry_cy.publisher import RawPublisher, paced, publish_frame
-from telemetry_cy.subjects import parse_subject
+from telemetry_cy.sink.bodies import decode_body
+from telemetry_cy.tools.mqtt_loadgen import RawPublisher, paced, publish_frame
+from telemetry_cy.sink.subjects import parse_subject
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,7 +54,7 @@ class DaemonProc:
         self.name = name
         self.out_path = Path(workdir) / f"{name}.stdout"
         self.err_path = Path(workdir) / f"{name}.stderr"
-        self.cmd = [sys.executable, "-m", "telemetry_cy.cli", "run", "--mqtt-url", mqtt_url,
+        self.cmd = [sys.executable, "-m", "telemetry_cy.service.cli", "run", "--mqtt-url", mqtt_url,
                     "--nats-url", nats_url, "--topic", topic, "--qos", qos,
                     "--window", window, "--emit-every", emit_every, "--key-ttl", "60s",
                     "--stats-every", "250ms", "--log-format", "json",

@@ -28,8 +28,8 @@ import urllib.request
 import pytest
 
 from brokers import NatsSubscriber, free_port, wait_for
-from telemetry_cy.encode import decode_body
-from telemetry_cy.publisher import RawPublisher, paced, publish_frame
+from telemetry_cy.sink.bodies import decode_body
+from telemetry_cy.tools.mqtt_loadgen import RawPublisher, paced, publish_frame
 from test_faults import assert_balanced, payload, spawn  # noqa: F401  (spawn is a fixture)
 
 HOST = "127.0.0.1"

@@ -34,7 +34,7 @@ import pytest
 
 from brokers import (Mosquitto, NatsServer, NatsSubscriber, TlsCerts, find_mosquitto,
                      find_nats_server, wait_for)
-from telemetry_cy.encode import decode_body
+from telemetry_cy.sink.bodies import decode_body
 from test_faults import (assert_balanced, log_lines, paho_publisher, payload, publish_all,
                          seen_keys, spawn)  # noqa: F401  (spawn is a fixture)
 from test_faults_nats import Load, logged_backlog_drops, recover_and_stop, stream_check

@@ -20,12 +20,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+
+def _qualified(name: str) -> str:
+    stage = {"_ring": "source", "_frames": "source", "_decode": "engine", "_engine": "engine", "_wire": "sink"}[name.removesuffix("_py")]
+    return f"telemetry_cy.{stage}.{name}"
+
+
 PURE_ONLY = os.environ.get("TELEMETRY_CY_PURE", "") not in ("", "0")
 
 
 def _load(name: str) -> ModuleType:
     try:
-        return importlib.import_module(f"telemetry_cy.{name}")
+        return importlib.import_module(_qualified(name))
     except ImportError as exc:
         if PURE_ONLY and not name.endswith("_py"):
             pytest.skip(f"compiled modules not built (TELEMETRY_CY_PURE=1): {exc}")

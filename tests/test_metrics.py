@@ -28,8 +28,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from brokers import NatsSubscriber, free_port, wait_for
-from telemetry_cy import config as cfg
-from telemetry_cy.metrics import Buckets, Health, MetricsServer, _Outage
+from telemetry_cy.service import config as cfg
+from telemetry_cy.service.metrics import Buckets, Health, MetricsServer, _Outage
 from telemetry_cy.reasons import DROP_REASONS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ HISTOGRAMS = ("telemetry_cy_tick_duration_seconds", "telemetry_cy_publish_delay_
 
 
 def start_daemon(*args):
-    cmd = [sys.executable, "-m", "telemetry_cy.cli", "run", *args]
+    cmd = [sys.executable, "-m", "telemetry_cy.service.cli", "run", *args]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             cwd=REPO, text=True)
@@ -300,7 +300,7 @@ def test_systemd_notify_ready_watchdog_stopping(mosquitto, nats_server):
             sock.bind(path)
             sock.settimeout(0.5)
             env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"}
-            cmd = [sys.executable, "-m", "telemetry_cy.cli", "run", "--mqtt-url", mosquitto.url,
+            cmd = [sys.executable, "-m", "telemetry_cy.service.cli", "run", "--mqtt-url", mosquitto.url,
                    "--nats-url", nats_server.url, "--stats-every", "1s"]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     env=dict(os.environ, **env, PYTHONPATH=str(REPO)),
@@ -331,7 +331,7 @@ def test_systemd_notify_ready_watchdog_stopping(mosquitto, nats_server):
 
 
 def test_watchdog_pings_only_while_the_engine_loops():
-    from telemetry_cy.daemon import SystemdNotifier
+    from telemetry_cy.service.daemon import SystemdNotifier
 
     name = f"@tcy-test-notify-{os.getpid()}"             # an abstract socket, as systemd uses
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
@@ -448,7 +448,7 @@ def test_health_rules():
 
 
 def test_server_answers_with_fake_parts():
-    from telemetry_cy._ring_py import ByteRing
+    from telemetry_cy.source._ring_py import ByteRing
 
     beat = time.monotonic()
     pipeline = SimpleNamespace(

@@ -22,13 +22,13 @@ import pytest
 from brokers import AUTH_USERS, find_mosquitto_pub, wait_for
 
 from telemetry_cy import PURE
-from telemetry_cy import mqtt as tmqtt
-from telemetry_cy.mqtt import MqttSource, parse_url, redact_url
+from telemetry_cy.source import mqtt as tmqtt
+from telemetry_cy.source.mqtt import MqttSource, parse_url, redact_url
 
 if PURE:
-    from telemetry_cy._ring_py import ByteRing
+    from telemetry_cy.source._ring_py import ByteRing
 else:
-    from telemetry_cy._ring import ByteRing
+    from telemetry_cy.source._ring import ByteRing
 
 WAIT = 15.0  # generous deadline for anything that should take milliseconds
 
@@ -150,7 +150,7 @@ def test_paho_internals_we_rely_on():
     """Fails with a clear message when paho changes under the fast client (see mqtt.py)."""
     ver = tuple(int(x) for x in paho_pkg.__version__.split(".")[:2])
     assert (2, 1) <= ver < (2, 3), (
-        f"paho-mqtt {paho_pkg.__version__} is outside the range telemetry_cy.mqtt was checked "
+        f"paho-mqtt {paho_pkg.__version__} is outside the range telemetry_cy.source.mqtt was checked "
         f"against (>=2.1,<2.3, pinned in pyproject.toml): re-read paho's client.py (_packet_read, "
         f"_packet_handle, _packet_queue, _check_keepalive) and update mqtt.py and the pin")
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)

@@ -22,10 +22,10 @@ pytest.importorskip("nkeys", reason="creds-file auth needs nkeys (pip install nk
 
 from brokers import NatsServer, NatsSubscriber, find_nats_server, wait_for  # noqa: E402
 from nats_jwt import Operator, creds_text, user_key  # noqa: E402
-from telemetry_cy._engine import Aggregate  # noqa: E402
-from telemetry_cy.emitter import NatsEmitter  # noqa: E402
-from telemetry_cy.encode import decode_body  # noqa: E402
-from telemetry_cy.subjects import parse_subject  # noqa: E402
+from telemetry_cy.engine._engine import Aggregate  # noqa: E402
+from telemetry_cy.sink.nats_emitter import NatsEmitter  # noqa: E402
+from telemetry_cy.sink.bodies import decode_body  # noqa: E402
+from telemetry_cy.sink.subjects import parse_subject  # noqa: E402
 from test_emitter import emitters  # noqa: E402,F401  (a fixture)
 from test_faults import (  # noqa: E402,F401  (spawn is a fixture)
     assert_balanced, paho_publisher, payload, publish_all, seen_keys, spawn)
@@ -245,7 +245,7 @@ def test_daemon_refused_creds_exits_3_without_leaking(tmp_path, mosquitto, realm
     assert refused and refused[0]["level"] == "warning", d.tail()
     # one line per new error, not one per retry (the error alternates with a connection reset
     # now and then, see above, so the same line can come back, but never twice in a row)
-    errors = [r["msg"] for r in d.records() if r.get("logger") == "telemetry_cy.emitter"
+    errors = [r["msg"] for r in d.records() if r.get("logger") == "telemetry_cy.sink.nats_emitter"
               and r.get("level") == "warning"]
     assert all(a != b for a, b in zip(errors, errors[1:])), errors
     json.loads(d.stdout_text().strip().splitlines()[-1])  # final counters all the same

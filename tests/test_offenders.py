@@ -17,10 +17,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from telemetry_cy._engine import Engine as CompiledEngine
-from telemetry_cy._engine import TopN as CompiledTopN
-from telemetry_cy._engine_py import Engine as PureEngine
-from telemetry_cy._engine_py import TopN as PureTopN
+from telemetry_cy.engine._engine import Engine as CompiledEngine
+from telemetry_cy.engine._engine import TopN as CompiledTopN
+from telemetry_cy.engine._engine_py import Engine as PureEngine
+from telemetry_cy.engine._engine_py import TopN as PureTopN
+
+
+def _qualified(name: str) -> str:
+    stage = {"_ring": "source", "_frames": "source", "_decode": "engine", "_engine": "engine", "_wire": "sink"}[name.removesuffix("_py")]
+    return f"telemetry_cy.{stage}.{name}"
+
 
 TOPNS = pytest.mark.parametrize("topn", [CompiledTopN, PureTopN], ids=["compiled", "pure"])
 CAP = 32
@@ -45,7 +51,7 @@ def check_guarantees(summary, truth: dict) -> None:
 # ---- the summary on its own --------------------------------------------------------------------
 
 def test_capacity_and_name_budget_agree():
-    from telemetry_cy import _engine_common as common
+    from telemetry_cy.engine import rules as common
     assert CompiledTopN.capacity == PureTopN.capacity == common.TOPN_CAPACITY == CAP
     assert CompiledTopN.name_bytes == PureTopN.name_bytes == common.TOPN_NAME_BYTES == 96
 
@@ -229,7 +235,7 @@ def test_who_is_named_for_what(impl):
 
 @pytest.mark.parametrize("ring_module", ["_ring", "_ring_py"])
 def test_payload_drops_are_named_by_topic_through_drain(impl, ring_module):
-    ring = importlib.import_module(f"telemetry_cy.{ring_module}").ByteRing(1 << 16)
+    ring = importlib.import_module(_qualified(ring_module)).ByteRing(1 << 16)
     eng = impl.Engine(max_payload_bytes=100)
     if impl.name == "_engine" and ring_module == "_ring_py":
         with pytest.raises(TypeError):  # the compiled engine reads the C ring directly
@@ -311,7 +317,7 @@ def payload_of(kind, d, s, n):
 
 
 def run_engine(engine_cls, max_keys, steps):
-    from telemetry_cy._ring import ByteRing
+    from telemetry_cy.source._ring import ByteRing
     eng = engine_cls(window=10.0, emit_every=5.0, key_ttl=20.0, max_keys=max_keys,
                      max_payload_bytes=200)
     ring = ByteRing(1 << 16)

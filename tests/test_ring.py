@@ -20,6 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+
+def _qualified(name: str) -> str:
+    stage = {"_ring": "source", "_frames": "source", "_decode": "engine", "_engine": "engine", "_wire": "sink"}[name.removesuffix("_py")]
+    return f"telemetry_cy.{stage}.{name}"
+
+
 ROOT = Path(__file__).resolve().parent.parent
 INCLUDES = ROOT / "telemetry_cy" / "includes"
 HARNESS = ROOT / "tests" / "c" / "spsc_stress.c"
@@ -30,7 +36,7 @@ HEADER = 24
 
 def _load(name: str) -> ModuleType:
     try:
-        return importlib.import_module(f"telemetry_cy.{name}")
+        return importlib.import_module(_qualified(name))
     except ImportError as exc:
         # A pure-only install (no compiler) has no _ring extension; anywhere else a missing
         # extension is a build failure and must fail loudly rather than skip.

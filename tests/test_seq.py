@@ -15,8 +15,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from telemetry_cy._engine import Engine as CompiledEngine
-from telemetry_cy._engine_py import Engine as PureEngine
+from telemetry_cy.engine._engine import Engine as CompiledEngine
+from telemetry_cy.engine._engine_py import Engine as PureEngine
+
+
+def _qualified(name: str) -> str:
+    stage = {"_ring": "source", "_frames": "source", "_decode": "engine", "_engine": "engine", "_wire": "sink"}[name.removesuffix("_py")]
+    return f"telemetry_cy.{stage}.{name}"
+
 
 ZERO = {"gaps": 0, "duplicates": 0, "reorders": 0, "restarts": 0}
 
@@ -124,7 +130,7 @@ def test_push_reading_rejects_a_bad_seq(impl):
 
 def test_fallback_payloads_are_counted_too(impl):
     """A payload the C reader hands to cbor2 (a tag on an ignored value) carries its `n` through."""
-    from telemetry_cy._decode import decode_native
+    from telemetry_cy.engine._decode import decode_native
     assert decode_native(cbor2.dumps({1: "x", "d": "dev", "s": "temp", "v": 1.0})) == "fallback"
     eng = impl.Engine()
     for n in (1, 2, 5, 5, 4):
@@ -135,7 +141,7 @@ def test_fallback_payloads_are_counted_too(impl):
 
 @pytest.mark.parametrize("ring_module", ["_ring", "_ring_py"])
 def test_known_streams_via_drain(impl, ring_module):
-    ring = importlib.import_module(f"telemetry_cy.{ring_module}").ByteRing(1 << 16)
+    ring = importlib.import_module(_qualified(ring_module)).ByteRing(1 << 16)
     eng = impl.Engine()
     if impl.name == "_engine" and ring_module == "_ring_py":
         with pytest.raises(TypeError):  # the compiled engine reads the C ring directly

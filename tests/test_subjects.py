@@ -9,9 +9,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from telemetry_cy import subjects
-from telemetry_cy.emitter import msg_id
-from telemetry_cy.subjects import (escape_token, parse_subject, subject_for, unescape_token,
+from telemetry_cy.sink import subjects
+from telemetry_cy.sink.nats_emitter import msg_id
+from telemetry_cy.sink.subjects import (escape_token, parse_subject, subject_for, unescape_token,
                                    validate_prefix)
 
 # every code point, lone surrogates included (Python strings can hold them)

@@ -11,10 +11,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from telemetry_cy import _engine, _engine_py, _wire, _wire_py
-from telemetry_cy._engine_common import AGGREGATE_FIELDS
-from telemetry_cy.encode import decode_body, encoder_for
-from telemetry_cy.subjects import parse_subject, subject_for
+from telemetry_cy.engine import _engine
+from telemetry_cy.engine import _engine_py
+from telemetry_cy.sink import _wire
+from telemetry_cy.sink import _wire_py
+from telemetry_cy.engine.rules import AGGREGATE_FIELDS
+from telemetry_cy.sink.bodies import decode_body, encoder_for
+from telemetry_cy.sink.subjects import parse_subject, subject_for
 
 PREFIX = "agg"
 MAX_SUBJECT = 3072  # emitter.MAX_SUBJECT_BYTES

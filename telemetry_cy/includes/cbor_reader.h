@@ -1,6 +1,6 @@
 /* Fixed-schema CBOR payload reader (RFC 8949) for telemetry readings.
  *
- * The normative rules are the module docstring of telemetry_cy/_decode_py.py, the pure-Python twin
+ * The normative rules are the module docstring of telemetry_cy/engine/_decode_py.py, the pure-Python twin
  * of this file; the two must change together and tests/test_decode.py runs one suite against both.
  *
  * Why it looks like this:

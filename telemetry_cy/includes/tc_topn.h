@@ -15,7 +15,7 @@
  * Cost: O(TC_TOPN_CAP) per update at most (a hash compare per slot, and for a takeover a search
  * for the smallest count that is O(1) on average under a flood of new names, see tc_topn_add), no
  * allocation. It runs only for drops, gaps and late readings, never for a good reading.
- * The pure-Python twin is `TopN` in telemetry_cy/_engine_py.py; both keep the same entries in the
+ * The pure-Python twin is `TopN` in telemetry_cy/engine/_engine_py.py; both keep the same entries in the
  * same slots, so they agree exactly on any stream of updates.
  */
 #ifndef TC_TOPN_H

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import cbor2
 
-from telemetry_cy.publisher import remaining_length
+from telemetry_cy.tools.mqtt_loadgen import remaining_length
 
 HERE = Path(__file__).resolve().parent
 CBOR_DIR = HERE / "corpus" / "cbor"

@@ -23,6 +23,12 @@ from pathlib import Path
 
 import pytest
 
+
+def _qualified(name: str) -> str:
+    stage = {"_ring": "source", "_frames": "source", "_decode": "engine", "_engine": "engine", "_wire": "sink"}[name.removesuffix("_py")]
+    return f"telemetry_cy.{stage}.{name}"
+
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 INCLUDES = ROOT / "telemetry_cy" / "includes"
@@ -93,7 +99,7 @@ def test_corpus_is_what_make_corpus_writes(tmp_path):
 
 def _mod(name: str):
     try:
-        return importlib.import_module(f"telemetry_cy.{name}")
+        return importlib.import_module(_qualified(name))
     except ImportError as exc:   # a pure-only install
         pytest.skip(f"compiled module {name} not built: {exc}")
 

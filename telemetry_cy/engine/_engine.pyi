@@ -1,0 +1,81 @@
+from collections.abc import Iterable
+from typing import TypedDict
+
+from telemetry_cy.source._ring import ByteRing
+
+class SeqStats(TypedDict):
+    """Sequence-number accounting over accepted readings with `n`, per (device, sensor) stream
+    (docs/windows.md, "Sequence numbers and offenders")."""
+
+    gaps: int  # numbers skipped between two readings of a stream (messages we never accepted)
+    duplicates: int  # n equal to the stream's last
+    reorders: int  # n a little below the stream's last (at most 1,024 back, and n > 1)
+    restarts: int  # back to 0 or 1, more than 1,024 back, or more than 2**20 forward
+
+#: (name, count, error_bound): the true count lies in [count - error_bound, count].
+Offender = tuple[str, int, int]
+
+class Offenders(TypedDict):
+    drops: list[Offender]  # key_limit by "device/sensor"; other drops by MQTT topic, or "-"
+    gaps: list[Offender]  # "device/sensor", weighted by the numbers skipped
+    late: list[Offender]  # "device/sensor"
+
+class TopN:
+    """A space-saving summary of the heaviest names (includes/tc_topn.h): ``capacity`` slots,
+    names cut to ``name_bytes`` bytes at a UTF-8 boundary. Every name whose weight is above
+    ``total / capacity`` holds a slot; a slot's count over-estimates by at most its error."""
+
+    capacity: int  # 32
+    name_bytes: int  # 96
+    def __init__(self) -> None: ...
+    def add(self, name: bytes, weight: int = 1) -> None: ...
+    def add_pair(self, a: bytes, b: bytes, weight: int = 1) -> None:
+        """The name a + b"/" + b."""
+    @property
+    def total(self) -> int: ...
+    def entries(self) -> list[tuple[bytes, int, int]]:
+        """Every slot, in slot order: (name, count, error)."""
+    def top(self, k: int = 10) -> list[Offender]:
+        """The k largest, by count then name."""
+
+
+class Aggregate:
+    device: str
+    sensor: str
+    unit: str | None
+    window_start: float
+    window_end: float
+    count: int
+    sum: float
+    mean: float
+    min: float
+    max: float
+    stddev: float
+    first: float
+    last: float
+    def __init__(self, device: str, sensor: str, unit: str | None, window_start: float,
+                 window_end: float, count: int, sum: float, mean: float, min: float, max: float,
+                 stddev: float, first: float, last: float) -> None: ...
+    def as_dict(self) -> dict[str, object]: ...
+
+class Engine:
+    window: float
+    emit_every: float
+    key_ttl: float
+    max_payload_bytes: int
+    max_name_bytes: int
+    @property
+    def max_keys(self) -> int: ...
+    def __init__(self, window: float = 60.0, emit_every: float = 5.0, max_keys: int = 1_000_000,
+                 key_ttl: float = 300.0, max_payload_bytes: int = 65536,
+                 max_name_bytes: int = 256) -> None: ...
+    def push(self, payload: bytes | bytearray | memoryview, ts: float) -> int: ...
+    def push_many(self, payloads: Iterable[bytes | bytearray | memoryview], ts: float) -> int: ...
+    def drain(self, ring: ByteRing, max_records: int = 4096) -> int: ...
+    def push_reading(self, device: str, sensor: str, value: float, ts: float,
+                     unit: str | None = None, seq: int | None = None) -> None: ...
+    def tick(self, now: float) -> list[Aggregate]: ...
+    def stats(self) -> dict[str, object]:
+        """Counters and gauges. Besides the drop and window counters: ``stats()["seq"]`` is a
+        ``SeqStats`` and ``stats()["offenders"]`` an ``Offenders`` (top 10 of each summary, by
+        count)."""

@@ -1,0 +1,678 @@
+# cython: language_level=3
+"""Compiled decode + window engine. The pure-Python twin is ``_engine_py.py``; both follow the
+semantics written down in docs/windows.md."""
+
+import os
+
+cimport cython
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact, \
+    PyBytes_FromStringAndSize
+from cpython.object cimport PyObject
+from cpython.sequence cimport PySequence_Fast_ITEMS
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.math cimport NAN, floor, isfinite, sqrt
+from libc.stdint cimport INT64_MIN, int64_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memset
+
+from telemetry_cy.source._ring cimport ByteRing, tc_ring_consume, tc_ring_peek, tc_ring_release, tc_ring_view
+from telemetry_cy.engine._decode cimport (
+    TC_MIN_READING_BYTES, TC_PAYLOAD_FALLBACK, TC_PAYLOAD_OK, tc_decode_payload,
+    tc_reading,
+)
+from telemetry_cy.engine.rules import (
+    AGGREGATE_FIELDS, TOP_OFFENDERS, check_config, top_entries,
+)
+from telemetry_cy.engine.cbor_fallback import decode_with_cbor2
+from telemetry_cy.reasons import DROP_REASONS, ENGINE_REASONS
+
+cdef extern from "tc_reasons.h":
+    enum:
+        TC_DROP_OVERSIZE, TC_DROP_DECODE_ERROR, TC_DROP_SCHEMA_MISMATCH, TC_DROP_NON_FINITE,
+        TC_DROP_KEY_LIMIT, TC_DROP_LATE, TC_DROP_N_REASONS
+
+# why _run_batch stopped
+cdef enum:
+    RUN_DONE = 0
+    RUN_ADVANCE = 1    # a payload with readings needs the clock moved (GIL: builds aggregates)
+    RUN_FALLBACK = 2   # the C reader handed a payload to cbor2 (GIL)
+    RUN_NO_MEMORY = 3
+    RUN_BAD_TS = 4     # an item's ts cannot be an interval index (only from a buggy producer)
+
+# tick releases the GIL after every (mask + 1) aggregates it builds (~1 ms of work)
+cdef uint64_t GIL_YIELD_MASK = 4095
+
+# _run_batch's prefetch pipeline: a reading is applied PIPE_DEPTH readings after its hash slot was
+# prefetched; the ring holds up to PIPE_DEPTH + 1 of them (PIPE_DEPTH < PIPE_CAP, a power of two)
+cdef enum:
+    PIPE_DEPTH = 8
+    PIPE_CAP = 16
+
+# push_many hands payloads to the decoder this many at a time
+cdef Py_ssize_t PUSH_CHUNK = 2048
+
+# ts/emit_every must fit an int64 interval index with room to spare
+cdef double MAX_INTERVAL = 4.0e18
+
+
+# no_gc: fields are str/None/numbers only, so an Aggregate can never be part of a reference
+# cycle; leaving it untracked keeps a tick of 1M aggregates from triggering full collections.
+@cython.no_gc
+cdef class Aggregate:
+    """One key's statistics over [window_start, window_end), emitted at tick window_end."""
+
+    def __init__(self, device, sensor, unit, window_start, window_end, count, sum, mean, min, max,
+                 stddev, first, last):
+        self.device = device
+        self.sensor = sensor
+        self.unit = unit
+        self.window_start = window_start
+        self.window_end = window_end
+        self.count = count
+        self.sum = sum
+        self.mean = mean
+        self.min = min
+        self.max = max
+        self.stddev = stddev
+        self.first = first
+        self.last = last
+
+    def as_dict(self):
+        return {name: getattr(self, name) for name in AGGREGATE_FIELDS}
+
+    def __reduce__(self):
+        return (Aggregate, tuple(getattr(self, name) for name in AGGREGATE_FIELDS))
+
+    def __eq__(self, other):
+        if not isinstance(other, Aggregate):
+            return NotImplemented
+        return self.as_dict() == other.as_dict()
+
+    def __hash__(self):
+        return hash((self.device, self.sensor, self.window_end))
+
+    def __repr__(self):
+        return "Aggregate(" + ", ".join(
+            f"{name}={getattr(self, name)!r}" for name in AGGREGATE_FIELDS) + ")"
+
+
+@cython.final
+cdef class TopN:
+    """A space-saving summary (includes/tc_topn.h) on its own, for tests and tools; the engine
+    embeds three of them. The pure twin is ``_engine_py.TopN``."""
+
+    capacity = TC_TOPN_CAP
+    name_bytes = TC_TOPN_NAME_BYTES
+
+    def __cinit__(self):
+        tc_topn_init(&self.summary)
+
+    def add(self, bytes name not None, weight=1):
+        """Adds `weight` (a positive int) to `name`, cut to name_bytes."""
+        if weight < 1:
+            raise ValueError("weight must be positive")
+        cdef uint64_t w = weight
+        tc_topn_add_name(&self.summary, PyBytes_AS_STRING(name), <size_t>PyBytes_GET_SIZE(name), w)
+
+    def add_pair(self, bytes a not None, bytes b not None, weight=1):
+        """Adds `weight` to the name a + b"/" + b, cut to name_bytes."""
+        if weight < 1:
+            raise ValueError("weight must be positive")
+        cdef uint64_t w = weight
+        tc_topn_add_pair(&self.summary, PyBytes_AS_STRING(a), <size_t>PyBytes_GET_SIZE(a),
+                         PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b), w)
+
+    @property
+    def total(self):
+        return self.summary.total
+
+    def entries(self):
+        """Every slot in order: [(name bytes, count, error), ...]."""
+        return _topn_entries(&self.summary)
+
+    def top(self, Py_ssize_t k=TOP_OFFENDERS):
+        """The k largest: [(name, count, error_bound), ...], by count then name."""
+        return top_entries(_topn_entries(&self.summary), k)
+
+
+cdef list _topn_entries(const tc_topn *t):
+    cdef uint32_t i
+    return [(PyBytes_FromStringAndSize(t.name[i], t.name_len[i]), t.count[i], t.error[i])
+            for i in range(t.n)]
+
+
+cdef inline bint _is_late(bint started, int64_t closed, int64_t interval) noexcept nogil:
+    # tick `closed` has been emitted: its window ended at the start of interval `closed`
+    return started and interval < closed
+
+
+cdef class Engine:
+    """Exact sliding-window aggregates per (device, sensor) over CBOR payloads.
+
+    Not thread-safe: one thread owns an Engine (the ingest pipeline's engine thread).
+    """
+
+    def __cinit__(self):
+        self.table.keys = NULL
+        self.decoded.readings = NULL
+        self.batch = NULL
+
+    def __init__(self, window=60.0, emit_every=5.0, max_keys=1_000_000, key_ttl=300.0,
+                 max_payload_bytes=65536, max_name_bytes=256):
+        cfg = check_config(window, emit_every, max_keys, key_ttl, max_payload_bytes,
+                           max_name_bytes)
+        self.window = cfg.window
+        self.emit_every = cfg.emit_every
+        self.key_ttl = cfg.key_ttl
+        self.max_payload_bytes = cfg.max_payload_bytes
+        self.max_name_bytes = cfg.max_name_bytes
+        self.panes = cfg.panes
+        seed = int.from_bytes(os.urandom(8), "little")
+        if self.table.keys != NULL:
+            tc_table_free(&self.table)
+        if tc_table_init(&self.table, self.panes, cfg.max_keys, seed) != 0:
+            raise MemoryError()
+        # the reader stores only accepted readings, each at least TC_MIN_READING_BYTES long
+        cdef size_t cap = <size_t>self.max_payload_bytes // TC_MIN_READING_BYTES + 1
+        free(self.decoded.readings)
+        self.decoded.readings = <tc_reading *>malloc(cap * sizeof(tc_reading))
+        if self.decoded.readings == NULL:
+            raise MemoryError()
+        self.decoded.cap = cap
+        self.started = False
+        self.closed = 0
+        self.newest_data = INT64_MIN
+        self.pending = []
+        self.received = self.payloads = self.readings = 0
+        self.evicted = self.ticks = self.aggregates = 0
+        memset(self.drops, 0, sizeof(self.drops))
+        memset(self.seq_events, 0, sizeof(self.seq_events))
+        self.seq_gaps = 0
+        tc_topn_init(&self.top_drops)
+        tc_topn_init(&self.top_gaps)
+        tc_topn_init(&self.top_late)
+        self.batch_topics = False
+
+    def __dealloc__(self):
+        if self.table.keys != NULL:
+            tc_table_free(&self.table)
+        free(self.decoded.readings)
+        free(self.batch)
+
+    # ---- the hot path (no GIL) ----------------------------------------------------------------
+
+    cdef int _apply_reading(self, const char *dev, uint32_t dlen, const char *sen, uint32_t slen,
+                            const char *unit, uint32_t ulen, double value, double ts,
+                            int64_t interval, uint64_t seq, bint has_seq) noexcept nogil:
+        """0 accepted, 1 dropped for key_limit, -1 out of memory. The clock is already at
+        `interval` (not late, no tick left to close below it)."""
+        return self._apply_hashed(tc_key_hash(self.table.seed, dev, dlen, sen, slen), dev, dlen,
+                                  sen, slen, unit, ulen, value, ts, interval, seq, has_seq)
+
+    cdef int _apply_hashed(self, uint64_t h, const char *dev, uint32_t dlen, const char *sen,
+                           uint32_t slen, const char *unit, uint32_t ulen, double value, double ts,
+                           int64_t interval, uint64_t seq, bint has_seq) noexcept nogil:
+        """_apply_reading with the key's hash already computed."""
+        cdef size_t slot
+        cdef uint64_t gap
+        cdef int seq_class
+        cdef tc_key *k = tc_table_find(&self.table, h, dev, dlen, sen, slen, &slot)
+        if k == NULL:
+            if self.table.n_keys >= self.table.max_keys:
+                self.drops[TC_DROP_KEY_LIMIT] += 1
+                tc_topn_add_pair(&self.top_drops, dev, dlen, sen, slen, 1)
+                return 1
+            k = tc_table_insert(&self.table, h, slot, dev, dlen, sen, slen)
+            if k == NULL:
+                return -1
+        if ts >= k.last_ts:
+            # this reading becomes the key's latest: its unit is the window's unit
+            k = tc_key_set_unit(&self.table, k, unit, ulen)
+            if k == NULL:
+                return -1
+        if has_seq:
+            seq_class = tc_key_seq(k, seq, &gap)
+            self.seq_events[seq_class] += 1
+            if seq_class == TC_SEQ_GAP:
+                self.seq_gaps += gap
+                tc_topn_add_pair(&self.top_gaps, dev, dlen, sen, slen, gap)
+        tc_key_add(k, self.panes, interval, ts, value)
+        if interval > self.newest_data:
+            self.newest_data = interval
+        self.readings += 1
+        return 0
+
+    cdef Py_ssize_t _run_batch(self, Py_ssize_t start, Py_ssize_t n, int *why) noexcept nogil:
+        """Decodes and applies batch items [start, n). Stops early (and says why) where the GIL
+        is needed; the item it stops at is not counted yet.
+
+        Single-reading payloads that need nothing but a window update (the common case) go
+        through a short pipeline: decoded and hashed on entry, their hash slot prefetched, and
+        applied PIPE_DEPTH such readings later, when the slot is in cache (at 1M keys the slot
+        miss otherwise stalls every lookup). Any other item first empties the pipeline, so
+        counters, offender summaries and every early stop see the items in batch order."""
+        cdef Py_ssize_t i, j, failed
+        cdef int status = 0, rc
+        cdef tc_reading *r
+        cdef batch_item *item
+        cdef double ts = NAN, q
+        cdef int64_t interval = 0
+        cdef bint late
+        cdef pipe_entry pipe[PIPE_CAP]
+        cdef pipe_entry *e
+        cdef size_t head = 0, tail = 0     # entries [head, tail) are waiting, at index % PIPE_CAP
+        for i in range(start, n):
+            item = &self.batch[i]
+            if item.ts != ts:
+                # items of one socket read (or one push_many) share ts: divide once per run
+                ts = item.ts
+                q = floor(ts / self.emit_every)
+                if not (q <= MAX_INTERVAL and q >= -MAX_INTERVAL):
+                    failed = self._pipe_flush(pipe, head, tail)
+                    if failed >= 0:
+                        why[0] = RUN_NO_MEMORY
+                        return failed + 1
+                    why[0] = RUN_BAD_TS
+                    return i
+                interval = <int64_t>q
+            if item.size <= self.max_payload_bytes:
+                status = tc_decode_payload(<const unsigned char *>item.data, <size_t>item.size,
+                                           self.max_name_bytes, &self.decoded)
+                if (status == TC_PAYLOAD_OK and self.decoded.n_readings == 1
+                        and self.decoded.schema_mismatch == 0 and self.decoded.non_finite == 0
+                        and self.started and interval == self.closed):
+                    # neither late nor moving the clock: into the pipeline
+                    r = &self.decoded.readings[0]
+                    e = &pipe[tail % PIPE_CAP]
+                    e.hash = tc_key_hash(self.table.seed, r.device, r.device_len, r.sensor,
+                                         r.sensor_len)
+                    tc_prefetch_slot(&self.table, e.hash)
+                    e.r = r[0]
+                    e.interval = interval
+                    e.ts = ts
+                    e.index = i
+                    tail += 1
+                    if tail - head > PIPE_DEPTH:
+                        e = &pipe[head % PIPE_CAP]
+                        head += 1
+                        self.payloads += 1
+                        if self._apply_hashed(e.hash, e.r.device, e.r.device_len, e.r.sensor,
+                                              e.r.sensor_len, e.r.unit, e.r.unit_len, e.r.value,
+                                              e.ts, e.interval, e.r.seq, e.r.has_seq) < 0:
+                            why[0] = RUN_NO_MEMORY
+                            return e.index + 1
+                    continue
+            # anything else runs as it always did, after the items before it
+            if head != tail:
+                failed = self._pipe_flush(pipe, head, tail)
+                head = tail = 0
+                if failed >= 0:
+                    why[0] = RUN_NO_MEMORY
+                    return failed + 1
+            if item.size > self.max_payload_bytes:
+                self.drops[TC_DROP_OVERSIZE] += 1
+                self._payload_offender(item, 1)
+                continue
+            if status != TC_PAYLOAD_OK and status != TC_PAYLOAD_FALLBACK:
+                # DECODE_ERROR; CAP_TOO_SMALL cannot happen (cap covers max_payload_bytes)
+                self.drops[TC_DROP_DECODE_ERROR] += 1
+                self._payload_offender(item, 1)
+                continue
+            if status == TC_PAYLOAD_FALLBACK:
+                why[0] = RUN_FALLBACK
+                return i
+            late = _is_late(self.started, self.closed, interval)
+            if (self.decoded.n_readings > 0 and not late
+                    and (not self.started or interval > self.closed)):
+                why[0] = RUN_ADVANCE
+                return i
+            self.payloads += 1
+            if self.decoded.schema_mismatch or self.decoded.non_finite:
+                self.drops[TC_DROP_SCHEMA_MISMATCH] += self.decoded.schema_mismatch
+                self.drops[TC_DROP_NON_FINITE] += self.decoded.non_finite
+                self._payload_offender(
+                    item, self.decoded.schema_mismatch + self.decoded.non_finite)
+            if late:
+                self.drops[TC_DROP_LATE] += self.decoded.n_readings
+                for j in range(<Py_ssize_t>self.decoded.n_readings):
+                    r = &self.decoded.readings[j]
+                    tc_topn_add_pair(&self.top_late, r.device, r.device_len, r.sensor,
+                                     r.sensor_len, 1)
+                continue
+            for j in range(<Py_ssize_t>self.decoded.n_readings):
+                r = &self.decoded.readings[j]
+                rc = self._apply_reading(r.device, r.device_len, r.sensor, r.sensor_len, r.unit,
+                                         r.unit_len, r.value, ts, interval, r.seq, r.has_seq)
+                if rc < 0:
+                    why[0] = RUN_NO_MEMORY
+                    return i + 1
+        failed = self._pipe_flush(pipe, head, tail)
+        if failed >= 0:
+            why[0] = RUN_NO_MEMORY
+            return failed + 1
+        why[0] = RUN_DONE
+        return n
+
+    cdef Py_ssize_t _pipe_flush(self, pipe_entry *pipe, size_t head, size_t tail) noexcept nogil:
+        """Applies the pipeline's entries [head, tail) in order. Returns -1, or the batch index
+        of the entry that ran out of memory (counted; the entries after it are not)."""
+        cdef size_t x
+        cdef pipe_entry *e
+        for x in range(head, tail):
+            e = &pipe[x % PIPE_CAP]
+            self.payloads += 1
+            if self._apply_hashed(e.hash, e.r.device, e.r.device_len, e.r.sensor, e.r.sensor_len,
+                                  e.r.unit, e.r.unit_len, e.r.value, e.ts, e.interval, e.r.seq,
+                                  e.r.has_seq) < 0:
+                return e.index
+        return -1
+
+    cdef void _payload_offender(self, const batch_item *item, uint64_t w) noexcept nogil:
+        """A drop counted per payload, or for readings the decoder does not name: the offender
+        is the payload's MQTT topic, or "-" when it came without one (push, push_many)."""
+        if self.batch_topics:
+            tc_topn_add_name(&self.top_drops, item.topic, <size_t>item.topic_len, w)
+        else:
+            tc_topn_add(&self.top_drops, b"-", 1, w)
+
+    # ---- clock and ticks (GIL) ----------------------------------------------------------------
+
+    cdef int _advance(self, int64_t interval) except -1:
+        """Moves the clock to `interval`, closing every tick <= interval on the way."""
+        if not self.started:
+            # the first tick is the first boundary after the first reading (or tick() call)
+            self.started = True
+            self.closed = interval
+            return 0
+        if interval <= self.closed:
+            return 0
+        cdef int64_t tick = self.closed + 1
+        # a tick emits only for keys with data in its P intervals: past newest_data + P every
+        # tick is empty, so jump to the target and only evict there
+        cdef int64_t last_emitting = interval
+        if self.newest_data == INT64_MIN:
+            last_emitting = tick - 1
+        elif self.newest_data + <int64_t>self.panes < interval:
+            last_emitting = self.newest_data + <int64_t>self.panes
+        while tick <= last_emitting:
+            self._scan(tick, True)
+            tick += 1
+        if tick <= interval:
+            self._scan(interval, False)
+        self.ticks += <uint64_t>(interval - self.closed)
+        self.closed = interval
+        return 0
+
+    cdef int _scan(self, int64_t tick, bint emit) except -1:
+        """At tick `tick`: emit each key's aggregate, then evict keys idle for key_ttl."""
+        cdef double tick_time = <double>tick * self.emit_every
+        cdef double window_start = <double>(tick - <int64_t>self.panes) * self.emit_every
+        cdef size_t i = 0
+        cdef tc_key *k
+        cdef tc_agg agg
+        cdef Aggregate a
+        cdef list out = self.pending
+        cdef uint32_t panes = self.panes
+        while i < self.table.n_keys:
+            k = self.table.keys[i]
+            if emit and tc_key_aggregate(k, panes, tick, &agg):
+                a = Aggregate.__new__(Aggregate)
+                a.device = PyUnicode_DecodeUTF8(tc_key_device(k, panes), k.device_len, NULL)
+                a.sensor = PyUnicode_DecodeUTF8(tc_key_sensor(k, panes), k.sensor_len, NULL)
+                if k.unit_len == TC_NO_UNIT:
+                    a.unit = None
+                else:
+                    a.unit = PyUnicode_DecodeUTF8(tc_key_unit(k, panes), k.unit_len, NULL)
+                a.window_start = window_start
+                a.window_end = tick_time
+                a.count = agg.count
+                a.sum = agg.sum
+                a.mean = agg.mean
+                a.min = agg.min
+                a.max = agg.max
+                a.stddev = sqrt(agg.m2 / <double>agg.count)
+                a.first = agg.first
+                a.last = agg.last
+                out.append(a)
+                self.aggregates += 1
+                if (self.aggregates & GIL_YIELD_MASK) == 0:
+                    # Building a million aggregates holds the GIL for ~0.25 s, and no bytecode
+                    # boundary comes by where CPython would hand it over: release it briefly so
+                    # a thread that has asked for it (the MQTT network thread) gets it now.
+                    with nogil:
+                        pass
+            if tick_time - k.last_ts >= self.key_ttl:
+                # swap-remove: the key moved into slot i has not been scanned yet
+                tc_table_remove(&self.table, i)
+                self.evicted += 1
+                continue
+            i += 1
+        return 0
+
+    cdef int64_t _interval(self, double ts) except? -1:
+        if not isfinite(ts):
+            raise ValueError(f"ts must be a finite number of seconds, got {ts!r}")
+        cdef double q = floor(ts / self.emit_every)
+        if q > MAX_INTERVAL or q < -MAX_INTERVAL:
+            raise ValueError(f"ts {ts!r} is out of range")
+        return <int64_t>q
+
+    # ---- batches --------------------------------------------------------------------------------
+
+    cdef Py_ssize_t _run_all(self, Py_ssize_t n) except -1:
+        """Runs the n items of the batch scratch array; returns the readings accepted."""
+        cdef uint64_t before = self.readings
+        cdef Py_ssize_t i = 0
+        cdef int why = RUN_DONE
+        self.received += <uint64_t>n
+        while i < n:
+            with nogil:
+                i = self._run_batch(i, n, &why)
+            if why == RUN_ADVANCE:
+                self._advance(self._interval(self.batch[i].ts))
+            elif why == RUN_FALLBACK:
+                self._push_fallback(i)
+                i += 1
+            elif why == RUN_BAD_TS:
+                self._interval(self.batch[i].ts)  # raises the ValueError that names it
+            elif why == RUN_NO_MEMORY:
+                raise MemoryError("telemetry-cy engine: out of memory growing the window table")
+        return <Py_ssize_t>(self.readings - before)
+
+    cdef _push_fallback(self, Py_ssize_t i):
+        cdef batch_item *item = &self.batch[i]
+        cdef int64_t interval = self._interval(item.ts)
+        payload = item.data[:item.size]
+        decoded = decode_with_cbor2(payload, self.max_name_bytes)
+        if decoded.status != "ok":
+            self.drops[TC_DROP_DECODE_ERROR] += 1
+            self._payload_offender(item, 1)
+            return
+        self.payloads += 1
+        if decoded.schema_mismatch or decoded.non_finite:
+            self.drops[TC_DROP_SCHEMA_MISMATCH] += decoded.schema_mismatch
+            self.drops[TC_DROP_NON_FINITE] += decoded.non_finite
+            self._payload_offender(item, decoded.schema_mismatch + decoded.non_finite)
+        for reading in decoded.readings:
+            self._accept_python(reading.device, reading.sensor, reading.value, reading.unit,
+                                reading.seq, item.ts, interval)
+
+    cdef _accept_python(self, str device, str sensor, double value, unit, seq, double ts,
+                        int64_t interval):
+        """Applies one validated reading that came through Python (fallback, push_reading)."""
+        dev_b = device.encode("utf-8")
+        sen_b = sensor.encode("utf-8")
+        if _is_late(self.started, self.closed, interval):
+            self.drops[TC_DROP_LATE] += 1
+            tc_topn_add_pair(&self.top_late, PyBytes_AS_STRING(dev_b),
+                             <size_t>PyBytes_GET_SIZE(dev_b), PyBytes_AS_STRING(sen_b),
+                             <size_t>PyBytes_GET_SIZE(sen_b), 1)
+            return
+        self._advance(interval)
+        cdef const char *unit_p = NULL
+        cdef uint32_t ulen = 0
+        cdef uint64_t seq_n = 0 if seq is None else seq
+        if unit is not None:
+            unit_b = (<str>unit).encode("utf-8")
+            unit_p = PyBytes_AS_STRING(unit_b)
+            ulen = <uint32_t>PyBytes_GET_SIZE(unit_b)
+        if self._apply_reading(PyBytes_AS_STRING(dev_b), <uint32_t>PyBytes_GET_SIZE(dev_b),
+                               PyBytes_AS_STRING(sen_b), <uint32_t>PyBytes_GET_SIZE(sen_b),
+                               unit_p, ulen, value, ts, interval, seq_n, seq is not None) < 0:
+            raise MemoryError("telemetry-cy engine: out of memory growing the window table")
+
+    cdef int _reserve_batch(self, Py_ssize_t n) except -1:
+        if n <= self.batch_cap:
+            return 0
+        cdef Py_ssize_t cap = max(n, 2 * self.batch_cap, 64)
+        cdef batch_item *items = <batch_item *>realloc(self.batch, cap * sizeof(batch_item))
+        if items == NULL:
+            raise MemoryError()
+        self.batch = items
+        self.batch_cap = cap
+        return 0
+
+    # ---- public API -------------------------------------------------------------------------------
+
+    def push(self, payload, double ts):
+        """Decodes one CBOR payload that arrived at `ts`; returns the readings accepted."""
+        if not PyBytes_CheckExact(payload):
+            payload = _as_bytes(payload)
+        self._interval(ts)
+        self._reserve_batch(1)
+        self.batch_topics = False
+        self.batch[0].data = PyBytes_AS_STRING(payload)
+        self.batch[0].size = PyBytes_GET_SIZE(payload)
+        self.batch[0].ts = ts
+        return self._run_all(1)
+
+    def push_many(self, payloads, double ts):
+        """Decodes a batch of payloads taken at one clock reading; returns readings accepted."""
+        # `batch` (a list or tuple) keeps every payload alive while the loop reads them without
+        # the GIL; anything that is not exactly bytes is converted into a new list first
+        cdef object batch = payloads if type(payloads) is list or type(payloads) is tuple \
+            else list(payloads)
+        cdef Py_ssize_t n = len(batch), i
+        cdef PyObject **items = PySequence_Fast_ITEMS(batch)
+        for i in range(n):
+            if not PyBytes_CheckExact(<object>items[i]):
+                batch = [_as_bytes(p) for p in batch]
+                items = PySequence_Fast_ITEMS(batch)
+                break
+        self._interval(ts)
+        cdef Py_ssize_t start, m, accepted = 0
+        self._reserve_batch(min(n, PUSH_CHUNK))
+        self.batch_topics = False
+        # in chunks, so each payload object is still in cache when the decoder reads it
+        for start in range(0, n, PUSH_CHUNK):
+            m = min(PUSH_CHUNK, n - start)
+            for i in range(m):
+                self.batch[i].data = PyBytes_AS_STRING(<object>items[start + i])
+                self.batch[i].size = PyBytes_GET_SIZE(<object>items[start + i])
+                self.batch[i].ts = ts
+            accepted += self._run_all(m)
+        return accepted
+
+    def drain(self, ByteRing ring not None, Py_ssize_t max_records=4096):
+        """Consumes up to max_records records from the ingest ring (this thread must be the
+        ring's only consumer) and processes their payloads, each at its own arrival ts.
+        Returns the number of records consumed."""
+        cdef Py_ssize_t n = 0
+        cdef tc_ring_view v
+        self._reserve_batch(max_records)
+        with nogil:
+            # the views point into the ring: valid until tc_ring_release below, and the producer
+            # cannot reuse those bytes before then (release is what hands them back)
+            while n < max_records and tc_ring_peek(ring._ring, &v):
+                self.batch[n].data = <const char *>v.payload
+                self.batch[n].size = <Py_ssize_t>v.payload_len
+                self.batch[n].ts = v.ts
+                self.batch[n].topic = <const char *>v.topic
+                self.batch[n].topic_len = <Py_ssize_t>v.topic_len
+                tc_ring_consume(ring._ring, &v)
+                n += 1
+        if n == 0:
+            return 0
+        self.batch_topics = True
+        try:
+            self._run_all(n)
+        finally:
+            tc_ring_release(ring._ring)
+        return n
+
+    def push_reading(self, str device not None, str sensor not None, value, double ts,
+                     unit=None, seq=None):
+        """Adds one reading given as Python values (`seq`: the payload's optional `n`). Bad
+        values are counted drops like bad payloads (schema_mismatch, non_finite); wrong argument
+        types raise TypeError."""
+        cdef int64_t interval = self._interval(ts)
+        checked = _check_reading(device, sensor, value, unit, self.max_name_bytes, seq)
+        if isinstance(checked, str):
+            self.drops[DROP_REASONS.index(checked)] += 1
+            tc_topn_add(&self.top_drops, b"-", 1, 1)
+            return
+        self._accept_python(checked.device, checked.sensor, checked.value, checked.unit,
+                            checked.seq, ts, interval)
+
+    def tick(self, double now):
+        """Closes every aligned tick <= now and returns the aggregates of all ticks closed since
+        the last call, oldest tick first."""
+        cdef int64_t interval = self._interval(now)
+        if not self.started or interval > self.closed:
+            self._advance(interval)
+        out = self.pending
+        self.pending = []
+        return out
+
+    def open_readings(self):
+        """Readings accepted in the interval no tick has closed yet: they are in no aggregate
+        returned so far (docs/windows.md, "Stopping"). O(live keys)."""
+        if not self.started:
+            return 0
+        cdef uint64_t n = 0
+        cdef size_t i
+        for i in range(self.table.n_keys):
+            n += tc_key_open_count(self.table.keys[i], self.panes, self.closed)
+        return n
+
+    def stats(self):
+        return {
+            "received": self.received,
+            "payloads": self.payloads,
+            "readings": self.readings,
+            "drops": {reason: self.drops[i] for i, reason in enumerate(ENGINE_REASONS)},
+            "live_keys": self.table.n_keys,
+            "evicted": self.evicted,
+            "state_bytes": tc_table_state_bytes(&self.table),
+            "ticks": self.ticks,
+            "aggregates": self.aggregates,
+            "pending": len(self.pending),
+            "closed_tick": self.closed * self.emit_every if self.started else None,
+            "seq": {
+                "gaps": self.seq_gaps,
+                "duplicates": self.seq_events[TC_SEQ_DUPLICATE],
+                "reorders": self.seq_events[TC_SEQ_REORDER],
+                "restarts": self.seq_events[TC_SEQ_RESTART],
+            },
+            "offenders": {
+                "drops": top_entries(_topn_entries(&self.top_drops), TOP_OFFENDERS),
+                "gaps": top_entries(_topn_entries(&self.top_gaps), TOP_OFFENDERS),
+                "late": top_entries(_topn_entries(&self.top_late), TOP_OFFENDERS),
+            },
+        }
+
+    @property
+    def max_keys(self):
+        return self.table.max_keys
+
+
+cdef bytes _as_bytes(payload):
+    if PyBytes_CheckExact(payload):
+        return payload
+    if isinstance(payload, (bytearray, memoryview)):
+        return bytes(payload)
+    raise TypeError(f"payload must be bytes-like, not {type(payload).__name__}")
+
+
+from telemetry_cy.engine.rules import check_reading as _check_reading

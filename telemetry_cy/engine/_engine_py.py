@@ -1,0 +1,433 @@
+"""Pure-Python twin of the compiled engine (``_engine.pyx`` over ``includes/tc_window.h``).
+
+Same state layout (a ring of P panes per key), same arithmetic in the same order, so with
+``-ffp-contract=off`` the two give bit-identical aggregates. It runs where no compiler is at hand
+(``TELEMETRY_CY_PURE=1``) and serves as a readable statement of what the C code does.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import asdict, dataclass
+
+from telemetry_cy.engine._decode_py import decode
+from telemetry_cy.engine.rules import (
+    NO_TOPIC, SEQ_MAX_GAP, SEQ_MAX_REORDER, TOP_OFFENDERS, TOPN_CAPACITY, TOPN_NAME_BYTES,
+    check_config, check_reading, interval_of, top_entries,
+)
+from telemetry_cy.engine.decode_types import Reading
+from telemetry_cy.reasons import ENGINE_REASONS
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """One key's statistics over [window_start, window_end), emitted at tick window_end."""
+
+    device: str
+    sensor: str
+    unit: str | None
+    window_start: float
+    window_end: float
+    count: int
+    sum: float
+    mean: float
+    min: float
+    max: float
+    stddev: float
+    first: float
+    last: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class TopN:
+    """Space-saving summary of the heaviest names (twin of ``includes/tc_topn.h``): the same
+    slots, the same takeover rule (the smallest count, lowest slot among equals), so it holds
+    exactly what the C summary holds after any stream of updates."""
+
+    capacity = TOPN_CAPACITY
+    name_bytes = TOPN_NAME_BYTES
+
+    def __init__(self) -> None:
+        self._names: list[bytes] = []
+        self._counts: list[int] = []
+        self._errors: list[int] = []
+        self._slot: dict[bytes, int] = {}
+        self.total = 0
+
+    def add(self, name: bytes, weight: int = 1) -> None:
+        """Adds `weight` (a positive int) to `name`, cut to name_bytes."""
+        if not isinstance(name, bytes):
+            raise TypeError("name must be bytes")
+        if isinstance(weight, bool) or not isinstance(weight, int):
+            raise TypeError("weight must be an int")
+        if weight < 1:
+            raise ValueError("weight must be positive")
+        self._add(name[:_cut(name, self.name_bytes)], weight)
+
+    def add_pair(self, a: bytes, b: bytes, weight: int = 1) -> None:
+        """Adds `weight` to the name a + b"/" + b, cut to name_bytes."""
+        self.add(a + b"/" + b, weight)
+
+    def _add(self, name: bytes, w: int) -> None:
+        self.total += w
+        i = self._slot.get(name)
+        if i is not None:
+            self._counts[i] += w
+            return
+        if len(self._names) < self.capacity:
+            self._slot[name] = len(self._names)
+            self._names.append(name)
+            self._counts.append(w)
+            self._errors.append(0)
+            return
+        counts = self._counts
+        m = 0
+        for j in range(1, self.capacity):
+            if counts[j] < counts[m]:
+                m = j
+        del self._slot[self._names[m]]
+        self._slot[name] = m
+        self._names[m] = name
+        self._errors[m] = counts[m]
+        counts[m] += w
+
+    def entries(self) -> list[tuple[bytes, int, int]]:
+        """Every slot in order: [(name bytes, count, error), ...]."""
+        return list(zip(self._names, self._counts, self._errors))
+
+    def top(self, k: int = TOP_OFFENDERS) -> list[tuple[str, int, int]]:
+        """The k largest: [(name, count, error_bound), ...], by count then name."""
+        return top_entries(self.entries(), k)
+
+
+def _cut(p: bytes, budget: int) -> int:
+    """tc_topn_cut: the budget, moved back (at most 3 bytes) to the start of a UTF-8 character."""
+    if len(p) <= budget:
+        return len(p)
+    n = budget
+    back = 0
+    while back < 3 and n > 0 and p[n] & 0xC0 == 0x80:
+        n -= 1
+        back += 1
+    return n
+
+
+# classes of tc_key_seq (tc_window.h)
+SEQ_FIRST, SEQ_NEXT, SEQ_GAP, SEQ_DUPLICATE, SEQ_REORDER, SEQ_RESTART = range(6)
+
+
+def seq_step(last: int | None, n: int) -> tuple[int, int, int]:
+    """tc_key_seq: (class, new baseline, numbers skipped) for sequence number n after `last`
+    (None: no baseline yet)."""
+    if last is None:
+        return SEQ_FIRST, n, 0
+    if n > last:
+        skipped = n - last - 1
+        if skipped == 0:
+            return SEQ_NEXT, n, 0
+        if skipped > SEQ_MAX_GAP:
+            return SEQ_RESTART, n, 0
+        return SEQ_GAP, n, skipped
+    if n == last:
+        return SEQ_DUPLICATE, last, 0
+    if n <= 1 or last - n > SEQ_MAX_REORDER:
+        return SEQ_RESTART, n, 0
+    return SEQ_REORDER, last, 0
+
+
+class _Pane:
+    __slots__ = ("count", "sum", "m2", "min", "max", "first")
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class _Key:
+    __slots__ = ("device", "sensor", "panes", "newest", "last", "last_ts", "newest_first_ts",
+                 "unit", "seq")
+
+    def __init__(self, device: str, sensor: str, panes: int) -> None:
+        self.device = device
+        self.sensor = sensor
+        self.panes = [_Pane() for _ in range(panes)]
+        self.newest: int | None = None
+        self.last = 0.0
+        self.last_ts = -math.inf
+        self.newest_first_ts = 0.0
+        self.unit: str | None = None
+        self.seq: int | None = None  # the sequence baseline (tc_key.last_seq / has_seq)
+
+    def add(self, interval: int, ts: float, x: float) -> None:
+        n_panes = len(self.panes)
+        if self.newest is None or interval > self.newest:
+            start = interval if self.newest is None else self.newest + 1
+            start = max(start, interval - n_panes + 1)
+            for j in range(start, interval + 1):
+                self.panes[j % n_panes].count = 0
+            self.newest = interval
+        p = self.panes[interval % n_panes]
+        if p.count == 0:
+            p.count, p.sum, p.m2, p.min, p.max, p.first = 1, x, 0.0, x, x, x
+            self.newest_first_ts = ts
+        else:
+            n = float(p.count)
+            mean_old = p.sum / n
+            delta = x - mean_old
+            p.sum += x
+            p.count += 1
+            p.m2 += delta * (x - p.sum / (n + 1.0))
+            if x < p.min:
+                p.min = x
+            if x > p.max:
+                p.max = x
+            if ts < self.newest_first_ts:
+                p.first = x
+                self.newest_first_ts = ts
+        if ts >= self.last_ts:
+            self.last = x
+            self.last_ts = ts
+
+    def aggregate(self, tick: int):
+        """(count, sum, m2, min, max, first) over intervals [tick-P, tick-1], or None."""
+        n_panes = len(self.panes)
+        if self.newest is None or self.newest < tick - n_panes:
+            return None
+        lo = max(tick - n_panes, self.newest - n_panes + 1)
+        n = 0
+        for j in range(lo, self.newest + 1):
+            p = self.panes[j % n_panes]
+            if p.count == 0:
+                continue
+            if n == 0:
+                n, total, m2, mn, mx, first = p.count, p.sum, p.m2, p.min, p.max, p.first
+                continue
+            na, nb = float(n), float(p.count)
+            delta = p.sum / nb - total / na
+            m2 += p.m2 + delta * delta * (na * nb / (na + nb))
+            total += p.sum
+            n += p.count
+            if p.min < mn:
+                mn = p.min
+            if p.max > mx:
+                mx = p.max
+        if n == 0:
+            return None
+        return n, total, m2, mn, mx, first
+
+
+class Engine:
+    """Exact sliding-window aggregates per (device, sensor) over CBOR payloads (pure Python)."""
+
+    def __init__(self, window=60.0, emit_every=5.0, max_keys=1_000_000, key_ttl=300.0,
+                 max_payload_bytes=65536, max_name_bytes=256):
+        cfg = check_config(window, emit_every, max_keys, key_ttl, max_payload_bytes,
+                           max_name_bytes)
+        self.window = cfg.window
+        self.emit_every = cfg.emit_every
+        self.key_ttl = cfg.key_ttl
+        self.max_keys = cfg.max_keys
+        self.max_payload_bytes = cfg.max_payload_bytes
+        self.max_name_bytes = cfg.max_name_bytes
+        self._panes = cfg.panes
+        self._keys: dict[tuple[str, str], _Key] = {}
+        self._started = False
+        self._closed = 0
+        self._newest_data: int | None = None
+        self._pending: list[Aggregate] = []
+        self._received = self._payloads = self._readings = 0
+        self._evicted = self._ticks = self._aggregates = 0
+        self._drops = dict.fromkeys(ENGINE_REASONS, 0)
+        self._seq_events = [0] * 6
+        self._seq_gaps = 0
+        self._top_drops, self._top_gaps, self._top_late = TopN(), TopN(), TopN()
+
+    # ---- readings ----
+
+    def _accept(self, reading: Reading, ts: float, interval: int) -> bool:
+        if self._started and interval < self._closed:
+            self._drops["late"] += 1
+            self._top_late.add_pair(_utf8(reading.device), _utf8(reading.sensor))
+            return False
+        self._advance(interval)
+        key = self._keys.get((reading.device, reading.sensor))
+        if key is None:
+            if len(self._keys) >= self.max_keys:
+                self._drops["key_limit"] += 1
+                self._top_drops.add_pair(_utf8(reading.device), _utf8(reading.sensor))
+                return False
+            key = self._keys[(reading.device, reading.sensor)] = _Key(
+                reading.device, reading.sensor, self._panes)
+        if ts >= key.last_ts:
+            key.unit = reading.unit
+        if reading.seq is not None:
+            seq_class, key.seq, skipped = seq_step(key.seq, reading.seq)
+            self._seq_events[seq_class] += 1
+            if seq_class == SEQ_GAP:
+                self._seq_gaps += skipped
+                self._top_gaps.add_pair(_utf8(reading.device), _utf8(reading.sensor), skipped)
+        key.add(interval, ts, reading.value)
+        if self._newest_data is None or interval > self._newest_data:
+            self._newest_data = interval
+        self._readings += 1
+        return True
+
+    def _push_one(self, payload, ts: float, interval: int, topic: bytes = NO_TOPIC) -> int:
+        self._received += 1
+        if len(payload) > self.max_payload_bytes:
+            self._drops["oversize"] += 1
+            self._top_drops.add(topic)
+            return 0
+        decoded = decode(payload, self.max_name_bytes)
+        if decoded.status != "ok":
+            self._drops["decode_error"] += 1
+            self._top_drops.add(topic)
+            return 0
+        self._payloads += 1
+        if decoded.schema_mismatch or decoded.non_finite:
+            self._drops["schema_mismatch"] += decoded.schema_mismatch
+            self._drops["non_finite"] += decoded.non_finite
+            self._top_drops.add(topic, decoded.schema_mismatch + decoded.non_finite)
+        return sum(self._accept(r, ts, interval) for r in decoded.readings)
+
+    # ---- clock ----
+
+    def _advance(self, interval: int) -> None:
+        if not self._started:
+            self._started = True
+            self._closed = interval
+            return
+        if interval <= self._closed:
+            return
+        tick = self._closed + 1
+        if self._newest_data is None:
+            last_emitting = tick - 1
+        else:
+            last_emitting = min(interval, self._newest_data + self._panes)
+        while tick <= last_emitting:
+            self._scan(tick, emit=True)
+            tick += 1
+        if tick <= interval:
+            self._scan(interval, emit=False)
+        self._ticks += interval - self._closed
+        self._closed = interval
+
+    def _scan(self, tick: int, emit: bool) -> None:
+        tick_time = float(tick) * self.emit_every
+        window_start = float(tick - self._panes) * self.emit_every
+        evict = []
+        for name, key in self._keys.items():
+            if emit:
+                agg = key.aggregate(tick)
+                if agg is not None:
+                    n, total, m2, mn, mx, first = agg
+                    self._pending.append(Aggregate(
+                        key.device, key.sensor, key.unit, window_start, tick_time, n, total,
+                        total / float(n), mn, mx, math.sqrt(m2 / float(n)), first, key.last))
+                    self._aggregates += 1
+            if tick_time - key.last_ts >= self.key_ttl:
+                evict.append(name)
+        for name in evict:
+            del self._keys[name]
+        self._evicted += len(evict)
+
+    # ---- public API ----
+
+    def push(self, payload, ts: float) -> int:
+        """Decodes one CBOR payload that arrived at `ts`; returns the readings accepted."""
+        return self.push_many((payload,), ts)
+
+    def push_many(self, payloads, ts: float) -> int:
+        """Decodes a batch of payloads taken at one clock reading; returns readings accepted."""
+        interval = interval_of(ts, self.emit_every)
+        ts = float(ts)
+        items = [_as_bytes(p) for p in payloads]
+        return sum(self._push_one(p, ts, interval) for p in items)
+
+    def drain(self, ring, max_records: int = 4096) -> int:
+        """Consumes up to max_records records from the ingest ring (this thread must be the
+        ring's only consumer) and processes their payloads, each at its own arrival ts.
+        Returns the number of records consumed."""
+        records = ring.pop_many(max_records)
+        for ts, topic, payload in records:
+            self._push_one(payload, ts, interval_of(ts, self.emit_every), topic)
+        return len(records)
+
+    def push_reading(self, device: str, sensor: str, value, ts: float, unit=None,
+                     seq=None) -> None:
+        """Adds one reading given as Python values (`seq`: the payload's optional `n`). Bad
+        values are counted drops like bad payloads (schema_mismatch, non_finite); wrong argument
+        types raise TypeError."""
+        interval = interval_of(ts, self.emit_every)
+        reading_or_reason = check_reading(device, sensor, value, unit, self.max_name_bytes, seq)
+        if isinstance(reading_or_reason, str):
+            self._drops[reading_or_reason] += 1
+            self._top_drops.add(NO_TOPIC)
+            return
+        self._accept(reading_or_reason, float(ts), interval)
+
+    def tick(self, now: float) -> list[Aggregate]:
+        """Closes every aligned tick <= now and returns the aggregates of all ticks closed since
+        the last call, oldest tick first."""
+        interval = interval_of(now, self.emit_every)
+        if not self._started or interval > self._closed:
+            self._advance(interval)
+        out, self._pending = self._pending, []
+        return out
+
+    def open_readings(self) -> int:
+        """Readings accepted in the interval no tick has closed yet: they are in no aggregate
+        returned so far (docs/windows.md, "Stopping"). O(live keys)."""
+        if not self._started:
+            return 0
+        n_panes = self._panes
+        return sum(key.panes[self._closed % n_panes].count for key in self._keys.values()
+                   if key.newest == self._closed)
+
+    def stats(self) -> dict:
+        return {
+            "received": self._received,
+            "payloads": self._payloads,
+            "readings": self._readings,
+            "drops": dict(self._drops),
+            "live_keys": len(self._keys),
+            "evicted": self._evicted,
+            "state_bytes": _state_bytes(self._keys),
+            "ticks": self._ticks,
+            "aggregates": self._aggregates,
+            "pending": len(self._pending),
+            "closed_tick": self._closed * self.emit_every if self._started else None,
+            "seq": {
+                "gaps": self._seq_gaps,
+                "duplicates": self._seq_events[SEQ_DUPLICATE],
+                "reorders": self._seq_events[SEQ_REORDER],
+                "restarts": self._seq_events[SEQ_RESTART],
+            },
+            "offenders": {
+                "drops": self._top_drops.top(TOP_OFFENDERS),
+                "gaps": self._top_gaps.top(TOP_OFFENDERS),
+                "late": self._top_late.top(TOP_OFFENDERS),
+            },
+        }
+
+
+def _utf8(name: str) -> bytes:
+    return name.encode("utf-8")
+
+
+def _as_bytes(payload) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, (bytearray, memoryview)):
+        return bytes(payload)
+    raise TypeError(f"payload must be bytes-like, not {type(payload).__name__}")
+
+
+def _state_bytes(keys: dict) -> int:
+    # Python objects: an estimate of what the twin holds, not comparable with the C figure
+    total = sys.getsizeof(keys)
+    for key in keys.values():
+        total += sys.getsizeof(key) + sum(sys.getsizeof(p) for p in key.panes)
+    return total

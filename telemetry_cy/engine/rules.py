@@ -1,0 +1,129 @@
+"""What the compiled engine and its pure-Python twin share: configuration checks and the
+aggregate field list. Kept in Python so both twins reject the same settings with the same words."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple
+
+from telemetry_cy.engine.cbor_fallback import check_element
+
+AGGREGATE_FIELDS: tuple[str, ...] = (
+    "device", "sensor", "unit", "window_start", "window_end", "count", "sum", "mean", "min",
+    "max", "stddev", "first", "last",
+)
+
+#: A window longer than this many emit intervals would make each key's pane ring large; the
+#: per-key state budget (docs/performance.md) assumes the default 12.
+MAX_PANES = 4096
+#: Dense indices are 32-bit in the compiled table.
+MAX_KEYS_LIMIT = 2**32 - 2
+
+
+class EngineConfig(NamedTuple):
+    window: float
+    emit_every: float
+    panes: int
+    max_keys: int
+    key_ttl: float
+    max_payload_bytes: int
+    max_name_bytes: int
+
+
+def _positive_number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
+    return value
+
+
+def _count(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def check_config(window, emit_every, max_keys, key_ttl, max_payload_bytes,
+                 max_name_bytes) -> EngineConfig:
+    window = _positive_number("window", window)
+    emit_every = _positive_number("emit_every", emit_every)
+    key_ttl = _positive_number("key_ttl", key_ttl)
+    ratio = window / emit_every
+    panes = round(ratio)
+    if panes < 1 or abs(ratio - panes) > 1e-9 * ratio:
+        raise ValueError(
+            f"window ({window:g} s) must be a whole multiple of emit_every ({emit_every:g} s)")
+    if panes > MAX_PANES:
+        raise ValueError(f"window / emit_every must be at most {MAX_PANES}, got {panes}")
+    if key_ttl < window:
+        raise ValueError(f"key_ttl ({key_ttl:g} s) must be >= window ({window:g} s)")
+    return EngineConfig(
+        window=window,
+        emit_every=emit_every,
+        panes=panes,
+        max_keys=_count("max_keys", max_keys, 1, MAX_KEYS_LIMIT),
+        key_ttl=key_ttl,
+        max_payload_bytes=_count("max_payload_bytes", max_payload_bytes, 1, 2**31 - 1),
+        max_name_bytes=_count("max_name_bytes", max_name_bytes, 1, 65535),
+    )
+
+
+#: ts / emit_every must stay well inside an int64 interval index.
+MAX_INTERVAL = 4.0e18
+
+
+def interval_of(ts: float, emit_every: float) -> int:
+    """The emit interval a timestamp falls in: floor(ts / emit_every) in IEEE double."""
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+        raise TypeError(f"ts must be a number of seconds, got {type(ts).__name__}")
+    ts = float(ts)
+    if not math.isfinite(ts):
+        raise ValueError(f"ts must be a finite number of seconds, got {ts!r}")
+    q = math.floor(ts / emit_every)
+    if abs(q) > MAX_INTERVAL:
+        raise ValueError(f"ts {ts!r} is out of range")
+    return q
+
+
+def check_reading(device, sensor, value, unit, max_name_bytes: int, seq=None):
+    """Validates a reading given as Python values (``Engine.push_reading``) by the same rules as
+    a decoded payload element (``seq`` is its ``n``). Returns a ``Reading`` or the drop reason."""
+    if not isinstance(device, str) or not isinstance(sensor, str):
+        raise TypeError("device and sensor must be str")
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+        value = float(value)  # numpy scalars and friends
+    elem = {"d": device, "s": sensor, "v": value}
+    if unit is not None:
+        elem["u"] = unit
+    if seq is not None:
+        elem["n"] = seq
+    return check_element(elem, max_name_bytes)
+
+
+# ---- sequence numbers and offenders (docs/windows.md, "Sequence numbers and offenders") ----------
+
+#: A backward step of at most this much is a reorder (TC_SEQ_MAX_REORDER in tc_window.h).
+SEQ_MAX_REORDER = 1024
+#: A forward step skipping more numbers than this is a restart, not a gap (TC_SEQ_MAX_GAP).
+SEQ_MAX_GAP = 1 << 20
+#: Entries each space-saving summary keeps (TC_TOPN_CAP in tc_topn.h) ...
+TOPN_CAPACITY = 32
+#: ... the bytes of a name it keeps (TC_TOPN_NAME_BYTES) ...
+TOPN_NAME_BYTES = 96
+#: ... and how many of them ``stats()`` reports.
+TOP_OFFENDERS = 10
+#: The offender name of a payload-level drop that came without an MQTT topic.
+NO_TOPIC = b"-"
+
+
+def top_entries(entries, k: int) -> list[tuple[str, int, int]]:
+    """The k largest summary entries as ``(name, count, error_bound)``: by count, ties by name
+    bytes. Names are decoded as UTF-8 (device and sensor always are; a topic with bad bytes gets
+    U+FFFD in their place)."""
+    ranked = sorted(entries, key=lambda e: (-e[1], e[0]))[:k]
+    return [(name.decode("utf-8", "replace"), count, error) for name, count, error in ranked]

@@ -1,0 +1,405 @@
+"""Settings of `telemetry-cy run`: one table, four layers.
+
+Each setting has a default, may be set in the TOML file given with ``--config`` (top-level keys, or
+grouped in tables such as ``[mqtt]`` whose keys are prefixed with the table name), overridden by an
+environment variable ``TELEMETRY_CY_<NAME>``, overridden by a command-line flag ``--<name>``.
+A bad value stops the program at start with one line naming the setting and where it came from.
+``docs/configuration.md`` lists the same table (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names it."""
+
+
+# ---- value parsers --------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SIZE = re.compile(r"^\s*([0-9]+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1 << 20, "mb": 10**6,
+               "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from 500ms, 5s, 1m, 2h or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 500ms, 5s or 1m")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(f"expected a duration such as 500ms, 5s or 1m, got {value!r}")
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"expected a non-negative duration, got {value!r}")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from 65536, 64KiB, 16MiB, 1GiB (k/m/g are binary units)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 65536 or 16MiB")
+    if isinstance(value, int):
+        size = value
+    else:
+        m = _SIZE.match(str(value))
+        if not m:
+            raise ValueError(f"expected a size such as 65536 or 16MiB, got {value!r}")
+        size = int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower() or None]
+    if size < 0:
+        raise ValueError(f"expected a non-negative size, got {value!r}")
+    return size
+
+
+def parse_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).replace("_", ""))
+    except ValueError:
+        raise ValueError(f"expected an integer, got {value!r}") from None
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def parse_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def parse_list(value: Any) -> list[str]:
+    """A TOML array of strings, or a comma-separated string (environment variables)."""
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    items = [v for v in items if v]
+    if not items:
+        raise ValueError("expected at least one value")
+    return items
+
+
+def parse_port(value: Any) -> int:
+    port = parse_int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"expected a TCP port 0..65535, got {value!r}")
+    return port
+
+
+def choice(*options: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
+        return text
+    parse.__doc__ = " | ".join(options)
+    return parse
+
+
+def at_least(parse: Callable[[Any], Any], low) -> Callable[[Any], Any]:
+    def checked(value: Any):
+        result = parse(value)
+        if result < low:
+            raise ValueError(f"must be at least {low}, got {value!r}")
+        return result
+    return checked
+
+
+# ---- the table --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    kind: str = "str"           # shown in --help and the docs: str, int, duration, size, ...
+    secret: bool = False        # never printed: not in logs, stats, errors or --print-config
+    repeatable: bool = False    # a flag that may be given several times (lists)
+    group: str = "general"
+
+    @property
+    def env(self) -> str:
+        return "TELEMETRY_CY_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _s(name, parse, default, help, kind="str", **kw) -> Setting:
+    return Setting(name, parse, default, help, kind, **kw)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # MQTT
+    _s("mqtt_url", parse_str, "mqtt://127.0.0.1:1883",
+       "broker URL: mqtt://host:port or mqtts://host:port (TLS)", group="mqtt"),
+    _s("topic", parse_list, ["site/+/sensor/+"],
+       "topic filter to subscribe to; repeat for several; $share/group/... for shared "
+       "subscriptions", "list", repeatable=True, group="mqtt"),
+    _s("qos", lambda v: int(choice("0", "1")(v)), 1, "subscription QoS (0 or 1)", "0|1",
+       group="mqtt"),
+    _s("client_id", parse_str, "", "MQTT client id; needed for a persistent session "
+       "(empty: a generated one)", group="mqtt"),
+    _s("session_expiry", parse_duration, 0.0, "keep the broker session this long after a "
+       "disconnect so queued QoS 1 messages survive a restart (0 = clean session)", "duration",
+       group="mqtt"),
+    _s("mqtt_protocol", choice("5", "3.1.1"), "5", "MQTT protocol version", "5|3.1.1",
+       group="mqtt"),
+    _s("mqtt_keepalive", at_least(parse_duration, 1.0), 30.0, "MQTT keepalive", "duration",
+       group="mqtt"),
+    _s("mqtt_username", parse_str, "", "MQTT user name", group="mqtt"),
+    _s("mqtt_password", parse_str, "", "MQTT password (prefer mqtt_password_file)",
+       secret=True, group="mqtt"),
+    _s("mqtt_password_file", parse_str, "", "file holding the MQTT password", "path",
+       group="mqtt"),
+    _s("mqtt_ca_file", parse_str, "", "CA bundle to verify the broker (TLS)", "path",
+       group="mqtt"),
+    _s("mqtt_cert_file", parse_str, "", "client certificate (TLS)", "path", group="mqtt"),
+    _s("mqtt_key_file", parse_str, "", "client key (TLS)", "path", group="mqtt"),
+    _s("max_payload_bytes", at_least(parse_size, 1), 65536,
+       "larger payloads are dropped and counted as oversize", "size", group="mqtt"),
+    _s("ring_bytes", at_least(parse_size, 4096), 16 << 20,
+       "ingest ring between the network and engine threads (rounded up to a power of two)",
+       "size", group="mqtt"),
+    # NATS
+    _s("nats_url", parse_str, "nats://127.0.0.1:4222",
+       "NATS server URL(s), comma-separated; tls:// for TLS", group="nats"),
+    _s("subject_prefix", parse_str, "agg", "subjects are <prefix>.<device>.<sensor>",
+       group="nats"),
+    _s("format", choice("json", "cbor"), "json", "aggregate body encoding", "json|cbor",
+       group="nats"),
+    _s("jetstream", parse_bool, False, "publish with JetStream acks and Nats-Msg-Id "
+       "deduplication", "bool", group="nats"),
+    _s("nats_user", parse_str, "", "NATS user name", group="nats"),
+    _s("nats_password", parse_str, "", "NATS password (prefer nats_password_file)",
+       secret=True, group="nats"),
+    _s("nats_password_file", parse_str, "", "file holding the NATS password", "path",
+       group="nats"),
+    _s("nats_token", parse_str, "", "NATS token (prefer nats_token_file)", secret=True,
+       group="nats"),
+    _s("nats_token_file", parse_str, "", "file holding the NATS token", "path", group="nats"),
+    _s("nats_creds_file", parse_str, "", "NATS credentials file (JWT + nkey)", "path",
+       group="nats"),
+    _s("nats_ca_file", parse_str, "", "CA bundle to verify the NATS server (TLS)", "path",
+       group="nats"),
+    _s("nats_cert_file", parse_str, "", "client certificate for NATS (TLS)", "path",
+       group="nats"),
+    _s("nats_key_file", parse_str, "", "client key for NATS (TLS)", "path", group="nats"),
+    _s("emit_backlog_batches", at_least(parse_int, 1), 64,
+       "tick batches held while NATS is slow or down; beyond: drop the oldest "
+       "(emit_backlog)", "int", group="nats"),
+    _s("emit_backlog_bytes", at_least(parse_size, 1024), 64 << 20,
+       "bytes held while NATS is slow or down", "size", group="nats"),
+    # windows
+    _s("window", parse_duration, 60.0, "window length (a whole multiple of emit_every)",
+       "duration", group="windows"),
+    _s("emit_every", parse_duration, 5.0, "tick period: aggregates are emitted at multiples "
+       "of it", "duration", group="windows"),
+    _s("max_keys", at_least(parse_int, 1), 1_000_000, "most live (device, sensor) keys; "
+       "new keys beyond are dropped (key_limit)", "int", group="windows"),
+    _s("key_ttl", parse_duration, 300.0, "a key idle this long is evicted (>= window)",
+       "duration", group="windows"),
+    _s("max_name_bytes", at_least(parse_int, 1), 256, "longest device, sensor or unit name "
+       "in bytes (longer: schema_mismatch)", "int", group="windows"),
+    # operations
+    _s("stats_every", parse_duration, 10.0, "period of the structured stats log line "
+       "(0 = never)", "duration", group="operations"),
+    _s("log_format", choice("text", "json"), "text", "log line format", "text|json",
+       group="operations"),
+    _s("start_timeout", parse_duration, 0.0, "exit with code 3 when MQTT or NATS is not "
+       "connected this long after start (0 = keep retrying with backoff)", "duration",
+       group="operations"),
+    _s("shutdown_deadline", parse_duration, 10.0, "on SIGTERM, how long to wait for the "
+       "final flush to NATS", "duration", group="operations"),
+    _s("metrics_port", parse_port, 0, "serve Prometheus /metrics and /healthz on this TCP "
+       "port (0 = off)", "int", group="operations"),
+    _s("metrics_host", parse_str, "127.0.0.1", "address the metrics port listens on "
+       "(0.0.0.0 or :: for every interface)", group="operations"),
+    _s("health_stale_after", at_least(parse_duration, 1.0), 30.0, "/healthz answers 503 when "
+       "MQTT or NATS has been down, or the engine thread has not looped, for longer than this",
+       "duration", group="operations"),
+)
+
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass
+class Config:
+    values: dict[str, Any]
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def redacted(self) -> dict[str, Any]:
+        """The values with every secret replaced: safe to log."""
+        return {k: ("***" if BY_NAME[k].secret and v else v) for k, v in self.values.items()}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML file of settings")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for s in SETTINGS:
+        group = groups.get(s.group) or groups.setdefault(
+            s.group, parser.add_argument_group(f"{s.group} settings"))
+        default = ", ".join(s.default) if isinstance(s.default, list) else s.default
+        help_text = f"{s.help} [{s.kind}; default: {default!s}; env {s.env}]"
+        group.add_argument(s.flag, dest=s.name, metavar=s.kind.upper(), help=help_text,
+                           action="append" if s.repeatable else "store", default=None)
+
+
+def _flatten_toml(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}".replace("-", "_")
+        if isinstance(value, dict):
+            flat.update(_flatten_toml(value, f"{name}_"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _toml_name(name: str) -> str:
+    # [mqtt] url = ... reads as mqtt_url; [nats] url as nats_url; plain names stay plain
+    return name if name in BY_NAME else {"mqtt_topics": "topic", "topics": "topic"}.get(name, name)
+
+
+def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Resolves every setting: default < TOML file < environment < flags."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, tuple[Any, str]] = {s.name: (s.default, "default") for s in SETTINGS}
+    path = getattr(args, "config", None) if args is not None else None
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+        for name, value in _flatten_toml(data).items():
+            name = _toml_name(name)
+            if name not in BY_NAME:
+                raise ConfigError(f"config: unknown setting {name!r} in {path}")
+            raw[name] = (value, f"config file {path}")
+    for s in SETTINGS:
+        if s.env in environ:
+            raw[s.name] = (environ[s.env], f"environment {s.env}")
+    if args is not None:
+        for s in SETTINGS:
+            value = getattr(args, s.name, None)
+            if value is not None:
+                raw[s.name] = (value, f"flag {s.flag}")
+    values, sources = {}, {}
+    for s in SETTINGS:
+        value, source = raw[s.name]
+        try:
+            values[s.name] = s.parse(value)
+        except ValueError as exc:
+            # a secret's value never reaches a message, not even a wrong one
+            reason = "invalid value" if s.secret else str(exc)
+            raise ConfigError(f"setting {s.name} ({source}): {reason}") from None
+        sources[s.name] = source
+    config = Config(values, sources)
+    _read_secret_files(config)
+    _check_creds_file(config)
+    _check_together(config)
+    return config
+
+
+def _read_secret_files(config: Config) -> None:
+    for secret, path_name in (("mqtt_password", "mqtt_password_file"),
+                              ("nats_password", "nats_password_file"),
+                              ("nats_token", "nats_token_file")):
+        path = config.values[path_name]
+        if not path:
+            continue
+        try:
+            config.values[secret] = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"setting {path_name}: cannot read {path}: {exc.strerror}") from None
+        config.sources[secret] = f"file {path}"
+
+
+def _check_creds_file(config: Config) -> None:
+    """A bad credentials file fails at start, not at every connect (emitter.check_creds_file)."""
+    path = config.values["nats_creds_file"]
+    if not path:
+        return
+    from telemetry_cy.sink.nats_emitter import check_creds_file
+    try:
+        check_creds_file(path)
+    except ValueError as exc:
+        raise ConfigError(f"setting nats_creds_file: {exc}") from None
+
+
+def _check_together(config: Config) -> None:
+    """Rules that tie settings together, checked with the engine's own validation."""
+    from telemetry_cy.engine.rules import check_config
+    from telemetry_cy.service.logs import redact_url
+
+    try:
+        check_config(config.window, config.emit_every, config.max_keys, config.key_ttl,
+                     config.max_payload_bytes, config.max_name_bytes)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"settings window/emit_every/key_ttl: {exc}") from None
+    if not config.mqtt_url.startswith(("mqtt://", "mqtts://")):
+        raise ConfigError(f"setting mqtt_url: expected mqtt://host:port or mqtts://host:port, "
+                          f"got {redact_url(config.mqtt_url)!r}")
+    if float(config.session_expiry) > 0 and not config.client_id:
+        raise ConfigError("setting session_expiry: a persistent session needs a fixed "
+                          "client_id (set --client-id)")
+
+
+def markdown_reference() -> str:
+    """The settings table of docs/configuration.md (``python -m telemetry_cy.service.config``)."""
+    lines = []
+    for group in dict.fromkeys(s.group for s in SETTINGS):
+        lines += [f"### {group.capitalize()}", "",
+                  "| setting | flag | environment | type | default | meaning |",
+                  "|---|---|---|---|---|---|"]
+        for s in (s for s in SETTINGS if s.group == group):
+            default = ", ".join(s.default) if isinstance(s.default, list) else s.default
+            default = "(empty)" if default == "" else f"`{default}`"
+            meaning = s.help + (" Repeatable." if s.repeatable else "") + (
+                " Secret: never printed." if s.secret else "")
+            kind = s.kind.replace("|", " or ")
+            lines.append(f"| `{s.name}` | `{s.flag}` | `{s.env}` | {kind} | {default} | "
+                         f"{meaning} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_reference())

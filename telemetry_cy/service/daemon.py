@@ -1,0 +1,291 @@
+"""`telemetry-cy run`: MQTT in, window aggregates out to NATS, bounded everywhere.
+
+Threads (docs/architecture.md): [1] the MQTT network thread (MqttSource) writes records into the
+ring; [2] the engine thread drains it and ticks; [3] the NATS thread publishes tick batches. This
+module is the main thread: it starts them (and, with metrics_port, the metrics server thread of
+telemetry_cy/service/metrics.py), logs a stats line every stats_every, and on SIGTERM or SIGINT stops them
+in data-flow order so nothing accepted goes unaccounted: stop reading MQTT, drain the ring, run the
+final tick (windows that have closed by then), count the readings of the interval still open
+(`open_readings`: in no aggregate), flush NATS within the deadline, print the final counters as
+one JSON object on stdout. A
+second signal exits at once. Under systemd (Type=notify) it reports readiness, status, watchdog
+pings and stopping through $NOTIFY_SOCKET (SystemdNotifier).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+from telemetry_cy import __version__
+from telemetry_cy.backend import ACTIVE
+from telemetry_cy.service import logs
+from telemetry_cy.reasons import DROP_REASONS
+
+# Exit codes (docs/deploy-raspberry-pi.md)
+EXIT_OK = 0
+EXIT_CONFIG = 2          # a setting is invalid, or the metrics port cannot be opened
+EXIT_UNREACHABLE = 3     # MQTT or NATS not connected within start_timeout
+EXIT_INTERNAL = 4        # a pipeline thread died
+EXIT_SIGNAL_TWICE = 130  # a second SIGINT/SIGTERM during shutdown
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(12, (n - 1).bit_length())
+
+
+class SystemdNotifier:
+    """sd_notify(3) without libsystemd: datagrams to $NOTIFY_SOCKET (deploy/telemetry-cy.service
+    runs us as Type=notify). READY=1 once started, STATUS= with each stats line, WATCHDOG=1 while
+    the engine thread keeps looping (when the unit sets WatchdogSec), STOPPING=1 on a signal.
+    Without NOTIFY_SOCKET every call is a no-op."""
+
+    def __init__(self, environ=None):
+        env = os.environ if environ is None else environ
+        addr = env.get("NOTIFY_SOCKET", "")
+        self._addr = "\0" + addr[1:] if addr.startswith("@") else addr
+        self._sock = None
+        watchdog_pid = env.get("WATCHDOG_PID", "")
+        usec = env.get("WATCHDOG_USEC", "")
+        mine = not watchdog_pid or watchdog_pid == str(os.getpid())
+        #: ping period: a quarter of the unit's WatchdogSec (0: no watchdog)
+        self.watchdog_every = int(usec) / 4e6 if usec.isdigit() and mine and self._addr else 0.0
+        self._next_ping = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._addr)
+
+    def notify(self, message: str) -> bool:
+        if not self._addr:
+            return False
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.sendto(message.encode("utf-8", "replace"), self._addr)
+            return True
+        except OSError:  # systemd gone or the socket not ours: nothing to tell
+            return False
+
+    def watchdog(self, alive: bool) -> None:
+        """Pings at most every watchdog_every; never when the pipeline is not alive, so
+        systemd restarts a stalled process after WatchdogSec."""
+        if not self.watchdog_every or not alive:
+            return
+        now = time.monotonic()
+        if now >= self._next_ping:
+            self.notify("WATCHDOG=1")
+            self._next_ping = now + self.watchdog_every
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+class Daemon:
+    def __init__(self, config, source_factory=None, emitter_factory=None):
+        from telemetry_cy.sink.nats_emitter import NatsEmitter
+        from telemetry_cy.engine.engine_thread import EngineThread
+        from telemetry_cy.source.mqtt import MqttSource
+
+        c = self.config = config
+        self.log = logs.get("daemon")
+        self.started_at = time.time()
+        self.ring = ACTIVE.ByteRing(_pow2_at_least(c.ring_bytes))
+        self.engine = ACTIVE.Engine(window=c.window, emit_every=c.emit_every, max_keys=c.max_keys,
+                             key_ttl=c.key_ttl, max_payload_bytes=c.max_payload_bytes,
+                             max_name_bytes=c.max_name_bytes)
+        self.emitter = (emitter_factory or NatsEmitter)(
+            servers=[u.strip() for u in c.nats_url.split(",") if u.strip()],
+            subject_prefix=c.subject_prefix, format=c.format, jetstream=c.jetstream,
+            max_backlog_batches=c.emit_backlog_batches, max_backlog_bytes=c.emit_backlog_bytes,
+            user=c.nats_user or None, password=c.nats_password or None,
+            token=c.nats_token or None, creds_file=c.nats_creds_file or None,
+            tls_ca_file=c.nats_ca_file or None, tls_cert_file=c.nats_cert_file or None,
+            tls_key_file=c.nats_key_file or None)
+        self.engine_thread = EngineThread(self.engine, self.ring, self.emitter.submit)
+        self.source = (source_factory or MqttSource)(
+            self.ring, url=c.mqtt_url, topics=c.topic, qos=c.qos,
+            client_id=c.client_id or None, session_expiry=c.session_expiry,
+            username=c.mqtt_username or None, password=c.mqtt_password or None,
+            ca_file=c.mqtt_ca_file or None, cert_file=c.mqtt_cert_file or None,
+            key_file=c.mqtt_key_file or None, protocol=5 if c.mqtt_protocol == "5" else 4,
+            max_payload_bytes=c.max_payload_bytes, keepalive=c.mqtt_keepalive)
+        self.stop_requested = threading.Event()
+        self.signals = 0
+        self.systemd = SystemdNotifier()
+        self.metrics = None
+        if c.metrics_port:
+            from telemetry_cy.service.metrics import MetricsServer
+            self.metrics = MetricsServer(self, c.metrics_host, c.metrics_port,
+                                         c.health_stale_after, version=__version__,
+                                         engine_kind=ACTIVE.name)
+
+    # ---- lifecycle ----
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signals += 1
+        if self.signals > 1:
+            # the operator insists: no drain, no flush
+            os._exit(EXIT_SIGNAL_TWICE)
+        self.log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
+        self.systemd.notify("STOPPING=1")
+        self.stop_requested.set()
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        c = self.config
+        self.log.info("starting", extra={"fields": {
+            "mqtt": logs.redact_url(c.mqtt_url), "topics": ",".join(c.topic),
+            "nats": ",".join(logs.redact_url(u) for u in c.nats_url.split(",")),
+            "window_s": c.window, "emit_every_s": c.emit_every}})
+        if self.metrics is not None:
+            try:
+                self.metrics.start()
+            except OSError as exc:
+                self.log.error("cannot listen on the metrics port", extra={"fields": {
+                    "host": c.metrics_host, "port": c.metrics_port, "error": exc.strerror}})
+                return EXIT_CONFIG
+            self.log.info("metrics listening", extra={"fields": {
+                "url": self.metrics.url + "/metrics", "health": self.metrics.url + "/healthz"}})
+        self.start()
+        code = self._wait_for_connections()
+        if code == EXIT_OK:
+            # with start_timeout 0 that is right away: MQTT and NATS connect in the background
+            self.systemd.notify("READY=1\nSTATUS=running")
+            code = self._serve()
+        self.systemd.notify("STOPPING=1")
+        self.shutdown()
+        self.systemd.close()
+        return code
+
+    def start(self) -> None:
+        """Starts the threads, downstream first, so each has a consumer when data arrives."""
+        self.emitter.start()
+        self.engine_thread.start()
+        self.source.start()
+
+    def _wait_for_connections(self) -> int:
+        timeout = self.config.start_timeout
+        if timeout <= 0:
+            return EXIT_OK
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stop_requested.is_set():
+            if self.source.stats().get("connected") and self.emitter.stats().get("connected"):
+                return EXIT_OK
+            time.sleep(0.05)
+        if self.stop_requested.is_set():
+            return EXIT_OK
+        missing = [name for name, part in (("MQTT", self.source), ("NATS", self.emitter))
+                   if not part.stats().get("connected")]
+        self.log.error("not connected within start_timeout", extra={"fields": {
+            "missing": ",".join(missing), "start_timeout_s": timeout}})
+        return EXIT_UNREACHABLE
+
+    def _serve(self) -> int:
+        every = self.config.stats_every
+        next_stats = time.monotonic() + every if every > 0 else float("inf")
+        while not self.stop_requested.is_set():
+            self.stop_requested.wait(min(0.5, max(0.0, next_stats - time.monotonic())))
+            if self.engine_thread.error is not None:
+                self.log.error("engine thread failed", exc_info=self.engine_thread.error)
+                return EXIT_INTERNAL
+            if self.systemd.watchdog_every:
+                self.systemd.watchdog(self._engine_looping())
+            if time.monotonic() >= next_stats:
+                line = self.stats_line()
+                self.log.info("stats", extra={"fields": line})
+                if self.systemd.enabled:
+                    status = " ".join(f"{k}={line[k]}" for k in ("received", "published",
+                                                                 "live_keys", "mqtt", "nats"))
+                    self.systemd.notify(f"STATUS={status} drops={sum(line['drops'].values())}")
+                next_stats += every
+        return EXIT_OK
+
+    def _engine_looping(self) -> bool:
+        """The engine thread is alive and has published a stats snapshot (it does so from its
+        loop every 0.25 s) within health_stale_after."""
+        if not self.engine_thread.is_alive():
+            return False
+        beat = self.engine_thread.stats().get("heartbeat")
+        return beat is None or time.monotonic() - beat <= self.config.health_stale_after
+
+    def shutdown(self) -> None:
+        """Stops in data-flow order; each stage finishes what the previous one handed over."""
+        self.source.stop()
+        self.engine_thread.stop()
+        self.emitter.stop(self.config.shutdown_deadline)
+        if self.metrics is not None:  # served until here: the drain can be watched
+            self.metrics.stop()
+
+    # ---- counters ----
+
+    def counters(self) -> dict:
+        """Whole-pipeline counters. Balance rules (docs/architecture.md):
+        received == payloads + drops[oversize] + drops[decode_error] + drops[ingest_full]
+        readings of decoded payloads == readings + schema_mismatch + non_finite + key_limit + late
+        aggregates == published + drops[emit_backlog] + backlog
+        at stop, open_readings = readings of the interval no tick closed (in no aggregate); with
+        window == emit_every: readings == sum of published counts + open_readings + (readings of
+        aggregates dropped as emit_backlog)"""
+        src, eng, emi = self.source.stats(), self.engine_thread.stats(), self.emitter.stats()
+        drops = dict.fromkeys(DROP_REASONS, 0)
+        for part in (src, eng, emi):
+            for reason, n in part.get("drops", {}).items():
+                drops[reason] += n
+        out = {
+            "received": src.get("received", 0),
+            "payloads": eng.get("payloads", 0),
+            "readings": eng.get("readings", 0),
+            "drops": drops,
+            "aggregates": eng.get("aggregates", 0),
+            "published": emi.get("published", 0),
+            "backlog": emi.get("backlog_aggregates", 0),
+            "live_keys": eng.get("live_keys", 0),
+            "evicted": eng.get("evicted", 0),
+            "open_readings": eng.get("open_readings", 0),
+            "state_bytes": eng.get("state_bytes", 0),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "mqtt": {k: src.get(k) for k in ("connected", "connects", "disconnects",
+                                             "disconnected_seconds")},
+            "nats": {k: emi.get(k) for k in ("connected", "reconnects", "disconnected_seconds",
+                                               "stalled_flushes", "too_large")},
+        }
+        # engines with sequence accounting and offender summaries (docs/windows.md)
+        for name in ("seq", "offenders"):
+            if name in eng:
+                out[name] = eng[name]
+        return out
+
+    def stats_line(self) -> dict:
+        c = self.counters()
+        line = {
+            "received": c["received"], "decoded": c["payloads"], "readings": c["readings"],
+            "emitted": c["aggregates"], "published": c["published"],
+            "drops": {k: v for k, v in c["drops"].items() if v},
+            "ring_bytes": self.ring.used_bytes, "backlog": c["backlog"],
+            "live_keys": c["live_keys"], "state_bytes": c["state_bytes"],
+            "mqtt": "up" if c["mqtt"]["connected"] else "down",
+            "nats": "up" if c["nats"]["connected"] else "down",
+        }
+        seq = {k: v for k, v in (c.get("seq") or {}).items() if v}
+        if seq:
+            line["seq"] = seq
+        for kind, top in (c.get("offenders") or {}).items():
+            if top:  # the three heaviest names, as name: count
+                line[f"top_{kind}"] = {entry[0]: entry[1] for entry in top[:3]}
+        return line
+
+
+def main(config) -> int:
+    logs.setup(config.log_format)
+    daemon = Daemon(config)
+    code = daemon.run()
+    print(json.dumps(daemon.counters(), separators=(",", ":")), flush=True)
+    return code

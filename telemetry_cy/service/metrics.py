@@ -1,0 +1,419 @@
+"""Prometheus metrics and a health check for `telemetry-cy run --metrics-port N` (docs/metrics.md).
+
+Nothing here runs on the hot path. The pipeline threads already publish their counters as
+snapshots (`MqttSource.stats()`, `EngineThread.stats()`, `NatsEmitter.stats()`); a custom
+collector reads them when Prometheus scrapes, so a scrape costs three dict copies and the message
+path costs nothing. The two histograms take one observation per tick (tick duration, on the
+engine thread) and one per published tick batch (delay, on the NATS thread), never per message.
+
+One HTTP server thread serves `/metrics` and `/healthz` on the same port. It is the standard
+library's single-threaded `HTTPServer`, not prometheus_client's `start_http_server`: that one is
+a WSGI server that starts a thread per request and serves only its own app (a second route means
+wrapping it), while a scraper and a health probe every few seconds need neither; and
+`serve_forever`'s poll loop gives
+the health check a steady sampling tick (`service_actions`) on that same thread, so the health
+state has one writer and no lock. Each connection is closed after its response (HTTP/1.0) and a
+silent client is cut after `REQUEST_TIMEOUT_S`, so one bad client cannot hold the port for long.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from telemetry_cy.reasons import DROP_REASONS
+
+log = logging.getLogger("telemetry_cy.service.metrics")
+
+#: Tick duration buckets (seconds): a few hundred microseconds for a thousand keys, about half a
+#: second for a million (docs/performance.md), more on a Raspberry Pi or with the pure twin.
+TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0)
+#: Window end to NATS confirmation (seconds): normally well under the engine's 0.1 s park plus a
+#: flush round trip; minutes while NATS is down and the backlog holds the batches.
+DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                 300.0, 900.0)
+#: How often the HTTP thread samples the connection states between requests.
+SAMPLE_EVERY_S = 0.25
+REQUEST_TIMEOUT_S = 10.0
+
+
+class Buckets:
+    """A histogram's counts with one writer thread and any number of readers.
+
+    ``observe`` replaces one immutable ``(counts, sum)`` tuple, so a reader always sees a
+    consistent pair (count == +Inf bucket, sum of the same observations) without a lock."""
+
+    def __init__(self, bounds: Sequence[float]):
+        self.bounds = tuple(sorted(float(b) for b in bounds))
+        self._state: tuple[tuple[int, ...], float] = ((0,) * (len(self.bounds) + 1), 0.0)
+
+    def observe(self, value: float) -> None:
+        counts, total = self._state
+        i = bisect.bisect_left(self.bounds, value)  # le is inclusive: value <= bound
+        new = list(counts)
+        new[i] += 1
+        self._state = (tuple(new), total + value)
+
+    def snapshot(self) -> tuple[list[tuple[str, int]], float, int]:
+        """Cumulative buckets as ``[(le, count)]`` ending with ``+Inf``, the sum, the count."""
+        counts, total = self._state
+        out, running = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), counts):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out, total, running
+
+
+# ---- health -------------------------------------------------------------------------------------
+
+
+class _Outage:
+    """How long a connection has been down, from the samples of its ``connected`` flag and its
+    own cumulative ``disconnected_seconds`` clock (which dates a drop between two samples
+    exactly, unless it came back and dropped again within one sample period)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None   # monotonic start of the current outage
+        self._prev: tuple[bool, float, int, float] | None = None
+
+    def update(self, connected: bool, down_total: float, ups: int, now: float) -> None:
+        prev = self._prev
+        if connected:
+            self.since = None
+        elif prev is None:
+            self.since = now - max(0.0, down_total)   # first look: down since it started
+        elif prev[0] or ups != prev[2] or self.since is None:
+            # it went down after the previous sample
+            self.since = now - min(max(0.0, down_total - prev[1]), now - prev[3])
+        self._prev = (connected, down_total, ups, now)
+
+    def seconds(self, now: float) -> float:
+        return 0.0 if self.since is None else max(0.0, now - self.since)
+
+
+class Health:
+    """Healthy unless MQTT or NATS has been down, or the engine thread has not looped (its stats
+    heartbeat), for longer than ``stale_after`` seconds; or the engine thread died; or the
+    daemon is stopping. ``sample`` and ``check`` are called from one thread (the HTTP thread)."""
+
+    def __init__(self, source, engine_thread, emitter, stale_after: float,
+                 stopping: Callable[[], bool] = lambda: False,
+                 clock: Callable[[], float] = time.monotonic):
+        self.source, self.engine_thread, self.emitter = source, engine_thread, emitter
+        self.stale_after = float(stale_after)
+        self.stopping = stopping
+        self.clock = clock
+        self.created = clock()
+        self.mqtt = _Outage()
+        self.nats = _Outage()
+
+    def sample(self, src: dict | None = None, emi: dict | None = None) -> float:
+        now = self.clock()
+        src = self.source.stats() if src is None else src
+        emi = self.emitter.stats() if emi is None else emi
+        self.mqtt.update(bool(src.get("connected")), float(src.get("disconnected_seconds") or 0),
+                         int(src.get("connects") or 0), now)
+        self.nats.update(bool(emi.get("connected")), float(emi.get("disconnected_seconds") or 0),
+                         int(emi.get("reconnects") or 0), now)
+        return now
+
+    def heartbeat_age(self, eng: dict, now: float) -> float:
+        beat = eng.get("heartbeat")
+        return max(0.0, now - (self.created if beat is None else beat))
+
+    def check(self, src: dict | None = None, eng: dict | None = None,
+              emi: dict | None = None) -> tuple[bool, dict]:
+        now = self.sample(src, emi)
+        eng = self.engine_thread.stats() if eng is None else eng
+        problems = []
+        mqtt_down, nats_down = self.mqtt.seconds(now), self.nats.seconds(now)
+        if mqtt_down > self.stale_after:
+            problems.append(f"MQTT down for {mqtt_down:.1f} s")
+        if nats_down > self.stale_after:
+            problems.append(f"NATS down for {nats_down:.1f} s")
+        age = self.heartbeat_age(eng, now)
+        thread = self.engine_thread
+        alive = thread.is_alive()
+        if getattr(thread, "error", None) is not None:
+            problems.append("engine thread failed")
+        elif not alive and thread.ident is not None:
+            problems.append("engine thread stopped")
+        elif age > self.stale_after:
+            problems.append(f"engine thread has not looped for {age:.1f} s")
+        if self.stopping():
+            problems.append("stopping")
+        body = {
+            "status": "unhealthy" if problems else "ok",
+            "problems": problems,
+            "mqtt": {"connected": self.mqtt.since is None, "down_seconds": round(mqtt_down, 3)},
+            "nats": {"connected": self.nats.since is None, "down_seconds": round(nats_down, 3)},
+            "engine": {"alive": alive, "heartbeat_age_seconds": round(age, 3)},
+            "stale_after_seconds": self.stale_after,
+        }
+        return not problems, body
+
+
+# ---- the collector -------------------------------------------------------------------------------
+
+
+def _counter(name: str, doc: str, value) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=float(value or 0))
+
+
+def _gauge(name: str, doc: str, value) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=float(value or 0))
+
+
+def _histogram(name: str, doc: str, buckets: Buckets) -> HistogramMetricFamily:
+    counts, total, _ = buckets.snapshot()
+    return HistogramMetricFamily(name, doc, buckets=counts, sum_value=total)
+
+
+class PipelineCollector(Collector):
+    """Reads the pipeline's stats snapshots at scrape time (docs/metrics.md lists every metric).
+
+    ``pipeline`` has ``source``, ``engine_thread``, ``emitter`` and ``ring`` (the Daemon)."""
+
+    def __init__(self, pipeline, health: Health, tick_seconds: Buckets, delay_seconds: Buckets,
+                 version: str = "", engine_kind: str = ""):
+        self.pipeline = pipeline
+        self.health = health
+        self.tick_seconds = tick_seconds
+        self.delay_seconds = delay_seconds
+        self.version = version
+        self.engine_kind = engine_kind
+
+    def describe(self):
+        return []  # names are checked by the tests, not at registration (no scrape at start)
+
+    def collect(self):
+        p = self.pipeline
+        # downstream first: a counter further down the pipeline is never read later than one
+        # upstream of it, so a scrape never shows more out than in
+        emi = p.emitter.stats()
+        eng = p.engine_thread.stats()
+        src = p.source.stats()
+        ring_used = p.ring.used_bytes
+        healthy, body = self.health.check(src, eng, emi)
+        now = self.health.clock()
+
+        drops = dict.fromkeys(DROP_REASONS, 0)
+        for part in (src, eng, emi):
+            for reason, n in (part.get("drops") or {}).items():
+                if reason in drops:
+                    drops[reason] += n
+        f = CounterMetricFamily("telemetry_cy_drops", "Messages not processed, by reason "
+                                "(per payload, reading or aggregate: docs/metrics.md).",
+                                labels=["reason"])
+        for reason, n in drops.items():
+            f.add_metric([reason], float(n))
+        yield f
+
+        yield _counter("telemetry_cy_received", "MQTT PUBLISH messages received.",
+                       src.get("received"))
+        yield _counter("telemetry_cy_mqtt_payload_bytes", "Payload bytes of the MQTT PUBLISH "
+                       "messages received.", src.get("payload_bytes"))
+        yield _counter("telemetry_cy_payloads", "Payloads decoded into readings.",
+                       eng.get("payloads"))
+        yield _counter("telemetry_cy_readings", "Readings accepted into windows.",
+                       eng.get("readings"))
+        yield _counter("telemetry_cy_aggregates", "Aggregates emitted by ticks.",
+                       eng.get("aggregates"))
+        yield _counter("telemetry_cy_published", "Aggregates NATS confirmed (flush or "
+                       "JetStream ack).", emi.get("published"))
+        yield _counter("telemetry_cy_keys_evicted", "Keys evicted after key_ttl without "
+                       "readings.", eng.get("evicted"))
+        seq = eng.get("seq")
+        if isinstance(seq, dict):  # engines with sequence accounting (the optional `n` field)
+            yield _counter("telemetry_cy_sequence_gaps", "Sequence numbers skipped between two "
+                           "accepted readings of a stream (docs/windows.md).", seq.get("gaps"))
+            for kind, what in (("duplicates", "repeated the stream's last n"),
+                               ("reorders", "came up to 1,024 below the stream's last n"),
+                               ("restarts", "restarted the stream's sequence")):
+                yield _counter(f"telemetry_cy_sequence_{kind}", f"Accepted readings whose n "
+                               f"{what} (docs/windows.md).", seq.get(kind))
+
+        yield _gauge("telemetry_cy_ring_used_bytes", "Bytes in use in the ingest ring.",
+                     ring_used)
+        yield _gauge("telemetry_cy_ring_capacity_bytes", "Size of the ingest ring.",
+                     p.ring.capacity)
+        yield _gauge("telemetry_cy_nats_backlog_batches", "Tick batches waiting for NATS.",
+                     emi.get("backlog_batches"))
+        yield _gauge("telemetry_cy_nats_backlog_aggregates", "Aggregates waiting for NATS.",
+                     emi.get("backlog_aggregates"))
+        yield _gauge("telemetry_cy_nats_backlog_bytes", "Encoded bytes waiting for NATS.",
+                     emi.get("backlog_bytes"))
+        yield _gauge("telemetry_cy_live_keys", "Live (device, sensor) keys.",
+                     eng.get("live_keys"))
+        yield _gauge("telemetry_cy_state_bytes", "Memory held by the window state.",
+                     eng.get("state_bytes"))
+
+        yield _gauge("telemetry_cy_mqtt_connected", "1 when connected and subscribed to MQTT.",
+                     1 if src.get("connected") else 0)
+        yield _counter("telemetry_cy_mqtt_connects", "MQTT connections accepted (CONNACK).",
+                       src.get("connects"))
+        yield _counter("telemetry_cy_mqtt_disconnects", "MQTT connections lost or closed.",
+                       src.get("disconnects"))
+        yield _counter("telemetry_cy_mqtt_disconnected_seconds", "Time without an MQTT "
+                       "connection since start.", src.get("disconnected_seconds"))
+        yield _gauge("telemetry_cy_mqtt_down_seconds", "How long the current MQTT outage has "
+                     "lasted (0 when connected).", body["mqtt"]["down_seconds"])
+        yield _gauge("telemetry_cy_nats_connected", "1 when connected to NATS.",
+                     1 if emi.get("connected") else 0)
+        yield _counter("telemetry_cy_nats_reconnects", "NATS reconnections after a lost "
+                       "connection.", emi.get("reconnects"))
+        yield _counter("telemetry_cy_nats_stalled_flushes", "NATS flushes that timed out on a "
+                       "live connection (the server is not reading).",
+                       emi.get("stalled_flushes"))
+        yield _counter("telemetry_cy_nats_disconnected_seconds", "Time without a NATS "
+                       "connection since start.", emi.get("disconnected_seconds"))
+        yield _gauge("telemetry_cy_nats_down_seconds", "How long the current NATS outage has "
+                     "lasted (0 when connected).", body["nats"]["down_seconds"])
+
+        yield _gauge("telemetry_cy_engine_heartbeat_age_seconds", "Time since the engine "
+                     "thread last published its stats from its loop.",
+                     self.health.heartbeat_age(eng, now))
+        yield _gauge("telemetry_cy_healthy", "1 when /healthz answers 200.", 1 if healthy else 0)
+        info = GaugeMetricFamily("telemetry_cy_build_info", "Version and engine "
+                                 "implementation (compiled or pure); always 1.",
+                                 labels=["version", "engine"])
+        info.add_metric([self.version, self.engine_kind], 1.0)
+        yield info
+
+        yield _histogram("telemetry_cy_tick_duration_seconds", "Duration of each tick: closing "
+                         "the due windows and handing the batch to the NATS thread.",
+                         self.tick_seconds)
+        yield _histogram("telemetry_cy_publish_delay_seconds", "Per published tick batch: NATS "
+                         "confirmation time minus the batch's window end.", self.delay_seconds)
+
+
+# ---- publication times ---------------------------------------------------------------------------
+
+
+def watch_publications(emitter, observe: Callable[[float], None],
+                       clock: Callable[[], float] = time.time) -> bool:
+    """Calls ``observe(confirmed_at - window_end)`` on the NATS thread for every tick batch the
+    emitter publishes successfully (``window_end``: the oldest tick in the batch). Returns
+    whether the emitter offers the hook."""
+    if not hasattr(emitter, "on_published"):
+        return False
+    emitter.on_published = lambda n, window_end: observe(clock() - window_end)
+    return True
+
+
+# ---- the HTTP server -----------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+    timeout = REQUEST_TIMEOUT_S
+    server_version = "telemetry-cy"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        path = self.path.split("?", 1)[0]
+        if path in ("/metrics", "/"):
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            body = encoder(self.server.registry)
+            self._send(200, content_type, body)
+        elif path == "/healthz":
+            healthy, state = self.server.health.check()
+            self._send(200 if healthy else 503, "application/json",
+                       json.dumps(state, separators=(",", ":")).encode() + b"\n")
+        else:
+            self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
+
+    def _send(self, code: int, content_type: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+class _Server(HTTPServer):
+    def __init__(self, address, registry: CollectorRegistry, health: Health):
+        self.registry = registry
+        self.health = health
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    def service_actions(self) -> None:
+        # serve_forever calls this every poll interval: the outage clocks are sampled even when
+        # nobody asks, so an outage is dated to within SAMPLE_EVERY_S
+        try:
+            self.health.sample()
+        except Exception:
+            log.exception("health sample failed")
+
+    def handle_error(self, request, client_address) -> None:
+        log.warning("metrics request from %s failed", client_address[0], exc_info=True)
+
+
+class MetricsServer:
+    """`/metrics` and `/healthz` for a running Daemon (anything with ``source``,
+    ``engine_thread``, ``emitter``, ``ring`` and ``stop_requested``).
+
+    Made before the pipeline threads start: it hooks the tick and publication observations in.
+    ``start()`` binds the port (OSError when it cannot) and starts the server thread."""
+
+    def __init__(self, pipeline, host: str, port: int, stale_after: float,
+                 engine_kind: str = "", version: str = ""):
+        self.address = (host, port)
+        self.tick_seconds = Buckets(TICK_BUCKETS)
+        self.delay_seconds = Buckets(DELAY_BUCKETS)
+        stop = getattr(pipeline, "stop_requested", None)
+        self.health = Health(pipeline.source, pipeline.engine_thread, pipeline.emitter,
+                             stale_after, stopping=stop.is_set if stop is not None
+                             else (lambda: False))
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(PipelineCollector(pipeline, self.health, self.tick_seconds,
+                                                 self.delay_seconds, version, engine_kind))
+        ProcessCollector(registry=self.registry)   # process_cpu_seconds_total, RSS, fds, ...
+        pipeline.engine_thread.on_tick = self.tick_seconds.observe
+        self.publish_delay_hooked = watch_publications(pipeline.emitter,
+                                                       self.delay_seconds.observe)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2] if self._server else self.address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def start(self) -> "MetricsServer":
+        self._server = _Server(self.address, self.registry, self.health)
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": SAMPLE_EVERY_S},
+                                        name="telemetry-cy-metrics", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()        # returns once serve_forever has left its loop
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(REQUEST_TIMEOUT_S)

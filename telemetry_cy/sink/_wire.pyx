@@ -1,0 +1,276 @@
+"""Compiled NATS wire encoder: a tick batch of aggregates -> ready ``PUB`` protocol chunks.
+
+Byte for byte what the twin ``_wire_py.py`` (built from ``subjects.subject_for`` and
+``encode.encoder_for``) produces; the API is in ``_wire.pyi``. A compiled-engine ``Aggregate`` is
+read field by field and its subject and body are written in C into one growing buffer, with no
+Python object per aggregate. Whatever the C path does not cover goes, per aggregate and per part,
+to the Python functions, so the escaping and encoding rules live in one place:
+
+- subject token: a name that is not plain printable ASCII (``tc_wire_plain_token``) goes through
+  ``escape_token`` (cached there); names that are not exact ``str``, and items that are not
+  compiled ``Aggregate`` objects (e.g. the pure engine's), through ``subject_for``.
+- body: a non-finite float (JSON writes null, cbor2 a half float), a name or unit that is not
+  valid UTF-8 (lone surrogates: JSON then escapes the whole body as ASCII), or one that is not an
+  exact ``str`` (unit: or None) -> ``encode_json`` / ``encode_cbor``.
+
+JSON floats are ``float.__repr__`` (what json writes), i.e. ``PyOS_double_to_string(x, 'r')``,
+CPython's only shortest round-trip formatter (David Gay's dtoa; ~150-300 ns a call). Two exact
+shortcuts skip it for the common values: whole numbers below 1e16 (window bounds) and values whose
+repr has at most 15 significant digits (readings such as 21.95: ``tc_wire_put_short_double``,
+which says why it is exact). Means and standard deviations usually need 16-17 digits and dtoa.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.conversion cimport Py_DTSF_ADD_DOT_0, PyOS_double_to_string
+from cpython.exc cimport PyErr_Clear
+from cpython.mem cimport PyMem_Free
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DATA, PyUnicode_GET_LENGTH
+from libc.math cimport isfinite, signbit
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memset, strlen
+
+from telemetry_cy.engine._engine cimport Aggregate
+
+import sys
+
+from telemetry_cy.engine.rules import AGGREGATE_FIELDS
+from telemetry_cy.sink._wire_py import DEFAULT_CHUNK_BYTES, _check_args
+from telemetry_cy.sink.subjects import escape_token, subject_for
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object s)
+    # Not cpython.unicode's declaration (except NULL): a name that is not valid UTF-8 makes that
+    # body a Python fallback, not an error.
+    const char *utf8_or_null "PyUnicode_AsUTF8AndSize"(object s, Py_ssize_t *size)
+
+# put_body writes the fields in this order; a change of the field list must change it too.
+if tuple(AGGREGATE_FIELDS) != ("device", "sensor", "unit", "window_start", "window_end", "count",
+                               "sum", "mean", "min", "max", "stddev", "first", "last"):
+    raise ImportError("telemetry_cy.sink._wire is out of date with AGGREGATE_FIELDS")
+
+cdef enum:
+    N_FIELDS = 13
+    # Upper bound of a body apart from its strings (6 bytes per string byte, JSON worst case):
+    # keys (~125 bytes), nine floats of at most 24 characters, a 20-digit count, quotes, null.
+    BODY_FIXED = 512
+
+
+cdef struct text:
+    const char *p
+    Py_ssize_t n        # UTF-8 bytes
+    Py_ssize_t chars    # code points (len() of the str)
+
+
+cdef int reserve(tc_wbuf *b, size_t n) except -1:
+    if tc_wbuf_reserve(b, n):
+        raise MemoryError()
+    return 0
+
+
+cdef object token_of(str name, text *t):
+    """The subject token of a name: t points at its UTF-8. Returns the str that owns the bytes
+    (an escaped token may leave escape_token's cache while we still use it)."""
+    if PyUnicode_IS_ASCII(name):
+        t.p = <const char *>PyUnicode_DATA(name)
+        t.n = t.chars = PyUnicode_GET_LENGTH(name)
+        if tc_wire_plain_token(t.p, <size_t>t.n):
+            return name
+    token = escape_token(name)
+    t.p = PyUnicode_AsUTF8AndSize(token, &t.n)  # always valid: surrogates come out escaped
+    t.chars = PyUnicode_GET_LENGTH(token)
+    return token
+
+
+cdef bint body_text(object s, text *t):
+    """t = the UTF-8 of an exact str, else False (and no exception set)."""
+    if type(s) is not str:
+        return False
+    if PyUnicode_IS_ASCII(s):
+        t.p = <const char *>PyUnicode_DATA(s)
+        t.n = PyUnicode_GET_LENGTH(s)
+        return True
+    t.p = utf8_or_null(s, &t.n)
+    if t.p == NULL:
+        PyErr_Clear()
+        return False
+    return True
+
+
+cdef inline bint all_finite(Aggregate a) noexcept:
+    return (isfinite(a.window_start) and isfinite(a.window_end) and isfinite(a.sum)
+            and isfinite(a.mean) and isfinite(a.min) and isfinite(a.max) and isfinite(a.stddev)
+            and isfinite(a.first) and isfinite(a.last))
+
+
+cdef inline void put_key(tc_wbuf *b, bint cbor, const char *name, bint first) noexcept:
+    cdef size_t n = strlen(name)
+    if cbor:
+        tc_wire_put_cbor_head(b, 3, n)
+        tc_wire_put(b, name, n)
+    else:
+        tc_wire_put(b, b'{"' if first else b',"', 2)
+        tc_wire_put(b, name, n)
+        tc_wire_put(b, b'":', 2)
+
+
+cdef inline void put_text(tc_wbuf *b, bint cbor, const text *t) noexcept:
+    if t.p == NULL:
+        if cbor:
+            tc_wire_put(b, b"\xf6", 1)
+        else:
+            tc_wire_put(b, b"null", 4)
+    elif cbor:
+        tc_wire_put_cbor_head(b, 3, <uint64_t>t.n)
+        tc_wire_put(b, t.p, <size_t>t.n)
+    else:
+        tc_wire_put_json_str(b, t.p, <size_t>t.n)
+
+
+cdef int put_double(tc_wbuf *b, bint cbor, double x) except -1:
+    cdef char *s
+    if cbor:
+        tc_wire_put_cbor_f64(b, x)
+    elif -1e16 < x < 1e16 and x == <double><int64_t>x and not (x == 0.0 and signbit(x)):
+        # Whole numbers (window bounds, integer readings) skip dtoa and its allocation: below
+        # 1e16 repr writes them as all their digits + ".0" (exponent form starts at 1e16);
+        # -0.0 keeps its sign on the dtoa path.
+        tc_wire_put_i64(b, <int64_t>x)
+        tc_wire_put(b, b".0", 2)
+    elif not tc_wire_put_short_double(b, x):
+        s = PyOS_double_to_string(x, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)  # float.__repr__, as json
+        tc_wire_put(b, s, strlen(s))
+        PyMem_Free(s)
+    return 0
+
+
+cdef int put_body(tc_wbuf *b, bint cbor, Aggregate a, const text *dev, const text *sen,
+                  const text *unit) except -1:
+    reserve(b, BODY_FIXED + 6 * <size_t>(dev.n + sen.n + unit.n))
+    if cbor:
+        tc_wire_put_cbor_head(b, 5, N_FIELDS)
+    put_key(b, cbor, b"device", True)
+    put_text(b, cbor, dev)
+    put_key(b, cbor, b"sensor", False)
+    put_text(b, cbor, sen)
+    put_key(b, cbor, b"unit", False)
+    put_text(b, cbor, unit)
+    put_key(b, cbor, b"window_start", False)
+    put_double(b, cbor, a.window_start)
+    put_key(b, cbor, b"window_end", False)
+    put_double(b, cbor, a.window_end)
+    put_key(b, cbor, b"count", False)
+    if cbor:
+        tc_wire_put_cbor_head(b, 0, a.count)
+    else:
+        tc_wire_put_u64(b, a.count)
+    put_key(b, cbor, b"sum", False)
+    put_double(b, cbor, a.sum)
+    put_key(b, cbor, b"mean", False)
+    put_double(b, cbor, a.mean)
+    put_key(b, cbor, b"min", False)
+    put_double(b, cbor, a.min)
+    put_key(b, cbor, b"max", False)
+    put_double(b, cbor, a.max)
+    put_key(b, cbor, b"stddev", False)
+    put_double(b, cbor, a.stddev)
+    put_key(b, cbor, b"first", False)
+    put_double(b, cbor, a.first)
+    put_key(b, cbor, b"last", False)
+    put_double(b, cbor, a.last)
+    if not cbor:
+        tc_wire_put(b, b"}", 1)
+    return 0
+
+
+cdef inline size_t decimal_digits(size_t v) noexcept:
+    cdef size_t n = 1
+    while v >= 10:
+        v //= 10
+        n += 1
+    return n
+
+
+def encode_batch(aggregates, prefix, format, max_subject_bytes,
+                 chunk_bytes=DEFAULT_CHUNK_BYTES, max_body_bytes=sys.maxsize):
+    """See ``_wire.pyi``."""
+    encode = _check_args(prefix, format, max_subject_bytes, chunk_bytes, max_body_bytes)
+    cdef bint cbor = format == "cbor"
+    cdef Py_ssize_t max_subject = max_subject_bytes, chunk_max = chunk_bytes
+    cdef Py_ssize_t max_body = max_body_bytes
+    cdef text pre, dev, sen, unit, fb
+    pre.p = PyUnicode_AsUTF8AndSize(prefix, &pre.n)  # validated: no surrogates
+    pre.chars = PyUnicode_GET_LENGTH(prefix)
+    cdef tc_wbuf out, sub, body
+    memset(&out, 0, sizeof(out))
+    memset(&sub, 0, sizeof(sub))
+    memset(&body, 0, sizeof(body))
+    cdef Aggregate a
+    cdef Py_ssize_t encoded = 0, too_long = 0, nbytes = 0, subject_chars
+    cdef size_t body_n, msg_n
+    cdef const char *body_p
+    chunks = []
+    try:
+        for obj in aggregates:
+            # subject -> sub
+            sub.len = 0
+            a = <Aggregate>obj if type(obj) is Aggregate else None
+            if a is not None and type(a.device) is str and type(a.sensor) is str:
+                own_d = token_of(a.device, &dev)
+                own_s = token_of(a.sensor, &sen)
+                reserve(&sub, <size_t>(pre.n + dev.n + sen.n + 2))
+                tc_wire_put(&sub, pre.p, <size_t>pre.n)
+                tc_wire_put(&sub, b".", 1)
+                tc_wire_put(&sub, dev.p, <size_t>dev.n)
+                tc_wire_put(&sub, b".", 1)
+                tc_wire_put(&sub, sen.p, <size_t>sen.n)
+                subject_chars = pre.chars + dev.chars + sen.chars + 2
+            else:
+                subject = subject_for(prefix, obj.device, obj.sensor)
+                fb.p = PyUnicode_AsUTF8AndSize(subject, &fb.n)
+                reserve(&sub, <size_t>fb.n)
+                tc_wire_put(&sub, fb.p, <size_t>fb.n)
+                subject_chars = PyUnicode_GET_LENGTH(subject)
+            if <Py_ssize_t>sub.len > max_subject:
+                too_long += 1
+                continue
+
+            # body -> body_p, body_n
+            unit.p = NULL
+            unit.n = 0
+            if (a is not None and all_finite(a) and body_text(a.device, &dev)
+                    and body_text(a.sensor, &sen)
+                    and (a.unit is None or body_text(a.unit, &unit))):
+                body.len = 0
+                put_body(&body, cbor, a, &dev, &sen, &unit)
+                body_p = body.p
+                body_n = body.len
+            else:
+                fallback_body = <bytes?>encode(obj)
+                body_p = PyBytes_AS_STRING(fallback_body)
+                body_n = <size_t>PyBytes_GET_SIZE(fallback_body)
+            if <Py_ssize_t>body_n > max_body:
+                too_long += 1
+                continue
+
+            # PUB <subject> <n>\r\n<body>\r\n, in a new chunk if it would overflow this one
+            msg_n = 4 + sub.len + 1 + decimal_digits(body_n) + 2 + body_n + 2
+            if out.len and out.len + msg_n > <size_t>chunk_max:
+                chunks.append(PyBytes_FromStringAndSize(out.p, <Py_ssize_t>out.len))
+                out.len = 0
+            reserve(&out, msg_n)
+            tc_wire_put(&out, b"PUB ", 4)
+            tc_wire_put(&out, sub.p, sub.len)
+            tc_wire_put(&out, b" ", 1)
+            tc_wire_put_u64(&out, body_n)
+            tc_wire_put(&out, b"\r\n", 2)
+            tc_wire_put(&out, body_p, body_n)
+            tc_wire_put(&out, b"\r\n", 2)
+            encoded += 1
+            nbytes += subject_chars + <Py_ssize_t>body_n
+        if out.len:
+            chunks.append(PyBytes_FromStringAndSize(out.p, <Py_ssize_t>out.len))
+    finally:
+        tc_wbuf_free(&out)
+        tc_wbuf_free(&sub)
+        tc_wbuf_free(&body)
+    return chunks, encoded, too_long, nbytes

@@ -1,0 +1,71 @@
+"""Type stubs for the compiled MQTT frame reader (``_frames.pyx``); ``_frames_py.py`` is its twin."""
+
+from typing import TypedDict
+
+from telemetry_cy.source._ring import ByteRing
+
+MIN_BUFFER_BYTES: int  # 64
+MAX_BUFFER_BYTES: int  # 2**30
+
+class FrameError(ValueError):
+    """Protocol error: the connection must be dropped. ``acks``/``packets``: produced before it."""
+
+    acks: bytes | None
+    packets: list[tuple[int, bytes]]
+    def __init__(
+        self, message: str, acks: bytes | None = ..., packets: list[tuple[int, bytes]] | None = ...
+    ) -> None: ...
+
+class FrameCounters(TypedDict):
+    received: int  # PUBLISH QoS 0/1 frames parsed: written + oversize + ingest_full
+    written: int  # records committed to the ring
+    payload_bytes: int  # payload bytes of the written records
+    oversize: int  # payload > max_payload_bytes, record > ring max, or packet > buffer
+    ingest_full: int  # the ring was full
+    acked: int  # PUBACKs handed out (QoS 1 frames, whatever their fate)
+    protocol_errors: int
+    bytes: int  # bytes fed (everything read from the socket)
+
+class FrameReader:
+    """Parses MQTT 3.1.1/5 packets from one receive buffer; PUBLISH QoS 0/1 go into ``ring``.
+
+    Belongs to one thread (the network thread), which must also be the ring's only producer.
+    ``counters()`` may be called from any thread.
+    """
+
+    ring: ByteRing
+    def __init__(
+        self,
+        ring: ByteRing,
+        *,
+        protocol: int = 5,  # 5, or 4 (3.1.1) / 3 (3.1): no properties block in PUBLISH
+        max_payload_bytes: int = 65536,
+        buffer_bytes: int = 1 << 20,  # receive buffer in [MIN_BUFFER_BYTES, MAX_BUFFER_BYTES]
+    ) -> None: ...
+    def writable(self) -> memoryview:
+        """The free part of the receive buffer (after the kept partial packet); never empty."""
+    def feed(self, nbytes: int, ts: float) -> tuple[bytes | None, list[tuple[int, bytes]]]:
+        """Parse the ``nbytes`` just written into ``writable()``, every record stamped ``ts``.
+
+        Returns ``(acks, packets)``: the PUBACK blob (4 bytes per QoS 1 PUBLISH of this read, in
+        arrival order, or None) to send now that the records are in the ring, and every other
+        packet as ``(first header byte, body after the remaining length)`` in arrival order.
+        Raises FrameError on a protocol error (then again on every feed until ``reset()``).
+        """
+    def reset(self) -> None:
+        """New connection: forget the partial packet and any pending skip; clear the error."""
+    @property
+    def protocol(self) -> int: ...
+    @property
+    def buffer_bytes(self) -> int: ...
+    @property
+    def max_payload_bytes(self) -> int: ...
+    @property
+    def fill(self) -> int:
+        """Bytes of an incomplete packet kept at the front of the buffer."""
+    @property
+    def skip_pending(self) -> int:
+        """Bytes of an over-long PUBLISH (larger than the buffer) still to be discarded."""
+    @property
+    def broken(self) -> bool: ...
+    def counters(self) -> FrameCounters: ...

