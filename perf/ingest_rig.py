@@ -1,7 +1,7 @@
 """Ingest and full-pipeline ramps, and the persistent-session drain, against a private mosquitto.
 
-    python perf/ingest_rig.py ramp  -o perf/results/ingest_ramp.json      # ~5 min
-    python perf/ingest_rig.py drain -o perf/results/session_drain.json    # ~2 min
+    python perf/ingest_rig.py ramp  -o perf/results/reference/ingest_ramp.json      # ~5 min
+    python perf/ingest_rig.py drain -o perf/results/reference/session_drain.json    # ~2 min
 
 **ramp**: for each offered rate (loadgen.py, 1,000 keys, QoS 0, 2 publisher processes), each
 subject in turn gets a fresh process, subscribed to ``site/#`` / ``site/+/sensor/+``:

@@ -13,7 +13,7 @@
 Budget (the issue): state <= 1,024 bytes per live key, key bytes and table overhead included; RSS
 flat under one hot key.
 
-    PYTHONPATH=$PWD .venv/bin/python perf/state_memory.py -o perf/results/state_memory.json
+    PYTHONPATH=$PWD .venv/bin/python perf/state_memory.py -o perf/results/reference/state_memory.json
 """
 
 from __future__ import annotations
