@@ -65,18 +65,26 @@ class ConnectionState:
 
 class ConnectionClock:
     """Up/down bookkeeping of one connection. Starts down (nothing is connected at start, and
-    that time counts as disconnected)."""
+    that time counts as disconnected) -- from construction, or with ``started=False`` from
+    ``start()``, for an owner whose time before it starts connecting is no outage."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *,
+                 started: bool = True) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._connected = False
         self._ever = False
         self._connects = 0
         self._disconnects = 0
-        self._down_since: float | None = clock()
+        self._down_since: float | None = clock() if started else None
         self._down_total = 0.0
         self._last_error: str | None = None
+
+    def start(self) -> None:
+        """The owner starts connecting: if down and not already timing an outage, one begins now."""
+        with self._lock:
+            if not self._connected and self._down_since is None:
+                self._down_since = self._clock()
 
     def up(self) -> None:
         with self._lock:
@@ -115,6 +123,10 @@ class ConnectionClock:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def ever_connected(self) -> bool:
+        return self._ever
 
     def state(self) -> ConnectionState:
         with self._lock:
