@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from pathlib import Path
 
@@ -19,9 +20,11 @@ def parse(argv=(), environ=None):
 
 def test_defaults():
     c = parse()
-    assert (c.window, c.emit_every, c.key_ttl, c.qos) == (60.0, 5.0, 300.0, 1)
-    assert c.topic == ["site/+/sensor/+"]
+    assert (c.engine.window, c.engine.emit_every, c.engine.key_ttl, c.mqtt.qos) == \
+        (60.0, 5.0, 300.0, 1)
+    assert c.mqtt.topics == ("site/+/sensor/+",)
     assert c.sources["window"] == "default"
+    assert c == cfg.Config()   # the sections' own defaults are the settings' defaults
 
 
 @pytest.mark.parametrize("text, seconds", [("500ms", 0.5), ("5s", 5.0), ("1m", 60.0),
@@ -41,17 +44,17 @@ def test_layers_override_in_order(tmp_path: Path):
     path.write_text('window = "2m"\nemit_every = "10s"\n[mqtt]\nurl = "mqtt://127.0.0.1:1999"\n'
                     'topics = ["a/#", "b/+"]\n[nats]\nurl = "nats://127.0.0.1:5222"\n')
     c = parse(["--config", str(path)])
-    assert (c.window, c.emit_every, c.mqtt_url, c.nats_url) == (120.0, 10.0,
-                                                                "mqtt://127.0.0.1:1999",
-                                                                "nats://127.0.0.1:5222")
-    assert c.topic == ["a/#", "b/+"]
+    assert (c.engine.window, c.engine.emit_every, c.mqtt.url, c.nats.url) == \
+        (120.0, 10.0, "mqtt://127.0.0.1:1999", "nats://127.0.0.1:5222")
+    assert c.mqtt.topics == ("a/#", "b/+")
     c = parse(["--config", str(path)], {"TELEMETRY_CY_WINDOW": "30s",
                                         "TELEMETRY_CY_TOPIC": "x/#, y/#"})
-    assert c.window == 30.0 and c.topic == ["x/#", "y/#"]
+    assert c.engine.window == 30.0 and c.mqtt.topics == ("x/#", "y/#")
     assert c.sources["window"] == "environment TELEMETRY_CY_WINDOW"
     c = parse(["--config", str(path), "--window", "20s", "--topic", "z/1", "--topic", "z/2"],
               {"TELEMETRY_CY_WINDOW": "30s"})
-    assert c.window == 20.0 and c.topic == ["z/1", "z/2"] and c.sources["window"] == "flag --window"
+    assert c.engine.window == 20.0 and c.mqtt.topics == ("z/1", "z/2")
+    assert c.sources["window"] == "flag --window"
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -90,7 +93,8 @@ def test_secrets_from_files_and_never_shown(tmp_path: Path):
     (tmp_path / "pw").write_text(secret + "\n")
     c = parse(["--mqtt-password-file", str(tmp_path / "pw")],
               {"TELEMETRY_CY_NATS_TOKEN": secret})
-    assert c.mqtt_password == secret and c.nats_token == secret
+    assert c.mqtt.password == secret and c.nats.token == secret
+    assert c.sources["mqtt_password"] == f"file {tmp_path / 'pw'}"
     assert secret not in repr(c.redacted())
     with pytest.raises(cfg.ConfigError) as err:
         parse([], {"TELEMETRY_CY_NATS_PASSWORD": secret, "TELEMETRY_CY_WINDOW": "x"})
@@ -102,3 +106,41 @@ def test_every_setting_is_documented():
     for s in cfg.SETTINGS:
         assert f"`{s.name}`" in doc, s.name
         assert s.flag in doc and s.env in doc, s.name
+    # the table is the generated one, word for word
+    assert cfg.markdown_reference().strip() in doc
+
+
+def test_sections_are_typed_frozen_and_hold_each_setting_once():
+    c = parse(["--window", "2m", "--emit-every", "10s", "--qos", "0", "--jetstream", "yes",
+               "--metrics-port", "9000", "--log-format", "json"])
+    assert isinstance(c.mqtt, cfg.MqttSettings) and isinstance(c.nats, cfg.NatsSettings)
+    assert (c.engine.window, c.mqtt.qos, c.nats.jetstream, c.metrics.port, c.log.format) == \
+        (120.0, 0, True, 9000, "json")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.engine.window = 1.0  # type: ignore[misc]
+    # every setting lives in exactly one section field, and every section field is a setting
+    places = [(s.section, s.attr) for s in cfg.SETTINGS]
+    assert len(set(places)) == len(places) == len({s.name for s in cfg.SETTINGS})
+    section_fields = {(f.name, g.name) for f in dataclasses.fields(cfg.Config)
+                      if dataclasses.is_dataclass(f.default_factory)
+                      for g in dataclasses.fields(f.default_factory)}
+    assert section_fields == set(places)
+    for s in cfg.SETTINGS:
+        assert c.value(s.name) == getattr(getattr(c, s.section), s.attr)
+    assert c.redacted()["window"] == 120.0 and set(c.redacted()) == set(cfg.BY_NAME)
+
+
+def test_overrides_come_last_and_are_checked():
+    c = cfg.load(None, {"TELEMETRY_CY_WINDOW": "30s"},
+                 overrides={"window": 10.0, "emit_every": 5.0, "topic": ["a/#"]})
+    assert c.engine.window == 10.0 and c.mqtt.topics == ("a/#",)
+    assert c.sources["window"] == "set by the program"
+    with pytest.raises(cfg.ConfigError, match="whole multiple"):
+        cfg.load(None, {}, overrides={"window": 7.0})
+    with pytest.raises(cfg.ConfigError, match="unknown setting 'windw'"):
+        cfg.load(None, {}, overrides={"windw": 7.0})
+
+
+def test_nats_servers_split_on_commas():
+    c = parse(["--nats-url", "nats://127.0.0.1:4222, nats://127.0.0.1:4223,"])
+    assert c.nats.servers == ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]

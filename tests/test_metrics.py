@@ -356,7 +356,7 @@ def test_watchdog_pings_only_while_the_engine_loops():
 
 def test_metrics_off_by_default():
     c = cfg.load(argparse.Namespace(config=None), environ={})
-    assert c.metrics_port == 0 and c.metrics_host == "127.0.0.1" and c.health_stale_after == 30
+    assert c.metrics.port == 0 and c.metrics.host == "127.0.0.1" and c.metrics.stale_after == 30
 
 
 def test_settings_are_checked():
@@ -366,7 +366,7 @@ def test_settings_are_checked():
         cfg.load(argparse.Namespace(config=None),
                  environ={"TELEMETRY_CY_HEALTH_STALE_AFTER": "100ms"})
     c = cfg.load(argparse.Namespace(config=str(EXAMPLE)), environ={})
-    assert c.metrics_port == 9464 and c.health_stale_after == 30.0
+    assert c.metrics.port == 9464 and c.metrics.stale_after == 30.0
 
 
 # ---- pieces, with fake parts ---------------------------------------------------------------------

@@ -1,10 +1,16 @@
-"""Settings of `telemetry-cy run`: one table, four layers.
+"""Settings of `telemetry-cy run`: typed sections, one table, four layers.
+
+Each setting is declared once, as a field of the section that the component using it receives
+(``MqttSettings`` for the MQTT source, ``NatsSettings`` for the NATS emitter, ``EngineSettings`` for
+the window engine, ...). ``SETTINGS``, the flags, the environment variables and the table in
+``docs/configuration.md`` are all derived from those fields.
 
 Each setting has a default, may be set in the TOML file given with ``--config`` (top-level keys, or
 grouped in tables such as ``[mqtt]`` whose keys are prefixed with the table name), overridden by an
 environment variable ``TELEMETRY_CY_<NAME>``, overridden by a command-line flag ``--<name>``.
 A bad value stops the program at start with one line naming the setting and where it came from.
-``docs/configuration.md`` lists the same table (a test keeps the two in step).
+``docs/configuration.md`` holds the table ``python -m telemetry_cy.service.config`` prints (a test
+keeps the two in step).
 """
 
 from __future__ import annotations
@@ -14,9 +20,10 @@ import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, ClassVar, cast
 
 
 class ConfigError(ValueError):
@@ -92,7 +99,7 @@ def parse_str(value: Any) -> str:
     return value
 
 
-def parse_list(value: Any) -> list[str]:
+def parse_list(value: Any) -> tuple[str, ...]:
     """A TOML array of strings, or a comma-separated string (environment variables)."""
     if isinstance(value, str):
         items = [v.strip() for v in value.split(",")]
@@ -103,7 +110,7 @@ def parse_list(value: Any) -> list[str]:
     items = [v for v in items if v]
     if not items:
         raise ValueError("expected at least one value")
-    return items
+    return tuple(items)
 
 
 def parse_port(value: Any) -> int:
@@ -143,7 +150,9 @@ class Setting:
     kind: str = "str"           # shown in --help and the docs: str, int, duration, size, ...
     secret: bool = False        # never printed: not in logs, stats, errors or --print-config
     repeatable: bool = False    # a flag that may be given several times (lists)
-    group: str = "general"
+    group: str = "general"      # the heading it is listed under (its section's GROUP)
+    section: str = ""           # where it lives: config.<section>.<attr>
+    attr: str = ""
 
     @property
     def env(self) -> str:
@@ -154,118 +163,201 @@ class Setting:
         return "--" + self.name.replace("_", "-")
 
 
-def _s(name, parse, default, help, kind="str", **kw) -> Setting:
-    return Setting(name, parse, default, help, kind, **kw)
+_SPEC = "telemetry_cy.setting"
 
 
-SETTINGS: tuple[Setting, ...] = (
-    # MQTT
-    _s("mqtt_url", parse_str, "mqtt://127.0.0.1:1883",
-       "broker URL: mqtt://host:port or mqtts://host:port (TLS)", group="mqtt"),
-    _s("topic", parse_list, ["site/+/sensor/+"],
-       "topic filter to subscribe to; repeat for several; $share/group/... for shared "
-       "subscriptions", "list", repeatable=True, group="mqtt"),
-    _s("qos", lambda v: int(choice("0", "1")(v)), 1, "subscription QoS (0 or 1)", "0|1",
-       group="mqtt"),
-    _s("client_id", parse_str, "", "MQTT client id; needed for a persistent session "
-       "(empty: a generated one)", group="mqtt"),
-    _s("session_expiry", parse_duration, 0.0, "keep the broker session this long after a "
-       "disconnect so queued QoS 1 messages survive a restart (0 = clean session)", "duration",
-       group="mqtt"),
-    _s("mqtt_protocol", choice("5", "3.1.1"), "5", "MQTT protocol version", "5|3.1.1",
-       group="mqtt"),
-    _s("mqtt_keepalive", at_least(parse_duration, 1.0), 30.0, "MQTT keepalive", "duration",
-       group="mqtt"),
-    _s("mqtt_username", parse_str, "", "MQTT user name", group="mqtt"),
-    _s("mqtt_password", parse_str, "", "MQTT password (prefer mqtt_password_file)",
-       secret=True, group="mqtt"),
-    _s("mqtt_password_file", parse_str, "", "file holding the MQTT password", "path",
-       group="mqtt"),
-    _s("mqtt_ca_file", parse_str, "", "CA bundle to verify the broker (TLS)", "path",
-       group="mqtt"),
-    _s("mqtt_cert_file", parse_str, "", "client certificate (TLS)", "path", group="mqtt"),
-    _s("mqtt_key_file", parse_str, "", "client key (TLS)", "path", group="mqtt"),
-    _s("max_payload_bytes", at_least(parse_size, 1), 65536,
-       "larger payloads are dropped and counted as oversize", "size", group="mqtt"),
-    _s("ring_bytes", at_least(parse_size, 4096), 16 << 20,
-       "ingest ring between the network and engine threads (rounded up to a power of two)",
-       "size", group="mqtt"),
-    # NATS
-    _s("nats_url", parse_str, "nats://127.0.0.1:4222",
-       "NATS server URL(s), comma-separated; tls:// for TLS", group="nats"),
-    _s("subject_prefix", parse_str, "agg", "subjects are <prefix>.<device>.<sensor>",
-       group="nats"),
-    _s("format", choice("json", "cbor"), "json", "aggregate body encoding", "json|cbor",
-       group="nats"),
-    _s("jetstream", parse_bool, False, "publish with JetStream acks and Nats-Msg-Id "
-       "deduplication", "bool", group="nats"),
-    _s("nats_user", parse_str, "", "NATS user name", group="nats"),
-    _s("nats_password", parse_str, "", "NATS password (prefer nats_password_file)",
-       secret=True, group="nats"),
-    _s("nats_password_file", parse_str, "", "file holding the NATS password", "path",
-       group="nats"),
-    _s("nats_token", parse_str, "", "NATS token (prefer nats_token_file)", secret=True,
-       group="nats"),
-    _s("nats_token_file", parse_str, "", "file holding the NATS token", "path", group="nats"),
-    _s("nats_creds_file", parse_str, "", "NATS credentials file (JWT + nkey)", "path",
-       group="nats"),
-    _s("nats_ca_file", parse_str, "", "CA bundle to verify the NATS server (TLS)", "path",
-       group="nats"),
-    _s("nats_cert_file", parse_str, "", "client certificate for NATS (TLS)", "path",
-       group="nats"),
-    _s("nats_key_file", parse_str, "", "client key for NATS (TLS)", "path", group="nats"),
-    _s("emit_backlog_batches", at_least(parse_int, 1), 64,
-       "tick batches held while NATS is slow or down; beyond: drop the oldest "
-       "(emit_backlog)", "int", group="nats"),
-    _s("emit_backlog_bytes", at_least(parse_size, 1024), 64 << 20,
-       "bytes held while NATS is slow or down", "size", group="nats"),
-    # windows
-    _s("window", parse_duration, 60.0, "window length (a whole multiple of emit_every)",
-       "duration", group="windows"),
-    _s("emit_every", parse_duration, 5.0, "tick period: aggregates are emitted at multiples "
-       "of it", "duration", group="windows"),
-    _s("max_keys", at_least(parse_int, 1), 1_000_000, "most live (device, sensor) keys; "
-       "new keys beyond are dropped (key_limit)", "int", group="windows"),
-    _s("key_ttl", parse_duration, 300.0, "a key idle this long is evicted (>= window)",
-       "duration", group="windows"),
-    _s("max_name_bytes", at_least(parse_int, 1), 256, "longest device, sensor or unit name "
-       "in bytes (longer: schema_mismatch)", "int", group="windows"),
-    # operations
-    _s("stats_every", parse_duration, 10.0, "period of the structured stats log line "
-       "(0 = never)", "duration", group="operations"),
-    _s("log_format", choice("text", "json"), "text", "log line format", "text|json",
-       group="operations"),
-    _s("start_timeout", parse_duration, 0.0, "exit with code 3 when MQTT or NATS is not "
-       "connected this long after start (0 = keep retrying with backoff)", "duration",
-       group="operations"),
-    _s("shutdown_deadline", parse_duration, 10.0, "on SIGTERM, how long to wait for the "
-       "final flush to NATS", "duration", group="operations"),
-    _s("metrics_port", parse_port, 0, "serve Prometheus /metrics and /healthz on this TCP "
-       "port (0 = off)", "int", group="operations"),
-    _s("metrics_host", parse_str, "127.0.0.1", "address the metrics port listens on "
-       "(0.0.0.0 or :: for every interface)", group="operations"),
-    _s("health_stale_after", at_least(parse_duration, 1.0), 30.0, "/healthz answers 503 when "
-       "MQTT or NATS has been down, or the engine thread has not looped, for longer than this",
-       "duration", group="operations"),
-)
+def setting(name: str, parse: Callable[[Any], Any], default: Any, help: str, kind: str = "str",
+            *, secret: bool = False, repeatable: bool = False) -> Any:
+    """A section field that is a setting: its external name (flag, environment variable, TOML
+    key), parser, default and help, declared in this one place."""
+    spec = Setting(name, parse, default, help, kind, secret=secret, repeatable=repeatable)
+    return field(default=default, metadata={_SPEC: spec})
 
+
+# Sections: one per component, handed to it whole. GROUP is the heading in --help and the docs.
+# Field order is the order of the table in docs/configuration.md.
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """The MQTT source (source/mqtt.py) and the ingest ring it writes into."""
+
+    GROUP: ClassVar[str] = "mqtt"
+    url: str = setting("mqtt_url", parse_str, "mqtt://127.0.0.1:1883",
+                       "broker URL: mqtt://host:port or mqtts://host:port (TLS)")
+    topics: tuple[str, ...] = setting(
+        "topic", parse_list, ("site/+/sensor/+",), "topic filter to subscribe to; repeat for "
+        "several; $share/group/... for shared subscriptions", "list", repeatable=True)
+    qos: int = setting("qos", lambda v: int(choice("0", "1")(v)), 1, "subscription QoS (0 or 1)",
+                       "0|1")
+    client_id: str = setting("client_id", parse_str, "", "MQTT client id; needed for a "
+                             "persistent session (empty: a generated one)")
+    session_expiry: float = setting(
+        "session_expiry", parse_duration, 0.0, "keep the broker session this long after a "
+        "disconnect so queued QoS 1 messages survive a restart (0 = clean session)", "duration")
+    protocol: str = setting("mqtt_protocol", choice("5", "3.1.1"), "5", "MQTT protocol version",
+                            "5|3.1.1")
+    keepalive: float = setting("mqtt_keepalive", at_least(parse_duration, 1.0), 30.0,
+                               "MQTT keepalive", "duration")
+    username: str = setting("mqtt_username", parse_str, "", "MQTT user name")
+    password: str = setting("mqtt_password", parse_str, "", "MQTT password (prefer "
+                            "mqtt_password_file)", secret=True)
+    password_file: str = setting("mqtt_password_file", parse_str, "", "file holding the MQTT "
+                                 "password", "path")
+    ca_file: str = setting("mqtt_ca_file", parse_str, "", "CA bundle to verify the broker (TLS)",
+                           "path")
+    cert_file: str = setting("mqtt_cert_file", parse_str, "", "client certificate (TLS)", "path")
+    key_file: str = setting("mqtt_key_file", parse_str, "", "client key (TLS)", "path")
+    max_payload_bytes: int = setting("max_payload_bytes", at_least(parse_size, 1), 65536,
+                                     "larger payloads are dropped and counted as oversize", "size")
+    ring_bytes: int = setting("ring_bytes", at_least(parse_size, 4096), 16 << 20,
+                              "ingest ring between the network and engine threads (rounded up to "
+                              "a power of two)", "size")
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    """The NATS emitter (sink/nats_emitter.py) and its backlog."""
+
+    GROUP: ClassVar[str] = "nats"
+    url: str = setting("nats_url", parse_str, "nats://127.0.0.1:4222",
+                       "NATS server URL(s), comma-separated; tls:// for TLS")
+    subject_prefix: str = setting("subject_prefix", parse_str, "agg",
+                                  "subjects are <prefix>.<device>.<sensor>")
+    format: str = setting("format", choice("json", "cbor"), "json", "aggregate body encoding",
+                          "json|cbor")
+    jetstream: bool = setting("jetstream", parse_bool, False, "publish with JetStream acks and "
+                              "Nats-Msg-Id deduplication", "bool")
+    user: str = setting("nats_user", parse_str, "", "NATS user name")
+    password: str = setting("nats_password", parse_str, "", "NATS password (prefer "
+                            "nats_password_file)", secret=True)
+    password_file: str = setting("nats_password_file", parse_str, "", "file holding the NATS "
+                                 "password", "path")
+    token: str = setting("nats_token", parse_str, "", "NATS token (prefer nats_token_file)",
+                         secret=True)
+    token_file: str = setting("nats_token_file", parse_str, "", "file holding the NATS token",
+                              "path")
+    creds_file: str = setting("nats_creds_file", parse_str, "", "NATS credentials file (JWT + "
+                              "nkey)", "path")
+    ca_file: str = setting("nats_ca_file", parse_str, "", "CA bundle to verify the NATS server "
+                           "(TLS)", "path")
+    cert_file: str = setting("nats_cert_file", parse_str, "", "client certificate for NATS (TLS)",
+                             "path")
+    key_file: str = setting("nats_key_file", parse_str, "", "client key for NATS (TLS)", "path")
+    backlog_batches: int = setting("emit_backlog_batches", at_least(parse_int, 1), 64,
+                                   "tick batches held while NATS is slow or down; beyond: drop "
+                                   "the oldest (emit_backlog)", "int")
+    backlog_bytes: int = setting("emit_backlog_bytes", at_least(parse_size, 1024), 64 << 20,
+                                 "bytes held while NATS is slow or down", "size")
+
+    @property
+    def servers(self) -> list[str]:
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The window engine (engine/_engine.pyx or its twin); max_payload_bytes is MqttSettings'."""
+
+    GROUP: ClassVar[str] = "windows"
+    window: float = setting("window", parse_duration, 60.0, "window length (a whole multiple of "
+                            "emit_every)", "duration")
+    emit_every: float = setting("emit_every", parse_duration, 5.0, "tick period: aggregates are "
+                                "emitted at multiples of it", "duration")
+    max_keys: int = setting("max_keys", at_least(parse_int, 1), 1_000_000, "most live (device, "
+                            "sensor) keys; new keys beyond are dropped (key_limit)", "int")
+    key_ttl: float = setting("key_ttl", parse_duration, 300.0, "a key idle this long is evicted "
+                             "(>= window)", "duration")
+    max_name_bytes: int = setting("max_name_bytes", at_least(parse_int, 1), 256, "longest device, "
+                                  "sensor or unit name in bytes (longer: schema_mismatch)", "int")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """Log lines and the periodic stats line (service/logs.py, the daemon's main thread)."""
+
+    GROUP: ClassVar[str] = "operations"
+    stats_every: float = setting("stats_every", parse_duration, 10.0, "period of the structured "
+                                 "stats log line (0 = never)", "duration")
+    format: str = setting("log_format", choice("text", "json"), "text", "log line format",
+                          "text|json")
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    """Start and stop of the daemon (service/daemon.py)."""
+
+    GROUP: ClassVar[str] = "operations"
+    start_timeout: float = setting("start_timeout", parse_duration, 0.0, "exit with code 3 when "
+                                   "MQTT or NATS is not connected this long after start (0 = keep "
+                                   "retrying with backoff)", "duration")
+    shutdown_deadline: float = setting("shutdown_deadline", parse_duration, 10.0, "on SIGTERM, how "
+                                       "long to wait for the final flush to NATS", "duration")
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus /metrics and /healthz (service/metrics.py); stale_after also gates the systemd
+    watchdog ping."""
+
+    GROUP: ClassVar[str] = "operations"
+    port: int = setting("metrics_port", parse_port, 0, "serve Prometheus /metrics and /healthz on "
+                        "this TCP port (0 = off)", "int")
+    host: str = setting("metrics_host", parse_str, "127.0.0.1", "address the metrics port listens "
+                        "on (0.0.0.0 or :: for every interface)")
+    stale_after: float = setting("health_stale_after", at_least(parse_duration, 1.0), 30.0,
+                                 "/healthz answers 503 when MQTT or NATS has been down, or the "
+                                 "engine thread has not looped, for longer than this", "duration")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every section, plus where each setting's value came from (by setting name)."""
+
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    nats: NatsSettings = field(default_factory=NatsSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def value(self, name: str) -> Any:
+        """A setting's value by its name (``mqtt_url``, ``window``, ...)."""
+        s = BY_NAME[name]
+        return getattr(getattr(self, s.section), s.attr)
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting by name, with each secret replaced: safe to log."""
+        return {s.name: ("***" if s.secret and v else v)
+                for s in SETTINGS for v in (self.value(s.name),)}
+
+
+def _section_settings() -> tuple[Setting, ...]:
+    found: list[Setting] = []
+    for section in fields(Config):
+        cls = section.default_factory
+        if not is_dataclass(cls):
+            continue  # sources
+        for f in fields(cls):
+            found.append(replace(f.metadata[_SPEC], group=cls.GROUP, section=section.name,
+                                 attr=f.name))
+    return tuple(found)
+
+
+SETTINGS: tuple[Setting, ...] = _section_settings()
 BY_NAME = {s.name: s for s in SETTINGS}
 
 
-@dataclass
-class Config:
-    values: dict[str, Any]
-    sources: dict[str, str] = field(default_factory=dict)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def redacted(self) -> dict[str, Any]:
-        """The values with every secret replaced: safe to log."""
-        return {k: ("***" if BY_NAME[k].secret and v else v) for k, v in self.values.items()}
+def _build(values: Mapping[str, Any], sources: Mapping[str, str]) -> Config:
+    sections: dict[str, dict[str, Any]] = {}
+    for s in SETTINGS:
+        sections.setdefault(s.section, {})[s.attr] = values[s.name]
+    built: dict[str, Any] = {}
+    for f in fields(Config):
+        if f.name in sections:
+            make = cast(Callable[..., Any], f.default_factory)   # the section's class
+            built[f.name] = make(**sections[f.name])
+    return Config(**built, sources=dict(sources))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -274,10 +366,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for s in SETTINGS:
         group = groups.get(s.group) or groups.setdefault(
             s.group, parser.add_argument_group(f"{s.group} settings"))
-        default = ", ".join(s.default) if isinstance(s.default, list) else s.default
-        help_text = f"{s.help} [{s.kind}; default: {default!s}; env {s.env}]"
+        help_text = f"{s.help} [{s.kind}; default: {_default_text(s)}; env {s.env}]"
         group.add_argument(s.flag, dest=s.name, metavar=s.kind.upper(), help=help_text,
                            action="append" if s.repeatable else "store", default=None)
+
+
+def _default_text(s: Setting) -> str:
+    return ", ".join(s.default) if isinstance(s.default, tuple) else str(s.default)
 
 
 def _flatten_toml(data: dict, prefix: str = "") -> dict[str, Any]:
@@ -296,8 +391,10 @@ def _toml_name(name: str) -> str:
     return name if name in BY_NAME else {"mqtt_topics": "topic", "topics": "topic"}.get(name, name)
 
 
-def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None = None) -> Config:
-    """Resolves every setting: default < TOML file < environment < flags."""
+def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None,
+         overrides: Mapping[str, Any] | None = None) -> Config:
+    """Resolves every setting: default < TOML file < environment < flags < ``overrides`` (a
+    program's own choices by setting name, e.g. the demo's private brokers), then checks them."""
     environ = os.environ if environ is None else environ
     raw: dict[str, tuple[Any, str]] = {s.name: (s.default, "default") for s in SETTINGS}
     path = getattr(args, "config", None) if args is not None else None
@@ -321,6 +418,10 @@ def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None 
             value = getattr(args, s.name, None)
             if value is not None:
                 raw[s.name] = (value, f"flag {s.flag}")
+    for name, value in (overrides or {}).items():
+        if name not in BY_NAME:
+            raise ConfigError(f"unknown setting {name!r}")
+        raw[name] = (value, "set by the program")
     values, sources = {}, {}
     for s in SETTINGS:
         value, source = raw[s.name]
@@ -331,30 +432,30 @@ def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None 
             reason = "invalid value" if s.secret else str(exc)
             raise ConfigError(f"setting {s.name} ({source}): {reason}") from None
         sources[s.name] = source
-    config = Config(values, sources)
-    _read_secret_files(config)
+    _read_secret_files(values, sources)
+    config = _build(values, sources)
     _check_creds_file(config)
     _check_together(config)
     return config
 
 
-def _read_secret_files(config: Config) -> None:
+def _read_secret_files(values: dict[str, Any], sources: dict[str, str]) -> None:
     for secret, path_name in (("mqtt_password", "mqtt_password_file"),
                               ("nats_password", "nats_password_file"),
                               ("nats_token", "nats_token_file")):
-        path = config.values[path_name]
+        path = values[path_name]
         if not path:
             continue
         try:
-            config.values[secret] = Path(path).read_text(encoding="utf-8").strip()
+            values[secret] = Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(f"setting {path_name}: cannot read {path}: {exc.strerror}") from None
-        config.sources[secret] = f"file {path}"
+        sources[secret] = f"file {path}"
 
 
 def _check_creds_file(config: Config) -> None:
     """A bad credentials file fails at start, not at every connect (emitter.check_creds_file)."""
-    path = config.values["nats_creds_file"]
+    path = config.nats.creds_file
     if not path:
         return
     from telemetry_cy.sink.nats_emitter import check_creds_file
@@ -369,15 +470,16 @@ def _check_together(config: Config) -> None:
     from telemetry_cy.engine.rules import check_config
     from telemetry_cy.service.logs import redact_url
 
+    e, mqtt = config.engine, config.mqtt
     try:
-        check_config(config.window, config.emit_every, config.max_keys, config.key_ttl,
-                     config.max_payload_bytes, config.max_name_bytes)
+        check_config(e.window, e.emit_every, e.max_keys, e.key_ttl, mqtt.max_payload_bytes,
+                     e.max_name_bytes)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"settings window/emit_every/key_ttl: {exc}") from None
-    if not config.mqtt_url.startswith(("mqtt://", "mqtts://")):
+    if not mqtt.url.startswith(("mqtt://", "mqtts://")):
         raise ConfigError(f"setting mqtt_url: expected mqtt://host:port or mqtts://host:port, "
-                          f"got {redact_url(config.mqtt_url)!r}")
-    if float(config.session_expiry) > 0 and not config.client_id:
+                          f"got {redact_url(mqtt.url)!r}")
+    if float(mqtt.session_expiry) > 0 and not mqtt.client_id:
         raise ConfigError("setting session_expiry: a persistent session needs a fixed "
                           "client_id (set --client-id)")
 
@@ -390,7 +492,7 @@ def markdown_reference() -> str:
                   "| setting | flag | environment | type | default | meaning |",
                   "|---|---|---|---|---|---|"]
         for s in (s for s in SETTINGS if s.group == group):
-            default = ", ".join(s.default) if isinstance(s.default, list) else s.default
+            default = _default_text(s)
             default = "(empty)" if default == "" else f"`{default}`"
             meaning = s.help + (" Repeatable." if s.repeatable else "") + (
                 " Secret: never printed." if s.secret else "")

@@ -23,8 +23,9 @@ import time
 
 from telemetry_cy import __version__
 from telemetry_cy.backend import ACTIVE
-from telemetry_cy.service import logs
 from telemetry_cy.reasons import DROP_REASONS
+from telemetry_cy.service import logs
+from telemetry_cy.service.config import Config, EngineSettings, MqttSettings, NatsSettings
 
 # Exit codes (docs/deploy-raspberry-pi.md)
 EXIT_OK = 0
@@ -87,43 +88,60 @@ class SystemdNotifier:
             self._sock = None
 
 
+def make_engine(engine: EngineSettings, mqtt: MqttSettings):
+    """The window engine of the active backend; max_payload_bytes is the source's limit, which
+    the engine enforces again for payloads that reach it another way."""
+    return ACTIVE.Engine(window=engine.window, emit_every=engine.emit_every,
+                         max_keys=engine.max_keys, key_ttl=engine.key_ttl,
+                         max_payload_bytes=mqtt.max_payload_bytes,
+                         max_name_bytes=engine.max_name_bytes)
+
+
+def make_emitter(nats: NatsSettings):
+    from telemetry_cy.sink.nats_emitter import NatsEmitter
+
+    # an empty setting means "not set": the emitter takes None for that
+    return NatsEmitter(
+        servers=nats.servers, subject_prefix=nats.subject_prefix, format=nats.format,
+        jetstream=nats.jetstream, max_backlog_batches=nats.backlog_batches,
+        max_backlog_bytes=nats.backlog_bytes, user=nats.user or None,
+        password=nats.password or None, token=nats.token or None,
+        creds_file=nats.creds_file or None, tls_ca_file=nats.ca_file or None,
+        tls_cert_file=nats.cert_file or None, tls_key_file=nats.key_file or None)
+
+
+def make_source(ring, mqtt: MqttSettings):
+    from telemetry_cy.source.mqtt import MqttSource
+
+    return MqttSource(
+        ring, url=mqtt.url, topics=mqtt.topics, qos=mqtt.qos, client_id=mqtt.client_id or None,
+        session_expiry=mqtt.session_expiry, username=mqtt.username or None,
+        password=mqtt.password or None, ca_file=mqtt.ca_file or None,
+        cert_file=mqtt.cert_file or None, key_file=mqtt.key_file or None,
+        protocol=5 if mqtt.protocol == "5" else 4, max_payload_bytes=mqtt.max_payload_bytes,
+        keepalive=mqtt.keepalive)
+
+
 class Daemon:
-    def __init__(self, config, source_factory=None, emitter_factory=None):
-        from telemetry_cy.sink.nats_emitter import NatsEmitter
+    def __init__(self, config: Config, source_factory=make_source, emitter_factory=make_emitter):
         from telemetry_cy.engine.engine_thread import EngineThread
-        from telemetry_cy.source.mqtt import MqttSource
 
         c = self.config = config
         self.log = logs.get("daemon")
         self.started_at = time.time()
-        self.ring = ACTIVE.ByteRing(_pow2_at_least(c.ring_bytes))
-        self.engine = ACTIVE.Engine(window=c.window, emit_every=c.emit_every, max_keys=c.max_keys,
-                             key_ttl=c.key_ttl, max_payload_bytes=c.max_payload_bytes,
-                             max_name_bytes=c.max_name_bytes)
-        self.emitter = (emitter_factory or NatsEmitter)(
-            servers=[u.strip() for u in c.nats_url.split(",") if u.strip()],
-            subject_prefix=c.subject_prefix, format=c.format, jetstream=c.jetstream,
-            max_backlog_batches=c.emit_backlog_batches, max_backlog_bytes=c.emit_backlog_bytes,
-            user=c.nats_user or None, password=c.nats_password or None,
-            token=c.nats_token or None, creds_file=c.nats_creds_file or None,
-            tls_ca_file=c.nats_ca_file or None, tls_cert_file=c.nats_cert_file or None,
-            tls_key_file=c.nats_key_file or None)
+        self.ring = ACTIVE.ByteRing(_pow2_at_least(c.mqtt.ring_bytes))
+        self.engine = make_engine(c.engine, c.mqtt)
+        self.emitter = emitter_factory(c.nats)
         self.engine_thread = EngineThread(self.engine, self.ring, self.emitter.submit)
-        self.source = (source_factory or MqttSource)(
-            self.ring, url=c.mqtt_url, topics=c.topic, qos=c.qos,
-            client_id=c.client_id or None, session_expiry=c.session_expiry,
-            username=c.mqtt_username or None, password=c.mqtt_password or None,
-            ca_file=c.mqtt_ca_file or None, cert_file=c.mqtt_cert_file or None,
-            key_file=c.mqtt_key_file or None, protocol=5 if c.mqtt_protocol == "5" else 4,
-            max_payload_bytes=c.max_payload_bytes, keepalive=c.mqtt_keepalive)
+        self.source = source_factory(self.ring, c.mqtt)
         self.stop_requested = threading.Event()
         self.signals = 0
         self.systemd = SystemdNotifier()
         self.metrics = None
-        if c.metrics_port:
+        if c.metrics.port:
             from telemetry_cy.service.metrics import MetricsServer
-            self.metrics = MetricsServer(self, c.metrics_host, c.metrics_port,
-                                         c.health_stale_after, version=__version__,
+            self.metrics = MetricsServer(self, c.metrics.host, c.metrics.port,
+                                         c.metrics.stale_after, version=__version__,
                                          engine_kind=ACTIVE.name)
 
     # ---- lifecycle ----
@@ -142,15 +160,15 @@ class Daemon:
             signal.signal(signum, self._on_signal)
         c = self.config
         self.log.info("starting", extra={"fields": {
-            "mqtt": logs.redact_url(c.mqtt_url), "topics": ",".join(c.topic),
-            "nats": ",".join(logs.redact_url(u) for u in c.nats_url.split(",")),
-            "window_s": c.window, "emit_every_s": c.emit_every}})
+            "mqtt": logs.redact_url(c.mqtt.url), "topics": ",".join(c.mqtt.topics),
+            "nats": ",".join(logs.redact_url(u) for u in c.nats.url.split(",")),
+            "window_s": c.engine.window, "emit_every_s": c.engine.emit_every}})
         if self.metrics is not None:
             try:
                 self.metrics.start()
             except OSError as exc:
                 self.log.error("cannot listen on the metrics port", extra={"fields": {
-                    "host": c.metrics_host, "port": c.metrics_port, "error": exc.strerror}})
+                    "host": c.metrics.host, "port": c.metrics.port, "error": exc.strerror}})
                 return EXIT_CONFIG
             self.log.info("metrics listening", extra={"fields": {
                 "url": self.metrics.url + "/metrics", "health": self.metrics.url + "/healthz"}})
@@ -172,7 +190,7 @@ class Daemon:
         self.source.start()
 
     def _wait_for_connections(self) -> int:
-        timeout = self.config.start_timeout
+        timeout = self.config.lifecycle.start_timeout
         if timeout <= 0:
             return EXIT_OK
         deadline = time.monotonic() + timeout
@@ -189,7 +207,7 @@ class Daemon:
         return EXIT_UNREACHABLE
 
     def _serve(self) -> int:
-        every = self.config.stats_every
+        every = self.config.log.stats_every
         next_stats = time.monotonic() + every if every > 0 else float("inf")
         while not self.stop_requested.is_set():
             self.stop_requested.wait(min(0.5, max(0.0, next_stats - time.monotonic())))
@@ -214,13 +232,13 @@ class Daemon:
         if not self.engine_thread.is_alive():
             return False
         beat = self.engine_thread.stats().get("heartbeat")
-        return beat is None or time.monotonic() - beat <= self.config.health_stale_after
+        return beat is None or time.monotonic() - beat <= self.config.metrics.stale_after
 
     def shutdown(self) -> None:
         """Stops in data-flow order; each stage finishes what the previous one handed over."""
         self.source.stop()
         self.engine_thread.stop()
-        self.emitter.stop(self.config.shutdown_deadline)
+        self.emitter.stop(self.config.lifecycle.shutdown_deadline)
         if self.metrics is not None:  # served until here: the drain can be watched
             self.metrics.stop()
 
@@ -283,8 +301,8 @@ class Daemon:
         return line
 
 
-def main(config) -> int:
-    logs.setup(config.log_format)
+def main(config: Config) -> int:
+    logs.setup(config.log.format)
     daemon = Daemon(config)
     code = daemon.run()
     print(json.dumps(daemon.counters(), separators=(",", ":")), flush=True)

@@ -113,15 +113,13 @@ class Demo:
         try:
             mosquitto.start()
             nats_server.start()
-            settings = config_mod.load(None, environ={})
-            settings.values.update(
+            settings = config_mod.load(None, environ={}, overrides=dict(
                 mqtt_url=mosquitto.url, nats_url=nats_server.url, topic=["site/+/sensor/+"],
-                qos=0, window=args.window, emit_every=args.emit_every, stats_every=0.0)
-            config_mod._check_together(settings)
+                qos=0, window=args.window, emit_every=args.emit_every, stats_every=0.0))
             daemon = Daemon(settings)
             daemon.start()
-            watcher = AggregateWatcher(nats_server.url, settings.subject_prefix,
-                                       settings.format)
+            watcher = AggregateWatcher(nats_server.url, settings.nats.subject_prefix,
+                                       settings.nats.format)
             watcher.start()
             watcher.ready.wait(10.0)
             deadline = time.monotonic() + 10.0
