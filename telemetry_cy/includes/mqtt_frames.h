@@ -1,4 +1,4 @@
-/* MQTT frame reader: the network thread's hot receive path (DESIGN.md §1-2).
+/* MQTT frame reader: the network thread's hot receive path (docs/design.md §1-2).
  *
  * The network thread reads the socket into one big buffer (one recv per readable event) and calls
  * tc_mqtt_parse, which walks every complete packet in place:

@@ -1,5 +1,5 @@
 /* Single-producer single-consumer byte ring: MQTT PUBLISH records from the network thread [1] to the
- * engine thread [2] (docs: /work/shared/DESIGN.md §1). Header-only, all `static inline`.
+ * engine thread [2] (docs/design.md §1). Header-only, all `static inline`.
  *
  * Exactly one thread may call the producer functions (tc_ring_reserve*, tc_ring_commit,
  * tc_ring_try_write) and exactly one thread the consumer functions (tc_ring_peek, tc_ring_consume,
@@ -98,7 +98,7 @@ enum tc_ring_rc {
 typedef struct tc_ring_hdr {
     uint32_t total_len;   /* header + topic + payload + padding (multiple of 8), or WRAP_MARK */
     uint32_t topic_len;
-    double ts;            /* arrival time (one clock read per socket read, DESIGN.md §1) */
+    double ts;            /* arrival time (one clock read per socket read, docs/design.md §1) */
     uint64_t payload_len;
 } tc_ring_hdr;
 

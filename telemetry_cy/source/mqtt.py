@@ -1,6 +1,6 @@
 """MQTT source: paho-mqtt for the protocol, a compiled frame reader for the PUBLISH hot path.
 
-Thread [1] of DESIGN.md §1. ``MqttSource`` runs ONE network thread of its own. paho-mqtt keeps
+Thread [1] of docs/design.md §1. ``MqttSource`` runs ONE network thread of its own. paho-mqtt keeps
 what it is good at — CONNECT and its properties, SUBSCRIBE, keepalive/PINGREQ, the handling of every
 packet that is not a PUBLISH QoS 0/1, TLS — and our ``Client`` subclass replaces paho's
 ``loop_read`` (one ``recv`` per byte of header, one ``MQTTMessage`` per packet) with one big
