@@ -22,12 +22,15 @@ class Backoff:
     that dies right after connecting keeps it growing."""
 
     def __init__(self, initial: float = 0.1, maximum: float = 30.0, *, jitter: float = 1.0,
-                 stable_after: float = 1.0, rng: Callable[[float, float], float] | None = None):
+                 stable_after: float = 1.0, rng: Callable[[float, float], float] | None = None,
+                 name: str = "backoff"):
+        # `name`: what the owner calls initial and maximum, for its configuration errors
         initial, maximum, jitter = float(initial), float(maximum), float(jitter)
         if not 0 < initial <= maximum:
-            raise ValueError(f"need 0 < initial <= maximum, got {initial} and {maximum}")
+            raise ValueError(f"{name}: need 0 < initial <= maximum, "
+                             f"got {initial:g} and {maximum:g}")
         if not 0 <= jitter <= 1:
-            raise ValueError(f"jitter must be in [0, 1], got {jitter}")
+            raise ValueError(f"{name}: jitter must be in [0, 1], got {jitter:g}")
         self.initial, self.maximum, self.jitter = initial, maximum, jitter
         self.stable_after = float(stable_after)
         self._uniform = rng or random.uniform

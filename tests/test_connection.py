@@ -76,9 +76,9 @@ def test_backoff_a_huge_attempt_count_stays_at_the_cap():
 
 @pytest.mark.parametrize("initial, maximum, jitter", [
     (0, 1, 1.0), (-1, 1, 1.0), (2, 1, 1.0), (0.1, 1, -0.1), (0.1, 1, 1.5)])
-def test_backoff_rejects_a_bad_policy(initial, maximum, jitter):
-    with pytest.raises(ValueError):
-        Backoff(initial, maximum, jitter=jitter)
+def test_backoff_rejects_a_bad_policy_in_its_owners_words(initial, maximum, jitter):
+    with pytest.raises(ValueError, match="^backoff_initial, backoff_max: "):
+        Backoff(initial, maximum, jitter=jitter, name="backoff_initial, backoff_max")
 
 
 @settings(max_examples=200, deadline=None)
@@ -105,7 +105,7 @@ def test_backoff_matches_a_model(initial, factor, jitter, stable_after, seed, ev
         assert b.attempt == k
 
 
-# ---- ConnectionClock ------------------------------------------------------------------------------
+# ---- ConnectionClock ----------------------------------------------------------------------------
 
 
 def test_clock_starts_down_and_counts_the_time_before_the_first_connection():
