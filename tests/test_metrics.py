@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from brokers import NatsSubscriber, free_port, wait_for
 from telemetry_cy.service import config as cfg
 from telemetry_cy.service.metrics import Buckets, Health, MetricsServer, _Outage
+from telemetry_cy.service.pipeline_snapshot import PipelineSnapshot
 from telemetry_cy.reasons import DROP_REASONS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -417,12 +418,65 @@ class _EngineThread:
         return dict(self.s)
 
 
+def _fake_pipeline(src, eng, emi) -> SimpleNamespace:
+    from telemetry_cy.source._ring_py import ByteRing
+
+    return SimpleNamespace(source=src, engine_thread=eng, emitter=emi, ring=ByteRing(4096),
+                           stop_requested=threading.Event())
+
+
+def _health(pipeline, clock, stale_after=2.0) -> Health:
+    return Health(lambda: PipelineSnapshot.read(pipeline), pipeline.engine_thread,
+                  stale_after=stale_after, stopping=pipeline.stop_requested.is_set,
+                  clock=lambda: clock[0])
+
+
 def test_health_rules():
+    clock = [1000.0]
+    up = dict(connected=True, disconnected_seconds=0.0, down_seconds=0.0, connects=1,
+              reconnects=0)
+    src, emi, eng = _Part(**up), _Part(**up), _EngineThread(heartbeat=1000.0)
+    pipeline = _fake_pipeline(src, eng, emi)
+    h = _health(pipeline, clock)
+    assert h.check()[0]
+    clock[0] += 1.0
+    eng.s["heartbeat"] = clock[0]
+    src.s.update(connected=False, disconnected_seconds=0.5, down_seconds=0.5)  # not yet stale
+    ok, body = h.check()
+    assert ok and body["mqtt"] == {"connected": False, "down_seconds": 0.5}
+    clock[0] += 2.0
+    eng.s["heartbeat"] = clock[0]
+    src.s.update(disconnected_seconds=2.5, down_seconds=2.5)
+    ok, body = h.check()
+    assert not ok and body["problems"] == ["MQTT down for 2.5 s"]
+    # the part's own outage clock decides, not what health saw before: a new outage of 0.1 s
+    # right after a long one is 0.1 s
+    src.s.update(connected=False, disconnected_seconds=2.6, down_seconds=0.1, connects=2)
+    ok, body = h.check()
+    assert ok and body["mqtt"]["down_seconds"] == 0.1
+    src.s.update(connected=True, down_seconds=0.0)
+    emi.s.update(connected=False, down_seconds=7.25)
+    ok, body = h.check()
+    assert not ok and body["problems"] == ["NATS down for 7.2 s"]
+    assert body["nats"] == {"connected": False, "down_seconds": 7.25}
+    emi.s.update(connected=True, down_seconds=0.0)
+    assert h.check()[0]
+    clock[0] += 2.5                                             # the engine loop is stuck
+    ok, body = h.check()
+    assert not ok and body["problems"] == ["engine thread has not looped for 2.5 s"]
+    eng.s["heartbeat"] = clock[0]
+    eng.error = RuntimeError("boom")
+    assert h.check()[1]["problems"] == ["engine thread failed"]
+    eng.error, eng.alive = None, True
+    pipeline.stop_requested.set()
+    assert h.check()[1]["problems"] == ["stopping"]
+
+
+def test_health_dates_outages_from_samples_for_parts_without_down_seconds():
     clock = [1000.0]
     up = dict(connected=True, disconnected_seconds=0.0, connects=1, reconnects=0)
     src, emi, eng = _Part(**up), _Part(**up), _EngineThread(heartbeat=1000.0)
-    stopping = threading.Event()
-    h = Health(src, eng, emi, stale_after=2.0, stopping=stopping.is_set, clock=lambda: clock[0])
+    h = _health(_fake_pipeline(src, eng, emi), clock)
     assert h.check()[0]
     clock[0] += 1.0
     eng.s["heartbeat"] = clock[0]
@@ -436,26 +490,15 @@ def test_health_rules():
     assert not ok and body["problems"] == ["MQTT down for 2.5 s"]
     src.s.update(connected=True, connects=2)
     assert h.check()[0]
-    clock[0] += 2.5                                             # the engine loop is stuck
-    ok, body = h.check()
-    assert not ok and body["problems"] == ["engine thread has not looped for 2.5 s"]
-    eng.s["heartbeat"] = clock[0]
-    eng.error = RuntimeError("boom")
-    assert h.check()[1]["problems"] == ["engine thread failed"]
-    eng.error, eng.alive = None, True
-    stopping.set()
-    assert h.check()[1]["problems"] == ["stopping"]
 
 
 def test_server_answers_with_fake_parts():
-    from telemetry_cy.source._ring_py import ByteRing
-
     beat = time.monotonic()
-    pipeline = SimpleNamespace(
-        source=_Part(connected=True, received=5, drops={"oversize": 1}, connects=1),
-        engine_thread=_EngineThread(heartbeat=beat),
-        emitter=_Part(connected=True, published=2, drops={"emit_backlog": 3}),
-        ring=ByteRing(4096), stop_requested=threading.Event())
+    pipeline = _fake_pipeline(
+        _Part(connected=True, received=5, drops={"oversize": 1}, connects=1, down_seconds=0.0),
+        _EngineThread(heartbeat=beat),
+        _Part(connected=True, published=2, drops={"emit_backlog": 3, "mystery": 4},
+              down_seconds=0.0))
     pipeline.engine_thread.s.update(payloads=4, drops={"late": 2})
     server = MetricsServer(pipeline, "127.0.0.1", 0, 30.0, version="x", engine_kind="pure")
     assert not server.publish_delay_hooked            # a fake emitter is left alone
@@ -468,6 +511,8 @@ def test_server_answers_with_fake_parts():
         assert m[("telemetry_cy_drops_total", "oversize")] == 1
         assert m[("telemetry_cy_drops_total", "late")] == 2
         assert m[("telemetry_cy_drops_total", "emit_backlog")] == 3
+        # a reason outside the closed set is shown under its own name, not lost
+        assert m[("telemetry_cy_drops_total", "mystery")] == 4
         assert m["telemetry_cy_tick_duration_seconds_count"] == 1
         assert m["telemetry_cy_publish_delay_seconds_count"] == 0
         assert m["telemetry_cy_ring_capacity_bytes"] == 4096

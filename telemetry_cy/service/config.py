@@ -30,7 +30,7 @@ class ConfigError(ValueError):
     """A setting has a bad value; the message names it."""
 
 
-# ---- value parsers --------------------------------------------------------------------------------
+# ---- value parsers -------------------------------------------------------------------------
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -139,7 +139,7 @@ def at_least(parse: Callable[[Any], Any], low) -> Callable[[Any], Any]:
     return checked
 
 
-# ---- the table --------------------------------------------------------------------------------------
+# ---- the table -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Setting:

@@ -3,12 +3,12 @@
 Threads (docs/architecture.md): [1] the MQTT network thread (MqttSource) writes records into the
 ring; [2] the engine thread drains it and ticks; [3] the NATS thread publishes tick batches. This
 module is the main thread: it starts them (and, with metrics_port, the metrics server thread of
-telemetry_cy/service/metrics.py), logs a stats line every stats_every, and on SIGTERM or SIGINT stops them
-in data-flow order so nothing accepted goes unaccounted: stop reading MQTT, drain the ring, run the
+service/metrics.py), logs a stats line every stats_every, and on SIGTERM or SIGINT stops them in
+data-flow order so nothing accepted goes unaccounted: stop reading MQTT, drain the ring, run the
 final tick (windows that have closed by then), count the readings of the interval still open
 (`open_readings`: in no aggregate), flush NATS within the deadline, print the final counters as
-one JSON object on stdout. A
-second signal exits at once. Under systemd (Type=notify) it reports readiness, status, watchdog
+one JSON object on stdout. The stats line and the final counters come from one
+PipelineSnapshot (service/pipeline_snapshot.py), as do the metrics. A second signal exits at once. Under systemd (Type=notify) it reports readiness, status, watchdog
 pings and stopping through $NOTIFY_SOCKET (SystemdNotifier).
 """
 
@@ -23,9 +23,9 @@ import time
 
 from telemetry_cy import __version__
 from telemetry_cy.backend import ACTIVE
-from telemetry_cy.reasons import DROP_REASONS
 from telemetry_cy.service import logs
 from telemetry_cy.service.config import Config, EngineSettings, MqttSettings, NatsSettings
+from telemetry_cy.service.pipeline_snapshot import PipelineSnapshot
 
 # Exit codes (docs/deploy-raspberry-pi.md)
 EXIT_OK = 0
@@ -195,13 +195,15 @@ class Daemon:
             return EXIT_OK
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.stop_requested.is_set():
-            if self.source.stats().get("connected") and self.emitter.stats().get("connected"):
+            snap = self.snapshot()
+            if snap.mqtt.connected and snap.nats.connected:
                 return EXIT_OK
             time.sleep(0.05)
         if self.stop_requested.is_set():
             return EXIT_OK
-        missing = [name for name, part in (("MQTT", self.source), ("NATS", self.emitter))
-                   if not part.stats().get("connected")]
+        snap = self.snapshot()
+        missing = [name for name, up in (("MQTT", snap.mqtt.connected),
+                                         ("NATS", snap.nats.connected)) if not up]
         self.log.error("not connected within start_timeout", extra={"fields": {
             "missing": ",".join(missing), "start_timeout_s": timeout}})
         return EXIT_UNREACHABLE
@@ -244,61 +246,15 @@ class Daemon:
 
     # ---- counters ----
 
+    def snapshot(self) -> PipelineSnapshot:
+        return PipelineSnapshot.read(self)
+
     def counters(self) -> dict:
-        """Whole-pipeline counters. Balance rules (docs/architecture.md):
-        received == payloads + drops[oversize] + drops[decode_error] + drops[ingest_full]
-        readings of decoded payloads == readings + schema_mismatch + non_finite + key_limit + late
-        aggregates == published + drops[emit_backlog] + backlog
-        at stop, open_readings = readings of the interval no tick closed (in no aggregate); with
-        window == emit_every: readings == sum of published counts + open_readings + (readings of
-        aggregates dropped as emit_backlog)"""
-        src, eng, emi = self.source.stats(), self.engine_thread.stats(), self.emitter.stats()
-        drops = dict.fromkeys(DROP_REASONS, 0)
-        for part in (src, eng, emi):
-            for reason, n in part.get("drops", {}).items():
-                drops[reason] += n
-        out = {
-            "received": src.get("received", 0),
-            "payloads": eng.get("payloads", 0),
-            "readings": eng.get("readings", 0),
-            "drops": drops,
-            "aggregates": eng.get("aggregates", 0),
-            "published": emi.get("published", 0),
-            "backlog": emi.get("backlog_aggregates", 0),
-            "live_keys": eng.get("live_keys", 0),
-            "evicted": eng.get("evicted", 0),
-            "open_readings": eng.get("open_readings", 0),
-            "state_bytes": eng.get("state_bytes", 0),
-            "uptime_s": round(time.time() - self.started_at, 3),
-            "mqtt": {k: src.get(k) for k in ("connected", "connects", "disconnects",
-                                             "disconnected_seconds")},
-            "nats": {k: emi.get(k) for k in ("connected", "reconnects", "disconnected_seconds",
-                                               "stalled_flushes", "too_large")},
-        }
-        # engines with sequence accounting and offender summaries (docs/windows.md)
-        for name in ("seq", "offenders"):
-            if name in eng:
-                out[name] = eng[name]
-        return out
+        """Whole-pipeline counters, the final JSON object (PipelineSnapshot.counters)."""
+        return self.snapshot().counters(time.time() - self.started_at)
 
     def stats_line(self) -> dict:
-        c = self.counters()
-        line = {
-            "received": c["received"], "decoded": c["payloads"], "readings": c["readings"],
-            "emitted": c["aggregates"], "published": c["published"],
-            "drops": {k: v for k, v in c["drops"].items() if v},
-            "ring_bytes": self.ring.used_bytes, "backlog": c["backlog"],
-            "live_keys": c["live_keys"], "state_bytes": c["state_bytes"],
-            "mqtt": "up" if c["mqtt"]["connected"] else "down",
-            "nats": "up" if c["nats"]["connected"] else "down",
-        }
-        seq = {k: v for k, v in (c.get("seq") or {}).items() if v}
-        if seq:
-            line["seq"] = seq
-        for kind, top in (c.get("offenders") or {}).items():
-            if top:  # the three heaviest names, as name: count
-                line[f"top_{kind}"] = {entry[0]: entry[1] for entry in top[:3]}
-        return line
+        return self.snapshot().stats_line()
 
 
 def main(config: Config) -> int:

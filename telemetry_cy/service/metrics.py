@@ -36,7 +36,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from telemetry_cy.reasons import DROP_REASONS
+from telemetry_cy.service.pipeline_snapshot import PipelineSnapshot
 
 log = logging.getLogger("telemetry_cy.service.metrics")
 
@@ -110,12 +110,17 @@ class _Outage:
 class Health:
     """Healthy unless MQTT or NATS has been down, or the engine thread has not looped (its stats
     heartbeat), for longer than ``stale_after`` seconds; or the engine thread died; or the
-    daemon is stopping. ``sample`` and ``check`` are called from one thread (the HTTP thread)."""
+    daemon is stopping.
 
-    def __init__(self, source, engine_thread, emitter, stale_after: float,
+    An outage's length is the part's own ``down_seconds`` (its connection clock). For a part that
+    does not report it, the outage is dated from samples instead (``_Outage``, fed by ``sample``
+    on the HTTP thread); ``sample`` and ``check`` are called from that one thread."""
+
+    def __init__(self, read: Callable[[], PipelineSnapshot], engine_thread, stale_after: float,
                  stopping: Callable[[], bool] = lambda: False,
                  clock: Callable[[], float] = time.monotonic):
-        self.source, self.engine_thread, self.emitter = source, engine_thread, emitter
+        self.read = read
+        self.engine_thread = engine_thread
         self.stale_after = float(stale_after)
         self.stopping = stopping
         self.clock = clock
@@ -123,31 +128,33 @@ class Health:
         self.mqtt = _Outage()
         self.nats = _Outage()
 
-    def sample(self, src: dict | None = None, emi: dict | None = None) -> float:
+    def sample(self, snap: PipelineSnapshot | None = None) -> float:
         now = self.clock()
-        src = self.source.stats() if src is None else src
-        emi = self.emitter.stats() if emi is None else emi
-        self.mqtt.update(bool(src.get("connected")), float(src.get("disconnected_seconds") or 0),
-                         int(src.get("connects") or 0), now)
-        self.nats.update(bool(emi.get("connected")), float(emi.get("disconnected_seconds") or 0),
-                         int(emi.get("reconnects") or 0), now)
+        snap = self.read() if snap is None else snap
+        m, n = snap.mqtt, snap.nats
+        if m.down_seconds is None:
+            self.mqtt.update(m.connected, m.disconnected_seconds, m.connects, now)
+        if n.down_seconds is None:
+            self.nats.update(n.connected, n.disconnected_seconds, n.reconnects, now)
         return now
 
-    def heartbeat_age(self, eng: dict, now: float) -> float:
-        beat = eng.get("heartbeat")
+    def heartbeat_age(self, snap: PipelineSnapshot, now: float) -> float:
+        beat = snap.heartbeat
         return max(0.0, now - (self.created if beat is None else beat))
 
-    def check(self, src: dict | None = None, eng: dict | None = None,
-              emi: dict | None = None) -> tuple[bool, dict]:
-        now = self.sample(src, emi)
-        eng = self.engine_thread.stats() if eng is None else eng
+    def check(self, snap: PipelineSnapshot | None = None) -> tuple[bool, dict]:
+        snap = self.read() if snap is None else snap
+        now = self.sample(snap)
         problems = []
-        mqtt_down, nats_down = self.mqtt.seconds(now), self.nats.seconds(now)
+        mqtt_down = (self.mqtt.seconds(now) if snap.mqtt.down_seconds is None
+                     else snap.mqtt.down_seconds)
+        nats_down = (self.nats.seconds(now) if snap.nats.down_seconds is None
+                     else snap.nats.down_seconds)
         if mqtt_down > self.stale_after:
             problems.append(f"MQTT down for {mqtt_down:.1f} s")
         if nats_down > self.stale_after:
             problems.append(f"NATS down for {nats_down:.1f} s")
-        age = self.heartbeat_age(eng, now)
+        age = self.heartbeat_age(snap, now)
         thread = self.engine_thread
         alive = thread.is_alive()
         if getattr(thread, "error", None) is not None:
@@ -161,8 +168,8 @@ class Health:
         body = {
             "status": "unhealthy" if problems else "ok",
             "problems": problems,
-            "mqtt": {"connected": self.mqtt.since is None, "down_seconds": round(mqtt_down, 3)},
-            "nats": {"connected": self.nats.since is None, "down_seconds": round(nats_down, 3)},
+            "mqtt": {"connected": snap.mqtt.connected, "down_seconds": round(mqtt_down, 3)},
+            "nats": {"connected": snap.nats.connected, "down_seconds": round(nats_down, 3)},
             "engine": {"alive": alive, "heartbeat_age_seconds": round(age, 3)},
             "stale_after_seconds": self.stale_after,
         }
@@ -186,13 +193,12 @@ def _histogram(name: str, doc: str, buckets: Buckets) -> HistogramMetricFamily:
 
 
 class PipelineCollector(Collector):
-    """Reads the pipeline's stats snapshots at scrape time (docs/metrics.md lists every metric).
+    """Reads one pipeline snapshot at scrape time (docs/metrics.md lists every metric)."""
 
-    ``pipeline`` has ``source``, ``engine_thread``, ``emitter`` and ``ring`` (the Daemon)."""
-
-    def __init__(self, pipeline, health: Health, tick_seconds: Buckets, delay_seconds: Buckets,
-                 version: str = "", engine_kind: str = ""):
-        self.pipeline = pipeline
+    def __init__(self, read: Callable[[], PipelineSnapshot], health: Health,
+                 tick_seconds: Buckets, delay_seconds: Buckets, version: str = "",
+                 engine_kind: str = ""):
+        self.read = read
         self.health = health
         self.tick_seconds = tick_seconds
         self.delay_seconds = delay_seconds
@@ -203,44 +209,33 @@ class PipelineCollector(Collector):
         return []  # names are checked by the tests, not at registration (no scrape at start)
 
     def collect(self):
-        p = self.pipeline
-        # downstream first: a counter further down the pipeline is never read later than one
-        # upstream of it, so a scrape never shows more out than in
-        emi = p.emitter.stats()
-        eng = p.engine_thread.stats()
-        src = p.source.stats()
-        ring_used = p.ring.used_bytes
-        healthy, body = self.health.check(src, eng, emi)
+        snap = self.read()
+        healthy, body = self.health.check(snap)
         now = self.health.clock()
 
-        drops = dict.fromkeys(DROP_REASONS, 0)
-        for part in (src, eng, emi):
-            for reason, n in (part.get("drops") or {}).items():
-                if reason in drops:
-                    drops[reason] += n
         f = CounterMetricFamily("telemetry_cy_drops", "Messages not processed, by reason "
                                 "(per payload, reading or aggregate: docs/metrics.md).",
                                 labels=["reason"])
-        for reason, n in drops.items():
+        for reason, n in snap.drops.items():
             f.add_metric([reason], float(n))
         yield f
 
         yield _counter("telemetry_cy_received", "MQTT PUBLISH messages received.",
-                       src.get("received"))
+                       snap.received)
         yield _counter("telemetry_cy_mqtt_payload_bytes", "Payload bytes of the MQTT PUBLISH "
-                       "messages received.", src.get("payload_bytes"))
+                       "messages received.", snap.payload_bytes)
         yield _counter("telemetry_cy_payloads", "Payloads decoded into readings.",
-                       eng.get("payloads"))
+                       snap.payloads)
         yield _counter("telemetry_cy_readings", "Readings accepted into windows.",
-                       eng.get("readings"))
+                       snap.readings)
         yield _counter("telemetry_cy_aggregates", "Aggregates emitted by ticks.",
-                       eng.get("aggregates"))
+                       snap.aggregates)
         yield _counter("telemetry_cy_published", "Aggregates NATS confirmed (flush or "
-                       "JetStream ack).", emi.get("published"))
+                       "JetStream ack).", snap.published)
         yield _counter("telemetry_cy_keys_evicted", "Keys evicted after key_ttl without "
-                       "readings.", eng.get("evicted"))
-        seq = eng.get("seq")
-        if isinstance(seq, dict):  # engines with sequence accounting (the optional `n` field)
+                       "readings.", snap.evicted)
+        seq = snap.seq
+        if seq is not None:  # engines with sequence accounting (the optional `n` field)
             yield _counter("telemetry_cy_sequence_gaps", "Sequence numbers skipped between two "
                            "accepted readings of a stream (docs/windows.md).", seq.get("gaps"))
             for kind, what in (("duplicates", "repeated the stream's last n"),
@@ -250,45 +245,45 @@ class PipelineCollector(Collector):
                                f"{what} (docs/windows.md).", seq.get(kind))
 
         yield _gauge("telemetry_cy_ring_used_bytes", "Bytes in use in the ingest ring.",
-                     ring_used)
+                     snap.ring_used_bytes)
         yield _gauge("telemetry_cy_ring_capacity_bytes", "Size of the ingest ring.",
-                     p.ring.capacity)
+                     snap.ring_capacity)
         yield _gauge("telemetry_cy_nats_backlog_batches", "Tick batches waiting for NATS.",
-                     emi.get("backlog_batches"))
+                     snap.backlog_batches)
         yield _gauge("telemetry_cy_nats_backlog_aggregates", "Aggregates waiting for NATS.",
-                     emi.get("backlog_aggregates"))
+                     snap.backlog_aggregates)
         yield _gauge("telemetry_cy_nats_backlog_bytes", "Encoded bytes waiting for NATS.",
-                     emi.get("backlog_bytes"))
+                     snap.backlog_bytes)
         yield _gauge("telemetry_cy_live_keys", "Live (device, sensor) keys.",
-                     eng.get("live_keys"))
+                     snap.live_keys)
         yield _gauge("telemetry_cy_state_bytes", "Memory held by the window state.",
-                     eng.get("state_bytes"))
+                     snap.state_bytes)
 
         yield _gauge("telemetry_cy_mqtt_connected", "1 when connected and subscribed to MQTT.",
-                     1 if src.get("connected") else 0)
+                     1 if snap.mqtt.connected else 0)
         yield _counter("telemetry_cy_mqtt_connects", "MQTT connections accepted (CONNACK).",
-                       src.get("connects"))
+                       snap.mqtt.connects)
         yield _counter("telemetry_cy_mqtt_disconnects", "MQTT connections lost or closed.",
-                       src.get("disconnects"))
+                       snap.mqtt.disconnects)
         yield _counter("telemetry_cy_mqtt_disconnected_seconds", "Time without an MQTT "
-                       "connection since start.", src.get("disconnected_seconds"))
+                       "connection since start.", snap.mqtt.disconnected_seconds)
         yield _gauge("telemetry_cy_mqtt_down_seconds", "How long the current MQTT outage has "
                      "lasted (0 when connected).", body["mqtt"]["down_seconds"])
         yield _gauge("telemetry_cy_nats_connected", "1 when connected to NATS.",
-                     1 if emi.get("connected") else 0)
+                     1 if snap.nats.connected else 0)
         yield _counter("telemetry_cy_nats_reconnects", "NATS reconnections after a lost "
-                       "connection.", emi.get("reconnects"))
+                       "connection.", snap.nats.reconnects)
         yield _counter("telemetry_cy_nats_stalled_flushes", "NATS flushes that timed out on a "
                        "live connection (the server is not reading).",
-                       emi.get("stalled_flushes"))
+                       snap.nats.stalled_flushes)
         yield _counter("telemetry_cy_nats_disconnected_seconds", "Time without a NATS "
-                       "connection since start.", emi.get("disconnected_seconds"))
+                       "connection since start.", snap.nats.disconnected_seconds)
         yield _gauge("telemetry_cy_nats_down_seconds", "How long the current NATS outage has "
                      "lasted (0 when connected).", body["nats"]["down_seconds"])
 
         yield _gauge("telemetry_cy_engine_heartbeat_age_seconds", "Time since the engine "
                      "thread last published its stats from its loop.",
-                     self.health.heartbeat_age(eng, now))
+                     self.health.heartbeat_age(snap, now))
         yield _gauge("telemetry_cy_healthy", "1 when /healthz answers 200.", 1 if healthy else 0)
         info = GaugeMetricFamily("telemetry_cy_build_info", "Version and engine "
                                  "implementation (compiled or pure); always 1.",
@@ -382,12 +377,15 @@ class MetricsServer:
         self.address = (host, port)
         self.tick_seconds = Buckets(TICK_BUCKETS)
         self.delay_seconds = Buckets(DELAY_BUCKETS)
+
+        def read() -> PipelineSnapshot:
+            return PipelineSnapshot.read(pipeline)
+
         stop = getattr(pipeline, "stop_requested", None)
-        self.health = Health(pipeline.source, pipeline.engine_thread, pipeline.emitter,
-                             stale_after, stopping=stop.is_set if stop is not None
-                             else (lambda: False))
+        self.health = Health(read, pipeline.engine_thread, stale_after,
+                             stopping=stop.is_set if stop is not None else (lambda: False))
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(PipelineCollector(pipeline, self.health, self.tick_seconds,
+        self.registry.register(PipelineCollector(read, self.health, self.tick_seconds,
                                                  self.delay_seconds, version, engine_kind))
         ProcessCollector(registry=self.registry)   # process_cpu_seconds_total, RSS, fds, ...
         pipeline.engine_thread.on_tick = self.tick_seconds.observe
@@ -399,6 +397,7 @@ class MetricsServer:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2] if self._server else self.address
+        host = str(host)
         return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     def start(self) -> "MetricsServer":

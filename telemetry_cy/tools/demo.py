@@ -17,10 +17,11 @@ import threading
 import time
 
 from telemetry_cy.service import config as config_mod
-from telemetry_cy.tools import local_brokers
+from telemetry_cy.service.pipeline_snapshot import PipelineSnapshot
 from telemetry_cy.sink.bodies import decode_body
-from telemetry_cy.tools.mqtt_loadgen import RawPublisher, paced, publish_frame
+from telemetry_cy.tools import local_brokers
 from telemetry_cy.tools.fleet_sim import Fleet
+from telemetry_cy.tools.mqtt_loadgen import RawPublisher, paced, publish_frame
 
 INSTALL_HINT = {
     "mosquitto": "mosquitto not found: install it with 'sudo apt-get install mosquitto' "
@@ -145,10 +146,10 @@ class Demo:
             mosquitto.stop()
             workdir.cleanup()
         if daemon is not None:
-            c = daemon.counters()
-            drops = ", ".join(f"{k}={v}" for k, v in c["drops"].items() if v) or "none"
-            print(f"telemetry-cy demo {self.reason}: received {c['received']}, readings "
-                  f"{c['readings']}, aggregates {c['aggregates']}, published {c['published']}, "
+            snap = daemon.snapshot()
+            drops = ", ".join(f"{k}={v}" for k, v in snap.drops.items() if v) or "none"
+            print(f"telemetry-cy demo {self.reason}: received {snap.received}, readings "
+                  f"{snap.readings}, aggregates {snap.aggregates}, published {snap.published}, "
                   f"seen by the subscriber {watcher.received if watcher else 0}; drops: {drops}",
                   flush=True)
         return 0 if self.reason in ("done", "interrupted") else 1
@@ -186,12 +187,12 @@ class Demo:
                     break
                 time.sleep(0.25)
                 now = time.monotonic()
-                c = daemon.counters()
-                rate = (c["received"] - previous[1]) / max(now - previous[0], 1e-9)
-                previous = (now, c["received"])
+                snap = daemon.snapshot()
+                rate = (snap.received - previous[1]) / max(now - previous[0], 1e-9)
+                previous = (now, snap.received)
                 cpu = 100.0 * (time.process_time() - cpu0) / max(now - started, 1e-9)
-                snapshot = dict(rate=rate, cpu=cpu, rss=_rss_mib(), ring=daemon.ring.used_bytes,
-                                counters=c, latest=dict(watcher.latest), seen=watcher.received)
+                snapshot = dict(rate=rate, cpu=cpu, rss=_rss_mib(), pipeline=snap,
+                                latest=dict(watcher.latest), seen=watcher.received)
                 if live:
                     live.update(_render(snapshot, args))
                 elif now - last_print >= 1.0:
@@ -202,10 +203,10 @@ class Demo:
                 live.stop()
 
 
-def _offenders(c: dict) -> str:
+def _offenders(snap: PipelineSnapshot) -> str:
     """The top offender of each kind: which keys or topics cause the drops, gaps, late data."""
     parts = []
-    for kind, top in (c.get("offenders") or {}).items():
+    for kind, top in (snap.offenders or {}).items():
         if top:
             name, count = top[0][0], top[0][1]
             parts.append(f"{kind}: {name} ({count:,})")
@@ -213,32 +214,32 @@ def _offenders(c: dict) -> str:
 
 
 def _plain_line(s: dict) -> str:
-    c = s["counters"]
-    drops = ",".join(f"{k}={v}" for k, v in c["drops"].items() if v) or "-"
-    return (f"rate={s['rate']:.0f}/s received={c['received']} readings={c['readings']} "
-            f"aggregates={c['aggregates']} published={c['published']} seen={s['seen']} "
-            f"live_keys={c['live_keys']} ring_bytes={s['ring']} drops={drops} "
-            f"cpu={s['cpu']:.0f}% rss={s['rss']:.0f}MiB offenders={_offenders(c)!r}")
+    p: PipelineSnapshot = s["pipeline"]
+    drops = ",".join(f"{k}={v}" for k, v in p.drops.items() if v) or "-"
+    return (f"rate={s['rate']:.0f}/s received={p.received} readings={p.readings} "
+            f"aggregates={p.aggregates} published={p.published} seen={s['seen']} "
+            f"live_keys={p.live_keys} ring_bytes={p.ring_used_bytes} drops={drops} "
+            f"cpu={s['cpu']:.0f}% rss={s['rss']:.0f}MiB offenders={_offenders(p)!r}")
 
 
 def _render(s: dict, args):
     from rich.console import Group
     from rich.table import Table
 
-    c = s["counters"]
+    p: PipelineSnapshot = s["pipeline"]
     head = Table.grid(padding=(0, 2))
-    head.add_row("ingest", f"{s['rate']:,.0f} msg/s", "received", f"{c['received']:,}",
-                 "readings", f"{c['readings']:,}")
-    head.add_row("aggregates", f"{c['aggregates']:,}", "published", f"{c['published']:,}",
+    head.add_row("ingest", f"{s['rate']:,.0f} msg/s", "received", f"{p.received:,}",
+                 "readings", f"{p.readings:,}")
+    head.add_row("aggregates", f"{p.aggregates:,}", "published", f"{p.published:,}",
                  "seen on NATS", f"{s['seen']:,}")
-    head.add_row("live keys", f"{c['live_keys']:,}", "ring", f"{s['ring']:,} B",
+    head.add_row("live keys", f"{p.live_keys:,}", "ring", f"{p.ring_used_bytes:,} B",
                  "cpu / rss", f"{s['cpu']:.0f}% / {s['rss']:.0f} MiB")
-    drops = ", ".join(f"{k} {v:,}" for k, v in c["drops"].items() if v) or "none"
-    head.add_row("drops", drops, "mqtt", "up" if c["mqtt"]["connected"] else "DOWN",
-                 "nats", "up" if c["nats"]["connected"] else "DOWN")
-    seq = c.get("seq") or {}
+    drops = ", ".join(f"{k} {v:,}" for k, v in p.drops.items() if v) or "none"
+    head.add_row("drops", drops, "mqtt", "up" if p.mqtt.connected else "DOWN",
+                 "nats", "up" if p.nats.connected else "DOWN")
+    seq = p.seq or {}
     head.add_row("sequence", ", ".join(f"{k} {v:,}" for k, v in seq.items() if v) or "no gaps",
-                 "offenders", _offenders(c), "", "")
+                 "offenders", _offenders(p), "", "")
     table = Table(title=f"latest aggregates ({args.window:g} s window, every "
                         f"{args.emit_every:g} s)", expand=False)
     for name in ("device", "sensor", "unit", "count", "mean", "min", "max", "stddev",

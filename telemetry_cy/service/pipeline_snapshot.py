@@ -1,0 +1,217 @@
+"""One reading of the whole pipeline's counters: what the stats line, the final counters, the
+Prometheus metrics, /healthz and the demo all show.
+
+Read downstream first (NATS emitter, engine thread, ring, MQTT source): each stage counts an item
+before it hands it on, so a counter further down is never read later than one upstream of it and a
+snapshot never shows more out than in (published <= aggregates, payloads <= received). Each part's
+``stats()`` is itself a consistent copy made by the thread that owns the counters, so the snapshot
+needs no lock.
+
+Drop reasons are merged here and nowhere else. The set is closed (telemetry_cy/reasons.py); a
+reason outside it is a bug in a stage, not bad input, so it is counted under its own name (nothing
+is lost) and logged once per name rather than crashing the process that reports it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from telemetry_cy.reasons import DROP_REASONS
+
+log = logging.getLogger("telemetry_cy.service.pipeline_snapshot")
+
+_reported_unknown: set[str] = set()
+
+
+class _Stats(Protocol):
+    def stats(self) -> dict: ...
+
+
+class Pipeline(Protocol):
+    """What a snapshot reads: the Daemon, or anything shaped like it."""
+
+    @property
+    def source(self) -> _Stats: ...
+    @property
+    def engine_thread(self) -> _Stats: ...
+    @property
+    def emitter(self) -> _Stats: ...
+    @property
+    def ring(self) -> Any: ...   # used_bytes and capacity
+
+
+def merge_drops(*parts: Mapping[str, Any]) -> tuple[dict[str, int], tuple[str, ...]]:
+    """The drops of every part summed by reason: each reason of DROP_REASONS (0 when none), then
+    any other reason under its own name. Returns them and the names that were not known."""
+    drops = dict.fromkeys(DROP_REASONS, 0)
+    unknown: list[str] = []
+    for part in parts:
+        for reason, n in (part.get("drops") or {}).items():
+            if reason not in drops:
+                drops[reason] = 0
+                unknown.append(reason)
+            drops[reason] += n
+    for reason in unknown:
+        if reason not in _reported_unknown:
+            _reported_unknown.add(reason)
+            log.warning("unknown drop reason: counted under its own name",
+                        extra={"fields": {"reason": reason}})
+    return drops, tuple(unknown)
+
+
+@dataclass(frozen=True)
+class MqttState:
+    connected: bool
+    connects: int                  # CONNACKs received
+    disconnects: int               # established connections lost or closed
+    disconnected_seconds: float    # total time without a connection since start
+    down_seconds: float | None     # the current outage (0 when connected); None: not reported
+
+
+@dataclass(frozen=True)
+class NatsState:
+    connected: bool
+    reconnects: int
+    disconnected_seconds: float
+    stalled_flushes: int           # flushes that timed out on a live connection
+    too_large: int                 # bodies longer than the server's max_payload
+    down_seconds: float | None
+
+
+@dataclass(frozen=True)
+class PipelineSnapshot:
+    # MQTT source
+    received: int
+    payload_bytes: int
+    mqtt: MqttState
+    # ingest ring
+    ring_used_bytes: int
+    ring_capacity: int
+    # engine thread
+    payloads: int
+    readings: int
+    aggregates: int
+    live_keys: int
+    evicted: int
+    open_readings: int
+    state_bytes: int
+    heartbeat: float | None        # time.monotonic() of the engine loop's last snapshot
+    seq: Mapping[str, int] | None  # engines with sequence accounting (docs/windows.md)
+    offenders: Mapping[str, list] | None
+    # NATS emitter
+    published: int
+    backlog_batches: int
+    backlog_aggregates: int
+    backlog_bytes: int
+    nats: NatsState
+    # all stages
+    drops: Mapping[str, int]
+    unknown_reasons: tuple[str, ...]
+
+    @classmethod
+    def read(cls, pipeline: Pipeline) -> PipelineSnapshot:
+        emi = pipeline.emitter.stats()
+        eng = pipeline.engine_thread.stats()
+        ring_used = pipeline.ring.used_bytes
+        src = pipeline.source.stats()
+        return cls.from_stats(src, eng, emi, ring_used, pipeline.ring.capacity)
+
+    @classmethod
+    def from_stats(cls, src: Mapping[str, Any], eng: Mapping[str, Any],
+                   emi: Mapping[str, Any], ring_used_bytes: int = 0,
+                   ring_capacity: int = 0) -> PipelineSnapshot:
+        """From the parts' ``stats()`` dicts, already read downstream first."""
+        drops, unknown = merge_drops(src, eng, emi)
+        return cls(
+            received=_int(src, "received"), payload_bytes=_int(src, "payload_bytes"),
+            mqtt=MqttState(
+                connected=bool(src.get("connected")), connects=_int(src, "connects"),
+                disconnects=_int(src, "disconnects"),
+                disconnected_seconds=_float(src, "disconnected_seconds"),
+                down_seconds=_optional_float(src, "down_seconds")),
+            ring_used_bytes=ring_used_bytes, ring_capacity=ring_capacity,
+            payloads=_int(eng, "payloads"), readings=_int(eng, "readings"),
+            aggregates=_int(eng, "aggregates"), live_keys=_int(eng, "live_keys"),
+            evicted=_int(eng, "evicted"), open_readings=_int(eng, "open_readings"),
+            state_bytes=_int(eng, "state_bytes"), heartbeat=_optional_float(eng, "heartbeat"),
+            seq=eng.get("seq"), offenders=eng.get("offenders"),
+            published=_int(emi, "published"), backlog_batches=_int(emi, "backlog_batches"),
+            backlog_aggregates=_int(emi, "backlog_aggregates"),
+            backlog_bytes=_int(emi, "backlog_bytes"),
+            nats=NatsState(
+                connected=bool(emi.get("connected")), reconnects=_int(emi, "reconnects"),
+                disconnected_seconds=_float(emi, "disconnected_seconds"),
+                stalled_flushes=_int(emi, "stalled_flushes"), too_large=_int(emi, "too_large"),
+                down_seconds=_optional_float(emi, "down_seconds")),
+            drops=drops, unknown_reasons=unknown)
+
+    def counters(self, uptime_s: float) -> dict[str, Any]:
+        """The final counters printed on stop (one JSON object). Balance rules
+        (docs/architecture.md):
+        received == payloads + drops[oversize] + drops[decode_error] + drops[ingest_full]
+        readings of decoded payloads == readings + schema_mismatch + non_finite + key_limit + late
+        aggregates == published + drops[emit_backlog] + backlog
+        at stop, open_readings = readings of the interval no tick closed (in no aggregate); with
+        window == emit_every: readings == sum of published counts + open_readings + (readings of
+        aggregates dropped as emit_backlog)"""
+        out: dict[str, Any] = {
+            "received": self.received,
+            "payloads": self.payloads,
+            "readings": self.readings,
+            "drops": dict(self.drops),
+            "aggregates": self.aggregates,
+            "published": self.published,
+            "backlog": self.backlog_aggregates,
+            "live_keys": self.live_keys,
+            "evicted": self.evicted,
+            "open_readings": self.open_readings,
+            "state_bytes": self.state_bytes,
+            "uptime_s": round(uptime_s, 3),
+            "mqtt": {"connected": self.mqtt.connected, "connects": self.mqtt.connects,
+                     "disconnects": self.mqtt.disconnects,
+                     "disconnected_seconds": self.mqtt.disconnected_seconds},
+            "nats": {"connected": self.nats.connected, "reconnects": self.nats.reconnects,
+                     "disconnected_seconds": self.nats.disconnected_seconds,
+                     "stalled_flushes": self.nats.stalled_flushes,
+                     "too_large": self.nats.too_large},
+        }
+        if self.seq is not None:
+            out["seq"] = self.seq
+        if self.offenders is not None:
+            out["offenders"] = self.offenders
+        return out
+
+    def stats_line(self) -> dict[str, Any]:
+        """The fields of the periodic stats log line."""
+        line: dict[str, Any] = {
+            "received": self.received, "decoded": self.payloads, "readings": self.readings,
+            "emitted": self.aggregates, "published": self.published,
+            "drops": {k: v for k, v in self.drops.items() if v},
+            "ring_bytes": self.ring_used_bytes, "backlog": self.backlog_aggregates,
+            "live_keys": self.live_keys, "state_bytes": self.state_bytes,
+            "mqtt": "up" if self.mqtt.connected else "down",
+            "nats": "up" if self.nats.connected else "down",
+        }
+        seq = {k: v for k, v in (self.seq or {}).items() if v}
+        if seq:
+            line["seq"] = seq
+        for kind, top in (self.offenders or {}).items():
+            if top:  # the three heaviest names, as name: count
+                line[f"top_{kind}"] = {entry[0]: entry[1] for entry in top[:3]}
+        return line
+
+
+def _int(part: Mapping[str, Any], key: str) -> int:
+    return int(part.get(key) or 0)
+
+
+def _float(part: Mapping[str, Any], key: str) -> float:
+    return float(part.get(key) or 0.0)
+
+
+def _optional_float(part: Mapping[str, Any], key: str) -> float | None:
+    value = part.get(key)
+    return None if value is None else float(value)
