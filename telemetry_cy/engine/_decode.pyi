@@ -5,6 +5,16 @@ from typing import Literal
 from telemetry_cy.engine.decode_types import Decoded as Decoded
 from telemetry_cy.engine.decode_types import Reading as Reading
 
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_READ_KEYS",
+    "MIN_READING_BYTES",
+    "Decoded",
+    "Reading",
+    "decode",
+    "decode_native",
+]
+
 MAX_DEPTH: int
 MAX_READ_KEYS: int
 MIN_READING_BYTES: int

@@ -1,8 +1,10 @@
 from collections.abc import Iterable
-from typing import TypedDict
+from typing import TypedDict, final, type_check_only
 
 from telemetry_cy.source._ring import ByteRing
 
+# SeqStats, Offender and Offenders exist for the type checker only: stats() builds plain dicts.
+@type_check_only
 class SeqStats(TypedDict):
     """Sequence-number accounting over accepted readings with `n`, per (device, sensor) stream
     (docs/windows.md, "Sequence numbers and offenders")."""
@@ -13,13 +15,15 @@ class SeqStats(TypedDict):
     restarts: int  # back to 0 or 1, more than 1,024 back, or more than 2**20 forward
 
 #: (name, count, error_bound): the true count lies in [count - error_bound, count].
-Offender = tuple[str, int, int]
+_Offender = tuple[str, int, int]
 
+@type_check_only
 class Offenders(TypedDict):
-    drops: list[Offender]  # key_limit by "device/sensor"; other drops by MQTT topic, or "-"
-    gaps: list[Offender]  # "device/sensor", weighted by the numbers skipped
-    late: list[Offender]  # "device/sensor"
+    drops: list[_Offender]  # key_limit by "device/sensor"; other drops by MQTT topic, or "-"
+    gaps: list[_Offender]  # "device/sensor", weighted by the numbers skipped
+    late: list[_Offender]  # "device/sensor"
 
+@final
 class TopN:
     """A space-saving summary of the heaviest names (includes/tc_topn.h): ``capacity`` slots,
     names cut to ``name_bytes`` bytes at a UTF-8 boundary. Every name whose weight is above
@@ -35,10 +39,11 @@ class TopN:
     def total(self) -> int: ...
     def entries(self) -> list[tuple[bytes, int, int]]:
         """Every slot, in slot order: (name, count, error)."""
-    def top(self, k: int = 10) -> list[Offender]:
+    def top(self, k: int = 10) -> list[_Offender]:
         """The k largest, by count then name."""
 
 
+@final
 class Aggregate:
     device: str
     sensor: str
@@ -58,6 +63,7 @@ class Aggregate:
                  stddev: float, first: float, last: float) -> None: ...
     def as_dict(self) -> dict[str, object]: ...
 
+@final
 class Engine:
     window: float
     emit_every: float
@@ -75,6 +81,8 @@ class Engine:
     def push_reading(self, device: str, sensor: str, value: float, ts: float,
                      unit: str | None = None, seq: int | None = None) -> None: ...
     def tick(self, now: float) -> list[Aggregate]: ...
+    def open_readings(self) -> int:
+        """Accepted readings of the interval no tick has closed yet: in no aggregate so far."""
     def stats(self) -> dict[str, object]:
         """Counters and gauges. Besides the drop and window counters: ``stats()["seq"]`` is a
         ``SeqStats`` and ``stats()["offenders"]`` an ``Offenders`` (top 10 of each summary, by

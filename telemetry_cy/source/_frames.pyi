@@ -1,6 +1,6 @@
-"""Type stubs for the compiled MQTT frame reader (``_frames.pyx``); ``_frames_py.py`` is its twin."""
+"""Type stubs for the compiled MQTT frame reader (``_frames.pyx``); twin: ``_frames_py.py``."""
 
-from typing import TypedDict
+from typing import TypedDict, type_check_only
 
 from telemetry_cy.source._ring import ByteRing
 
@@ -16,6 +16,7 @@ class FrameError(ValueError):
         self, message: str, acks: bytes | None = ..., packets: list[tuple[int, bytes]] | None = ...
     ) -> None: ...
 
+@type_check_only  # counters() returns a plain dict
 class FrameCounters(TypedDict):
     received: int  # PUBLISH QoS 0/1 frames parsed: written + oversize + ingest_full
     written: int  # records committed to the ring
@@ -34,14 +35,15 @@ class FrameReader:
     """
 
     ring: ByteRing
-    def __init__(
-        self,
+    # The arguments go to __cinit__ (Cython's tp_new), so the stub declares __new__.
+    def __new__(
+        cls,
         ring: ByteRing,
         *,
         protocol: int = 5,  # 5, or 4 (3.1.1) / 3 (3.1): no properties block in PUBLISH
         max_payload_bytes: int = 65536,
         buffer_bytes: int = 1 << 20,  # receive buffer in [MIN_BUFFER_BYTES, MAX_BUFFER_BYTES]
-    ) -> None: ...
+    ) -> FrameReader: ...
     def writable(self) -> memoryview:
         """The free part of the receive buffer (after the kept partial packet); never empty."""
     def feed(self, nbytes: int, ts: float) -> tuple[bytes | None, list[tuple[int, bytes]]]:

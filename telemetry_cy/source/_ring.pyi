@@ -1,6 +1,6 @@
 """Type stubs for the compiled SPSC byte ring (``_ring.pyx``); ``_ring_py.py`` is its pure twin."""
 
-from typing import TypedDict
+from typing import TypedDict, type_check_only
 
 HEADER_SIZE: int  # 24: uint32 total_len, uint32 topic_len, double ts, uint64 payload_len
 ALIGN: int  # 8: every record starts and ends on an 8-byte boundary
@@ -10,6 +10,7 @@ MAX_CAPACITY: int  # 2**31
 def record_size(topic_len: int, payload_len: int) -> int:
     """Bytes one record occupies: (24 + topic_len + payload_len) rounded up to 8."""
 
+@type_check_only  # stress() returns a plain dict
 class StressResult(TypedDict):
     produced: int  # == n_records
     received: int
@@ -23,8 +24,9 @@ class ByteRing:
     ``try_push`` belongs to one producer thread, ``pop``/``pop_many`` to one consumer thread.
     """
 
-    def __init__(self, capacity_bytes: int) -> None:
-        """``capacity_bytes``: a power of two in [MIN_CAPACITY, MAX_CAPACITY] (ValueError otherwise)."""
+    # The arguments go to __cinit__ (Cython's tp_new), so the stub declares __new__.
+    def __new__(cls, capacity_bytes: int) -> ByteRing:
+        """``capacity_bytes``: a power of two in [MIN_CAPACITY, MAX_CAPACITY], else ValueError."""
     @property
     def capacity(self) -> int: ...
     @property
