@@ -1,12 +1,13 @@
 """Build the compiled modules of telemetry-cy.
 
-Every ``telemetry_cy/<stage>/*.pyx`` becomes an extension module (``telemetry_cy.<stage>.<name>``). Switches (environment variables):
+Every ``telemetry_cy/<stage>/*.pyx`` becomes an extension module (``telemetry_cy.<stage>.<name>``).
+Switches (environment variables):
 
 - ``TELEMETRY_CY_SANITIZE=address,undefined`` (or ``thread``): build with those sanitizers, for the
   fuzz and stress jobs. Run Python with the sanitizer runtime preloaded.
 - ``TELEMETRY_CY_DEBUG=1``: ``-O0 -g``, assertions on, Cython bounds checks on.
-- ``TELEMETRY_CY_NATIVE=1``: ``-march=native``. Off by default so a wheel built on one machine runs on
-  every machine of its architecture (x86_64 and aarch64 alike).
+- ``TELEMETRY_CY_NATIVE=1``: ``-march=native``. Off by default so a wheel built on one machine runs
+  on every machine of its architecture (x86_64 and aarch64 alike).
 - ``TELEMETRY_CY_ONLY=_decode,_ring``: build only the named modules (a developer's fast loop).
 """
 

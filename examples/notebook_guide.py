@@ -1,7 +1,8 @@
 """The Engine in a notebook: replay a recorded stream, look at the aggregates, plot them.
 
 Run it as a script (`python examples/notebook_guide.py out.png`) or paste the cells into Jupyter;
-docs/notebook.md walks through it. Plotting needs the optional extra: pip install 'telemetry-cy[plot]'.
+docs/notebook.md walks through it. Plotting needs the optional extra:
+pip install 'telemetry-cy[plot]'.
 """
 
 # %% 1. A recorded stream: (arrival ts, payload) pairs, as a gateway log or a capture would give.

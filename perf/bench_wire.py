@@ -86,8 +86,7 @@ def emitter_path(fmt: str):
 
 
 def check(batch: list, fmt: str) -> None:
-    from telemetry_cy.sink import _wire
-    from telemetry_cy.sink import _wire_py
+    from telemetry_cy.sink import _wire, _wire_py
     got = _wire.encode_batch(batch, PREFIX, fmt, MAX_SUBJECT_BYTES)
     if got != _wire_py.encode_batch(batch, PREFIX, fmt, MAX_SUBJECT_BYTES):
         raise BenchError(f"compiled and twin output differ ({fmt})")
@@ -112,8 +111,7 @@ class Lazy:
 
 def bench(kind: str, fmt: str, n: int):
     def setup():
-        from telemetry_cy.sink import _wire
-        from telemetry_cy.sink import _wire_py
+        from telemetry_cy.sink import _wire, _wire_py
         batch = typical_batch(n)
         check(batch, fmt)
         if kind == "emitter_path":

@@ -1,7 +1,7 @@
 """How many aggregates per second does the NATS emitter publish, core NATS and JetStream?
 
-Starts a private nats-server (telemetry_cy.tools.local_brokers, free loopback port; a JetStream stream
-on ``agg.>`` for the JetStream mode), hands a NatsEmitter ``--batches`` tick batches of
+Starts a private nats-server (telemetry_cy.tools.local_brokers, free loopback port; a JetStream
+stream on ``agg.>`` for the JetStream mode), hands a NatsEmitter ``--batches`` tick batches of
 ``--keys`` typical aggregates (perf/bench_wire.py's ``typical_batch``), and times from the first
 hand-off until every aggregate is confirmed (``published``: a PONG after it for core NATS, every
 ack for JetStream). Medians of ``--reps`` runs; JSON with ``-o``::
@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
 from bench_wire import typical_batch  # noqa: E402
-
 from telemetry_cy.sink.nats_emitter import NatsEmitter  # noqa: E402
 from telemetry_cy.tools.local_brokers import NatsServer  # noqa: E402
 

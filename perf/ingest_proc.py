@@ -28,10 +28,10 @@ from pathlib import Path
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from telemetry_cy import Engine  # noqa: E402
-from telemetry_cy.source._ring import ByteRing  # noqa: E402
-from telemetry_cy.service.daemon import _pow2_at_least  # noqa: E402
 from telemetry_cy.engine import engine_thread  # noqa: E402
 from telemetry_cy.engine.engine_thread import EngineThread  # noqa: E402
+from telemetry_cy.service.daemon import _pow2_at_least  # noqa: E402
+from telemetry_cy.source._ring import ByteRing  # noqa: E402
 from telemetry_cy.source.mqtt import MqttSource  # noqa: E402
 
 
@@ -55,8 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument("--emit-every", type=float, default=5.0)
     ap.add_argument("--max-keys", type=int, default=1_000_000)
     ap.add_argument("--spin-drains", type=int, default=None,
-                    help="experiment: override telemetry_cy.engine.engine_thread.SPIN_DRAINS (empty "
-                         "drains before the engine thread parks; default: leave it alone)")
+                    help="experiment: override telemetry_cy.engine.engine_thread.SPIN_DRAINS "
+                         "(empty drains before the engine thread parks; default: leave it alone)")
     ap.add_argument("--batch-records", type=int, default=None,
                     help="experiment: EngineThread(batch_records=...) (default: its default)")
     ap.add_argument("--drain-before-tick", action="store_true",

@@ -10,8 +10,8 @@ subject in turn gets a fresh process, subscribed to ``site/#`` / ``site/+/sensor
   and one flushed write() per message, as with ``> /dev/null``; the file size counts them exactly:
   CBOR payloads contain newline bytes, so ``-v | wc -l`` would not);
 - ``ingest``: perf/ingest_proc.py, MqttSource + ByteRing + EngineThread, no-op emit (no NATS);
-- ``pipeline``: ``telemetry-cy run`` (``python -m telemetry_cy.service.cli run``) publishing to a private
-  nats-server, with perf/nats_count.py counting the aggregates on ``agg.>``.
+- ``pipeline``: ``telemetry-cy run`` (``python -m telemetry_cy.service.cli run``) publishing to a
+  private nats-server, with perf/nats_count.py counting the aggregates on ``agg.>``.
 
 A point: start the subject, probe it with single messages until one arrives (so it is subscribed),
 send ``--duration`` seconds at the offered rate, allow ``--grace`` seconds for the tail, then
@@ -71,8 +71,12 @@ sys.path.insert(0, str(HERE))
 
 import loadgen  # noqa: E402
 from payloads import PayloadSet  # noqa: E402
-from telemetry_cy.tools.local_brokers import (Mosquitto, NatsServer, find_mosquitto,  # noqa: E402
-                                        find_nats_server)
+from telemetry_cy.tools.local_brokers import (  # noqa: E402
+    Mosquitto,
+    NatsServer,
+    find_mosquitto,
+    find_nats_server,
+)
 from telemetry_cy.tools.mqtt_loadgen import RawPublisher, publish_frame  # noqa: E402
 
 PY = sys.executable
@@ -83,7 +87,7 @@ MOSQ_EXTRA = ("max_inflight_messages 1000\n"
               "queue_qos0_messages true\n")
 
 
-# ---- /proc ----------------------------------------------------------------------------------------
+# ---- /proc ---------------------------------------------------------------------------------------
 
 
 def proc_cpu(pid: int | None) -> float:
@@ -130,7 +134,7 @@ def self_cpu() -> float:
     return t.user + t.system
 
 
-# ---- machine ----------------------------------------------------------------------------------------
+# ---- machine -------------------------------------------------------------------------------------
 
 
 def machine_info(snap: Path, src_root: Path) -> dict:
@@ -361,7 +365,7 @@ class Daemon(_PyProc):
                 "--window", f"{r.window}s", "--emit-every", f"{r.emit_every}s", *self.extra]
 
 
-# ---- the rig ----------------------------------------------------------------------------------------
+# ---- the rig -------------------------------------------------------------------------------------
 
 
 class Rig:
@@ -535,8 +539,9 @@ class Rig:
             rec["waited_for_quiet_s"] = round(waited, 1)
             attempts.append(rec)
             flag = "" if rec["other_cores"] <= a.disturbed else "  DISTURBED"
-            print(f"  {rec['subject']:9s} {rate or rec['achieved_rate']:>9,.0f}/s  sent {rec['sent']:>8,} "
-                  f"recv {rec['received_ratio']:.4f} drops {sum(rec['drops'].values()):>6} "
+            print(f"  {rec['subject']:9s} {rate or rec['achieved_rate']:>9,.0f}/s  "
+                  f"sent {rec['sent']:>8,} recv {rec['received_ratio']:.4f} "
+                  f"drops {sum(rec['drops'].values()):>6} "
                   f"cpu/100k {rec['cpu_s_per_100k']} hwm {rec['vm_hwm_mib']} MiB "
                   f"broker {rec['broker_core_share']:.2f} other {rec['other_cores']:.2f} "
                   f"load {rec['loadavg_end']:.2f} {'PASS' if rec['passed'] else 'FAIL'}{flag}"
@@ -554,12 +559,13 @@ class Rig:
         return best
 
 
-# ---- ramp -----------------------------------------------------------------------------------------
+# ---- ramp ----------------------------------------------------------------------------------------
 
 
 class IngestSpin0(IngestProc):
-    """Experiment: ingest with telemetry_cy.engine.engine_thread.SPIN_DRAINS = 0 (the engine thread parks
-    on the ring's doorbell after the first empty drain instead of spinning 200 times in Python)."""
+    """Experiment: ingest with telemetry_cy.engine.engine_thread.SPIN_DRAINS = 0 (the engine thread
+    parks on the ring's doorbell after the first empty drain instead of spinning 200 times in
+    Python)."""
 
     name = "ingest_spin0"
 
@@ -747,7 +753,7 @@ def summarize(points: list[dict], subjects: list[str]) -> dict:
     return out
 
 
-# ---- drain ----------------------------------------------------------------------------------------
+# ---- drain ---------------------------------------------------------------------------------------
 
 
 def wait_broker_idle(rig: Rig, quiet: float = 0.3, timeout: float = 60.0) -> float:
@@ -774,8 +780,8 @@ def drain_one(rig: Rig, subject: str, n: int, frames, pub_qos: int) -> dict:
         if r.returncode:
             raise RuntimeError(f"mosquitto_sub -E failed: {r.stderr}")
     else:
-        s = (IngestProc(rig, ["--client-id", cid, "--session-expiry", expiry]) if subject == "ingest"
-             else Daemon(rig, ["--client-id", cid, "--session-expiry", expiry]))
+        session = ["--client-id", cid, "--session-expiry", expiry]
+        s = IngestProc(rig, session) if subject == "ingest" else Daemon(rig, session)
         s.start()
         s.wait_subscribed()
         s.finish()
@@ -790,8 +796,8 @@ def drain_one(rig: Rig, subject: str, n: int, frames, pub_qos: int) -> dict:
                                  children_cpu(), time.time())
     n0 = sum(proc_cpu(p) for k, p in rig.pids().items() if k != "broker")
     # 3. reconnect and drain
-    rec = {"subject": subject, "queued": n, "publish": lg, "broker_idle_wait_s": round(idle_wait, 2),
-           "waited_for_quiet_s": round(waited, 1),
+    rec = {"subject": subject, "queued": n, "publish": lg,
+           "broker_idle_wait_s": round(idle_wait, 2), "waited_for_quiet_s": round(waited, 1),
            "broker_rss_mib_queued": round(broker_rss / 1024, 1), "loadavg_start": round(load0, 2)}
     if subject == "mosquitto_sub":
         fd, out_path = tempfile.mkstemp(prefix="tcy-drain-", dir=rig.shm)
@@ -841,8 +847,8 @@ def drain_one(rig: Rig, subject: str, n: int, frames, pub_qos: int) -> dict:
         final = s.finish()
         got = final["received"]
         t_start = next((o["ts"] for o in s.lines if o.get("msg") == "starting"), None)
-        t_conn = next((o["ts"] for o in s.lines if "connected (session present" in o.get("msg", "")),
-                      None)
+        t_conn = next((o["ts"] for o in s.lines
+                       if "connected (session present" in o.get("msg", "")), None)
         stats = [(o["ts"], o["received"]) for o in s.lines if o.get("msg") == "stats"]
         t_done = None
         for (ta, ra), (tb, rb) in zip(stats, stats[1:]):
@@ -850,7 +856,8 @@ def drain_one(rig: Rig, subject: str, n: int, frames, pub_qos: int) -> dict:
                 t_done = ta + (tb - ta) * (n - ra) / max(1, rb - ra) if rb != ra else ta
                 break
         rec.update(received=got, drops={k: v for k, v in final["drops"].items() if v},
-                   seconds=None if (t_done is None or t_conn is None) else round(t_done - t_conn, 4),
+                   seconds=(None if (t_done is None or t_conn is None)
+                            else round(t_done - t_conn, 4)),
                    timed_from="the daemon's 'connected' log line (CONNACK); end interpolated "
                               "between stats lines 50 ms apart",
                    seconds_from_start_log=None if (t_done is None or t_start is None)
@@ -904,7 +911,7 @@ def cmd_drain(args) -> dict:
             "seconds": round(time.time() - t_begin, 1), "runs": runs, "summary": summary}
 
 
-# ---- CLI ------------------------------------------------------------------------------------------
+# ---- CLI -----------------------------------------------------------------------------------------
 
 
 def main(argv=None) -> int:

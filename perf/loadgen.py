@@ -1,8 +1,9 @@
 """Fast MQTT load generator for the ingest and pipeline benchmarks.
 
-Pre-built PUBLISH frames of ~60-byte CBOR readings (perf/payloads.py: 1,000 keys by default, topic
-``site/<device>/sensor/<sensor>``), sent over raw sockets by ``telemetry_cy.tools.mqtt_loadgen`` (batched
-writes, rate pacing), from several processes to reach rates one Python process cannot. QoS 0 by
+Pre-built PUBLISH frames of ~60-byte CBOR readings (perf/payloads.py: 1,000 keys by default,
+topic ``site/<device>/sensor/<sensor>``), sent over raw sockets by
+``telemetry_cy.tools.mqtt_loadgen`` (batched writes, rate pacing), from several processes to reach
+rates one Python process cannot. QoS 0 by
 default; QoS 1 frames carry packet ids and the broker's PUBACKs are counted.
 
     python perf/loadgen.py --port 1883 --rate 50000 --duration 10 --procs 2

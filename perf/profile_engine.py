@@ -4,7 +4,8 @@ for figures). The VMs we run on expose no hardware counters, so sample on the cp
     PYTHONPATH=$PWD perf record -e cpu-clock -F 2000 -o /tmp/engine.data \\
         .venv/bin/python perf/profile_engine.py warm 1000000 15
     perf report -i /tmp/engine.data --no-children --sort dso,symbol
-    perf annotate -i /tmp/engine.data --stdio -s __pyx_f_12telemetry_cy_7_engine_6Engine__apply_reading
+    perf annotate -i /tmp/engine.data --stdio \\
+        -s __pyx_f_12telemetry_cy_6engine_7_engine_6Engine__apply_reading
 
 Modes: ``warm`` (push_many on live keys, one interval), ``decode_only`` (max_keys=1: every reading
 a key_limit drop), ``tick`` (one reading per key per 5 s interval, tick() after every batch).

@@ -1,6 +1,7 @@
 """Prints the Markdown tables of docs/performance.md from one run's JSON files.
 
-    .venv/bin/python perf/report.py perf/results/reference/engine.json perf/results/reference/state_memory.json
+    .venv/bin/python perf/report.py perf/results/reference/engine.json \
+        perf/results/reference/state_memory.json
 
 Figures are medians of pyperf's values (time per reading); readings/s = 1 / median. "load avg"
 is the 1-minute load average of the machine when the benchmark's worker processes started (2 CPUs:

@@ -7,11 +7,11 @@
 What it does: starts a private mosquitto and nats-server (telemetry_cy.tools.local_brokers, free
 loopback ports), the daemon as a process (QoS 1 subscription, 60 s windows every 5 s by
 default), and a publisher *process* sending pre-built ~60-byte CBOR readings for ``--keys`` keys
-at ``--rate`` msg/s (telemetry_cy.tools.mqtt_loadgen: raw socket, QoS 0, paced). Every ``--sample-every``
-seconds it records the daemon's RSS (VmRSS), its CPU time and its latest stats line. At the end
-it stops the daemon with SIGTERM, checks the balance of the final counters, and fits a
-least-squares line to RSS over time *after the warm-up* (default: two windows, when every key's
-panes are allocated and the allocator has seen a full window of tick batches).
+at ``--rate`` msg/s (telemetry_cy.tools.mqtt_loadgen: raw socket, QoS 0, paced). Every
+``--sample-every`` seconds it records the daemon's RSS (VmRSS), its CPU time and its latest stats
+line. At the end it stops the daemon with SIGTERM, checks the balance of the final counters, and
+fits a least-squares line to RSS over time *after the warm-up* (default: two windows, when every
+key's panes are allocated and the allocator has seen a full window of tick batches).
 
 Verdict (exit status 0/1): PASS when the fitted slope is below ``--threshold`` MiB/min (default
 1.0) and nothing was dropped. Why 1 MiB/min: it is 1.4 GiB a day, so a pass rules out any leak
@@ -165,7 +165,8 @@ def main(argv=None) -> int:
     ap.add_argument("--qos", default="1")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--daemon-arg", action="append", default=[],
-                    help="extra flag for telemetry-cy run (repeat; e.g. --daemon-arg=--ring-bytes=64MiB)")
+                    help="extra flag for telemetry-cy run "
+                         "(repeat; e.g. --daemon-arg=--ring-bytes=64MiB)")
     ap.add_argument("-o", "--output", help="write the samples and the verdict as JSON here")
     args = ap.parse_args(argv)
 

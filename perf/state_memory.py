@@ -13,13 +13,13 @@
 Budget (the issue): state <= 1,024 bytes per live key, key bytes and table overhead included; RSS
 flat under one hot key.
 
-    PYTHONPATH=$PWD .venv/bin/python perf/state_memory.py -o perf/results/reference/state_memory.json
+    PYTHONPATH=$PWD .venv/bin/python perf/state_memory.py \
+        -o perf/results/reference/state_memory.json
 """
 
 from __future__ import annotations
 
 import argparse
-from array import array
 import gc
 import json
 import os
@@ -27,6 +27,7 @@ import platform
 import subprocess
 import sys
 import time
+from array import array
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -180,7 +181,8 @@ def main() -> None:
         out["per_key"].append(r)
         print(f"{n:>10,} {r['state_bytes_per_key']:>16.1f} {r['rss_growth_per_key']:>15.1f}")
 
-    print(f"\n(b) one key, {args.hot_readings:,} readings at {args.rate:,.0f} readings/s event time")
+    print(f"\n(b) one key, {args.hot_readings:,} readings "
+          f"at {args.rate:,.0f} readings/s event time")
     hot = one_hot_key(args.hot_readings, args.rate, sample_every=100_000)
     out["one_hot_key"] = hot
     print(f"{'readings':>12} {'VmRSS (KiB)':>12} {'state_bytes':>12}")

@@ -42,10 +42,9 @@ sys.path.append(str(ROOT))  # PYTHONPATH (a snapshot of the package) wins over t
 sys.path.insert(0, str(ROOT / "perf"))
 
 from payloads import PayloadSet  # noqa: E402
-
 from telemetry_cy.engine._engine import Engine  # noqa: E402
-from telemetry_cy.sink.nats_emitter import ENCODE_SLICE, MAX_SUBJECT_BYTES, encode_batch  # noqa: E402
 from telemetry_cy.sink.bodies import encode_json  # noqa: E402
+from telemetry_cy.sink.nats_emitter import ENCODE_SLICE, MAX_SUBJECT_BYTES, encode_batch  # noqa: E402
 from telemetry_cy.sink.subjects import subject_for  # noqa: E402
 
 EMIT_EVERY = 5.0

@@ -69,6 +69,13 @@ from __future__ import annotations
 import math
 import struct
 
+from telemetry_cy.engine.cbor_fallback import (
+    NON_FINITE,
+    SCHEMA_MISMATCH,
+    check_element,
+    decode_error_result,
+    decode_with_cbor2,
+)
 from telemetry_cy.engine.decode_types import (
     DECODE_ERROR,
     FALLBACK,
@@ -80,13 +87,6 @@ from telemetry_cy.engine.decode_types import (
     Decoded,
     Reading,
     check_max_name_bytes,
-)
-from telemetry_cy.engine.cbor_fallback import (
-    NON_FINITE,
-    SCHEMA_MISMATCH,
-    check_element,
-    decode_error_result,
-    decode_with_cbor2,
 )
 
 __all__ = [
@@ -319,12 +319,12 @@ def _read_reading(
     if map_fb:
         return pos, True
     r = check_element(fields, max_name_bytes)
-    if r is SCHEMA_MISMATCH:
+    if isinstance(r, Reading):
+        out.readings.append(r)
+    elif r is SCHEMA_MISMATCH:
         out.schema_mismatch += 1
     elif r is NON_FINITE:
         out.non_finite += 1
-    else:
-        out.readings.append(r)
     return pos, False
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import cbor2
 
@@ -83,7 +84,7 @@ def check_element(elem: object, max_name_bytes: int) -> Reading | str:
         sensor,
         fvalue,
         None if unit is _ABSENT else unit,
-        None if seq is _ABSENT else seq,
+        None if seq is _ABSENT else cast(int, seq),  # checked above: an int in [0, 2**64)
     )
 
 
@@ -93,12 +94,12 @@ def collect(elements, max_name_bytes: int) -> Decoded:
     mismatch = non_finite = 0
     for elem in elements:
         r = check_element(elem, max_name_bytes)
-        if r is SCHEMA_MISMATCH:
+        if isinstance(r, Reading):
+            readings.append(r)
+        elif r is SCHEMA_MISMATCH:
             mismatch += 1
         elif r is NON_FINITE:
             non_finite += 1
-        else:
-            readings.append(r)
     return Decoded(OK, readings, mismatch, non_finite)
 
 
@@ -128,6 +129,7 @@ def decode_with_cbor2(payload: bytes, max_name_bytes: int = 256) -> Decoded:
         return decode_error_result()
     if fp.tell() != len(payload):
         return decode_error_result()
+    elements: Sequence[object]
     if isinstance(obj, Mapping):
         elements = (obj,)
     elif isinstance(obj, Sequence) and not isinstance(obj, (str, bytes, bytearray)):

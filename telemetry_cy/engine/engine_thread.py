@@ -57,7 +57,7 @@ class EngineThread(threading.Thread):
         return (math.floor(now / every) + 1) * every
 
     def run(self) -> None:
-        engine, ring, drain = self.engine, self.ring, self.engine.drain
+        ring, drain = self.ring, self.engine.drain
         now = self.clock()
         next_tick = self._next_tick(now)
         next_snapshot = 0.0

@@ -1,7 +1,7 @@
 """Compiled NATS wire encoder: a tick batch of aggregates -> ready ``PUB`` protocol chunks.
 
 Byte for byte what the twin ``_wire_py.py`` (built from ``subjects.subject_for`` and
-``encode.encoder_for``) produces; the API is in ``_wire.pyi``. A compiled-engine ``Aggregate`` is
+``bodies.encoder_for``) produces; the API is in ``_wire.pyi``. A compiled-engine ``Aggregate`` is
 read field by field and its subject and body are written in C into one growing buffer, with no
 Python object per aggregate. Whatever the C path does not cover goes, per aggregate and per part,
 to the Python functions, so the escaping and encoding rules live in one place:

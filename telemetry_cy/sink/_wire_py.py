@@ -1,7 +1,7 @@
 """NATS protocol bytes for a tick batch of aggregates: the pure-Python twin of ``_wire.pyx``.
 
 It's made of the same functions the emitter uses one aggregate at a time (`subjects.subject_for`,
-`encode.encoder_for`), so it's the oracle the compiled version is tested against byte for byte.
+`bodies.encoder_for`), so it's the oracle the compiled version is tested against byte for byte.
 A message is ``PUB <subject> <body length>\\r\\n<body>\\r\\n``, the core-NATS publish without a
 reply subject. Messages are concatenated and cut into chunks at message boundaries.
 """

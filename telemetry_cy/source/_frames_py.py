@@ -12,6 +12,8 @@ called from anywhere (under the GIL every counter is a plain int).
 
 from __future__ import annotations
 
+from typing import Literal
+
 MIN_BUFFER_BYTES = 64
 MAX_BUFFER_BYTES = 1 << 30
 
@@ -36,14 +38,15 @@ class FrameError(ValueError):
 def _check_args(protocol: object, max_payload_bytes: object, buffer_bytes: object) -> None:
     if protocol not in (3, 4, 5):
         raise ValueError(f"protocol must be 3 or 4 (MQTT 3.1/3.1.1) or 5, got {protocol!r}")
-    if not isinstance(buffer_bytes, int) or not (MIN_BUFFER_BYTES <= buffer_bytes <= MAX_BUFFER_BYTES):
-        raise ValueError(
-            f"buffer_bytes must be an int in [{MIN_BUFFER_BYTES}, {MAX_BUFFER_BYTES}], got {buffer_bytes!r}")
+    if (not isinstance(buffer_bytes, int)
+            or not MIN_BUFFER_BYTES <= buffer_bytes <= MAX_BUFFER_BYTES):
+        raise ValueError(f"buffer_bytes must be an int in [{MIN_BUFFER_BYTES}, "
+                         f"{MAX_BUFFER_BYTES}], got {buffer_bytes!r}")
     if not isinstance(max_payload_bytes, int) or max_payload_bytes < 0:
         raise ValueError(f"max_payload_bytes must be an int >= 0, got {max_payload_bytes!r}")
 
 
-def _varint(buf: bytearray, p: int, avail: int) -> tuple[int, int] | None | bool:
+def _varint(buf: bytearray, p: int, avail: int) -> tuple[int, int] | None | Literal[False]:
     """(value, bytes used), None when more bytes are needed, False when malformed (5th byte)."""
     v = 0
     for i in range(4):

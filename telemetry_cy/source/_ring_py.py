@@ -44,7 +44,8 @@ def record_size(topic_len: int, payload_len: int) -> int:
 def _check_capacity(capacity_bytes: object) -> None:
     if not isinstance(capacity_bytes, int) or isinstance(capacity_bytes, bool):
         raise TypeError(f"capacity_bytes must be an int, not {type(capacity_bytes).__name__}")
-    if not (MIN_CAPACITY <= capacity_bytes <= MAX_CAPACITY) or (capacity_bytes & (capacity_bytes - 1)):
+    power_of_two = (capacity_bytes & (capacity_bytes - 1)) == 0
+    if not (MIN_CAPACITY <= capacity_bytes <= MAX_CAPACITY and power_of_two):
         raise ValueError(
             f"capacity_bytes must be a power of two in [{MIN_CAPACITY}, {MAX_CAPACITY}], "
             f"got {capacity_bytes}"
@@ -136,7 +137,7 @@ class ByteRing:
         return True
 
     def _read(self, pos: int) -> tuple[int, tuple[float, bytes, bytes]] | None:
-        """The record at or after read cursor ``pos``: (cursor after it, record), or None if empty."""
+        """The record at or after read cursor ``pos``: (cursor after it, record); None if empty."""
         if pos == self._head:
             return None
         buf = self._buf
@@ -159,7 +160,8 @@ class ByteRing:
         return rec
 
     def pop_many(self, max_records: int) -> list[tuple[float, bytes, bytes]]:
-        """Consumer: up to ``max_records`` records, oldest first, released to the producer at once."""
+        """Consumer: up to ``max_records`` records, oldest first, released to the producer at once.
+        """
         if max_records < 0:
             raise ValueError("max_records must be >= 0")
         out: list[tuple[float, bytes, bytes]] = []
@@ -180,7 +182,7 @@ class ByteRing:
         )
 
 
-# ---- stress: same contract as the compiled one, with Python threads (a logic check, not a race test)
+# ---- stress: the compiled one's contract, with Python threads (a logic check, not a race test)
 
 _STRESS_MAX_TOPIC = 48
 _M64 = (1 << 64) - 1
@@ -206,7 +208,7 @@ def _expected(seed: int, seq: int, max_payload: int) -> tuple[bytes, bytes]:
 
 def stress(n_records: int, seed: int, capacity_bytes: int, max_payload: int,
            consumer_delay_every: int = 0, *, yield_on_full: bool = False) -> dict:
-    """Producer thread vs. consumer on this thread; the same records and checks as the compiled one."""
+    """Producer thread vs. consumer on this thread: the records and checks of the compiled one."""
     if n_records < 0 or consumer_delay_every < 0 or max_payload < 0:
         raise ValueError("n_records, max_payload and consumer_delay_every must be >= 0")
     _check_capacity(capacity_bytes)

