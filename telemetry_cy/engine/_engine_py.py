@@ -9,37 +9,35 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, make_dataclass
+from typing import TYPE_CHECKING
 
 from telemetry_cy.engine._decode_py import decode
 from telemetry_cy.engine.rules import (
-    NO_TOPIC, SEQ_MAX_GAP, SEQ_MAX_REORDER, TOP_OFFENDERS, TOPN_CAPACITY, TOPN_NAME_BYTES,
-    check_config, check_reading, interval_of, top_entries,
+    AGGREGATE_FIELDS, NO_TOPIC, SEQ_MAX_GAP, SEQ_MAX_REORDER, TOP_OFFENDERS, TOPN_CAPACITY,
+    TOPN_NAME_BYTES, aggregate_field_type, check_config, check_reading, interval_of, top_entries,
 )
 from telemetry_cy.engine.decode_types import Reading
 from telemetry_cy.reasons import ENGINE_REASONS
 
 
-@dataclass(frozen=True, slots=True)
-class Aggregate:
-    """One key's statistics over [window_start, window_end), emitted at tick window_end."""
+def _as_dict(self) -> dict:
+    return asdict(self)
 
-    device: str
-    sensor: str
-    unit: str | None
-    window_start: float
-    window_end: float
-    count: int
-    sum: float
-    mean: float
-    min: float
-    max: float
-    stddev: float
-    first: float
-    last: float
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+if TYPE_CHECKING:
+    # the compiled class's stub declares the same fields (tests/test_aggregate_fields.py)
+    from telemetry_cy.engine._engine import Aggregate
+else:
+    # Its fields are AGGREGATE_FIELDS, so the twin cannot drift from the compiled class; frozen
+    # and slotted like the read-only cdef class.
+    Aggregate = make_dataclass(
+        "Aggregate", [(name, aggregate_field_type(name)) for name in AGGREGATE_FIELDS],
+        namespace={"as_dict": _as_dict,
+                   "__doc__": "One key's statistics over [window_start, window_end), emitted at "
+                              "tick window_end."},
+        frozen=True, slots=True)
+    Aggregate.__module__ = __name__   # where pickle finds it
 
 
 class TopN:

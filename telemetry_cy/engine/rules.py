@@ -9,10 +9,23 @@ from typing import NamedTuple
 
 from telemetry_cy.engine.cbor_fallback import check_element
 
+#: The fields of an aggregate, in order: the one list. The compiled ``Aggregate`` (a cdef class,
+#: checked against this by tests/test_aggregate_fields.py), its stub, the pure twin's dataclass,
+#: the message bodies and the wire encoder's layout all follow it.
 AGGREGATE_FIELDS: tuple[str, ...] = (
     "device", "sensor", "unit", "window_start", "window_end", "count", "sum", "mean", "min",
     "max", "stddev", "first", "last",
 )
+#: Fields that are not floats (seconds or statistics of the readings' values).
+_NOT_FLOAT: dict[str, object] = {"device": str, "sensor": str, "unit": str | None, "count": int}
+
+
+def aggregate_field_type(name: str) -> object:
+    """The Python type of an aggregate field: ``unit`` is None when no reading had one."""
+    if name not in AGGREGATE_FIELDS:
+        raise KeyError(name)
+    return _NOT_FLOAT.get(name, float)
+
 
 #: A window longer than this many emit intervals would make each key's pane ring large; the
 #: per-key state budget (docs/performance.md) assumes the default 12.
