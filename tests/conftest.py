@@ -14,7 +14,7 @@ def _qualified(name: str) -> str:
     return f"telemetry_cy.{stage}.{name}"
 
 
-pytest_plugins = ["brokers"]
+pytest_plugins = ["support.brokers", "support.daemon", "support.emitters"]
 
 
 def _engine_impl(name: str) -> SimpleNamespace:

@@ -21,7 +21,7 @@ import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 
-from brokers import NatsSubscriber, wait_for
+from support.brokers import NatsSubscriber, wait_for
 from telemetry_cy.sink.bodies import decode_body
 from telemetry_cy.sink.subjects import parse_subject
 
@@ -198,7 +198,7 @@ def test_bad_setting_exits_2_with_one_line(mosquitto, nats_server):
 
 
 def test_unreachable_broker_exits_3_when_asked(nats_server, tmp_path):
-    from brokers import free_port
+    from support.brokers import free_port
     dead = free_port()
     cmd = [sys.executable, "-m", "telemetry_cy.service.cli", "run", "--mqtt-url",
            f"mqtt://127.0.0.1:{dead}", "--nats-url", nats_server.url, "--start-timeout", "2s"]

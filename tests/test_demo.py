@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from brokers import find_mosquitto, find_nats_server
+from support.brokers import find_mosquitto, find_nats_server
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,7 @@ from telemetry_cy.sink.nats_emitter import NatsEmitter
 from telemetry_cy.sink.bodies import decode_body, encode_json
 from telemetry_cy.sink.subjects import parse_subject, subject_for
 
-from brokers import NatsServer, NatsSubscriber as Subscriber, find_nats_server, free_port  # noqa: E501
+from support.brokers import NatsServer, NatsSubscriber as Subscriber, find_nats_server, free_port  # noqa: E501
 
 FAST = dict(connect_timeout=1.0, flush_timeout=2.0, reconnect_time_wait=0.05,
             max_reconnect_wait=0.3)

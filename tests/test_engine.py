@@ -8,7 +8,7 @@ import math
 import cbor2
 import pytest
 
-from model import Model, close_enough
+from support.model import Model, close_enough
 from telemetry_cy.reasons import ENGINE_REASONS
 
 

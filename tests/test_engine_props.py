@@ -13,7 +13,7 @@ import cbor2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model import Model, close_enough
+from support.model import Model, close_enough
 from telemetry_cy.engine._engine import Engine as CompiledEngine
 from telemetry_cy.engine._engine_py import Engine as PureEngine
 

@@ -1,7 +1,7 @@
 """MQTT and NATS over TLS under faults, with `telemetry-cy run` as a process against a real
 mosquitto and nats-server on loopback (docs/reliability.md, "TLS under faults").
 
-Certificates come from the `tls_certs` fixture (tests/brokers.py): a private CA, a server
+Certificates come from the `tls_certs` fixture (tests/support/brokers.py): a private CA, a server
 certificate for 127.0.0.1/localhost, a client certificate, and an unrelated CA (`other_ca`).
 Server verification is always on: the daemon is given the private CA (`--mqtt-ca-file`,
 `--nats-ca-file`) and, for mutual TLS, the client certificate and key.
@@ -12,8 +12,8 @@ Faults: the broker is stopped and started again on the same port with the same c
 certificate is back). The server certificate files live in the test's own directory, so a test can
 replace them between a stop and a start without touching the session-wide `tls_certs`.
 
-The daemon helpers (`spawn`, `assert_balanced`, `Load`, ...) come from tests/test_faults.py and
-tests/test_faults_nats.py. Behaviour is asserted, never speed: every wait has a deadline only so
+The daemon helpers (`spawn`, `assert_balanced`, `Load`, ...) are in tests/support/daemon.py and
+tests/support/nats_faults.py. Behaviour is asserted, never speed: every wait has a deadline only so
 that a broken daemon fails the test instead of hanging it.
 
 Run: ``python -m pytest -q tests/test_faults_tls.py -s`` (~60 s; each test prints its figures).
@@ -32,12 +32,12 @@ from pathlib import Path
 
 import pytest
 
-from brokers import (Mosquitto, NatsServer, NatsSubscriber, TlsCerts, find_mosquitto,
-                     find_nats_server, wait_for)
+from support.brokers import (Mosquitto, NatsServer, NatsSubscriber, TlsCerts, find_mosquitto,
+                             find_nats_server, wait_for)
+from support.daemon import (assert_balanced, log_lines, paho_publisher, payload, publish_all,
+                            seen_keys)
+from support.nats_faults import Load, logged_backlog_drops, recover_and_stop, stream_check
 from telemetry_cy.sink.bodies import decode_body
-from test_faults import (assert_balanced, log_lines, paho_publisher, payload, publish_all,
-                         seen_keys, spawn)  # noqa: F401  (spawn is a fixture)
-from test_faults_nats import Load, logged_backlog_drops, recover_and_stop, stream_check
 
 KEYS = 20                  # keys of the steady load in the NATS tests
 BACKLOG_BATCHES = 2        # small, so that an outage of a few ticks drops whole batches

@@ -27,11 +27,11 @@ import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 
-from brokers import AUTH_USERS, NatsServer, NatsSubscriber, find_nats_server
+from support.brokers import AUTH_USERS, NatsServer, NatsSubscriber, find_nats_server
+from support.daemon import DaemonProc, assert_balanced
 from telemetry_cy.sink.bodies import decode_body
 from telemetry_cy.tools.mqtt_loadgen import RawPublisher, connect_frame, publish_frame
 from telemetry_cy.sink.subjects import parse_subject
-from test_faults import DaemonProc, assert_balanced, spawn  # noqa: F401  (spawn is a fixture)
 
 # ---- hand-made CBOR (cbor2 will not write invalid UTF-8) ----------------------------------------------
 

@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from brokers import NatsSubscriber, free_port, wait_for
+from support.brokers import NatsSubscriber, free_port, wait_for
 from telemetry_cy.service import config as cfg
 from telemetry_cy.service.metrics import Buckets, Health, MetricsServer, _Outage
 from telemetry_cy.service.pipeline_snapshot import PipelineSnapshot

@@ -19,7 +19,7 @@ from collections import Counter
 import paho.mqtt as paho_pkg
 import paho.mqtt.client as paho
 import pytest
-from brokers import AUTH_USERS, find_mosquitto_pub, wait_for
+from support.brokers import AUTH_USERS, find_mosquitto_pub, wait_for
 
 from telemetry_cy import PURE
 from telemetry_cy.source import mqtt as tmqtt

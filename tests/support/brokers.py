@@ -1,12 +1,13 @@
 """Real brokers for the tests: mosquitto and nats-server on free loopback ports.
 
 A pytest plugin (``tests/conftest.py`` lists it in ``pytest_plugins``) and a plain module: the
-helpers (``Mosquitto``, ``NatsServer``, ``make_tls_certs``, ``free_port``, ...) work without pytest,
-for perf/ and demos.
+helpers (``Mosquitto``, ``NatsServer``, ``make_tls_certs``, ``free_port``, ...) work without pytest.
 
-Rules, from DESIGN.md §6: never a fixed port (a machine may already run a broker on 1883/4222), bind
-only 127.0.0.1, look for mosquitto in /usr/sbin too (Debian puts it there, off a normal user's PATH),
-skip with a clear reason when a binary is missing, and never hang: every wait has a deadline.
+The rules: never a fixed port (a machine may already run a broker on 1883/4222, and two test runs
+must not meet on one), and loopback only (bind and connect to 127.0.0.1, so a test never reaches
+or exposes anything beyond this machine). Also: look for mosquitto in /usr/sbin too (Debian puts
+it there, off a normal user's PATH), skip with a clear reason when a binary is missing, and never
+hang: every wait has a deadline.
 
 Fixtures:
     mosquitto, mosquitto_module      plain listener, persistence on (sessions survive a restart)
@@ -306,7 +307,7 @@ def nats_server_module(tmp_path_factory):
     server.kill()
 
 
-if __name__ == "__main__":  # a quick manual check: python tests/brokers.py
+if __name__ == "__main__":  # a quick manual check: python tests/support/brokers.py
     with tempfile.TemporaryDirectory() as d:
         with Mosquitto(Path(d) / "m", tls=make_tls_certs(Path(d) / "tls")) as m, \
                 NatsServer(Path(d) / "n") as n:

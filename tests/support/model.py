@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 
+from telemetry_cy.engine.rules import AGGREGATE_FIELDS
+
 
 class Model:
     def __init__(self, window=60.0, emit_every=5.0, max_keys=1_000_000, key_ttl=300.0):
@@ -77,7 +79,7 @@ class Model:
             first = min(span, key=lambda r: (r[0], r[1]))
             last = max(span, key=lambda r: (r[0], r[1]))
             mean = math.fsum(values) / len(values)
-            self.pending.append({
+            computed = {
                 "device": device,
                 "sensor": sensor,
                 "unit": last[3],
@@ -91,8 +93,12 @@ class Model:
                 "stddev": math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values)),
                 "first": first[2],
                 "last": last[2],
-                "magnitude": math.fsum(abs(v) for v in values),
-            })
+            }
+            # The aggregate's fields are the engine's list, in its order: a field added there and
+            # not computed here fails at once (KeyError) instead of going unchecked.
+            agg = {name: computed[name] for name in AGGREGATE_FIELDS}
+            agg["magnitude"] = math.fsum(abs(v) for v in values)
+            self.pending.append(agg)
         for key in [key for key, rows in self.readings.items()
                     if tick_time - max(r[0] for r in rows) >= self.key_ttl]:
             del self.readings[key]
@@ -108,12 +114,11 @@ def close_enough(got: dict, want: dict, magnitude: float, rel: float = 1e-9) -> 
     names exactly; sum, mean and stddev within `rel` of the data's magnitude (sum of |x| for the
     sum, max |x| for mean and stddev), which is what floating point can promise."""
     bad = []
-    for name in ("device", "sensor", "unit", "window_start", "window_end", "count", "min", "max",
-                 "first", "last"):
-        if got[name] != want[name]:
-            bad.append(name)
     scale = {"sum": magnitude, "mean": magnitude / want["count"], "stddev": magnitude / want["count"]}
-    for name in ("sum", "mean", "stddev"):
-        if abs(got[name] - want[name]) > rel * max(scale[name], 1e-300):
+    for name in AGGREGATE_FIELDS:
+        if name in scale:
+            if abs(got[name] - want[name]) > rel * max(scale[name], 1e-300):
+                bad.append(name)
+        elif got[name] != want[name]:
             bad.append(name)
     return bad
