@@ -26,6 +26,7 @@ MODULES: dict[str, tuple[str, str]] = {
     "ring": ("telemetry_cy.source._ring", "telemetry_cy.source._ring_py"),
     "frames": ("telemetry_cy.source._frames", "telemetry_cy.source._frames_py"),
     "wire": ("telemetry_cy.sink._wire", "telemetry_cy.sink._wire_py"),
+    "sketch": ("telemetry_cy.engine._sketch", "telemetry_cy.engine.sketch_py"),
 }
 
 NOT_BUILT = (
@@ -46,6 +47,7 @@ class Backend:
     ring: ModuleType
     frames: ModuleType
     wire: ModuleType
+    sketch: ModuleType
 
     # The classes and functions components use, so no component names a module.
     @property
