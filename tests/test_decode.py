@@ -1,9 +1,10 @@
 """The fixed-schema CBOR payload reader: one suite, run against the compiled reader and its pure twin.
 
-``DecodeSuite`` holds every behavioural test; ``TestCompiled`` and ``TestPure`` run it against
-``telemetry_cy.engine._decode`` and ``telemetry_cy.engine._decode_py``. ``TestTwins`` checks that the two agree
-on arbitrary bytes, and ``TestFallback`` tests the cbor2 path on its own. The rules under test are
-the docstring of ``telemetry_cy/engine/_decode_py.py``.
+``TestDecode`` holds every behavioural test and runs once per backend (the ``backend`` fixture:
+``telemetry_cy.engine._decode``, then ``telemetry_cy.engine._decode_py``); ``TestCompiledOnly``
+checks what only the C reader has.
+``TestTwins`` checks that the two agree on arbitrary bytes, and ``TestFallback`` tests the cbor2
+path on its own. The rules under test are the docstring of ``telemetry_cy/engine/_decode_py.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import io
 import itertools
 import json
 import math
-import os
 import struct
 from pathlib import Path
 
@@ -22,7 +22,6 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from telemetry_cy.engine import _decode_py
 from telemetry_cy.engine.decode_types import (
     MAX_DEPTH,
     MAX_READ_KEYS,
@@ -31,16 +30,6 @@ from telemetry_cy.engine.decode_types import (
     Reading,
 )
 from telemetry_cy.engine.cbor_fallback import check_element, decode_with_cbor2
-
-try:
-    from telemetry_cy.engine import _decode as _compiled
-
-    _COMPILED_ERR = None
-except ImportError as exc:  # not built
-    _compiled = None
-    _COMPILED_ERR = exc
-
-PURE_ONLY = os.environ.get("TELEMETRY_CY_PURE", "") not in ("", "0")
 
 # --------------------------------------------------------------------------------------------
 # Hand-built CBOR
@@ -326,8 +315,11 @@ GOOD_PAYLOADS = [
 # --------------------------------------------------------------------------------------------
 
 
-class DecodeSuite:
-    impl = None
+class TestDecode:
+    @pytest.fixture(autouse=True)
+    def _reader(self, backend):
+        # the reader under test, for the methods below and for `check`
+        self.impl = backend.decode
 
     def check(self, payload: bytes, expected: Decoded, native: str | None = None, **kw):
         got = self.impl.decode(payload, **kw)
@@ -882,7 +874,7 @@ class DecodeSuite:
     def test_duplicate_keys_on_the_fallback_path(self):
         # a non-text key sends the map to cbor2, which finds the duplicate
         dup_after = mp((uint(1), uint(0)), (t("d"), t("a")), (t("s"), t("b")), (t("v"), uint(0)), (t("d"), t("a")))
-        assert _decode_py.decode_native(dup_after) == "fallback"
+        assert self.impl.decode_native(dup_after) == "fallback"
         self.check(dup_after, ERROR, native="fallback")
         # duplicates among non-text keys: only cbor2 can see them
         self.check(rd(extra=[(uint(1), uint(0)), (uint(1), uint(0))]), ERROR, native="fallback")
@@ -983,58 +975,36 @@ class DecodeSuite:
         self.check(rd(extra=ignored + [(uint(1), uint(1))]), ERROR, native="fallback")
 
 
-class TestPure(DecodeSuite):
-    impl = _decode_py
-
-
-@pytest.fixture
-def _compiled_built():
-    if _compiled is None:
-        if PURE_ONLY:
-            pytest.skip("TELEMETRY_CY_PURE=1 and telemetry_cy.engine._decode is not built")
-        pytest.fail(f"telemetry_cy.engine._decode is not built: {_COMPILED_ERR}")
-
-
-@pytest.mark.usefixtures("_compiled_built")
-class TestCompiled(DecodeSuite):
-    impl = _compiled
-
-    def test_cap_is_checked(self):
+class TestCompiledOnly:
+    def test_cap_is_checked(self, compiled_backend):
+        _decode_with_cap = compiled_backend.decode._decode_with_cap
         one = rd(d=t("a"), s=t("b"), v=uint(0))
-        assert _compiled._decode_with_cap(one, 2) == (0, 1)
-        assert _compiled._decode_with_cap(one, 1) == (3, 0)  # TC_PAYLOAD_CAP_TOO_SMALL
+        assert _decode_with_cap(one, 2) == (0, 1)
+        assert _decode_with_cap(one, 1) == (3, 0)  # TC_PAYLOAD_CAP_TOO_SMALL
         batch = arr(*[one] * 20)  # 241 bytes: cap 21
-        assert _compiled._decode_with_cap(batch, 21) == (0, 20)
-        assert _compiled._decode_with_cap(batch, 20) == (3, 0)
+        assert _decode_with_cap(batch, 21) == (0, 20)
+        assert _decode_with_cap(batch, 20) == (3, 0)
 
-    def test_constants_match_the_header(self):
-        assert _compiled.C_MAX_DEPTH == MAX_DEPTH == 256
-        assert _compiled.C_MAX_READ_KEYS == MAX_READ_KEYS == 32
-        assert _compiled.C_MIN_READING_BYTES == MIN_READING_BYTES == 12
+    def test_constants_match_the_header(self, compiled_backend):
+        compiled = compiled_backend.decode
+        assert compiled.C_MAX_DEPTH == MAX_DEPTH == 256
+        assert compiled.C_MAX_READ_KEYS == MAX_READ_KEYS == 32
+        assert compiled.C_MIN_READING_BYTES == MIN_READING_BYTES == 12
 
 
 # --------------------------------------------------------------------------------------------
 # Properties over generated payloads, and the two twins against each other
 # --------------------------------------------------------------------------------------------
 
-@pytest.fixture(params=["pure", "compiled"])
-def impl(request):
-    """The implementation under test; a module, so sharing it across hypothesis examples is safe."""
-    if request.param == "pure":
-        return _decode_py
-    request.getfixturevalue("_compiled_built")
-    return _compiled
-
-
-_hyp = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+_hyp = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @_hyp
 @given(readings_payloads())
-def test_generated_readings_decode(impl, case):
+def test_generated_readings_decode(backend, case):
     payload, expected = case
-    assert impl.decode(payload) == ok(*expected)
-    assert impl.decode_native(payload) == "ok"
+    assert backend.decode.decode(payload) == ok(*expected)
+    assert backend.decode.decode_native(payload) == "ok"
     # cbor2 reads the same payload to the same readings
     assert decode_with_cbor2(payload) == ok(*expected)
 
@@ -1044,20 +1014,20 @@ def test_generated_readings_decode(impl, case):
                                       optional={"u": st.text(max_size=4), "n": st.integers(0, 2**64 - 1)}),
                 max_size=4),
        st.booleans())
-def test_cbor2_dumps_readings(impl, objs, canonical):
+def test_cbor2_dumps_readings(backend, objs, canonical):
     expected = [R(o["d"], o["s"], float(o["v"]), o.get("u"), o.get("n")) for o in objs]
-    assert impl.decode(cbor2.dumps(objs, canonical=canonical)) == ok(*expected)
+    assert backend.decode.decode(cbor2.dumps(objs, canonical=canonical)) == ok(*expected)
     if objs:
-        assert impl.decode(cbor2.dumps(objs[0], canonical=canonical)) == ok(expected[0])
+        assert backend.decode.decode(cbor2.dumps(objs[0], canonical=canonical)) == ok(expected[0])
 
 
 @_hyp
 @given(cbor_items())
-def test_generated_items_against_cbor2(impl, payload):
+def test_generated_items_against_cbor2(backend, payload):
     """An independent oracle: whatever the native reader decides, cbor2 (the fallback) agrees,
     except that cbor2 may reject more (semantic tag checks, duplicates in ignored maps)."""
-    got = impl.decode(payload)
-    native = impl.decode_native(payload)
+    got = backend.decode.decode(payload)
+    native = backend.decode.decode_native(payload)
     via_cbor2 = decode_with_cbor2(payload)
     if native == "decode_error":
         assert via_cbor2 == ERROR
@@ -1068,13 +1038,18 @@ def test_generated_items_against_cbor2(impl, payload):
         assert via_cbor2 in (got, ERROR)
 
 
-@pytest.mark.usefixtures("_compiled_built")
 class TestTwins:
     """The compiled reader and the pure twin agree on everything."""
 
+    @pytest.fixture(autouse=True)
+    def _readers(self, compiled_backend, pure_backend):
+        self.compiled, self.pure = compiled_backend.decode, pure_backend.decode
+
     def same(self, payload: bytes, max_name_bytes: int = 256):
-        assert _compiled.decode_native(payload, max_name_bytes) == _decode_py.decode_native(payload, max_name_bytes)
-        assert _compiled.decode(payload, max_name_bytes) == _decode_py.decode(payload, max_name_bytes)
+        assert self.compiled.decode_native(payload, max_name_bytes) == \
+            self.pure.decode_native(payload, max_name_bytes)
+        assert self.compiled.decode(payload, max_name_bytes) == \
+            self.pure.decode(payload, max_name_bytes)
 
     @settings(max_examples=1000, deadline=None)
     @given(st.binary(max_size=64))

@@ -1,5 +1,5 @@
 """Engine behaviour, run against the compiled engine and its pure twin, checked against the
-plain model in tests/model.py."""
+plain model in tests/support/model.py."""
 
 from __future__ import annotations
 
@@ -10,12 +10,6 @@ import pytest
 
 from support.model import Model, close_enough
 from telemetry_cy.reasons import ENGINE_REASONS
-
-
-def _qualified(name: str) -> str:
-    stage = {"_ring": "source", "_frames": "source", "_decode": "engine", "_engine": "engine", "_wire": "sink"}[name.removesuffix("_py")]
-    return f"telemetry_cy.{stage}.{name}"
-
 
 
 def reading(d="dev1", s="temp", v=1.0, u=None, n=None, **extra) -> bytes:
@@ -50,20 +44,20 @@ def balanced(stats: dict) -> bool:
     ({"max_payload_bytes": 0}, "max_payload_bytes"),
     ({"max_name_bytes": 0}, "max_name_bytes"),
 ])
-def test_bad_config_is_a_clear_error(impl, kwargs, words):
+def test_bad_config_is_a_clear_error(backend, kwargs, words):
     with pytest.raises(ValueError, match=words):
-        impl.Engine(**kwargs)
+        backend.Engine(**kwargs)
 
 
-def test_config_type_errors(impl):
+def test_config_type_errors(backend):
     with pytest.raises(TypeError):
-        impl.Engine(window="60")
+        backend.Engine(window="60")
     with pytest.raises(TypeError):
-        impl.Engine(max_keys=1.5)
+        backend.Engine(max_keys=1.5)
 
 
-def test_non_finite_ts_raises(impl):
-    eng = impl.Engine()
+def test_non_finite_ts_raises(backend):
+    eng = backend.Engine()
     for bad in (math.nan, math.inf, -math.inf):
         with pytest.raises(ValueError, match="finite"):
             eng.push(reading(), bad)
@@ -74,8 +68,8 @@ def test_non_finite_ts_raises(impl):
 
 # ---- ticks ----------------------------------------------------------------------------------
 
-def test_first_tick_is_first_boundary_after_first_reading(impl):
-    eng = impl.Engine(window=10.0, emit_every=5.0)
+def test_first_tick_is_first_boundary_after_first_reading(backend):
+    eng = backend.Engine(window=10.0, emit_every=5.0)
     assert eng.push(reading(v=2.0), 1003.0) == 1
     assert eng.tick(1004.9) == []
     [agg] = eng.tick(1005.0)
@@ -86,8 +80,8 @@ def test_first_tick_is_first_boundary_after_first_reading(impl):
                                                                        2.0)
 
 
-def test_window_covers_half_open_span(impl):
-    eng = impl.Engine(window=10.0, emit_every=5.0)
+def test_window_covers_half_open_span(backend):
+    eng = backend.Engine(window=10.0, emit_every=5.0)
     eng.push(reading(v=1.0), 1000.0)   # interval [1000, 1005): in the windows ending 1005, 1010
     eng.push(reading(v=2.0), 1004.5)
     eng.push(reading(v=4.0), 1005.0)   # closes tick 1005; in windows ending 1010, 1015
@@ -100,8 +94,8 @@ def test_window_covers_half_open_span(impl):
     assert eng.tick(1100.0) == []  # nothing left in any window
 
 
-def test_ticks_close_as_data_passes_them(impl):
-    eng = impl.Engine(window=5.0, emit_every=5.0)
+def test_ticks_close_as_data_passes_them(backend):
+    eng = backend.Engine(window=5.0, emit_every=5.0)
     eng.push(reading(v=1.0), 100.0)
     eng.push(reading(v=2.0), 106.0)
     eng.push(reading(v=3.0), 111.0)
@@ -111,8 +105,8 @@ def test_ticks_close_as_data_passes_them(impl):
     assert eng.stats()["pending"] == 0
 
 
-def test_late_readings_are_counted(impl):
-    eng = impl.Engine(window=10.0, emit_every=5.0)
+def test_late_readings_are_counted(backend):
+    eng = backend.Engine(window=10.0, emit_every=5.0)
     eng.push(reading(v=1.0), 100.0)
     eng.tick(110.0)
     assert eng.push(reading(v=5.0), 109.9) == 0
@@ -123,8 +117,8 @@ def test_late_readings_are_counted(impl):
     assert eng.push(reading(v=5.0), 110.0) == 1  # exactly on the closed tick: the next window
 
 
-def test_gap_longer_than_window_emits_nothing_stale(impl):
-    eng = impl.Engine(window=10.0, emit_every=5.0, key_ttl=1000.0)
+def test_gap_longer_than_window_emits_nothing_stale(backend):
+    eng = backend.Engine(window=10.0, emit_every=5.0, key_ttl=1000.0)
     eng.push(reading(v=1.0), 100.0)
     eng.push(reading(v=9.0), 500.0)
     aggs = eng.tick(505.0)
@@ -132,8 +126,8 @@ def test_gap_longer_than_window_emits_nothing_stale(impl):
                                                               (505.0, 1, 9.0)]
 
 
-def test_huge_clock_jump_does_not_walk_every_tick(impl):
-    eng = impl.Engine(window=10.0, emit_every=1.0, key_ttl=10.0)
+def test_huge_clock_jump_does_not_walk_every_tick(backend):
+    eng = backend.Engine(window=10.0, emit_every=1.0, key_ttl=10.0)
     eng.push(reading(v=1.0), 10.0)
     aggs = eng.tick(1.0e15)  # 1e15 ticks: must skip the empty ones
     assert len(aggs) == 10
@@ -141,8 +135,8 @@ def test_huge_clock_jump_does_not_walk_every_tick(impl):
     assert eng.stats()["evicted"] == 1
 
 
-def test_first_and_last_by_ts_ties_by_arrival(impl):
-    eng = impl.Engine(window=5.0, emit_every=5.0)
+def test_first_and_last_by_ts_ties_by_arrival(backend):
+    eng = backend.Engine(window=5.0, emit_every=5.0)
     eng.push(reading(v=1.0), 101.0)
     eng.push(reading(v=2.0), 100.5)   # earlier ts: becomes first
     eng.push(reading(v=3.0), 100.5)   # same ts, later arrival: not first
@@ -153,8 +147,8 @@ def test_first_and_last_by_ts_ties_by_arrival(impl):
     assert (agg.first, agg.last, agg.count) == (2.0, 5.0, 6)
 
 
-def test_unit_is_the_latest_readings_unit(impl):
-    eng = impl.Engine(window=10.0, emit_every=5.0)
+def test_unit_is_the_latest_readings_unit(backend):
+    eng = backend.Engine(window=10.0, emit_every=5.0)
     eng.push(reading(v=1.0, u="C"), 100.0)
     eng.push(reading(v=1.0, u="F"), 99.0 + 2)
     eng.push(reading(v=1.0, u="K"), 100.5)  # older than the latest: unit stays F
@@ -170,8 +164,8 @@ def test_unit_is_the_latest_readings_unit(impl):
 
 # ---- keys ------------------------------------------------------------------------------------
 
-def test_key_ttl_evicts_at_first_tick_past_ttl(impl):
-    eng = impl.Engine(window=10.0, emit_every=5.0, key_ttl=20.0)
+def test_key_ttl_evicts_at_first_tick_past_ttl(backend):
+    eng = backend.Engine(window=10.0, emit_every=5.0, key_ttl=20.0)
     eng.push(reading(d="a"), 101.0)
     eng.push(reading(d="b"), 104.0)
     eng.tick(120.0)
@@ -181,8 +175,8 @@ def test_key_ttl_evicts_at_first_tick_past_ttl(impl):
     assert (stats["live_keys"], stats["evicted"]) == (0, 2)
 
 
-def test_key_limit_drops_new_keys_and_keeps_old_ones(impl):
-    eng = impl.Engine(window=5.0, emit_every=5.0, max_keys=2, key_ttl=5.0)
+def test_key_limit_drops_new_keys_and_keeps_old_ones(backend):
+    eng = backend.Engine(window=5.0, emit_every=5.0, max_keys=2, key_ttl=5.0)
     assert eng.push(reading(d="a", v=1.0), 100.0) == 1
     assert eng.push(reading(d="b", v=2.0), 100.0) == 1
     assert eng.push(reading(d="c", v=3.0), 100.0) == 0
@@ -197,8 +191,8 @@ def test_key_limit_drops_new_keys_and_keeps_old_ones(impl):
     assert eng.push(reading(d="c", v=3.0), 110.0) == 1
 
 
-def test_device_and_sensor_are_one_key_together(impl):
-    eng = impl.Engine(window=5.0, emit_every=5.0)
+def test_device_and_sensor_are_one_key_together(backend):
+    eng = backend.Engine(window=5.0, emit_every=5.0)
     eng.push(reading(d="ab", s="c"), 100.0)
     eng.push(reading(d="a", s="bc"), 100.0)
     assert eng.stats()["live_keys"] == 2
@@ -221,8 +215,8 @@ def test_device_and_sensor_are_one_key_together(impl):
     (cbor2.dumps({"d": "x", "s": "y", "v": -math.inf}), "non_finite"),
     (cbor2.dumps(7), "schema_mismatch"),
 ])
-def test_each_drop_reason_is_counted(impl, payload, reason):
-    eng = impl.Engine()
+def test_each_drop_reason_is_counted(backend, payload, reason):
+    eng = backend.Engine()
     assert eng.push(payload, 100.0) == 0
     stats = eng.stats()
     assert stats["drops"][reason] == 1
@@ -230,16 +224,16 @@ def test_each_drop_reason_is_counted(impl, payload, reason):
     assert stats["readings"] == 0 and balanced(stats)
 
 
-def test_oversize_is_counted_per_payload(impl):
-    eng = impl.Engine(max_payload_bytes=64)
+def test_oversize_is_counted_per_payload(backend):
+    eng = backend.Engine(max_payload_bytes=64)
     assert eng.push(reading(d="x" * 80), 100.0) == 0
     assert eng.push(reading(), 100.0) == 1
     stats = eng.stats()
     assert stats["drops"]["oversize"] == 1 and balanced(stats)
 
 
-def test_batch_drops_bad_elements_and_keeps_good_ones(impl):
-    eng = impl.Engine(window=5.0, emit_every=5.0)
+def test_batch_drops_bad_elements_and_keeps_good_ones(backend):
+    eng = backend.Engine(window=5.0, emit_every=5.0)
     batch = cbor2.dumps([
         {"d": "a", "s": "t", "v": 1.5},
         {"d": "a", "s": "t"},
@@ -254,8 +248,8 @@ def test_batch_drops_bad_elements_and_keeps_good_ones(impl):
     assert stats["payloads"] == 2 and stats["readings"] == 2
 
 
-def test_push_many_counts_and_returns_accepted(impl):
-    eng = impl.Engine(window=5.0, emit_every=5.0)
+def test_push_many_counts_and_returns_accepted(backend):
+    eng = backend.Engine(window=5.0, emit_every=5.0)
     payloads = [reading(d=f"d{i}", v=float(i)) for i in range(50)] + [b"\x00\xff", b""]
     assert eng.push_many(payloads, 100.0) == 50
     assert eng.push_many([bytearray(reading()), memoryview(reading())], 100.0) == 2
@@ -265,8 +259,8 @@ def test_push_many_counts_and_returns_accepted(impl):
         eng.push_many(["a str is not a payload"], 100.0)
 
 
-def test_push_reading(impl):
-    eng = impl.Engine(window=5.0, emit_every=5.0, max_name_bytes=8)
+def test_push_reading(backend):
+    eng = backend.Engine(window=5.0, emit_every=5.0, max_name_bytes=8)
     eng.push_reading("dev", "temp", 20.5, 100.0, unit="C")
     eng.push_reading("dev", "temp", 21, 101.0, unit="C")
     eng.push_reading("dev", "temp", math.nan, 101.0)
@@ -281,17 +275,17 @@ def test_push_reading(impl):
     assert (agg.sum, agg.unit) == (41.5, "C")
 
 
-def test_stats_shape(impl):
-    stats = impl.Engine().stats()
+def test_stats_shape(backend):
+    stats = backend.Engine().stats()
     assert set(stats["drops"]) == set(ENGINE_REASONS)
     for name in ("received", "payloads", "readings", "live_keys", "evicted", "state_bytes",
                  "ticks", "aggregates", "pending"):
         assert isinstance(stats[name], int), name
 
 
-def test_aggregate_as_dict_and_pickle(impl):
+def test_aggregate_as_dict_and_pickle(backend):
     import pickle
-    eng = impl.Engine(window=5.0, emit_every=5.0)
+    eng = backend.Engine(window=5.0, emit_every=5.0)
     eng.push(reading(v=3.0, u="V"), 100.0)
     [agg] = eng.tick(105.0)
     d = agg.as_dict()
@@ -302,8 +296,8 @@ def test_aggregate_as_dict_and_pickle(impl):
 
 # ---- exactness at rate ---------------------------------------------------------------------------
 
-def test_ten_thousand_readings_per_second_on_one_key_match_the_model(impl):
-    eng = impl.Engine(window=10.0, emit_every=1.0)
+def test_ten_thousand_readings_per_second_on_one_key_match_the_model(backend):
+    eng = backend.Engine(window=10.0, emit_every=1.0)
     model = Model(window=10.0, emit_every=1.0)
     got, want = [], []
     t0 = 1_700_000_000.0
@@ -321,9 +315,9 @@ def test_ten_thousand_readings_per_second_on_one_key_match_the_model(impl):
         assert close_enough(g, w, magnitude) == []
 
 
-def test_state_does_not_grow_with_a_keys_rate():
-    from telemetry_cy.engine._engine import Engine
-    eng = Engine()
+def test_state_does_not_grow_with_a_keys_rate(compiled_backend):
+    """The compiled engine's per-key state is fixed-size C memory (state_bytes counts it)."""
+    eng = compiled_backend.Engine()
     eng.push(reading(v=1.0, u="C"), 100.0)
     before = eng.stats()["state_bytes"]
     eng.push_many([reading(v=float(i), u="C") for i in range(100_000)], 100.5)
@@ -332,16 +326,14 @@ def test_state_does_not_grow_with_a_keys_rate():
 
 # ---- draining the ingest ring --------------------------------------------------------------------
 
-@pytest.mark.parametrize("ring_module", ["_ring", "_ring_py"])
-def test_drain_processes_ring_records_at_their_own_ts(impl, ring_module):
-    import importlib
-    ring = importlib.import_module(_qualified(ring_module)).ByteRing(1 << 16)
-    eng = impl.Engine(window=10.0, emit_every=5.0)
-    if impl.name == "_engine" and ring_module == "_ring_py":
+def test_drain_processes_ring_records_at_their_own_ts(backend, ring_backend):
+    ring = ring_backend.ByteRing(1 << 16)
+    eng = backend.Engine(window=10.0, emit_every=5.0)
+    if backend.compiled and not ring_backend.compiled:
         with pytest.raises(TypeError):  # the compiled engine reads the C ring directly
             eng.drain(ring)
         return
-    ref = impl.Engine(window=10.0, emit_every=5.0)
+    ref = backend.Engine(window=10.0, emit_every=5.0)
     records = [(100.0 + i * 0.7, b"site/1/sensor/t", reading(d=f"d{i % 3}", v=float(i)))
                for i in range(40)]
     records.insert(5, (102.0, b"t", b"\xff"))                       # decode_error
@@ -369,8 +361,8 @@ def _same_counters(a: dict, b: dict) -> bool:
     return all(a[k] == b[k] for k in keys)
 
 
-def test_open_readings_are_those_no_tick_has_covered(impl):
-    eng = impl.Engine(window=5.0, emit_every=5.0)
+def test_open_readings_are_those_no_tick_has_covered(backend):
+    eng = backend.Engine(window=5.0, emit_every=5.0)
     assert eng.open_readings() == 0
     eng.push_many([reading(d=f"d{i}") for i in range(4)], 100.0)
     assert eng.open_readings() == 4

@@ -1,8 +1,9 @@
 """Property tests: random streams through both engine twins and the plain model.
 
-The model (tests/model.py) keeps every reading and recomputes each window exactly; the engines
-keep panes. Random streams cover many keys, bursts, gaps longer than the window, late readings,
-ticks at random points, batches, the key limit and TTL eviction, and every CBOR numeric encoding.
+The model (tests/support/model.py) keeps every reading and recomputes each window exactly; the
+engines keep panes. Random streams cover many keys, bursts, gaps longer than the window, late
+readings, ticks at random points, batches, the key limit and TTL eviction, and every CBOR numeric
+encoding. Each test compares the compiled engine with its twin, so it needs the compiled set.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from support.model import Model, close_enough
-from telemetry_cy.engine._engine import Engine as CompiledEngine
-from telemetry_cy.engine._engine_py import Engine as PureEngine
 
 DEVICES = ["a", "b", "gw-01", "ü"]
 SENSORS = ["t", "rh", "p"]
@@ -114,11 +113,11 @@ def _order(agg: dict):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
-def test_engines_match_the_model(scenario):
+def test_engines_match_the_model(compiled_backend, pure_backend, scenario):
     config, events = scenario
     want, model = run_model(config, events)
-    compiled, compiled_stats = run(CompiledEngine, config, events)
-    pure, pure_stats = run(PureEngine, config, events)
+    compiled, compiled_stats = run(compiled_backend.Engine, config, events)
+    pure, pure_stats = run(pure_backend.Engine, config, events)
 
     # the twins round identically: bit-for-bit the same aggregates and counters
     assert compiled == pure
@@ -141,13 +140,13 @@ def test_engines_match_the_model(scenario):
                        + drops["schema_mismatch"] + drops["non_finite"])
 
 
-def test_many_keys_with_churn_match_the_pure_twin():
+def test_many_keys_with_churn_match_the_pure_twin(compiled_backend, pure_backend):
     """Thousands of keys coming and going: table growth, backward-shift deletion and swap-remove
     under eviction, checked aggregate by aggregate against the pure twin."""
     import random
     rng = random.Random(7)
     config = dict(window=10.0, emit_every=5.0, key_ttl=10.0, max_keys=6_000)
-    compiled, pure = CompiledEngine(**config), PureEngine(**config)
+    compiled, pure = compiled_backend.Engine(**config), pure_backend.Engine(**config)
     t = 1_000_000.0
     for step in range(40):
         t += rng.choice([0.5, 2.0, 5.0, 11.0])
@@ -209,14 +208,14 @@ def _by_key(aggregates) -> list[dict]:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2**32 - 1))
-def test_long_mixed_batches_match_the_pure_twin(seed):
+def test_long_mixed_batches_match_the_pure_twin(compiled_backend, pure_backend, seed):
     """Batches of up to 80 payloads (longer than the compiled engine's prefetch pipeline, which
     the short batches above never fill) with clock moves, late data, the key limit and ticks:
     same readings accepted, same aggregates, same counters and offender summaries."""
     rng = random.Random(seed)  # hypothesis picks seeds; a whole stream per seed stays small
     config = dict(window=10.0, emit_every=1.0, max_keys=rng.choice([5, 30, 200]),
                   key_ttl=rng.choice([10.0, 30.0]), max_payload_bytes=200)
-    compiled, pure = CompiledEngine(**config), PureEngine(**config)
+    compiled, pure = compiled_backend.Engine(**config), pure_backend.Engine(**config)
     t = 100.0
     for _ in range(30):
         t += rng.choice([0.0, 0.3, 1.0, -1.5, 2.0])

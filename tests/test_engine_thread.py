@@ -1,4 +1,8 @@
-"""The engine thread: drains the ring as records arrive, parks when idle, ticks on the clock."""
+"""The engine thread: drains the ring as records arrive, parks when idle, ticks on the clock.
+
+It runs the process's backend (telemetry_cy.backend.ACTIVE, as the daemon does): the compiled set,
+or the twins under TELEMETRY_CY_PURE=1.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ import time
 import cbor2
 import pytest
 
-from telemetry_cy.engine._engine import Engine
-from telemetry_cy.source._ring import ByteRing
+from telemetry_cy.backend import ACTIVE
 from telemetry_cy.engine.engine_thread import TICK_LAG_S, EngineThread
+
+Engine, ByteRing = ACTIVE.Engine, ACTIVE.ByteRing
 
 
 class FakeClock:

@@ -9,45 +9,13 @@ other on arbitrary and mutated bytes.
 
 from __future__ import annotations
 
-import importlib
-import os
 import random
 import struct
 from dataclasses import dataclass
-from types import ModuleType, SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-
-def _qualified(name: str) -> str:
-    stage = {"_ring": "source", "_frames": "source", "_decode": "engine", "_engine": "engine", "_wire": "sink"}[name.removesuffix("_py")]
-    return f"telemetry_cy.{stage}.{name}"
-
-
-PURE_ONLY = os.environ.get("TELEMETRY_CY_PURE", "") not in ("", "0")
-
-
-def _load(name: str) -> ModuleType:
-    try:
-        return importlib.import_module(_qualified(name))
-    except ImportError as exc:
-        if PURE_ONLY and not name.endswith("_py"):
-            pytest.skip(f"compiled modules not built (TELEMETRY_CY_PURE=1): {exc}")
-        raise
-
-
-def _impl(name: str) -> SimpleNamespace:
-    if name == "compiled":
-        return SimpleNamespace(name=name, frames=_load("_frames"), ring=_load("_ring"))
-    return SimpleNamespace(name=name, frames=_load("_frames_py"), ring=_load("_ring_py"))
-
-
-@pytest.fixture(params=["compiled", "pure"])
-def twin(request) -> SimpleNamespace:
-    """The frame reader under test (with the matching ring): compiled, then the pure twin."""
-    return _impl(request.param)
 
 
 # ---- packet builders ---------------------------------------------------------------------------------
@@ -219,14 +187,13 @@ def stream_st(draw):
 # ---- property tests --------------------------------------------------------------------------------------
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                    HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stream_st())
-def test_random_streams_split_anywhere(twin, s):
+def test_random_streams_split_anywhere(backend, s):
     v5, pkts, data, cuts, max_payload = s
-    ring = twin.ring.ByteRing(1 << 22)
-    reader = twin.frames.FrameReader(ring, protocol=5 if v5 else 4, max_payload_bytes=max_payload,
-                                     buffer_bytes=1 << 17)
+    ring = backend.ByteRing(1 << 22)
+    reader = backend.FrameReader(ring, protocol=5 if v5 else 4, max_payload_bytes=max_payload,
+                                 buffer_bytes=1 << 17)
     results, err, ends = feed_chunks(reader, data, cuts)
     assert err is None
     recs, acks, others, counts = expected(pkts, v5, max_payload, ring.max_record_bytes)
@@ -253,7 +220,7 @@ def test_random_streams_split_anywhere(twin, s):
 
 @settings(max_examples=150, deadline=None)
 @given(stream_st(), st.data())
-def test_compiled_equals_pure_on_mutated_streams(s, data):
+def test_compiled_equals_pure_on_mutated_streams(compiled_backend, pure_backend, s, data):
     """Valid streams with a few bytes changed, dropped or inserted: same outputs step by step."""
     v5, pkts, raw, cuts, max_payload = s
     raw = bytearray(raw)
@@ -270,23 +237,25 @@ def test_compiled_equals_pure_on_mutated_streams(s, data):
             raw.insert(i, data.draw(st.integers(0, 255)))
     cap = data.draw(st.sampled_from([64, 256, 4096, 1 << 17]))
     ring_cap = data.draw(st.sampled_from([256, 4096, 1 << 20]))
-    _compare_twins(bytes(raw), cuts, v5, max_payload, cap, ring_cap)
+    _compare_twins((compiled_backend, pure_backend), bytes(raw), cuts, v5, max_payload, cap,
+                   ring_cap)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=3000), st.lists(st.integers(0, 3000), max_size=10), st.booleans(),
        st.sampled_from([64, 100, 1 << 16]))
-def test_compiled_equals_pure_on_arbitrary_bytes(raw, cuts, v5, cap):
-    _compare_twins(raw, cuts, v5, 100, cap, 1024)
+def test_compiled_equals_pure_on_arbitrary_bytes(compiled_backend, pure_backend, raw, cuts, v5,
+                                                  cap):
+    _compare_twins((compiled_backend, pure_backend), raw, cuts, v5, 100, cap, 1024)
 
 
-def _compare_twins(raw: bytes, cuts, v5: bool, max_payload: int, cap: int, ring_cap: int) -> None:
+def _compare_twins(backends, raw: bytes, cuts, v5: bool, max_payload: int, cap: int,
+                   ring_cap: int) -> None:
     outs = []
-    for name in ("compiled", "pure"):
-        m = _impl(name)
-        ring = m.ring.ByteRing(ring_cap)
-        reader = m.frames.FrameReader(ring, protocol=5 if v5 else 4, max_payload_bytes=max_payload,
-                                      buffer_bytes=cap)
+    for b in backends:
+        ring = b.ByteRing(ring_cap)
+        reader = b.FrameReader(ring, protocol=5 if v5 else 4, max_payload_bytes=max_payload,
+                               buffer_bytes=cap)
         results, err, ends = feed_chunks(reader, raw, cuts)
         outs.append((results, None if err is None else str(err), ends, reader.counters(),
                      reader.fill, reader.skip_pending, reader.broken, drain(ring), ring.drops_full))
@@ -296,9 +265,9 @@ def _compare_twins(raw: bytes, cuts, v5: bool, max_payload: int, cap: int, ring_
 # ---- specific cases ----------------------------------------------------------------------------------------
 
 
-def make(twin, ring_cap=1 << 20, **kw):
-    ring = twin.ring.ByteRing(ring_cap)
-    return ring, twin.frames.FrameReader(ring, **kw)
+def make(backend, ring_cap=1 << 20, **kw):
+    ring = backend.ByteRing(ring_cap)
+    return ring, backend.FrameReader(ring, **kw)
 
 
 def feed_bytes(reader, data: bytes, ts: float = 1.0):
@@ -308,8 +277,8 @@ def feed_bytes(reader, data: bytes, ts: float = 1.0):
 
 
 @pytest.mark.parametrize("v5", [False, True])
-def test_one_read_many_packets(twin, v5):
-    ring, reader = make(twin, protocol=5 if v5 else 4)
+def test_one_read_many_packets(backend, v5):
+    ring, reader = make(backend, protocol=5 if v5 else 4)
     pkts = [connack(v5), suback(v5, 7), Pub(b"a/b", b"\x01\x02", 0), Pub(b"c", b"", 1, pid=300),
             PINGRESP, Pub("ü/ß".encode(), b"x" * 70000, 1, pid=9), Pub(b"q2", b"p", 2, pid=5),
             Pub(b"d", b"y" * 10, 1, pid=65535, props=b"\x03\x00\x04text" if v5 else b"")]
@@ -322,8 +291,8 @@ def test_one_read_many_packets(twin, v5):
     assert (c["received"], c["written"], c["oversize"], c["ingest_full"]) == (4, 3, 1, 0)
 
 
-def test_byte_by_byte(twin):
-    ring, reader = make(twin)
+def test_byte_by_byte(backend):
+    ring, reader = make(backend)
     pub = Pub(b"t", b"abc", 1, pid=2).encode(True)
     data = pub + PINGRESP.encode(True)
     out = []
@@ -338,8 +307,8 @@ def test_byte_by_byte(twin):
     assert reader.fill == 0
 
 
-def test_partial_packet_is_kept_at_the_front(twin):
-    ring, reader = make(twin, buffer_bytes=256)
+def test_partial_packet_is_kept_at_the_front(backend):
+    ring, reader = make(backend, buffer_bytes=256)
     p1 = Pub(b"t", b"x" * 100, 0).encode(True)
     p2 = Pub(b"u", b"y" * 100, 0).encode(True)
     feed_bytes(reader, p1 + p2[:50])
@@ -359,16 +328,16 @@ def test_partial_packet_is_kept_at_the_front(twin):
     (b"\x32\x05\x00\x01t\x00\x00", "packet id 0"),
     (b"\x30\x03\x00\x05t", "topic longer"),
 ])
-def test_protocol_errors(twin, bad, msg):
-    ring, reader = make(twin, protocol=4)
+def test_protocol_errors(backend, bad, msg):
+    ring, reader = make(backend, protocol=4)
     good = Pub(b"ok", b"1", 1, pid=4).encode(False)
-    with pytest.raises(twin.frames.FrameError, match=msg) as ei:
+    with pytest.raises(backend.FrameError, match=msg) as ei:
         feed_bytes(reader, good + bad)
     # What came before the error is delivered and acked.
     assert puback_ids(ei.value.acks) == [4]
     assert [r[1:] for r in drain(ring)] == [(b"ok", b"1")]
     assert reader.broken and reader.counters()["protocol_errors"] == 1
-    with pytest.raises(twin.frames.FrameError, match="reset"):
+    with pytest.raises(backend.FrameError, match="reset"):
         feed_bytes(reader, good)
     reader.reset()
     assert not reader.broken
@@ -376,27 +345,27 @@ def test_protocol_errors(twin, bad, msg):
     assert puback_ids(acks) == [4]
 
 
-def test_v5_properties_errors(twin):
-    ring, reader = make(twin, protocol=5)
+def test_v5_properties_errors(backend):
+    ring, reader = make(backend, protocol=5)
     body = b"\x00\x01t" + b"\x05" + b"ab"   # properties length 5 > 2 bytes left
-    with pytest.raises(twin.frames.FrameError, match="properties"):
+    with pytest.raises(backend.FrameError, match="properties"):
         feed_bytes(reader, packet(0x30, body))
-    ring, reader = make(twin, protocol=5)
-    with pytest.raises(twin.frames.FrameError, match="properties length"):
+    ring, reader = make(backend, protocol=5)
+    with pytest.raises(backend.FrameError, match="properties length"):
         feed_bytes(reader, packet(0x30, b"\x00\x01t"))          # no properties length at all
-    ring, reader = make(twin, protocol=5)
-    with pytest.raises(twin.frames.FrameError, match="properties length"):
+    ring, reader = make(backend, protocol=5)
+    with pytest.raises(backend.FrameError, match="properties length"):
         feed_bytes(reader, packet(0x30, b"\x00\x01t\xff\xff\xff\xff\x01"))
 
 
-def test_non_publish_larger_than_the_buffer_is_an_error(twin):
-    ring, reader = make(twin, buffer_bytes=64)
-    with pytest.raises(twin.frames.FrameError, match="larger than the receive buffer"):
+def test_non_publish_larger_than_the_buffer_is_an_error(backend):
+    ring, reader = make(backend, buffer_bytes=64)
+    with pytest.raises(backend.FrameError, match="larger than the receive buffer"):
         feed_bytes(reader, b"\x90" + varint(100) + b"\x00\x01")
 
 
-def test_publish_larger_than_the_buffer_is_skipped_and_acked(twin):
-    ring, reader = make(twin, buffer_bytes=256, max_payload_bytes=1 << 20)
+def test_publish_larger_than_the_buffer_is_skipped_and_acked(backend):
+    ring, reader = make(backend, buffer_bytes=256, max_payload_bytes=1 << 20)
     big = Pub(b"big/topic", bytes(range(256)) * 10, 1, pid=77).encode(True)
     after = Pub(b"next", b"ok", 1, pid=78).encode(True)
     data = Pub(b"first", b"1", 0).encode(True) + big + after + PINGRESP.encode(True)
@@ -410,14 +379,14 @@ def test_publish_larger_than_the_buffer_is_skipped_and_acked(twin):
     assert reader.skip_pending == 0
 
 
-def test_publish_header_larger_than_the_buffer_is_an_error(twin):
-    ring, reader = make(twin, buffer_bytes=64)
-    with pytest.raises(twin.frames.FrameError, match="header larger"):
+def test_publish_header_larger_than_the_buffer_is_an_error(backend):
+    ring, reader = make(backend, buffer_bytes=64)
+    with pytest.raises(backend.FrameError, match="header larger"):
         feed_bytes(reader, Pub(b"t" * 100, b"", 1, pid=1).encode(True)[:64])
 
 
-def test_reset_drops_partial_packet_and_skip(twin):
-    ring, reader = make(twin, protocol=4, buffer_bytes=128, max_payload_bytes=1 << 20)
+def test_reset_drops_partial_packet_and_skip(backend):
+    ring, reader = make(backend, protocol=4, buffer_bytes=128, max_payload_bytes=1 << 20)
     feed_bytes(reader, Pub(b"t", b"x" * 500, 0).encode(False)[:100])
     assert reader.skip_pending > 0
     reader.reset()
@@ -430,8 +399,8 @@ def test_reset_drops_partial_packet_and_skip(twin):
     assert [r[1:] for r in drain(ring)] == [(b"a", b"b")]
 
 
-def test_oversize_is_counted_and_acked(twin):
-    ring, reader = make(twin, max_payload_bytes=10)
+def test_oversize_is_counted_and_acked(backend):
+    ring, reader = make(backend, max_payload_bytes=10)
     data = b"".join(Pub(b"t", b"x" * n, 1, pid=n + 1).encode(True) for n in (9, 10, 11, 1000))
     acks, _ = feed_bytes(reader, data)
     assert puback_ids(acks) == [10, 11, 12, 1001]
@@ -440,8 +409,8 @@ def test_oversize_is_counted_and_acked(twin):
     assert (c["received"], c["written"], c["oversize"]) == (4, 2, 2)
 
 
-def test_record_too_big_for_the_ring_counts_as_oversize(twin):
-    ring, reader = make(twin, ring_cap=256, max_payload_bytes=1000)
+def test_record_too_big_for_the_ring_counts_as_oversize(backend):
+    ring, reader = make(backend, ring_cap=256, max_payload_bytes=1000)
     acks, _ = feed_bytes(reader, Pub(b"t" * 50, b"p" * 90, 1, pid=3).encode(True)
                          + Pub(b"t", b"p", 0).encode(True))
     assert puback_ids(acks) == [3]
@@ -452,8 +421,8 @@ def test_record_too_big_for_the_ring_counts_as_oversize(twin):
 
 
 @pytest.mark.parametrize("qos", [0, 1])
-def test_ring_full_is_counted_exactly(twin, qos):
-    ring, reader = make(twin, ring_cap=1024)
+def test_ring_full_is_counted_exactly(backend, qos):
+    ring, reader = make(backend, ring_cap=1024)
     n = 200
     data = b"".join(Pub(b"s/%03d" % i, b"p" * 20, qos, pid=i + 1).encode(True) for i in range(n))
     results, err, _ = feed_chunks(reader, data, [random.Random(qos).randrange(len(data))
@@ -469,30 +438,30 @@ def test_ring_full_is_counted_exactly(twin, qos):
     assert acked == (list(range(1, n + 1)) if qos else [])
 
 
-def test_feed_argument_checks(twin):
-    ring, reader = make(twin, buffer_bytes=64)
+def test_feed_argument_checks(backend):
+    ring, reader = make(backend, buffer_bytes=64)
     with pytest.raises(ValueError):
         reader.feed(65, 0.0)
     with pytest.raises(ValueError):
         reader.feed(-1, 0.0)
     assert reader.feed(0, 0.0) == (None, [])
     with pytest.raises(ValueError, match="protocol"):
-        twin.frames.FrameReader(ring, protocol=6)
+        backend.FrameReader(ring, protocol=6)
     with pytest.raises(ValueError, match="buffer_bytes"):
-        twin.frames.FrameReader(ring, buffer_bytes=10)
+        backend.FrameReader(ring, buffer_bytes=10)
     with pytest.raises(ValueError, match="max_payload_bytes"):
-        twin.frames.FrameReader(ring, max_payload_bytes=-1)
+        backend.FrameReader(ring, max_payload_bytes=-1)
     with pytest.raises(TypeError):
-        twin.frames.FrameReader(None)
+        backend.FrameReader(None)
     assert (reader.protocol, reader.buffer_bytes, reader.max_payload_bytes) == (5, 64, 65536)
     assert reader.ring is ring
 
 
-def test_doorbell_wakes_a_waiting_consumer(twin):
+def test_doorbell_wakes_a_waiting_consumer(backend):
     """One feed that writes records wakes a consumer parked in ring.wait()."""
     import threading
 
-    ring, reader = make(twin)
+    ring, reader = make(backend)
     woke = []
     t = threading.Thread(target=lambda: woke.append(ring.wait(10.0)))
     t.start()
@@ -506,9 +475,9 @@ def test_doorbell_wakes_a_waiting_consumer(twin):
     assert not t.is_alive() and woke == [True]
 
 
-def test_pure_reader_works_with_the_compiled_ring():
-    ring = _load("_ring").ByteRing(4096)
-    reader = _load("_frames_py").FrameReader(ring, protocol=4)
+def test_pure_reader_works_with_the_compiled_ring(compiled_backend, pure_backend):
+    ring = compiled_backend.ByteRing(4096)
+    reader = pure_backend.FrameReader(ring, protocol=4)
     acks, _ = feed_bytes(reader, Pub(b"t", b"p", 1, pid=5).encode(False))
     assert puback_ids(acks) == [5]
     assert drain(ring) == [(1.0, b"t", b"p")]

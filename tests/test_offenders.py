@@ -9,7 +9,6 @@ any stream of updates.
 
 from __future__ import annotations
 
-import importlib
 import random
 
 import cbor2
@@ -17,18 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from telemetry_cy.engine._engine import Engine as CompiledEngine
-from telemetry_cy.engine._engine import TopN as CompiledTopN
-from telemetry_cy.engine._engine_py import Engine as PureEngine
-from telemetry_cy.engine._engine_py import TopN as PureTopN
+from telemetry_cy.engine import rules
 
-
-def _qualified(name: str) -> str:
-    stage = {"_ring": "source", "_frames": "source", "_decode": "engine", "_engine": "engine", "_wire": "sink"}[name.removesuffix("_py")]
-    return f"telemetry_cy.{stage}.{name}"
-
-
-TOPNS = pytest.mark.parametrize("topn", [CompiledTopN, PureTopN], ids=["compiled", "pure"])
 CAP = 32
 
 
@@ -50,15 +39,14 @@ def check_guarantees(summary, truth: dict) -> None:
 
 # ---- the summary on its own --------------------------------------------------------------------
 
-def test_capacity_and_name_budget_agree():
-    from telemetry_cy.engine import rules as common
-    assert CompiledTopN.capacity == PureTopN.capacity == common.TOPN_CAPACITY == CAP
-    assert CompiledTopN.name_bytes == PureTopN.name_bytes == common.TOPN_NAME_BYTES == 96
+def test_capacity_and_name_budget_agree(compiled_backend, pure_backend):
+    compiled, pure = compiled_backend.engine.TopN, pure_backend.engine.TopN
+    assert compiled.capacity == pure.capacity == rules.TOPN_CAPACITY == CAP
+    assert compiled.name_bytes == pure.name_bytes == rules.TOPN_NAME_BYTES == 96
 
 
-@TOPNS
-def test_exact_until_full_then_takeover_of_the_smallest(topn):
-    t = topn()
+def test_exact_until_full_then_takeover_of_the_smallest(backend):
+    t = backend.engine.TopN()
     for i in range(CAP):
         t.add(f"k{i:02d}".encode(), i + 2)
     t.add(b"k05", 3)
@@ -71,9 +59,8 @@ def test_exact_until_full_then_takeover_of_the_smallest(topn):
     assert t.top(3) == [("k31", 33, 0), ("k30", 32, 0), ("k29", 31, 0)]
 
 
-@TOPNS
-def test_weights_must_be_positive_ints(topn):
-    t = topn()
+def test_weights_must_be_positive_ints(backend):
+    t = backend.engine.TopN()
     with pytest.raises(ValueError):
         t.add(b"x", 0)
     with pytest.raises((ValueError, OverflowError)):
@@ -83,9 +70,8 @@ def test_weights_must_be_positive_ints(topn):
     assert t.total == 0 and t.entries() == []
 
 
-@TOPNS
-def test_names_are_cut_at_a_utf8_boundary(topn):
-    t = topn()
+def test_names_are_cut_at_a_utf8_boundary(backend):
+    t = backend.engine.TopN()
     t.add(b"a" * 95 + "ü".encode() + b"tail")          # ü straddles byte 96: cut before it
     t.add(b"b" * 96 + "ü".encode())                     # exactly 96, then ü: cut at 96
     t.add("€".encode() * 40)                            # 3-byte characters: 32 of them fit
@@ -98,9 +84,8 @@ def test_names_are_cut_at_a_utf8_boundary(topn):
     assert ("\ufffd" * 93, 1, 0) in t.top(10)           # shown with U+FFFD for each bad byte
 
 
-@TOPNS
-def test_names_sharing_the_budget_are_one_entry(topn):
-    t = topn()
+def test_names_sharing_the_budget_are_one_entry(backend):
+    t = backend.engine.TopN()
     t.add(b"x" * 96 + b"one")
     t.add(b"x" * 96 + b"two")
     assert t.entries() == [(b"x" * 96, 2, 0)]
@@ -123,8 +108,8 @@ updates = st.lists(st.one_of(
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(updates)
-def test_compiled_and_pure_summaries_are_identical(stream):
-    c, p = CompiledTopN(), PureTopN()
+def test_compiled_and_pure_summaries_are_identical(compiled_backend, pure_backend, stream):
+    c, p = compiled_backend.engine.TopN(), pure_backend.engine.TopN()
     for i, (op, name, w) in enumerate(stream):
         if op == "add":
             c.add(name, w)
@@ -163,33 +148,30 @@ def heavy_streams(draw):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(heavy_streams())
-def test_heavy_hitters_are_always_reported(events):
+def test_heavy_hitters_are_always_reported(backend, events):
     truth: dict = {}
     for name, w in events:
         truth[name] = truth.get(name, 0) + w
-    for topn in (CompiledTopN, PureTopN):
-        t = topn()
-        for name, w in events:
-            t.add(name, w)
-        check_guarantees(t, truth)
-        heavy = {n for n in truth if n.startswith(b"HEAVY")}
-        reported = {name.encode() for name, _c, _e in t.top(10)}
-        assert heavy <= reported
+    t = backend.engine.TopN()
+    for name, w in events:
+        t.add(name, w)
+    check_guarantees(t, truth)
+    heavy = {n for n in truth if n.startswith(b"HEAVY")}
+    reported = {name.encode() for name, _c, _e in t.top(10)}
+    assert heavy <= reported
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.integers(0, 300), st.integers(1, 100)), max_size=600))
-def test_guarantees_hold_on_any_stream(stream):
+def test_guarantees_hold_on_any_stream(backend, stream):
+    t = backend.engine.TopN()
     truth: dict = {}
-    for topn in (CompiledTopN, PureTopN):
-        t = topn()
-        truth = {}
-        for i, w in stream:
-            # a skewed pool: small indices come up far more often
-            name = f"n{i * i // 300}".encode()
-            t.add(name, w)
-            truth[name] = truth.get(name, 0) + w
-        check_guarantees(t, truth)
+    for i, w in stream:
+        # a skewed pool: small indices come up far more often
+        name = f"n{i * i // 300}".encode()
+        t.add(name, w)
+        truth[name] = truth.get(name, 0) + w
+    check_guarantees(t, truth)
 
 
 # ---- what the engine reports -------------------------------------------------------------------
@@ -205,14 +187,14 @@ def offenders(eng) -> dict:
     return eng.stats()["offenders"]
 
 
-def test_stats_shape(impl):
-    stats = impl.Engine().stats()
+def test_stats_shape(backend):
+    stats = backend.Engine().stats()
     assert stats["seq"] == {"gaps": 0, "duplicates": 0, "reorders": 0, "restarts": 0}
     assert stats["offenders"] == {"drops": [], "gaps": [], "late": []}
 
 
-def test_who_is_named_for_what(impl):
-    eng = impl.Engine(window=5.0, emit_every=5.0, max_keys=2, max_payload_bytes=100)
+def test_who_is_named_for_what(backend):
+    eng = backend.Engine(window=5.0, emit_every=5.0, max_keys=2, max_payload_bytes=100)
     eng.push_many([reading("a"), reading("b")], 100.0)
     eng.push_many([reading("c", "rh")] * 3, 100.0)                        # key_limit
     eng.push(b"\xff", 100.0)                                                # decode_error
@@ -233,11 +215,10 @@ def test_who_is_named_for_what(impl):
             d["schema_mismatch"], d["late"]) == (3, 1, 1, 2, 1, 3)
 
 
-@pytest.mark.parametrize("ring_module", ["_ring", "_ring_py"])
-def test_payload_drops_are_named_by_topic_through_drain(impl, ring_module):
-    ring = importlib.import_module(_qualified(ring_module)).ByteRing(1 << 16)
-    eng = impl.Engine(max_payload_bytes=100)
-    if impl.name == "_engine" and ring_module == "_ring_py":
+def test_payload_drops_are_named_by_topic_through_drain(backend, ring_backend):
+    ring = ring_backend.ByteRing(1 << 16)
+    eng = backend.Engine(max_payload_bytes=100)
+    if backend.compiled and not ring_backend.compiled:
         with pytest.raises(TypeError):  # the compiled engine reads the C ring directly
             eng.drain(ring)
         return
@@ -257,11 +238,11 @@ def test_payload_drops_are_named_by_topic_through_drain(impl, ring_module):
         ("site/" + "ü" * 45, 1, 0)]   # ties by name bytes
 
 
-def test_heavy_hitters_among_many_key_limit_drops(impl):
+def test_heavy_hitters_among_many_key_limit_drops(backend):
     """Thousands of refused keys, three of them far more often than the rest: those three are
     the top three, each count an upper bound within its error."""
     rng = random.Random(5)
-    eng = impl.Engine(max_keys=1)
+    eng = backend.Engine(max_keys=1)
     eng.push(reading("live"), 100.0)
     truth: dict = {}
     payloads = []
@@ -316,11 +297,10 @@ def payload_of(kind, d, s, n):
     return b"\x00" * 300
 
 
-def run_engine(engine_cls, max_keys, steps):
-    from telemetry_cy.source._ring import ByteRing
+def run_engine(engine_cls, ring_cls, max_keys, steps):
     eng = engine_cls(window=10.0, emit_every=5.0, key_ttl=20.0, max_keys=max_keys,
                      max_payload_bytes=200)
-    ring = ByteRing(1 << 16)
+    ring = ring_cls(1 << 16)
     for t, how, evs, topic in steps:
         payloads = [payload_of(*e) for e in evs]
         if how == "push_many":
@@ -338,6 +318,9 @@ def run_engine(engine_cls, max_keys, steps):
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(engine_streams())
-def test_engines_report_the_same_offenders(case):
+def test_engines_report_the_same_offenders(compiled_backend, pure_backend, case):
     max_keys, steps = case
-    assert run_engine(CompiledEngine, max_keys, steps) == run_engine(PureEngine, max_keys, steps)
+    # both drain the compiled ring (the pure engine reads any ring), so only the engines differ
+    ring = compiled_backend.ByteRing
+    assert run_engine(compiled_backend.Engine, ring, max_keys, steps) == \
+        run_engine(pure_backend.Engine, ring, max_keys, steps)

@@ -8,57 +8,21 @@ harness ``tests/c/spsc_stress.c`` under ThreadSanitizer.
 
 from __future__ import annotations
 
-import importlib
 import os
 import random
 import shutil
 import subprocess
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-
-def _qualified(name: str) -> str:
-    stage = {"_ring": "source", "_frames": "source", "_decode": "engine", "_engine": "engine", "_wire": "sink"}[name.removesuffix("_py")]
-    return f"telemetry_cy.{stage}.{name}"
-
-
 ROOT = Path(__file__).resolve().parent.parent
 INCLUDES = ROOT / "telemetry_cy" / "includes"
 HARNESS = ROOT / "tests" / "c" / "spsc_stress.c"
-PURE_ONLY = os.environ.get("TELEMETRY_CY_PURE", "") not in ("", "0")
 
 HEADER = 24
-
-
-def _load(name: str) -> ModuleType:
-    try:
-        return importlib.import_module(_qualified(name))
-    except ImportError as exc:
-        # A pure-only install (no compiler) has no _ring extension; anywhere else a missing
-        # extension is a build failure and must fail loudly rather than skip.
-        if PURE_ONLY and name == "_ring":
-            pytest.skip(f"compiled ring not built (TELEMETRY_CY_PURE=1): {exc}")
-        raise
-
-
-@pytest.fixture(params=["_ring", "_ring_py"], ids=["compiled", "pure"])
-def rmod(request) -> ModuleType:
-    """The ring module under test: compiled, then the pure-Python twin."""
-    return _load(request.param)
-
-
-@pytest.fixture(scope="module")
-def compiled() -> ModuleType:
-    return _load("_ring")
-
-
-@pytest.fixture(scope="module")
-def pure() -> ModuleType:
-    return _load("_ring_py")
 
 
 def rsize(tlen: int, plen: int) -> int:
@@ -88,8 +52,8 @@ def advance_to(ring, offset: int) -> None:
 
 
 @pytest.mark.parametrize("cap", [64, 128, 4096, 1 << 20])
-def test_properties_of_a_new_ring(rmod, cap):
-    ring = rmod.ByteRing(cap)
+def test_properties_of_a_new_ring(backend, cap):
+    ring = backend.ByteRing(cap)
     assert ring.capacity == cap
     assert ring.max_record_bytes == cap // 2 - 8
     assert ring.used_bytes == 0
@@ -99,29 +63,30 @@ def test_properties_of_a_new_ring(rmod, cap):
 
 
 @pytest.mark.parametrize("cap", [0, 1, 32, 63, 100, 3000, -64, (1 << 31) + 1, 1 << 32])
-def test_bad_capacity_is_a_value_error(rmod, cap):
+def test_bad_capacity_is_a_value_error(backend, cap):
     with pytest.raises(ValueError, match="power of two"):
-        rmod.ByteRing(cap)
+        backend.ByteRing(cap)
 
 
 @pytest.mark.parametrize("cap", [64.0, "64", True, None])
-def test_capacity_must_be_an_int(rmod, cap):
+def test_capacity_must_be_an_int(backend, cap):
     with pytest.raises(TypeError):
-        rmod.ByteRing(cap)
+        backend.ByteRing(cap)
 
 
-def test_constants_and_record_size(rmod):
-    assert (rmod.HEADER_SIZE, rmod.ALIGN, rmod.MIN_CAPACITY, rmod.MAX_CAPACITY) == (24, 8, 64, 1 << 31)
+def test_constants_and_record_size(backend):
+    mod = backend.ring
+    assert (mod.HEADER_SIZE, mod.ALIGN, mod.MIN_CAPACITY, mod.MAX_CAPACITY) == (24, 8, 64, 1 << 31)
     for t in range(0, 20):
         for p in range(0, 20):
-            assert rmod.record_size(t, p) == rsize(t, p)
-            assert rmod.record_size(t, p) % 8 == 0
+            assert mod.record_size(t, p) == rsize(t, p)
+            assert mod.record_size(t, p) % 8 == 0
     with pytest.raises(ValueError):
-        rmod.record_size(-1, 0)
+        mod.record_size(-1, 0)
 
 
-def test_wrong_argument_types(rmod):
-    ring = rmod.ByteRing(256)
+def test_wrong_argument_types(backend):
+    ring = backend.ByteRing(256)
     with pytest.raises(TypeError):
         ring.try_push(0.0, "topic", b"")
     with pytest.raises(TypeError):
@@ -136,8 +101,8 @@ def test_wrong_argument_types(rmod):
 # ---- FIFO and content -------------------------------------------------------------------------------
 
 
-def test_fifo_order_and_content(rmod):
-    ring = rmod.ByteRing(1 << 16)
+def test_fifo_order_and_content(backend):
+    ring = backend.ByteRing(1 << 16)
     recs = [(i * 0.25, content(i % 40, i), content((i * 37) % 300, -i)) for i in range(150)]
     for r in recs:
         assert ring.try_push(*r)
@@ -149,8 +114,8 @@ def test_fifo_order_and_content(rmod):
     assert ring.used_bytes == 0
 
 
-def test_ts_round_trips_exactly(rmod):
-    ring = rmod.ByteRing(4096)
+def test_ts_round_trips_exactly(backend):
+    ring = backend.ByteRing(4096)
     for ts in (0.0, -0.0, 1e-300, 1.7e9 + 0.123456789, float("inf"), -1.5):
         assert ring.try_push(ts, b"t", b"p")
         got = ring.pop()
@@ -160,9 +125,9 @@ def test_ts_round_trips_exactly(rmod):
     assert got is not None and got[0] != got[0]
 
 
-def test_long_interleaved_run_keeps_fifo(rmod):
+def test_long_interleaved_run_keeps_fifo(backend):
     """Many laps around a small ring with a lagging consumer: order and bytes survive every wrap."""
-    ring = rmod.ByteRing(512)
+    ring = backend.ByteRing(512)
     rng = random.Random(5)
     sent: list[tuple[float, bytes, bytes]] = []
     got: list[tuple[float, bytes, bytes]] = []
@@ -178,17 +143,17 @@ def test_long_interleaved_run_keeps_fifo(rmod):
     assert ring.used_bytes == 0
 
 
-def test_empty_topic_and_payload(rmod):
-    ring = rmod.ByteRing(64)
+def test_empty_topic_and_payload(backend):
+    ring = backend.ByteRing(64)
     for _ in range(20):  # 24-byte records: laps around a 64-byte ring, with 16-byte wrap padding
         assert ring.try_push(1.0, b"", b"")
         assert ring.pop() == (1.0, b"", b"")
     assert ring.used_bytes == 0
 
 
-def test_huge_topic(rmod):
+def test_huge_topic(backend):
     """Topics are not limited to MQTT's 65535 bytes by the ring; only the record size is."""
-    ring = rmod.ByteRing(1 << 18)
+    ring = backend.ByteRing(1 << 18)
     topic = content(100_000, 1)
     assert ring.try_push(2.0, topic, b"")
     assert ring.try_push(3.0, topic[:70_000], content(30_000, 2))
@@ -200,8 +165,8 @@ def test_huge_topic(rmod):
 
 
 @pytest.mark.parametrize("cap", [64, 256, 4096])
-def test_too_big_is_rejected_not_counted(rmod, cap):
-    ring = rmod.ByteRing(cap)
+def test_too_big_is_rejected_not_counted(backend, cap):
+    ring = backend.ByteRing(cap)
     limit = ring.max_record_bytes
     tlen = min(3, limit - HEADER)
     assert ring.try_push(0.0, b"x" * tlen, bytes(limit - HEADER - tlen))  # exactly the limit: ok
@@ -215,10 +180,10 @@ def test_too_big_is_rejected_not_counted(rmod, cap):
 
 
 @pytest.mark.parametrize("cap", [128, 256, 1024])
-def test_largest_record_fits_an_empty_ring_at_every_offset(rmod, cap):
+def test_largest_record_fits_an_empty_ring_at_every_offset(backend, cap):
     """Why the limit is < capacity/2: whatever the wrap padding, an empty ring takes any record."""
     for off in [0, *range(HEADER, cap, 8)]:
-        ring = rmod.ByteRing(cap)
+        ring = backend.ByteRing(cap)
         advance_to(ring, off)
         big = content(ring.max_record_bytes - HEADER, off)
         assert ring.try_push(9.0, b"", big), off
@@ -227,11 +192,11 @@ def test_largest_record_fits_an_empty_ring_at_every_offset(rmod, cap):
 
 
 @pytest.mark.parametrize("cap", [128, 256])
-def test_wrap_at_every_offset(rmod, cap):
+def test_wrap_at_every_offset(backend, cap):
     """Every reachable head offset x every record size: the wrap padding is counted exactly."""
     for off in [0, *range(HEADER, cap, 8)]:
         for size in range(HEADER, cap // 2 - 8 + 1, 8):
-            ring = rmod.ByteRing(cap)
+            ring = backend.ByteRing(cap)
             advance_to(ring, off)
             tlen = min(5, size - HEADER)
             rec = (float(off), content(tlen, size), content(size - HEADER - tlen, off))
@@ -254,10 +219,10 @@ def test_wrap_at_every_offset(rmod, cap):
 
 
 @pytest.mark.parametrize("size", [24, 32, 56, 120])
-def test_fullness_is_exact(rmod, size):
+def test_fullness_is_exact(backend, size):
     """Fill until refused: refused exactly when pad + size would exceed the free bytes."""
     cap = 256
-    ring = rmod.ByteRing(cap)
+    ring = backend.ByteRing(cap)
     payload = bytes(size - HEADER)
     used = head = 0
     for lap in range(200):
@@ -282,8 +247,8 @@ def test_fullness_is_exact(rmod, size):
         assert ring.used_bytes == used
 
 
-def test_pop_many_releases_the_whole_batch(rmod):
-    ring = rmod.ByteRing(256)
+def test_pop_many_releases_the_whole_batch(backend):
+    ring = backend.ByteRing(256)
     for i in range(6):
         assert ring.try_push(float(i), b"", bytes(16))  # 40 bytes each -> 240
     assert ring.try_push(6.0, b"", bytes(16)) is False
@@ -307,8 +272,8 @@ _op = st.one_of(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cap=st.sampled_from([64, 128, 256, 512, 1024]), ops=st.lists(_op, max_size=120))
-def test_compiled_and_pure_agree(compiled, pure, cap, ops):
-    a, b = compiled.ByteRing(cap), pure.ByteRing(cap)
+def test_compiled_and_pure_agree(compiled_backend, pure_backend, cap, ops):
+    a, b = compiled_backend.ByteRing(cap), pure_backend.ByteRing(cap)
     for i, op in enumerate(ops):
         if op[0] == "push":
             rec = (i / 7.0, content(op[1], i), content(op[2], -i))
@@ -352,32 +317,32 @@ def _check_stress(res: dict, n: int) -> None:
     ],
     ids=["small", "tiny-ring", "max-records", "overload", "slow-consumer"],
 )
-def test_stress_compiled(compiled, n, seed, cap, max_payload, delay, yield_on_full):
+def test_stress_compiled(compiled_backend, n, seed, cap, max_payload, delay, yield_on_full):
     # Timing (and so the split between received and dropped) depends on the machine and its load;
     # the accounting and the bytes must be exact whatever it is.
-    res = compiled.stress(n, seed, cap, max_payload, consumer_delay_every=delay,
-                          yield_on_full=yield_on_full)
+    res = compiled_backend.ring.stress(n, seed, cap, max_payload, consumer_delay_every=delay,
+                                       yield_on_full=yield_on_full)
     _check_stress(res, n)
     if delay:
         assert res["dropped"] > 0, res
 
 
-def test_stress_pure(pure):
-    _check_stress(pure.stress(10_000, 7, 1 << 12, 64, yield_on_full=True), 10_000)
-    _check_stress(pure.stress(5_000, 8, 1 << 10, 100, consumer_delay_every=50), 5_000)
+def test_stress_pure(pure_backend):
+    _check_stress(pure_backend.ring.stress(10_000, 7, 1 << 12, 64, yield_on_full=True), 10_000)
+    _check_stress(pure_backend.ring.stress(5_000, 8, 1 << 10, 100, consumer_delay_every=50), 5_000)
 
 
-def test_stress_rejects_bad_arguments(rmod):
+def test_stress_rejects_bad_arguments(backend):
     with pytest.raises(ValueError, match="max_payload"):
-        rmod.stress(10, 1, 256, 200)       # 24 + 48 + 200 > 120
+        backend.ring.stress(10, 1, 256, 200)       # 24 + 48 + 200 > 120
     with pytest.raises(ValueError, match="power of two"):
-        rmod.stress(10, 1, 1000, 10)
+        backend.ring.stress(10, 1, 1000, 10)
     with pytest.raises(ValueError):
-        rmod.stress(-1, 1, 4096, 10)
+        backend.ring.stress(-1, 1, 4096, 10)
 
 
-def test_stress_zero_records(rmod):
-    assert {k: v for k, v in rmod.stress(0, 1, 4096, 10).items() if k != "elapsed_s"} == {
+def test_stress_zero_records(backend):
+    assert {k: v for k, v in backend.ring.stress(0, 1, 4096, 10).items() if k != "elapsed_s"} == {
         "produced": 0, "received": 0, "dropped": 0, "errors": 0,
     }
 
@@ -459,20 +424,20 @@ def test_c_harness_under_thread_sanitizer(tsan_harness, args):
 
 # ---- doorbell: the consumer parks while empty and wakes promptly --------------------------------
 
-def test_wait_returns_at_once_when_records_are_there(rmod):
-    ring = rmod.ByteRing(4096)
+def test_wait_returns_at_once_when_records_are_there(backend):
+    ring = backend.ByteRing(4096)
     assert ring.try_push(1.0, b"t", b"p")
     assert ring.wait(10.0) is True
 
 
-def test_wait_times_out_when_empty(rmod):
-    ring = rmod.ByteRing(4096)
+def test_wait_times_out_when_empty(backend):
+    ring = backend.ByteRing(4096)
     assert ring.wait(0.01) is False
 
 
-def test_wait_wakes_when_a_producer_pushes(rmod):
+def test_wait_wakes_when_a_producer_pushes(backend):
     import threading
-    ring = rmod.ByteRing(4096)
+    ring = backend.ByteRing(4096)
     woke = []
 
     def consumer():

@@ -2,27 +2,16 @@
 
 The rules are in docs/windows.md ("Sequence numbers and offenders"). `reference` below is a plain
 restatement of them that shares no code with either engine; every stream goes through both twins
-(the `impl` fixture) and through each way in: push, push_many, push_reading, the cbor2 fallback and
-drain from the ingest ring.
+(the `backend` fixture) and through each way in: push, push_many, push_reading, the cbor2
+fallback and drain from the ingest ring.
 """
 
 from __future__ import annotations
-
-import importlib
 
 import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from telemetry_cy.engine._engine import Engine as CompiledEngine
-from telemetry_cy.engine._engine_py import Engine as PureEngine
-
-
-def _qualified(name: str) -> str:
-    stage = {"_ring": "source", "_frames": "source", "_decode": "engine", "_engine": "engine", "_wire": "sink"}[name.removesuffix("_py")]
-    return f"telemetry_cy.{stage}.{name}"
-
 
 ZERO = {"gaps": 0, "duplicates": 0, "reorders": 0, "restarts": 0}
 
@@ -92,8 +81,8 @@ KNOWN = [
 
 
 @pytest.mark.parametrize("ns,want", KNOWN)
-def test_known_streams_via_push(impl, ns, want):
-    eng = impl.Engine()
+def test_known_streams_via_push(backend, ns, want):
+    eng = backend.Engine()
     for n in ns:
         eng.push(reading(n), 100.0)
     assert seq_of(eng) == want
@@ -102,25 +91,25 @@ def test_known_streams_via_push(impl, ns, want):
 
 
 @pytest.mark.parametrize("ns,want", KNOWN)
-def test_known_streams_via_push_many_and_batches(impl, ns, want):
-    eng = impl.Engine()
+def test_known_streams_via_push_many_and_batches(backend, ns, want):
+    eng = backend.Engine()
     eng.push_many([reading(n) for n in ns], 100.0)
     assert seq_of(eng) == want
-    batch = impl.Engine()   # one CBOR array payload holding the whole stream, in order
+    batch = backend.Engine()   # one CBOR array payload holding the whole stream, in order
     batch.push(cbor2.dumps([{"d": "dev", "s": "temp", "v": 1.0, "n": n} for n in ns]), 100.0)
     assert seq_of(batch) == want
 
 
 @pytest.mark.parametrize("ns,want", KNOWN)
-def test_known_streams_via_push_reading(impl, ns, want):
-    eng = impl.Engine()
+def test_known_streams_via_push_reading(backend, ns, want):
+    eng = backend.Engine()
     for n in ns:
         eng.push_reading("dev", "temp", 1.0, 100.0, seq=n)
     assert seq_of(eng) == want
 
 
-def test_push_reading_rejects_a_bad_seq(impl):
-    eng = impl.Engine()
+def test_push_reading_rejects_a_bad_seq(backend):
+    eng = backend.Engine()
     eng.push_reading("dev", "temp", 1.0, 100.0, seq=-1)
     eng.push_reading("dev", "temp", 1.0, 100.0, seq=2**64)
     eng.push_reading("dev", "temp", 1.0, 100.0, seq=1.0)
@@ -128,22 +117,21 @@ def test_push_reading_rejects_a_bad_seq(impl):
     assert eng.stats()["drops"]["schema_mismatch"] == 4 and eng.stats()["readings"] == 0
 
 
-def test_fallback_payloads_are_counted_too(impl):
-    """A payload the C reader hands to cbor2 (a tag on an ignored value) carries its `n` through."""
-    from telemetry_cy.engine._decode import decode_native
-    assert decode_native(cbor2.dumps({1: "x", "d": "dev", "s": "temp", "v": 1.0})) == "fallback"
-    eng = impl.Engine()
+def test_fallback_payloads_are_counted_too(backend):
+    """A payload the reader hands to cbor2 (a tag on an ignored value) carries its `n` through."""
+    assert backend.decode.decode_native(
+        cbor2.dumps({1: "x", "d": "dev", "s": "temp", "v": 1.0})) == "fallback"
+    eng = backend.Engine()
     for n in (1, 2, 5, 5, 4):
         eng.push(cbor2.dumps({1: "x", "d": "dev", "s": "temp", "v": 1.0, "n": n}), 100.0)
     assert seq_of(eng) == dict(ZERO, gaps=2, duplicates=1, reorders=1)
     assert eng.stats()["readings"] == 5
 
 
-@pytest.mark.parametrize("ring_module", ["_ring", "_ring_py"])
-def test_known_streams_via_drain(impl, ring_module):
-    ring = importlib.import_module(_qualified(ring_module)).ByteRing(1 << 16)
-    eng = impl.Engine()
-    if impl.name == "_engine" and ring_module == "_ring_py":
+def test_known_streams_via_drain(backend, ring_backend):
+    ring = ring_backend.ByteRing(1 << 16)
+    eng = backend.Engine()
+    if backend.compiled and not ring_backend.compiled:
         with pytest.raises(TypeError):  # the compiled engine reads the C ring directly
             eng.drain(ring)
         return
@@ -171,36 +159,36 @@ def test_known_streams_via_drain(impl, ring_module):
 
 # ---- what a stream is ------------------------------------------------------------------------
 
-def test_streams_are_per_device_and_sensor(impl):
+def test_streams_are_per_device_and_sensor(backend):
     """One device numbering each sensor on its own: interleaved, no gaps. The same numbers read as
     one per-device stream would be full of duplicates."""
-    eng = impl.Engine()
+    eng = backend.Engine()
     for n in range(1, 50):
         eng.push_many([reading(n, s="temp"), reading(n, s="rh"), reading(n, d="other")], 100.0)
     assert seq_of(eng) == ZERO
 
 
-def test_one_counter_per_message_shared_by_a_batch(impl):
+def test_one_counter_per_message_shared_by_a_batch(backend):
     """A gateway numbering its messages, each a batch of all its sensors with the message's n:
     every (device, sensor) stream sees n, n+1, ... and a lost message is one gap per sensor."""
-    eng = impl.Engine()
+    eng = backend.Engine()
     for n in (1, 2, 3, 5, 6):
         eng.push(cbor2.dumps([{"d": "gw", "s": s, "v": 1.0, "n": n} for s in ("t", "rh", "p")]),
                  100.0)
     assert seq_of(eng) == dict(ZERO, gaps=3)
 
 
-def test_readings_without_n_leave_the_baseline_alone(impl):
-    eng = impl.Engine()
+def test_readings_without_n_leave_the_baseline_alone(backend):
+    eng = backend.Engine()
     eng.push_many([reading(10), reading(), reading(11), reading(), reading(13)], 100.0)
     assert seq_of(eng) == dict(ZERO, gaps=1)
     assert eng.stats()["readings"] == 5
 
 
-def test_dropped_readings_do_not_move_the_baseline(impl):
+def test_dropped_readings_do_not_move_the_baseline(backend):
     """Only accepted readings count: a late or key_limit reading neither sets nor moves the
     baseline, so the number it carried is a gap for the next accepted reading."""
-    eng = impl.Engine(window=5.0, emit_every=5.0, max_keys=1)
+    eng = backend.Engine(window=5.0, emit_every=5.0, max_keys=1)
     eng.push(reading(1), 100.0)
     eng.push(reading(2), 106.0)                     # closes the tick at 105
     eng.push(reading(3), 101.0)                     # late
@@ -210,10 +198,10 @@ def test_dropped_readings_do_not_move_the_baseline(impl):
     assert seq_of(eng) == dict(ZERO, gaps=1)
 
 
-def test_an_evicted_key_starts_a_new_baseline(impl):
+def test_an_evicted_key_starts_a_new_baseline(backend):
     """Silence longer than key_ttl evicts the key with its baseline: what was lost meanwhile is
     not visible (no gap), and the next reading is a fresh start (no restart either)."""
-    eng = impl.Engine(window=10.0, emit_every=5.0, key_ttl=10.0)
+    eng = backend.Engine(window=10.0, emit_every=5.0, key_ttl=10.0)
     eng.push(reading(1), 100.0)
     eng.push(reading(2), 101.0)
     eng.tick(200.0)
@@ -223,10 +211,10 @@ def test_an_evicted_key_starts_a_new_baseline(impl):
     assert seq_of(eng) == ZERO
 
 
-def test_the_baseline_lives_in_the_key_record():
+def test_the_baseline_lives_in_the_key_record(compiled_backend):
     """8 bytes more per key (uint64 last_seq; the flag uses what was padding), nothing per
     reading: state_bytes stays put however many numbered readings a key gets."""
-    eng = CompiledEngine()
+    eng = compiled_backend.Engine()
     eng.push(reading(1, u="C"), 100.0)
     before = eng.stats()["state_bytes"]
     ns = range(3, 100_000, 3)
@@ -300,11 +288,11 @@ def feed(engine_cls, readings, cuts, how):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seq_streams(), st.sampled_from(["array", "push_many", "push_reading"]))
-def test_random_streams_match_the_reference(case, how):
+def test_random_streams_match_the_reference(compiled_backend, pure_backend, case, how):
     streams, readings, cuts = case
     want = reference(streams)
-    compiled = feed(CompiledEngine, readings, cuts, how)
-    pure = feed(PureEngine, readings, cuts, how)
+    compiled = feed(compiled_backend.Engine, readings, cuts, how)
+    pure = feed(pure_backend.Engine, readings, cuts, how)
     assert seq_of(compiled) == want["counts"]
     assert seq_of(pure) == want["counts"]
     assert compiled.stats()["offenders"] == pure.stats()["offenders"]

@@ -11,17 +11,18 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from telemetry_cy.engine import _engine
-from telemetry_cy.engine import _engine_py
-from telemetry_cy.sink import _wire
-from telemetry_cy.sink import _wire_py
+from telemetry_cy import backend as backends
 from telemetry_cy.engine.rules import AGGREGATE_FIELDS
 from telemetry_cy.sink.bodies import decode_body, encoder_for
 from telemetry_cy.sink.subjects import parse_subject, subject_for
 
 PREFIX = "agg"
 MAX_SUBJECT = 3072  # emitter.MAX_SUBJECT_BYTES
-TWINS = [_wire, _wire_py]
+# The encoders take either engine's Aggregate class: the inputs mix both where this install has
+# both (the compiled one first: it is what the daemon feeds them), else they are the twin's.
+AGGREGATE_CLASSES = [backends.load(name).Aggregate for name in backends.available()]
+Aggregate = AGGREGATE_CLASSES[0]
+PureAggregate = backends.load("pure").Aggregate
 FLOAT_FIELDS = [f for f in AGGREGATE_FIELDS[3:] if f != "count"]
 
 any_char = st.characters(codec=None, categories=None, exclude_categories=())
@@ -52,7 +53,7 @@ counts = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 23, 24, 255, 2
 
 @st.composite
 def aggregates(draw):
-    cls = draw(st.sampled_from([_engine.Aggregate, _engine_py.Aggregate]))
+    cls = draw(st.sampled_from(AGGREGATE_CLASSES))
     values = dict(device=draw(names), sensor=draw(names),
                   unit=draw(st.one_of(st.none(), names)), count=draw(counts))
     values.update({f: draw(floats) for f in FLOAT_FIELDS})
@@ -63,16 +64,16 @@ batches = st.lists(aggregates(), max_size=8)
 chunk_sizes = st.one_of(st.integers(1, 2000), st.just(262144))
 
 
-def typical(i: int, cls=_engine.Aggregate):
+def typical(i: int, cls=Aggregate):
     t = 1700000000.0 + 5 * (i % 7)
     return cls(f"dev-{i:05d}", "temp", "C", t - 60, t, 12, 263.4 + i, 21.95, 20.1, 23.7,
                1.0312345, 20.1, 23.7 + i / 1000)
 
 
-def run(mod, *args, **kwargs):
+def run(twin, *args, **kwargs):
     """The result, or the exception's type and text (the twins must fail alike too)."""
     try:
-        return mod.encode_batch(*args, **kwargs)
+        return twin.encode_batch(*args, **kwargs)
     except Exception as exc:
         return type(exc), str(exc)
 
@@ -118,10 +119,10 @@ def same_value(got, want, fmt) -> bool:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches, st.sampled_from(["json", "cbor"]), chunk_sizes)
-@example([typical(1), typical(2, _engine_py.Aggregate)], "json", 262144)
-def test_compiled_matches_twin(aggs, fmt, chunk_bytes):
-    got = run(_wire, aggs, PREFIX, fmt, MAX_SUBJECT, chunk_bytes)
-    want = run(_wire_py, aggs, PREFIX, fmt, MAX_SUBJECT, chunk_bytes)
+@example([typical(1), typical(2, PureAggregate)], "json", 262144)
+def test_compiled_matches_twin(compiled_backend, pure_backend, aggs, fmt, chunk_bytes):
+    got = run(compiled_backend, aggs, PREFIX, fmt, MAX_SUBJECT, chunk_bytes)
+    want = run(pure_backend, aggs, PREFIX, fmt, MAX_SUBJECT, chunk_bytes)
     assert got == want
     if isinstance(want[0], type):
         # the only failure the engine's values can cause: cbor2 cannot encode a lone surrogate
@@ -133,7 +134,7 @@ def test_compiled_matches_twin(aggs, fmt, chunk_bytes):
     for c in chunks:
         assert len(c) <= chunk_bytes or len(raw_messages([c])) == 1
     # the stream does not depend on where it is cut
-    whole = _wire.encode_batch(aggs, PREFIX, fmt, MAX_SUBJECT, 2**40)[0]
+    whole = compiled_backend.encode_batch(aggs, PREFIX, fmt, MAX_SUBJECT, 2**40)[0]
     assert b"".join(chunks) == b"".join(whole) and len(whole) <= 1
 
     msgs = messages(chunks)
@@ -149,30 +150,30 @@ def test_compiled_matches_twin(aggs, fmt, chunk_bytes):
             assert same_value(fields[name], getattr(a, name), fmt), name
 
 
-@pytest.mark.parametrize("fmt", ["json", "cbor"])
-def test_twin_is_the_emitters_per_aggregate_path(fmt):
-    """What emitter._take does per aggregate, concatenated: the twin must be exactly that."""
-    encode = encoder_for(fmt)
-    aggs = [typical(i) for i in range(50)] + [typical(i, _engine_py.Aggregate) for i in range(5)]
-    aggs.append(_engine.Aggregate("Küche.1", "温度 ", "°C", 0.0, 5.0, 1, math.inf, math.nan,
-                                  -0.0, 1e300, 0.0, 1.0, 2.0))
-    stream, nbytes = [], 0
-    for a in aggs:
-        subject = subject_for(PREFIX, a.device, a.sensor)
-        body = encode(a)
-        stream.append(b"PUB " + subject.encode() + b" " + str(len(body)).encode() + b"\r\n"
-                      + body + b"\r\n")
-        nbytes += len(subject) + len(body)
-    for mod in TWINS:
-        chunks, encoded, too_long, got_nbytes = mod.encode_batch(aggs, PREFIX, fmt, MAX_SUBJECT)
+def test_twin_is_the_emitters_per_aggregate_path(backend):
+    """What emitter._take does per aggregate, concatenated: each twin must be exactly that."""
+    aggs = [typical(i) for i in range(50)] + [typical(i, PureAggregate) for i in range(5)]
+    aggs.append(Aggregate("Küche.1", "温度 ", "°C", 0.0, 5.0, 1, math.inf, math.nan,
+                          -0.0, 1e300, 0.0, 1.0, 2.0))
+    for fmt in ("json", "cbor"):
+        encode = encoder_for(fmt)
+        stream, nbytes = [], 0
+        for a in aggs:
+            subject = subject_for(PREFIX, a.device, a.sensor)
+            body = encode(a)
+            stream.append(b"PUB " + subject.encode() + b" " + str(len(body)).encode() + b"\r\n"
+                          + body + b"\r\n")
+            nbytes += len(subject) + len(body)
+        chunks, encoded, too_long, got_nbytes = backend.encode_batch(aggs, PREFIX, fmt,
+                                                                     MAX_SUBJECT)
         assert (b"".join(chunks), encoded, too_long, got_nbytes) == (b"".join(stream), len(aggs),
-                                                                      0, nbytes)
+                                                                      0, nbytes), fmt
         assert len(chunks) == 1
 
 
 # ---- floats: the C fast paths must print exactly repr(x) ----------------------------------------
 
-def float_batch(xs, cls=_engine.Aggregate):
+def float_batch(xs, cls=Aggregate):
     xs = list(xs) + [0.0] * (-len(xs) % 9)
     return [cls("d", "s", None, *xs[i:i + 2], 1, *xs[i + 2:i + 9]) for i in range(0, len(xs), 9)]
 
@@ -196,11 +197,11 @@ def sweep_floats(seed: int = 7) -> list[float]:
     return xs
 
 
-def test_float_sweep():
+def test_float_sweep(compiled_backend, pure_backend):
     aggs = float_batch(sweep_floats())
     for fmt in ("json", "cbor"):
-        assert _wire.encode_batch(aggs, PREFIX, fmt, MAX_SUBJECT) == \
-            _wire_py.encode_batch(aggs, PREFIX, fmt, MAX_SUBJECT)
+        assert compiled_backend.encode_batch(aggs, PREFIX, fmt, MAX_SUBJECT) == \
+            pure_backend.encode_batch(aggs, PREFIX, fmt, MAX_SUBJECT)
 
 
 @settings(max_examples=300, deadline=None)
@@ -208,37 +209,35 @@ def test_float_sweep():
                           st.builds(lambda m, e: m * 10.0 ** e, st.integers(-10**15, 10**15),
                                     st.integers(-20, 2))),
                 min_size=9, max_size=90))
-def test_floats_print_as_repr(xs):
+def test_floats_print_as_repr(compiled_backend, pure_backend, xs):
     aggs = float_batch(xs)
-    assert _wire.encode_batch(aggs, PREFIX, "json", MAX_SUBJECT) == \
-        _wire_py.encode_batch(aggs, PREFIX, "json", MAX_SUBJECT)
+    assert compiled_backend.encode_batch(aggs, PREFIX, "json", MAX_SUBJECT) == \
+        pure_backend.encode_batch(aggs, PREFIX, "json", MAX_SUBJECT)
 
 
 # ---- limits and chunking ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("mod", TWINS)
-def test_too_long_subjects_are_counted_and_skipped(mod):
+def test_too_long_subjects_are_counted_and_skipped(backend):
     room = MAX_SUBJECT - len(PREFIX) - 2  # bytes left for device + sensor
-    fits = _engine.Aggregate("d" * (room - 1), "s", None, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)
-    over = _engine.Aggregate("d" * room, "s", None, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)
+    fits = Aggregate("d" * (room - 1), "s", None, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)
+    over = Aggregate("d" * room, "s", None, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)
     # escaping grows the subject: 1100 dots are 3300 bytes of %2E
-    dots = _engine_py.Aggregate("." * 1100, "s", "C", 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)
-    wide = _engine.Aggregate("温" * 1023, "s", None, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)  # 3075 bytes
+    dots = PureAggregate("." * 1100, "s", "C", 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)
+    wide = Aggregate("温" * 1023, "s", None, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)  # 3075 bytes
     aggs = [fits, over, dots, wide, typical(1)]
-    chunks, encoded, too_long, _ = mod.encode_batch(aggs, PREFIX, "json", MAX_SUBJECT)
+    chunks, encoded, too_long, _ = backend.encode_batch(aggs, PREFIX, "json", MAX_SUBJECT)
     assert (encoded, too_long) == (2, 3)
     assert [s for s, _ in messages(chunks)] == [subject_for(PREFIX, a.device, a.sensor)
                                                 for a in (fits, typical(1))]
-    assert mod.encode_batch(aggs, PREFIX, "json", 0)[1:3] == (0, 5)
+    assert backend.encode_batch(aggs, PREFIX, "json", 0)[1:3] == (0, 5)
 
 
-@pytest.mark.parametrize("mod", TWINS)
-def test_chunks_are_cut_at_message_boundaries(mod):
+def test_chunks_are_cut_at_message_boundaries(backend):
     aggs = [typical(i) for i in range(100)]
-    one = mod.encode_batch(aggs[:1], PREFIX, "json", MAX_SUBJECT)[0][0]
-    whole = b"".join(mod.encode_batch(aggs, PREFIX, "json", MAX_SUBJECT)[0])
+    one = backend.encode_batch(aggs[:1], PREFIX, "json", MAX_SUBJECT)[0][0]
+    whole = b"".join(backend.encode_batch(aggs, PREFIX, "json", MAX_SUBJECT)[0])
     for chunk_bytes in (1, len(one) - 1, len(one), len(one) + 1, 2 * len(one), 5000, 10**9):
-        chunks = mod.encode_batch(aggs, PREFIX, "json", MAX_SUBJECT, chunk_bytes)[0]
+        chunks = backend.encode_batch(aggs, PREFIX, "json", MAX_SUBJECT, chunk_bytes)[0]
         assert b"".join(chunks) == whole
         for c in chunks:
             assert c.startswith(b"PUB ") and c.endswith(b"\r\n")
@@ -250,28 +249,29 @@ def test_chunks_are_cut_at_message_boundaries(mod):
             assert len(a) + len(raw_messages([b])[0]) > chunk_bytes
 
 
-@pytest.mark.parametrize("mod", TWINS)
-def test_empty_batch(mod):
-    assert mod.encode_batch([], PREFIX, "json", MAX_SUBJECT) == ([], 0, 0, 0)
-    assert mod.encode_batch(iter([]), PREFIX, "cbor", MAX_SUBJECT, 1) == ([], 0, 0, 0)
+def test_empty_batch(backend):
+    assert backend.encode_batch([], PREFIX, "json", MAX_SUBJECT) == ([], 0, 0, 0)
+    assert backend.encode_batch(iter([]), PREFIX, "cbor", MAX_SUBJECT, 1) == ([], 0, 0, 0)
 
 
-def test_any_iterable_and_mixed_types():
-    aggs = [typical(1), typical(2, _engine_py.Aggregate), typical(3)]
+def test_any_iterable_and_mixed_types(compiled_backend, pure_backend):
+    aggs = [typical(1), typical(2, PureAggregate), typical(3)]
     for fmt in ("json", "cbor"):
-        want = _wire_py.encode_batch(aggs, PREFIX, fmt, MAX_SUBJECT)
-        assert _wire.encode_batch(tuple(aggs), PREFIX, fmt, MAX_SUBJECT) == want
-        assert _wire.encode_batch(iter(aggs), PREFIX, fmt, MAX_SUBJECT) == want
+        want = pure_backend.encode_batch(aggs, PREFIX, fmt, MAX_SUBJECT)
+        assert compiled_backend.encode_batch(tuple(aggs), PREFIX, fmt, MAX_SUBJECT) == want
+        assert compiled_backend.encode_batch(iter(aggs), PREFIX, fmt, MAX_SUBJECT) == want
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches, st.sampled_from(["json", "cbor"]), st.integers(0, 600))
-@example([typical(1), typical(2, _engine_py.Aggregate)], "json", 200)
-def test_body_limit_skips_and_counts_exactly_the_long_bodies(aggs, fmt, limit):
+@example([typical(1), typical(2, PureAggregate)], "json", 200)
+def test_body_limit_skips_and_counts_exactly_the_long_bodies(compiled_backend, pure_backend, aggs,
+                                                             fmt, limit):
     """max_body_bytes (the server's max_payload): a longer body is skipped and counted in
     too_long, like a long subject; everything else is written as without the limit."""
-    got = run(_wire, aggs, PREFIX, fmt, MAX_SUBJECT, 262144, max_body_bytes=limit)
-    assert got == run(_wire_py, aggs, PREFIX, fmt, MAX_SUBJECT, 262144, max_body_bytes=limit)
+    got = run(compiled_backend, aggs, PREFIX, fmt, MAX_SUBJECT, 262144, max_body_bytes=limit)
+    assert got == run(pure_backend, aggs, PREFIX, fmt, MAX_SUBJECT, 262144,
+                      max_body_bytes=limit)
     if isinstance(got[0], type):
         assert fmt == "cbor" and got[0] is UnicodeEncodeError
         return
@@ -293,53 +293,51 @@ def test_body_limit_skips_and_counts_exactly_the_long_bodies(aggs, fmt, limit):
     (("json", 3.0, 1), TypeError, "max_subject_bytes must be an integer"),
     (("json", MAX_SUBJECT, True), TypeError, "chunk_bytes must be an integer"),
 ])
-@pytest.mark.parametrize("mod", TWINS)
-def test_bad_arguments(mod, args, exc, text):
+def test_bad_arguments(backend, args, exc, text):
     fmt, max_subject, chunk_bytes = args
     with pytest.raises(exc, match="^" + text.replace("(", r"\(")):
-        mod.encode_batch([typical(1)], PREFIX, fmt, max_subject, chunk_bytes)
+        backend.encode_batch([typical(1)], PREFIX, fmt, max_subject, chunk_bytes)
 
 
-@pytest.mark.parametrize("mod", TWINS)
-def test_bad_body_limit(mod):
+def test_bad_body_limit(backend):
     with pytest.raises(ValueError, match="^max_body_bytes must be between 0"):
-        mod.encode_batch([typical(1)], PREFIX, "json", MAX_SUBJECT, max_body_bytes=-1)
+        backend.encode_batch([typical(1)], PREFIX, "json", MAX_SUBJECT, max_body_bytes=-1)
     with pytest.raises(TypeError, match="^max_body_bytes must be an integer"):
-        mod.encode_batch([typical(1)], PREFIX, "json", MAX_SUBJECT, max_body_bytes=1.5)
+        backend.encode_batch([typical(1)], PREFIX, "json", MAX_SUBJECT, max_body_bytes=1.5)
 
 
 @pytest.mark.parametrize("prefix, exc", [("", ValueError), ("a b", ValueError),
                                          ("agg\r\nPUB x 0", ValueError), ("a.*", ValueError),
                                          ("a..b", ValueError), (b"agg", TypeError),
                                          (None, TypeError)])
-def test_bad_prefix(prefix, exc):
-    for mod in TWINS:
+def test_bad_prefix(compiled_backend, pure_backend, prefix, exc):
+    for twin in (compiled_backend, pure_backend):
         with pytest.raises(exc):
-            mod.encode_batch([typical(1)], prefix, "json", MAX_SUBJECT)
-    assert run(_wire, [], prefix, "json", 1) == run(_wire_py, [], prefix, "json", 1)
+            twin.encode_batch([typical(1)], prefix, "json", MAX_SUBJECT)
+    assert run(compiled_backend, [], prefix, "json", 1) == \
+        run(pure_backend, [], prefix, "json", 1)
 
 
-def test_prefix_subclass_rejected():
+def test_prefix_subclass_rejected(backend):
     class Prefix(str):
         pass
-    for mod in TWINS:
-        with pytest.raises(TypeError, match="prefix must be a str"):
-            mod.encode_batch([], Prefix("agg"), "json", MAX_SUBJECT)
+    with pytest.raises(TypeError, match="prefix must be a str"):
+        backend.encode_batch([], Prefix("agg"), "json", MAX_SUBJECT)
 
 
-def test_multi_token_and_non_ascii_prefix():
-    aggs = [typical(1), _engine.Aggregate("é", "x.y", None, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)]
+def test_multi_token_and_non_ascii_prefix(compiled_backend, pure_backend):
+    aggs = [typical(1), compiled_backend.Aggregate("é", "x.y", None, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)]
     for prefix in ("a.b.c", "télé.agg"):
         for fmt in ("json", "cbor"):
-            want = _wire_py.encode_batch(aggs, prefix, fmt, MAX_SUBJECT)
-            assert _wire.encode_batch(aggs, prefix, fmt, MAX_SUBJECT) == want
+            want = pure_backend.encode_batch(aggs, prefix, fmt, MAX_SUBJECT)
+            assert compiled_backend.encode_batch(aggs, prefix, fmt, MAX_SUBJECT) == want
             assert want[3] == sum(len(s) + len(b) for s, b in messages(want[0]))
 
 
-def test_odd_field_values_fail_alike():
+def test_odd_field_values_fail_alike(compiled_backend, pure_backend):
     """Values the engine never makes still go the Python way in both twins (same result or same
     error): a None name on the compiled class, non-str units, odd types on the pure class."""
-    A, P = _engine.Aggregate, _engine_py.Aggregate
+    A, P = compiled_backend.Aggregate, pure_backend.Aggregate
     cases = [
         [A(None, "s", None, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)],
         [A("d", "s", 42, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)],
@@ -351,5 +349,5 @@ def test_odd_field_values_fail_alike():
     ]
     for aggs in cases:
         for fmt in ("json", "cbor"):
-            assert run(_wire, aggs, PREFIX, fmt, MAX_SUBJECT) == \
-                run(_wire_py, aggs, PREFIX, fmt, MAX_SUBJECT)
+            assert run(compiled_backend, aggs, PREFIX, fmt, MAX_SUBJECT) == \
+                run(pure_backend, aggs, PREFIX, fmt, MAX_SUBJECT)

@@ -14,7 +14,7 @@ after the bug is fixed, so they are replayed here from then on.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -22,11 +22,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-
-def _qualified(name: str) -> str:
-    stage = {"_ring": "source", "_frames": "source", "_decode": "engine", "_engine": "engine", "_wire": "sink"}[name.removesuffix("_py")]
-    return f"telemetry_cy.{stage}.{name}"
 
 
 HERE = Path(__file__).resolve().parent
@@ -97,15 +92,8 @@ def test_corpus_is_what_make_corpus_writes(tmp_path):
 # ---- compiled == pure on the corpus ---------------------------------------------------------------
 
 
-def _mod(name: str):
-    try:
-        return importlib.import_module(_qualified(name))
-    except ImportError as exc:   # a pure-only install
-        pytest.skip(f"compiled module {name} not built: {exc}")
-
-
-def test_cbor_corpus_compiled_equals_pure():
-    compiled, pure = _mod("_decode"), _mod("_decode_py")
+def test_cbor_corpus_compiled_equals_pure(compiled_backend, pure_backend):
+    compiled, pure = compiled_backend.decode, pure_backend.decode
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
     for path in CBOR:
         data = path.read_bytes()
@@ -113,15 +101,15 @@ def test_cbor_corpus_compiled_equals_pure():
             assert compiled.decode(data, max_name) == pure.decode(data, max_name), path.name
 
 
-def _frames_run(frames_mod, ring_mod, data: bytes):
+def _frames_run(twin, data: bytes):
     conf, seed, stream = data[0], data[1], data[2:]
     cap = (64, 256, 4096, 65536)[conf & 3]
     v5 = (conf >> 2) & 1
     max_payload = (0, 16, 200, 65536)[(conf >> 3) & 3]
-    ring = ring_mod.ByteRing((64, 512, 4096, 65536)[(conf >> 5) & 3])
+    ring = twin.ByteRing((64, 512, 4096, 65536)[(conf >> 5) & 3])
     try:
-        reader = frames_mod.FrameReader(ring, protocol=5 if v5 else 4,
-                                        max_payload_bytes=max_payload, buffer_bytes=cap)
+        reader = twin.FrameReader(ring, protocol=5 if v5 else 4,
+                                  max_payload_bytes=max_payload, buffer_bytes=cap)
     except ValueError as exc:    # e.g. a max payload that cannot fit that ring: same both sides
         return ("refused", str(exc))
     events = []
@@ -138,7 +126,7 @@ def _frames_run(frames_mod, ring_mod, data: bytes):
         try:
             acks, packets = reader.feed(n, 1.5)
             events.append(("ok", acks, packets))
-        except frames_mod.FrameError as exc:
+        except twin.FrameError as exc:
             events.append(("error", exc.acks, exc.packets))
             reader.reset()
         events.append(("records", ring.pop_many(1 << 20)))
@@ -146,9 +134,7 @@ def _frames_run(frames_mod, ring_mod, data: bytes):
     return events, counters
 
 
-def test_frames_corpus_compiled_equals_pure():
-    fc, rc = _mod("_frames"), _mod("_ring")
-    fp, rp = _mod("_frames_py"), _mod("_ring_py")
+def test_frames_corpus_compiled_equals_pure(compiled_backend, pure_backend):
     for path in FRAMES:
         data = path.read_bytes()
-        assert _frames_run(fc, rc, data) == _frames_run(fp, rp, data), path.name
+        assert _frames_run(compiled_backend, data) == _frames_run(pure_backend, data), path.name
