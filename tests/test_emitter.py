@@ -155,12 +155,14 @@ def test_outage_longer_than_backlog_counts_exactly_and_resumes(nats_server, emit
     assert s["backlog_aggregates"] == sum(sizes[-3:])
     assert s["published"] == 2 and not s["connected"]
     assert s["submitted"] == 2 + sum(sizes) == balance(s)
+    # the outage in progress, as health reads it: at least the sleep above
+    assert s["disconnected_seconds"] >= s["down_seconds"] > 0.3
 
     nats_server.start()  # same port; the emitter was never restarted
     assert wait_for(lambda: em.stats()["published"] == 2 + sum(sizes[-3:]), timeout=15)
     s = em.stats()
     assert s["connected"] and s["reconnects"] >= 1 and s["backlog_aggregates"] == 0
-    assert s["disconnected_seconds"] > 0.3
+    assert s["disconnected_seconds"] > 0.3 and s["down_seconds"] == 0
     assert s["drops"]["emit_backlog"] == lost and s["submitted"] == balance(s)
 
     sub = subscriber_for(nats_server.url)
@@ -173,6 +175,11 @@ def test_outage_longer_than_backlog_counts_exactly_and_resumes(nats_server, emit
                        for t, n in [(100.0, 2), (208.0, 8), (209.0, 9), (210.0, 10), (300.0, 4)]
                        for a in batch(t, n)})
     assert stored == expected
+
+    em.stop(1.0)   # stopped: not connected, and no outage growing either
+    s = em.stats()
+    assert not s["connected"] and s["down_seconds"] == 0
+    assert em.stats()["disconnected_seconds"] == s["disconnected_seconds"]
 
 
 def admin_msgs(server):

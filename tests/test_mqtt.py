@@ -33,7 +33,7 @@ else:
 WAIT = 15.0  # generous deadline for anything that should take milliseconds
 
 
-# ---- helpers ---------------------------------------------------------------------------------------------
+# ---- helpers -------------------------------------------------------------------------------------
 
 
 class Publisher:
@@ -143,21 +143,23 @@ def check_accounting(st: dict) -> None:
     assert st["received"] == st["written"] + st["drops"]["ingest_full"] + st["drops"]["oversize"]
 
 
-# ---- paho pin ----------------------------------------------------------------------------------------------
+# ---- paho pin ------------------------------------------------------------------------------------
 
 
 def test_paho_internals_we_rely_on():
-    """Fails with a clear message when paho changes under the fast client (see mqtt.py)."""
+    """Fails with a clear message when paho changes under the fast client (mqtt_client.py)."""
     ver = tuple(int(x) for x in paho_pkg.__version__.split(".")[:2])
     assert (2, 1) <= ver < (2, 3), (
-        f"paho-mqtt {paho_pkg.__version__} is outside the range telemetry_cy.source.mqtt was checked "
-        f"against (>=2.1,<2.3, pinned in pyproject.toml): re-read paho's client.py (_packet_read, "
-        f"_packet_handle, _packet_queue, _check_keepalive) and update mqtt.py and the pin")
+        f"paho-mqtt {paho_pkg.__version__} is outside the range telemetry_cy.source.mqtt_client "
+        f"was checked against (>=2.1,<2.3, pinned in pyproject.toml): re-read paho's client.py "
+        f"(_packet_read, _packet_handle, _packet_queue, _check_keepalive) and update "
+        f"mqtt_client.py and the pin")
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     missing = [n for n in tmqtt.PAHO_PRIVATE_MEMBERS if not hasattr(client, n)]
     assert not missing, f"paho-mqtt {paho_pkg.__version__} lacks private members {missing}"
     last_in = [n for n in tmqtt.PAHO_LAST_IN_NAMES if hasattr(client, n)]
-    assert len(last_in) == 1, f"cannot tell which attribute holds paho's last-receive time: {last_in}"
+    assert len(last_in) == 1, (
+        f"cannot tell which attribute holds paho's last-receive time: {last_in}")
     assert last_in[0] in inspect.getsource(paho.Client._check_keepalive), (
         f"paho's keepalive check no longer reads {last_in[0]}: the fast client's reads would not "
         f"count as traffic and paho would drop live connections")
@@ -176,7 +178,7 @@ def test_paho_internals_we_rely_on():
     assert "self._thread is None" in inspect.getsource(paho.Client._packet_queue)
 
 
-# ---- URLs --------------------------------------------------------------------------------------------------
+# ---- URLs ----------------------------------------------------------------------------------------
 
 
 def test_parse_url():
@@ -207,12 +209,16 @@ def test_constructor_checks():
         MqttSource(ring, qos=3)
     with pytest.raises(ValueError, match="protocol"):
         MqttSource(ring, protocol=6)
+    with pytest.raises(ValueError, match="backoff_initial, backoff_max"):
+        MqttSource(ring, backoff_initial=2.0, backoff_max=1.0)
     src = MqttSource(ring, "mqtt://user:hunter2@h:1")
     assert "hunter2" not in repr(src) and "hunter2" not in src.url
+    st = src.stats()   # not started: not connected, but no outage either
+    assert not st["connected"] and st["disconnected_seconds"] == st["down_seconds"] == 0
     assert src.stop()  # never started: nothing to do
 
 
-# ---- delivery ----------------------------------------------------------------------------------------------
+# ---- delivery ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("protocol", [5, 4], ids=["v5", "v311"])
@@ -300,7 +306,7 @@ def test_qos2_goes_through_pahos_path(mosquitto_module, sources, publisher_facto
     assert st["acks"] == 1   # only the QoS 1 message was acknowledged by the frame reader
 
 
-# ---- sessions, restarts ----------------------------------------------------------------------------------
+# ---- sessions, restarts --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("protocol", [5, 4], ids=["v5", "v311"])
@@ -375,6 +381,9 @@ def test_broker_killed_source_reconnects_and_resubscribes(mosquitto, sources, pu
     assert sorted(seqs(before)) == list(range(500))
     broker.kill()
     assert wait_for(lambda: not src.connected, WAIT)
+    assert wait_for(lambda: src.stats()["down_seconds"] > 0, WAIT), src.stats()
+    down = src.stats()
+    assert down["disconnected_seconds"] >= down["down_seconds"] and down["disconnects"] == 1
     broker.start()
     assert wait_for(lambda: src.stats()["connects"] >= 2, WAIT), src.stats()
     assert src.wait_connected(WAIT), src.stats()
@@ -387,10 +396,10 @@ def test_broker_killed_source_reconnects_and_resubscribes(mosquitto, sources, pu
     st = settled(src, 1000)
     assert st["received"] == st["written"] == 1000
     assert st["connects"] == 2 and st["disconnects"] == 1
-    assert st["disconnected_seconds"] > 0 and st["connected"]
+    assert st["disconnected_seconds"] > 0 and st["connected"] and st["down_seconds"] == 0
 
 
-# ---- drops ---------------------------------------------------------------------------------------------------
+# ---- drops ---------------------------------------------------------------------------------------
 
 
 def test_ring_full_counts_exactly(mosquitto_module, sources, publisher_factory):
@@ -410,7 +419,7 @@ def test_ring_full_counts_exactly(mosquitto_module, sources, publisher_factory):
     assert seqs(in_ring) == list(range(len(in_ring)))      # the first ones, in order
     assert st["drops"]["ingest_full"] == n - len(in_ring) == ring.drops_full
     assert st["written"] == len(in_ring)
-    assert st["acks"] == n             # dropped records are acknowledged too (see mqtt.py)
+    assert st["acks"] == n             # dropped records are acknowledged too (see mqtt_client.py)
     check_accounting(st)
 
 
@@ -435,7 +444,7 @@ def test_oversize_is_dropped_counted_and_acked(mosquitto_module, sources, publis
     check_accounting(st)
 
 
-# ---- security -----------------------------------------------------------------------------------------------
+# ---- security ------------------------------------------------------------------------------------
 
 
 def test_tls_with_verification(mosquitto_tls, tls_certs, sources, publisher_factory):
@@ -495,7 +504,7 @@ def test_username_password(mosquitto_auth, sources, caplog):
         assert secret not in caplog.text and secret not in repr(bad) and secret not in str(st)
 
 
-# ---- protocol robustness -----------------------------------------------------------------------------------
+# ---- protocol robustness -------------------------------------------------------------------------
 
 
 class FakeBroker:
@@ -595,6 +604,9 @@ def test_stop_disconnects_cleanly(mosquitto, sources):
     src = sources(ByteRing(1 << 20), mosquitto.url, topics=["st/#"], client_id="tcy-stopper")
     assert src.wait_connected(WAIT)
     assert src.stop(5.0)
-    assert not src.stats()["connected"]
+    st = src.stats()
+    # a disconnect we asked for is no outage: not counted, and the clock no longer runs
+    assert not st["connected"] and st["disconnects"] == 0 and st["down_seconds"] == 0
+    assert src.stats()["disconnected_seconds"] == st["disconnected_seconds"]
     assert wait_for(lambda: "tcy-stopper disconnected" in mosquitto.log_text(), WAIT), \
         mosquitto.log_text()[-2000:]
