@@ -13,20 +13,53 @@ import pytest
 from support.brokers import find_mosquitto, find_nats_server
 
 REPO = Path(__file__).resolve().parent.parent
+SHOW = 5
+AGGREGATE = re.compile(r"aggregate (?P<device>[^/ ]+)/(?P<sensor>\S+) "
+                       r"window=(?P<start>[\d:.]+)-(?P<end>[\d:.]+) count=(?P<count>\d+) "
+                       r"mean=(?P<mean>\S+) min=(?P<min>\S+) max=(?P<max>\S+) stddev=\S+"
+                       r"( unit=\S+)?")
+
+
+def _seconds(clock: str) -> float:
+    h, m, s = clock.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
 
 
 @pytest.mark.skipif(find_mosquitto() is None or find_nats_server() is None,
                     reason="the demo needs mosquitto and nats-server")
-def test_demo_runs_headless_and_aggregates_reach_nats():
+def test_demo_runs_headless_and_aggregates_reach_nats_and_stdout():
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
-        [sys.executable, "-m", "telemetry_cy.service.cli", "demo", "--duration", "8", "--rate", "1500",
-         "--devices", "20", "--window", "2s", "--emit-every", "1s"],
+        [sys.executable, "-m", "telemetry_cy.service.cli", "demo", "--duration", "8",
+         "--rate", "1500", "--devices", "20", "--window", "2s", "--emit-every", "1s",
+         "--show", str(SHOW)],
         capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     # not a terminal: plain progress lines, then the summary
     assert any(line.startswith("rate=") for line in lines)
+    # ... and after each tick a few of its aggregates: key, window, statistics
+    ticks = [i for i, line in enumerate(lines) if line.startswith("tick ")]
+    assert len(ticks) >= 3, proc.stdout[-3000:]
+    for i in ticks:
+        m = re.fullmatch(r"tick \S+: (\d+) aggregates seen on NATS, showing (\d+)", lines[i])
+        assert m, lines[i]
+        seen, shown = map(int, m.groups())
+        assert shown == min(SHOW, seen) and seen > 0
+        block = lines[i + 1:i + 1 + shown]
+        keys = []
+        for line in block:
+            a = AGGREGATE.fullmatch(line)
+            assert a, line
+            keys.append((a["device"], a["sensor"]))
+            start, end = (_seconds(a[t]) for t in ("start", "end"))
+            assert (end - start) % 86400 == 2          # --window 2s
+            count = int(a["count"])
+            low, mean, high = (float(a[k]) for k in ("min", "mean", "max"))
+            assert count > 0 and low <= mean <= high
+        assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    assert sum(line.startswith("aggregate ") for line in lines) == \
+        sum(min(SHOW, int(lines[i].split()[2])) for i in ticks)
     summary = lines[-1]
     m = re.search(r"received (\d+), readings (\d+), aggregates (\d+), published (\d+), "
                   r"seen by the subscriber (\d+)", summary)
@@ -34,3 +67,31 @@ def test_demo_runs_headless_and_aggregates_reach_nats():
     received, readings, aggregates, published, seen = map(int, m.groups())
     assert received > 5000 and readings > 0.9 * received
     assert aggregates > 0 and published == aggregates and seen == published
+
+
+def _agg(device: str, sensor: str, end: float, count: int = 3) -> dict:
+    return {"device": device, "sensor": sensor, "unit": "C", "window_start": end - 2.0,
+            "window_end": end, "count": count, "sum": 3.0 * count, "mean": 3.0, "min": 1.0,
+            "max": 5.0, "stddev": 1.5, "first": 1.0, "last": 5.0}
+
+
+def test_plain_ticks_are_printed_once_settled_and_bounded():
+    from telemetry_cy.tools.demo import TickLines
+
+    lines = TickLines(show=2)
+    latest = {("d1", "t"): _agg("d1", "t", 100.0)}
+    assert lines.lines({}) == []
+    assert lines.lines(latest) == []                  # first look: the batch may be arriving
+    latest[("d0", "t")] = _agg("d0", "t", 100.0)
+    assert lines.lines(latest) == []                  # it was: one more came
+    latest[("d2", "t")] = _agg("d2", "t", 98.0)       # an older tick's key does not count
+    out = lines.lines(latest)
+    assert out[0].endswith(": 2 aggregates seen on NATS, showing 2")
+    assert [AGGREGATE.fullmatch(line)["device"] for line in out[1:]] == ["d0", "d1"]
+    assert lines.lines(latest) == []                  # printed once
+    for d in ("d0", "d1", "d2"):
+        latest[(d, "t")] = _agg(d, "t", 101.0, count=7)
+    assert lines.lines(latest) == []
+    out = lines.lines(latest)
+    assert out[0].endswith(": 3 aggregates seen on NATS, showing 2") and len(out) == 3
+    assert all(AGGREGATE.fullmatch(line)["count"] == "7" for line in out[1:])

@@ -1,9 +1,10 @@
 """`telemetry-cy demo`: the whole pipeline on one machine, in one command.
 
 Starts a private mosquitto and nats-server on free loopback ports, a simulated fleet publishing
-CBOR readings, the daemon's threads, and a NATS subscriber; shows a live view (rich) or plain
-lines when stdout is not a terminal. Ctrl-C stops everything in order; if the broker or NATS dies
-under it (a Ctrl-C reaches the whole process group), the demo says so and shuts down cleanly.
+CBOR readings, the daemon's threads, and a NATS subscriber; shows a live view (rich) or, when
+stdout is not a terminal, plain lines: the counters every second and a few aggregates per tick.
+Ctrl-C stops everything in order; if the broker or NATS dies under it (a Ctrl-C reaches the whole
+process group), the demo says so and shuts down cleanly.
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ class Demo:
         previous = (time.monotonic(), 0)
         cpu0 = time.process_time()
         last_print = 0.0
+        ticks = TickLines(args.show)
         if live:
             live.start()
         try:
@@ -195,12 +197,65 @@ class Demo:
                                 latest=dict(watcher.latest), seen=watcher.received)
                 if live:
                     live.update(_render(snapshot, args))
-                elif now - last_print >= 1.0:
+                    continue
+                if now - last_print >= 1.0:
                     last_print = now
                     print(_plain_line(snapshot), flush=True)
+                for line in ticks.lines(snapshot["latest"]):
+                    print(line, flush=True)
         finally:
             if live:
                 live.stop()
+
+
+#: The statistics both views show of an aggregate, after its key (and window).
+SHOWN_STATS = ("count", "mean", "min", "max", "stddev")
+
+
+def _value(v) -> str:
+    # a non-finite float reaches a JSON subscriber as null (sink/bodies.py)
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _clock(t: float) -> str:
+    text = time.strftime("%H:%M:%S", time.localtime(t))
+    millis = round((t % 1) * 1000)
+    return f"{text}.{millis:03d}" if millis % 1000 else text
+
+
+def aggregate_line(a: dict) -> str:
+    """One aggregate as a plain line: key, window, statistics (and the unit, if any)."""
+    stats = " ".join(f"{name}={_value(a[name])}" for name in SHOWN_STATS)
+    unit = f" unit={a['unit']}" if a.get("unit") else ""
+    return (f"aggregate {a['device']}/{a['sensor']} window={_clock(a['window_start'])}-"
+            f"{_clock(a['window_end'])} {stats}{unit}")
+
+
+class TickLines:
+    """Plain output of the aggregates: after each tick, a header and the first `show` keys of
+    that tick's batch (in key order, so the same keys come back every tick). A tick is printed
+    once its batch has stopped arriving: the same count of aggregates at two looks in a row."""
+
+    def __init__(self, show: int):
+        self.show = max(0, show)
+        self.printed = float("-inf")              # window_end of the last tick printed
+        self.last_look: tuple[float, int] | None = None
+
+    def lines(self, latest: dict) -> list[str]:
+        if not latest:
+            return []
+        end = max(a["window_end"] for a in latest.values())
+        batch = sorted((a for a in latest.values() if a["window_end"] == end),
+                       key=lambda a: (a["device"], a["sensor"]))
+        settled = self.last_look == (end, len(batch))
+        self.last_look = (end, len(batch))
+        if not settled or end <= self.printed:
+            return []
+        self.printed = end
+        shown = batch[:self.show]
+        head = (f"tick {_clock(end)}: {len(batch)} aggregates seen on NATS, showing "
+                f"{len(shown)}")
+        return [head] + [aggregate_line(a) for a in shown]
 
 
 def _offenders(snap: PipelineSnapshot) -> str:
@@ -242,14 +297,11 @@ def _render(s: dict, args):
                  "offenders", _offenders(p), "", "")
     table = Table(title=f"latest aggregates ({args.window:g} s window, every "
                         f"{args.emit_every:g} s)", expand=False)
-    for name in ("device", "sensor", "unit", "count", "mean", "min", "max", "stddev",
-                 "window end"):
+    for name in ("device", "sensor", "unit", *SHOWN_STATS, "window end"):
         table.add_column(name, justify="right" if name not in ("device", "sensor") else "left")
     for (_d, _s), a in sorted(s["latest"].items())[: args.show]:
-        end = time.strftime("%H:%M:%S", time.localtime(a["window_end"]))
-        table.add_row(a["device"], a["sensor"], a["unit"] or "", str(a["count"]),
-                      f"{a['mean']:.3f}", f"{a['min']:.3f}", f"{a['max']:.3f}",
-                      f"{a['stddev']:.3f}", end)
+        table.add_row(a["device"], a["sensor"], a["unit"] or "",
+                      *(_value(a[name]) for name in SHOWN_STATS), _clock(a["window_end"]))
     return Group(head, table)
 
 
