@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from telemetry_cy import __version__
+from telemetry_cy.backend import ACTIVE
 from telemetry_cy.service import config
 
 
@@ -18,6 +20,9 @@ def _duration(text: str) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="telemetry-cy",
                                      description="Real-time telemetry processor.")
+    # the backend too: a wheel check on a new platform wants to see the compiled modules load
+    parser.add_argument("--version", action="version",
+                        version=f"telemetry-cy {__version__} ({ACTIVE.name})")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="the daemon: MQTT in, window aggregates out to NATS",
                          description="Subscribe to MQTT, keep sliding windows per (device, "
