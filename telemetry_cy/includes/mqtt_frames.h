@@ -3,7 +3,7 @@
  * The network thread reads the socket into one big buffer (one recv per readable event) and calls
  * tc_mqtt_parse, which walks every complete packet in place:
  *   - PUBLISH QoS 0/1 (MQTT 3.1.1 and 5; the v5 properties block is skipped) becomes one ring record
- *     (ts, topic, payload) written with tc_ring_try_write, and for QoS 1 its packet id is appended
+ *     (ts, topic, payload, flags = DUP/QoS/RETAIN) written with tc_ring_try_write_flags, and for QoS 1 its packet id is appended
  *     to a pre-built PUBACK blob. No allocation, no Python object, no GIL.
  *   - Every other packet (CONNACK, SUBACK, PINGRESP, DISCONNECT, AUTH, PUBREL, PUBLISH QoS 2, ...)
  *     stops the walk and is reported to the caller (tc_mqtt_other), which hands it to paho.
@@ -41,6 +41,8 @@
 
 #define TC_MQTT_PUBLISH 3
 #define TC_MQTT_PUBACK_BYTE 0x40
+/* PUBLISH fixed-header flags: bit 3 DUP, bits 2-1 QoS, bit 0 RETAIN [MQTT-3.3.1]. */
+#define TC_MQTT_PUBLISH_FLAGS 0x0Fu
 /* Smallest QoS 1 PUBLISH: fixed header 2 + topic length 2 + packet id 2 (+1 for v5 properties).
  * Bounds the number of PUBACKs one buffer can produce. */
 #define TC_MQTT_MIN_QOS1_PUBLISH 6
@@ -327,7 +329,10 @@ static inline int tc_mqtt_parse(tc_mqtt_reader *rd, tc_ring *ring, double ts, si
         if (paylen > rd->max_payload) {
             c->oversize++;
         } else {
-            int wr = tc_ring_try_write(ring, ts, topic, tlen, q + off, paylen);
+            /* The fixed header's low nibble (DUP, QoS, RETAIN) rides along in the record's flags:
+             * the engine ignores it, the capture recorder keeps QoS and retain. */
+            int wr = tc_ring_try_write_flags(ring, ts, cmd & TC_MQTT_PUBLISH_FLAGS, topic, tlen,
+                                             q + off, paylen);
             if (wr == TC_RING_OK) {
                 c->written++;
                 c->payload_bytes += paylen;

@@ -2,7 +2,7 @@
  * engine thread [2] (docs/design.md §1). Header-only, all `static inline`.
  *
  * Exactly one thread may call the producer functions (tc_ring_reserve*, tc_ring_commit,
- * tc_ring_try_write) and exactly one thread the consumer functions (tc_ring_peek, tc_ring_consume,
+ * tc_ring_try_write*) and exactly one thread the consumer functions (tc_ring_peek, tc_ring_consume,
  * tc_ring_release). The two may be different threads and neither ever waits for the other: a full
  * ring makes the producer drop (and count) the record, an empty ring makes the consumer return.
  * tc_ring_used_bytes, tc_ring_drops_full and the immutable getters may be called from any thread.
@@ -55,7 +55,9 @@
  *
  * -- Records ---------------------------------------------------------------------------------------
  * Every record starts at an 8-aligned offset: tc_ring_hdr (24 bytes) + topic + payload, padded up to
- * a multiple of 8 (tc_ring_record_size). A record never wraps, so the consumer gets contiguous
+ * a multiple of 8 (tc_ring_record_size). The header's `flags` word is opaque to the ring: the MQTT
+ * source stores the PUBLISH fixed-header flags there (DUP, QoS, RETAIN; mqtt_frames.h), which the
+ * engine ignores and the capture recorder keeps (docs/capture.md). A record never wraps, so the consumer gets contiguous
  * pointers and never copies. When a record does not fit between the producer's offset and the end of
  * the buffer, the producer writes a wrap marker there (only the first 4 bytes: total_len =
  * TC_RING_WRAP_MARK; there are always at least 8 bytes left because everything is 8-aligned) and puts
@@ -99,7 +101,8 @@ typedef struct tc_ring_hdr {
     uint32_t total_len;   /* header + topic + payload + padding (multiple of 8), or WRAP_MARK */
     uint32_t topic_len;
     double ts;            /* arrival time (one clock read per socket read, docs/design.md §1) */
-    uint64_t payload_len;
+    uint32_t payload_len; /* a record is at most max_record < 2^30 bytes, so 32 bits always hold it */
+    uint32_t flags;       /* the producer's, carried verbatim (see "Records" above) */
 } tc_ring_hdr;
 
 _Static_assert(sizeof(tc_ring_hdr) == TC_RING_HEADER_SIZE, "tc_ring_hdr must be 24 bytes");
@@ -113,6 +116,7 @@ typedef struct tc_ring_view {
     const unsigned char *payload;
     size_t payload_len;
     size_t size;          /* bytes this record occupies (tc_ring_record_size) */
+    uint32_t flags;       /* the header's flags word */
 } tc_ring_view;
 
 /* What the producer fills between tc_ring_reserve_record() and tc_ring_commit(). */
@@ -255,8 +259,9 @@ static inline unsigned char *tc_ring_reserve(tc_ring *r, size_t total_len)
 
 /* Phase 1 with the header written for you: returns TC_RING_OK (fill out->topic / out->payload, then
  * tc_ring_commit), TC_RING_FULL (counted in drops_full) or TC_RING_TOO_BIG (not counted). */
-static inline int tc_ring_reserve_record(tc_ring *r, double ts, size_t topic_len, size_t payload_len,
-                                         tc_ring_wview *out)
+static inline int tc_ring_reserve_record_flags(tc_ring *r, double ts, uint32_t flags,
+                                               size_t topic_len, size_t payload_len,
+                                               tc_ring_wview *out)
 {
     size_t total = tc_ring_record_size(topic_len, payload_len);
     if (total > r->max_record)
@@ -268,12 +273,20 @@ static inline int tc_ring_reserve_record(tc_ring *r, double ts, size_t topic_len
     h.total_len = (uint32_t)total;
     h.topic_len = (uint32_t)topic_len;
     h.ts = ts;
-    h.payload_len = (uint64_t)payload_len;
+    h.payload_len = (uint32_t)payload_len;  /* total <= max_record < 2^30: no truncation */
+    h.flags = flags;
     memcpy(p, &h, sizeof h);  /* memcpy: the buffer is raw bytes; no aliasing assumptions */
     out->topic = p + TC_RING_HEADER_SIZE;
     out->payload = p + TC_RING_HEADER_SIZE + topic_len;
     out->size = total;
     return TC_RING_OK;
+}
+
+/* The same with flags 0, for producers that have none to carry. */
+static inline int tc_ring_reserve_record(tc_ring *r, double ts, size_t topic_len, size_t payload_len,
+                                         tc_ring_wview *out)
+{
+    return tc_ring_reserve_record_flags(r, ts, 0, topic_len, payload_len, out);
 }
 
 /* Phase 2: publish the reserved record. (P2) The release store makes every byte written since the
@@ -285,11 +298,11 @@ static inline void tc_ring_commit(tc_ring *r)
 }
 
 /* One-shot copy: 0 ok, TC_RING_FULL (-1, counted in drops_full), TC_RING_TOO_BIG (-2, not counted). */
-static inline int tc_ring_try_write(tc_ring *r, double ts, const void *topic, size_t topic_len,
-                                    const void *payload, size_t payload_len)
+static inline int tc_ring_try_write_flags(tc_ring *r, double ts, uint32_t flags, const void *topic,
+                                          size_t topic_len, const void *payload, size_t payload_len)
 {
     tc_ring_wview w;
-    int rc = tc_ring_reserve_record(r, ts, topic_len, payload_len, &w);
+    int rc = tc_ring_reserve_record_flags(r, ts, flags, topic_len, payload_len, &w);
     if (rc != TC_RING_OK)
         return rc;
     /* Guards: memcpy from NULL is undefined even for 0 bytes. */
@@ -299,6 +312,13 @@ static inline int tc_ring_try_write(tc_ring *r, double ts, const void *topic, si
         memcpy(w.payload, payload, payload_len);
     tc_ring_commit(r);
     return TC_RING_OK;
+}
+
+/* The same with flags 0. */
+static inline int tc_ring_try_write(tc_ring *r, double ts, const void *topic, size_t topic_len,
+                                    const void *payload, size_t payload_len)
+{
+    return tc_ring_try_write_flags(r, ts, 0, topic, topic_len, payload, payload_len);
 }
 
 /* Records refused because the ring was full, since creation. Any thread; approximate off-producer. */
@@ -338,6 +358,7 @@ static inline int tc_ring_peek(tc_ring *r, tc_ring_view *v)
     v->payload = v->topic + h.topic_len;
     v->payload_len = (size_t)h.payload_len;
     v->size = h.total_len;
+    v->flags = h.flags;
     return 1;
 }
 

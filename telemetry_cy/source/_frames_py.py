@@ -215,7 +215,8 @@ class FrameReader:
                 c["oversize"] += 1
             else:
                 try:
-                    ok = self.ring.try_push(ts, topic, bytes(buf[q + off:q + rem]))
+                    # the fixed header's DUP/QoS/RETAIN nibble rides along (mqtt_frames.h)
+                    ok = self.ring.try_push(ts, topic, bytes(buf[q + off:q + rem]), cmd & 0x0F)
                 except ValueError:   # larger than the ring's max record
                     c["oversize"] += 1
                 else:

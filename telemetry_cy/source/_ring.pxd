@@ -51,6 +51,7 @@ cdef extern from "spsc_ring.h" nogil:
         const unsigned char *payload
         size_t payload_len
         size_t size
+        uint32_t flags
 
     ctypedef struct tc_ring_wview:
         unsigned char *topic
@@ -68,9 +69,13 @@ cdef extern from "spsc_ring.h" nogil:
     unsigned char *tc_ring_reserve(tc_ring *r, size_t total_len)
     int tc_ring_reserve_record(tc_ring *r, double ts, size_t topic_len, size_t payload_len,
                                tc_ring_wview *out)
+    int tc_ring_reserve_record_flags(tc_ring *r, double ts, uint32_t flags, size_t topic_len,
+                                     size_t payload_len, tc_ring_wview *out)
     void tc_ring_commit(tc_ring *r)
     int tc_ring_try_write(tc_ring *r, double ts, const void *topic, size_t topic_len,
                           const void *payload, size_t payload_len)
+    int tc_ring_try_write_flags(tc_ring *r, double ts, uint32_t flags, const void *topic,
+                                size_t topic_len, const void *payload, size_t payload_len)
 
     # consumer thread only
     int tc_ring_peek(tc_ring *r, tc_ring_view *v)

@@ -2,7 +2,8 @@
 
 from typing import TypedDict, type_check_only
 
-HEADER_SIZE: int  # 24: uint32 total_len, uint32 topic_len, double ts, uint64 payload_len
+HEADER_SIZE: int  # 24: uint32 total_len, uint32 topic_len, double ts, uint32 payload_len,
+#                   uint32 flags
 ALIGN: int  # 8: every record starts and ends on an 8-byte boundary
 MIN_CAPACITY: int  # 64
 MAX_CAPACITY: int  # 2**31
@@ -38,12 +39,16 @@ class ByteRing:
     @property
     def drops_full(self) -> int:
         """Pushes refused because the ring was full."""
-    def try_push(self, ts: float, topic: bytes, payload: bytes) -> bool:
-        """False (counted in ``drops_full``) when full; ValueError when the record is too big."""
+    def try_push(self, ts: float, topic: bytes, payload: bytes, flags: int = 0) -> bool:
+        """False (counted in ``drops_full``) when full; ValueError when the record is too big.
+        ``flags``: a 32-bit word carried with the record (MQTT: the PUBLISH header's DUP, QoS and
+        RETAIN bits); TypeError when not an int, ValueError outside [0, 2**32)."""
     def wait(self, timeout: float) -> bool:
         """Consumer: sleep until a producer rings or timeout seconds pass (True: maybe records)."""
     def pop(self) -> tuple[float, bytes, bytes] | None: ...
     def pop_many(self, max_records: int) -> list[tuple[float, bytes, bytes]]: ...
+    def pop_many_flagged(self, max_records: int) -> list[tuple[float, bytes, bytes, int]]:
+        """Like ``pop_many``, each record as ``(ts, topic, payload, flags)``."""
 
 def stress(
     n_records: int,

@@ -10,7 +10,7 @@ Thread rules for the Python methods mirror the C ones: ``try_push`` belongs to t
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy
 
@@ -29,7 +29,7 @@ def record_size(topic_len: int, payload_len: int) -> int:
     return (HEADER_SIZE + topic_len + payload_len + ALIGN - 1) & ~(ALIGN - 1)
 
 
-from telemetry_cy.source._ring_py import _check_capacity
+from telemetry_cy.source._ring_py import _check_capacity, _check_flags
 
 
 # polls of the ring in wait() before parking (each one acquire load of the producer's index)
@@ -105,15 +105,22 @@ cdef class ByteRing:
         """Records refused because the ring was full (the "ingest_full" drop reason)."""
         return tc_ring_drops_full(self._ring)
 
-    def try_push(self, double ts, bytes topic not None, bytes payload not None) -> bool:
+    def try_push(self, double ts, bytes topic not None, bytes payload not None, flags=0) -> bool:
         """Producer: append a record. False (and drops_full += 1) when full; never blocks.
 
-        Raises ValueError when the record can never fit (record_size > max_record_bytes).
+        ``flags``: a 32-bit word carried with the record (the MQTT source stores the PUBLISH
+        header's DUP/QoS/RETAIN bits there). Raises ValueError when the record can never fit
+        (record_size > max_record_bytes).
         """
+        cdef uint32_t f = 0
+        if flags:   # 0 (the common case) needs no check
+            _check_flags(flags)   # the twin's check: same errors, same words
+            f = <uint32_t>flags
         cdef Py_ssize_t tlen = PyBytes_GET_SIZE(topic)
         cdef Py_ssize_t plen = PyBytes_GET_SIZE(payload)
-        cdef int rc = tc_ring_try_write(self._ring, ts, PyBytes_AS_STRING(topic), <size_t>tlen,
-                                        PyBytes_AS_STRING(payload), <size_t>plen)
+        cdef int rc = tc_ring_try_write_flags(self._ring, ts, f, PyBytes_AS_STRING(topic),
+                                              <size_t>tlen, PyBytes_AS_STRING(payload),
+                                              <size_t>plen)
         if rc == TC_RING_OK:
             tc_doorbell_ring(&self.bell)
             return True
@@ -141,30 +148,40 @@ cdef class ByteRing:
 
     def pop_many(self, Py_ssize_t max_records) -> list:
         """Consumer: up to ``max_records`` records, oldest first, released to the producer at once."""
-        if max_records < 0:
-            raise ValueError("max_records must be >= 0")
-        cdef tc_ring_view v
-        cdef list out = []
-        try:
-            while len(out) < max_records and tc_ring_peek(self._ring, &v):
-                out.append((
-                    v.ts,
-                    PyBytes_FromStringAndSize(<const char *>v.topic, <Py_ssize_t>v.topic_len),
-                    PyBytes_FromStringAndSize(<const char *>v.payload, <Py_ssize_t>v.payload_len),
-                ))
-                # Consume only once the copy exists: a MemoryError above leaves the record unread.
-                tc_ring_consume(self._ring, &v)
-        finally:
-            # One release for the whole batch: one store to the shared line instead of N. In a
-            # `finally` so that consumed records are handed back even if building the list raised.
-            tc_ring_release(self._ring)
-        return out
+        return _pop_records(self, max_records, False)
+
+    def pop_many_flagged(self, Py_ssize_t max_records) -> list:
+        """Consumer: like ``pop_many``, each record as ``(ts, topic, payload, flags)``."""
+        return _pop_records(self, max_records, True)
 
     def __repr__(self):
         return (
             f"<ByteRing capacity={self.capacity} used_bytes={self.used_bytes} "
             f"drops_full={self.drops_full}>"
         )
+
+
+cdef list _pop_records(ByteRing ring, Py_ssize_t max_records, bint with_flags):
+    """pop_many / pop_many_flagged: up to max_records copied out, then one release."""
+    if max_records < 0:
+        raise ValueError("max_records must be >= 0")
+    cdef tc_ring_view v
+    cdef list out = []
+    try:
+        while len(out) < max_records and tc_ring_peek(ring._ring, &v):
+            rec = (
+                v.ts,
+                PyBytes_FromStringAndSize(<const char *>v.topic, <Py_ssize_t>v.topic_len),
+                PyBytes_FromStringAndSize(<const char *>v.payload, <Py_ssize_t>v.payload_len),
+            )
+            out.append(rec + (v.flags,) if with_flags else rec)
+            # Consume only once the copy exists: a MemoryError above leaves the record unread.
+            tc_ring_consume(ring._ring, &v)
+    finally:
+        # One release for the whole batch: one store to the shared line instead of N. In a
+        # `finally` so that consumed records are handed back even if building the list raised.
+        tc_ring_release(ring._ring)
+    return out
 
 
 # ---- stress: a real producer pthread against the consumer on the calling thread ----------------------
@@ -240,6 +257,11 @@ cdef inline void _sizes(uint64_t seed, uint64_t seq, size_t max_payload,
     plen[0] = <size_t>((h[0] >> 16) % (max_payload + 1))
 
 
+cdef inline uint32_t _flags_of(uint64_t h) noexcept nogil:
+    # every bit of the flags word takes both values across records
+    return <uint32_t>(_mix64(h ^ 0xF1A65) >> 32)
+
+
 cdef inline void _init_ctx(_StressCtx *ctx) noexcept nogil:
     ctx.ring = NULL
     ctx.n = 0
@@ -262,7 +284,7 @@ cdef void *_stress_producer(void *arg) noexcept nogil:
         _sizes(ctx.seed, seq, ctx.max_payload, &h, &tlen, &plen)
         if seq & 1:
             # Two-phase path (what the frame reader does): write straight into the ring.
-            rc = tc_ring_reserve_record(ctx.ring, <double>seq, tlen, plen, &w)
+            rc = tc_ring_reserve_record_flags(ctx.ring, <double>seq, _flags_of(h), tlen, plen, &w)
             if rc == TC_RING_OK:
                 _fill(w.topic, tlen, h)
                 _fill(w.payload, plen, _mix64(h))
@@ -271,7 +293,8 @@ cdef void *_stress_producer(void *arg) noexcept nogil:
             # Copy path (try_write), from a staging buffer like a socket chunk.
             _fill(ctx.scratch, tlen, h)
             _fill(ctx.scratch + tlen, plen, _mix64(h))
-            rc = tc_ring_try_write(ctx.ring, <double>seq, ctx.scratch, tlen, ctx.scratch + tlen, plen)
+            rc = tc_ring_try_write_flags(ctx.ring, <double>seq, _flags_of(h), ctx.scratch, tlen,
+                                         ctx.scratch + tlen, plen)
         if rc != TC_RING_OK:
             # Full (TOO_BIG is excluded by stress()'s argument check): drop and move on, never wait.
             ctx.dropped[seq] = 1
@@ -328,7 +351,7 @@ cdef uint64_t _stress_consume(_StressCtx *ctx, uint64_t delay_every,
                     errors += 1
                     break
             _sizes(ctx.seed, seq, ctx.max_payload, &h, &tlen, &plen)
-            if (v.topic_len != tlen or v.payload_len != plen
+            if (v.topic_len != tlen or v.payload_len != plen or v.flags != _flags_of(h)
                     or v.size != tc_ring_record_size(tlen, plen)
                     or not _check(v.topic, tlen, h) or not _check(v.payload, plen, _mix64(h))):
                 errors += 1

@@ -9,8 +9,8 @@ step, so this module is the oracle for the compiled ring, and the ring itself wh
 ``TELEMETRY_CY_PURE=1``.
 
 It even lays the records out in a ``bytearray`` exactly as the C ring does (native-endian header
-``uint32 total_len, uint32 topic_len, double ts, uint64 payload_len``), so a layout change in one
-that is not made in the other shows up as a behaviour difference in the tests.
+``uint32 total_len, uint32 topic_len, double ts, uint32 payload_len, uint32 flags``), so a layout
+change in one that is not made in the other shows up as a behaviour difference in the tests.
 
 Threads: like the C ring, one producer thread (``try_push``) and one consumer thread (``pop``,
 ``pop_many``). Under the GIL every attribute store is atomic and ordered, so publishing ``_head``
@@ -29,7 +29,7 @@ MIN_CAPACITY = 64
 MAX_CAPACITY = 1 << 31
 WRAP_MARK = 0xFFFFFFFF
 
-_HDR = struct.Struct("=IIdQ")
+_HDR = struct.Struct("=IIdII")
 _MARK = struct.Struct("=I")
 assert _HDR.size == HEADER_SIZE
 
@@ -39,6 +39,13 @@ def record_size(topic_len: int, payload_len: int) -> int:
     if topic_len < 0 or payload_len < 0:
         raise ValueError("lengths must be >= 0")
     return (HEADER_SIZE + topic_len + payload_len + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def _check_flags(flags: object) -> None:
+    if not isinstance(flags, int) or isinstance(flags, bool):
+        raise TypeError(f"flags must be an int, not {type(flags).__name__}")
+    if not 0 <= flags <= 0xFFFFFFFF:
+        raise ValueError(f"flags must fit in 32 bits (0 .. 0xFFFFFFFF), got {flags}")
 
 
 def _check_capacity(capacity_bytes: object) -> None:
@@ -98,11 +105,15 @@ class ByteRing:
         """Records refused because the ring was full (the "ingest_full" drop reason)."""
         return self._drops_full
 
-    def try_push(self, ts: float, topic: bytes, payload: bytes) -> bool:
+    def try_push(self, ts: float, topic: bytes, payload: bytes, flags: int = 0) -> bool:
         """Producer: append a record. False (and drops_full += 1) when full; never blocks.
 
-        Raises ValueError when the record can never fit (record_size > max_record_bytes).
+        ``flags``: a 32-bit word carried with the record (the MQTT source stores the PUBLISH
+        header's DUP/QoS/RETAIN bits there). Raises ValueError when the record can never fit
+        (record_size > max_record_bytes).
         """
+        if flags:   # 0 (the common case) needs no check
+            _check_flags(flags)
         if not isinstance(topic, bytes) or not isinstance(payload, bytes):
             raise TypeError("topic and payload must be bytes")
         if isinstance(ts, (str, bytes, bytearray)):
@@ -127,7 +138,7 @@ class ByteRing:
         if pad:
             _MARK.pack_into(buf, off, WRAP_MARK)
             off = 0
-        _HDR.pack_into(buf, off, total, tlen, ts, plen)
+        _HDR.pack_into(buf, off, total, tlen, ts, plen, flags)
         start = off + HEADER_SIZE
         buf[start:start + tlen] = topic
         buf[start + tlen:start + tlen + plen] = payload
@@ -136,8 +147,9 @@ class ByteRing:
             self._bell.notify()
         return True
 
-    def _read(self, pos: int) -> tuple[int, tuple[float, bytes, bytes]] | None:
-        """The record at or after read cursor ``pos``: (cursor after it, record); None if empty."""
+    def _read(self, pos: int) -> tuple[int, tuple[float, bytes, bytes, int]] | None:
+        """The record at or after read cursor ``pos``: (cursor after it, (ts, topic, payload,
+        flags)); None if empty."""
         if pos == self._head:
             return None
         buf = self._buf
@@ -145,11 +157,11 @@ class ByteRing:
         if _MARK.unpack_from(buf, off)[0] == WRAP_MARK:
             pos += self._cap - off
             off = 0
-        total, tlen, ts, plen = _HDR.unpack_from(buf, off)
+        total, tlen, ts, plen, flags = _HDR.unpack_from(buf, off)
         start = off + HEADER_SIZE
         topic = bytes(buf[start:start + tlen])
         payload = bytes(buf[start + tlen:start + tlen + plen])
-        return pos + total, (ts, topic, payload)
+        return pos + total, (ts, topic, payload, flags)
 
     def pop(self) -> tuple[float, bytes, bytes] | None:
         """Consumer: the oldest record as ``(ts, topic, payload)``, or None when empty."""
@@ -157,14 +169,18 @@ class ByteRing:
         if got is None:
             return None
         self._tail, rec = got
-        return rec
+        return rec[:3]
 
     def pop_many(self, max_records: int) -> list[tuple[float, bytes, bytes]]:
         """Consumer: up to ``max_records`` records, oldest first, released to the producer at once.
         """
+        return [rec[:3] for rec in self.pop_many_flagged(max_records)]
+
+    def pop_many_flagged(self, max_records: int) -> list[tuple[float, bytes, bytes, int]]:
+        """Consumer: like ``pop_many``, each record as ``(ts, topic, payload, flags)``."""
         if max_records < 0:
             raise ValueError("max_records must be >= 0")
-        out: list[tuple[float, bytes, bytes]] = []
+        out: list[tuple[float, bytes, bytes, int]] = []
         pos = self._tail
         while len(out) < max_records:
             got = self._read(pos)
@@ -199,11 +215,11 @@ def _content(n: int, h: int) -> bytes:
     return bytes((((h >> ((i & 7) << 3)) ^ (i * 0x9D)) & 0xFF) for i in range(n))
 
 
-def _expected(seed: int, seq: int, max_payload: int) -> tuple[bytes, bytes]:
+def _expected(seed: int, seq: int, max_payload: int) -> tuple[bytes, bytes, int]:
     h = _mix64((seed & _M64) ^ _mix64(seq))
     tlen = (h & 0xFFFF) % (_STRESS_MAX_TOPIC + 1)
     plen = (h >> 16) % (max_payload + 1)
-    return _content(tlen, h), _content(plen, _mix64(h))
+    return _content(tlen, h), _content(plen, _mix64(h)), _mix64(h ^ 0xF1A65) >> 32
 
 
 def stress(n_records: int, seed: int, capacity_bytes: int, max_payload: int,
@@ -226,8 +242,8 @@ def stress(n_records: int, seed: int, capacity_bytes: int, max_payload: int,
     def produce() -> None:
         nonlocal producer_drops
         for seq in range(n_records):
-            topic, payload = _expected(seed, seq, max_payload)
-            if not ring.try_push(float(seq), topic, payload):
+            topic, payload, flags = _expected(seed, seq, max_payload)
+            if not ring.try_push(float(seq), topic, payload, flags):
                 dropped[seq] = 1
                 producer_drops += 1
                 if yield_on_full:
@@ -240,7 +256,7 @@ def stress(n_records: int, seed: int, capacity_bytes: int, max_payload: int,
     th.start()
     finished = False
     while True:
-        batch = ring.pop_many(64)
+        batch = ring.pop_many_flagged(64)
         if not batch:
             if finished:
                 break
@@ -249,14 +265,14 @@ def stress(n_records: int, seed: int, capacity_bytes: int, max_payload: int,
             else:
                 time.sleep(0)
             continue
-        for ts, topic, payload in batch:
+        for ts, topic, payload, flags in batch:
             seq = int(ts)
             if seq != ts or not (expect <= seq < n_records):
                 errors += 1
             else:
                 if any(not dropped[k] for k in range(expect, seq)):
                     errors += 1
-                if (topic, payload) != _expected(seed, seq, max_payload):
+                if (topic, payload, flags) != _expected(seed, seq, max_payload):
                     errors += 1
                 expect = seq + 1
             received += 1

@@ -88,7 +88,7 @@ static void *producer(void *arg)
             size_t total = tc_ring_record_size(tlen, plen);
             unsigned char *p = tc_ring_reserve(c->ring, total);
             if (p) {
-                tc_ring_hdr hdr = {(uint32_t)total, (uint32_t)tlen, (double)seq, plen};
+                tc_ring_hdr hdr = {(uint32_t)total, (uint32_t)tlen, (double)seq, (uint32_t)plen, 0};
                 memcpy(p, &hdr, sizeof hdr);
                 fill(p + TC_RING_HEADER_SIZE, tlen, h);
                 fill(p + TC_RING_HEADER_SIZE + tlen, plen, mix64(h));
