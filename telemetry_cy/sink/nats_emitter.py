@@ -33,6 +33,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from nats.aio.client import Client
 from nats.errors import FlushTimeoutError
@@ -101,7 +102,7 @@ class NatsEmitter:
         # secrets never leave this object in stats, errors or logs: redact them from any text
         self._redact = Redactor(self.servers, password, token)
         self._safe_servers = ",".join(redact_url(u) for u in self.servers)
-        self._connect_opts = dict(
+        self._connect_opts: dict[str, Any] = dict(
             servers=self.servers, name=name, connect_timeout=connect_timeout,
             allow_reconnect=True, max_reconnect_attempts=-1,
             reconnect_time_wait=reconnect_time_wait,
@@ -226,8 +227,8 @@ class NatsEmitter:
         generation = self._generation
         futures: list[asyncio.Future] = []
         try:
-            if self.jetstream:
-                js = self._js
+            js = self._js
+            if js is not None:   # the JetStream mode
                 for subject, body, mid in batch.parts:
                     futures.append(await js.publish_async(
                         subject, body, wait_stall=None,
@@ -278,8 +279,9 @@ class NatsEmitter:
                 # batch may still sit in its pending buffer, so the first PONG can confirm only
                 # the batches before this one. The second PING goes out after the first flush
                 # has pushed the buffer, so its PONG covers the whole batch.
-                await nc.flush(self.flush_timeout)
-                await nc.flush(self.flush_timeout)
+                # (nats-py annotates the timeout as int; it hands it to asyncio.wait_for)
+                await nc.flush(self.flush_timeout)  # type: ignore[arg-type]
+                await nc.flush(self.flush_timeout)  # type: ignore[arg-type]
             except FlushTimeoutError as exc:
                 if generation != self._generation or not nc.is_connected:
                     raise ConnectionError("connection lost with a batch in flight") from exc
@@ -370,8 +372,7 @@ class NatsEmitter:
 
     # ---------------------------------------------------------------- lifecycle
 
-    def _run(self, started: threading.Event) -> None:
-        loop = self._loop
+    def _run(self, loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
         asyncio.set_event_loop(loop)
         self._nc = Client()
         # Acks in flight are bounded by our own flow (one batch at a time, its futures cancelled
@@ -404,9 +405,9 @@ class NatsEmitter:
         without wait_connected waits connect_timeout."""
         if self._thread is not None:
             raise RuntimeError("NatsEmitter.start() called twice")
-        self._loop = asyncio.new_event_loop()
+        self._loop = loop = asyncio.new_event_loop()
         started = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(started,),
+        self._thread = threading.Thread(target=self._run, args=(loop, started),
                                         name=f"{self.name}-nats", daemon=True)
         self._thread.start()
         if not started.wait(10.0):
@@ -433,7 +434,7 @@ class NatsEmitter:
         has stopped: later submissions are counted as `emit_backlog` too."""
         self._accepting = False
         thread, loop = self._thread, self._loop
-        if thread is None or not thread.is_alive():
+        if thread is None or loop is None or not thread.is_alive():
             return
         done = asyncio.run_coroutine_threadsafe(self._shutdown(deadline_s), loop)
         try:
@@ -481,7 +482,7 @@ class NatsEmitter:
         with self._lock:
             taken_batches, taken_aggs = self._taken
             backlog = self._backlog
-            out = {
+            out: dict[str, Any] = {
                 "published": self._published,
                 "batches_published": self._batches_published,
                 "flushes": self._flushes,
