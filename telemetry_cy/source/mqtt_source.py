@@ -469,8 +469,10 @@ class MqttSource:
         topic = getattr(msg, "_topic", None)
         if not isinstance(topic, bytes):
             topic = msg.topic.encode("utf-8")
+        # the PUBLISH header's DUP/QoS/RETAIN bits, as the frame reader stores them for QoS 0/1
+        flags = (0x08 if msg.dup else 0) | (msg.qos << 1) | (0x01 if msg.retain else 0)
         try:
-            ok = self._ring.try_push(time.time(), topic, bytes(payload))
+            ok = self._ring.try_push(time.time(), topic, bytes(payload), flags)
         except ValueError:
             slow["oversize"] += 1
             return
