@@ -1,7 +1,7 @@
 """MQTT source: one network thread that keeps a broker connection and writes every PUBLISH into
 the ingest ring, through the compiled receive path of ``FastClient`` (mqtt_client.py).
 
-Thread [1] of docs/architecture.md. Ownership, who touches what:
+Thread [1] of docs/design.md §1. Ownership, who touches what:
   - the network thread (``_run``) alone calls paho (connect, loop_read/loop_write/loop_misc,
     subscribe, disconnect), owns the FrameReader and its receive buffer, and is the ring's single
     producer: the frame reader writes records, and the rare PUBLISH QoS 2 that paho itself
