@@ -28,10 +28,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.brokers import NatsSubscriber, free_port, wait_for
-from telemetry_cy.service import config as cfg
-from telemetry_cy.service.metrics import Buckets, Health, MetricsServer, _Outage
-from telemetry_cy.service.pipeline_snapshot import PipelineSnapshot
 from telemetry_cy.reasons import DROP_REASONS
+from telemetry_cy.service import config as cfg
+from telemetry_cy.service.metrics import Buckets, Health, MetricsServer
+from telemetry_cy.service.pipeline_snapshot import PipelineSnapshot
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "telemetry-cy.toml"
@@ -301,8 +301,9 @@ def test_systemd_notify_ready_watchdog_stopping(mosquitto, nats_server):
             sock.bind(path)
             sock.settimeout(0.5)
             env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"}
-            cmd = [sys.executable, "-m", "telemetry_cy.service.cli", "run", "--mqtt-url", mosquitto.url,
-                   "--nats-url", nats_server.url, "--stats-every", "1s"]
+            cmd = [sys.executable, "-m", "telemetry_cy.service.cli", "run",
+                   "--mqtt-url", mosquitto.url, "--nats-url", nats_server.url,
+                   "--stats-every", "1s"]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     env=dict(os.environ, **env, PYTHONPATH=str(REPO)),
                                     cwd=REPO, text=True)
@@ -382,22 +383,6 @@ def test_buckets_are_cumulative_and_inclusive():
     assert count == 5 and total == pytest.approx(8.65)
 
 
-def test_outage_dates_a_drop_between_samples_by_the_parts_own_clock():
-    o = _Outage()
-    o.update(True, 0.0, 1, now=100.0)
-    assert o.seconds(100.0) == 0
-    # down for 0.2 s of the 0.25 s since the last sample, by the part's disconnected_seconds
-    o.update(False, 0.2, 1, now=100.25)
-    assert o.seconds(101.25) == pytest.approx(1.2)
-    o.update(False, 1.2, 1, now=101.25)              # still the same outage
-    assert o.seconds(101.25) == pytest.approx(1.2)
-    o.update(True, 1.3, 2, now=101.5)
-    assert o.seconds(105.0) == 0
-    first = _Outage()                                # never connected since start
-    first.update(False, 3.0, 0, now=50.0)
-    assert first.seconds(50.0) == pytest.approx(3.0)
-
-
 class _Part:
     def __init__(self, **stats):
         self.s = stats
@@ -470,26 +455,6 @@ def test_health_rules():
     eng.error, eng.alive = None, True
     pipeline.stop_requested.set()
     assert h.check()[1]["problems"] == ["stopping"]
-
-
-def test_health_dates_outages_from_samples_for_parts_without_down_seconds():
-    clock = [1000.0]
-    up = dict(connected=True, disconnected_seconds=0.0, connects=1, reconnects=0)
-    src, emi, eng = _Part(**up), _Part(**up), _EngineThread(heartbeat=1000.0)
-    h = _health(_fake_pipeline(src, eng, emi), clock)
-    assert h.check()[0]
-    clock[0] += 1.0
-    eng.s["heartbeat"] = clock[0]
-    src.s.update(connected=False, disconnected_seconds=0.5)     # down 0.5 s: not yet stale
-    ok, body = h.check()
-    assert ok and body["mqtt"] == {"connected": False, "down_seconds": 0.5}
-    clock[0] += 2.0
-    eng.s["heartbeat"] = clock[0]
-    src.s.update(disconnected_seconds=2.5)
-    ok, body = h.check()
-    assert not ok and body["problems"] == ["MQTT down for 2.5 s"]
-    src.s.update(connected=True, connects=2)
-    assert h.check()[0]
 
 
 def test_server_answers_with_fake_parts():

@@ -122,4 +122,4 @@ def test_final_counters_and_stats_line_fields():
                     "state_bytes": 100, "mqtt": "up", "nats": "down", "seq": {"gaps": 2},
                     "top_drops": {"d/s": 4}}
     bare = PipelineSnapshot.from_stats({}, {}, {})
-    assert "seq" not in bare.counters(0.0) and bare.mqtt.down_seconds is None
+    assert "seq" not in bare.counters(0.0) and bare.mqtt.down_seconds == 0.0

@@ -13,11 +13,21 @@ from dataclasses import asdict, make_dataclass
 from typing import TYPE_CHECKING
 
 from telemetry_cy.engine._decode_py import decode
-from telemetry_cy.engine.rules import (
-    AGGREGATE_FIELDS, NO_TOPIC, SEQ_MAX_GAP, SEQ_MAX_REORDER, TOP_OFFENDERS, TOPN_CAPACITY,
-    TOPN_NAME_BYTES, aggregate_field_type, check_config, check_reading, interval_of, top_entries,
-)
 from telemetry_cy.engine.decode_types import Reading
+from telemetry_cy.engine.rules import (
+    AGGREGATE_FIELDS,
+    NO_TOPIC,
+    SEQ_MAX_GAP,
+    SEQ_MAX_REORDER,
+    TOP_OFFENDERS,
+    TOPN_CAPACITY,
+    TOPN_NAME_BYTES,
+    aggregate_field_type,
+    check_config,
+    check_reading,
+    interval_of,
+    top_entries,
+)
 from telemetry_cy.reasons import ENGINE_REASONS
 
 

@@ -8,8 +8,9 @@ data-flow order so nothing accepted goes unaccounted: stop reading MQTT, drain t
 final tick (windows that have closed by then), count the readings of the interval still open
 (`open_readings`: in no aggregate), flush NATS within the deadline, print the final counters as
 one JSON object on stdout. The stats line and the final counters come from one
-PipelineSnapshot (service/pipeline_snapshot.py), as do the metrics. A second signal exits at once. Under systemd (Type=notify) it reports readiness, status, watchdog
-pings and stopping through $NOTIFY_SOCKET (SystemdNotifier).
+PipelineSnapshot (service/pipeline_snapshot.py), as do the metrics. A second signal exits at
+once. Under systemd (Type=notify) it reports readiness, status, watchdog pings and stopping
+through $NOTIFY_SOCKET (SystemdNotifier).
 """
 
 from __future__ import annotations

@@ -2,18 +2,17 @@
 
 Nothing here runs on the hot path. The pipeline threads already publish their counters as
 snapshots (`MqttSource.stats()`, `EngineThread.stats()`, `NatsEmitter.stats()`); a custom
-collector reads them when Prometheus scrapes, so a scrape costs three dict copies and the message
-path costs nothing. The two histograms take one observation per tick (tick duration, on the
-engine thread) and one per published tick batch (delay, on the NATS thread), never per message.
+collector reads them, as one PipelineSnapshot (service/pipeline_snapshot.py), when Prometheus
+scrapes, so a scrape costs three dict copies and the message path costs nothing. The two
+histograms take one observation per tick (tick duration, on the engine thread) and one per
+published tick batch (delay, on the NATS thread), never per message.
 
 One HTTP server thread serves `/metrics` and `/healthz` on the same port. It is the standard
 library's single-threaded `HTTPServer`, not prometheus_client's `start_http_server`: that one is
 a WSGI server that starts a thread per request and serves only its own app (a second route means
-wrapping it), while a scraper and a health probe every few seconds need neither; and
-`serve_forever`'s poll loop gives
-the health check a steady sampling tick (`service_actions`) on that same thread, so the health
-state has one writer and no lock. Each connection is closed after its response (HTTP/1.0) and a
-silent client is cut after `REQUEST_TIMEOUT_S`, so one bad client cannot hold the port for long.
+wrapping it), while a scraper and a health probe every few seconds need neither. Each
+connection is closed after its response (HTTP/1.0) and a silent client is cut after
+`REQUEST_TIMEOUT_S`, so one bad client cannot hold the port for long.
 """
 
 from __future__ import annotations
@@ -48,8 +47,8 @@ TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 #: flush round trip; minutes while NATS is down and the backlog holds the batches.
 DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                  300.0, 900.0)
-#: How often the HTTP thread samples the connection states between requests.
-SAMPLE_EVERY_S = 0.25
+#: How often serve_forever looks for a shutdown request: bounds how long stop() waits.
+POLL_S = 0.25
 REQUEST_TIMEOUT_S = 10.0
 
 
@@ -83,38 +82,11 @@ class Buckets:
 # ---- health -------------------------------------------------------------------------------------
 
 
-class _Outage:
-    """How long a connection has been down, from the samples of its ``connected`` flag and its
-    own cumulative ``disconnected_seconds`` clock (which dates a drop between two samples
-    exactly, unless it came back and dropped again within one sample period)."""
-
-    def __init__(self) -> None:
-        self.since: float | None = None   # monotonic start of the current outage
-        self._prev: tuple[bool, float, int, float] | None = None
-
-    def update(self, connected: bool, down_total: float, ups: int, now: float) -> None:
-        prev = self._prev
-        if connected:
-            self.since = None
-        elif prev is None:
-            self.since = now - max(0.0, down_total)   # first look: down since it started
-        elif prev[0] or ups != prev[2] or self.since is None:
-            # it went down after the previous sample
-            self.since = now - min(max(0.0, down_total - prev[1]), now - prev[3])
-        self._prev = (connected, down_total, ups, now)
-
-    def seconds(self, now: float) -> float:
-        return 0.0 if self.since is None else max(0.0, now - self.since)
-
-
 class Health:
     """Healthy unless MQTT or NATS has been down, or the engine thread has not looped (its stats
     heartbeat), for longer than ``stale_after`` seconds; or the engine thread died; or the
-    daemon is stopping.
-
-    An outage's length is the part's own ``down_seconds`` (its connection clock). For a part that
-    does not report it, the outage is dated from samples instead (``_Outage``, fed by ``sample``
-    on the HTTP thread); ``sample`` and ``check`` are called from that one thread."""
+    daemon is stopping. An outage's length is the part's own ``down_seconds`` (its
+    ConnectionClock, telemetry_cy/connection.py), so health keeps no state of its own."""
 
     def __init__(self, read: Callable[[], PipelineSnapshot], engine_thread, stale_after: float,
                  stopping: Callable[[], bool] = lambda: False,
@@ -125,18 +97,6 @@ class Health:
         self.stopping = stopping
         self.clock = clock
         self.created = clock()
-        self.mqtt = _Outage()
-        self.nats = _Outage()
-
-    def sample(self, snap: PipelineSnapshot | None = None) -> float:
-        now = self.clock()
-        snap = self.read() if snap is None else snap
-        m, n = snap.mqtt, snap.nats
-        if m.down_seconds is None:
-            self.mqtt.update(m.connected, m.disconnected_seconds, m.connects, now)
-        if n.down_seconds is None:
-            self.nats.update(n.connected, n.disconnected_seconds, n.reconnects, now)
-        return now
 
     def heartbeat_age(self, snap: PipelineSnapshot, now: float) -> float:
         beat = snap.heartbeat
@@ -144,12 +104,9 @@ class Health:
 
     def check(self, snap: PipelineSnapshot | None = None) -> tuple[bool, dict]:
         snap = self.read() if snap is None else snap
-        now = self.sample(snap)
+        now = self.clock()
         problems = []
-        mqtt_down = (self.mqtt.seconds(now) if snap.mqtt.down_seconds is None
-                     else snap.mqtt.down_seconds)
-        nats_down = (self.nats.seconds(now) if snap.nats.down_seconds is None
-                     else snap.nats.down_seconds)
+        mqtt_down, nats_down = snap.mqtt.down_seconds, snap.nats.down_seconds
         if mqtt_down > self.stale_after:
             problems.append(f"MQTT down for {mqtt_down:.1f} s")
         if nats_down > self.stale_after:
@@ -353,14 +310,6 @@ class _Server(HTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
-    def service_actions(self) -> None:
-        # serve_forever calls this every poll interval: the outage clocks are sampled even when
-        # nobody asks, so an outage is dated to within SAMPLE_EVERY_S
-        try:
-            self.health.sample()
-        except Exception:
-            log.exception("health sample failed")
-
     def handle_error(self, request, client_address) -> None:
         log.warning("metrics request from %s failed", client_address[0], exc_info=True)
 
@@ -403,7 +352,7 @@ class MetricsServer:
     def start(self) -> "MetricsServer":
         self._server = _Server(self.address, self.registry, self.health)
         self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": SAMPLE_EVERY_S},
+                                        kwargs={"poll_interval": POLL_S},
                                         name="telemetry-cy-metrics", daemon=True)
         self._thread.start()
         return self

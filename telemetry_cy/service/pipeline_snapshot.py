@@ -68,7 +68,7 @@ class MqttState:
     connects: int                  # CONNACKs received
     disconnects: int               # established connections lost or closed
     disconnected_seconds: float    # total time without a connection since start
-    down_seconds: float | None     # the current outage (0 when connected); None: not reported
+    down_seconds: float            # length of the current outage (0 when connected)
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class NatsState:
     disconnected_seconds: float
     stalled_flushes: int           # flushes that timed out on a live connection
     too_large: int                 # bodies longer than the server's max_payload
-    down_seconds: float | None
+    down_seconds: float
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class PipelineSnapshot:
                 connected=bool(src.get("connected")), connects=_int(src, "connects"),
                 disconnects=_int(src, "disconnects"),
                 disconnected_seconds=_float(src, "disconnected_seconds"),
-                down_seconds=_optional_float(src, "down_seconds")),
+                down_seconds=_float(src, "down_seconds")),
             ring_used_bytes=ring_used_bytes, ring_capacity=ring_capacity,
             payloads=_int(eng, "payloads"), readings=_int(eng, "readings"),
             aggregates=_int(eng, "aggregates"), live_keys=_int(eng, "live_keys"),
@@ -145,7 +145,7 @@ class PipelineSnapshot:
                 connected=bool(emi.get("connected")), reconnects=_int(emi, "reconnects"),
                 disconnected_seconds=_float(emi, "disconnected_seconds"),
                 stalled_flushes=_int(emi, "stalled_flushes"), too_large=_int(emi, "too_large"),
-                down_seconds=_optional_float(emi, "down_seconds")),
+                down_seconds=_float(emi, "down_seconds")),
             drops=drops, unknown_reasons=unknown)
 
     def counters(self, uptime_s: float) -> dict[str, Any]:
