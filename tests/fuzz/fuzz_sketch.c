@@ -17,6 +17,12 @@
  *      does not double every count (when the total allows) or subtracting it back does not give
  *      the original bytes;
  *   6. the bytes are accepted with any other expected alpha than their own.
+ * The same input is also read as values (a byte choosing alpha, then raw doubles, NaN and
+ * infinity included): built into sketches A (even positions), B (odd) and AB (all), the target
+ * checks that non-finite values are refused and change nothing, that merge(A, B) gives the bytes
+ * of AB, that subtracting B gives back A's bytes when nothing collapsed, that AB's bytes are read
+ * back, and the invariants of 4. So the writer and the collapse run under the sanitizers too,
+ * with the inputs that libFuzzer finds.
  */
 #include <math.h>
 #include <stdint.h>
@@ -131,8 +137,66 @@ static uint8_t *written(const tc_sketch_map *m, const tc_sketch *s, size_t *len)
     return out;
 }
 
+static int bytes_equal(const tc_sketch_map *m, const tc_sketch *a, const tc_sketch *b)
+{
+    size_t na, nb;
+    uint8_t *pa = written(m, a, &na), *pb = written(m, b, &nb);
+    int eq = na == nb && memcmp(pa, pb, na) == 0;
+    free(pa);
+    free(pb);
+    return eq;
+}
+
+static void values_mode(const uint8_t *data, size_t size)
+{
+    static const double alphas[4] = {0.005, 0.01, 0.02, 0.05};
+    if (size < 1) return;
+    tc_sketch_map m;
+    CHECK(tc_sketch_map_init(&m, alphas[data[0] & 3]) == 0, "map");
+    tc_sketch a, b, ab;
+    tc_sketch_init(&a);
+    tc_sketch_init(&b);
+    tc_sketch_init(&ab);
+    size_t n = (size - 1) / 8;
+    for (size_t k = 0; k < n; k++) {
+        double v;
+        memcpy(&v, data + 1 + 8 * k, 8);
+        tc_sketch *half = k % 2 ? &b : &a;
+        uint32_t before = half->h.n;
+        int r = tc_sketch_add(half, &m, v);
+        CHECK(r == (isfinite(v) ? TC_SKETCH_OK : TC_SKETCH_E_NONFINITE), "add result");
+        CHECK(half->h.n == before + (r == TC_SKETCH_OK), "add count");
+        CHECK(tc_sketch_add(&ab, &m, v) == r, "add result differs");
+    }
+    check_sketch(&m, &a);
+    check_sketch(&m, &b);
+    check_sketch(&m, &ab);
+    tc_sketch merged;
+    tc_sketch_init(&merged);
+    CHECK(tc_sketch_merge(&merged, &a.h, a.counts) == TC_SKETCH_OK, "merge A");
+    CHECK(tc_sketch_merge(&merged, &b.h, b.counts) == TC_SKETCH_OK, "merge B");
+    CHECK(bytes_equal(&m, &merged, &ab), "merge(A, B) is not the sketch of all values");
+    CHECK(tc_sketch_subtract(&merged, &b.h, b.counts) == TC_SKETCH_OK, "subtract B");
+    if (ab.h.pos_len < TC_SKETCH_CAP && ab.h.neg_len < TC_SKETCH_CAP)
+        CHECK(bytes_equal(&m, &merged, &a), "subtract did not give A back");
+    size_t len;
+    uint8_t *out = written(&m, &ab, &len);
+    tc_sketch back;
+    tc_sketch_init(&back);
+    tc_sketch_map mb;
+    CHECK(tc_sketch_read(out, len, m.alpha, &mb, &back) == TC_SKETCH_OK, "written bytes refused");
+    CHECK(bytes_equal(&m, &back, &ab), "read back differs");
+    free(out);
+    tc_sketch_free(&back);
+    tc_sketch_free(&merged);
+    tc_sketch_free(&a);
+    tc_sketch_free(&b);
+    tc_sketch_free(&ab);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    values_mode(data, size);
     uint8_t *buf = (uint8_t *)malloc(size ? size : 1);
     if (buf == NULL) return 0;
     if (size) memcpy(buf, data, size);

@@ -8,6 +8,9 @@ corpus/sketch/<category>-<name>.bin: one candidate byte string each, made with t
             full (collapsed) stores, the extreme indexes, every allowed alpha edge
     bad     one defect each, one per reason the reader gives (tests/test_sketch.py checks the
             reason of each)
+    values  for the target's second reading of an input: a byte choosing alpha (low 2 bits),
+            then little-endian doubles to add (sensor data, a wide span that collapses, NaN and
+            infinities)
 """
 
 from __future__ import annotations
@@ -85,8 +88,23 @@ def bad_seeds() -> dict[str, bytes]:
     return {f"bad-{k}": v for k, v in out.items()}
 
 
+def values_seeds() -> dict[str, bytes]:
+    rng = random.Random(34)
+
+    def doubles(alpha_code: int, values) -> bytes:
+        return bytes([alpha_code]) + struct.pack(f"<{len(values)}d", *values)
+
+    out = {
+        "sensor": doubles(1, [21.5 * (1 + rng.uniform(-0.2, 0.2)) for _ in range(200)]),
+        "wide": doubles(3, [rng.choice([1, -1]) * 10 ** rng.uniform(-12, 308) for _ in range(400)]),
+        "nonfinite": doubles(0, [1.0, float("nan"), -2.0, float("inf"), 0.0, -float("inf"), 3.0]),
+        "edges": doubles(2, [QuantileSketch(0.02).gamma ** float(k) for k in range(-5, 60)]),
+    }
+    return {f"values-{k}": v for k, v in out.items()}
+
+
 def seeds() -> dict[str, bytes]:
-    return {**valid_seeds(), **bad_seeds()}
+    return {**valid_seeds(), **bad_seeds(), **values_seeds()}
 
 
 def main() -> int:
