@@ -22,6 +22,7 @@ cdef extern from "tc_sketch.h" nogil:
         TC_SKETCH_E_FULL
         TC_SKETCH_E_NOMEM
         TC_SKETCH_E_NOT_CONTAINED
+        TC_SKETCH_NEEDS_SHAPE
 
     ctypedef struct tc_sketch_map:
         double alpha
@@ -54,6 +55,11 @@ cdef extern from "tc_sketch.h" nogil:
                         uint32_t *cd)
     double tc_sketch_quantile(const tc_sketch_map *m, const tc_sketch_hdr *h, const uint32_t *c,
                               double q)
+
+    void tc_sketch_relayout(const tc_sketch_hdr *h, const uint32_t *c, tc_sketch_hdr *nh,
+                            uint32_t *nc)
+    int tc_sketch_hdr_add(tc_sketch_hdr *h, uint32_t *c, const tc_sketch_map *m, double v,
+                          tc_sketch_hdr *nh)
 
     void tc_sketch_init(tc_sketch *s)
     void tc_sketch_free(tc_sketch *s)

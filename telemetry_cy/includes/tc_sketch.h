@@ -83,6 +83,7 @@ enum {
     TC_SKETCH_E_INDEX = 12,       /* read: a bucket index no value in [1e-9, DBL_MAX] maps to */
     TC_SKETCH_E_NONCANONICAL = 13,/* read: zero count at a store's edge, or an empty store's min != 0 */
     TC_SKETCH_E_TOTAL = 14,       /* read: more than 2^32 - 1 values in all */
+    TC_SKETCH_NEEDS_SHAPE = 15,   /* tc_sketch_hdr_add: lay the counts out in *nh, then again */
 };
 
 #if defined(__GNUC__)
@@ -156,6 +157,9 @@ typedef struct {
     uint16_t neg_len;
     uint32_t n;        /* values in all, zero count included */
 } tc_sketch_hdr;
+
+/* docs/quantiles.md counts memory with these sizes */
+_Static_assert(sizeof(tc_sketch_hdr) == 16, "tc_sketch_hdr is 16 bytes");
 
 static inline void tc_sketch_hdr_clear(tc_sketch_hdr *h) {
     memset(h, 0, sizeof *h);
@@ -255,6 +259,57 @@ static inline double tc_sketch_quantile(const tc_sketch_map *m, const tc_sketch_
     return NAN;   /* unreachable: the counts sum to n */
 }
 
+/* ---- adding to counts kept anywhere ----------------------------------------------------------- */
+
+/* Lays the counts (h, c) out in the shape nh, which holds h up to folds (tc_sketch_shape_union or
+ * the *nh of tc_sketch_hdr_add), at nc: tc_sketch_buckets(nh) entries, not overlapping c. Sets
+ * nh->n = h->n. */
+static inline void tc_sketch_relayout(const tc_sketch_hdr *h, const uint32_t *c, tc_sketch_hdr *nh,
+                                      uint32_t *nc) {
+    memset(nc, 0, (size_t)tc_sketch_buckets(nh) * sizeof *nc);
+    nh->n = h->n;
+    tc_sketch_fold(h, c, nh, nc);
+}
+
+static TC_SKETCH_COLD int tc_sketch_hdr_add_outside(tc_sketch_hdr *h, uint32_t *c, int negative,
+                                                    int32_t i, tc_sketch_hdr *nh) {
+    *nh = *h;
+    if (negative) tc_sketch_store_union(&nh->neg_min, &nh->neg_len, i, 1, 0);
+    else tc_sketch_store_union(&nh->pos_min, &nh->pos_len, i, 1, 1);
+    if (!tc_sketch_same_shape(nh, h)) return TC_SKETCH_NEEDS_SHAPE;
+    /* beyond a collapsed end: the value counts in that end bucket */
+    uint32_t one = 1;
+    if (negative) tc_sketch_store_fold(i, 1, &one, h->neg_min, h->neg_len, c + h->pos_len);
+    else tc_sketch_store_fold(i, 1, &one, h->pos_min, h->pos_len, c);
+    h->n++;
+    return TC_SKETCH_OK;
+}
+
+/* One value into the counts (h, c), wherever the owner keeps them; never allocates. When the
+ * value's bucket is outside the shape, nothing changes and TC_SKETCH_NEEDS_SHAPE says that *nh is
+ * the shape that holds it: the owner provides tc_sketch_buckets(nh) counts, lays the old ones out
+ * there (tc_sketch_relayout) and adds the value again. The common case (a bucket inside the
+ * range) is a log, a multiply, a ceil and an increment. */
+static inline int tc_sketch_hdr_add(tc_sketch_hdr *h, uint32_t *c, const tc_sketch_map *m,
+                                    double v, tc_sketch_hdr *nh) {
+    if (!isfinite(v)) return TC_SKETCH_E_NONFINITE;
+    if (h->n == TC_SKETCH_MAX_COUNT) return TC_SKETCH_E_FULL;
+    double av = fabs(v);
+    if (av < TC_SKETCH_ZERO_BELOW) {
+        h->n++;
+        return TC_SKETCH_OK;
+    }
+    int32_t i = tc_sketch_index(m, av);
+    int negative = v < 0;
+    uint32_t off = (uint32_t)(i - (negative ? h->neg_min : h->pos_min));
+    if (off < (negative ? h->neg_len : h->pos_len)) {
+        (negative ? c + h->pos_len : c)[off]++;
+        h->n++;
+        return TC_SKETCH_OK;
+    }
+    return tc_sketch_hdr_add_outside(h, c, negative, i, nh);
+}
+
 /* ---- the self-owned sketch -------------------------------------------------------------------- */
 
 typedef struct {
@@ -262,6 +317,8 @@ typedef struct {
     tc_sketch_hdr h;
     uint32_t cap;
 } tc_sketch;
+
+_Static_assert(sizeof(tc_sketch) <= 32, "tc_sketch fits 32 bytes");
 
 static inline void tc_sketch_init(tc_sketch *s) {
     s->counts = NULL;
@@ -317,62 +374,27 @@ static inline void tc_sketch_trim(tc_sketch *s) {
 
 /* Re-lays the counts out in the shape nh (which holds the current one, up to folds); the buffer
  * must already hold tc_sketch_buckets(nh). Rare: only when a store's range changes. */
-static TC_SKETCH_COLD void tc_sketch_reshape(tc_sketch *s, const tc_sketch_hdr *nh) {
+static TC_SKETCH_COLD void tc_sketch_reshape(tc_sketch *s, tc_sketch_hdr *nh) {
     uint32_t old[2 * TC_SKETCH_CAP];
     uint32_t used = tc_sketch_buckets(&s->h);
     if (used) memcpy(old, s->counts, (size_t)used * sizeof *old);
-    memset(s->counts, 0, (size_t)tc_sketch_buckets(nh) * sizeof *s->counts);
-    tc_sketch_hdr to = *nh;
-    to.n = s->h.n;
-    tc_sketch_fold(&s->h, old, &to, s->counts);
-    s->h = to;
+    tc_sketch_relayout(&s->h, old, nh, s->counts);
+    s->h = *nh;
 }
 
-static TC_SKETCH_COLD int tc_sketch_add_outside(tc_sketch *s, int negative, int32_t i) {
-    tc_sketch_hdr nh = s->h;
-    if (negative) tc_sketch_store_union(&nh.neg_min, &nh.neg_len, i, 1, 0);
-    else tc_sketch_store_union(&nh.pos_min, &nh.pos_len, i, 1, 1);
-    if (!tc_sketch_same_shape(&nh, &s->h)) {
-        if (tc_sketch_reserve(s, tc_sketch_buckets(&nh)) != TC_SKETCH_OK) return TC_SKETCH_E_NOMEM;
-        tc_sketch_reshape(s, &nh);
-    }
-    /* i is in the store now, or beyond its collapsed end: it counts in that end bucket */
-    uint32_t one = 1;
-    if (negative)
-        tc_sketch_store_fold(i, 1, &one, s->h.neg_min, s->h.neg_len, s->counts + s->h.pos_len);
-    else
-        tc_sketch_store_fold(i, 1, &one, s->h.pos_min, s->h.pos_len, s->counts);
-    s->h.n++;
-    return TC_SKETCH_OK;
+static TC_SKETCH_COLD int tc_sketch_add_reshaped(tc_sketch *s, const tc_sketch_map *m, double v,
+                                                 tc_sketch_hdr *nh) {
+    if (tc_sketch_reserve(s, tc_sketch_buckets(nh)) != TC_SKETCH_OK) return TC_SKETCH_E_NOMEM;
+    tc_sketch_reshape(s, nh);
+    return tc_sketch_hdr_add(&s->h, s->counts, m, v, nh);   /* in the shape now: counted */
 }
 
-/* One value. The common case (a bucket inside the store's range) is a log, a multiply, a ceil
- * and an increment. */
+/* One value: tc_sketch_hdr_add, and a new shape (rare) in the sketch's own buffer. */
 static inline int tc_sketch_add(tc_sketch *s, const tc_sketch_map *m, double v) {
-    if (!isfinite(v)) return TC_SKETCH_E_NONFINITE;
-    if (s->h.n == TC_SKETCH_MAX_COUNT) return TC_SKETCH_E_FULL;
-    double av = fabs(v);
-    if (av < TC_SKETCH_ZERO_BELOW) {
-        s->h.n++;
-        return TC_SKETCH_OK;
-    }
-    int32_t i = tc_sketch_index(m, av);
-    if (v > 0) {
-        uint32_t off = (uint32_t)(i - s->h.pos_min);
-        if (off < s->h.pos_len) {
-            s->counts[off]++;
-            s->h.n++;
-            return TC_SKETCH_OK;
-        }
-        return tc_sketch_add_outside(s, 0, i);
-    }
-    uint32_t off = (uint32_t)(i - s->h.neg_min);
-    if (off < s->h.neg_len) {
-        s->counts[s->h.pos_len + off]++;
-        s->h.n++;
-        return TC_SKETCH_OK;
-    }
-    return tc_sketch_add_outside(s, 1, i);
+    tc_sketch_hdr nh;
+    int r = tc_sketch_hdr_add(&s->h, s->counts, m, v, &nh);
+    if (r == TC_SKETCH_NEEDS_SHAPE) r = tc_sketch_add_reshaped(s, m, v, &nh);
+    return r;
 }
 
 /* Adds the sketch (sh, sc) of the same mapping: afterwards s is what adding all of its values one

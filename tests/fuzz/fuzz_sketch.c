@@ -21,7 +21,8 @@
  * infinity included): built into sketches A (even positions), B (odd) and AB (all), the target
  * checks that non-finite values are refused and change nothing, that merge(A, B) gives the bytes
  * of AB, that subtracting B gives back A's bytes when nothing collapsed, that AB's bytes are read
- * back, and the invariants of 4. So the writer and the collapse run under the sanitizers too,
+ * back, and the invariants of 4; and AB once more in caller-owned memory (tc_sketch_hdr_add with
+ * an exactly sized buffer per shape, tc_sketch_relayout), which must give AB's bytes. So the writer and the collapse run under the sanitizers too,
  * with the inputs that libFuzzer finds.
  */
 #include <math.h>
@@ -147,16 +148,34 @@ static int bytes_equal(const tc_sketch_map *m, const tc_sketch *a, const tc_sket
     return eq;
 }
 
+/* counts kept by the caller, as an engine may keep them: exactly sized, moved on each new shape */
+static void external_add(tc_sketch_hdr *h, uint32_t **c, const tc_sketch_map *m, double v, int want)
+{
+    tc_sketch_hdr nh;
+    int r = tc_sketch_hdr_add(h, *c, m, v, &nh);
+    if (r == TC_SKETCH_NEEDS_SHAPE) {
+        uint32_t *nc = (uint32_t *)malloc((size_t)tc_sketch_buckets(&nh) * sizeof *nc);
+        CHECK(nc != NULL, "malloc");
+        tc_sketch_relayout(h, *c, &nh, nc);
+        free(*c);
+        *c = nc;
+        *h = nh;
+        r = tc_sketch_hdr_add(h, *c, m, v, &nh);
+    }
+    CHECK(r == want, "external add result");
+}
+
 static void values_mode(const uint8_t *data, size_t size)
 {
     static const double alphas[4] = {0.005, 0.01, 0.02, 0.05};
     if (size < 1) return;
     tc_sketch_map m;
     CHECK(tc_sketch_map_init(&m, alphas[data[0] & 3]) == 0, "map");
-    tc_sketch a, b, ab;
+    tc_sketch a, b, ab, ext;
     tc_sketch_init(&a);
     tc_sketch_init(&b);
     tc_sketch_init(&ab);
+    tc_sketch_init(&ext);
     size_t n = (size - 1) / 8;
     for (size_t k = 0; k < n; k++) {
         double v;
@@ -167,7 +186,10 @@ static void values_mode(const uint8_t *data, size_t size)
         CHECK(r == (isfinite(v) ? TC_SKETCH_OK : TC_SKETCH_E_NONFINITE), "add result");
         CHECK(half->h.n == before + (r == TC_SKETCH_OK), "add count");
         CHECK(tc_sketch_add(&ab, &m, v) == r, "add result differs");
+        external_add(&ext.h, &ext.counts, &m, v, r);
     }
+    ext.cap = tc_sketch_buckets(&ext.h);
+    CHECK(bytes_equal(&m, &ext, &ab), "caller-owned counts differ from the sketch's own");
     check_sketch(&m, &a);
     check_sketch(&m, &b);
     check_sketch(&m, &ab);
@@ -192,6 +214,7 @@ static void values_mode(const uint8_t *data, size_t size)
     tc_sketch_free(&a);
     tc_sketch_free(&b);
     tc_sketch_free(&ab);
+    tc_sketch_free(&ext);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
