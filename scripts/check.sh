@@ -20,8 +20,9 @@ run() {
 run ruff "$PY" -m ruff check .
 run mypy "$PY" -m mypy
 
-# The compiled modules are the ones backend.py pairs with twins; a pure-only install has none.
-compiled=$("$PY" -c 'from telemetry_cy.backend import MODULES; print(" ".join(c for c, _ in MODULES.values()))')
+# Every .pyx is a compiled module and must have a .pyi that matches it (a missing stub fails).
+compiled=$(find telemetry_cy -name '*.pyx' | sort | sed 's/\.pyx$//; s#/#.#g')
+# A pure-only install (no compiler) has none of them built: then there is nothing to hold.
 if TELEMETRY_CY_PURE=1 "$PY" -c 'from telemetry_cy.backend import load; load("compiled")' 2>/dev/null; then
     # --ignore-disjoint-bases: every cdef class is a disjoint base (PEP 800) by construction;
     # the allowlist names the runtime attributes a stub leaves out on purpose, and why.
