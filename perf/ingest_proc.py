@@ -31,6 +31,7 @@ from telemetry_cy import Engine  # noqa: E402
 from telemetry_cy.engine import engine_thread  # noqa: E402
 from telemetry_cy.engine.engine_thread import EngineThread  # noqa: E402
 from telemetry_cy.service.daemon import _pow2_at_least  # noqa: E402
+from telemetry_cy.service.pipeline_snapshot import merge_drops  # noqa: E402
 from telemetry_cy.source._ring import ByteRing  # noqa: E402
 from telemetry_cy.source.mqtt import MqttSource  # noqa: E402
 
@@ -120,9 +121,7 @@ def main(argv=None) -> int:
     src.stop()
     et.stop()
     s, e = src.stats(), et.stats()
-    drops = dict(e.get("drops", {}))
-    for reason, n in s["drops"].items():
-        drops[reason] = drops.get(reason, 0) + n
+    drops, _ = merge_drops(e, s)
     ru = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({
         "received": s["received"], "written": s["written"], "payloads": e.get("payloads", 0),
