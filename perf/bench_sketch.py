@@ -53,6 +53,7 @@ import sys
 import time
 
 import pyperf
+from bench_wire import Lazy   # perf/ is the script's directory: the same lazy time function
 
 ALPHA = 0.01
 QS3 = (0.5, 0.9, 0.99)
@@ -225,19 +226,6 @@ def bytes_bench(direction: str):
             return lambda loops: timed(s.to_bytes, loops)
         return lambda loops: timed(lambda: C.from_bytes(data), loops)
     return setup
-
-
-class Lazy:
-    """A time function whose state is built on first use (in the worker, untimed)."""
-
-    def __init__(self, setup):
-        self._setup = setup
-        self._state = None
-
-    def __call__(self, loops: int) -> float:
-        if self._state is None:
-            self._state = self._setup()
-        return self._state(loops)
 
 
 BENCHES = [   # name, setup, inner loops, unit
