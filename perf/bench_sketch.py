@@ -1,4 +1,4 @@
-"""pyperf benchmarks of the quantile sketch (includes/tc_sketch.h through ``_sketch``, and its twin).
+"""pyperf benchmarks of the quantile sketch (includes/tc_sketch.h via ``_sketch``, and its twin).
 
 What each benchmark times, exactly (values are the time per unit named in the last column):
 
@@ -53,7 +53,8 @@ import sys
 import time
 
 import pyperf
-from bench_wire import Lazy   # perf/ is the script's directory: the same lazy time function
+
+from bench_wire import Lazy  # perf/ is the script's directory: the same lazy time function
 
 ALPHA = 0.01
 QS3 = (0.5, 0.9, 0.99)
@@ -246,7 +247,7 @@ BENCHES = [   # name, setup, inner loops, unit
 ]
 
 
-# ---- memory (no timing) ---------------------------------------------------------------------------
+# ---- memory (no timing) --------------------------------------------------------------------
 
 
 def malloc_chunk(n: int) -> int:
@@ -266,7 +267,8 @@ def memory() -> None:
     print("per key, 12 panes: A = tc_sketch in the pane + its own trimmed buffer (32 B + chunk),")
     print("                   B = 16-byte tc_sketch_hdr per pane + counts kept in the key record")
     print()
-    print("| alpha | readings/s | buckets/pane mean | max | A: bytes/key (max) | B: bytes/key (max) |")
+    print("| alpha | readings/s | buckets/pane mean | max | A: bytes/key (max) "
+          "| B: bytes/key (max) |")
     print("|---|---|---|---|---|---|")
     for alpha in (0.005, 0.01, 0.02, 0.05):
         for rate in (1, 10, 100, 10_000):

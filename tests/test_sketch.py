@@ -103,8 +103,8 @@ def make_stream(kind: str, n: int, seed: int, e: int) -> list[float]:
     base = ("uniform", "lognormal", "bimodal", "pareto")
 
     def one(scale: float) -> float:
-        return min(scale * _spread(rng, rng.choice(base) if kind in ("negative", "mixed") else kind),
-                   DBL_MAX)
+        shape = rng.choice(base) if kind in ("negative", "mixed") else kind
+        return min(scale * _spread(rng, shape), DBL_MAX)
 
     if kind in base:
         return [one(scale) for _ in range(n)]
@@ -122,10 +122,11 @@ def make_stream(kind: str, n: int, seed: int, e: int) -> list[float]:
         c = rng.choice([scale, -scale, 0.0, 1e-9, -DBL_MAX, DBL_MAX, scale * 1.2345])
         return [c] * n
     if kind == "tiny":    # below 1e-9 reported as 0; the rest within [1e-9, 1e-6]
-        return [rng.choice([1.0, -1.0]) * rng.choice([rng.uniform(0, 1e-9), 10 ** rng.uniform(-9, -6)])
-                for _ in range(n)]
+        return [rng.choice([1.0, -1.0])
+                * rng.choice([rng.uniform(0, 1e-9), 10 ** rng.uniform(-9, -6)]) for _ in range(n)]
     # top: the largest doubles
-    return [rng.choice([1.0, -1.0]) * min(DBL_MAX, DBL_MAX / rng.uniform(1, 1000)) for _ in range(n)]
+    return [rng.choice([1.0, -1.0]) * min(DBL_MAX, DBL_MAX / rng.uniform(1, 1000))
+            for _ in range(n)]
 
 
 streams = st.builds(make_stream, st.sampled_from(KINDS), st.integers(1, 300),
@@ -335,7 +336,7 @@ def test_a_sketch_holds_at_most_2_to_32_values(backend):
     assert full.to_bytes() == bytes(almost)
 
 
-# ---- API edges ------------------------------------------------------------------------------------
+# ---- API edges ----------------------------------------------------------------------------------
 
 
 def test_bad_arguments(backend):
@@ -531,7 +532,8 @@ def test_compiled_equals_pure(compiled_backend, pure_backend, ops, alpha):
 def test_corpus_is_what_make_sketch_corpus_writes():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("make_sketch_corpus", FUZZ / "make_sketch_corpus.py")
+    spec = importlib.util.spec_from_file_location("make_sketch_corpus",
+                                                  FUZZ / "make_sketch_corpus.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     on_disk = {p.stem: p.read_bytes() for p in (FUZZ / "corpus" / "sketch").glob("*.bin")}

@@ -90,7 +90,8 @@ cdef class QuantileSketch:
     def bucket_value(self, index):
         """The value bucket `index` reports for |v|."""
         if not (self.m.min_index <= index <= self.m.max_index):
-            raise ValueError(f"bucket index {index} outside [{self.m.min_index}, {self.m.max_index}]")
+            raise ValueError(f"bucket index {index} outside "
+                             f"[{self.m.min_index}, {self.m.max_index}]")
         return tc_sketch_value(&self.m, <int32_t>index)
 
     # ---- contents

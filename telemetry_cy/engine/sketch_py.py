@@ -61,7 +61,8 @@ REASONS: dict[int, str] = {
     E_STORE_LEN: f"a store is longer than {CAP} buckets",
     E_LENGTH: "byte length does not match the header's store lengths",
     E_INDEX: "a bucket index outside the values [1e-9, DBL_MAX] map to",
-    E_NONCANONICAL: "not canonical: a zero count at a store's edge, or an empty store's min is not 0",
+    E_NONCANONICAL: "not canonical: a zero count at a store's edge, "
+                    "or an empty store's min is not 0",
     E_TOTAL: "more than 2**32 - 1 values in all",
 }
 
@@ -245,7 +246,8 @@ class QuantileSketch:
     def bucket_value(self, index: int) -> float:
         """The value bucket `index` reports for |v|."""
         if not (self._m.min_index <= index <= self._m.max_index):
-            raise ValueError(f"bucket index {index} outside [{self._m.min_index}, {self._m.max_index}]")
+            raise ValueError(f"bucket index {index} outside "
+                             f"[{self._m.min_index}, {self._m.max_index}]")
         return self._m.value(index)
 
     # ---- contents
@@ -304,7 +306,8 @@ class QuantileSketch:
         if not isinstance(other, QuantileSketch):
             raise TypeError(f"expected a QuantileSketch of this module, got {type(other).__name__}")
         if other._m.alpha != self._m.alpha:
-            raise ValueError(f"sketches of different accuracy: {self._m.alpha!r} and {other._m.alpha!r}")
+            raise ValueError(f"sketches of different accuracy: {self._m.alpha!r} and "
+                             f"{other._m.alpha!r}")
         return other
 
     def merge(self, other: QuantileSketch) -> None:

@@ -1,5 +1,6 @@
-/* A mergeable quantile sketch with a relative-error guarantee (DDSketch: Masson, Rim, Lee, "DDSketch:
- * a fast and fully-mergeable quantile sketch with relative-error guarantees", VLDB 2019).
+/* A mergeable quantile sketch with a relative-error guarantee (DDSketch: Masson, Rim, Lee,
+ * "DDSketch: a fast and fully-mergeable quantile sketch with relative-error guarantees",
+ * VLDB 2019).
  *
  * docs/quantiles.md has the guarantee, its proof and its limits; this header is the code. The
  * pure-Python twin is telemetry_cy/engine/sketch_py.py: same arithmetic on the same doubles (libm
@@ -10,8 +11,8 @@
  * a' = alpha * (1 - 2^-20), a hair tighter, so that rounding in log/pow cannot push an error past
  * alpha: gamma = (1 + a') / (1 - a'). A value v with |v| >= 1e-9 goes to bucket
  *     I(|v|) = the i with B(i-1) < |v| <= B(i),   B(k) = pow(gamma, k) as libm rounds it,
- * computed as ceil(log(|v|) / log(gamma)), checked against B only when that quotient is within
- * 2^-20 of a whole number (tc_sketch_index says why that is exact). Bucket i reports
+ * computed as ceil(log(|v|) * (1 / log(gamma))), checked against B only when that product is
+ * within 2^-20 of a whole number (tc_sketch_index says why that is exact). Bucket i reports
  * pow(gamma, i - 1) * (1 + a') (= 2 gamma^i / (gamma + 1)), capped at DBL_MAX: within alpha of
  * every value of the bucket. |v| < 1e-9 counts as zero and is reported as 0.
  *
@@ -20,9 +21,10 @@
  * [min, min + len), kept tight (first and last counts nonzero) so equal contents have one form.
  * A store holds at most TC_SKETCH_CAP buckets; beyond, the end that holds the LOWEST values is
  * folded into the lowest bucket kept: the positive store keeps its highest indexes, the negative
- * store its lowest magnitudes. Collapse only ever moves values up, so upper quantiles stay within
- * alpha (docs/quantiles.md, "Collapse"). The result depends only on the multiset of values, not on
- * the order of adds and merges, so merging sketches equals adding all their values to one.
+ * store its lowest magnitudes. Collapse only ever moves values up: a quantile above the folded
+ * end stays within alpha (docs/quantiles.md, "Stores, rank rule, collapse"). The result depends
+ * only on the multiset of values, not on the order of adds and merges, so merging sketches equals
+ * adding all their values to one.
  *
  * Memory. The counts live where the owner puts them: tc_sketch_hdr (16 bytes) describes the shape,
  * and every function takes the counts as a pointer, [positive store | negative store] contiguous.
@@ -35,10 +37,10 @@
  * (TC_SKETCH_E_FULL) and change nothing.
  *
  * Byte layout (version 1, little-endian, 32-byte header then the counts; tc_sketch_write):
- *   0   4  magic "TCQS"            16  4  zero count (u32)        28  2  positive length (u16)
- *   4   1  version = 1             20  4  positive min (i32)      30  2  negative length (u16)
- *   5   1  flags = 0 (reserved)    24  4  negative min (i32)      32     positive counts (u32 each),
- *   6   2  reserved = 0                                                  then negative counts
+ *   0   4  magic "TCQS"            16  4  zero count (u32)       28  2  positive length (u16)
+ *   4   1  version = 1             20  4  positive min (i32)     30  2  negative length (u16)
+ *   5   1  flags = 0 (reserved)    24  4  negative min (i32)     32     positive counts (u32),
+ *   6   2  reserved = 0                                                 then negative counts
  *   8   8  alpha (IEEE binary64, as given, not a')
  * tc_sketch_read accepts exactly the bytes tc_sketch_write can produce (canonical form) and says
  * why it refuses anything else.
@@ -81,7 +83,8 @@ enum {
     TC_SKETCH_E_STORE_LEN = 10,   /* read: a store longer than TC_SKETCH_CAP */
     TC_SKETCH_E_LENGTH = 11,      /* read: byte length is not 32 + 4 * (the two store lengths) */
     TC_SKETCH_E_INDEX = 12,       /* read: a bucket index no value in [1e-9, DBL_MAX] maps to */
-    TC_SKETCH_E_NONCANONICAL = 13,/* read: zero count at a store's edge, or an empty store's min != 0 */
+    TC_SKETCH_E_NONCANONICAL = 13,/* read: a zero count at a store's edge, or an empty store's
+                                   * min is not 0 */
     TC_SKETCH_E_TOTAL = 14,       /* read: more than 2^32 - 1 values in all */
     TC_SKETCH_NEEDS_SHAPE = 15,   /* tc_sketch_hdr_add: lay the counts out in *nh, then again */
 };
@@ -145,7 +148,7 @@ static inline int tc_sketch_map_init(tc_sketch_map *m, double alpha) {
     return 0;
 }
 
-/* ---- shape: where the counts are -------------------------------------------------------------- */
+/* ---- shape: where the counts are ------------------------------------------------------------- */
 
 /* Counts of one sketch, wherever they live: counts[0, pos_len) are the positive store (index
  * pos_min + k), counts[pos_len, pos_len + neg_len) the negative store (|v| index neg_min + k).
@@ -235,7 +238,7 @@ static inline uint64_t tc_sketch_stores_sum(const tc_sketch_hdr *h, const uint32
     return s;
 }
 
-/* ---- quantiles -------------------------------------------------------------------------------- */
+/* ---- quantiles ------------------------------------------------------------------------------- */
 
 /* The value of the bucket holding the value of rank floor(q * (n - 1)) (0-based, ascending);
  * NaN when the sketch is empty or q is not in [0, 1]. Values ascend through the negative store
@@ -259,7 +262,7 @@ static inline double tc_sketch_quantile(const tc_sketch_map *m, const tc_sketch_
     return NAN;   /* unreachable: the counts sum to n */
 }
 
-/* ---- adding to counts kept anywhere ----------------------------------------------------------- */
+/* ---- adding to counts kept anywhere ---------------------------------------------------------- */
 
 /* Lays the counts (h, c) out in the shape nh, which holds h up to folds (tc_sketch_shape_union or
  * the *nh of tc_sketch_hdr_add), at nc: tc_sketch_buckets(nh) entries, not overlapping c. Sets
@@ -310,7 +313,7 @@ static inline int tc_sketch_hdr_add(tc_sketch_hdr *h, uint32_t *c, const tc_sket
     return tc_sketch_hdr_add_outside(h, c, negative, i, nh);
 }
 
-/* ---- the self-owned sketch -------------------------------------------------------------------- */
+/* ---- the self-owned sketch ------------------------------------------------------------------- */
 
 typedef struct {
     uint32_t *counts;   /* malloc'd, cap entries (NULL when cap == 0); the first buckets() used */
@@ -482,7 +485,7 @@ static inline int tc_sketch_subtract(tc_sketch *s, const tc_sketch_hdr *sh, cons
     return TC_SKETCH_OK;
 }
 
-/* ---- byte layout ------------------------------------------------------------------------------ */
+/* ---- byte layout ----------------------------------------------------------------------------- */
 
 static inline size_t tc_sketch_bytes(const tc_sketch_hdr *h) {
     return TC_SKETCH_HEADER_BYTES + 4 * (size_t)tc_sketch_buckets(h);
@@ -571,7 +574,8 @@ static inline int tc_sketch_read(const uint8_t *buf, size_t len, double expect_a
     tc_sketch t;
     tc_sketch_init(&t);
     if (tc_sketch_reserve(&t, pos_len + neg_len) != TC_SKETCH_OK) return TC_SKETCH_E_NOMEM;
-    for (uint32_t k = 0; k < pos_len + neg_len; k++) t.counts[k] = tc_sketch_get_u32(pc + 4 * (size_t)k);
+    for (uint32_t k = 0; k < pos_len + neg_len; k++)
+        t.counts[k] = tc_sketch_get_u32(pc + 4 * (size_t)k);
     t.h.pos_min = pos_min;
     t.h.neg_min = neg_min;
     t.h.pos_len = (uint16_t)pos_len;

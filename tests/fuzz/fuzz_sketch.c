@@ -22,8 +22,8 @@
  * checks that non-finite values are refused and change nothing, that merge(A, B) gives the bytes
  * of AB, that subtracting B gives back A's bytes when nothing collapsed, that AB's bytes are read
  * back, and the invariants of 4; and AB once more in caller-owned memory (tc_sketch_hdr_add with
- * an exactly sized buffer per shape, tc_sketch_relayout), which must give AB's bytes. So the writer and the collapse run under the sanitizers too,
- * with the inputs that libFuzzer finds.
+ * an exactly sized buffer per shape, tc_sketch_relayout), which must give AB's bytes. So the
+ * writer and the collapse run under the sanitizers too, with the inputs that libFuzzer finds.
  */
 #include <math.h>
 #include <stdint.h>

@@ -57,7 +57,7 @@ def _patched(base: bytes, fmt: str, offset: int, value) -> bytes:
 
 
 def bad_seeds() -> dict[str, bytes]:
-    base = sketch_of([1.0, 2.0, 4.0, -8.0, 0.0])   # 3 positive buckets (1, 2, 4 are apart), 1 negative
+    base = sketch_of([1.0, 2.0, 4.0, -8.0, 0.0])   # positive buckets 1 .. 4 with gaps, 1 negative
     one = sketch_of([5.0])
     out = {
         "truncated-header": base[:31],
