@@ -11,7 +11,9 @@ from libc.math cimport NAN, fabs, isfinite
 from libc.stdint cimport int32_t, uint8_t, uint32_t
 
 from telemetry_cy.engine import sketch_py as _twin
-from telemetry_cy.engine.sketch_py import REASONS, _to_double, alpha_error
+from telemetry_cy.engine.sketch_py import REASONS as _REASONS
+from telemetry_cy.engine.sketch_py import _to_double
+from telemetry_cy.engine.sketch_py import alpha_error as _alpha_error
 
 # The twin states the constants for both; a header that disagrees would be a different sketch.
 if (TC_SKETCH_CAP, TC_SKETCH_VERSION, TC_SKETCH_HEADER_BYTES, TC_SKETCH_MAX_COUNT,
@@ -32,10 +34,10 @@ HEADER_BYTES = _twin.HEADER_BYTES
 
 cdef object _error(int code, object detail=None):
     if code == TC_SKETCH_E_NOMEM:
-        return MemoryError(REASONS[code])
+        return MemoryError(_REASONS[code])
     if detail is not None:
-        return ValueError(f"{REASONS[code]}: {detail!r}")
-    return ValueError(REASONS[code])
+        return ValueError(f"{_REASONS[code]}: {detail!r}")
+    return ValueError(_REASONS[code])
 
 
 cdef QuantileSketch _same_mapping(QuantileSketch self, other):
@@ -57,7 +59,7 @@ cdef class QuantileSketch:
     def __init__(self, alpha=0.01):
         cdef double a = _to_double(alpha)
         if tc_sketch_map_init(&self.m, a) != 0:
-            raise alpha_error(a)
+            raise _alpha_error(a)
 
     def __dealloc__(self):
         tc_sketch_free(&self.s)
@@ -204,7 +206,7 @@ cdef class QuantileSketch:
         if r == TC_SKETCH_E_NOMEM:
             raise _error(r)
         if r != TC_SKETCH_OK:
-            raise ValueError(f"not a readable sketch: {REASONS[r]}")
+            raise ValueError(f"not a readable sketch: {_REASONS[r]}")
         return s
 
     def __repr__(self):
