@@ -1,4 +1,5 @@
-"""The broker fixtures themselves (tests/support/brokers.py): loopback ports, restart on the same port."""
+"""The broker fixtures themselves (tests/support/brokers.py): loopback ports, restart on the same
+port."""
 
 from __future__ import annotations
 

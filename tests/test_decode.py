@@ -1,4 +1,4 @@
-"""The fixed-schema CBOR payload reader: one suite, run against the compiled reader and its pure twin.
+"""The fixed-schema CBOR payload reader: one suite, run against the compiled reader and its twin.
 
 ``TestDecode`` holds every behavioural test and runs once per backend (the ``backend`` fixture:
 ``telemetry_cy.engine._decode``, then ``telemetry_cy.engine._decode_py``); ``TestCompiledOnly``
@@ -10,7 +10,6 @@ path on its own. The rules under test are the docstring of ``telemetry_cy/engine
 from __future__ import annotations
 
 import base64
-import io
 import itertools
 import json
 import math
@@ -19,9 +18,10 @@ from pathlib import Path
 
 import cbor2
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from telemetry_cy.engine.cbor_fallback import check_element, decode_with_cbor2
 from telemetry_cy.engine.decode_types import (
     MAX_DEPTH,
     MAX_READ_KEYS,
@@ -29,7 +29,6 @@ from telemetry_cy.engine.decode_types import (
     Decoded,
     Reading,
 )
-from telemetry_cy.engine.cbor_fallback import check_element, decode_with_cbor2
 
 # --------------------------------------------------------------------------------------------
 # Hand-built CBOR
@@ -225,10 +224,12 @@ def readings_payloads(draw):
             pairs.append((t("u"), t(unit)))
         if seq is not None:
             pairs.append((t("n"), draw(_int_encodings(seq))))
-        for key in draw(st.lists(st.sampled_from(["x", "dv", "", "é", "vv"]), unique=True, max_size=2)):
+        extra_keys = st.lists(st.sampled_from(["x", "dv", "", "é", "vv"]), unique=True, max_size=2)
+        for key in draw(extra_keys):
             pairs.append((t(key), cbor2.dumps(draw(st.recursive(
                 st.none() | st.integers() | st.text(max_size=3) | st.binary(max_size=3),
-                lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=2), c, max_size=3),
+                lambda c: (st.lists(c, max_size=3)
+                           | st.dictionaries(st.text(max_size=2), c, max_size=3)),
                 max_leaves=6)))))
         pairs = draw(st.permutations(pairs))
         elems.append(imp(*pairs) if draw(st.booleans()) else mp(*pairs))
@@ -304,7 +305,8 @@ GOOD_PAYLOADS = [
     rd(),
     rd(u=t("C"), n=uint(7), indefinite=True),
     arr(rd(), rd(d=t("dévice"), v=f16(0x3E00)), uint(5)),
-    iarr(rd(v=f64(1.1), extra=[(t("x"), iarr(mp((t("a"), tag(2, by(b"\x01")))), chunked_bytes(b"ab")))])),
+    iarr(rd(v=f64(1.1),
+            extra=[(t("x"), iarr(mp((t("a"), tag(2, by(b"\x01")))), chunked_bytes(b"ab")))])),
     SELF_DESCRIBE + rd(v=nint(-5)),
     cbor2.dumps({"d": "dev-0001", "s": "temperature", "v": 21.5, "u": "C", "n": 12345}),
 ]
@@ -334,7 +336,8 @@ class TestDecode:
     @pytest.mark.parametrize("canonical", [True, False])
     def test_cbor2_single_reading(self, canonical):
         obj = {"d": "dev-0001", "s": "temperature", "v": 21.5, "u": "°C", "n": 12345}
-        self.check(cbor2.dumps(obj, canonical=canonical), ok(R("dev-0001", "temperature", 21.5, "°C", 12345)))
+        self.check(cbor2.dumps(obj, canonical=canonical),
+                   ok(R("dev-0001", "temperature", 21.5, "°C", 12345)))
 
     @pytest.mark.parametrize("canonical", [True, False])
     def test_cbor2_batch_mixed(self, canonical):
@@ -398,7 +401,8 @@ class TestDecode:
 
     @pytest.mark.parametrize(
         "item",
-        [uint(0), nint(-3), t("hello"), by(b"x"), TRUE, NULL, f64(1.5), chunked_text("a"), b"\xa0", b"\xbf\xff"],
+        [uint(0), nint(-3), t("hello"), by(b"x"), TRUE, NULL, f64(1.5), chunked_text("a"), b"\xa0",
+         b"\xbf\xff"],
     )
     def test_top_level_not_a_reading_map(self, item):
         self.check(item, MISMATCH)
@@ -464,8 +468,10 @@ class TestDecode:
     @pytest.mark.parametrize("field", ["d", "s", "u"])
     @pytest.mark.parametrize(
         "value",
-        [by(b"dev"), uint(1), nint(-1), f64(1.0), TRUE, NULL, UNDEFINED, arr(t("a")), mp((t("a"), t("b"))), b"\xf8\x40"],
-        ids=["bytes", "uint", "nint", "float", "true", "null", "undefined", "array", "map", "simple"],
+        [by(b"dev"), uint(1), nint(-1), f64(1.0), TRUE, NULL, UNDEFINED, arr(t("a")),
+         mp((t("a"), t("b"))), b"\xf8\x40"],
+        ids=["bytes", "uint", "nint", "float", "true", "null", "undefined", "array", "map",
+             "simple"],
     )
     def test_name_fields_not_text(self, field, value):
         self.check(rd(**{field: value}), MISMATCH)
@@ -514,15 +520,18 @@ class TestDecode:
 
     @pytest.mark.parametrize(
         "text",
-        ["ü", "水", "𐅑", "\U0010ffff", "\ud7ff", "\ue000", "\x00", "a\u0080b", "\u07ff\u0800\uffff\U00010000"],
+        ["ü", "水", "𐅑", "\U0010ffff", "\ud7ff", "\ue000", "\x00", "a\u0080b",
+         "\u07ff\u0800\uffff\U00010000"],
     )
     def test_valid_utf8_names(self, text):
         self.check(rd(d=t(text), s=t(text), u=t(text)), ok(R(text, text, unit=text)))
 
     @pytest.mark.parametrize(
         "value",
-        [TRUE, FALSE, NULL, UNDEFINED, b"\xf0", b"\xf8\xff", t("1.5"), by(b"\x01"), arr(uint(1)), b"\xa0", iarr(), b"\xbf\xff"],
-        ids=["true", "false", "null", "undefined", "simple16", "simple255", "text", "bytes", "array", "map", "iarray", "imap"],
+        [TRUE, FALSE, NULL, UNDEFINED, b"\xf0", b"\xf8\xff", t("1.5"), by(b"\x01"), arr(uint(1)),
+         b"\xa0", iarr(), b"\xbf\xff"],
+        ids=["true", "false", "null", "undefined", "simple16", "simple255", "text", "bytes",
+             "array", "map", "iarray", "imap"],
     )
     def test_value_not_a_number(self, value):
         self.check(rd(v=value), MISMATCH)
@@ -542,23 +551,25 @@ class TestDecode:
 
     @pytest.mark.parametrize(
         "value",
-        [f16(0x7C00), f16(0xFC00), f16(0x7E00), f16(0x7C01), f16(0xFFFF), f32(math.inf), f32(-math.inf),
-         b"\xfa\x7f\xc0\x00\x00", b"\xfa\x7f\x80\x00\x01", f64(math.inf), f64(-math.inf), f64(math.nan),
-         b"\xfb\xff\xf8\x00\x00\x00\x00\x00\x01"],
+        [f16(0x7C00), f16(0xFC00), f16(0x7E00), f16(0x7C01), f16(0xFFFF), f32(math.inf),
+         f32(-math.inf), b"\xfa\x7f\xc0\x00\x00", b"\xfa\x7f\x80\x00\x01", f64(math.inf),
+         f64(-math.inf), f64(math.nan), b"\xfb\xff\xf8\x00\x00\x00\x00\x00\x01"],
     )
     def test_non_finite(self, value):
         self.check(rd(v=value), NON_FINITE)
         self.check(arr(rd(v=value), rd()), ok(R(), non_finite=1))
 
     def test_schema_checked_before_finiteness(self):
-        for bad in (dict(d=MISSING), dict(s=t("")), dict(u=uint(1)), dict(n=nint(-2)), dict(d=t(b"\xff"))):
+        for bad in (dict(d=MISSING), dict(s=t("")), dict(u=uint(1)), dict(n=nint(-2)),
+                    dict(d=t(b"\xff"))):
             self.check(rd(v=f64(math.nan), **bad), MISMATCH)
             self.check(rd(v=f16(0x7C00), **bad), MISMATCH)
 
     # ---- values ----------------------------------------------------------------------------
 
     @pytest.mark.parametrize(
-        "n", [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**53, 2**53 + 1, 2**63, 2**64 - 2, 2**64 - 1]
+        "n", [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**53, 2**53 + 1, 2**63,
+              2**64 - 2, 2**64 - 1]
     )
     def test_unsigned_every_width(self, n):
         for w in (0, 1, 2, 4, 8):
@@ -567,8 +578,8 @@ class TestDecode:
 
     @pytest.mark.parametrize(
         "v",
-        [-1, -24, -25, -256, -257, -65536, -65537, -(2**32), -(2**32) - 1, -(2**53) - 1, -(2**54) - 3,
-         -(2**63), -(2**64) + 1, -(2**64)],
+        [-1, -24, -25, -256, -257, -65536, -65537, -(2**32), -(2**32) - 1, -(2**53) - 1,
+         -(2**54) - 3, -(2**63), -(2**64) + 1, -(2**64)],
     )
     def test_negative_every_width(self, v):
         for w in (0, 1, 2, 4, 8):
@@ -617,21 +628,25 @@ class TestDecode:
         """All 65536 half floats against the standard library's IEEE binary16."""
         for start in range(0, 0x10000, 4096):
             elems = [rd(v=f16(b)) for b in range(start, start + 4096)]
-            expected = [struct.unpack(">e", b.to_bytes(2, "big"))[0] for b in range(start, start + 4096)]
+            expected = [struct.unpack(">e", b.to_bytes(2, "big"))[0]
+                        for b in range(start, start + 4096)]
             got = self.impl.decode(arr(*elems))
             finite = [x for x in expected if math.isfinite(x)]
             assert got.non_finite == len(expected) - len(finite) and got.schema_mismatch == 0
             assert [r.value for r in got.readings] == finite
-            assert [math.copysign(1, r.value) for r in got.readings] == [math.copysign(1, x) for x in finite]
+            assert [math.copysign(1, r.value) for r in got.readings] == \
+                [math.copysign(1, x) for x in finite]
 
     @pytest.mark.parametrize(
-        "x", [1.5, -0.1, 3.4028234663852886e38, 1.401298464324817e-45, 1.1754943508222875e-38, 100000.0]
+        "x", [1.5, -0.1, 3.4028234663852886e38, 1.401298464324817e-45, 1.1754943508222875e-38,
+              100000.0]
     )
     def test_single(self, x):
         expected = struct.unpack(">f", struct.pack(">f", x))[0]
         self.check(rd(v=f32(x)), ok(R(value=expected)))
 
-    @pytest.mark.parametrize("x", [1.1, -4.1, 1e300, 5e-324, -1.7976931348623157e308, 2.0**-1074, 0.1])
+    @pytest.mark.parametrize("x", [1.1, -4.1, 1e300, 5e-324, -1.7976931348623157e308, 2.0**-1074,
+                                   0.1])
     def test_double(self, x):
         self.check(rd(v=f64(x)), ok(R(value=x)))
 
@@ -674,7 +689,8 @@ class TestDecode:
         [
             b"",
             b"\x18", b"\x19\x00", b"\x1a\x00\x00\x00", b"\x1b" + b"\x00" * 7,  # truncated heads
-            b"\x61", b"\x62a", b"\x41", b"\x82\x00", b"\xa1\x00", b"\xc6", b"\xf9\x00", b"\xfa\x00\x00",
+            b"\x61", b"\x62a", b"\x41", b"\x82\x00", b"\xa1\x00", b"\xc6", b"\xf9\x00",
+            b"\xfa\x00\x00",
             b"\xfb" + b"\x00" * 7,
             b"\x9f\x00", b"\xbf", b"\x7f", b"\x5f\x41\x00",  # indefinite without break
             b"\xff",  # break at the top
@@ -716,7 +732,8 @@ class TestDecode:
 
     def test_indefinite_chunk_inside_indefinite_string(self):
         for opener, empty_chunk in ((b"\x5f", b"\x40"), (b"\x7f", b"\x60")):
-            self.check(opener + opener + b"\xff", ERROR)  # would be complete if the chunk were empty
+            # would be complete if the chunk were empty
+            self.check(opener + opener + b"\xff", ERROR)
             self.check(rd(extra=[(t("x"), opener + opener + b"\xff")]), ERROR)
             self.check(rd(extra=[(t("x"), opener + empty_chunk + b"\xff")]), ok(R()))
 
@@ -726,7 +743,8 @@ class TestDecode:
         first = mp((t("s"), t("temp")), (t("v"), uint(1)), (t("d"), t(b"\xe2\x82")))
         self.check(arr(first, rd()), ok(R(), mismatch=1))
         self.check(mp((t("s"), t("temp")), (t("v"), uint(1)), (t("d"), t(b"\xf0\x9f"))), MISMATCH)
-        self.check(mp((t("s"), t("temp")), (t("v"), uint(1)), (t("d"), t(b"\xe2\x82\xac"))), ok(R("\u20ac")))
+        self.check(mp((t("s"), t("temp")), (t("v"), uint(1)), (t("d"), t(b"\xe2\x82\xac"))),
+                   ok(R("\u20ac")))
 
     def test_huge_counts_are_rejected(self):
         """A count larger than the bytes left is decode_error. (That it is refused at once rather
@@ -768,7 +786,8 @@ class TestDecode:
         b"\xda\xff\xff\xff\xff\x9b" + b"\xff" * 8,  # under a tag
     ]
 
-    @pytest.mark.parametrize("payload", HUGE_LENGTHS + [b"\x83\x00\x00", b"\xa2\x00\x00\x00", b"\x62a"])
+    @pytest.mark.parametrize("payload",
+                             HUGE_LENGTHS + [b"\x83\x00\x00", b"\xa2\x00\x00\x00", b"\x62a"])
     def test_length_larger_than_payload(self, payload):
         self.check(payload, ERROR)
 
@@ -806,10 +825,12 @@ class TestDecode:
 
     @pytest.mark.parametrize(
         "opener,closer",
-        [(b"\x81", b""), (b"\x9f", b"\xff"), (b"\xa1\x00", b""), (b"\xbf\x00", b"\xff"), (b"\xc6", b""), (b"\xda\x00\x01\x00\x00", b"")],
+        [(b"\x81", b""), (b"\x9f", b"\xff"), (b"\xa1\x00", b""), (b"\xbf\x00", b"\xff"),
+         (b"\xc6", b""), (b"\xda\x00\x01\x00\x00", b"")],
         ids=["array", "iarray", "map", "imap", "tag", "tag4"],
     )
-    @pytest.mark.parametrize("inner", [b"\x00", b"\x80", b"\x9f\xff", b"\x7f\xff"], ids=["uint", "empty", "iempty", "ichunked"])
+    @pytest.mark.parametrize("inner", [b"\x00", b"\x80", b"\x9f\xff", b"\x7f\xff"],
+                             ids=["uint", "empty", "iempty", "ichunked"])
     def test_depth_limit_matches_cbor2(self, opener, closer, inner):
         """Counted exactly as cbor2's max_depth, so the fallback never disagrees."""
         for levels in (MAX_DEPTH - 3, MAX_DEPTH - 2, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1):
@@ -839,7 +860,8 @@ class TestDecode:
         self.check(b"\x81" * (MAX_DEPTH + 1) + b"\x00", ERROR)
         self.check(SELF_DESCRIBE + b"\x81" * (MAX_DEPTH - 1) + b"\x00", MISMATCH)  # the tag counts
         self.check(SELF_DESCRIBE + b"\x81" * MAX_DEPTH + b"\x00", ERROR)
-        self.check(b"\x81" * MAX_DEPTH + b"\x80", MISMATCH)  # an empty definite array encloses nothing
+        # an empty definite array encloses nothing
+        self.check(b"\x81" * MAX_DEPTH + b"\x80", MISMATCH)
         self.check(b"\x81" * MAX_DEPTH + b"\x9f\xff", ERROR)  # an indefinite one always counts
         self.check(rd(extra=[(t("x"), b"\xc6" * (MAX_DEPTH - 1) + b"\x00")]), ok(R()))
         self.check(rd(extra=[(t("x"), b"\xc6" * MAX_DEPTH + b"\x00")]), ERROR)
@@ -860,7 +882,8 @@ class TestDecode:
         self.check(arr(rd(), payload), ERROR)
         self.check(iarr(payload), ERROR)
         self.check(SELF_DESCRIBE + payload, ERROR)
-        pairs = [(t("d"), t("a")), (t(key), uint(2)), (t("s"), t("b")), (t(key), uint(2)), (t("v"), uint(0))]
+        pairs = [(t("d"), t("a")), (t(key), uint(2)), (t("s"), t("b")), (t(key), uint(2)),
+                 (t("v"), uint(0))]
         self.check(imp(*pairs), ERROR)
 
     def test_duplicate_in_ignored_map_is_not_read(self):
@@ -873,12 +896,14 @@ class TestDecode:
 
     def test_duplicate_keys_on_the_fallback_path(self):
         # a non-text key sends the map to cbor2, which finds the duplicate
-        dup_after = mp((uint(1), uint(0)), (t("d"), t("a")), (t("s"), t("b")), (t("v"), uint(0)), (t("d"), t("a")))
+        dup_after = mp((uint(1), uint(0)), (t("d"), t("a")), (t("s"), t("b")), (t("v"), uint(0)),
+                       (t("d"), t("a")))
         assert self.impl.decode_native(dup_after) == "fallback"
         self.check(dup_after, ERROR, native="fallback")
         # duplicates among non-text keys: only cbor2 can see them
         self.check(rd(extra=[(uint(1), uint(0)), (uint(1), uint(0))]), ERROR, native="fallback")
-        self.check(rd(extra=[(b"\xf5", uint(0)), (uint(1), uint(0))]), ERROR, native="fallback")  # True == 1 in cbor2
+        # True == 1 in cbor2
+        self.check(rd(extra=[(b"\xf5", uint(0)), (uint(1), uint(0))]), ERROR, native="fallback")
         # a chunked "d" and a definite "d" are the same key
         self.check(rd(extra=[(chunked_text("d"), t("x"))]), ERROR, native="fallback")
         # over 32 pairs: the reader stops comparing, cbor2 does not
@@ -891,16 +916,20 @@ class TestDecode:
     # ---- fallback ------------------------------------------------------------------------------
 
     def test_non_text_keys_go_through_fallback(self):
-        for key in (uint(1), nint(-1), by(b"d"), f64(1.0), NULL, arr(uint(1)), mp((uint(1), uint(2))), tag(6, t("d"))):
+        for key in (uint(1), nint(-1), by(b"d"), f64(1.0), NULL, arr(uint(1)),
+                    mp((uint(1), uint(2))), tag(6, t("d"))):
             self.check(rd(extra=[(key, t("ignored"))]), ok(R()), native="fallback")
         self.check(mp((uint(1), uint(2))), MISMATCH, native="fallback")
-        self.check(arr(rd(), rd(extra=[(uint(1), uint(2))], d=t("b"))), ok(R(), R("b")), native="fallback")
+        self.check(arr(rd(), rd(extra=[(uint(1), uint(2))], d=t("b"))), ok(R(), R("b")),
+                   native="fallback")
 
     def test_chunked_keys_go_through_fallback(self):
-        pairs = [(chunked_text("d"), t("dev")), (chunked_text("", "s"), t("temp")), (t("v"), uint(1))]
+        pairs = [(chunked_text("d"), t("dev")), (chunked_text("", "s"), t("temp")),
+                 (t("v"), uint(1))]
         self.check(mp(*pairs), ok(R()), native="fallback")
         self.check(imp(*pairs), ok(R()), native="fallback")
-        self.check(mp((chunked_text("v"), TRUE), (t("d"), t("a")), (t("s"), t("b"))), MISMATCH, native="fallback")
+        self.check(mp((chunked_text("v"), TRUE), (t("d"), t("a")), (t("s"), t("b"))), MISMATCH,
+                   native="fallback")
 
     def test_more_than_32_pairs(self):
         def pairs(n):
@@ -913,7 +942,8 @@ class TestDecode:
         # the fields after the 32nd pair are still read (by cbor2)
         late = pairs(MAX_READ_KEYS + 5) + [(t("u"), t("K"))]
         self.check(rd(extra=late, indefinite=True), ok(R(unit="K")), native="fallback")
-        self.check(rd(extra=pairs(MAX_READ_KEYS + 1) + [(t("u"), uint(1))]), MISMATCH, native="fallback")
+        self.check(rd(extra=pairs(MAX_READ_KEYS + 1) + [(t("u"), uint(1))]), MISMATCH,
+                   native="fallback")
 
     @pytest.mark.parametrize(
         "field,value,expected",
@@ -937,7 +967,8 @@ class TestDecode:
             ("u", chunked_text("K"), ok(R(unit="K"))),
             ("u", chunked_text(), ok(R(unit=""))),
             ("u", tag(1000, t("K")), MISMATCH),
-            ("n", tag(2, by(b"\x05")), ok(R(seq=5))),  # decided: a bignum n within uint64 is accepted
+            # decided: a bignum n within uint64 is accepted
+            ("n", tag(2, by(b"\x05")), ok(R(seq=5))),
             ("n", tag(2, by(b"\x01" + b"\x00" * 8)), MISMATCH),  # 2**64 does not fit
             ("n", tag(3, by(b"\x00")), MISMATCH),  # -1
             ("n", tag(1000, uint(5)), MISMATCH),
@@ -952,13 +983,16 @@ class TestDecode:
         self.check(tag(1000, arr(rd())), MISMATCH, native="fallback")
         self.check(arr(tag(55799, rd(d=t("b"))), rd()), ok(R("b"), R()), native="fallback")
         self.check(SELF_DESCRIBE + SELF_DESCRIBE + rd(), ok(R()), native="fallback")
-        self.check(SELF_DESCRIBE + SELF_DESCRIBE + arr(rd(), uint(1)), ok(R(), mismatch=1), native="fallback")
+        self.check(SELF_DESCRIBE + SELF_DESCRIBE + arr(rd(), uint(1)), ok(R(), mismatch=1),
+                   native="fallback")
         self.check(tag(258, arr(uint(1))), MISMATCH, native="fallback")  # a set is not an array
 
     def test_fallback_readings_are_whole_payload(self):
         # one element needs cbor2: all elements come from cbor2, in order, with the counts
-        payload = arr(rd(d=t("a")), uint(1), rd(d=t("b"), v=tag(2, by(b"\x07"))), rd(v=f16(0x7C00)), rd(d=t("c")))
-        self.check(payload, ok(R("a"), R("b", value=7.0), R("c"), mismatch=1, non_finite=1), native="fallback")
+        payload = arr(rd(d=t("a")), uint(1), rd(d=t("b"), v=tag(2, by(b"\x07"))), rd(v=f16(0x7C00)),
+                      rd(d=t("c")))
+        self.check(payload, ok(R("a"), R("b", value=7.0), R("c"), mismatch=1, non_finite=1),
+                   native="fallback")
 
     def test_malformed_wins_over_fallback(self):
         self.check(rd(extra=[(uint(1), uint(2))]) + b"\x00", ERROR)
@@ -969,7 +1003,8 @@ class TestDecode:
         self.check(rd(extra=[(uint(1), b"\x81" * (MAX_DEPTH + 1) + b"\x00")]), ERROR)
 
     def test_fallback_is_stricter_about_tag_contents(self):
-        """Decided: cbor2 rejects ill-typed tag contents even in ignored values (see fallback.py)."""
+        """Decided: cbor2 rejects ill-typed tag contents even in ignored values (see
+        cbor_fallback.py)."""
         ignored = [(t("x"), tag(2, t("not bytes")))]
         self.check(rd(extra=ignored), ok(R()), native="ok")  # native: well-formed, not read
         self.check(rd(extra=ignored + [(uint(1), uint(1))]), ERROR, native="fallback")
@@ -1011,7 +1046,8 @@ def test_generated_readings_decode(backend, case):
 
 @_hyp
 @given(st.lists(st.fixed_dictionaries({"d": names, "s": names, "v": numbers},
-                                      optional={"u": st.text(max_size=4), "n": st.integers(0, 2**64 - 1)}),
+                                      optional={"u": st.text(max_size=4),
+                                                "n": st.integers(0, 2**64 - 1)}),
                 max_size=4),
        st.booleans())
 def test_cbor2_dumps_readings(backend, objs, canonical):
@@ -1069,7 +1105,8 @@ class TestTwins:
         self.same(payload)
 
     @settings(max_examples=300, deadline=None)
-    @given(st.lists(st.tuples(_keys, cbor_items(4)), max_size=40).map(lambda ps: mp(*ps)), st.integers(0, 4))
+    @given(st.lists(st.tuples(_keys, cbor_items(4)), max_size=40).map(lambda ps: mp(*ps)),
+           st.integers(0, 4))
     def test_reading_shaped_maps(self, payload, max_name_bytes):
         self.same(payload, max_name_bytes)
         self.same(arr(payload, payload), max_name_bytes)
@@ -1082,7 +1119,8 @@ class TestTwins:
 
 class TestFallback:
     def test_trailing_bytes(self):
-        assert cbor2.loads(rd() + b"\x00") == {"d": "dev", "s": "temp", "v": 1}  # why loads is not used
+        # why loads is not used: it ignores what follows the first item
+        assert cbor2.loads(rd() + b"\x00") == {"d": "dev", "s": "temp", "v": 1}
         assert decode_with_cbor2(rd() + b"\x00") == ERROR
         assert decode_with_cbor2(rd()) == ok(R())
 

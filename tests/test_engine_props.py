@@ -104,7 +104,8 @@ def run_model(config, events):
 
 def flush_time(config, events) -> float:
     """A time by which every window has closed and every key has expired."""
-    return max(e[1] for e in events) + config["key_ttl"] + config["window"] + 2 * config["emit_every"]
+    last = max(e[1] for e in events)
+    return last + config["key_ttl"] + config["window"] + 2 * config["emit_every"]
 
 
 def _order(agg: dict):

@@ -1,4 +1,4 @@
-"""Faults and overload with `telemetry-cy run` as a process against a real mosquitto and nats-server.
+"""Faults and overload with `telemetry-cy run` as a process against real mosquitto and nats-server.
 
 Each test drives the daemon through one fault and then checks the promise of docs/reliability.md:
 it keeps running, memory stays bounded, and every message it did not process is counted with a
@@ -29,13 +29,18 @@ import time
 import pytest
 
 from support.brokers import Mosquitto, NatsSubscriber, free_port, wait_for
-from support.daemon import (assert_balanced, log_lines, paho_publisher, payload, publish_all,
-                            seen_keys)
+from support.daemon import (
+    assert_balanced,
+    log_lines,
+    paho_publisher,
+    payload,
+    publish_all,
+    seen_keys,
+)
 from telemetry_cy.sink.bodies import decode_body
 from telemetry_cy.tools.mqtt_loadgen import RawPublisher, paced, publish_frame
 
-
-# ---- 1. MQTT broker restart mid-stream ------------------------------------------------------------
+# ---- 1. MQTT broker restart mid-stream -----------------------------------------------------------
 
 
 def test_broker_restart_mid_stream_loses_nothing(tmp_path, mosquitto, nats_server, spawn):
@@ -87,7 +92,7 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path, mosquitto, nats_serve
           f"mqtt={final['mqtt']}")
 
 
-# ---- 2. MQTT broker unreachable at start ------------------------------------------------------------
+# ---- 2. MQTT broker unreachable at start ---------------------------------------------------------
 
 
 def test_broker_unreachable_at_start_waits_then_connects(tmp_path, nats_server, spawn):
@@ -136,7 +141,7 @@ def test_nats_unreachable_with_start_timeout_exits_3(mosquitto, spawn):
     json.loads(d.stdout_text().strip().splitlines()[-1])   # final counters all the same
 
 
-# ---- 3. NATS restart, and NATS down for longer than the backlog holds ------------------------------------
+# ---- 3. NATS restart, and NATS down for longer than the backlog holds ----------------------------
 
 
 def test_nats_outage_longer_than_backlog_counts_emit_backlog_exactly(tmp_path, mosquitto,
@@ -202,7 +207,7 @@ def test_nats_outage_longer_than_backlog_counts_emit_backlog_exactly(tmp_path, m
           f"recovery={recovery:.2f}s nats={final['nats']}")
 
 
-# ---- 4. a burst of 10x the sustainable rate into a small ring ----------------------------------------
+# ---- 4. a burst of 10x the sustainable rate into a small ring ------------------------------------
 
 
 BASE_RATE = 10_000     # msg/s: the test first checks that this rate is sustained without drops
@@ -272,7 +277,7 @@ def test_burst_ten_times_the_sustainable_rate(mosquitto, nats_server, spawn, bur
           f"mqtt={final['mqtt']}")
 
 
-# ---- 5. key explosion ----------------------------------------------------------------------------------
+# ---- 5. key explosion ----------------------------------------------------------------------------
 
 
 #: RSS growth allowed while 200,000 distinct keys hit --max-keys 10,000 (docs/reliability.md).
@@ -364,7 +369,7 @@ def test_key_explosion_full_scale(mosquitto, nats_server, spawn):
     print("key explosion 2M/100k:", {k: round(v, 1) for k, v in figures.items()})
 
 
-# ---- 6. clean stop and kill -9 under load ---------------------------------------------------------------
+# ---- 6. clean stop and kill -9 under load --------------------------------------------------------
 
 
 def _sigterm_under_load(mosquitto, nats_server, spawn) -> tuple[dict, int]:

@@ -13,8 +13,8 @@ What is asserted is behaviour, never speed: each wait has a deadline only so tha
 daemon fails the test instead of hanging it.
 
 Run: ``python -m pytest -q tests/test_faults_nats.py -m "not slow"`` (~35 s: the slow-server
-test and the two stalled-server tests that led to the in-flight batch rule) and ``-m slow`` for the one-minute outage
-(~70 s).
+test and the two stalled-server tests that led to the in-flight batch rule) and ``-m slow`` for
+the one-minute outage (~70 s).
 """
 
 from __future__ import annotations
@@ -29,14 +29,19 @@ import pytest
 
 from support.brokers import NatsSubscriber, free_port, wait_for
 from support.daemon import assert_balanced
-from support.nats_faults import (Load, aggregates_by_tick, logged_backlog_drops, recover_and_stop,
-                                 stream_check)
+from support.nats_faults import (
+    Load,
+    aggregates_by_tick,
+    logged_backlog_drops,
+    recover_and_stop,
+    stream_check,
+)
 from telemetry_cy.sink.bodies import decode_body
 
 HOST = "127.0.0.1"
 
 
-# ---- a throttling TCP proxy ------------------------------------------------------------------------
+# ---- a throttling TCP proxy ----------------------------------------------------------------------
 
 
 class ThrottleProxy:
@@ -168,7 +173,7 @@ def throttle_proxy(nats_server):
     proxy.close()
 
 
-# ---- helpers -------------------------------------------------------------------------------------------
+# ---- helpers -------------------------------------------------------------------------------------
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -187,7 +192,7 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-# ---- 1. a NATS server that accepts but is slow ---------------------------------------------------------
+# ---- 1. a NATS server that accepts but is slow ---------------------------------------------------
 
 KEYS = 20
 BACKLOG_BATCHES = 4
@@ -297,7 +302,7 @@ def test_slow_nats_backlog_bounded_drops_exact_then_catches_up(mosquitto, nats_s
           f"proxy forwarded {proxy.forwarded} B")
 
 
-# ---- 1b. a NATS server that stops reading: what `published` and `emit_backlog` claim ----------------
+# ---- 1b. a NATS server that stops reading: what `published` and `emit_backlog` claim -------------
 
 
 @contextlib.contextmanager
@@ -407,7 +412,7 @@ def test_stalled_nats_emit_backlog_counts_only_what_never_arrived(mosquitto, nat
     assert distinct == final["published"], (distinct, final)
 
 
-# ---- 2. NATS unreachable for a minute ------------------------------------------------------------------
+# ---- 2. NATS unreachable for a minute ------------------------------------------------------------
 
 OUTAGE_S = 60.0
 OUTAGE_KEYS = 20

@@ -32,10 +32,23 @@ from pathlib import Path
 
 import pytest
 
-from support.brokers import (Mosquitto, NatsServer, NatsSubscriber, TlsCerts, find_mosquitto,
-                             find_nats_server, wait_for)
-from support.daemon import (assert_balanced, log_lines, paho_publisher, payload, publish_all,
-                            seen_keys)
+from support.brokers import (
+    Mosquitto,
+    NatsServer,
+    NatsSubscriber,
+    TlsCerts,
+    find_mosquitto,
+    find_nats_server,
+    wait_for,
+)
+from support.daemon import (
+    assert_balanced,
+    log_lines,
+    paho_publisher,
+    payload,
+    publish_all,
+    seen_keys,
+)
 from support.nats_faults import Load, logged_backlog_drops, recover_and_stop, stream_check
 from telemetry_cy.sink.bodies import decode_body
 
@@ -43,7 +56,7 @@ KEYS = 20                  # keys of the steady load in the NATS tests
 BACKLOG_BATCHES = 2        # small, so that an outage of a few ticks drops whole batches
 
 
-# ---- TLS material ------------------------------------------------------------------------------------
+# ---- TLS material --------------------------------------------------------------------------------
 
 
 def client_context(certs: TlsCerts, mutual: bool) -> ssl.SSLContext:
@@ -112,7 +125,7 @@ def key_body(path: str) -> str:
     return lines[len(lines) // 2]
 
 
-# ---- brokers -------------------------------------------------------------------------------------------
+# ---- brokers -------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -171,7 +184,7 @@ def stats_between(d, t0: float, t1: float) -> list[dict]:
     return [r for r in d.records() if r.get("msg") == "stats" and t0 <= r["ts"] <= t1]
 
 
-# ---- 1. MQTT over TLS: broker restart -------------------------------------------------------------
+# ---- 1. MQTT over TLS: broker restart ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", ["tls-persistent", "mtls-clean"])
@@ -272,7 +285,7 @@ def test_mqtt_over_tls_broker_restart(mosquitto_tls, nats_tls, tls_certs, spawn,
           f"(duplicates {duplicates}, resumed at message {resumed_at}); mqtt={final['mqtt']}")
 
 
-# ---- 2. NATS over TLS: server restart ---------------------------------------------------------------
+# ---- 2. NATS over TLS: server restart ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mtls"])
@@ -341,7 +354,7 @@ def test_nats_over_tls_server_restart(mosquitto_tls, nats_tls, tls_certs, spawn,
           f"{len(stored)} msgs, {distinct} distinct, batch cut: {cut}; nats={final['nats']}")
 
 
-# ---- 3. the server comes back with a certificate from an untrusted CA ---------------------------------
+# ---- 3. the server comes back with a certificate from an untrusted CA ----------------------------
 
 
 VERIFY_FAILED = "CERTIFICATE_VERIFY_FAILED"

@@ -17,8 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-
-# ---- packet builders ---------------------------------------------------------------------------------
+# ---- packet builders -----------------------------------------------------------------------------
 
 
 def varint(n: int) -> bytes:
@@ -140,7 +139,7 @@ def drain(ring) -> list[tuple[float, bytes, bytes]]:
     return ring.pop_many(1 << 30)
 
 
-# ---- strategies ----------------------------------------------------------------------------------------
+# ---- strategies ----------------------------------------------------------------------------------
 
 topic_st = st.one_of(
     st.text(min_size=1, max_size=30).map(lambda s: s.encode("utf-8")),
@@ -184,7 +183,7 @@ def stream_st(draw):
     return v5, pkts, data, cuts, max_payload
 
 
-# ---- property tests --------------------------------------------------------------------------------------
+# ---- property tests ------------------------------------------------------------------------------
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -262,7 +261,7 @@ def _compare_twins(backends, raw: bytes, cuts, v5: bool, max_payload: int, cap: 
     assert outs[0] == outs[1]
 
 
-# ---- specific cases ----------------------------------------------------------------------------------------
+# ---- specific cases ------------------------------------------------------------------------------
 
 
 def make(backend, ring_cap=1 << 20, **kw):

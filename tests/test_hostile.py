@@ -30,10 +30,10 @@ import pytest
 from support.brokers import AUTH_USERS, NatsServer, NatsSubscriber, find_nats_server
 from support.daemon import DaemonProc, assert_balanced
 from telemetry_cy.sink.bodies import decode_body
-from telemetry_cy.tools.mqtt_loadgen import RawPublisher, connect_frame, publish_frame
 from telemetry_cy.sink.subjects import parse_subject
+from telemetry_cy.tools.mqtt_loadgen import RawPublisher, connect_frame, publish_frame
 
-# ---- hand-made CBOR (cbor2 will not write invalid UTF-8) ----------------------------------------------
+# ---- hand-made CBOR (cbor2 will not write invalid UTF-8) -----------------------------------------
 
 
 def _head(major: int, n: int) -> bytes:
@@ -215,7 +215,7 @@ def test_subject_too_long_is_dropped_and_counted(mosquitto, nats_server, spawn):
     assert keys == set(fits) | {("after", "s")}
 
 
-# ---- secrets -----------------------------------------------------------------------------------------
+# ---- secrets -------------------------------------------------------------------------------------
 
 TOKEN = "tok-Zq81xWv0-secret"
 MQTT_USER = "alice"

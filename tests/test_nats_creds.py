@@ -1,8 +1,8 @@
 """NATS credentials-file auth (`creds_file` / `nats_creds_file`) against a real nats-server.
 
 The server runs in operator (decentralized JWT) mode with the MEMORY resolver; the operator, its
-accounts, users and their `.creds` files are made by tests/support/nats_jwt.py with `nkeys` (what `nsc`
-would make). Checked: the emitter and the daemon publish with a creds file and a NATS consumer
+accounts, users and their `.creds` files are made by tests/support/nats_jwt.py with `nkeys` (what
+`nsc` would make). Checked: the emitter and the daemon publish with a creds file and a NATS consumer
 with creds of its own receives the aggregates; a user the server must refuse (unknown account,
 wrong seed, expired JWT) gives a clear error, exit code 3 on the fail-fast path, and neither the
 seed nor the JWT ever shows in stats, errors, logs or output; a missing creds file is a
@@ -21,12 +21,11 @@ import pytest
 pytest.importorskip("nkeys", reason="creds-file auth needs nkeys (pip install nkeys)")
 
 from support.brokers import NatsServer, NatsSubscriber, find_nats_server, wait_for  # noqa: E402
-from support.daemon import (  # noqa: E402
-    assert_balanced, paho_publisher, payload, publish_all, seen_keys)
+from support.daemon import assert_balanced, paho_publisher, payload, publish_all, seen_keys  # noqa: E402
 from support.nats_jwt import Operator, creds_text, user_key  # noqa: E402
 from telemetry_cy import Aggregate  # noqa: E402
-from telemetry_cy.sink.nats_emitter import NatsEmitter  # noqa: E402
 from telemetry_cy.sink.bodies import decode_body  # noqa: E402
+from telemetry_cy.sink.nats_emitter import NatsEmitter  # noqa: E402
 from telemetry_cy.sink.subjects import parse_subject  # noqa: E402
 
 #: what nats-server answers (and nats-py raises) for any refused credentials

@@ -48,7 +48,7 @@ def advance_to(ring, offset: int) -> None:
         rem -= size
 
 
-# ---- construction and constants -------------------------------------------------------------------
+# ---- construction and constants ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("cap", [64, 128, 4096, 1 << 20])
@@ -98,7 +98,7 @@ def test_wrong_argument_types(backend):
     assert ring.used_bytes == 0 and ring.drops_full == 0
 
 
-# ---- FIFO and content -------------------------------------------------------------------------------
+# ---- FIFO and content ----------------------------------------------------------------------------
 
 
 def test_fifo_order_and_content(backend):
@@ -161,7 +161,7 @@ def test_huge_topic(backend):
     assert ring.pop() == (3.0, topic[:70_000], content(30_000, 2))
 
 
-# ---- size limits and fullness -------------------------------------------------------------------------
+# ---- size limits and fullness --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("cap", [64, 256, 4096])
@@ -171,7 +171,8 @@ def test_too_big_is_rejected_not_counted(backend, cap):
     tlen = min(3, limit - HEADER)
     assert ring.try_push(0.0, b"x" * tlen, bytes(limit - HEADER - tlen))  # exactly the limit: ok
     assert ring.pop() == (0.0, b"x" * tlen, bytes(limit - HEADER - tlen))
-    for topic, payload in [(b"", bytes(limit - HEADER + 1)), (bytes(limit), b""), (b"", bytes(cap))]:
+    too_big = [(b"", bytes(limit - HEADER + 1)), (bytes(limit), b""), (b"", bytes(cap))]
+    for topic, payload in too_big:
         with pytest.raises(ValueError, match="max_record_bytes"):
             ring.try_push(0.0, topic, payload)
     assert ring.drops_full == 0  # oversize is the caller's "oversize", not "ingest_full"
@@ -261,7 +262,7 @@ def test_pop_many_releases_the_whole_batch(backend):
     assert ring.used_bytes == 120 + 16 + 40
 
 
-# ---- compiled vs. pure, step by step ----------------------------------------------------------------
+# ---- compiled vs. pure, step by step -------------------------------------------------------------
 
 _op = st.one_of(
     st.tuples(st.just("push"), st.integers(0, 70), st.integers(0, 600)),
@@ -296,7 +297,7 @@ def test_compiled_and_pure_agree(compiled_backend, pure_backend, cap, ops):
     assert a.used_bytes == b.used_bytes == 0
 
 
-# ---- threads ------------------------------------------------------------------------------------------
+# ---- threads -------------------------------------------------------------------------------------
 
 
 def _check_stress(res: dict, n: int) -> None:
@@ -347,7 +348,7 @@ def test_stress_zero_records(backend):
     }
 
 
-# ---- the C harness: strict C11, and ThreadSanitizer --------------------------------------------------
+# ---- the C harness: strict C11, and ThreadSanitizer ----------------------------------------------
 
 
 def _cc() -> str | None:
@@ -363,7 +364,8 @@ def _compile(cc: str, out: Path, src: Path, flags: list[str]) -> subprocess.Comp
 
 
 def test_c_harness_strict_c11(tmp_path):
-    """The headers are plain ISO C11: no warnings with -Wall -Wextra -pedantic, and the harness passes."""
+    """The headers are plain ISO C11: no warnings with -Wall -Wextra -pedantic, and the harness
+    passes."""
     cc = _cc()
     if cc is None:
         pytest.skip("no C compiler (cc, gcc or clang) on PATH")
@@ -398,7 +400,8 @@ def tsan_cc(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def tsan_harness(tsan_cc, tmp_path_factory) -> Path:
     exe = tmp_path_factory.mktemp("tsan") / "spsc_stress_tsan"
-    r = _compile(tsan_cc, exe, HARNESS, ["-std=gnu11", "-fsanitize=thread", "-O1", "-g", "-pthread"])
+    flags = ["-std=gnu11", "-fsanitize=thread", "-O1", "-g", "-pthread"]
+    r = _compile(tsan_cc, exe, HARNESS, flags)
     assert r.returncode == 0, r.stderr
     return exe
 

@@ -11,8 +11,13 @@ from hypothesis import strategies as st
 
 from telemetry_cy.sink import subjects
 from telemetry_cy.sink.nats_emitter import msg_id
-from telemetry_cy.sink.subjects import (escape_token, parse_subject, subject_for, unescape_token,
-                                   validate_prefix)
+from telemetry_cy.sink.subjects import (
+    escape_token,
+    parse_subject,
+    subject_for,
+    unescape_token,
+    validate_prefix,
+)
 
 # every code point, lone surrogates included (Python strings can hold them)
 any_char = st.characters(codec=None, categories=None, exclude_categories=())

@@ -1,4 +1,4 @@
-"""The fuzz seed corpora, on every test run (a few seconds; the long fuzzing is scripts/sanitize.sh).
+"""The fuzz seed corpora on every test run (a few seconds; the long fuzzing: scripts/sanitize.sh).
 
 1. The C fuzz targets (fuzz_cbor.c, fuzz_frames.c with the stand-alone driver) are built with the
    system compiler -- with AddressSanitizer + UBSan when the compiler can -- and replay the
@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -89,7 +88,7 @@ def test_corpus_is_what_make_corpus_writes(tmp_path):
     assert len(CBOR) > 200 and len(FRAMES) > 100
 
 
-# ---- compiled == pure on the corpus ---------------------------------------------------------------
+# ---- compiled == pure on the corpus --------------------------------------------------------------
 
 
 def test_cbor_corpus_compiled_equals_pure(compiled_backend, pure_backend):

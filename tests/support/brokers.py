@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
-import time
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import nats
@@ -56,7 +56,7 @@ from telemetry_cy.tools.local_brokers import (  # noqa: F401  (re-exported for t
 AUTH_USERS = {"alice": "wonderland", "bob": "b:ld@er/%"}
 
 
-# ---- TLS material ------------------------------------------------------------------------------------------
+# ---- TLS material --------------------------------------------------------------------------------
 
 
 def _openssl(args: list[str], cwd: Path) -> None:
@@ -77,12 +77,14 @@ def make_tls_certs(directory: str | os.PathLike) -> TlsCerts:
     else:
         return _make_certs_cryptography(d)
     if shutil.which("openssl") is None:
-        raise RuntimeError("neither the `cryptography` package nor the `openssl` command is available")
+        raise RuntimeError(
+            "neither the `cryptography` package nor the `openssl` command is available")
     # EC keys: fast to generate. Extensions complete enough for strict X.509 verification
     # (Python 3.13 turns VERIFY_X509_STRICT on by default).
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     for name in ("ca", "other_ca"):
-        _openssl(["req", "-x509", *ec, "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "3",
+        _openssl(["req", "-x509", *ec, "-keyout", f"{name}.key", "-out", f"{name}.crt",
+                  "-days", "3",
                   "-subj", f"/CN=telemetry-cy test {name}",
                   "-addext", "basicConstraints=critical,CA:TRUE",
                   "-addext", "keyUsage=critical,keyCertSign,cRLSign",
@@ -98,7 +100,8 @@ def make_tls_certs(directory: str | os.PathLike) -> TlsCerts:
         _openssl(["req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
                   "-subj", f"/CN=telemetry-cy test {name}"], d)
         _openssl(["x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                  "-CAcreateserial", "-out", f"{name}.crt", "-days", "3", "-extfile", f"{name}.ext"], d)
+                  "-CAcreateserial", "-out", f"{name}.crt", "-days", "3",
+                  "-extfile", f"{name}.ext"], d)
     return TlsCerts(str(d / "ca.crt"), str(d / "server.crt"), str(d / "server.key"),
                     str(d / "client.crt"), str(d / "client.key"), str(d / "other_ca.crt"))
 
@@ -166,10 +169,10 @@ def _make_certs_cryptography(d: Path) -> TlsCerts:  # pragma: no cover - only wh
     return TlsCerts(ca_file, s_cert, s_key, c_cert, c_key, other_file)
 
 
-# ---- servers ---------------------------------------------------------------------------------------------
+# ---- servers -------------------------------------------------------------------------------------
 
 
-# ---- a NATS subscriber for assertions -------------------------------------------------------------
+# ---- a NATS subscriber for assertions ------------------------------------------------------------
 
 
 class NatsSubscriber:
@@ -224,7 +227,7 @@ class NatsSubscriber:
 
 
 
-# ---- fixtures ---------------------------------------------------------------------------------------------
+# ---- fixtures ------------------------------------------------------------------------------------
 
 
 def _need(binary: str | None, what: str) -> str:

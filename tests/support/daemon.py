@@ -32,7 +32,7 @@ from telemetry_cy.sink.subjects import parse_subject
 REPO = Path(__file__).resolve().parents[2]
 
 
-# ---- the daemon as a process ------------------------------------------------------------------------
+# ---- the daemon as a process ---------------------------------------------------------------------
 
 
 class DaemonProc:
@@ -168,7 +168,7 @@ def spawn(tmp_path):
         d.cleanup()
 
 
-# ---- balance and helpers ------------------------------------------------------------------------------
+# ---- balance and helpers -------------------------------------------------------------------------
 
 
 def assert_balanced(final: dict, one_reading_per_payload: bool = True) -> None:

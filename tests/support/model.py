@@ -1,7 +1,7 @@
 """The plain-Python model of the window semantics: the test oracle for both engine twins.
 
-It keeps every reading and recomputes each window from scratch with correctly rounded sums (math.fsum,
-two-pass variance), so it shares nothing with the pane design it checks.
+It keeps every reading and recomputes each window from scratch with correctly rounded sums
+(math.fsum, two-pass variance), so it shares nothing with the pane design it checks.
 It is written straight from docs/windows.md:
 
 - interval(ts) = floor(ts / emit_every); tick k (time k * emit_every) covers intervals
@@ -114,7 +114,8 @@ def close_enough(got: dict, want: dict, magnitude: float, rel: float = 1e-9) -> 
     names exactly; sum, mean and stddev within `rel` of the data's magnitude (sum of |x| for the
     sum, max |x| for mean and stddev), which is what floating point can promise."""
     bad = []
-    scale = {"sum": magnitude, "mean": magnitude / want["count"], "stddev": magnitude / want["count"]}
+    per_reading = magnitude / want["count"]
+    scale = {"sum": magnitude, "mean": per_reading, "stddev": per_reading}
     for name in AGGREGATE_FIELDS:
         if name in scale:
             if abs(got[name] - want[name]) > rel * max(scale[name], 1e-300):
