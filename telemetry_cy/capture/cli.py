@@ -51,6 +51,13 @@ def _stop_on_signals(stop: threading.Event) -> None:
         signal.signal(signum, handler)
 
 
+def _log_as(command: str) -> None:
+    """Warnings of the parts (a lost connection, a reconnect) as lines like our own."""
+    import logging
+    logging.basicConfig(format=f"telemetry-cy {command}: %(message)s", level=logging.WARNING,
+                        stream=sys.stderr)
+
+
 def _fail(command: str, message: str) -> None:
     print(f"telemetry-cy {command}: {message}", file=sys.stderr, flush=True)
 
@@ -101,6 +108,7 @@ def add_record_parser(subparsers) -> argparse.ArgumentParser:
 def run_record(args: argparse.Namespace) -> int:
     from telemetry_cy.capture.recorder import EXIT_USAGE, Recorder
 
+    _log_as("record")
     tls = {k: v for k, v in (("ca_file", args.ca_file), ("cert_file", args.cert_file),
                              ("key_file", args.key_file)) if v}
     if args.insecure:
@@ -116,7 +124,13 @@ def run_record(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     stop = threading.Event()
     _stop_on_signals(stop)
-    code = recorder.run(stop, args.start_timeout)
+
+    def ready() -> None:
+        # the one line a person (or a script) waits for before publishing
+        print(f"telemetry-cy record: recording {','.join(args.topic)} from "
+              f"{recorder.source.url} into {args.out}", file=sys.stderr, flush=True)
+
+    code = recorder.run(stop, args.start_timeout, on_ready=ready)
     if recorder.error:
         _fail("record", recorder.error)
     _print_json(recorder.counters())
@@ -150,6 +164,7 @@ def run_replay(args: argparse.Namespace) -> int:
     from telemetry_cy.capture.replay_mqtt import AckingPublisher, Replayer
     from telemetry_cy.source.mqtt import parse_url
 
+    _log_as("replay")
     try:
         tls, host, port, user, _password = parse_url(args.mqtt_url)
         if tls or user is not None:

@@ -9,7 +9,7 @@ the highest number the newest). Each segment is a segment header followed by blo
 are little-endian except inside the records, which are MQTT PUBLISH packets (big-endian, as on
 the wire).
 
-Segment header (32 bytes + metadata)::
+Segment header (32 bytes, then the metadata and its checksum)::
 
     0   8  magic      89 'T' 'C' 'C' 'A' 'P' 0D 0A
     8   2  version    1
@@ -17,8 +17,9 @@ Segment header (32 bytes + metadata)::
     12  4  segment    0 for FILE, k for FILE.k
     16  8  created    float64, unix seconds
     24  4  meta_len   bytes of metadata after the header (<= MAX_META)
-    28  4  crc32      of bytes 0..27 and the metadata
+    28  4  head_crc   crc32 of bytes 0..27
     32  .  metadata   UTF-8 JSON object (where the capture came from; informational)
+    .   4  meta_crc   crc32 of the metadata
 
 Block (24 bytes + body)::
 
@@ -115,32 +116,37 @@ class SegmentHeader:
 
     @property
     def size(self) -> int:
-        return SEGMENT_HEADER.size + len(self.meta)
+        """Bytes from the start of the file to the first block."""
+        return SEGMENT_HEADER.size + len(self.meta) + 4
 
 
 def encode_segment_header(segment: int, created: float, meta: bytes) -> bytes:
     if len(meta) > MAX_META:
         raise ValueError(f"capture metadata of {len(meta)} bytes exceeds {MAX_META}")
     head = SEGMENT_HEADER.pack(SEGMENT_MAGIC, VERSION, 0, segment, created, len(meta), 0)[:28]
-    return head + struct.pack("<I", zlib.crc32(meta, zlib.crc32(head))) + meta
+    return b"".join((head, struct.pack("<I", zlib.crc32(head)), meta,
+                     struct.pack("<I", zlib.crc32(meta))))
 
 
-def decode_segment_header(head: bytes, meta_reader, path: str = "") -> SegmentHeader:
-    """``head``: the first 32 bytes; ``meta_reader(n)`` returns the next n bytes (fewer at EOF)."""
+def decode_segment_header(head: bytes, read, path: str = "") -> SegmentHeader:
+    """``head``: the first 32 bytes; ``read(n)`` returns the next n bytes (fewer at EOF)."""
     magic, version, reserved, segment, created, meta_len, crc = SEGMENT_HEADER.unpack(head)
     if magic != SEGMENT_MAGIC:
         raise CaptureError("not a telemetry-cy capture segment (bad magic)", path, 0)
     if version != VERSION:
+        # before the checksum: a newer writer may have changed what follows the version
         raise CaptureError(f"capture format version {version}; this reader reads version "
                            f"{VERSION}", path, 8)
-    if reserved != 0 or meta_len > MAX_META:
-        raise CaptureError("corrupted segment header", path, 0)
-    meta = meta_reader(meta_len)
-    if len(meta) < meta_len:
-        raise TornTail("segment header cut short", 0)
-    if zlib.crc32(meta, zlib.crc32(head[:28])) != crc:
+    if zlib.crc32(head[:28]) != crc:
         raise CaptureError("segment header checksum mismatch", path, 0)
-    return SegmentHeader(version, segment, created, meta)
+    if reserved != 0 or meta_len > MAX_META:
+        raise CaptureError("segment header fields out of range", path, 0)
+    meta = read(meta_len + 4)
+    if len(meta) < meta_len + 4:
+        raise TornTail("segment header cut short", 0)
+    if zlib.crc32(meta[:meta_len]) != struct.unpack("<I", meta[meta_len:])[0]:
+        raise CaptureError("segment metadata checksum mismatch", path, SEGMENT_HEADER.size)
+    return SegmentHeader(version, segment, created, meta[:meta_len])
 
 
 def encode_block(n_records: int, ts_column: bytes, frames: bytes, plain: bool) -> bytes:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from telemetry_cy.backend import ACTIVE, Backend
 from telemetry_cy.capture.recording_source import RecordingSource
@@ -82,7 +82,11 @@ class Recorder:
         block = self.encoder.take()
         self._block_since = None
         if block is not None:
-            self.writer.write_block(*block)
+            try:
+                self.writer.write_block(*block)
+            except DiskFull:
+                self.unwritten += block[0]
+                raise
 
     def _pump(self) -> int:
         """Moves what the ring holds into blocks, writing each full one. Returns records moved."""
@@ -102,12 +106,16 @@ class Recorder:
                 and time.monotonic() - self._block_since >= self.flush_seconds):
             self._write_block()
 
-    def run(self, stop: threading.Event, start_timeout: float = 10.0) -> int:
-        """Records until ``stop`` is set; returns the exit code (``error`` says what failed)."""
+    def run(self, stop: threading.Event, start_timeout: float = 10.0,
+            on_ready: Callable[[], None] | None = None) -> int:
+        """Records until ``stop`` is set; returns the exit code (``error`` says what failed).
+        ``on_ready`` is called once connected and subscribed."""
         self.source.start()
         try:
             code = self._wait_connected(stop, start_timeout)
             if code == EXIT_OK:
+                if on_ready is not None and not stop.is_set():
+                    on_ready()
                 code = self._record(stop)
         finally:
             self.source.stop()
@@ -115,6 +123,8 @@ class Recorder:
             code = self._finish()
         else:
             self.writer.close()
+        if code == EXIT_UNREACHABLE:
+            self.writer.remove_if_empty()   # nothing recorded: leave no file to trip the next run
         return code
 
     def _wait_connected(self, stop: threading.Event, timeout: float) -> int:
@@ -152,7 +162,7 @@ class Recorder:
 
     def _disk_full(self, exc: DiskFull) -> int:
         self.source.stop()
-        self.unwritten = self.encoder.n_records
+        self.unwritten += self.encoder.n_records
         self.encoder.take()
         while batch := self.ring.pop_many(1 << 16):
             self.unwritten += len(batch)

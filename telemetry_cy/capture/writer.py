@@ -66,6 +66,10 @@ class CaptureWriter:
         self.clock = clock
         self._meta = json.dumps(meta or {}, separators=(",", ":"), sort_keys=True).encode()
         old = existing_segments(self.base)
+        for p in old:
+            if not p.is_file() or p.is_symlink():
+                raise FileExistsError(errno.EEXIST, f"{p} exists and is not a regular file",
+                                      str(p))
         if old and not overwrite:
             raise FileExistsError(
                 errno.EEXIST, f"{self.base} exists (a capture of {len(old)} segment(s)); "
@@ -164,6 +168,13 @@ class CaptureWriter:
     def close(self) -> None:
         if self.fd >= 0:
             self._close_fd()
+
+    def remove_if_empty(self) -> bool:
+        """After close(): removes a capture that holds no block (its one segment header)."""
+        if self.blocks or self.segment != 0 or self.fd >= 0:
+            return False
+        self.path.unlink(missing_ok=True)
+        return True
 
     def stats(self) -> dict:
         return {"segments": self.segment + 1, "blocks": self.blocks, "records": self.records,
