@@ -34,7 +34,7 @@ the same counts and report the same quantiles, so a broken sketch cannot show up
 Run (from the repo root; about a minute with --fast on the 2-core VM)::
 
     TELEMETRY_CY_ONLY=_sketch .venv/bin/python setup.py build_ext --inplace
-    PYTHONPATH=$PWD .venv/bin/python perf/bench_sketch.py --fast -o /tmp/bench_sketch.json
+    PYTHONPATH=$PWD .venv/bin/python perf/bench_sketch.py --fast -o bench_sketch.json
     PYTHONPATH=$PWD .venv/bin/python perf/bench_sketch.py memory   # bytes per pane and key
 
 ``memory`` prints (no timing) the buckets a pane of sensor-like data uses at each alpha and rate,
