@@ -394,46 +394,37 @@ def test_rotation_by_age(broker, recorders, tmp_path):
                                                                                         400)]
 
 
-def test_sigterm_writes_everything_received(broker, recorders, tmp_path):
+def _signal_mid_flow(broker, recorders, tmp_path, sig: int, total: int, first: int, seed: int):
+    """Records ``first`` fleet messages, sends the rest and signals the recorder while they are
+    in flight (in the broker, the socket, the ring or the block). Returns the exit code, the
+    final counters, the capture and the payloads in the order they were sent."""
     rec = recorders(tmp_path / "rec", broker.url, tmp_path / "cap")
     rec.wait_ready()
-    frames = _fleet_frames(3000, seed=4)
-    _send(broker, frames[:1000])
-    wait_messages(tmp_path / "cap", 1000)
-    # the rest is in flight (broker, socket, ring, block) when the signal lands
-    _send(broker, frames[1000:])
-    rc, final = rec.stop(signal.SIGTERM)
-    assert rc == 0, rec.stderr()
-    got = messages(tmp_path / "cap")
-    assert Capture(tmp_path / "cap").torn == []
+    frames = _fleet_frames(total, seed=seed)
+    _send(broker, frames[:first])
+    wait_messages(tmp_path / "cap", first)
+    _send(broker, frames[first:])
+    rc, final = rec.stop(sig)
+    assert rc == (-sig if sig == signal.SIGKILL else 0), rec.stderr()
+    sent = [p for _, p in Fleet(devices=20, seed=seed).messages(1.7e9, total)]
+    return final, Capture(tmp_path / "cap"), sent
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_with_everything_received_written(broker, recorders, tmp_path, sig):
+    final, cap, sent = _signal_mid_flow(broker, recorders, tmp_path, sig, 3000, 1000, seed=4)
+    got = [m.payload for m in cap.messages()]
+    assert cap.torn == []
     assert len(got) == final["recorded"] == final["received"] >= 1000
     assert final["unwritten"] == 0 and not any(final["drops"].values())
-    expected = [p for _, p in Fleet(devices=20, seed=4).messages(1.7e9, 3000)]
-    assert [m.payload for m in got] == expected[:len(got)]
-
-
-def test_sigint_too(broker, recorders, tmp_path):
-    rec = recorders(tmp_path / "rec", broker.url, tmp_path / "cap")
-    rec.wait_ready()
-    frames = _fleet_frames(50)
-    _send(broker, frames)
-    wait_messages(tmp_path / "cap", len(frames))
-    rc, final = rec.stop(signal.SIGINT)
-    assert rc == 0 and final["recorded"] == len(frames)
+    assert got == sent[:len(got)]
 
 
 def test_sigkill_leaves_a_readable_prefix(broker, recorders, tmp_path):
-    rec = recorders(tmp_path / "rec", broker.url, tmp_path / "cap")
-    rec.wait_ready()
-    frames = _fleet_frames(20000, seed=6)
-    _send(broker, frames[:2000])
-    wait_messages(tmp_path / "cap", 2000)
-    _send(broker, frames[2000:])
-    rec.stop(signal.SIGKILL)
-    cap = Capture(tmp_path / "cap")
+    _, cap, sent = _signal_mid_flow(broker, recorders, tmp_path, signal.SIGKILL, 20000, 2000,
+                                    seed=6)
     got = [m.payload for m in cap.messages()]
-    expected = [p for _, p in Fleet(devices=20, seed=6).messages(1.7e9, 20000)]
-    assert len(got) >= 2000 and got == expected[:len(got)]
+    assert len(got) >= 2000 and got == sent[:len(got)]
     assert all(t.offset < t.size for t in cap.torn)
 
 
