@@ -1,4 +1,4 @@
-"""Recording and replay rates against a private mosquitto, each against its baseline in the same run.
+"""Recording and replay rates on a private mosquitto, each against its baseline in the same run.
 
     python perf/capture_rate.py --count 2000000 --reps 3 -o /tmp/capture_rate.json
 
@@ -193,7 +193,8 @@ def main(argv=None) -> int:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
     out = {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+                    "python": platform.python_version(),
                     "load_avg_after": os.getloadavg()},
         "commit": commit, "count": a.count, "reps": a.reps,
         "record": {"mosquitto_sub_median": round(median("mosquitto_sub")),

@@ -31,7 +31,7 @@ def publish(topic: bytes, payload: bytes, *, qos: int = 0, retain: bool = False,
     return bytes((cmd,)) + remaining_length(len(body)) + body
 
 
-# ---- the ring --------------------------------------------------------------------------------------
+# ---- the ring ------------------------------------------------------------------------------------
 
 
 @settings(max_examples=60, deadline=None)
@@ -91,7 +91,7 @@ def test_compiled_engine_reads_payloads_past_nonzero_flags(compiled_backend):
     assert not any(drops.values())
 
 
-# ---- the frame reader ------------------------------------------------------------------------------
+# ---- the frame reader ----------------------------------------------------------------------------
 
 
 pubs = st.lists(st.tuples(st.binary(min_size=1, max_size=20), st.binary(max_size=60),

@@ -245,7 +245,7 @@ def test_segments_out_of_order(tmp_path):
         list(Capture(tmp_path / "cap").messages())
 
 
-# ---- damage: truncation at every byte, bit flips everywhere, versions -------------------------------
+# ---- damage: truncation at every byte, bit flips everywhere, versions ----------------------------
 
 
 def test_every_truncation_reads_the_whole_blocks_before_it(tmp_path):
@@ -305,7 +305,7 @@ def test_records_that_do_not_add_up(tmp_path):
         list(Capture(tmp_path / "cap").messages())
 
 
-# ---- mosquitto_sub text -------------------------------------------------------------------------------
+# ---- mosquitto_sub text --------------------------------------------------------------------------
 
 
 def test_mosquitto_sub_text(tmp_path):
@@ -344,7 +344,7 @@ def test_neither_kind_is_refused(tmp_path, head):
         Capture(tmp_path / "x")
 
 
-# ---- fuzz --------------------------------------------------------------------------------------------
+# ---- fuzz ----------------------------------------------------------------------------------------
 
 
 def _valid_binary(tmp_path: Path) -> bytes:

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "telemetry_cy.capture.cli"]
 
 
-# ---- helpers ------------------------------------------------------------------------------------------
+# ---- helpers -------------------------------------------------------------------------------------
 
 
 def _env() -> dict:
@@ -194,7 +194,7 @@ def run_cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-# ---- record, replay into a fresh broker, record again -------------------------------------------------
+# ---- record, replay into a fresh broker, record again --------------------------------------------
 
 
 @pytest.mark.parametrize("speed", ["max", "10"])
@@ -253,7 +253,7 @@ def test_qos2_replays_with_its_flags(broker, fresh_broker, recorders, tmp_path):
             assert [m for m in got if m[2] in cls] == [m for m in published if m[2] in cls]
 
 
-# ---- one feed: the live engine, the recorder and mosquitto_sub ------------------------------------------
+# ---- one feed: the live engine, the recorder and mosquitto_sub -----------------------------------
 
 
 def _bursts(broker, rounds: int, per_burst: int) -> int:
@@ -345,7 +345,7 @@ def test_capture_through_the_engine_gives_the_live_aggregates(broker, fresh_brok
     assert as_recorded(again) == [(m.topic, m.payload, 0, False) for m in text_msgs]
 
 
-# ---- rotation, signals, a full disk, bad starts ------------------------------------------------------
+# ---- rotation, signals, a full disk, bad starts --------------------------------------------------
 
 
 def _fleet_frames(n: int, seed: int = 3) -> list[bytes]:

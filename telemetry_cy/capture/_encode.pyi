@@ -10,7 +10,8 @@ class BlockEncoder:
     block_bytes: int
     skipped: int  # records no MQTT PUBLISH could carry (topic > 65,535 B, > 256 MiB, QoS 3)
 
-    def __init__(self, block_bytes: int = 1 << 18) -> None:
+    # The arguments go to __cinit__ (Cython's tp_new), so the stub declares __new__.
+    def __new__(cls, block_bytes: int = 1 << 18) -> BlockEncoder:
         """``block_bytes`` in [64, 2**28], else ValueError. A record larger than that still
         makes a block of its own."""
     @property

@@ -1,4 +1,4 @@
-"""Pure-Python twin of ``telemetry_cy.capture._encode``: ring records -> one capture block's columns.
+"""Pure-Python twin of ``telemetry_cy.capture._encode``: ring records -> a capture block's columns.
 
 Same blocks, byte for byte, as the compiled encoder for the same records (``tests/test_capture_
 encode.py`` compares them); it is the oracle for the compiled one and the encoder itself when the
@@ -35,7 +35,7 @@ def _check_block_bytes(block_bytes: object) -> None:
 
 
 class BlockEncoder:
-    """Moves ring records into one block until it holds about ``block_bytes`` bytes. See the .pyi."""
+    """Moves ring records into one block until it holds about ``block_bytes``. See the .pyi."""
 
     def __init__(self, block_bytes: int = 1 << 18) -> None:
         _check_block_bytes(block_bytes)

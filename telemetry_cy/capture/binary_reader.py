@@ -15,9 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from telemetry_cy.capture.format import (BLOCK_HEADER, SEGMENT_HEADER, SEGMENT_MAGIC, Block,
-                                         CaptureError, Message, SegmentHeader, TornTail,
-                                         decode_block_header, decode_segment_header, ts_column)
+from telemetry_cy.capture.format import (
+    BLOCK_HEADER,
+    SEGMENT_HEADER,
+    SEGMENT_MAGIC,
+    Block,
+    CaptureError,
+    Message,
+    SegmentHeader,
+    TornTail,
+    decode_block_header,
+    decode_segment_header,
+    ts_column,
+)
 from telemetry_cy.capture.writer import segment_path
 
 

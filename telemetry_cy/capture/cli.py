@@ -66,7 +66,7 @@ def _print_json(obj: dict) -> None:
     print(json.dumps(obj, separators=(",", ":")), flush=True)
 
 
-# ---- record -----------------------------------------------------------------------------------------
+# ---- record --------------------------------------------------------------------------------------
 
 
 def add_record_parser(subparsers) -> argparse.ArgumentParser:
@@ -137,7 +137,7 @@ def run_record(args: argparse.Namespace) -> int:
     return code
 
 
-# ---- replay -----------------------------------------------------------------------------------------
+# ---- replay --------------------------------------------------------------------------------------
 
 
 def add_replay_parser(subparsers) -> argparse.ArgumentParser:

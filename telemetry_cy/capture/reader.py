@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from telemetry_cy.capture.binary_reader import Torn, read_blocks
+from telemetry_cy.capture.binary_reader import PlacedBlock, Torn, read_blocks
 from telemetry_cy.capture.format import SEGMENT_MAGIC, CaptureError, Message
 from telemetry_cy.capture.text_reader import read_text
 
@@ -24,11 +24,10 @@ BINARY, TEXT, EMPTY = "binary", "mosquitto_sub", "empty"
 
 
 class Chunk:
-    """A run of messages in capture order: one binary block, or up to text_reader.CHUNK lines."""
+    """A run of messages in capture order: up to text_reader.CHUNK lines of a text capture."""
 
-    def __init__(self, messages: list[Message], publish_stream: bytes | None = None) -> None:
+    def __init__(self, messages: list[Message]) -> None:
         self._messages = messages
-        self._stream = publish_stream
 
     def messages(self) -> list[Message]:
         return self._messages
@@ -36,24 +35,29 @@ class Chunk:
     def publish_stream(self) -> bytes | None:
         """The chunk as MQTT PUBLISH packets ready to send, when every message is QoS 0 without
         DUP or RETAIN (a binary block's records column as it is); None otherwise."""
-        return self._stream
+        return None
 
     def __len__(self) -> int:
         return len(self._messages)
 
 
-class _BlockChunk(Chunk):
-    """A binary block: its records are parsed only when asked for."""
+class BlockChunk(Chunk):
+    """One binary block: its records are parsed only when asked for."""
 
-    def __init__(self, placed) -> None:
+    def __init__(self, placed: PlacedBlock) -> None:
+        super().__init__([])
         self._placed = placed
-        self._stream = placed.block.frames if placed.block.plain else None
-        self._messages = None
+        self._parsed = False
 
     def messages(self) -> list[Message]:
-        if self._messages is None:
+        if not self._parsed:
             self._messages = self._placed.messages()
+            self._parsed = True
         return self._messages
+
+    def publish_stream(self) -> bytes | None:
+        block = self._placed.block
+        return block.frames if block.plain else None
 
     def __len__(self) -> int:
         return len(self._placed.block)
@@ -86,7 +90,7 @@ class Capture:
         self.torn.clear()
         if self.kind == BINARY:
             for placed in read_blocks(self.path, self.torn):
-                yield _BlockChunk(placed)
+                yield BlockChunk(placed)
         elif self.kind == TEXT:
             for messages in read_text(self.path, self.torn):
                 yield Chunk(messages)

@@ -15,6 +15,7 @@ put into the ring is written, then the last segment is closed: the capture is co
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,13 +36,10 @@ _MAX_TOPIC = 0xFFFF
 FILL_RECORDS = 1 << 16
 
 
-def encoder_for(ring, backend: Backend, block_bytes: int):
+def encoder_for(backend: Backend, block_bytes: int):
     """The block encoder of the ring's set (the compiled one reads the compiled ring's memory)."""
-    if backend.compiled:
-        from telemetry_cy.capture._encode import BlockEncoder
-    else:
-        from telemetry_cy.capture._encode_py import BlockEncoder
-    return BlockEncoder(block_bytes)
+    name = "_encode" if backend.compiled else "_encode_py"
+    return importlib.import_module(f"telemetry_cy.capture.{name}").BlockEncoder(block_bytes)
 
 
 def _pow2_at_least(n: int) -> int:
@@ -60,7 +58,7 @@ class Recorder:
         self.flush_seconds = float(flush_seconds)
         record = backend.ring.record_size(_MAX_TOPIC, max_payload_bytes)
         self.ring = backend.ByteRing(_pow2_at_least(max(ring_bytes, 2 * record + 16)))
-        self.encoder = encoder_for(self.ring, backend, block_bytes)
+        self.encoder = encoder_for(backend, block_bytes)
         meta = {"tool": "telemetry-cy record", "url": redact_url(url), "topics": list(topics),
                 "protocol": protocol}
         # the writer first: an unusable output fails before anything connects
@@ -171,7 +169,7 @@ class Recorder:
                       f"messages in {self.writer.segment + 1} segment(s), complete and readable")
         return EXIT_WRITE
 
-    # ---- counters ---------------------------------------------------------------------------------
+    # ---- counters --------------------------------------------------------------------------------
 
     def counters(self) -> dict:
         """The final JSON object: what was recorded, what was dropped and why."""

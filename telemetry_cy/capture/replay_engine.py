@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 from telemetry_cy.backend import Backend, available, load
 from telemetry_cy.capture.reader import Capture
@@ -29,7 +30,7 @@ def _backend_of(engine: object) -> Backend:
     raise TypeError(f"not a telemetry-cy Engine: {type(engine).__name__}")
 
 
-def _ring_for(backend: Backend, engine) -> object:
+def _ring_for(backend: Backend, engine) -> Any:
     """A ring that takes any record the engine does not drop as oversize anyway."""
     need = backend.ring.record_size(_LARGEST_TOPIC, engine.max_payload_bytes)
     capacity = 1 << 20
@@ -41,7 +42,8 @@ def _ring_for(backend: Backend, engine) -> object:
 def closing_tick(last_ts: float, engine) -> int:
     """The aligned tick (as a count of emit_every) past every window that holds a reading that
     arrived at ``last_ts``."""
-    return math.floor(last_ts / engine.emit_every) + 1 + math.ceil(engine.window / engine.emit_every)
+    every = engine.emit_every
+    return math.floor(last_ts / every) + 1 + math.ceil(engine.window / every)
 
 
 def replay(path: str | os.PathLike, engine) -> list:
@@ -55,7 +57,8 @@ def replay(path: str | os.PathLike, engine) -> list:
     ring = _ring_for(backend, engine)
     every = engine.emit_every
     out: list = []
-    next_k: int | None = None    # the next live tick, at next_k * emit_every (the daemon's form)
+    started = False
+    next_k = 0            # the next live tick, at next_k * emit_every (the daemon's form)
     last_ts = 0.0
 
     def drain_all() -> None:
@@ -76,8 +79,8 @@ def replay(path: str | os.PathLike, engine) -> list:
     for chunk in Capture(path).chunks():
         for msg in chunk.messages():
             ts = msg.ts
-            if next_k is None:
-                next_k = math.floor(ts / every) + 1
+            if not started:
+                started, next_k = True, math.floor(ts / every) + 1
             elif ts >= next_k * every:
                 ticks_until(ts)
             try:
@@ -90,6 +93,6 @@ def replay(path: str | os.PathLike, engine) -> list:
                 engine.push(msg.payload, ts)
             last_ts = ts
     drain_all()
-    if next_k is not None:
+    if started:
         out.extend(engine.tick(closing_tick(last_ts, engine) * every))
     return out

@@ -1,5 +1,5 @@
-"""``telemetry-cy replay``: a capture republished into a broker, with its original spacing (scaled by
-``speed``) or as fast as the broker takes it.
+"""``telemetry-cy replay``: a capture republished into a broker, with its original spacing
+(divided by ``speed``) or as fast as the broker takes it.
 
 The publisher is the load tool's raw-socket MQTT 3.1.1 client (tools/mqtt_loadgen.py), plus what a
 faithful replay needs on top: QoS 1 and 2 acknowledgements (PUBREC is answered with PUBREL), packet

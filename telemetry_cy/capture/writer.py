@@ -38,7 +38,7 @@ def segment_path(base: str | os.PathLike, index: int) -> Path:
 
 def existing_segments(base: str | os.PathLike) -> list[Path]:
     """The segment files of ``base`` that exist, in order, up to the first gap."""
-    out = []
+    out: list[Path] = []
     while (p := segment_path(base, len(out))).exists():
         out.append(p)
     return out
