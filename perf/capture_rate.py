@@ -48,7 +48,7 @@ import loadgen  # noqa: E402
 from telemetry_cy.capture.binary_reader import read_blocks  # noqa: E402
 from telemetry_cy.tools.local_brokers import Mosquitto, find_mosquitto, wait_for  # noqa: E402
 
-CLI = [sys.executable, "-m", "telemetry_cy.capture.cli"]
+CLI = [sys.executable, "-m", "telemetry_cy"]   # the telemetry-cy command
 TOPIC = "site/#"
 
 

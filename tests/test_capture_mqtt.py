@@ -41,7 +41,7 @@ from telemetry_cy.tools.fleet_sim import Fleet
 from telemetry_cy.tools.mqtt_loadgen import RawPublisher, publish_frame
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "telemetry_cy.capture.cli"]
+CLI = [sys.executable, "-m", "telemetry_cy"]   # the telemetry-cy command
 
 
 # ---- helpers -------------------------------------------------------------------------------------

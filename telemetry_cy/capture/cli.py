@@ -1,4 +1,4 @@
-"""The ``record`` and ``replay`` subcommands of ``telemetry-cy`` (wired in service/cli.py).
+"""The ``record`` and ``replay`` subcommands of ``telemetry-cy`` (service/cli.py adds them).
 
 Each ``add_*_parser(subparsers)`` adds its subcommand and sets ``func`` to its ``run_*`` function,
 which takes the parsed arguments and returns the exit code. Both print one JSON object on stdout
@@ -199,16 +199,3 @@ def run_replay(args: argparse.Namespace) -> int:
     _print_json(replayer.result.as_dict())
     return code
 
-
-def main(argv=None) -> int:
-    """``python -m telemetry_cy.capture.cli record|replay ...``: the two subcommands alone."""
-    parser = argparse.ArgumentParser(prog="telemetry-cy")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_record_parser(sub)
-    add_replay_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

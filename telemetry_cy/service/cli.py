@@ -7,6 +7,7 @@ import sys
 
 from telemetry_cy import __version__
 from telemetry_cy.backend import ACTIVE
+from telemetry_cy.capture import cli as capture_cli
 from telemetry_cy.service import config
 
 
@@ -41,7 +42,11 @@ def main(argv=None) -> int:
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--plain", action="store_true",
                       help="plain lines instead of the live view (automatic when not a terminal)")
+    capture_cli.add_record_parser(sub)
+    capture_cli.add_replay_parser(sub)
     args = parser.parse_args(argv)
+    if args.command in ("record", "replay"):
+        return args.func(args)
     if args.command == "run":
         try:
             settings = config.load(args)
