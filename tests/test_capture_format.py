@@ -118,6 +118,19 @@ def test_unencodable_records_are_skipped_and_counted(backend):
     assert enc.take() == ref_blocks([(1.0, b"a", b"x", 0), (4.0, b"c", b"z", 1)], 4096)[0]
 
 
+def test_discard_counts_every_record_held(backend):
+    # what the recorder counts as unwritten when the disk is full: nothing may go uncounted
+    ring = backend.ByteRing(1 << 20)
+    for i in range(100):
+        assert ring.try_push(float(i), b"t", bytes(100), 0)
+    enc = encoders(backend)(1024)
+    enc.fill(ring)
+    assert enc.full and 0 < enc.n_records < 100
+    held = enc.discard()
+    assert held + len(ring.pop_many(1000)) == 100
+    assert enc.n_records == 0 and enc.take() is None and not enc.full
+
+
 @pytest.mark.parametrize("bad", [0, 63, 1 << 29, 1.5, True])
 def test_block_bytes_checked_alike(backend, bad):
     with pytest.raises(ValueError, match="block_bytes"):

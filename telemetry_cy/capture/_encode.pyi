@@ -24,5 +24,7 @@ class BlockEncoder:
         """The last fill() stopped at a record that does not fit: take() the block."""
     def fill(self, ring: Any, max_records: int = 1 << 16) -> int:
         """Moves up to ``max_records`` ring records into the block, in order; returns how many."""
+    def discard(self) -> int:
+        """Drops the block and the records popped for the next one; returns how many."""
     def take(self) -> tuple[int, bytes, bytes, bool] | None:
         """``(n_records, ts_column, records_column, plain)`` and a fresh block; None when empty."""

@@ -150,6 +150,12 @@ cdef class BlockEncoder:
             raise MemoryError("cannot grow the capture block")
         return moved
 
+    def discard(self):
+        """Drops the block and the records popped for the next one; returns how many."""
+        n = self.n   # nothing is popped ahead here: a record that did not fit is still in the ring
+        self.take()
+        return n
+
     def take(self):
         """The block so far as ``(n_records, ts_column, records_column, plain)`` and a fresh
         block; None when empty."""

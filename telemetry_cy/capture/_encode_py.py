@@ -101,6 +101,13 @@ class BlockEncoder:
             moved += 1
         return moved
 
+    def discard(self) -> int:
+        """Drops the block and the records popped for the next one; returns how many."""
+        n = len(self._ts) + len(self._carry)
+        self.take()
+        self._carry = []
+        return n
+
     def take(self) -> tuple[int, bytes, bytes, bool] | None:
         """The block so far as ``(n_records, ts_column, records_column, plain)`` and a fresh
         block; None when empty."""

@@ -160,8 +160,7 @@ class Recorder:
 
     def _disk_full(self, exc: DiskFull) -> int:
         self.source.stop()
-        self.unwritten += self.encoder.n_records
-        self.encoder.take()
+        self.unwritten += self.encoder.discard()
         while batch := self.ring.pop_many(1 << 16):
             self.unwritten += len(batch)
         self.writer.close()
