@@ -25,7 +25,7 @@ def _load(name: backends.BackendName) -> backends.Backend:
     try:
         return backends.load(name)
     except backends.BackendUnavailable as exc:
-        pytest.skip(f"compiled set needed: {exc}")
+        pytest.skip(f"needs the compiled modules, not built here ({exc.__cause__})")
 
 
 # Session scope: a Backend is a set of imported modules, safe to share across tests and across

@@ -25,11 +25,19 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from support.brokers import NatsSubscriber, wait_for
+from telemetry_cy.backend import ACTIVE
 from telemetry_cy.sink.bodies import decode_body
 from telemetry_cy.sink.subjects import parse_subject
 
 #: the checkout under test: daemons import telemetry_cy from here (PYTHONPATH), whatever the cwd
 REPO = Path(__file__).resolve().parents[2]
+
+#: For a test whose load is sized for the compiled pipeline. A daemon runs the backend this process
+#: has (it inherits TELEMETRY_CY_PURE); on the pure-Python twins it handles several times fewer
+#: messages a second, so at such rates it drops (ingest_full, late) what the test says it keeps.
+compiled_rates = pytest.mark.skipif(
+    not ACTIVE.compiled,
+    reason="load sized for the compiled pipeline; the daemon would run the pure-Python twins")
 
 
 # ---- the daemon as a process ---------------------------------------------------------------------
