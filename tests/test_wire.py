@@ -1,5 +1,6 @@
 """NATS wire encoder: the compiled ``_wire`` against its twin ``_wire_py`` byte for byte, and the
-twin against what the emitter does one aggregate at a time (subject_for + encode_json/cbor)."""
+twin against what the emitter does one aggregate at a time (subject_for + encode_json/cbor, and
+msg_id for JetStream's HPUB messages). The modules' ack reader: tests/test_jetstream_acks.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from telemetry_cy import backend as backends
 from telemetry_cy.engine.rules import AGGREGATE_FIELDS
 from telemetry_cy.sink.bodies import decode_body, encoder_for
-from telemetry_cy.sink.subjects import parse_subject, subject_for
+from telemetry_cy.sink.subjects import msg_id, parse_subject, subject_for
 
 PREFIX = "agg"
 MAX_SUBJECT = 3072  # emitter.MAX_SUBJECT_BYTES
@@ -351,3 +352,136 @@ def test_odd_field_values_fail_alike(compiled_backend, pure_backend):
         for fmt in ("json", "cbor"):
             assert run(compiled_backend, aggs, PREFIX, fmt, MAX_SUBJECT) == \
                 run(pure_backend, aggs, PREFIX, fmt, MAX_SUBJECT)
+
+
+# ---- JetStream: HPUB messages with a Nats-Msg-Id header ------------------------------------------
+
+REPLY = "_INBOX.t3st.7"
+
+
+def run_js(twin, *args, **kwargs):
+    try:
+        return twin.wire.encode_jetstream(*args, **kwargs)
+    except Exception as exc:
+        return type(exc), str(exc)
+
+
+def hpub_messages(chunks):
+    """(subject, reply, header, body) of every HPUB message of the stream, checking the framing
+    as a server would."""
+    data, out, pos = b"".join(chunks), [], 0
+    while pos < len(data):
+        end = data.index(b"\r\n", pos)
+        op, subject, reply, hsize, size = data[pos:end].split(b" ")
+        assert op == b"HPUB" and int(hsize) <= int(size)
+        payload = data[end + 2:end + 2 + int(size)]
+        assert len(payload) == int(size) and data[end + 2 + int(size):][:2] == b"\r\n"
+        out.append((subject.decode(), reply.decode(), payload[:int(hsize)], payload[int(hsize):]))
+        pos = end + 2 + int(size) + 2
+    return out
+
+
+def expected_header(a, stream=None):
+    return (b"NATS/1.0\r\nNats-Msg-Id: " + msg_id(a.device, a.sensor, a.window_end).encode()
+            + b"\r\n" + (b"Nats-Expected-Stream: " + stream.encode() + b"\r\n" if stream else b"")
+            + b"\r\n")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches, st.sampled_from(["json", "cbor"]), chunk_sizes, st.integers(1, 5),
+       st.integers(0, 2**40), st.sampled_from([None, "AGG", "s-1_x"]), st.integers(0, 600))
+@example([typical(1), typical(2, PureAggregate)], "json", 262144, 1, 0, "AGG", 10**6)
+def test_jetstream_compiled_matches_twin(compiled_backend, pure_backend, aggs, fmt, chunk_bytes,
+                                         chunk_messages, first, stream, limit):
+    args = (aggs, PREFIX, fmt, MAX_SUBJECT, REPLY, first, stream, chunk_bytes, limit,
+            chunk_messages)
+    got = run_js(compiled_backend, *args)
+    want = run_js(pure_backend, *args)
+    assert got == want
+    if isinstance(want[0], type):
+        assert fmt == "cbor" and want[0] is UnicodeEncodeError
+        return
+    chunks, counts, encoded, too_long, nbytes = got
+    assert encoded + too_long == len(aggs) and sum(counts) == encoded
+    assert len(counts) == len(chunks) and all(0 < k <= chunk_messages for k in counts)
+    for c, k in zip(chunks, counts):
+        assert len(hpub_messages([c])) == k
+        assert len(c) <= chunk_bytes or k == 1
+    encode = encoder_for(fmt)
+    kept = [a for a in aggs
+            if len(subject_for(PREFIX, a.device, a.sensor).encode()) <= MAX_SUBJECT
+            and len(expected_header(a, stream)) + len(encode(a)) <= limit]
+    msgs = hpub_messages(chunks)
+    assert len(msgs) == len(kept) == encoded
+    assert nbytes == sum(len(s) + len(h) + len(b) for s, _, h, b in msgs)
+    for i, (a, (subject, reply, header, body)) in enumerate(zip(kept, msgs)):
+        assert parse_subject(PREFIX, subject) == (a.device, a.sensor)
+        assert reply == f"{REPLY}.{first + i}"     # the ack's token: the message's index
+        assert header == expected_header(a, stream)
+        assert body == encode(a)
+
+
+def test_jetstream_twin_is_the_per_aggregate_path(backend):
+    """Each message is the HPUB of subject_for + msg_id + the body encoder, in order."""
+    aggs = [typical(i) for i in range(40)] + [typical(i, PureAggregate) for i in range(3)]
+    aggs.append(Aggregate("Küche|1", "温度 ", "°C", 0.0, math.inf, 1, 1.0, 2.0, -0.0, 1e300,
+                          0.0, 1.0, 2.0))
+    aggs.append(Aggregate("d", "s", None, 0.0, -0.0, 1, 1.0, 2.0, 3.0, 4.0, 0.0, 1.0, 2.0))
+    aggs.append(Aggregate("d", "s", None, 0.0, math.nan, 1, 1.0, 2.0, 3.0, 4.0, 0.0, 1.0, 2.0))
+    for fmt in ("json", "cbor"):
+        encode = encoder_for(fmt)
+        stream = []
+        for i, a in enumerate(aggs):
+            subject = subject_for(PREFIX, a.device, a.sensor).encode()
+            header = expected_header(a, "AGG")
+            body = encode(a)
+            stream.append(b"HPUB %s %s.%d %d %d\r\n%s%s\r\n" % (
+                subject, REPLY.encode(), 5 + i, len(header), len(header) + len(body), header,
+                body))
+        chunks, counts, encoded, too_long, _ = backend.wire.encode_jetstream(
+            aggs, PREFIX, fmt, MAX_SUBJECT, REPLY, 5, "AGG")
+        assert (b"".join(chunks), counts, encoded, too_long) == \
+            (b"".join(stream), [len(aggs)], len(aggs), 0), fmt
+    ids = [h for _, _, h, _ in hpub_messages(chunks)]
+    assert b"Nats-Msg-Id: K%C3%BCche%7C1|%E6%B8%A9%E5%BA%A6%20|inf\r\n" in ids[len(aggs) - 3]
+    assert b"|-0.0\r\n" in ids[-2] and b"|nan\r\n" in ids[-1]
+
+
+def test_jetstream_chunks_hold_at_most_chunk_messages(backend):
+    aggs = [typical(i) for i in range(100)]
+    for k in (1, 7, 100, 1000):
+        chunks, counts, *_ = backend.wire.encode_jetstream(aggs, PREFIX, "json", MAX_SUBJECT,
+                                                           REPLY, chunk_messages=k)
+        full, rest = divmod(100, min(k, 100))
+        assert counts == [min(k, 100)] * full + ([rest] if rest else [])
+        assert [len(hpub_messages([c])) for c in chunks] == counts
+
+
+def test_jetstream_payload_limit_counts_the_header(backend):
+    a = typical(1)
+    size = len(expected_header(a)) + len(encoder_for("json")(a))
+    for limit, kept in ((size, 1), (size - 1, 0)):
+        _, _, encoded, too_long, _ = backend.wire.encode_jetstream(
+            [a], PREFIX, "json", MAX_SUBJECT, REPLY, max_body_bytes=limit)
+        assert (encoded, too_long) == (kept, 1 - kept)
+
+
+@pytest.mark.parametrize("kwargs, exc, text", [
+    (dict(reply_prefix="a b"), ValueError, "subject prefix"),
+    (dict(reply_prefix="_INBOX.*"), ValueError, "subject prefix"),
+    (dict(reply_prefix=b"_INBOX"), TypeError, "reply_prefix must be a str"),
+    (dict(first_index=-1), ValueError, "first_index must be between 0"),
+    (dict(first_index=1.0), TypeError, "first_index must be an integer"),
+    (dict(chunk_messages=0), ValueError, "chunk_messages must be between 1"),
+    (dict(expected_stream=""), ValueError, "stream name must be"),
+    (dict(expected_stream="a.b"), ValueError, "stream name must be"),
+    (dict(expected_stream="a b"), ValueError, "stream name must be"),
+    (dict(expected_stream="AGG\r\nX-Evil: 1"), ValueError, "stream name must be"),
+    (dict(expected_stream=5), TypeError, "stream name must be a str"),
+])
+def test_jetstream_bad_arguments(compiled_backend, pure_backend, kwargs, exc, text):
+    args = dict(reply_prefix=REPLY, first_index=0, expected_stream=None, chunk_messages=10)
+    args.update(kwargs)
+    for twin in (compiled_backend, pure_backend):
+        with pytest.raises(exc, match=text):
+            twin.wire.encode_jetstream([typical(1)], PREFIX, "json", MAX_SUBJECT, **args)

@@ -187,6 +187,10 @@ class Daemon:
     def start(self) -> None:
         """Starts the threads, downstream first, so each has a consumer when data arrives."""
         self.emitter.start()
+        if self.config.nats.jetstream:
+            # once NATS is up, one line: the stream that captures our subjects, or a warning
+            # that none does (every publish would wait for one)
+            self.emitter.check_stream()
         self.engine_thread.start()
         self.source.start()
 

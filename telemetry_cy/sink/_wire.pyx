@@ -1,4 +1,5 @@
-"""Compiled NATS wire encoder: a tick batch of aggregates -> ready ``PUB`` protocol chunks.
+"""Compiled NATS wire encoder: a tick batch of aggregates -> ready ``PUB`` (core NATS) or ``HPUB``
+(JetStream) protocol chunks; and `AckWindow`, the reader of the JetStream acks (tc_wire.h).
 
 Byte for byte what the twin ``_wire_py.py`` (built from ``subjects.subject_for`` and
 ``bodies.encoder_for``) produces; the API is in ``_wire.pyi``. A compiled-engine ``Aggregate`` is
@@ -20,6 +21,7 @@ repr has at most 15 significant digits (readings such as 21.95: ``tc_wire_put_sh
 which says why it is exact). Means and standard deviations usually need 16-17 digits and dtoa.
 """
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.conversion cimport Py_DTSF_ADD_DOT_0, PyOS_double_to_string
 from cpython.exc cimport PyErr_Clear
@@ -27,15 +29,15 @@ from cpython.mem cimport PyMem_Free
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DATA, PyUnicode_GET_LENGTH
 from libc.math cimport isfinite, signbit
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memset, strlen
+from libc.string cimport memchr, memset, strlen
 
 from telemetry_cy.engine._engine cimport Aggregate
 
 import sys
 
 from telemetry_cy.engine.rules import AGGREGATE_FIELDS
-from telemetry_cy.sink._wire_py import DEFAULT_CHUNK_BYTES, _check_args
-from telemetry_cy.sink.subjects import escape_token, subject_for
+from telemetry_cy.sink._wire_py import ACK_KINDS, DEFAULT_CHUNK_BYTES, _check_args, _describe
+from telemetry_cy.sink.subjects import escape_token, id_token, msg_id, subject_for, validate_prefix
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object s)
@@ -190,31 +192,69 @@ cdef inline size_t decimal_digits(size_t v) noexcept:
     return n
 
 
-def encode_batch(aggregates, prefix, format, max_subject_bytes,
-                 chunk_bytes=DEFAULT_CHUNK_BYTES, max_body_bytes=sys.maxsize):
-    """See ``_wire.pyi``."""
-    encode = _check_args(prefix, format, max_subject_bytes, chunk_bytes, max_body_bytes)
+cdef object id_of(str name, text *t):
+    """The name as a message-id token (subjects.id_token): t points at its ASCII bytes. Returns
+    the str that owns them."""
+    if PyUnicode_IS_ASCII(name):
+        t.p = <const char *>PyUnicode_DATA(name)
+        t.n = t.chars = PyUnicode_GET_LENGTH(name)
+        if tc_wire_plain_token(t.p, <size_t>t.n) and memchr(t.p, ord("|"), <size_t>t.n) == NULL:
+            return name
+    token = id_token(name)
+    t.p = <const char *>PyUnicode_DATA(token)    # ASCII by construction
+    t.n = t.chars = PyUnicode_GET_LENGTH(token)
+    return token
+
+
+cdef int put_repr(tc_wbuf *b, double x) except -1:
+    """repr(x). Reserve 24 (finite; dtoa output is copied whole otherwise)."""
+    cdef char *s
+    if isfinite(x):
+        return put_double(b, False, x)
+    s = PyOS_double_to_string(x, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
+    reserve(b, strlen(s))
+    tc_wire_put(b, s, strlen(s))
+    PyMem_Free(s)
+    return 0
+
+
+cdef object encode_messages(aggregates, str prefix, str format, Py_ssize_t max_subject,
+                            Py_ssize_t chunk_max, Py_ssize_t max_body, object encode,
+                            object reply_prefix, Py_ssize_t first_index, object expected_stream,
+                            Py_ssize_t chunk_messages, list counts):
+    """The one loop of both encoders: PUB messages, or with a reply_prefix HPUB messages with a
+    Nats-Msg-Id header (counts then gets the messages of each chunk)."""
     cdef bint cbor = format == "cbor"
-    cdef Py_ssize_t max_subject = max_subject_bytes, chunk_max = chunk_bytes
-    cdef Py_ssize_t max_body = max_body_bytes
-    cdef text pre, dev, sen, unit, fb
+    cdef bint hpub = reply_prefix is not None
+    cdef text pre, dev, sen, unit, fb, rep, stream, dev_id, sen_id
     pre.p = PyUnicode_AsUTF8AndSize(prefix, &pre.n)  # validated: no surrogates
     pre.chars = PyUnicode_GET_LENGTH(prefix)
-    cdef tc_wbuf out, sub, body
+    rep.p = NULL
+    rep.n = 0
+    stream.p = NULL
+    stream.n = 0
+    if hpub:
+        rep.p = PyUnicode_AsUTF8AndSize(reply_prefix, &rep.n)
+        if expected_stream is not None:
+            stream.p = PyUnicode_AsUTF8AndSize(expected_stream, &stream.n)
+    cdef tc_wbuf out, sub, body, hdr
     memset(&out, 0, sizeof(out))
     memset(&sub, 0, sizeof(sub))
     memset(&body, 0, sizeof(body))
+    memset(&hdr, 0, sizeof(hdr))
     cdef Aggregate a
-    cdef Py_ssize_t encoded = 0, too_long = 0, nbytes = 0, subject_chars
-    cdef size_t body_n, msg_n
+    cdef Py_ssize_t encoded = 0, too_long = 0, nbytes = 0, subject_chars, in_chunk = 0
+    cdef size_t body_n, msg_n, total
     cdef const char *body_p
+    cdef bint fast
     chunks = []
     try:
         for obj in aggregates:
             # subject -> sub
             sub.len = 0
             a = <Aggregate>obj if type(obj) is Aggregate else None
-            if a is not None and type(a.device) is str and type(a.sensor) is str:
+            fast = a is not None and type(a.device) is str and type(a.sensor) is str
+            if fast:
                 own_d = token_of(a.device, &dev)
                 own_s = token_of(a.sensor, &sen)
                 reserve(&sub, <size_t>(pre.n + dev.n + sen.n + 2))
@@ -248,29 +288,229 @@ def encode_batch(aggregates, prefix, format, max_subject_bytes,
                 fallback_body = <bytes?>encode(obj)
                 body_p = PyBytes_AS_STRING(fallback_body)
                 body_n = <size_t>PyBytes_GET_SIZE(fallback_body)
-            if <Py_ssize_t>body_n > max_body:
+
+            # JetStream: NATS/1.0\r\nNats-Msg-Id: <id>\r\n[Nats-Expected-Stream: <s>\r\n]\r\n
+            total = body_n
+            if hpub:
+                hdr.len = 0
+                if fast:
+                    own_di = id_of(a.device, &dev_id)
+                    own_si = id_of(a.sensor, &sen_id)
+                    reserve(&hdr, <size_t>(96 + dev_id.n + sen_id.n + stream.n))
+                    tc_wire_put(&hdr, b"NATS/1.0\r\nNats-Msg-Id: ", 23)
+                    tc_wire_put(&hdr, dev_id.p, <size_t>dev_id.n)
+                    tc_wire_put(&hdr, b"|", 1)
+                    tc_wire_put(&hdr, sen_id.p, <size_t>sen_id.n)
+                    tc_wire_put(&hdr, b"|", 1)
+                    put_repr(&hdr, a.window_end)
+                else:
+                    fallback_id = msg_id(obj.device, obj.sensor, obj.window_end)
+                    fb.p = PyUnicode_AsUTF8AndSize(fallback_id, &fb.n)
+                    reserve(&hdr, <size_t>(96 + fb.n + stream.n))
+                    tc_wire_put(&hdr, b"NATS/1.0\r\nNats-Msg-Id: ", 23)
+                    tc_wire_put(&hdr, fb.p, <size_t>fb.n)
+                reserve(&hdr, <size_t>(28 + stream.n))
+                tc_wire_put(&hdr, b"\r\n", 2)
+                if stream.p != NULL:
+                    tc_wire_put(&hdr, b"Nats-Expected-Stream: ", 22)
+                    tc_wire_put(&hdr, stream.p, <size_t>stream.n)
+                    tc_wire_put(&hdr, b"\r\n", 2)
+                tc_wire_put(&hdr, b"\r\n", 2)
+                total = hdr.len + body_n
+            if <Py_ssize_t>total > max_body:
                 too_long += 1
                 continue
 
-            # PUB <subject> <n>\r\n<body>\r\n, in a new chunk if it would overflow this one
-            msg_n = 4 + sub.len + 1 + decimal_digits(body_n) + 2 + body_n + 2
-            if out.len and out.len + msg_n > <size_t>chunk_max:
+            # PUB <subject> <n>\r\n<body>\r\n, or HPUB <subject> <reply>.<index> <h> <n>\r\n
+            # <header><body>\r\n; in a new chunk if it would overflow this one
+            if hpub:
+                msg_n = (5 + sub.len + 1 + <size_t>rep.n + 1
+                         + decimal_digits(<size_t>(first_index + encoded)) + 1
+                         + decimal_digits(hdr.len) + 1 + decimal_digits(total) + 2 + total + 2)
+            else:
+                msg_n = 4 + sub.len + 1 + decimal_digits(body_n) + 2 + body_n + 2
+            if out.len and (out.len + msg_n > <size_t>chunk_max or in_chunk == chunk_messages):
                 chunks.append(PyBytes_FromStringAndSize(out.p, <Py_ssize_t>out.len))
+                if counts is not None:
+                    counts.append(in_chunk)
                 out.len = 0
+                in_chunk = 0
             reserve(&out, msg_n)
-            tc_wire_put(&out, b"PUB ", 4)
-            tc_wire_put(&out, sub.p, sub.len)
-            tc_wire_put(&out, b" ", 1)
-            tc_wire_put_u64(&out, body_n)
-            tc_wire_put(&out, b"\r\n", 2)
+            if hpub:
+                tc_wire_put(&out, b"HPUB ", 5)
+                tc_wire_put(&out, sub.p, sub.len)
+                tc_wire_put(&out, b" ", 1)
+                tc_wire_put(&out, rep.p, <size_t>rep.n)
+                tc_wire_put(&out, b".", 1)
+                tc_wire_put_u64(&out, <uint64_t>(first_index + encoded))
+                tc_wire_put(&out, b" ", 1)
+                tc_wire_put_u64(&out, hdr.len)
+                tc_wire_put(&out, b" ", 1)
+                tc_wire_put_u64(&out, total)
+                tc_wire_put(&out, b"\r\n", 2)
+                tc_wire_put(&out, hdr.p, hdr.len)
+            else:
+                tc_wire_put(&out, b"PUB ", 4)
+                tc_wire_put(&out, sub.p, sub.len)
+                tc_wire_put(&out, b" ", 1)
+                tc_wire_put_u64(&out, body_n)
+                tc_wire_put(&out, b"\r\n", 2)
             tc_wire_put(&out, body_p, body_n)
             tc_wire_put(&out, b"\r\n", 2)
             encoded += 1
-            nbytes += subject_chars + <Py_ssize_t>body_n
+            in_chunk += 1
+            nbytes += subject_chars + <Py_ssize_t>total
         if out.len:
             chunks.append(PyBytes_FromStringAndSize(out.p, <Py_ssize_t>out.len))
+            if counts is not None:
+                counts.append(in_chunk)
     finally:
         tc_wbuf_free(&out)
         tc_wbuf_free(&sub)
         tc_wbuf_free(&body)
+        tc_wbuf_free(&hdr)
     return chunks, encoded, too_long, nbytes
+
+
+def encode_batch(aggregates, prefix, format, max_subject_bytes,
+                 chunk_bytes=DEFAULT_CHUNK_BYTES, max_body_bytes=sys.maxsize):
+    """See ``_wire.pyi``."""
+    encode = _check_args(prefix, format, max_subject_bytes, chunk_bytes, max_body_bytes)
+    return encode_messages(aggregates, prefix, format, max_subject_bytes, chunk_bytes,
+                           max_body_bytes, encode, None, 0, None, sys.maxsize, None)
+
+
+def encode_jetstream(aggregates, prefix, format, max_subject_bytes, reply_prefix, first_index=0,
+                     expected_stream=None, chunk_bytes=DEFAULT_CHUNK_BYTES,
+                     max_body_bytes=sys.maxsize, chunk_messages=sys.maxsize):
+    """See ``_wire.pyi``."""
+    encode = _check_args(prefix, format, max_subject_bytes, chunk_bytes, max_body_bytes,
+                         reply_prefix, first_index, expected_stream, chunk_messages)
+    counts = []
+    chunks, encoded, too_long, nbytes = encode_messages(
+        aggregates, prefix, format, max_subject_bytes, chunk_bytes, max_body_bytes, encode,
+        reply_prefix, first_index, expected_stream, chunk_messages, counts)
+    return chunks, counts, encoded, too_long, nbytes
+
+
+# ---- JetStream acks ------------------------------------------------------------------------------
+
+cdef class AckWindow:
+    """The answers to one emitter's JetStream publishes: tc_wire.h's tc_acks (see its comment and
+    ``_wire.pyi``). Used by the emitter's loop thread only."""
+
+    cdef tc_acks w
+    cdef bytes _prefix        # w.inbox points into it
+    cdef bytearray _state     # w.state points into it while a batch is begun
+    cdef readonly str inbox
+
+    def __init__(self, inbox):
+        if type(inbox) is not str:
+            raise TypeError(f"inbox must be a str, got {type(inbox).__name__}")
+        validate_prefix(inbox)
+        self.inbox = inbox
+        self._prefix = inbox.encode() + b"."
+        memset(&self.w, 0, sizeof(self.w))
+        self.w.inbox = PyBytes_AS_STRING(self._prefix)
+        self.w.inbox_len = <size_t>PyBytes_GET_SIZE(self._prefix)
+
+    @property
+    def sid(self):
+        return self.w.sid
+
+    @sid.setter
+    def sid(self, uint64_t value):
+        self.w.sid = value
+
+    @property
+    def serial(self):
+        return self.w.serial
+
+    @property
+    def batch_size(self):
+        return self.w.n
+
+    @property
+    def in_flight(self):
+        return self.w.in_flight
+
+    @property
+    def acked(self):
+        return self.w.acked
+
+    @property
+    def answers(self):
+        return self.w.answers
+
+    @property
+    def stale(self):
+        return self.w.stale
+
+    @property
+    def repeats(self):
+        return self.w.repeats
+
+    def begin(self, uint64_t serial, state):
+        if type(state) is not bytearray:
+            raise TypeError("state must be a bytearray")
+        self._state = state
+        tc_acks_begin(&self.w, serial, <unsigned char *>PyByteArray_AS_STRING(state),
+                      <size_t>PyByteArray_GET_SIZE(state))
+
+    def end(self):
+        tc_acks_end(&self.w)
+        self._state = None
+
+    def send(self, Py_ssize_t first, Py_ssize_t last):
+        if self._state is None:
+            return 0
+        if first < 0 or last < first:
+            raise ValueError("need 0 <= first <= last")
+        return tc_acks_send(&self.w, <size_t>first, <size_t>last)
+
+    def acked_range(self, Py_ssize_t first, Py_ssize_t last):
+        if self._state is None or first < 0 or last < first:
+            raise ValueError("no batch, or not 0 <= first <= last")
+        cdef Py_ssize_t i, end = min(last, <Py_ssize_t>self.w.n)
+        for i in range(first, end):
+            if self.w.state[i] != TC_MSG_ACKED:
+                return False
+        return True
+
+    def sent_in(self, Py_ssize_t first, Py_ssize_t last):
+        if self._state is None or first < 0 or last < first:
+            raise ValueError("no batch, or not 0 <= first <= last")
+        cdef Py_ssize_t i, k = 0, end = min(last, <Py_ssize_t>self.w.n)
+        for i in range(first, end):
+            k += self.w.state[i] == TC_MSG_SENT
+        return k
+
+    def answer(self, bytes subject, bytes header, bytes body):
+        cdef tc_ack_result r
+        cdef uint64_t serial = 0, index = 0
+        tc_ack_classify(PyBytes_AS_STRING(header), <size_t>PyBytes_GET_SIZE(header),
+                        PyBytes_AS_STRING(body), <size_t>PyBytes_GET_SIZE(body), &r)
+        cdef int have = tc_ack_token(&self.w, PyBytes_AS_STRING(subject),
+                                     <size_t>PyBytes_GET_SIZE(subject), &serial, &index) == 0
+        if not have:
+            r.kind = TC_ACK_BAD
+        tc_acks_apply(&self.w, have, serial, index, &r)
+
+    def feed(self, bytes data, Py_ssize_t pos=0):
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef int64_t nxt = 0
+        cdef size_t used
+        if pos < 0 or pos > n:
+            raise ValueError("pos out of range")
+        used = tc_acks_feed(&self.w, PyBytes_AS_STRING(data) + pos, <size_t>(n - pos), &nxt)
+        return used, nxt
+
+    def counts(self):
+        return {kind: self.w.kinds[i] for i, kind in enumerate(ACK_KINDS)}
+
+    def last_error(self):
+        if self.w.last_kind == 0:
+            return ""
+        return _describe(self.w.last_kind, self.w.last_code, self.w.last_err_code,
+                         PyBytes_FromStringAndSize(self.w.last_desc,
+                                                   <Py_ssize_t>self.w.last_desc_len))

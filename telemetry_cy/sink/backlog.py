@@ -1,11 +1,14 @@
 """The NATS emitter's backlog: encoded tick batches waiting for the server, oldest first.
 
 Bounded by a number of batches and a number of bytes. Over either bound the OLDEST waiting
-batches are dropped, and every aggregate in them counts in `dropped` (the emitter reports it as
-`emit_backlog`); the newest batch always stays, even alone over the byte bound, so the latest
-tick is never lost to the bound. The one batch being published (in flight) is not counted against
-the bounds: it is out of the queue until it is confirmed or given back, and given back it is
-again the oldest, so it is the first to go if the backlog is over a bound by then.
+batches are dropped, and every aggregate in them not published yet counts in `dropped` (the
+emitter reports it as `emit_backlog`); the newest batch always stays, even alone over the byte
+bound, so the latest tick is never lost to the bound. A JetStream batch can be published in part
+(the stream acked some of its messages, refused others): `Batch.done` counts the part already
+counted as published, and only the rest counts here. The one batch being published (in flight)
+is not counted against the bounds: it is out of the queue until it is confirmed or given back,
+and given back it is again the oldest, so it is the first to go if the backlog is over a bound
+by then.
 
 Ownership: no lock of its own. The emitter's loop thread is the only writer and holds the
 emitter's stats lock around every call, so a stats snapshot sees the backlog, the published
@@ -18,16 +21,29 @@ import collections
 
 
 class Batch:
-    """One tick's aggregates, encoded for NATS."""
+    """One tick's aggregates, encoded for NATS: protocol chunks, PUB (core NATS) or HPUB
+    (JetStream)."""
 
-    __slots__ = ("parts", "n", "nbytes", "window_end")
+    __slots__ = ("parts", "n", "nbytes", "window_end", "done", "starts", "serial", "acks")
 
-    def __init__(self, parts: list, n: int, nbytes: int, window_end: float) -> None:
-        # core NATS: PUB protocol chunks; JetStream: [(subject, body, msg_id)]
+    def __init__(self, parts: list, n: int, nbytes: int, window_end: float,
+                 starts: list[int] | None = None, serial: int = 0) -> None:
         self.parts = parts
         self.n = n                    # aggregates
-        self.nbytes = nbytes          # subjects + bodies, what the byte bound counts
+        self.nbytes = nbytes          # subjects + payloads, what the byte bound counts
         self.window_end = window_end  # the oldest tick in the batch
+        # aggregates counted as published (JetStream: acked); changes only while the batch is
+        # in flight, so the backlog's running totals of the waiting ones stay exact
+        self.done = 0
+        # JetStream: the first message index of each chunk, then n; the batch's serial (its
+        # reply subjects' token); one ack state per message (made by the first attempt)
+        self.starts = starts
+        self.serial = serial
+        self.acks: bytearray | None = None
+
+    @property
+    def remaining(self) -> int:
+        return self.n - self.done
 
 
 class Backlog:
@@ -54,12 +70,13 @@ class Backlog:
         if not self._waiting:
             return None
         batch = self.in_flight = self._waiting.popleft()
-        self._waiting_aggregates -= batch.n
+        self._waiting_aggregates -= batch.remaining
         self._waiting_bytes -= batch.nbytes
         return batch
 
     def confirm(self) -> Batch:
-        """The batch in flight reached the server: it leaves the backlog."""
+        """The batch in flight reached the server (all of it: the caller has counted it done):
+        it leaves the backlog."""
         batch = self.in_flight
         if batch is None:
             raise RuntimeError("no batch in flight")
@@ -67,8 +84,9 @@ class Backlog:
         return batch
 
     def give_back(self) -> int:
-        """The batch in flight failed: back to the front, still the oldest. Returns the
-        aggregates dropped to stay within the bounds (it may be among them)."""
+        """The batch in flight failed (or got only part through): back to the front, still the
+        oldest. Returns the aggregates dropped to stay within the bounds (it may be among
+        them)."""
         batch = self.confirm()
         self._push(batch, newest=False)
         return self._trim()
@@ -101,7 +119,7 @@ class Backlog:
 
     @property
     def aggregates(self) -> int:
-        return self._waiting_aggregates + (self.in_flight.n if self.in_flight else 0)
+        return self._waiting_aggregates + (self.in_flight.remaining if self.in_flight else 0)
 
     @property
     def nbytes(self) -> int:
@@ -109,7 +127,7 @@ class Backlog:
 
     def _push(self, batch: Batch, newest: bool) -> None:
         (self._waiting.append if newest else self._waiting.appendleft)(batch)
-        self._waiting_aggregates += batch.n
+        self._waiting_aggregates += batch.remaining
         self._waiting_bytes += batch.nbytes
 
     def _trim(self) -> int:
@@ -117,8 +135,8 @@ class Backlog:
         while len(self._waiting) > 1 and (len(self._waiting) > self.max_batches
                                           or self._waiting_bytes > self.max_bytes):
             old = self._waiting.popleft()
-            self._waiting_aggregates -= old.n
+            self._waiting_aggregates -= old.remaining
             self._waiting_bytes -= old.nbytes
-            dropped += old.n
+            dropped += old.remaining
         self.dropped += dropped
         return dropped

@@ -8,14 +8,20 @@ encodes it (`nats_batches.TickEncoder`) and adds it to the bounded backlog (`bac
 drop-oldest, counted as `emit_backlog`).
 
 This module is the publishing and its accounting: one batch in flight at a time, oldest first. A
-batch is published when the server has read it (core NATS: a PING/PONG after it) and, in JetStream
-mode, all its acks came back. If the connection drops first, or a JetStream ack fails, the batch
-goes back to the front of the backlog for a retry. Core NATS delivery is therefore at-least-once:
-a batch cut by a disconnect after some of it reached the server is sent again. A flush that
-merely times out on a live connection does not end the attempt (see `_delivered`): those bytes
-are already on their way and cannot be recalled, so the batch stays in flight and is never also
-counted as dropped. JetStream mode sets `Nats-Msg-Id`, so the stream stores a retried aggregate
-once (within the stream's duplicate window, 2 minutes by default).
+core NATS batch is published when the server has read it (a PING/PONG after it); if the
+connection drops first, the batch goes back to the front of the backlog for a retry. Core NATS
+delivery is therefore at-least-once: a batch cut by a disconnect after some of it reached the
+server is sent again. A flush that merely times out on a live connection does not end the
+attempt (see `_delivered`): those bytes are already on their way and cannot be recalled, so the
+batch stays in flight and is never also counted as dropped.
+
+JetStream mode (sink/jetstream.py) publishes a batch through a bounded window of messages awaiting
+their ack, and an aggregate counts as published when the stream acked it. A batch that did not
+get through whole (refused messages, no answer, a lost connection) goes back to the front of the
+backlog and only its unacked part is sent again, with the same `Nats-Msg-Id`, so the stream stores
+each aggregate once (within the stream's duplicate window, 2 minutes by default). Refusals are
+counted by reason (`publish_errors`); retries wait by the reconnect policy, so a full stream is
+not hammered.
 
 Reconnects wait by the process's one policy (`connection.Backoff`), the up/down time is kept by
 its one clock (`connection.ConnectionClock`, read by `stats()` and the health check).
@@ -23,13 +29,15 @@ its one clock (`connection.ConnectionClock`, read by `stats()` and the health ch
 Counters: the engine thread writes only `_handoff` (one tuple, replaced whole), the loop thread
 writes the rest under `_lock`, which only the loop thread and `stats()` readers take. Balance, at
 any snapshot: submitted == published + drops[emit_backlog] + backlog_aggregates, where
-backlog_aggregates includes batches handed over but not yet taken by the loop.
+backlog_aggregates includes batches handed over but not yet taken by the loop (and, of a
+JetStream batch published in part, only the part not acked yet).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -38,9 +46,11 @@ from typing import Any
 from nats.aio.client import Client
 from nats.errors import FlushTimeoutError
 
+from telemetry_cy.backend import ACTIVE
 from telemetry_cy.connection import Backoff, ConnectionClock
 from telemetry_cy.service.logs import redact_url
 from telemetry_cy.sink.backlog import Backlog, Batch
+from telemetry_cy.sink.jetstream import JetStreamPublisher
 from telemetry_cy.sink.nats_batches import (
     ENCODE_SLICE,
     MAX_SUBJECT_BYTES,
@@ -49,15 +59,21 @@ from telemetry_cy.sink.nats_batches import (
     msg_id,
 )
 from telemetry_cy.sink.nats_options import Redactor, check_auth, check_creds_file, tls_context
+from telemetry_cy.sink.nats_streams import streams_capturing
 from telemetry_cy.sink.subjects import validate_prefix
 
 __all__ = ["NatsEmitter", "check_creds_file", "msg_id", "encode_batch", "ENCODE_SLICE",
-           "MAX_SUBJECT_BYTES", "JS_MAX_PENDING", "ERROR_LOG_EVERY_S", "MIN_IN_FLIGHT_BATCHES"]
+           "MAX_SUBJECT_BYTES", "ERROR_LOG_EVERY_S", "MIN_IN_FLIGHT_BATCHES",
+           "JS_MAX_IN_FLIGHT", "JS_MAX_IN_FLIGHT_BYTES"]
 
 log = logging.getLogger("telemetry_cy.sink.nats_emitter")
 
-#: nats-py's limit of JetStream acks in flight, set beyond any batch (see `_run`).
-JS_MAX_PENDING = 1 << 30
+#: JetStream messages awaiting their ack, at most (sink/jetstream.py). Far below nats-server's
+#: per-stream ingest queue (100,000 messages, 128 MiB by default; beyond it the server answers
+#: 429 "too many requests"), and enough to keep the server busy on loopback (docs/jetstream.md).
+JS_MAX_IN_FLIGHT = 16384
+#: ... and bytes of chunks awaiting their acks
+JS_MAX_IN_FLIGHT_BYTES = 16 << 20
 #: The same NATS error is logged at most once per this many seconds.
 ERROR_LOG_EVERY_S = 60.0
 #: Hand-offs the loop has not picked up yet, at most. Normally 0 or 1 (one per tick); this is a
@@ -77,13 +93,26 @@ class NatsEmitter:
                  tls_key_file: str | None = None, connect_timeout: float = 2.0,
                  flush_timeout: float = 5.0, reconnect_time_wait: float = 0.25,
                  max_reconnect_wait: float = 5.0, name: str = "telemetry-cy",
-                 on_published: Callable[[int, float], None] | None = None) -> None:
+                 on_published: Callable[[int, float], None] | None = None,
+                 expected_stream: str | None = None, max_in_flight: int = JS_MAX_IN_FLIGHT,
+                 max_in_flight_bytes: int = JS_MAX_IN_FLIGHT_BYTES) -> None:
         self.servers = [servers] if isinstance(servers, str) else list(servers)
         if not self.servers:
             raise ValueError("at least one NATS server URL is needed")
         self.prefix = validate_prefix(subject_prefix)
         self.format = format
-        self._encoder = TickEncoder(self.prefix, format, jetstream)
+        # JetStream: one reply inbox per emitter, unguessable like nats-py's own inboxes; the
+        # window's chunks are small enough that one always fits it
+        self._js: JetStreamPublisher | None = None
+        inbox = None
+        if jetstream:
+            inbox = f"_INBOX.{secrets.token_hex(11)}"
+            self._js = JetStreamPublisher(ACTIVE.wire.AckWindow(inbox), max_in_flight,
+                                          max_in_flight_bytes, flush_timeout)
+        self._encoder = TickEncoder(
+            self.prefix, format, jetstream, inbox=inbox, expected_stream=expected_stream,
+            chunk_bytes=min(ACTIVE.wire.DEFAULT_CHUNK_BYTES, max(1, max_in_flight_bytes // 8)),
+            chunk_messages=max(1, max_in_flight // 8))
         # loop thread only, under _lock
         self._backlog = Backlog(max_backlog_batches, max_backlog_bytes)
         check_auth(user, password, token, creds_file)
@@ -133,6 +162,10 @@ class NatsEmitter:
         self._reconnect = Backoff(reconnect_time_wait, max_reconnect_wait,
                                   jitter=RECONNECT_JITTER,
                                   name="reconnect_time_wait, max_reconnect_wait")
+        # loop thread only: the wait before a failed batch is tried again, by the same policy
+        # (a stream that refuses everything is asked less and less often)
+        self._retry = Backoff(reconnect_time_wait, max_reconnect_wait, jitter=RECONNECT_JITTER,
+                              name="reconnect_time_wait, max_reconnect_wait")
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -207,9 +240,12 @@ class NatsEmitter:
             ok = await self._publish(batch)
             dropped = 0
             with self._lock:
+                # core NATS: all at once; JetStream: counted as the acks came (_acked)
+                newly = batch.n - batch.done if ok else 0
+                batch.done += newly
+                self._published += newly
                 if ok:
                     self._backlog.confirm()
-                    self._published += batch.n
                     self._batches_published += 1
                 else:  # back to the front: it is still the oldest
                     dropped = self._backlog.give_back()
@@ -219,27 +255,25 @@ class NatsEmitter:
                     self.on_published(batch.n, batch.window_end)
                 except Exception:  # an observer's failure is not a failed publication
                     log.exception("on_published callback failed")
-            if not ok:
-                await asyncio.sleep(self.reconnect_time_wait)
+            if ok:
+                self._retry.reset()
+            else:
+                await asyncio.sleep(self._retry.next_delay())
 
     async def _publish(self, batch: Batch) -> bool:
         nc = self._nc
         generation = self._generation
-        futures: list[asyncio.Future] = []
         try:
             js = self._js
             if js is not None:   # the JetStream mode
-                for subject, body, mid in batch.parts:
-                    futures.append(await js.publish_async(
-                        subject, body, wait_stall=None,
-                        headers={"Nats-Msg-Id": mid}))
-                await self._delivered(generation)
-                done, pending = await asyncio.wait(futures, timeout=self.flush_timeout)
-                if pending:
-                    raise TimeoutError(f"{len(pending)} of {batch.n} JetStream acks missing "
-                                       f"after {self.flush_timeout} s")
-                for f in done:
-                    f.result()  # raises the stream's error (no stream, ...)
+                if not js.ready:
+                    raise ConnectionError("the JetStream reply subscription is not set up yet")
+                ok = await js.publish(nc, batch, lambda: (generation == self._generation
+                                                          and nc.is_connected), self._acked)
+                if not ok:
+                    self._note_error("JetStream refused messages, batch kept for retry",
+                                     RuntimeError(js.window.last_error()))
+                return ok
             else:
                 # Whole chunks of PUB commands, through the queue nats-py's own publish() feeds
                 # (pinned by tests/test_emitter.py): ~1 us per aggregate less than a publish()
@@ -255,10 +289,14 @@ class NatsEmitter:
         except Exception as exc:
             self._note_error("publish failed, batch kept for retry", exc)
             return False
-        finally:
-            for f in futures:  # frees nats-py's pending-ack slots of an abandoned attempt
-                if not f.done():
-                    f.cancel()
+
+    def _acked(self, batch: Batch, acked: int) -> None:
+        """JetStream: `acked` of the batch's messages are in the stream by now."""
+        with self._lock:
+            newly = acked - batch.done
+            if newly > 0:
+                batch.done = acked
+                self._published += newly
 
     async def _delivered(self, generation: int) -> None:
         """Returns once the server has read everything written on connection `generation`
@@ -338,6 +376,8 @@ class NatsEmitter:
 
     async def _on_disconnected(self) -> None:
         self._generation += 1
+        if self._js is not None:
+            self._js.wake()   # a publisher waiting for acks gives up on this connection
         if self._closing:
             return
         if self._conn.connected:
@@ -346,6 +386,8 @@ class NatsEmitter:
 
     async def _on_reconnected(self) -> None:
         self._generation += 1
+        if self._js is not None:
+            self._js.wake()
         with self._lock:
             self._reconnects += 1
         self._set_connected(True)
@@ -367,6 +409,11 @@ class NatsEmitter:
         except Exception as exc:
             self._note_error("NATS connect failed", exc)
             return
+        if self._js is not None:
+            try:
+                await self._js.subscribe(self._nc)
+            except Exception as exc:   # the publisher retries: it needs the subscription
+                self._note_error("JetStream reply subscription failed", exc)
         self._set_connected(True)
         log.info("NATS connected", extra={"fields": {"url": self._connected_url()}})
 
@@ -375,14 +422,8 @@ class NatsEmitter:
     def _run(self, loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
         asyncio.set_event_loop(loop)
         self._nc = Client()
-        # Acks in flight are bounded by our own flow (one batch at a time, its futures cancelled
-        # when the attempt ends), so nats-py's pending-ack limit is moved out of the way and
-        # publish_async gets wait_stall=None: with a timeout, every publish_async goes through
-        # asyncio.wait_for, which yields to the loop and so costs one socket write per message
-        # (perf/emit_rate.py: 10k -> 32k aggregates/s).
-        self._js = (self._nc.jetstream(timeout=self.flush_timeout,
-                                       publish_async_max_pending=JS_MAX_PENDING)
-                    if self.jetstream else None)
+        if self._js is not None:
+            self._js.attach(self._nc)
         self._wake = asyncio.Event()
         self._tasks = [loop.create_task(self._publisher()), loop.create_task(self._connect())]
         loop.call_soon(started.set)
@@ -427,6 +468,36 @@ class NatsEmitter:
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected_event.wait(timeout)
+
+    def check_stream(self) -> None:
+        """JetStream mode: once connected, asks which streams capture the subjects and logs it
+        in one line (a warning when none does: every publish then waits for one). Returns at
+        once; the answer comes on the NATS thread."""
+        loop = self._loop
+        if self._js is None or loop is None:
+            return
+        loop.call_soon_threadsafe(lambda: self._tasks.append(
+            loop.create_task(self._check_stream())))
+
+    async def _check_stream(self) -> None:
+        nc = self._nc
+        while not nc.is_connected:
+            await asyncio.sleep(0.1)
+        subjects = f"{self.prefix}.*.*"
+        try:
+            names = await streams_capturing(nc, self.prefix, self.flush_timeout)
+        except Exception as exc:
+            log.warning("cannot list the JetStream streams (is JetStream enabled?)", extra={
+                "fields": {"subjects": subjects, "error": self._redact(
+                    f"{type(exc).__name__}: {exc}".rstrip(": "))}})
+            return
+        if names:
+            log.info("JetStream stream captures the subjects",
+                     extra={"fields": {"stream": ",".join(names), "subjects": subjects}})
+        else:
+            log.warning("no JetStream stream captures the subjects: publishes wait for one "
+                        "(docs/jetstream.md shows how to create it)",
+                        extra={"fields": {"subjects": subjects}})
 
     def stop(self, deadline_s: float = 5.0) -> None:
         """Publishes what is in the backlog within deadline_s, counts the rest as
@@ -504,4 +575,7 @@ class NatsEmitter:
         out["backlog_batches"] = backlog_batches + batches - taken_batches
         out["backlog_aggregates"] = backlog_aggs + aggs - taken_aggs
         out["backlog_bytes"] = backlog_bytes
+        if self._js is not None:
+            # written by the loop thread without a lock: counters only, each read whole
+            out["jetstream"] = self._js.stats()
         return out

@@ -118,6 +118,25 @@ def subject_for(prefix: str, device: str, sensor: str) -> str:
     return f"{prefix}.{escape_token(device)}.{escape_token(sensor)}"
 
 
+def id_token(raw: str) -> str:
+    """A name as it appears in a JetStream message id: its subject token, with ``|`` and non-ASCII
+    characters percent-encoded as well. Header values stay ASCII, and since ``%`` is always
+    escaped this is plain percent-encoding, so it is injective."""
+    token = escape_token(raw)
+    if token.isascii() and "|" not in token:
+        return token
+    return "".join(ch if ch.isascii() and ch != "|"
+                   else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+                   for ch in token)
+
+
+def msg_id(device: str, sensor: str, window_end: float) -> str:
+    """JetStream deduplication id ``device|sensor|window_end``: one per (key, window), so a
+    retried aggregate is stored once. Unambiguous and ASCII-only (`id_token`): no whitespace or
+    control character reaches the header."""
+    return f"{id_token(device)}|{id_token(sensor)}|{window_end!r}"
+
+
 def parse_subject(prefix: str, subject: str) -> tuple[str, str]:
     """(device, sensor) of a subject built by `subject_for`; ValueError for anything else."""
     head = prefix + "."
