@@ -59,7 +59,8 @@ key: one aggregate per reading, the heaviest tick load a key rate of >= 0.2 Hz p
 
 Run (from the repo root; ~2.5 minutes with --fast on a 2-core VM)::
 
-    PYTHONPATH=$PWD .venv/bin/python perf/bench_engine.py --fast -o perf/results/reference/engine.json
+    PYTHONPATH=$PWD .venv/bin/python perf/bench_engine.py --fast \\
+        -o perf/results/reference/engine.json
     .venv/bin/python -m pyperf compare_to perf/results/reference/engine.json new.json --table
 
 Each worker process records the sha256 of the ``_engine``/``_decode`` modules it loaded
