@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from telemetry_cy import backend as backends
 from telemetry_cy.engine.rules import AGGREGATE_FIELDS
 from telemetry_cy.sink.bodies import decode_body, encoder_for
-from telemetry_cy.sink.subjects import msg_id, parse_subject, subject_for
+from telemetry_cy.sink.subjects import escape_token, msg_id, parse_subject, subject_for
 
 PREFIX = "agg"
 MAX_SUBJECT = 3072  # emitter.MAX_SUBJECT_BYTES
@@ -485,3 +485,29 @@ def test_jetstream_bad_arguments(compiled_backend, pure_backend, kwargs, exc, te
     for twin in (compiled_backend, pure_backend):
         with pytest.raises(exc, match=text):
             twin.wire.encode_jetstream([typical(1)], PREFIX, "json", MAX_SUBJECT, **args)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(aggregates(), max_size=40), st.randoms(use_true_random=False))
+def test_subject_order_is_a_stable_sort_by_device_token(compiled_backend, pure_backend, aggs,
+                                                         rnd):
+    aggs = aggs + [typical(rnd.randrange(50)) for _ in range(rnd.randrange(60))]  # equal names
+    want = sorted(aggs, key=lambda a: escape_token(a.device).encode())
+    assert pure_backend.wire.subject_order(aggs) == want
+    got = compiled_backend.wire.subject_order(iter(aggs))
+    assert [id(a) for a in got] == [id(a) for a in want]   # the same objects, stably ordered
+
+
+def test_subject_order_of_a_large_batch_and_odd_items(compiled_backend, pure_backend):
+    rnd = random.Random(5)
+    names = ["gw-%04d-dev-%06d" % (rnd.randrange(99), rnd.randrange(10**6)) for _ in range(5000)]
+    names += ["a" * rnd.randrange(40) for _ in range(300)] + ["é" * 3, "x.y", "", "%", "\x00"]
+    aggs = [Aggregate(rnd.choice(names), "s", None, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1)
+            for _ in range(20000)]
+    aggs += [PureAggregate(3, "s", None, 0, 5, 1, 1, 1, 1, 1, 0, 1, 1), typical(1)]
+    got = compiled_backend.wire.subject_order(aggs)
+    assert [id(a) for a in got] == [id(a) for a in pure_backend.wire.subject_order(aggs)]
+    assert got[0].device == 3    # a device that is not a str sorts first
+    for twin in (compiled_backend, pure_backend):
+        with pytest.raises(AttributeError):
+            twin.wire.subject_order([typical(1), object()])

@@ -21,6 +21,14 @@ cdef extern from "tc_wire.h" nogil:
     void tc_wire_put_cbor_head(tc_wbuf *b, unsigned major, uint64_t v)
     void tc_wire_put_cbor_f64(tc_wbuf *b, double x)
 
+    # ordering a batch by subject
+    ctypedef struct tc_sort_key:
+        pass
+
+    void tc_sort_key_set(tc_sort_key *k, const char *p, size_t n, size_t i)
+    void tc_sort_keys(tc_sort_key *k, size_t n)
+    size_t tc_sort_key_index "tc_sort_key_index"(const tc_sort_key *k)
+
     # JetStream acks
     enum:
         TC_ACK_OK

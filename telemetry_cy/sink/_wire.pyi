@@ -64,6 +64,12 @@ def encode_jetstream(
     is not a stream name (printable ASCII without '.', '*', '>', '/', '\\\\').
     """
 
+def subject_order(aggregates: Iterable[object]) -> list[object]:
+    """The aggregates in the order of their subjects' device token (``subjects.escape_token``
+    of ``a.device``, as UTF-8 bytes; a device that is not an exact str counts as ``b""``), and
+    in their given order when it is the same: a stable sort. JetStream stores a tick batch in
+    this order markedly faster than in the engine's hash order (docs/jetstream.md)."""
+
 class AckWindow:
     """The answers to one emitter's JetStream publishes, read from the connection's bytes
     (tc_wire.h's tc_acks_*: that comment has the rules). A batch's messages carry the reply

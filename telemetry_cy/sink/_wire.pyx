@@ -26,6 +26,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.conversion cimport Py_DTSF_ADD_DOT_0, PyOS_double_to_string
 from cpython.exc cimport PyErr_Clear
 from cpython.mem cimport PyMem_Free
+from libc.stdlib cimport free, malloc
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DATA, PyUnicode_GET_LENGTH
 from libc.math cimport isfinite, signbit
 from libc.stdint cimport int64_t, uint64_t
@@ -391,6 +392,35 @@ def encode_jetstream(aggregates, prefix, format, max_subject_bytes, reply_prefix
         aggregates, prefix, format, max_subject_bytes, chunk_bytes, max_body_bytes, encode,
         reply_prefix, first_index, expected_stream, chunk_messages, counts)
     return chunks, counts, encoded, too_long, nbytes
+
+
+def subject_order(aggregates):
+    """See ``_wire.pyi``. The sort runs without the GIL; the pass that reads the names gives it
+    up every 4,096 aggregates, so a million-key tick never holds it for long."""
+    items = list(aggregates)
+    cdef Py_ssize_t n = len(items), i
+    cdef tc_sort_key *keys = <tc_sort_key *>malloc(<size_t>max(n, 1) * sizeof(tc_sort_key))
+    if keys == NULL:
+        raise MemoryError()
+    cdef text t
+    owners = [None] * n   # escaped tokens: their UTF-8 must outlive the sort
+    try:
+        for i in range(n):
+            obj = items[i]
+            device = (<Aggregate>obj).device if type(obj) is Aggregate else obj.device
+            if type(device) is str:
+                owners[i] = token_of(device, &t)
+                tc_sort_key_set(&keys[i], t.p, <size_t>t.n, <size_t>i)
+            else:
+                tc_sort_key_set(&keys[i], NULL, 0, <size_t>i)
+            if i % 4096 == 4095:
+                with nogil:   # a moment for the other threads (the MQTT network thread)
+                    pass
+        with nogil:
+            tc_sort_keys(keys, <size_t>n)
+        return [items[tc_sort_key_index(&keys[i])] for i in range(n)]
+    finally:
+        free(keys)
 
 
 # ---- JetStream acks ------------------------------------------------------------------------------

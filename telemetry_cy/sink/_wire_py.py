@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from telemetry_cy.sink.bodies import encoder_for
-from telemetry_cy.sink.subjects import msg_id, subject_for, validate_prefix
+from telemetry_cy.sink.subjects import escape_token, msg_id, subject_for, validate_prefix
 
 DEFAULT_CHUNK_BYTES = 262144
 
@@ -129,6 +129,14 @@ def _encode(aggregates, prefix, encode, max_subject_bytes, chunk_bytes, max_body
         chunks.append(b"".join(parts))
         counts.append(len(parts))
     return chunks, counts, encoded, too_long, nbytes
+
+
+def subject_order(aggregates) -> list:
+    """See ``_wire.pyi``."""
+    def key(a) -> bytes:
+        device = a.device
+        return escape_token(device).encode() if type(device) is str else b""
+    return sorted(aggregates, key=key)
 
 
 # ---- JetStream publish acks: tc_wire.h's tc_acks_*, line for line -------------------------------

@@ -25,8 +25,10 @@ from telemetry_cy.sink.subjects import msg_id  # noqa: F401  (re-exported: the i
 #: core NATS: a tick batch becomes ready PUB protocol chunks (one write each, not one nats-py
 #: publish per aggregate), by the active backend's encoder
 encode_batch = ACTIVE.encode_batch
-#: JetStream: the same with HPUB messages (reply subject, Nats-Msg-Id header)
+#: JetStream: the same with HPUB messages (reply subject, Nats-Msg-Id header), a batch put in
+#: subject order first
 encode_jetstream = ACTIVE.wire.encode_jetstream
+subject_order = ACTIVE.wire.subject_order
 #: aggregates encoded per call: the compiled encoder holds the GIL while it runs (~1 us per
 #: aggregate), so a tick of a million keys is encoded in slices of a few milliseconds, between
 #: which the network thread gets the GIL
@@ -100,6 +102,9 @@ class TickEncoder:
         starts: list[int] = []
         n = nbytes = 0
         reply = f"{self.inbox}.{self._serial}"
+        # by subject: the stream indexes every message by its subject, and takes a batch in
+        # subject order markedly faster than in the engine's hash order (docs/jetstream.md)
+        aggregates = subject_order(aggregates)
         for i in range(0, max(1, len(aggregates)), ENCODE_SLICE):   # [] too: checks
             chunks, counts, encoded, _, size = encode_jetstream(
                 aggregates[i:i + ENCODE_SLICE], self.prefix, self.format, MAX_SUBJECT_BYTES,
