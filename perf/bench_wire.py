@@ -13,10 +13,17 @@ wire_compiled_json          ``_wire.encode_batch(batch, "agg", "json", 3072)``: 
 wire_compiled_cbor          as PUB chunks (256 KiB), counters included
 wire_twin_json              the same with the pure-Python twin ``_wire_py.encode_batch``
 wire_twin_cbor
-emitter_path_json           what ``NatsEmitter._take`` does today per aggregate (core NATS): a
-emitter_path_cbor           ``subject_for`` + subject-length check + ``encode_json``/``_cbor``,
-                            a list of (subject, body, None) and the byte count -- without the PUB
-                            framing nats-py's ``publish`` adds later (~2-3 us per message more)
+emitter_path_json           the emitter's per-aggregate path before the compiled encoder (core
+emitter_path_cbor           NATS): a ``subject_for`` + subject-length check +
+                            ``encode_json``/``_cbor``, a list of (subject, body, None) and the
+                            byte count -- without the PUB framing nats-py's ``publish`` adds
+                            later (~2-3 us per message more)
+jetstream_compiled_json     ``_wire.encode_jetstream(batch, "agg", "json", 3072, reply)``: HPUB
+jetstream_compiled_cbor     chunks with a reply subject and a ``Nats-Msg-Id`` header per message
+jetstream_twin_json         the same with the twin ``_wire_py.encode_jetstream``
+jetstream_twin_cbor
+subject_order_compiled      ``_wire.subject_order(batch)`` on the batch in a shuffled order (the
+subject_order_twin          engine's hash order): what the JetStream path does before encoding
 ==========================  ======================================================================
 
 Each setup checks (untimed) that the compiled and the twin output are identical and carry exactly
@@ -85,8 +92,17 @@ def emitter_path(fmt: str):
     return take
 
 
+REPLY = "_INBOX.bench.1"
+
+
 def check(batch: list, fmt: str) -> None:
     from telemetry_cy.sink import _wire, _wire_py
+    js = _wire.encode_jetstream(batch, PREFIX, fmt, MAX_SUBJECT_BYTES, REPLY)
+    if js != _wire_py.encode_jetstream(batch, PREFIX, fmt, MAX_SUBJECT_BYTES, REPLY):
+        raise BenchError(f"compiled and twin JetStream output differ ({fmt})")
+    shuffled = random.Random(7).sample(batch, len(batch))
+    if _wire.subject_order(shuffled) != _wire_py.subject_order(shuffled):
+        raise BenchError("compiled and twin subject_order differ")
     got = _wire.encode_batch(batch, PREFIX, fmt, MAX_SUBJECT_BYTES)
     if got != _wire_py.encode_batch(batch, PREFIX, fmt, MAX_SUBJECT_BYTES):
         raise BenchError(f"compiled and twin output differ ({fmt})")
@@ -119,6 +135,17 @@ def bench(kind: str, fmt: str, n: int):
 
             def one():
                 take(batch)
+        elif kind.startswith("jetstream_"):
+            encode_js = (_wire if kind == "jetstream_compiled" else _wire_py).encode_jetstream
+
+            def one():
+                encode_js(batch, PREFIX, fmt, MAX_SUBJECT_BYTES, REPLY)
+        elif kind.startswith("subject_order_"):
+            order = (_wire if kind == "subject_order_compiled" else _wire_py).subject_order
+            shuffled = random.Random(7).sample(batch, len(batch))
+
+            def one():
+                order(shuffled)
         else:
             encode_batch = (_wire if kind == "compiled" else _wire_py).encode_batch
 
@@ -160,9 +187,20 @@ def main() -> None:
     runner.metadata["batch_aggregates"] = str(args.batch)
     only = re.compile(args.only) if args.only else None
     for kind, what in (("compiled", "_wire.encode_batch"), ("twin", "_wire_py.encode_batch"),
-                       ("emitter_path", "subject_for + encode per aggregate, as emitter._take")):
+                       ("emitter_path", "subject_for + encode per aggregate, as emitter._take"),
+                       ("jetstream_compiled", "_wire.encode_jetstream"),
+                       ("jetstream_twin", "_wire_py.encode_jetstream"),
+                       ("subject_order_compiled", "_wire.subject_order, shuffled batch"),
+                       ("subject_order_twin", "_wire_py.subject_order, shuffled batch")):
         for fmt in ("json", "cbor"):
-            name = f"wire_{kind}_{fmt}" if kind != "emitter_path" else f"emitter_path_{fmt}"
+            if kind.startswith("subject_order_"):
+                if fmt == "cbor":
+                    continue
+                name = kind
+            elif kind in ("compiled", "twin"):
+                name = f"wire_{kind}_{fmt}"
+            else:
+                name = f"{kind}_{fmt}"
             if only is not None and not only.search(name):
                 continue
             runner.bench_time_func(name, Lazy(bench(kind, fmt, args.batch)),
