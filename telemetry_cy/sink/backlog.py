@@ -24,13 +24,18 @@ class Batch:
     """One tick's aggregates, encoded for NATS: protocol chunks, PUB (core NATS) or HPUB
     (JetStream)."""
 
-    __slots__ = ("parts", "n", "nbytes", "window_end", "done", "starts", "serial", "acks")
+    __slots__ = ("parts", "n", "nbytes", "window_end", "done", "starts", "serial", "acks",
+                 "pending", "encoded")
 
     def __init__(self, parts: list, n: int, nbytes: int, window_end: float,
-                 starts: list[int] | None = None, serial: int = 0) -> None:
+                 starts: list[int] | None = None, serial: int = 0,
+                 pending: list | None = None) -> None:
         self.parts = parts
-        self.n = n                    # aggregates
-        self.nbytes = nbytes          # subjects + payloads, what the byte bound counts
+        # aggregates; JetStream: those not left out as too large so far. Like `nbytes` (subjects
+        # + payloads, what the byte bound counts; an estimate for what is not encoded yet) it
+        # changes only while the batch is in flight, when the rest of it is encoded
+        self.n = n
+        self.nbytes = nbytes
         self.window_end = window_end  # the oldest tick in the batch
         # aggregates counted as published (JetStream: acked); changes only while the batch is
         # in flight, so the backlog's running totals of the waiting ones stay exact
@@ -40,6 +45,9 @@ class Batch:
         self.starts = starts
         self.serial = serial
         self.acks: bytearray | None = None
+        # JetStream: the aggregates, in subject order, until all are encoded; how many are
+        self.pending = pending
+        self.encoded = 0
 
     @property
     def remaining(self) -> int:

@@ -4,10 +4,11 @@ messages awaiting their ack, the acks read in C straight off the connection.
 Why this shape (docs/jetstream.md has the figures): nats-py's ``js.publish_async`` costs a future,
 a reply token and a JSON parse per message, and its client delivers every ack as a ``Msg`` object
 through its Python parser -- tens of microseconds per aggregate in all, ~35k aggregates/s. Here a
-tick batch is already encoded as HPUB chunks (nats_batches.py: reply subject
-``<inbox>.<serial>.<index>``, header ``Nats-Msg-Id``); the chunks go through nats-py's write queue
-like the core path's, and the answers are matched to messages by parsing their subject, with no
-Python object per message:
+tick batch becomes HPUB chunks (nats_batches.py: reply subject ``<inbox>.<serial>.<index>``,
+header ``Nats-Msg-Id``), encoded in C a slice at a time as the window takes them, so the server
+starts storing while the rest is encoded; the chunks go through nats-py's write queue like the
+core path's, and the answers are matched to messages by parsing their subject, with no Python
+object per message:
 
 - `AckTap` replaces nats-py's protocol parser object (``Client._ps``; pinned by
   tests/test_emitter.py). Each read from the socket first goes through the backend's
@@ -144,24 +145,34 @@ class JetStreamPublisher:
     # ---- one attempt
 
     async def publish(self, nc: Any, batch: Batch, alive: Callable[[], bool],
-                      acked: Callable[[Batch, int], None]) -> bool:
+                      acked: Callable[[Batch, int], None],
+                      more: Callable[[Batch], None]) -> bool:
         """One attempt at the batch (module doc). True when every message is acked; False when
         some were refused; raises when the connection went away or answers stopped coming.
         Either way `batch.acks` keeps what was acked, for the next attempt. `acked(batch, k)`
         is told the number of acked messages as they come (after each wait and at the end),
-        so `published` grows while a large batch is still going out."""
+        so `published` grows while a large batch is still going out. `more(batch)` encodes the
+        next part of a batch that is not all encoded yet (nats_batches.TickEncoder.more)."""
         w = self.window
-        if batch.acks is None:
-            batch.acks = bytearray(batch.n)
+        if batch.acks is None:   # one state per message; some aggregates may not become one
+            batch.acks = bytearray(batch.n if batch.pending is None else len(batch.pending))
         starts = batch.starts
         assert starts is not None and len(starts) == len(batch.parts) + 1
         w.begin(batch.serial, batch.acks)
         # chunks sent and not fully answered yet, oldest first: (first, last, bytes)
         pending: collections.deque[tuple[int, int, int]] = collections.deque()
         in_bytes = 0
+        i = 0
         try:
-            for i, chunk in enumerate(batch.parts):
+            while True:
+                if i == len(batch.parts):
+                    if batch.pending is None:
+                        break
+                    more(batch)   # a few milliseconds: the window's acks keep coming meanwhile
+                    continue
+                chunk = batch.parts[i]
                 first, last = starts[i], starts[i + 1]
+                i += 1
                 if w.acked_range(first, last):
                     continue   # a retry: this chunk got through before
                 while pending:

@@ -211,12 +211,16 @@ class NatsEmitter:
             self._too_large += too_large
             if batch is not None:
                 dropped = self._backlog.add(batch)
+        self._log_too_large(too_large)
+        self._log_backlog_full(dropped)
+        self._wake.set()
+
+    @staticmethod
+    def _log_too_large(too_large: int) -> None:
         if too_large:
             log.warning("aggregates dropped: subject longer than %d bytes or body longer than "
                         "the server's max_payload", MAX_SUBJECT_BYTES,
                         extra={"fields": {"reason": "emit_backlog", "aggregates": too_large}})
-        self._log_backlog_full(dropped)
-        self._wake.set()
 
     @staticmethod
     def _log_backlog_full(dropped: int) -> None:
@@ -269,7 +273,8 @@ class NatsEmitter:
                 if not js.ready:
                     raise ConnectionError("the JetStream reply subscription is not set up yet")
                 ok = await js.publish(nc, batch, lambda: (generation == self._generation
-                                                          and nc.is_connected), self._acked)
+                                                          and nc.is_connected),
+                                      self._acked, self._more)
                 if not ok:
                     self._note_error("JetStream refused messages, batch kept for retry",
                                      RuntimeError(js.window.last_error()))
@@ -289,6 +294,17 @@ class NatsEmitter:
         except Exception as exc:
             self._note_error("publish failed, batch kept for retry", exc)
             return False
+
+    def _more(self, batch: Batch) -> None:
+        """JetStream: the next part of the batch in flight is encoded (nats_batches); what is
+        too large for the server leaves the batch and counts as dropped, in one step."""
+        too_large, nbytes = self._encoder.more(batch, self._nc.max_payload)
+        with self._lock:
+            batch.n -= too_large
+            batch.nbytes += nbytes
+            self._dropped_here += too_large
+            self._too_large += too_large
+        self._log_too_large(too_large)
 
     def _acked(self, batch: Batch, acked: int) -> None:
         """JetStream: `acked` of the batch's messages are in the stream by now."""
