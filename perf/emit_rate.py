@@ -1,10 +1,11 @@
 """How many aggregates per second does the NATS emitter publish, core NATS and JetStream?
 
 Starts a private nats-server (telemetry_cy.tools.local_brokers, free loopback port; a JetStream
-stream on ``agg.>`` for the JetStream mode), hands a NatsEmitter ``--batches`` tick batches of
-``--keys`` typical aggregates (perf/bench_wire.py's ``typical_batch``), and times from the first
-hand-off until every aggregate is confirmed (``published``: a PONG after it for core NATS, every
-ack for JetStream). Medians of ``--reps`` runs; JSON with ``-o``::
+stream on ``agg.>`` for the JetStream mode, while core NATS publishes on ``core.>``, which no
+stream captures), hands a NatsEmitter ``--batches`` tick batches of ``--keys`` typical aggregates
+(perf/bench_wire.py's ``typical_batch``), and times from the first hand-off until every aggregate
+is confirmed (``published``: a PONG after it for core NATS, every ack for JetStream). Medians of
+``--reps`` runs; JSON with ``-o``::
 
     PYTHONPATH=$PWD .venv/bin/python perf/emit_rate.py --keys 10000 --batches 5 -o /tmp/emit.json
 
@@ -58,8 +59,9 @@ def tick_batch(keys: int, tick: int) -> list:
 
 
 def one_run(url: str, jetstream: bool, keys: int, batches: int) -> float:
-    em = NatsEmitter(url, jetstream=jetstream, max_backlog_batches=batches + 1,
-                     max_backlog_bytes=1 << 40, flush_timeout=30.0)
+    em = NatsEmitter(url, subject_prefix="agg" if jetstream else "core", jetstream=jetstream,
+                     max_backlog_batches=batches + 1, max_backlog_bytes=1 << 40,
+                     flush_timeout=30.0)
     em.start(wait_connected=10, fail_fast=True)
     try:
         work = [tick_batch(keys, i) for i in range(batches)]
