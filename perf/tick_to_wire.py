@@ -8,13 +8,17 @@ per key, then the tick that closes the last one):
 - ``tick``: ``Engine.tick`` building the Aggregate objects (engine thread);
 - ``wire``: what the NATS thread does with them for core NATS (``NatsEmitter._encode_core``:
   the compiled encoder in ``ENCODE_SLICE`` slices);
+- ``order`` and ``jetstream_wire``: what it does with them for JetStream: the batch put in
+  subject order (``_wire.subject_order``), then HPUB messages with a Nats-Msg-Id header and a
+  reply subject each (``_wire.encode_jetstream`` in ``ENCODE_SLICE`` slices, as
+  ``TickEncoder.more`` does while the batch is sent);
 - ``python_path`` (on a sample of ``--sample`` aggregates, scaled): the per-aggregate
   ``subject_for`` + ``encode_json`` that the emitter used before the compiled encoder, without
   nats-py's ``publish`` per message on top.
 
 Meanwhile a probe thread sleeps 0.5 ms at a time and records its longest wait to run again
-(``gil_wait_tick_s``, ``gil_wait_wire_s``): how long another thread (in the daemon, the MQTT
-network thread) can be kept off the GIL by each step.
+(``gil_wait_tick_s``, ``gil_wait_wire_s``, ``gil_wait_order_s``, ``gil_wait_jetstream_s``): how
+long another thread (in the daemon, the MQTT network thread) can be kept off the GIL by each step.
 
 Each is repeated ``--reps`` times (a fresh tick each time) and the medians are printed and
 written as JSON::
@@ -44,6 +48,7 @@ sys.path.insert(0, str(ROOT / "perf"))
 from payloads import PayloadSet  # noqa: E402
 from telemetry_cy.engine._engine import Engine  # noqa: E402
 from telemetry_cy.sink.bodies import encode_json  # noqa: E402
+from telemetry_cy.sink.nats_batches import encode_jetstream, subject_order  # noqa: E402
 from telemetry_cy.sink.nats_emitter import ENCODE_SLICE, MAX_SUBJECT_BYTES, encode_batch  # noqa: E402
 from telemetry_cy.sink.subjects import subject_for  # noqa: E402
 
@@ -65,6 +70,17 @@ def encode_wire(aggregates: list) -> tuple[int, int]:
     for i in range(0, len(aggregates), ENCODE_SLICE):
         chunks, encoded, _, _ = encode_batch(aggregates[i:i + ENCODE_SLICE], "agg", "json",
                                              MAX_SUBJECT_BYTES)
+        n += encoded
+        size += sum(len(c) for c in chunks)
+    return n, size
+
+
+def encode_jetstream_wire(aggregates: list) -> tuple[int, int]:
+    n = size = 0
+    for i in range(0, len(aggregates), ENCODE_SLICE):
+        chunks, _, encoded, _, _ = encode_jetstream(aggregates[i:i + ENCODE_SLICE], "agg", "json",
+                                                    MAX_SUBJECT_BYTES, "_INBOX.tick.1", n,
+                                                    chunk_messages=2048)
         n += encoded
         size += sum(len(c) for c in chunks)
     return n, size
@@ -129,32 +145,52 @@ def main() -> int:
         gil_tick = probe.longest()
         t1b = time.perf_counter()
         n, wire_bytes = encode_wire(aggregates)
-        t2 = time.perf_counter()
+        t2b = time.perf_counter()
         time.sleep(0.02)
         gil_wire = probe.longest()
+        t4 = time.perf_counter()
+        ordered = subject_order(aggregates)
+        t5 = time.perf_counter()
+        time.sleep(0.02)
+        gil_order = probe.longest()
+        t5b = time.perf_counter()
+        n_js, js_bytes = encode_jetstream_wire(ordered)
+        t6 = time.perf_counter()
+        time.sleep(0.02)
+        gil_js = probe.longest()
         sample = aggregates[:args.sample]
+        t2 = time.perf_counter()
         python_path(sample)
         t3 = time.perf_counter()
-        if len(aggregates) != args.keys or n != args.keys:
-            raise SystemExit(f"rep {rep}: {len(aggregates)} aggregates, {n} encoded, "
+        if len(aggregates) != args.keys or n != args.keys or n_js != args.keys:
+            raise SystemExit(f"rep {rep}: {len(aggregates)} aggregates, {n} / {n_js} encoded, "
                              f"want {args.keys}")
-        rows.append({"tick_s": t1 - t0, "wire_s": t2 - t1b, "gil_wait_tick_s": gil_tick,
-                     "gil_wait_wire_s": gil_wire,
+        rows.append({"tick_s": t1 - t0, "wire_s": t2b - t1b, "gil_wait_tick_s": gil_tick,
+                     "gil_wait_wire_s": gil_wire, "order_s": t5 - t4,
+                     "jetstream_wire_s": t6 - t5b, "gil_wait_order_s": gil_order,
+                     "gil_wait_jetstream_s": gil_js,
                      "python_path_s": (t3 - t2) * len(aggregates) / len(sample),
-                     "wire_bytes": wire_bytes})
-        del aggregates, sample
-        print(f"rep {rep}: tick {t1 - t0:.3f} s, wire {t2 - t1b:.3f} s, longest GIL wait "
-              f"{gil_tick * 1e3:.1f} / {gil_wire * 1e3:.1f} ms, "
-              f"python path (scaled) {rows[-1]['python_path_s']:.3f} s", flush=True)
+                     "wire_bytes": wire_bytes, "jetstream_bytes": js_bytes})
+        del aggregates, sample, ordered
+        print(f"rep {rep}: tick {t1 - t0:.3f} s, wire {t2b - t1b:.3f} s, JetStream: order "
+              f"{t5 - t4:.3f} s + wire {t6 - t5b:.3f} s; longest GIL wait "
+              f"{gil_tick * 1e3:.1f} / {gil_wire * 1e3:.1f} / {gil_order * 1e3:.1f} / "
+              f"{gil_js * 1e3:.1f} ms, python path (scaled) {rows[-1]['python_path_s']:.3f} s",
+              flush=True)
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    per = {k: med[k] / args.keys * 1e9 for k in ("tick_s", "wire_s", "python_path_s")}
+    per = {k: med[k] / args.keys * 1e9 for k in ("tick_s", "wire_s", "order_s",
+                                                  "jetstream_wire_s", "python_path_s")}
     print(f"{args.keys:,} keys, medians of {args.reps}: tick {med['tick_s']:.3f} s "
           f"({per['tick_s']:.0f} ns/agg), wire {med['wire_s']:.3f} s "
           f"({per['wire_s']:.0f} ns/agg, {med['wire_bytes'] / args.keys:.0f} B/agg), "
           f"tick + wire {med['tick_s'] + med['wire_s']:.3f} s of a {EMIT_EVERY:g} s interval; "
           f"python path {med['python_path_s']:.3f} s ({per['python_path_s']:.0f} ns/agg); "
           f"longest GIL wait of another thread: tick {med['gil_wait_tick_s'] * 1e3:.1f} ms, "
-          f"wire {med['gil_wait_wire_s'] * 1e3:.1f} ms")
+          f"wire {med['gil_wait_wire_s'] * 1e3:.1f} ms; JetStream: order {med['order_s']:.3f} s "
+          f"({per['order_s']:.0f} ns/agg, GIL wait {med['gil_wait_order_s'] * 1e3:.1f} ms), "
+          f"wire {med['jetstream_wire_s']:.3f} s ({per['jetstream_wire_s']:.0f} ns/agg, "
+          f"{med['jetstream_bytes'] / args.keys:.0f} B/agg, GIL wait "
+          f"{med['gil_wait_jetstream_s'] * 1e3:.1f} ms)")
     probe.done.set()
     if args.output:
         Path(args.output).write_text(json.dumps({

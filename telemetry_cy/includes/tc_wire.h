@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct {
     char *p;
@@ -279,6 +280,14 @@ static inline int tc_sort_key_less(const tc_sort_key *x, const tc_sort_key *y)
     if (x->n != y->n)
         return x->n < y->n;
     return x->i < y->i;
+}
+
+/* Monotonic seconds, for spacing the moments a long loop gives up the GIL (see _wire.pyx). */
+static inline double tc_wire_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 static inline size_t tc_sort_key_index(const tc_sort_key *k)

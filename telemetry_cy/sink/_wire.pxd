@@ -25,6 +25,7 @@ cdef extern from "tc_wire.h" nogil:
     ctypedef struct tc_sort_key:
         pass
 
+    double tc_wire_now()
     void tc_sort_key_set(tc_sort_key *k, const char *p, size_t n, size_t i)
     void tc_sort_keys(tc_sort_key *k, size_t n)
     size_t tc_sort_key_index "tc_sort_key_index"(const tc_sort_key *k)
