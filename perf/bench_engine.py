@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import re
 import subprocess
 import sys
@@ -484,6 +485,25 @@ def _module_state() -> dict:
             return hashlib.sha256(f.read()).hexdigest()[:16]
     return {"engine_so": digest(eng.__file__), "decode_so": digest(dec.__file__),
             "engine_dir": str(Path(eng.__file__).parent)}
+
+
+def cpu_model() -> str:
+    """lscpu's "Model name" (falls back to /proc/cpuinfo, then to "unknown")."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False,
+                             env={**os.environ, "LC_ALL": "C"}).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def _add_cmdline_args(cmd, args):

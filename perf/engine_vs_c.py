@@ -1,0 +1,150 @@
+"""The engine against a plain C loop, in one run: how close is push_many to the limit?
+
+Builds perf/yardstick/cloop.c with ``cc -O2`` (into a temporary directory), feeds it the same
+payloads the engine benchmark pushes (perf/payloads.py, 1,000 keys x 20 rounds, in the same order),
+and runs, one after the other on the same machine:
+
+1. the yardstick, VALUES passes of READINGS readings each;
+2. the pyperf engine benchmark ``push_many_1k_keys`` (perf/bench_engine.py, ``--fast``);
+3. the yardstick again (so a machine that got busier or quieter mid-run shows as spread).
+
+It prints the CPU (``lscpu`` model name), the median time per reading of both, and the ratio
+engine / yardstick (the issue's target: <= 2, i.e. the engine reaches >= 0.5x the yardstick's
+readings/s). The yardstick does less than the engine (no second moment, no first/last by time,
+no sequence numbers, no UTF-8 check, no drop accounting): read it as a floor, not a twin.
+
+Run from the repository root::
+
+    PYTHONPATH=$PWD .venv/bin/python perf/engine_vs_c.py
+    PYTHONPATH=$PWD .venv/bin/python perf/engine_vs_c.py --repeat 3 -o /tmp/engine_vs_c.json
+
+``--repeat N`` runs the three steps N times and reports each run's ratio and their median;
+``--pyperf-args '...'`` passes extra options to the engine benchmark (e.g. ``--rigorous``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_engine import cpu_model  # noqa: E402
+from payloads import PayloadSet  # noqa: E402
+
+KEYS, ROUNDS = 1_000, 20
+BENCH = "push_many_1k_keys"
+
+
+def write_payloads(path: Path) -> int:
+    """The yardstick's input: the engine benchmark's payloads in the order it pushes them (its
+    warm-up pushes round 0, then the timed loops cycle from round 1)."""
+    ps = PayloadSet.cached(KEYS, ROUNDS)
+    n = len(ps)
+    order = list(range(KEYS, n)) + list(range(KEYS))
+    with open(path, "wb") as f:
+        f.write(b"TCY1" + struct.pack("<II", n, KEYS))
+        for i in order:
+            p = ps[i]
+            f.write(struct.pack("<H", len(p)) + p)
+    return n
+
+
+def build_yardstick(workdir: Path) -> Path:
+    exe = workdir / "cloop"
+    cc = os.environ.get("CC", "cc")
+    cmd = [cc, "-O2", "-o", str(exe), str(HERE / "yardstick" / "cloop.c"), "-lm"]
+    subprocess.run(cmd, check=True)
+    return exe
+
+
+def run_yardstick(exe: Path, data: Path, readings: int, values: int) -> list[float]:
+    out = subprocess.run([str(exe), str(data), str(readings), str(values)], check=True,
+                         capture_output=True, text=True).stdout
+    res = json.loads(out)
+    if res["bad"] or res["readings"] != readings * values:
+        raise SystemExit(f"yardstick rejected payloads: {res}")
+    return res["ns_per_reading"]
+
+
+def run_engine(workdir: Path, extra: list[str]) -> list[float]:
+    out = workdir / "engine.json"
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, str(HERE / "bench_engine.py"), "--fast", "--quiet",
+           "--only", f"^{BENCH}$", "-o", str(out), *extra]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    import pyperf
+    bench = pyperf.Benchmark.load(str(out))
+    return [v * 1e9 for v in bench.get_values()]
+
+
+def one_run(exe, data, workdir, args) -> dict:
+    c_before = run_yardstick(exe, data, args.readings, args.values)
+    engine = run_engine(workdir, shlex.split(args.pyperf_args))
+    c_after = run_yardstick(exe, data, args.readings, args.values)
+    c = c_before + c_after
+    c_med, e_med = statistics.median(c), statistics.median(engine)
+    return {
+        "yardstick_ns": c_med, "yardstick_min_ns": min(c), "yardstick_max_ns": max(c),
+        "yardstick_before_ns": statistics.median(c_before),
+        "yardstick_after_ns": statistics.median(c_after),
+        "engine_ns": e_med, "engine_min_ns": min(engine), "engine_max_ns": max(engine),
+        "ratio": e_med / c_med,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--readings", type=int, default=2_000_000,
+                    help="readings per yardstick value (default 2,000,000)")
+    ap.add_argument("--values", type=int, default=8,
+                    help="yardstick values before and after the engine benchmark (default 8)")
+    ap.add_argument("--repeat", type=int, default=1, help="whole runs (default 1)")
+    ap.add_argument("--pyperf-args", default="", help="extra options for bench_engine.py")
+    ap.add_argument("-o", "--output", help="write the figures as JSON here")
+    args = ap.parse_args()
+
+    cpu = cpu_model()
+    with tempfile.TemporaryDirectory(prefix="engine_vs_c.") as tmp:
+        workdir = Path(tmp)
+        exe = build_yardstick(workdir)
+        data = workdir / "payloads.bin"
+        write_payloads(data)
+        runs = []
+        for r in range(args.repeat):
+            res = one_run(exe, data, workdir, args)
+            runs.append(res)
+            print(f"run {r + 1}: yardstick {res['yardstick_ns']:.1f} ns/reading "
+                  f"(before {res['yardstick_before_ns']:.1f}, after "
+                  f"{res['yardstick_after_ns']:.1f}), engine {BENCH} {res['engine_ns']:.1f} "
+                  f"ns/reading, ratio {res['ratio']:.2f}", flush=True)
+
+    ratio = statistics.median(r["ratio"] for r in runs)
+    print()
+    print(f"CPU: {cpu}")
+    print("| | ns/reading (median) | readings/s |")
+    print("|---|---|---|")
+    c_ns = statistics.median(r["yardstick_ns"] for r in runs)
+    e_ns = statistics.median(r["engine_ns"] for r in runs)
+    print(f"| plain C yardstick (perf/yardstick/cloop.c, -O2) | {c_ns:.1f} "
+          f"| {1e3 / c_ns:.1f} M/s |")
+    print(f"| engine `{BENCH}` (pyperf) | {e_ns:.1f} | {1e3 / e_ns:.1f} M/s |")
+    print(f"engine / yardstick time per reading: {ratio:.2f} (median of {len(runs)} run(s); "
+          f"target <= 2.0, i.e. >= 0.5x the yardstick's readings/s: "
+          f"{'met' if ratio <= 2.0 else 'NOT met'})")
+    if args.output:
+        Path(args.output).write_text(json.dumps(
+            {"cpu": cpu, "bench": BENCH, "runs": runs, "ratio_median": ratio}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
