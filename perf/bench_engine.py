@@ -487,16 +487,22 @@ def _module_state() -> dict:
             "engine_dir": str(Path(eng.__file__).parent)}
 
 
-def cpu_model() -> str:
-    """lscpu's "Model name" (falls back to /proc/cpuinfo, then to "unknown")."""
+def lscpu() -> dict[str, str]:
+    """lscpu's "Key: value" lines ({} where lscpu is missing)."""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False,
                              env={**os.environ, "LC_ALL": "C"}).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
     except (OSError, subprocess.SubprocessError):
-        pass
+        return {}
+    return {k.strip(): v.strip() for k, _, v in
+            (line.partition(":") for line in out.splitlines()) if v.strip()}
+
+
+def cpu_model() -> str:
+    """lscpu's "Model name" (falls back to /proc/cpuinfo, then to "unknown")."""
+    name = lscpu().get("Model name")
+    if name:
+        return name
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
