@@ -84,9 +84,10 @@ cdef struct batch_item:
     Py_ssize_t topic_len
 
 
-# a decoded single-reading payload waiting in _run_batch's prefetch pipeline. 112 bytes (x86_64),
-# a multiple of 16, so every entry in the ring is 16-byte aligned: at 104 bytes
-# push_many_1M_keys measured ~200 ns per reading instead of ~130 ns (cause not pinned down)
+# a decoded single-reading payload waiting in _run_batch's prefetch pipeline: 112 bytes (x86_64),
+# a multiple of 16, so every entry in the ring is 16-byte aligned. On one Intel Xeon VM, entries of
+# 104 bytes made push_many_1M_keys ~200 ns per reading instead of ~130 ns (cause not pinned down);
+# on an AMD EPYC (family 26) VM 104, 112 and 128 bytes measured the same (docs/performance.md)
 cdef struct pipe_entry:
     tc_reading r
     uint64_t hash
