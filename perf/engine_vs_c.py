@@ -88,6 +88,7 @@ def run_engine(workdir: Path, extra: list[str]) -> list[float]:
 
 
 def one_run(exe, data, workdir, args) -> dict:
+    load_before = os.getloadavg()[0]
     c_before = run_yardstick(exe, data, args.readings, args.values)
     engine = run_engine(workdir, shlex.split(args.pyperf_args))
     c_after = run_yardstick(exe, data, args.readings, args.values)
@@ -99,6 +100,8 @@ def one_run(exe, data, workdir, args) -> dict:
         "yardstick_after_ns": statistics.median(c_after),
         "engine_ns": e_med, "engine_min_ns": min(engine), "engine_max_ns": max(engine),
         "ratio": e_med / c_med,
+        # the run itself keeps one CPU busy: a load above 1 means someone else's work too
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg()[0],
     }
 
 
@@ -126,7 +129,8 @@ def main() -> None:
             print(f"run {r + 1}: yardstick {res['yardstick_ns']:.1f} ns/reading "
                   f"(before {res['yardstick_before_ns']:.1f}, after "
                   f"{res['yardstick_after_ns']:.1f}), engine {BENCH} {res['engine_ns']:.1f} "
-                  f"ns/reading, ratio {res['ratio']:.2f}", flush=True)
+                  f"ns/reading, ratio {res['ratio']:.2f} (load average "
+                  f"{res['loadavg_before']:.2f} -> {res['loadavg_after']:.2f})", flush=True)
 
     ratio = statistics.median(r["ratio"] for r in runs)
     print()
@@ -141,6 +145,10 @@ def main() -> None:
     print(f"engine / yardstick time per reading: {ratio:.2f} (median of {len(runs)} run(s); "
           f"target <= 2.0, i.e. >= 0.5x the yardstick's readings/s: "
           f"{'met' if ratio <= 2.0 else 'NOT met'})")
+    busy = max(max(r["loadavg_before"], r["loadavg_after"] - 1.0) for r in runs)
+    if busy > (os.cpu_count() or 1) / 2:
+        print(f"WARNING: the machine was busy (load average up to {busy:.2f} besides this run): "
+              f"time-sliced runs inflate the two sides unequally, so the ratio is unreliable")
     if args.output:
         Path(args.output).write_text(json.dumps(
             {"cpu": cpu, "bench": BENCH, "runs": runs, "ratio_median": ratio}, indent=2) + "\n")
