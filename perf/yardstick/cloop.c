@@ -9,7 +9,8 @@
  * Input: the payload file perf/engine_vs_c.py writes (the same bytes the engine benchmark pushes):
  *   "TCY1", u32 payload count, u32 distinct keys, then count records of (u16 length, payload
  *   bytes), all little-endian.
- * Usage: cloop FILE READINGS_PER_VALUE VALUES
+ * Usage: cloop FILE READINGS_PER_VALUE VALUES [wall|cpu]
+ * (cpu: time by this thread's CPU time, as bench_engine.py --clock cpu; default wall)
  * Prints one JSON object: ns per reading of every value (one timed pass over READINGS_PER_VALUE
  * readings, cycling through the payloads in file order), and a checksum that depends on every
  * reading so the compiler cannot drop the work.
@@ -36,10 +37,12 @@ typedef struct {
     uint32_t len;
 } payload;
 
+static clockid_t timer = CLOCK_MONOTONIC;
+
 static double seconds_now(void)
 {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(timer, &t);
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
@@ -180,10 +183,12 @@ static payload *load(const char *path, uint32_t *count, uint32_t *keys)
 
 int main(int argc, char **argv)
 {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s FILE READINGS_PER_VALUE VALUES\n", argv[0]);
+    if (argc < 4 || argc > 5 || (argc == 5 && strcmp(argv[4], "wall") != 0 &&
+                                 strcmp(argv[4], "cpu") != 0)) {
+        fprintf(stderr, "usage: %s FILE READINGS_PER_VALUE VALUES [wall|cpu]\n", argv[0]);
         return 2;
     }
+    if (argc == 5 && strcmp(argv[4], "cpu") == 0) timer = CLOCK_THREAD_CPUTIME_ID;
     uint32_t count, keys;
     payload *pl = load(argv[1], &count, &keys);
     long per_value = atol(argv[2]), values = atol(argv[3]);
