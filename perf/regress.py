@@ -32,6 +32,7 @@ benchmark's metadata. Record it on a quiet machine, from a clean build of a know
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -83,6 +84,24 @@ def run_benchmarks(out: Path, only: str, clock: str, extra: list[str]) -> None:
 
 def medians(suite: pyperf.BenchmarkSuite) -> dict[str, float]:
     return {b.get_name(): b.median() for b in suite.get_benchmarks()}
+
+
+def scrub_paths(path: Path) -> None:
+    """Drops the metadata that names absolute paths of the machine that recorded the file (where
+    Python and the engine were), so a baseline in the repository names nothing outside it."""
+    doc = json.loads(path.read_text())
+
+    def scrub(node):
+        if isinstance(node, dict):
+            for key in ("python_executable", "python_config_args", "engine_dir"):
+                node.pop(key, None)
+            for value in node.values():
+                scrub(value)
+        elif isinstance(node, list):
+            for value in node:
+                scrub(value)
+    scrub(doc)
+    path.write_text(json.dumps(doc, sort_keys=True) + "\n")
 
 
 def busy_reason(load: float, max_load: float, ys_now: float, ys_base: float | None,
@@ -170,6 +189,7 @@ def main() -> int:
                 b.update_metadata({META_YARDSTICK: f"{ys:.2f}", META_LOAD: f"{load:.2f}"})
             baseline.parent.mkdir(parents=True, exist_ok=True)
             new_suite.dump(str(baseline), replace=True)
+            scrub_paths(baseline)
             print(f"regress: baseline recorded: {baseline} (yardstick {ys:.1f} ns/reading, "
                   f"load average {load:.2f})")
             for name, med in sorted(medians(new_suite).items()):
