@@ -59,7 +59,8 @@ key: one aggregate per reading, the heaviest tick load a key rate of >= 0.2 Hz p
 
 Run (from the repo root; ~2.5 minutes with --fast on a 2-core VM)::
 
-    PYTHONPATH=$PWD .venv/bin/python perf/bench_engine.py --fast -o perf/results/reference/engine.json
+    PYTHONPATH=$PWD .venv/bin/python perf/bench_engine.py --fast \
+        -o perf/results/reference/engine.json
     .venv/bin/python -m pyperf compare_to perf/results/reference/engine.json new.json --table
 
 Each worker process records the sha256 of the ``_engine``/``_decode`` modules it loaded
@@ -349,6 +350,7 @@ def bench_tick(n_keys: int, batch: int, pure: bool = False):
 def bench_push_reading(n_keys: int, batch: int):
     def setup():
         import cbor2
+
         from telemetry_cy.engine._engine import Engine
         ps = payload_set(n_keys, 20)
         readings = []
@@ -486,6 +488,7 @@ def _module_state() -> dict:
     """Which compiled engine this process loaded. Others rebuild the .so files in place while a
     suite runs: perf/report.py refuses to tabulate a run whose workers loaded different builds."""
     import hashlib
+
     import telemetry_cy.engine._decode as dec
     import telemetry_cy.engine._engine as eng
 
