@@ -59,7 +59,7 @@ key: one aggregate per reading, the heaviest tick load a key rate of >= 0.2 Hz p
 
 Run (from the repo root; ~2.5 minutes with --fast on a 2-core VM)::
 
-    PYTHONPATH=$PWD .venv/bin/python perf/bench_engine.py --fast \\
+    PYTHONPATH=$PWD .venv/bin/python perf/bench_engine.py --fast \
         -o perf/results/reference/engine.json
     .venv/bin/python -m pyperf compare_to perf/results/reference/engine.json new.json --table
 
@@ -69,13 +69,16 @@ rebuild in place during the run, benchmark a copy (perf/README.md: "a stable sna
 
 Options of our own: ``--only REGEX`` (run the benchmarks whose name matches), ``--batch N``,
 ``--big-processes N`` (worker processes for the 1M-key benchmarks, default 3: each one loads 60 MB
-of payloads and builds a 700 MB table first). All of pyperf's options work as usual.
+of payloads and builds a 700 MB table first), ``--clock cpu`` (time by the thread's CPU time
+instead of wall time: steadier on a machine others are using, see ``CLOCKS``). All of pyperf's
+options work as usual.
 """
 
 from __future__ import annotations
 
 import collections
 import math
+import os
 import re
 import subprocess
 import sys
@@ -116,6 +119,13 @@ def payload_set(n_keys: int, rounds: int) -> PayloadSet:
 
 class BenchError(RuntimeError):
     pass
+
+
+#: What the time functions read (``--clock``): wall time (pyperf's usual) or this thread's CPU
+#: time, which does not run while the OS has the thread waiting for a CPU that someone else's
+#: work holds (a shared 2-vCPU machine), at the price of a system call per timed call (~0.5 %).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+CLOCK = time.perf_counter
 
 
 #: Payload sets up to this many payloads are materialized once, as a list of batches reused round
@@ -179,7 +189,7 @@ def bench_decode(batch: int, native: bool):
         def run(loops):
             nonlocal pos
             total = 0.0
-            clock = time.perf_counter
+            clock = CLOCK
             for _ in range(loops):
                 items = feed.at(pos)
                 pos += batch
@@ -222,7 +232,7 @@ def bench_push_many(n_keys: int, batch: int, mode: str, pure: bool = False):
             nonlocal pos
             before = e.stats()
             total = 0.0
-            clock = time.perf_counter
+            clock = CLOCK
             for _ in range(loops):
                 items = feed.at(pos)
                 pos += batch
@@ -254,7 +264,7 @@ def bench_cold(n_keys: int, batch: int):
 
         def run(loops):
             total = 0.0
-            clock = time.perf_counter
+            clock = CLOCK
             for _ in range(loops):
                 e = Engine()
                 push = e.push_many
@@ -303,7 +313,7 @@ def bench_tick(n_keys: int, batch: int, pure: bool = False):
             r = state["r"]
             base = T0 + EMIT_EVERY * r
             total = 0.0
-            clock = time.perf_counter
+            clock = CLOCK
             push, tick = e.push_many, e.tick
             emitted = 0
             for start, dt in plan:
@@ -340,6 +350,7 @@ def bench_tick(n_keys: int, batch: int, pure: bool = False):
 def bench_push_reading(n_keys: int, batch: int):
     def setup():
         import cbor2
+
         from telemetry_cy.engine._engine import Engine
         ps = payload_set(n_keys, 20)
         readings = []
@@ -355,7 +366,7 @@ def bench_push_reading(n_keys: int, batch: int):
         def run(loops):
             nonlocal pos
             total = 0.0
-            clock = time.perf_counter
+            clock = CLOCK
             pr = e.push_reading
             before = e.stats()["readings"]
             for _ in range(loops):
@@ -428,7 +439,7 @@ def bench_py_baseline(n_keys: int, batch: int):
             r = state["r"]
             base = T0 + EMIT_EVERY * r
             total = 0.0
-            clock = time.perf_counter
+            clock = CLOCK
             emitted = 0
             for start, dt in plan:
                 items = feed.at(r * n_keys + start)
@@ -477,6 +488,7 @@ def _module_state() -> dict:
     """Which compiled engine this process loaded. Others rebuild the .so files in place while a
     suite runs: perf/report.py refuses to tabulate a run whose workers loaded different builds."""
     import hashlib
+
     import telemetry_cy.engine._decode as dec
     import telemetry_cy.engine._engine as eng
 
@@ -487,8 +499,33 @@ def _module_state() -> dict:
             "engine_dir": str(Path(eng.__file__).parent)}
 
 
+def lscpu() -> dict[str, str]:
+    """lscpu's "Key: value" lines ({} where lscpu is missing)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False,
+                             env={**os.environ, "LC_ALL": "C"}).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {k.strip(): v.strip() for k, _, v in
+            (line.partition(":") for line in out.splitlines()) if v.strip()}
+
+
+def cpu_model() -> str:
+    """lscpu's "Model name" (falls back to /proc/cpuinfo, then to "unknown")."""
+    name = lscpu().get("Model name")
+    if name:
+        return name
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def _add_cmdline_args(cmd, args):
-    cmd.extend(("--batch", str(args.batch)))
+    cmd.extend(("--batch", str(args.batch), "--clock", args.clock))
     if args.only:
         cmd.extend(("--only", args.only))
 
@@ -501,7 +538,12 @@ def main() -> None:
                                   help="payloads per push_many call (default 1000)")
     runner.argparser.add_argument("--big-processes", type=int, default=3,
                                   help="worker processes for the 1M-key benchmarks (default 3)")
+    runner.argparser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                                  help="time the engine calls by wall time (default) or by this "
+                                       "thread's CPU time")
     args = runner.parse_args()
+    global CLOCK
+    CLOCK = CLOCKS[args.clock]
     B = args.batch
     if K1 % B or M1 % B:
         raise SystemExit("--batch must divide 1000")
@@ -509,6 +551,7 @@ def main() -> None:
     runner.metadata.update(_module_state())
     runner.metadata["payload_bytes_mean"] = f"{payload_set(K1, 20).mean_size():.2f}"
     runner.metadata["batch_payloads"] = str(B)
+    runner.metadata["bench_clock"] = args.clock
 
     only = re.compile(args.only) if args.only else None
     if not args.worker and (only is None or only.search("1M_keys")):

@@ -41,7 +41,8 @@ cdef extern from "tc_window.h" nogil:
                             const char *sen, size_t slen)
     void tc_table_remove(tc_table *t, size_t d)
     tc_key *tc_key_set_unit(tc_table *t, tc_key *k, const char *unit, uint32_t ulen)
-    void tc_key_add(tc_key *k, uint32_t panes, int64_t interval, double ts, double x)
+    uint32_t tc_pane_of(int64_t j, uint32_t panes)
+    void tc_key_add(tc_key *k, uint32_t panes, int64_t interval, uint32_t pane, double ts, double x)
     int tc_key_aggregate(const tc_key *k, uint32_t panes, int64_t tick, tc_agg *out)
     uint64_t tc_key_open_count(const tc_key *k, uint32_t panes, int64_t interval)
     void tc_prefetch_slot(const tc_table *t, uint64_t hash)
@@ -83,16 +84,17 @@ cdef struct batch_item:
     Py_ssize_t topic_len
 
 
-# a decoded single-reading payload waiting in _run_batch's prefetch pipeline. `_pad` makes it 112
-# bytes (x86_64), a multiple of 16, so every entry in the ring is 16-byte aligned: at 104 bytes
-# push_many_1M_keys measured ~200 ns per reading instead of ~130 ns (cause not pinned down)
+# a decoded single-reading payload waiting in _run_batch's prefetch pipeline: 112 bytes (x86_64),
+# a multiple of 16, so every entry in the ring is 16-byte aligned. On one Intel Xeon VM, entries of
+# 104 bytes made push_many_1M_keys ~200 ns per reading instead of ~130 ns (cause not pinned down);
+# on an AMD EPYC (family 26) VM 104, 112 and 128 bytes measured the same (docs/performance.md)
 cdef struct pipe_entry:
     tc_reading r
     uint64_t hash
     int64_t interval
     double ts
     Py_ssize_t index             # its batch item
-    uint32_t _pad
+    uint32_t pane                # tc_pane_of(interval)
 
 
 @cython.final
@@ -146,10 +148,12 @@ cdef class Engine:
 
     cdef int _apply_reading(self, const char *dev, uint32_t dlen, const char *sen, uint32_t slen,
                             const char *unit, uint32_t ulen, double value, double ts,
-                            int64_t interval, uint64_t seq, bint has_seq) noexcept nogil
+                            int64_t interval, uint32_t pane, uint64_t seq,
+                            bint has_seq) noexcept nogil
     cdef int _apply_hashed(self, uint64_t h, const char *dev, uint32_t dlen, const char *sen,
                            uint32_t slen, const char *unit, uint32_t ulen, double value, double ts,
-                           int64_t interval, uint64_t seq, bint has_seq) noexcept nogil
+                           int64_t interval, uint32_t pane, uint64_t seq,
+                           bint has_seq) noexcept nogil
     cdef Py_ssize_t _pipe_flush(self, pipe_entry *pipe, size_t head, size_t tail) noexcept nogil
     cdef void _payload_offender(self, const batch_item *item, uint64_t w) noexcept nogil
     cdef Py_ssize_t _run_batch(self, Py_ssize_t start, Py_ssize_t n, int *why) noexcept nogil

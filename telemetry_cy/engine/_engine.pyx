@@ -204,16 +204,18 @@ cdef class Engine:
 
     cdef int _apply_reading(self, const char *dev, uint32_t dlen, const char *sen, uint32_t slen,
                             const char *unit, uint32_t ulen, double value, double ts,
-                            int64_t interval, uint64_t seq, bint has_seq) noexcept nogil:
+                            int64_t interval, uint32_t pane, uint64_t seq,
+                            bint has_seq) noexcept nogil:
         """0 accepted, 1 dropped for key_limit, -1 out of memory. The clock is already at
-        `interval` (not late, no tick left to close below it)."""
+        `interval` (not late, no tick left to close below it); `pane` is its pane."""
         return self._apply_hashed(tc_key_hash(self.table.seed, dev, dlen, sen, slen), dev, dlen,
-                                  sen, slen, unit, ulen, value, ts, interval, seq, has_seq)
+                                  sen, slen, unit, ulen, value, ts, interval, pane, seq, has_seq)
 
     cdef int _apply_hashed(self, uint64_t h, const char *dev, uint32_t dlen, const char *sen,
                            uint32_t slen, const char *unit, uint32_t ulen, double value, double ts,
-                           int64_t interval, uint64_t seq, bint has_seq) noexcept nogil:
-        """_apply_reading with the key's hash already computed."""
+                           int64_t interval, uint32_t pane, uint64_t seq,
+                           bint has_seq) noexcept nogil:
+        """_apply_reading with the key's hash and the interval's pane already worked out."""
         cdef size_t slot
         cdef uint64_t gap
         cdef int seq_class
@@ -237,7 +239,7 @@ cdef class Engine:
             if seq_class == TC_SEQ_GAP:
                 self.seq_gaps += gap
                 tc_topn_add_pair(&self.top_gaps, dev, dlen, sen, slen, gap)
-        tc_key_add(k, self.panes, interval, ts, value)
+        tc_key_add(k, self.panes, interval, pane, ts, value)
         if interval > self.newest_data:
             self.newest_data = interval
         self.readings += 1
@@ -258,6 +260,7 @@ cdef class Engine:
         cdef batch_item *item
         cdef double ts = NAN, q
         cdef int64_t interval = 0
+        cdef uint32_t pane = 0
         cdef bint late
         cdef pipe_entry pipe[PIPE_CAP]
         cdef pipe_entry *e
@@ -276,6 +279,7 @@ cdef class Engine:
                     why[0] = RUN_BAD_TS
                     return i
                 interval = <int64_t>q
+                pane = tc_pane_of(interval, self.panes)
             if item.size <= self.max_payload_bytes:
                 status = tc_decode_payload(<const unsigned char *>item.data, <size_t>item.size,
                                            self.max_name_bytes, &self.decoded)
@@ -290,6 +294,7 @@ cdef class Engine:
                     tc_prefetch_slot(&self.table, e.hash)
                     e.r = r[0]
                     e.interval = interval
+                    e.pane = pane
                     e.ts = ts
                     e.index = i
                     tail += 1
@@ -299,7 +304,8 @@ cdef class Engine:
                         self.payloads += 1
                         if self._apply_hashed(e.hash, e.r.device, e.r.device_len, e.r.sensor,
                                               e.r.sensor_len, e.r.unit, e.r.unit_len, e.r.value,
-                                              e.ts, e.interval, e.r.seq, e.r.has_seq) < 0:
+                                              e.ts, e.interval, e.pane, e.r.seq,
+                                              e.r.has_seq) < 0:
                             why[0] = RUN_NO_MEMORY
                             return e.index + 1
                     continue
@@ -343,7 +349,8 @@ cdef class Engine:
             for j in range(<Py_ssize_t>self.decoded.n_readings):
                 r = &self.decoded.readings[j]
                 rc = self._apply_reading(r.device, r.device_len, r.sensor, r.sensor_len, r.unit,
-                                         r.unit_len, r.value, ts, interval, r.seq, r.has_seq)
+                                         r.unit_len, r.value, ts, interval, pane, r.seq,
+                                         r.has_seq)
                 if rc < 0:
                     why[0] = RUN_NO_MEMORY
                     return i + 1
@@ -363,8 +370,8 @@ cdef class Engine:
             e = &pipe[x % PIPE_CAP]
             self.payloads += 1
             if self._apply_hashed(e.hash, e.r.device, e.r.device_len, e.r.sensor, e.r.sensor_len,
-                                  e.r.unit, e.r.unit_len, e.r.value, e.ts, e.interval, e.r.seq,
-                                  e.r.has_seq) < 0:
+                                  e.r.unit, e.r.unit_len, e.r.value, e.ts, e.interval, e.pane,
+                                  e.r.seq, e.r.has_seq) < 0:
                 return e.index
         return -1
 
@@ -519,7 +526,8 @@ cdef class Engine:
             ulen = <uint32_t>PyBytes_GET_SIZE(unit_b)
         if self._apply_reading(PyBytes_AS_STRING(dev_b), <uint32_t>PyBytes_GET_SIZE(dev_b),
                                PyBytes_AS_STRING(sen_b), <uint32_t>PyBytes_GET_SIZE(sen_b),
-                               unit_p, ulen, value, ts, interval, seq_n, seq is not None) < 0:
+                               unit_p, ulen, value, ts, interval, tc_pane_of(interval, self.panes),
+                               seq_n, seq is not None) < 0:
             raise MemoryError("telemetry-cy engine: out of memory growing the window table")
 
     cdef int _reserve_batch(self, Py_ssize_t n) except -1:

@@ -253,10 +253,35 @@ static inline double tc_negint_to_double(uint64_t n)
     return -(double)(n + 1);
 }
 
+/* Whether all n bytes are ASCII: the OR of a few (overlapping) words, no per-byte branch. */
+static inline int tc_all_ascii(const uint8_t *s, size_t n)
+{
+    uint64_t acc = 0;
+    if (n >= 8) {
+        uint64_t w;
+        for (size_t i = 0; i + 8 <= n; i += 8) {
+            memcpy(&w, s + i, 8);
+            acc |= w;
+        }
+        memcpy(&w, s + n - 8, 8);
+        acc |= w;
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, s, 4);
+        memcpy(&b, s + n - 4, 4);
+        acc = a | b;
+    } else {
+        for (size_t i = 0; i < n; i++) acc |= s[i];
+    }
+    return (acc & 0x8080808080808080ull) == 0;
+}
+
 /* Strict UTF-8 as Python's bytes.decode('utf-8'): no overlongs, no surrogates, <= U+10FFFF
- * (Unicode Table 3-7). Names are mostly ASCII: eight bytes at a time until a high bit shows. */
+ * (Unicode Table 3-7). Names are mostly ASCII: that is settled for the whole name at once; else
+ * eight bytes at a time until a high bit shows. */
 static inline int tc_utf8_valid(const uint8_t *s, size_t n)
 {
+    if (tc_all_ascii(s, n)) return 1;
     size_t i = 0;
     while (i < n) {
         uint8_t c = s[i];
@@ -306,6 +331,14 @@ static inline int tc_needs_fallback(const tc_cbor_head *h)
  * complete); anything else is BAD, after being skipped so its well-formedness is still checked. */
 static inline int tc_read_text_field(tc_cbor_cur *c, unsigned lvl, tc_text_field *f, int *fb)
 {
+    if (c->p < c->end && *c->p >= 0x60 && *c->p <= 0x77) {
+        /* the common case, a text shorter than 24 bytes: its head is this one byte */
+        uint64_t len = *c->p++ & 31u;
+        f->ptr = c->p;
+        f->len = len;
+        f->state = TC_F_OK;
+        return tc_cur_skip(c, len);
+    }
     const uint8_t *start = c->p;
     tc_cbor_head h;
     if (!tc_cbor_read_head(c, &h)) return 0;
@@ -362,15 +395,20 @@ static inline int tc_read_reading(tc_cbor_cur *c, const tc_cbor_head *mh, unsign
         if (++pairs > TC_CBOR_MAX_READ_KEYS) map_fb = 1;
 
         const uint8_t *kstart = c->p;
-        if (!tc_cbor_read_head(c, &h)) return 0;
-        if (map_fb || h.major != 3 || h.ai == 31) {
-            map_fb = 1;
-            c->p = kstart;
-            if (!tc_cbor_skip(c, lvl) || !tc_cbor_skip(c, lvl)) return 0;
-            continue;
+        uint64_t klen;
+        if (!map_fb && c->p < c->end && *c->p >= 0x60 && *c->p <= 0x77) {
+            klen = *c->p++ & 31u;   /* a text key shorter than 24 bytes (all of the schema's) */
+        } else {
+            if (!tc_cbor_read_head(c, &h)) return 0;
+            if (map_fb || h.major != 3 || h.ai == 31) {
+                map_fb = 1;
+                c->p = kstart;
+                if (!tc_cbor_skip(c, lvl) || !tc_cbor_skip(c, lvl)) return 0;
+                continue;
+            }
+            klen = h.arg;
         }
         const uint8_t *k = c->p;
-        uint64_t klen = h.arg;
         if (!tc_cur_skip(c, klen)) return 0;
         unsigned bit = 0;
         if (klen == 1) {
@@ -399,6 +437,12 @@ static inline int tc_read_reading(tc_cbor_cur *c, const tc_cbor_head *mh, unsign
         case 'u': r = tc_read_text_field(c, lvl, &u, &map_fb); break;
         case 'v': {
             const uint8_t *start = c->p;
+            if (tc_cur_left(c) >= 9 && *c->p == 0xfb) {
+                value = tc_bits_to_double(tc_be64(c->p + 1));   /* the common float64 */
+                c->p += 9;
+                v_state = TC_F_OK;
+                break;
+            }
             if (!tc_cbor_read_head(c, &h)) return 0;
             v_state = TC_F_OK;
             if (h.major == 0) value = (double)h.arg;   /* one correctly rounded conversion */
@@ -416,6 +460,12 @@ static inline int tc_read_reading(tc_cbor_cur *c, const tc_cbor_head *mh, unsign
         }
         case 'n': {
             const uint8_t *start = c->p;
+            if (tc_cur_left(c) >= 5 && *c->p == 0x1a) {
+                seq = tc_be32(c->p + 1);   /* the common 4-byte unsigned integer */
+                c->p += 5;
+                n_state = TC_F_OK;
+                break;
+            }
             if (!tc_cbor_read_head(c, &h)) return 0;
             if (h.major == 0) { n_state = TC_F_OK; seq = h.arg; }
             else {
