@@ -19,8 +19,8 @@ from collections import Counter
 import paho.mqtt as paho_pkg
 import paho.mqtt.client as paho
 import pytest
-from support.brokers import AUTH_USERS, find_mosquitto_pub, wait_for
 
+from support.brokers import AUTH_USERS, find_mosquitto_pub, wait_for
 from telemetry_cy import PURE
 from telemetry_cy.source import mqtt as tmqtt
 from telemetry_cy.source.mqtt import MqttSource, parse_url, redact_url

@@ -148,6 +148,12 @@ def seq_step(last: int | None, n: int) -> tuple[int, int, int]:
 
 class _Pane:
     __slots__ = ("count", "sum", "m2", "min", "max", "first")
+    # set on a pane's first reading; read only while count > 0
+    sum: float
+    m2: float
+    min: float
+    max: float
+    first: float
 
     def __init__(self) -> None:
         self.count = 0
