@@ -20,8 +20,6 @@ from telemetry_cy.sink.bodies import decode_body, encode_json
 from telemetry_cy.sink.nats_emitter import NatsEmitter
 from telemetry_cy.sink.subjects import parse_subject, subject_for
 
-FAST = dict(connect_timeout=1.0, flush_timeout=2.0, reconnect_time_wait=0.05,
-            max_reconnect_wait=0.3)
 AWKWARD = ["plain", "a.b", "x*y", "g>t", "sp ace", "tab\t", "", "100%", "Küche", "温度", "a|b"]
 
 
@@ -54,19 +52,6 @@ def batch(window_end, n, prefix="dev"):
 
 def balance(s):
     return s["published"] + sum(s["drops"].values()) + s["backlog_aggregates"]
-
-
-@pytest.fixture
-def emitters():
-    made = []
-
-    def make(*args, **kwargs):
-        e = NatsEmitter(*args, **{**FAST, **kwargs})
-        made.append(e)
-        return e
-    yield make
-    for e in made:
-        e.stop(1.0)
 
 
 @pytest.fixture
