@@ -1,4 +1,4 @@
-"""MqttSource against a real mosquitto (started by the fixtures in tests/brokers.py).
+"""MqttSource against a real mosquitto (started by the fixtures in tests/support/brokers.py).
 
 Messages come from real clients (a paho publisher and ``mosquitto_pub``) and are checked in the
 ring (``pop_many``), independent of the engine. Every wait is a poll with a deadline; nothing
