@@ -27,6 +27,8 @@ tick (the compiled encoder, the same key names) written from a raw socket throug
 default window, from the first byte to the last answer -- no MQTT, no engine, no Python event loop.
 
 Modes alternate core, jetstream, ceiling within each repetition (same server, same run).
+``--storage memory`` makes the JetStream streams memory-backed; ``--daemon-args`` passes flags to
+the JetStream runs' daemon (``--max-in-flight 65536``).
 ``--restart`` adds JetStream runs in which nats-server is restarted (graceful stop, start on the
 same port and store) once the daemon has published a third of the tick: the stream must still
 hold each (key, window) exactly once. Their time includes the restart, so it is reported apart.
@@ -163,9 +165,9 @@ class Counter:
             self.proc.kill()
 
 
-def create_stream(nats, stream: str, prefix: str) -> None:
+def create_stream(nats, stream: str, prefix: str, storage: str = "file") -> None:
     r = js_api(nats.url, f"$JS.API.STREAM.CREATE.{stream}",
-               {"name": stream, "subjects": [f"{prefix}.>"], "storage": "file",
+               {"name": stream, "subjects": [f"{prefix}.>"], "storage": storage,
                 "retention": "limits", "discard": "old", "num_replicas": 1,
                 "duplicate_window": 120 * 10**9})
     if "error" in r:
@@ -189,7 +191,7 @@ def ceiling_run(args, nats, run_id: int) -> dict:
     from telemetry_cy.sink.nats_emitter import JS_MAX_IN_FLIGHT
 
     prefix, stream, inbox = f"raw{run_id}", f"AGG{run_id}", f"_INBOX.rig{run_id}"
-    create_stream(nats, stream, prefix)
+    create_stream(nats, stream, prefix, args.storage)
     aggs = []
     for k in range(args.keys):
         device, sensor, unit, value, _ = key_of(k)
@@ -245,9 +247,11 @@ def one_run(args, snap, env, mosq, nats, frames, mode: str, run_id: int,
     prefix = f"js{run_id}" if js else f"core{run_id}"
     stream = f"AGG{run_id}"
     if js:
-        create_stream(nats, stream, prefix)
+        create_stream(nats, stream, prefix, args.storage)
     extra = ["--subject-prefix", prefix, "--jetstream", "true" if js else "false",
              "--max-keys", str(max(args.keys, 1_000_000))]
+    if js:
+        extra += args.daemon_args.split()
     counter = Counter(nats.url, f"{prefix}.>", env) if args.subscriber else None
     d = DaemonRun(snap, env, mosq, nats, args.tick, extra)
     rec: dict = {"mode": mode, "run": run_id, "restart": restart, "keys": args.keys}
@@ -290,6 +294,7 @@ def one_run(args, snap, env, mosq, nats, frames, mode: str, run_id: int,
         if not restart:   # the server's CPU from the tick on
             time.sleep(max(0.0, t1 - time.time()))
         cpu_server0 = proc_cpu(nats.proc.pid)
+        cpu_daemon0 = proc_cpu(d.d.proc.pid)
         done = d.wait(lambda s: s.get("published", 0) >= target, args.tick + args.timeout)
         if done is None:
             raise RuntimeError(f"not published within {args.tick + args.timeout:.0f} s: "
@@ -303,6 +308,8 @@ def one_run(args, snap, env, mosq, nats, frames, mode: str, run_id: int,
         rec["tick_to_first_published_s"] = round(started["ts"] - begin, 3) if started else None
         if not restart:
             rec["server_cpu_s"] = round(proc_cpu(nats.proc.pid) - cpu_server0, 3)
+            # up to the stats line that saw it done (20 ms of idle polling at most)
+            rec["daemon_cpu_s"] = round(proc_cpu(d.d.proc.pid) - cpu_daemon0, 3)
         if counter is not None:
             got = counter.wait(args.keys, args.timeout)
             rec["tick_to_last_received_s"] = None if got is None else round(got - begin, 3)
@@ -333,6 +340,10 @@ def main() -> int:
     ap.add_argument("--subscriber", action="store_true",
                     help="also time the last aggregate a nats-py subscriber receives "
                          "(perf/nats_count.py, 100 ms resolution)")
+    ap.add_argument("--storage", choices=("file", "memory"), default="file",
+                    help="the JetStream streams' storage")
+    ap.add_argument("--daemon-args", default="",
+                    help="more flags for the JetStream runs' daemon, e.g. '--max-in-flight 65536'")
     ap.add_argument("--package", help="import telemetry_cy from this checkout (default: here)")
     ap.add_argument("-o", "--output")
     args = ap.parse_args()
