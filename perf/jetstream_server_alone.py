@@ -28,6 +28,9 @@ Variants (each repetition runs all of them, in this order, on one server per sto
   state shows N messages (polled every 10 ms), or it has not grown for 2 s: without an ack
   a message the server drops (its ingest queue full) is lost without a word.
 - ``memory_no_ack_no_msg_id``: the least the server can do for a stream message here.
+
+``--sync always`` starts the server with ``jetstream { sync_interval: always }`` (an fsync per
+write; the default syncs every 2 minutes, so an ack does not mean "on disk").
 """
 
 from __future__ import annotations
@@ -263,6 +266,8 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=2048, help="messages per write")
     ap.add_argument("--variants", default="core," + ",".join(VARIANTS))
     ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--sync", default="", help="the server's jetstream sync_interval, e.g. "
+                    "'always' (an fsync per write); default: the server's (2 min)")
     ap.add_argument("-o", "--output")
     args = ap.parse_args()
     variants = args.variants.split(",")
@@ -270,9 +275,14 @@ def main() -> int:
     version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
     tmp = Path(tempfile.mkdtemp(prefix="tcy-js-alone-"))
     port = free_port()
-    server = subprocess.Popen([binary, "-a", HOST, "-p", str(port), "-js", "-sd",
-                               str(tmp / "js")], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    argv = [binary, "-a", HOST, "-p", str(port), "-js"]
+    if args.sync:   # the store directory then comes from the file (both places is an error)
+        (tmp / "server.conf").write_text(
+            f'jetstream {{ store_dir: "{tmp / "js"}", sync_interval: {args.sync} }}\n')
+        argv += ["-c", str(tmp / "server.conf")]
+    else:
+        argv += ["-sd", str(tmp / "js")]
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs: list[dict] = []
     try:
         end = time.monotonic() + 10
