@@ -27,6 +27,9 @@ tick (the compiled encoder, the same key names) written from a raw socket throug
 default window, from the first byte to the last answer -- no MQTT, no engine, no Python event loop.
 
 Modes alternate core, jetstream, ceiling within each repetition (same server, same run).
+``--storage memory`` makes the JetStream streams memory-backed; ``--streams 2`` gives each run two
+streams that share the sensor names (``<prefix>.*.<sensor>``); ``--daemon-args`` passes flags to
+the JetStream runs' daemon (``--max-in-flight 65536``).
 ``--restart`` adds JetStream runs in which nats-server is restarted (graceful stop, start on the
 same port and store) once the daemon has published a third of the tick: the stream must still
 hold each (key, window) exactly once. Their time includes the restart, so it is reported apart.
@@ -65,7 +68,7 @@ sys.path.insert(0, str(HERE))
 import ingest_rig  # noqa: E402
 import loadgen  # noqa: E402
 from ingest_rig import MOSQ_EXTRA, machine_info, proc_cpu, snapshot_package  # noqa: E402
-from payloads import key_of  # noqa: E402
+from payloads import SENSORS, key_of  # noqa: E402
 from telemetry_cy.tools.local_brokers import Mosquitto, NatsServer  # noqa: E402
 from telemetry_cy.tools.mqtt_loadgen import RawPublisher  # noqa: E402
 
@@ -163,21 +166,37 @@ class Counter:
             self.proc.kill()
 
 
-def create_stream(nats, stream: str, prefix: str) -> None:
-    r = js_api(nats.url, f"$JS.API.STREAM.CREATE.{stream}",
-               {"name": stream, "subjects": [f"{prefix}.>"], "storage": "file",
-                "retention": "limits", "discard": "old", "num_replicas": 1,
-                "duplicate_window": 120 * 10**9})
-    if "error" in r:
-        raise RuntimeError(f"stream create: {r['error']}")
+def stream_layout(stream: str, prefix: str, streams: int) -> dict[str, list[str]]:
+    """Stream name -> its subjects: one stream on ``<prefix>.>``, or ``streams`` streams that
+    share the sensor names between them (``<prefix>.*.<sensor>``), as an operator would split a
+    fleet's subjects so that the server stores on several cores."""
+    if streams <= 1:
+        return {stream: [f"{prefix}.>"]}
+    return {f"{stream}_{i}": [f"{prefix}.*.{name}" for j, (name, *_) in enumerate(SENSORS)
+                              if j % streams == i] for i in range(streams)}
 
 
-def check_stream(nats, stream: str, keys: int, rec: dict) -> None:
+def create_stream(nats, stream: str, prefix: str, storage: str = "file",
+                  streams: int = 1) -> None:
+    for name, subjects in stream_layout(stream, prefix, streams).items():
+        r = js_api(nats.url, f"$JS.API.STREAM.CREATE.{name}",
+                   {"name": name, "subjects": subjects, "storage": storage,
+                    "retention": "limits", "discard": "old", "num_replicas": 1,
+                    "duplicate_window": 120 * 10**9})
+        if "error" in r:
+            raise RuntimeError(f"stream create: {r['error']}")
+
+
+def check_stream(nats, stream: str, keys: int, rec: dict, streams: int = 1) -> None:
     """Each (key, window) once: one window per run and one subject per key."""
-    state = js_api(nats.url, f"$JS.API.STREAM.INFO.{stream}", {}).get("state", {})
-    rec["stream"] = {"messages": state.get("messages"), "subjects": state.get("num_subjects")}
-    rec["stream_exact"] = state.get("messages") == keys and state.get("num_subjects") == keys
-    js_api(nats.url, f"$JS.API.STREAM.DELETE.{stream}", {})
+    messages = subjects = 0
+    for name in stream_layout(stream, "-", streams):
+        state = js_api(nats.url, f"$JS.API.STREAM.INFO.{name}", {}).get("state", {})
+        messages += state.get("messages") or 0
+        subjects += state.get("num_subjects") or 0
+        js_api(nats.url, f"$JS.API.STREAM.DELETE.{name}", {})
+    rec["stream"] = {"messages": messages, "subjects": subjects}
+    rec["stream_exact"] = messages == keys and subjects == keys
 
 
 def ceiling_run(args, nats, run_id: int) -> dict:
@@ -189,7 +208,7 @@ def ceiling_run(args, nats, run_id: int) -> dict:
     from telemetry_cy.sink.nats_emitter import JS_MAX_IN_FLIGHT
 
     prefix, stream, inbox = f"raw{run_id}", f"AGG{run_id}", f"_INBOX.rig{run_id}"
-    create_stream(nats, stream, prefix)
+    create_stream(nats, stream, prefix, args.storage, args.streams)
     aggs = []
     for k in range(args.keys):
         device, sensor, unit, value, _ = key_of(k)
@@ -234,7 +253,7 @@ def ceiling_run(args, nats, run_id: int) -> dict:
     rec = {"mode": "ceiling", "run": run_id, "restart": False, "keys": args.keys,
            "first_byte_to_last_answer_s": round(elapsed, 3),
            "aggregates_per_s": round(args.keys / elapsed), "server_cpu_s": round(cpu, 3)}
-    check_stream(nats, stream, args.keys, rec)
+    check_stream(nats, stream, args.keys, rec, args.streams)
     print(json.dumps(rec), flush=True)
     return rec
 
@@ -245,9 +264,11 @@ def one_run(args, snap, env, mosq, nats, frames, mode: str, run_id: int,
     prefix = f"js{run_id}" if js else f"core{run_id}"
     stream = f"AGG{run_id}"
     if js:
-        create_stream(nats, stream, prefix)
+        create_stream(nats, stream, prefix, args.storage, args.streams)
     extra = ["--subject-prefix", prefix, "--jetstream", "true" if js else "false",
              "--max-keys", str(max(args.keys, 1_000_000))]
+    if js:
+        extra += args.daemon_args.split()
     counter = Counter(nats.url, f"{prefix}.>", env) if args.subscriber else None
     d = DaemonRun(snap, env, mosq, nats, args.tick, extra)
     rec: dict = {"mode": mode, "run": run_id, "restart": restart, "keys": args.keys}
@@ -290,6 +311,7 @@ def one_run(args, snap, env, mosq, nats, frames, mode: str, run_id: int,
         if not restart:   # the server's CPU from the tick on
             time.sleep(max(0.0, t1 - time.time()))
         cpu_server0 = proc_cpu(nats.proc.pid)
+        cpu_daemon0 = proc_cpu(d.d.proc.pid)
         done = d.wait(lambda s: s.get("published", 0) >= target, args.tick + args.timeout)
         if done is None:
             raise RuntimeError(f"not published within {args.tick + args.timeout:.0f} s: "
@@ -303,6 +325,8 @@ def one_run(args, snap, env, mosq, nats, frames, mode: str, run_id: int,
         rec["tick_to_first_published_s"] = round(started["ts"] - begin, 3) if started else None
         if not restart:
             rec["server_cpu_s"] = round(proc_cpu(nats.proc.pid) - cpu_server0, 3)
+            # up to the stats line that saw it done (20 ms of idle polling at most)
+            rec["daemon_cpu_s"] = round(proc_cpu(d.d.proc.pid) - cpu_daemon0, 3)
         if counter is not None:
             got = counter.wait(args.keys, args.timeout)
             rec["tick_to_last_received_s"] = None if got is None else round(got - begin, 3)
@@ -315,7 +339,7 @@ def one_run(args, snap, env, mosq, nats, frames, mode: str, run_id: int,
     if final.get("published") != final.get("aggregates"):
         rec["unbalanced"] = True
     if js:
-        check_stream(nats, stream, args.keys, rec)
+        check_stream(nats, stream, args.keys, rec, args.streams)
     print(json.dumps({k: v for k, v in rec.items() if k != "final"}), flush=True)
     return rec
 
@@ -333,6 +357,12 @@ def main() -> int:
     ap.add_argument("--subscriber", action="store_true",
                     help="also time the last aggregate a nats-py subscriber receives "
                          "(perf/nats_count.py, 100 ms resolution)")
+    ap.add_argument("--storage", choices=("file", "memory"), default="file",
+                    help="the JetStream streams' storage")
+    ap.add_argument("--streams", type=int, default=1,
+                    help="JetStream streams per run, the sensor names shared between them")
+    ap.add_argument("--daemon-args", default="",
+                    help="more flags for the JetStream runs' daemon, e.g. '--max-in-flight 65536'")
     ap.add_argument("--package", help="import telemetry_cy from this checkout (default: here)")
     ap.add_argument("-o", "--output")
     args = ap.parse_args()

@@ -67,6 +67,10 @@ def test_layers_override_in_order(tmp_path: Path):
     (["--mqtt-url", "http://x"], r"^setting mqtt_url"),
     (["--session-expiry", "1h"], r"^setting session_expiry: .*client_id"),
     (["--ring-bytes", "lots"], r"^setting ring_bytes"),
+    (["--jetstream", "true", "--expected-stream", "A.B"], r"^setting expected_stream .*'\.'"),
+    (["--expected-stream", "AGG"], r"^setting expected_stream: only JetStream"),
+    (["--jetstream", "true", "--max-in-flight", "0"], r"^setting max_in_flight .*at least 1"),
+    (["--max-in-flight-bytes", "512"], r"^setting max_in_flight_bytes .*at least 1024"),
 ])
 def test_bad_values_name_the_setting(argv, words):
     with pytest.raises(cfg.ConfigError) as err:
@@ -144,3 +148,21 @@ def test_overrides_come_last_and_are_checked():
 def test_nats_servers_split_on_commas():
     c = parse(["--nats-url", "nats://127.0.0.1:4222, nats://127.0.0.1:4223,"])
     assert c.nats.servers == ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
+
+
+def test_jetstream_settings_reach_the_emitter():
+    """The settings the emitter takes, with the emitter's own defaults when unset."""
+    from telemetry_cy.service.daemon import make_emitter
+    from telemetry_cy.sink.nats_emitter import JS_MAX_IN_FLIGHT, JS_MAX_IN_FLIGHT_BYTES
+
+    c = parse(["--jetstream", "true"])
+    assert (c.nats.expected_stream, c.nats.max_in_flight, c.nats.max_in_flight_bytes) == \
+        ("", JS_MAX_IN_FLIGHT, JS_MAX_IN_FLIGHT_BYTES)
+    c = parse(["--jetstream", "true", "--expected-stream", " AGG ", "--max-in-flight", "4_096"],
+              {"TELEMETRY_CY_MAX_IN_FLIGHT_BYTES": "2MiB"})
+    assert (c.nats.expected_stream, c.nats.max_in_flight, c.nats.max_in_flight_bytes) == \
+        ("AGG", 4096, 2 << 20)
+    em = make_emitter(c.nats)
+    assert em._js is not None and em._encoder.expected_stream == "AGG"
+    assert (em._js.max_msgs, em._js.max_bytes) == (4096, 2 << 20)
+    assert make_emitter(parse().nats)._encoder.expected_stream is None

@@ -131,7 +131,7 @@ def test_acks_slower_than_usual_are_waited_for(nats_server, admin, emitters):
     assert wait_for(lambda: em.stats()["published"] == n, 60), em.stats()
     js = em.stats()["jetstream"]
     assert js["publish_errors"]["ack_timeout"] == 0
-    assert (js["acks"], js["duplicates"]) == (n, 0)
+    assert (js["acks"], js["duplicates"], js["resent"]) == (n, 0, 0)
     assert stream_state(admin) == (n, n)
 
 
@@ -152,6 +152,9 @@ def test_acks_stalled_past_the_timeout_are_retried_without_duplicates(nats_serve
     s = em.stats()
     assert balanced(s) and s["drops"]["emit_backlog"] == 0
     assert s["jetstream"]["duplicates"] >= 1   # sent twice, stored once
+    # every duplicate answer is for a message resent; the window is idle again
+    assert s["jetstream"]["resent"] >= s["jetstream"]["duplicates"]
+    assert s["jetstream"]["in_flight"] == s["jetstream"]["in_flight_bytes"] == 0
     assert stream_state(admin) == (n, n)
 
 

@@ -123,3 +123,18 @@ def test_final_counters_and_stats_line_fields():
                     "top_drops": {"d/s": 4}}
     bare = PipelineSnapshot.from_stats({}, {}, {})
     assert "seq" not in bare.counters(0.0) and bare.mqtt.down_seconds == 0.0
+
+
+def test_jetstream_counters_only_in_jetstream_mode():
+    core = PipelineSnapshot.from_stats({}, {}, {"published": 3})
+    assert core.jetstream is None
+    assert "jetstream" not in core.counters(1.0) and "jetstream" not in core.stats_line()
+    js = {"acks": 5, "duplicates": 2, "resent": 4, "in_flight": 3, "in_flight_bytes": 900,
+          "in_flight_high_water": 8, "in_flight_bytes_high_water": 2000,
+          "publish_errors": {"stream_full": 0, "wrong_stream": 7, "ack_timeout": 0},
+          "last_publish_error": "wrong_stream: expected stream does not match"}
+    snap = PipelineSnapshot.from_stats({}, {}, {"published": 7, "jetstream": js})
+    assert snap.counters(1.0)["jetstream"] == js
+    # the stats line keeps what an operator watches, errors only when there are some
+    assert snap.stats_line()["jetstream"] == {"acks": 5, "duplicates": 2, "resent": 4,
+                                              "errors": {"wrong_stream": 7}, "in_flight": 3}

@@ -120,6 +120,19 @@ def parse_port(value: Any) -> int:
     return port
 
 
+def parse_stream_name(value: Any) -> str:
+    """A JetStream stream name, or empty for none (the wire encoder's own check)."""
+    from telemetry_cy.sink._wire_py import check_stream_name
+
+    text = parse_str(value).strip()
+    if text:
+        try:
+            check_stream_name(text)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc)) from None
+    return text
+
+
 def choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = str(value).strip().lower()
@@ -227,6 +240,16 @@ class NatsSettings:
                           "json|cbor")
     jetstream: bool = setting("jetstream", parse_bool, False, "publish with JetStream acks and "
                               "Nats-Msg-Id deduplication", "bool")
+    expected_stream: str = setting("expected_stream", parse_stream_name, "", "JetStream: the "
+                                   "stream every message must land in (Nats-Expected-Stream "
+                                   "header); another stream refuses it, counted as wrong_stream "
+                                   "(empty: any stream)")
+    max_in_flight: int = setting("max_in_flight", at_least(parse_int, 1), 16384, "JetStream: "
+                                 "most messages sent and not yet acked; a full window holds new "
+                                 "ticks in the backlog", "int")
+    max_in_flight_bytes: int = setting("max_in_flight_bytes", at_least(parse_size, 1024),
+                                       16 << 20, "JetStream: most bytes of messages sent and not "
+                                       "yet acked", "size")
     user: str = setting("nats_user", parse_str, "", "NATS user name")
     password: str = setting("nats_password", parse_str, "", "NATS password (prefer "
                             "nats_password_file)", secret=True)
@@ -479,6 +502,10 @@ def _check_together(config: Config) -> None:
     if not mqtt.url.startswith(("mqtt://", "mqtts://")):
         raise ConfigError(f"setting mqtt_url: expected mqtt://host:port or mqtts://host:port, "
                           f"got {redact_url(mqtt.url)!r}")
+    if config.nats.expected_stream and not config.nats.jetstream:
+        # a header only JetStream reads: without it the setting would silently do nothing
+        raise ConfigError("setting expected_stream: only JetStream checks the stream (set "
+                          "--jetstream true, or leave expected_stream empty)")
     if float(mqtt.session_expiry) > 0 and not mqtt.client_id:
         raise ConfigError("setting session_expiry: a persistent session needs a fixed "
                           "client_id (set --client-id)")

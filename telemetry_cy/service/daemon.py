@@ -104,7 +104,9 @@ def make_emitter(nats: NatsSettings):
     # an empty setting means "not set": the emitter takes None for that
     return NatsEmitter(
         servers=nats.servers, subject_prefix=nats.subject_prefix, format=nats.format,
-        jetstream=nats.jetstream, max_backlog_batches=nats.backlog_batches,
+        jetstream=nats.jetstream, expected_stream=nats.expected_stream or None,
+        max_in_flight=nats.max_in_flight, max_in_flight_bytes=nats.max_in_flight_bytes,
+        max_backlog_batches=nats.backlog_batches,
         max_backlog_bytes=nats.backlog_bytes, user=nats.user or None,
         password=nats.password or None, token=nats.token or None,
         creds_file=nats.creds_file or None, tls_ca_file=nats.ca_file or None,

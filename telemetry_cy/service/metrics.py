@@ -238,6 +238,26 @@ class PipelineCollector(Collector):
         yield _gauge("telemetry_cy_nats_down_seconds", "How long the current NATS outage has "
                      "lasted (0 when connected).", body["nats"]["down_seconds"])
 
+        js = snap.jetstream
+        if js is not None:   # JetStream mode only (docs/jetstream.md)
+            yield _counter("telemetry_cy_jetstream_acks", "JetStream messages the stream "
+                           "acknowledged as stored.", js.acks)
+            yield _counter("telemetry_cy_jetstream_duplicates", "JetStream messages the stream "
+                           "acknowledged as stored before (a retry it deduplicated).",
+                           js.duplicates)
+            yield _counter("telemetry_cy_jetstream_resent", "JetStream messages sent again by "
+                           "a retry, with the same Nats-Msg-Id.", js.resent)
+            f = CounterMetricFamily("telemetry_cy_jetstream_publish_errors", "JetStream "
+                                    "messages refused or left unanswered, by reason; they stay "
+                                    "in the backlog and are retried.", labels=["reason"])
+            for reason, n in js.publish_errors.items():
+                f.add_metric([reason], float(n))
+            yield f
+            yield _gauge("telemetry_cy_jetstream_in_flight", "JetStream messages sent and not "
+                         "answered yet.", js.in_flight)
+            yield _gauge("telemetry_cy_jetstream_in_flight_bytes", "Bytes of JetStream messages "
+                         "sent and not answered yet.", js.in_flight_bytes)
+
         yield _gauge("telemetry_cy_engine_heartbeat_age_seconds", "Time since the engine "
                      "thread last published its stats from its loop.",
                      self.health.heartbeat_age(snap, now))

@@ -82,6 +82,41 @@ class NatsState:
 
 
 @dataclass(frozen=True)
+class JetStreamState:
+    """The JetStream publisher's counters (docs/jetstream.md); None in core NATS mode."""
+
+    acks: int                      # answers "stored"
+    duplicates: int                # answers "stored before" (a retry the stream deduplicated)
+    resent: int                    # messages sent again by a retry
+    publish_errors: Mapping[str, int]   # refused or unanswered messages, by reason
+    in_flight: int                 # messages sent and not answered yet
+    in_flight_bytes: int
+    in_flight_high_water: int
+    in_flight_bytes_high_water: int
+    last_publish_error: str
+
+    @classmethod
+    def from_stats(cls, js: Mapping[str, Any] | None) -> JetStreamState | None:
+        if js is None:
+            return None
+        return cls(acks=_int(js, "acks"), duplicates=_int(js, "duplicates"),
+                   resent=_int(js, "resent"),
+                   publish_errors={k: int(v) for k, v in (js.get("publish_errors") or {}).items()},
+                   in_flight=_int(js, "in_flight"), in_flight_bytes=_int(js, "in_flight_bytes"),
+                   in_flight_high_water=_int(js, "in_flight_high_water"),
+                   in_flight_bytes_high_water=_int(js, "in_flight_bytes_high_water"),
+                   last_publish_error=str(js.get("last_publish_error") or ""))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"acks": self.acks, "duplicates": self.duplicates, "resent": self.resent,
+                "publish_errors": dict(self.publish_errors), "in_flight": self.in_flight,
+                "in_flight_bytes": self.in_flight_bytes,
+                "in_flight_high_water": self.in_flight_high_water,
+                "in_flight_bytes_high_water": self.in_flight_bytes_high_water,
+                "last_publish_error": self.last_publish_error}
+
+
+@dataclass(frozen=True)
 class PipelineSnapshot:
     # MQTT source
     received: int
@@ -107,6 +142,7 @@ class PipelineSnapshot:
     backlog_aggregates: int
     backlog_bytes: int
     nats: NatsState
+    jetstream: JetStreamState | None
     # all stages
     drops: Mapping[str, int]
     unknown_reasons: tuple[str, ...]
@@ -146,6 +182,7 @@ class PipelineSnapshot:
                 disconnected_seconds=_float(emi, "disconnected_seconds"),
                 stalled_flushes=_int(emi, "stalled_flushes"), too_large=_int(emi, "too_large"),
                 down_seconds=_float(emi, "down_seconds")),
+            jetstream=JetStreamState.from_stats(emi.get("jetstream")),
             drops=drops, unknown_reasons=unknown)
 
     def counters(self, uptime_s: float) -> dict[str, Any]:
@@ -178,6 +215,8 @@ class PipelineSnapshot:
                      "stalled_flushes": self.nats.stalled_flushes,
                      "too_large": self.nats.too_large},
         }
+        if self.jetstream is not None:
+            out["jetstream"] = self.jetstream.as_dict()
         if self.seq is not None:
             out["seq"] = self.seq
         if self.offenders is not None:
@@ -195,6 +234,12 @@ class PipelineSnapshot:
             "mqtt": "up" if self.mqtt.connected else "down",
             "nats": "up" if self.nats.connected else "down",
         }
+        js = self.jetstream
+        if js is not None:   # what an operator watches: acks, retries, refusals, the window
+            line["jetstream"] = {
+                "acks": js.acks, "duplicates": js.duplicates, "resent": js.resent,
+                "errors": {k: v for k, v in js.publish_errors.items() if v},
+                "in_flight": js.in_flight}
         seq = {k: v for k, v in (self.seq or {}).items() if v}
         if seq:
             line["seq"] = seq

@@ -107,6 +107,9 @@ class JetStreamPublisher:
         self.ack_timeouts = 0      # messages without an answer when an attempt gave up waiting
         self.high_water = 0        # most messages ever in flight at once
         self.high_water_bytes = 0  # most chunk bytes ever in flight at once
+        self.in_flight_bytes = 0   # chunk bytes in flight now (0 between attempts)
+        self.resent = 0            # messages sent again by a retry (whole chunks; the stream
+        #                            answers those it had stored before "duplicate")
         self._answered: asyncio.Event | None = None  # made on the loop (see attach)
         self._subscription: Any = None
 
@@ -154,6 +157,7 @@ class JetStreamPublisher:
         so `published` grows while a large batch is still going out. `more(batch)` encodes the
         next part of a batch that is not all encoded yet (nats_batches.TickEncoder.more)."""
         w = self.window
+        retry = batch.acks is not None
         if batch.acks is None:   # one state per message; some aggregates may not become one
             batch.acks = bytearray(batch.n if batch.pending is None else len(batch.pending))
         starts = batch.starts
@@ -178,6 +182,7 @@ class JetStreamPublisher:
                 while pending:
                     while pending and not w.sent_in(pending[0][0], pending[0][1]):
                         in_bytes -= pending.popleft()[2]   # every message of it answered
+                    self.in_flight_bytes = in_bytes
                     if not pending or (w.in_flight + (last - first) <= self.max_msgs
                                        and in_bytes + len(chunk) <= self.max_bytes):
                         break
@@ -188,6 +193,9 @@ class JetStreamPublisher:
                 w.send(first, last)
                 pending.append((first, last, len(chunk)))
                 in_bytes += len(chunk)
+                self.in_flight_bytes = in_bytes
+                if retry:
+                    self.resent += last - first
                 self.high_water = max(self.high_water, w.in_flight)
                 self.high_water_bytes = max(self.high_water_bytes, in_bytes)
                 await nc._send_command(chunk)
@@ -200,6 +208,7 @@ class JetStreamPublisher:
         finally:
             acked(batch, w.acked)
             w.end()
+            self.in_flight_bytes = 0
 
     async def _wait(self, alive: Callable[[], bool]) -> None:
         """Until some answer arrives; raises when none comes for ack_timeout seconds or the
@@ -227,6 +236,8 @@ class JetStreamPublisher:
         errors["ack_timeout"] = self.ack_timeouts
         return {"acks": counts["ok"], "duplicates": counts["duplicate"],
                 "publish_errors": errors, "stale_answers": w.stale,
-                "repeated_acks": w.repeats, "in_flight_high_water": self.high_water,
+                "repeated_acks": w.repeats, "resent": self.resent,
+                "in_flight": w.in_flight, "in_flight_bytes": self.in_flight_bytes,
+                "in_flight_high_water": self.high_water,
                 "in_flight_bytes_high_water": self.high_water_bytes,
                 "last_publish_error": w.last_error()}
