@@ -84,19 +84,29 @@ class FastClient(paho.Client):
         self._tc_on_protocol_error = on_protocol_error
         # paho 2.2 calls it _last_bytes_received, 2.1 _last_msg_in.
         self._tc_last_in = next(n for n in PAHO_LAST_IN_NAMES if hasattr(self, n))
+        #: What the last loop_read brought: bytes received, and whether it owed PUBACKs (QoS 1).
+        #: The network thread's nap (mqtt_source.py) reads them; both belong to that thread.
+        self.tc_read_bytes = 0
+        self.tc_read_acks = False
+        self.tc_reread = False
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         sock: Any = self._sock
         if sock is None:
             return MQTTErrorCode.MQTT_ERR_NO_CONN
         is_ssl = isinstance(sock, ssl.SSLSocket)
+        self.tc_read_bytes = 0
+        self.tc_read_acks = False
         # TLS hands out at most one record (16 KiB) per call: drain what is already decrypted and
         # readable, up to a buffer's worth, so a TLS connection also costs one feed per ~1 MiB.
         # Plain TCP: exactly one recv_into per readable event.
         for _ in range(64 if is_ssl else 1):
             reader = self._tc_reader
             try:
-                n = sock.recv_into(reader.writable())
+                buf = reader.writable()
+                n = sock.recv_into(buf)
+                if n and self.tc_reread and not is_ssl and n < len(buf):
+                    n += self._tc_reread(sock, buf[n:])
             except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
             except ssl.SSLWantWriteError:
@@ -107,6 +117,7 @@ class FastClient(paho.Client):
                 return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
             if n == 0:
                 return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
+            self.tc_read_bytes += n
             with self._msgtime_mutex:
                 # loop_misc's keepalive reads this: bytes arrived, the connection is alive.
                 setattr(self, self._tc_last_in, paho.time_func())
@@ -116,6 +127,13 @@ class FastClient(paho.Client):
             if not is_ssl or not sock.pending():
                 break
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    @staticmethod
+    def _tc_reread(sock: Any, buf: Any) -> int:
+        try:
+            return sock.recv_into(buf)   # 0 (EOF): the next poll sees it again
+        except (BlockingIOError, InterruptedError):
+            return 0
 
     def _tc_feed(self, n: int) -> MQTTErrorCode:
         error = None
@@ -141,6 +159,8 @@ class FastClient(paho.Client):
                 self._tc_on_protocol_error()
             if rc or self._sock is None:
                 break
+        if acks:
+            self.tc_read_acks = True
         if acks and self._sock is not None:
             # After the commit (feed returned) and through paho's queue: never interleaved with
             # paho's own writes. Sent even when a protocol error follows: those records are in.
