@@ -289,17 +289,23 @@ def latency_point(rig: ir.Rig, snap: Path, name: str, rate: float, duration: flo
             t = time.time()
             return [publish_frame(topic, struct.pack("<dI", t, i)) for i in range(n)]
 
+        pids = [proc.pid, *rig.pids().values()]
+        b0, s0, p0 = ir.sys_busy(), ir.self_cpu(), sum(ir.proc_cpu(p) for p in pids)
+        w0 = time.monotonic()
         paced(pub, frames, rate, duration, tick=rig.args.tick)
         sent = pub.sent
+        other = ((ir.sys_busy() - b0) - (ir.self_cpu() - s0)
+                 - (sum(ir.proc_cpu(p) for p in pids) - p0)) / (time.monotonic() - w0)
         time.sleep(0.5)
         pub.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     res = json.loads(out.strip().splitlines()[-1])
-    res.update(subject=name, rate=rate, sent=sent)
+    res.update(subject=name, rate=rate, sent=sent, other_cores=round(max(0.0, other), 3))
     print(f"  {name:16s} {rate:>7,.0f}/s sent {sent} got {res['n']} p50 {res['p50_ms']} ms "
-          f"p99 {res['p99_ms']} ms p999 {res['p999_ms']} max {res['max_ms']} ms", flush=True)
+          f"p99 {res['p99_ms']} ms p999 {res['p999_ms']} max {res['max_ms']} ms "
+          f"other {res['other_cores']:.2f}", flush=True)
     return res
 
 

@@ -23,6 +23,7 @@ pyproject.toml (``paho-mqtt>=2.1,<2.3``; 2.1 names the last-receive time ``_last
 
 from __future__ import annotations
 
+import socket
 import ssl
 import struct
 import time
@@ -55,6 +56,8 @@ PAHO_LAST_IN_NAMES: tuple[str, ...] = ("_last_bytes_received", "_last_msg_in")
 _FRAME_ERRORS: tuple[type[Exception], ...] = tuple(load(n).FrameError for n in available())
 
 _PUBACK = 0x40
+_IPPROTO_TCP = socket.IPPROTO_TCP
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)   # Linux's value; elsewhere setsockopt fails
 _Malformed: type[Exception]
 try:  # paho 2.2 raises MalformedPacket from its decoders, 2.1 struct.error / IndexError
     from paho.mqtt.exception import MalformedPacket as _Malformed
@@ -88,7 +91,10 @@ class FastClient(paho.Client):
         #: The network thread's nap (mqtt_source.py) reads them; both belong to that thread.
         self.tc_read_bytes = 0
         self.tc_read_acks = False
-        self.tc_reread = False
+        #: Set by the network thread before loop_read: this read follows a coalescing nap.
+        self.tc_after_nap = False
+        #: False: feed leaves the doorbell to the network thread (FrameReader.notify()).
+        self.tc_notify = True
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         sock: Any = self._sock
@@ -105,7 +111,7 @@ class FastClient(paho.Client):
             try:
                 buf = reader.writable()
                 n = sock.recv_into(buf)
-                if n and self.tc_reread and not is_ssl and n < len(buf):
+                if n and self.tc_after_nap and not is_ssl and n < len(buf):
                     n += self._tc_reread(sock, buf[n:])
             except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -130,15 +136,26 @@ class FastClient(paho.Client):
 
     @staticmethod
     def _tc_reread(sock: Any, buf: Any) -> int:
+        """The read after a nap, again: mosquitto (like most brokers) leaves Nagle on, so while
+        the bytes it sent before the nap are unacknowledged it holds the rest back; the first
+        read's ACK releases them, on loopback usually before that read returns. This second read
+        takes them now instead of one nap later, and TCP_QUICKACK sends the ACK for what it
+        read at once rather than on the 40 ms delayed-ACK timer, during which the broker would
+        hold everything back again."""
         try:
-            return sock.recv_into(buf)   # 0 (EOF): the next poll sees it again
+            m = sock.recv_into(buf)   # 0 (EOF): the next poll sees it again
         except (BlockingIOError, InterruptedError):
-            return 0
+            m = 0
+        try:
+            sock.setsockopt(_IPPROTO_TCP, _TCP_QUICKACK, 1)
+        except OSError:   # not TCP (a test's socketpair), or not Linux
+            pass
+        return m
 
     def _tc_feed(self, n: int) -> MQTTErrorCode:
         error = None
         try:
-            acks, packets = self._tc_reader.feed(n, time.time())
+            acks, packets = self._tc_reader.feed(n, time.time(), self.tc_notify)
         except _FRAME_ERRORS as exc:
             acks, packets, error = getattr(exc, "acks"), getattr(exc, "packets"), exc
         rc = MQTTErrorCode.MQTT_ERR_SUCCESS

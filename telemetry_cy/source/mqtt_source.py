@@ -294,7 +294,8 @@ class MqttSource:
         if self._protocol != paho.MQTTv5:
             kw["clean_session"] = self._session_expiry == 0
         client = FastClient(self._reader, self._note_error, self._count_protocol_error, **kw)
-        client.tc_reread = self._coalesce > 0
+        # the doorbell rings before each sleep of this thread, not inside the read: see _session
+        client.tc_notify = False
         client.connect_timeout = self._connect_timeout
         if self._username is not None:
             client.username_pw_set(self._username, self._password)
@@ -362,6 +363,7 @@ class MqttSource:
         t_open = time.monotonic()
         t_up: float | None = None
         wake = self._wake_r
+        reader = self._reader
         # poll, not select: no FD_SETSIZE limit in a process with many descriptors.
         poller = select.poll()
         poller.register(wake, select.POLLIN)
@@ -373,6 +375,7 @@ class MqttSource:
         # messages: napping on PUBACKs would cap the rate at that window per nap. MQTT 5 has the
         # client's Receive Maximum instead (paho sends none: 65,535).
         acks_stop_nap = self._protocol != paho.MQTTv5
+        napped = False
         polled = None
         while not self._stop.is_set():
             # Re-read every time: paho itself may replace the socket (its MQTT 3.1 downgrade).
@@ -394,23 +397,33 @@ class MqttSource:
                                      f"{self._connect_timeout:.1f} s")
                     client._sock_close()
                     break
-            pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-            poller.modify(sock, select.POLLIN | (select.POLLOUT if client.want_write() else 0))
-            t_poll = time.monotonic()
-            try:
-                events = dict(poller.poll(0 if pending else 1000))
-            except (OSError, ValueError):   # the socket was closed under us
-                break
-            waited = time.monotonic() - t_poll
-            if wake.fileno() in events:
+            if napped:
+                # Straight to the read after a nap: dense traffic left data there (if not, the
+                # read finds none, no nap follows and the next turn polls).
+                ev, waited = select.POLLIN, 0.0
+            else:
+                pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+                poller.modify(sock, select.POLLIN | (select.POLLOUT if client.want_write() else 0))
+                t_poll = time.monotonic()
                 try:
-                    wake.recv(4096)
-                except OSError:
-                    pass
-            ev = events.get(sock.fileno(), 0)
+                    events = dict(poller.poll(0 if pending else 1000))
+                except (OSError, ValueError):   # the socket was closed under us
+                    break
+                waited = time.monotonic() - t_poll
+                if wake.fileno() in events:
+                    try:
+                        wake.recv(4096)
+                    except OSError:
+                        pass
+                ev = events.get(sock.fileno(), 0)
+                if pending:
+                    ev |= select.POLLIN
             n = 0
             # POLLHUP/POLLERR too: the read then sees the EOF or the error and closes properly.
-            if ev & (select.POLLIN | select.POLLHUP | select.POLLERR) or pending:
+            if ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                # after a nap, the broker may hold bytes back until this read's ACK (Nagle):
+                # the client reads a second time and ACKs at once (mqtt_client.py)
+                client.tc_after_nap = napped
                 if client.loop_read():
                     break
                 n = client.tc_read_bytes
@@ -422,20 +435,28 @@ class MqttSource:
             if client.loop_misc():
                 break
             # Coalescing: when the data was already there or came within a nap's length (dense
-            # traffic), sleep one nap before the next poll, so that the next read takes all that
-            # arrived meanwhile: one poll, one read, one parse, one doorbell ring (one engine
+            # traffic), sleep one nap and then read, so that one read takes all that arrived
+            # meanwhile: one wake-up, one read, one parse and one doorbell ring (one engine
             # wake-up) per nap instead of per message. Sparse traffic (the poll waited longer)
             # is read as it comes, so a lone message gains no latency; dense traffic gains at
             # most one nap. Not after a big read (we are behind: catch up first) and not on
             # PUBACKs a v3.1.x broker's inflight window waits for. The PUBACKs of this read
             # left above (loop_write), before the nap.
-            if (n and waited < self._coalesce and n < self._nap_skip_bytes
-                    and not (acks_stop_nap and client.tc_read_acks)):
+            # The doorbell for this turn's records rings here, just before this thread sleeps
+            # (nap or poll) and gives up the GIL: the engine thread then wakes into a free GIL
+            # instead of waking once more when the GIL is handed over. Every commit is followed
+            # by a ring before the next sleep (and after the loop), so none is stranded.
+            reader.notify()
+            napped = bool(n and waited < self._coalesce and n < self._nap_skip_bytes
+                          and not (acks_stop_nap and client.tc_read_acks))
+            if napped:
                 self._naps += 1
                 try:
-                    nap.poll(nap_ms)
+                    if nap.poll(nap_ms):
+                        napped = False   # stop() rang: the next turn polls and drains the wake
                 except (OSError, ValueError):
                     break
+        reader.notify()   # a turn that ended in `break` after its read
         up_for = (time.monotonic() - t_up) if t_up is not None else 0.0
         if self._stop.is_set() and client.socket() is not None:
             self._disconnect(client)
@@ -460,6 +481,7 @@ class MqttSource:
                 client._sock_close()
 
     def _connection_ended(self) -> None:
+        self._reader.notify()   # also when the session ended in an exception after a read
         was = self._conn.connected
         if self._stop.is_set():
             self._conn.stop()   # a disconnect we asked for is no outage
