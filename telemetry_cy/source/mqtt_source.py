@@ -88,6 +88,7 @@ class MqttSource:
         coalesce: seconds (default 0.002, 0 = off) the network thread naps after a read when
             traffic is dense, so that one wake-up, one read and one doorbell ring carry every
             message that arrived meanwhile instead of one each; it bounds the latency it adds.
+            Reads that owe PUBACKs (QoS 1 deliveries) are not followed by a nap.
     """
 
     def __init__(self, ring, url: str = "mqtt://127.0.0.1:1883",
@@ -371,10 +372,6 @@ class MqttSource:
         nap = select.poll()
         nap.register(wake, select.POLLIN)
         nap_ms = self._coalesce * 1e3
-        # a v3.1.x broker sends at most max_inflight_messages (mosquitto: 20) unacknowledged QoS 1
-        # messages: napping on PUBACKs would cap the rate at that window per nap. MQTT 5 has the
-        # client's Receive Maximum instead (paho sends none: 65,535).
-        acks_stop_nap = self._protocol != paho.MQTTv5
         napped = False
         polled = None
         while not self._stop.is_set():
@@ -439,16 +436,19 @@ class MqttSource:
             # meanwhile: one wake-up, one read, one parse and one doorbell ring (one engine
             # wake-up) per nap instead of per message. Sparse traffic (the poll waited longer)
             # is read as it comes, so a lone message gains no latency; dense traffic gains at
-            # most one nap. Not after a big read (we are behind: catch up first) and not on
-            # PUBACKs a v3.1.x broker's inflight window waits for. The PUBACKs of this read
-            # left above (loop_write), before the nap.
+            # most one nap. Not after a big read (we are behind: catch up first), and not after
+            # a read that owed PUBACKs: the broker sends at most its inflight window of
+            # unacknowledged QoS 1 messages (mosquitto: max_inflight_messages, 20, whatever
+            # Receive Maximum a v5 client announces above it), so napping on them would cap the
+            # rate at one window per nap. QoS 0 deliveries (QoS 0 publishers, the usual telemetry
+            # case, whatever our subscription's QoS) are coalesced.
             # The doorbell for this turn's records rings here, just before this thread sleeps
             # (nap or poll) and gives up the GIL: the engine thread then wakes into a free GIL
             # instead of waking once more when the GIL is handed over. Every commit is followed
             # by a ring before the next sleep (and after the loop), so none is stranded.
             reader.notify()
             napped = bool(n and waited < self._coalesce and n < self._nap_skip_bytes
-                          and not (acks_stop_nap and client.tc_read_acks))
+                          and not client.tc_read_acks)
             if napped:
                 self._naps += 1
                 try:
