@@ -42,7 +42,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -338,8 +337,9 @@ def cmd_latency(args) -> dict:
             s["p50_median"] = statistics.median(s["p50"])
             s["p99_median"] = statistics.median(s["p99"])
         if "before" in by and "after" in by:
-            by["added_ms"] = {"p50": round(by["after"]["p50_median"] - by["before"]["p50_median"], 3),
-                              "p99": round(by["after"]["p99_median"] - by["before"]["p99_median"], 3)}
+            a, b = by["after"], by["before"]
+            by["added_ms"] = {"p50": round(a["p50_median"] - b["p50_median"], 3),
+                              "p99": round(a["p99_median"] - b["p99_median"], 3)}
     return {"kind": "latency", "args": vars(args), "machine": machine,
             "seconds": round(time.time() - t_begin, 1), "points": points, "summary": summary}
 

@@ -101,3 +101,21 @@ def test_notify_wakes_a_parked_consumer_for_a_deferred_feed(backend):
     assert not t.is_alive()
     assert woke == [True, [(7.0, b"a/b", b"payload")]]
     reader.notify()   # nothing left to ring: harmless
+
+
+def test_coalesce_is_checked_where_it_is_set(backend):
+    import argparse
+
+    from telemetry_cy.service import config as cfg
+
+    ring = backend.ByteRing(1 << 16)
+    for bad in (-0.001, 0.5, True, "2ms"):
+        with pytest.raises(ValueError, match="coalesce"):
+            MqttSource(ring, "mqtt://127.0.0.1:1", coalesce=bad)
+    parser = argparse.ArgumentParser()
+    cfg.add_arguments(parser)
+    assert cfg.load(parser.parse_args([]), {}).mqtt.coalesce == 0.002
+    assert cfg.load(parser.parse_args(["--mqtt-coalesce", "5ms"]), {}).mqtt.coalesce == 0.005
+    assert cfg.load(parser.parse_args(["--mqtt-coalesce", "0"]), {}).mqtt.coalesce == 0.0
+    with pytest.raises(cfg.ConfigError, match="mqtt_coalesce"):
+        cfg.load(parser.parse_args(["--mqtt-coalesce", "200ms"]), {})
