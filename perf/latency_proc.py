@@ -76,13 +76,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mqtt-url", required=True)
     ap.add_argument("--qos", type=int, default=1, choices=(0, 1))
+    ap.add_argument("--coalesce", type=float, default=None,
+                    help="MqttSource(coalesce=...) (default: its default)")
     a = ap.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     ring = ACTIVE.ByteRing(16 << 20)
     probe = ProbeEngine()
     et = EngineThread(probe, ring, lambda aggs, now: None)
-    src = MqttSource(ring, url=a.mqtt_url, topics=["site/+/sensor/+"], qos=a.qos)
+    kw = {} if a.coalesce is None else {"coalesce": a.coalesce}
+    src = MqttSource(ring, url=a.mqtt_url, topics=["site/+/sensor/+"], qos=a.qos, **kw)
     et.start()
     src.start()
     if not src.wait_connected(30):

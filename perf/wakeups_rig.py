@@ -97,7 +97,15 @@ class DaemonBefore(ir.Daemon):
     name = "pipeline_before"
 
 
-def make_subjects(rig: ir.Rig, before: Path | None) -> dict:
+class DaemonVariant(ir.Daemon):
+    """The working tree's daemon with another --mqtt-coalesce."""
+
+    def __init__(self, rig, coalesce: str):
+        super().__init__(rig, ["--mqtt-coalesce", coalesce], stats_every="1s")
+        self.name = f"pipeline_c{coalesce}"
+
+
+def make_subjects(rig: ir.Rig, before: Path | None, variants: list[str] = ()) -> dict:
     # stats lines once a second (the default is 10 s): the rig counts messages from them, and
     # at 5k msg/s the rig's usual 200 ms would cost the main thread ~0.04 CPU-s per 100k
     subjects = {"baseline": lambda: ir.MosquittoSub(rig),
@@ -105,6 +113,8 @@ def make_subjects(rig: ir.Rig, before: Path | None) -> dict:
     if before is not None:
         view = _RigView(rig, before)
         subjects["pipeline_before"] = lambda: DaemonBefore(view, stats_every="1s")
+    for v in variants:
+        subjects[f"pipeline_c{v}"] = lambda v=v: DaemonVariant(rig, v)
     return subjects
 
 
@@ -216,9 +226,10 @@ def cmd_cpu(args) -> dict:
     points = []
     t_begin = time.time()
     with ir.Rig(args, need_nats=True) as rig:
-        subjects = make_subjects(rig, Path(args.before).resolve() if args.before else None)
+        subjects = make_subjects(rig, Path(args.before).resolve() if args.before else None,
+                                 [v for v in args.variants.split(",") if v])
         if args.before:
-            rig.machine["before"] = {"path": str(args.before), "commit": (
+            rig.machine["before"] = {"commit": (
                 (Path(args.before) / "COMMIT").read_text().strip()
                 if (Path(args.before) / "COMMIT").exists() else None)}
         names = list(subjects)
@@ -275,9 +286,11 @@ def summarize(points: list[dict]) -> dict:
 # ---- latency -------------------------------------------------------------------------------------
 
 
-def latency_point(rig: ir.Rig, snap: Path, name: str, rate: float, duration: float) -> dict:
+def latency_point(rig: ir.Rig, snap: Path, name: str, rate: float, duration: float,
+                  extra: tuple[str, ...] = ()) -> dict:
     env = dict(rig.env, PYTHONPATH=str(snap))
-    proc = subprocess.Popen([ir.PY, str(HERE / "latency_proc.py"), "--mqtt-url", rig.mosq.url],
+    proc = subprocess.Popen([ir.PY, str(HERE / "latency_proc.py"), "--mqtt-url", rig.mosq.url,
+                             *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=str(snap))
     try:
@@ -315,14 +328,16 @@ def cmd_latency(args) -> dict:
     points = []
     t_begin = time.time()
     with ir.Rig(args, need_nats=False) as rig:
-        builds = [("after", rig.snap)]
+        builds: list[tuple[str, Path, tuple[str, ...]]] = [("after", rig.snap, ())]
         if args.before:
-            builds.append(("before", Path(args.before).resolve()))
+            builds.append(("before", Path(args.before).resolve(), ()))
+        for v in [v for v in args.variants.split(",") if v]:
+            builds.append((f"after_c{v}", rig.snap, ("--coalesce", v)))
         for rate in [float(r) for r in args.rates.split(",")]:
             for rep in range(args.reps):
                 order = builds if rep % 2 == 0 else builds[::-1]
-                for name, snap in order:
-                    rec = latency_point(rig, snap, name, rate, args.duration)
+                for name, snap, extra in order:
+                    rec = latency_point(rig, snap, name, rate, args.duration, extra)
                     rec["rep"] = rep
                     points.append(rec)
         machine = rig.machine
@@ -363,6 +378,9 @@ def main(argv=None) -> int:
         p.add_argument("--disturbed", type=float, default=0.35)
         p.add_argument("--wait-quiet", type=float, default=10.0)
         p.add_argument("--repeats", type=int, default=1, help="repeats of a disturbed point")
+        p.add_argument("--variants", default="",
+                       help="also the working tree with these coalesce naps, e.g. 4ms (cpu) or "
+                            "0.004 (latency)")
     c = sub.choices["cpu"]
     c.add_argument("--rates", default="5000,20000,max")
     c.add_argument("--grace", type=float, default=2.5,
@@ -372,6 +390,10 @@ def main(argv=None) -> int:
     lat.add_argument("--rates", default="1000,5000,20000")
     args = ap.parse_args(argv)
     res = cmd_cpu(args) if args.cmd == "cpu" else cmd_latency(args)
+    if args.before:   # no machine path in a stored result: the build is named by its COMMIT
+        commit = Path(args.before) / "COMMIT"
+        res["args"]["before"] = ("export of " + commit.read_text().strip()
+                                 if commit.exists() else "a build without COMMIT")
     text = json.dumps(res, indent=1)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
