@@ -119,3 +119,35 @@ def test_coalesce_is_checked_where_it_is_set(backend):
     assert cfg.load(parser.parse_args(["--mqtt-coalesce", "0"]), {}).mqtt.coalesce == 0.0
     with pytest.raises(cfg.ConfigError, match="mqtt_coalesce"):
         cfg.load(parser.parse_args(["--mqtt-coalesce", "200ms"]), {})
+
+
+def _publish_v5(topic: bytes, payload: bytes) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + b"\x00" + payload   # no properties
+    return bytes([0x30, len(body)]) + body
+
+
+def test_nap_rings_for_a_deferred_feed_then_sleeps_until_the_fd_is_readable(backend):
+    import socket
+
+    ring = backend.ByteRing(4096)
+    reader = backend.FrameReader(ring, protocol=5)
+    r, w = socket.socketpair()
+    woke: list = []
+
+    def consumer():
+        woke.append(ring.wait(WAIT))
+        woke.append(ring.pop_many(10))
+
+    t = threading.Thread(target=consumer)
+    t.start()
+    frame = _publish_v5(b"n/a", b"xyz")
+    reader.writable()[:len(frame)] = frame
+    reader.feed(len(frame), 3.0, notify=False)
+    assert reader.nap(r.fileno(), 0.001) is False   # nothing to read: the whole nap
+    t.join(WAIT)
+    assert not t.is_alive()
+    assert woke == [True, [(3.0, b"n/a", b"xyz")]]
+    w.send(b"x")
+    assert reader.nap(r.fileno(), WAIT) is True      # readable: back at once
+    r.close()
+    w.close()

@@ -60,6 +60,9 @@ class FrameReader:
         """
     def notify(self) -> None:
         """Ring the doorbell for the records of earlier ``feed(..., notify=False)``, if any."""
+    def nap(self, fd: int, timeout: float) -> bool:
+        """``notify()``, then sleep up to ``timeout`` seconds (milliseconds rounded up) or until
+        ``fd`` is readable, without the GIL; True when ``fd`` is readable."""
     def reset(self) -> None:
         """New connection: forget the partial packet and any pending skip; clear the error."""
     @property

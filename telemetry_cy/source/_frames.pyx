@@ -20,6 +20,16 @@ from libc.string cimport memset
 
 from telemetry_cy.source._ring cimport ByteRing, tc_doorbell_ring, tc_load_relaxed_u64, tc_ring
 
+
+cdef extern from "<poll.h>" nogil:
+    cdef struct pollfd:
+        int fd
+        short events
+        short revents
+    ctypedef unsigned long nfds_t
+    int poll(pollfd *fds, nfds_t nfds, int timeout)
+    const short POLLIN
+
 MIN_BUFFER_BYTES = 64
 MAX_BUFFER_BYTES = 1 << 30
 
@@ -120,6 +130,26 @@ cdef class FrameReader:
         if self._unrung:
             self._unrung = False
             tc_doorbell_ring(&self.ring.bell)
+
+    def nap(self, int fd, double timeout):
+        """``notify()``, then sleep up to ``timeout`` seconds (whole milliseconds, rounded up) or
+        until ``fd`` is readable; True when it is. Both without the GIL, ring first: the consumer
+        woken by the ring finds the GIL free instead of blocking on it and waking twice."""
+        cdef pollfd p
+        cdef int rc
+        cdef int ms = <int>(timeout * 1000.0)
+        if ms < timeout * 1000.0:
+            ms += 1
+        cdef bint ring = self._unrung
+        self._unrung = False
+        p.fd = fd
+        p.events = POLLIN
+        p.revents = 0
+        with nogil:
+            if ring:
+                tc_doorbell_ring(&self.ring.bell)
+            rc = poll(&p, 1, ms)
+        return rc > 0   # -1 (EINTR): as if woken; the caller's loop looks again
 
     def reset(self):
         """Start a new byte stream (a new connection): drop any partial packet, clear the error."""

@@ -12,6 +12,8 @@ called from anywhere (under the GIL every counter is a plain int).
 
 from __future__ import annotations
 
+import math
+import select
 from typing import Literal
 
 MIN_BUFFER_BYTES = 64
@@ -236,6 +238,15 @@ class FrameReader:
 
     def notify(self) -> None:
         """Nothing to ring: every ``try_push`` of ``feed`` already rang."""
+
+    def nap(self, fd: int, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds or until ``fd`` is readable; True when it is."""
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        try:
+            return bool(p.poll(math.ceil(timeout * 1000.0)))
+        except InterruptedError:
+            return False
 
     def reset(self) -> None:
         """Start a new byte stream (a new connection): drop any partial packet, clear the error."""

@@ -368,10 +368,7 @@ class MqttSource:
         # poll, not select: no FD_SETSIZE limit in a process with many descriptors.
         poller = select.poll()
         poller.register(wake, select.POLLIN)
-        # the nap waits on the wake-up socket alone: stop() cuts it short, data does not
-        nap = select.poll()
-        nap.register(wake, select.POLLIN)
-        nap_ms = self._coalesce * 1e3
+        wake_fd = wake.fileno()
         napped = False
         polled = None
         while not self._stop.is_set():
@@ -444,18 +441,18 @@ class MqttSource:
             # case, whatever our subscription's QoS) are coalesced.
             # The doorbell for this turn's records rings here, just before this thread sleeps
             # (nap or poll) and gives up the GIL: the engine thread then wakes into a free GIL
-            # instead of waking once more when the GIL is handed over. Every commit is followed
+            # instead of waking once more when the GIL is handed over. Before a nap the ring and
+            # the sleep are one call without the GIL (FrameReader.nap). Every commit is followed
             # by a ring before the next sleep (and after the loop), so none is stranded.
-            reader.notify()
             napped = bool(n and waited < self._coalesce and n < self._nap_skip_bytes
                           and not client.tc_read_acks)
             if napped:
                 self._naps += 1
-                try:
-                    if nap.poll(nap_ms):
-                        napped = False   # stop() rang: the next turn polls and drains the wake
-                except (OSError, ValueError):
-                    break
+                # the wake-up socket alone: stop() cuts the nap short, data does not
+                if reader.nap(wake_fd, self._coalesce):
+                    napped = False   # stop() rang: the next turn polls and drains the wake
+            else:
+                reader.notify()
         reader.notify()   # a turn that ended in `break` after its read
         up_for = (time.monotonic() - t_up) if t_up is not None else 0.0
         if self._stop.is_set() and client.socket() is not None:
