@@ -7,9 +7,11 @@ thread does, per readable event::
     acks, packets = reader.feed(n, time.time())
 
 ``feed`` walks every complete packet without the GIL, writes one ring record per PUBLISH QoS 0/1
-(no Python object per message), rings the ring's doorbell once (or leaves that to ``notify()``), returns the PUBACK blob for the
-QoS 1 packets of this read (to be sent after the call: the records are already in the ring) and the
-other packets as ``(command byte, body)`` for paho. ``_frames_py.py`` is the pure-Python twin.
+(no Python object per message), rings the ring's doorbell once (or, with ``notify=False``, leaves
+that to ``notify()`` or ``nap()``, which the MQTT source calls just before it sleeps), returns the
+PUBACK blob for the QoS 1 packets of this read (to be sent after the call: the records are
+already in the ring) and the other packets as ``(command byte, body)`` for paho. ``_frames_py.py``
+is the pure-Python twin.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING

@@ -105,7 +105,7 @@ class FastClient(paho.Client):
         self.tc_read_acks = False
         # TLS hands out at most one record (16 KiB) per call: drain what is already decrypted and
         # readable, up to a buffer's worth, so a TLS connection also costs one feed per ~1 MiB.
-        # Plain TCP: exactly one recv_into per readable event.
+        # Plain TCP: one recv_into per readable event (two after a coalescing nap: _tc_reread).
         for _ in range(64 if is_ssl else 1):
             reader = self._tc_reader
             try:
