@@ -435,10 +435,10 @@ class MqttSource:
             # is read as it comes, so a lone message gains no latency; dense traffic gains at
             # most one nap. Not after a big read (we are behind: catch up first), and not after
             # a read that owed PUBACKs: the broker sends at most its inflight window of
-            # unacknowledged QoS 1 messages (mosquitto: max_inflight_messages, 20, whatever
-            # Receive Maximum a v5 client announces above it), so napping on them would cap the
-            # rate at one window per nap. QoS 0 deliveries (QoS 0 publishers, the usual telemetry
-            # case, whatever our subscription's QoS) are coalesced.
+            # unacknowledged QoS 1 messages (mosquitto: max_inflight_messages, 20 by default),
+            # so napping on them would cap the rate at one window per nap. QoS 0 deliveries
+            # (QoS 0 publishers, the usual telemetry case, whatever our subscription's QoS) are
+            # coalesced.
             # The doorbell for this turn's records rings here, just before this thread sleeps
             # (nap or poll) and gives up the GIL: the engine thread then wakes into a free GIL
             # instead of waking once more when the GIL is handed over. Before a nap the ring and
