@@ -5,7 +5,9 @@
  *     tc_doorbell_arm(db);                 // waiting = 1, then a full fence
  *     if (ring is not empty) tc_doorbell_disarm(db);
  *     else tc_doorbell_wait(db, timeout_ns);
- * Producer (network thread), after each tc_ring_commit of a socket read's records:
+ * Producer (network thread), after the tc_ring_commit of a socket read's records and before it
+ * next sleeps (the MQTT source rings once per loop turn, right before its nap or poll, so the
+ * consumer wakes while the producer has let go of the GIL):
  *     tc_doorbell_ring(db);                // full fence, then reads `waiting`; locks only if set
  *
  * Why it cannot miss a wake-up (Dekker): the consumer stores `waiting` then loads the ring's head;
@@ -15,6 +17,13 @@
  * The signal cannot fall between the consumer's check and its wait because the consumer holds the
  * mutex from arming until pthread_cond_timedwait releases it, and the producer signals under the
  * same mutex. The timeout bounds the sleep anyway (the engine also wakes for its ticks).
+ *
+ * Ringing late (after more work, not after each commit) keeps this argument: a commit not yet
+ * followed by a ring is a record the consumer may not see until the next ring, so the producer's
+ * rule is "every commit is followed by a ring before the producer sleeps or exits", which bounds
+ * the delay by one turn of its loop (tests/test_wakeups.py parks the consumer without a timeout to
+ * check that nothing is left behind). Fewer rings are also what makes coalescing work: the
+ * consumer parks at most once per producer turn, not once per record.
  */
 #ifndef TC_DOORBELL_H
 #define TC_DOORBELL_H

@@ -143,6 +143,13 @@ def choice(*options: str) -> Callable[[Any], str]:
     return parse
 
 
+def _coalesce(value: Any) -> float:
+    seconds = parse_duration(value)
+    if not 0.0 <= seconds <= 0.1:
+        raise ValueError(f"must be between 0 and 100ms, got {value!r}")
+    return seconds
+
+
 def at_least(parse: Callable[[Any], Any], low) -> Callable[[Any], Any]:
     def checked(value: Any):
         result = parse(value)
@@ -211,6 +218,10 @@ class MqttSettings:
                             "5|3.1.1")
     keepalive: float = setting("mqtt_keepalive", at_least(parse_duration, 1.0), 30.0,
                                "MQTT keepalive", "duration")
+    coalesce: float = setting("mqtt_coalesce", _coalesce, 0.002, "under dense traffic the "
+                              "network thread naps this long between reads, so one read and one "
+                              "engine wake-up carry many messages (adds at most this latency; "
+                              "0 = read every message as it comes; at most 100ms)", "duration")
     username: str = setting("mqtt_username", parse_str, "", "MQTT user name")
     password: str = setting("mqtt_password", parse_str, "", "MQTT password (prefer "
                             "mqtt_password_file)", secret=True)

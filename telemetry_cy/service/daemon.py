@@ -122,7 +122,7 @@ def make_source(ring, mqtt: MqttSettings):
         password=mqtt.password or None, ca_file=mqtt.ca_file or None,
         cert_file=mqtt.cert_file or None, key_file=mqtt.key_file or None,
         protocol=5 if mqtt.protocol == "5" else 4, max_payload_bytes=mqtt.max_payload_bytes,
-        keepalive=mqtt.keepalive)
+        keepalive=mqtt.keepalive, coalesce=mqtt.coalesce)
 
 
 class Daemon:

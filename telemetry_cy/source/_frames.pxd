@@ -71,4 +71,5 @@ cdef class FrameReader:
     cdef object _view
     cdef unsigned char *_acks      # malloc'd once; PUBACK blob of the current feed
     cdef bint _broken              # after a protocol error, until reset()
+    cdef bint _unrung              # records committed by feed(notify=False), doorbell not rung
     cdef int _protocol

@@ -46,14 +46,23 @@ class FrameReader:
     ) -> FrameReader: ...
     def writable(self) -> memoryview:
         """The free part of the receive buffer (after the kept partial packet); never empty."""
-    def feed(self, nbytes: int, ts: float) -> tuple[bytes | None, list[tuple[int, bytes]]]:
+    def feed(self, nbytes: int, ts: float,
+             notify: bool = True) -> tuple[bytes | None, list[tuple[int, bytes]]]:
         """Parse the ``nbytes`` just written into ``writable()``, every record stamped ``ts``.
 
         Returns ``(acks, packets)``: the PUBACK blob (4 bytes per QoS 1 PUBLISH of this read, in
         arrival order, or None) to send now that the records are in the ring, and every other
         packet as ``(first header byte, body after the remaining length)`` in arrival order.
         Raises FrameError on a protocol error (then again on every feed until ``reset()``).
+        With ``notify=False`` the ring's doorbell is not rung: the caller must call ``notify()``
+        before it next sleeps (the network thread does, so that the consumer wakes while it
+        naps, not while it holds the GIL).
         """
+    def notify(self) -> None:
+        """Ring the doorbell for the records of earlier ``feed(..., notify=False)``, if any."""
+    def nap(self, fd: int, timeout: float) -> bool:
+        """``notify()``, then sleep up to ``timeout`` seconds (milliseconds rounded up) or until
+        ``fd`` is readable, without the GIL; True when ``fd`` is readable."""
     def reset(self) -> None:
         """New connection: forget the partial packet and any pending skip; clear the error."""
     @property

@@ -7,9 +7,11 @@ thread does, per readable event::
     acks, packets = reader.feed(n, time.time())
 
 ``feed`` walks every complete packet without the GIL, writes one ring record per PUBLISH QoS 0/1
-(no Python object per message), rings the ring's doorbell once, returns the PUBACK blob for the
-QoS 1 packets of this read (to be sent after the call: the records are already in the ring) and the
-other packets as ``(command byte, body)`` for paho. ``_frames_py.py`` is the pure-Python twin.
+(no Python object per message), rings the ring's doorbell once (or, with ``notify=False``, leaves
+that to ``notify()`` or ``nap()``, which the MQTT source calls just before it sleeps), returns the
+PUBACK blob for the QoS 1 packets of this read (to be sent after the call: the records are
+already in the ring) and the other packets as ``(command byte, body)`` for paho. ``_frames_py.py``
+is the pure-Python twin.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
@@ -19,6 +21,16 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from telemetry_cy.source._ring cimport ByteRing, tc_doorbell_ring, tc_load_relaxed_u64, tc_ring
+
+
+cdef extern from "<poll.h>" nogil:
+    cdef struct pollfd:
+        int fd
+        short events
+        short revents
+    ctypedef unsigned long nfds_t
+    int poll(pollfd *fds, nfds_t nfds, int timeout)
+    const short POLLIN
 
 MIN_BUFFER_BYTES = 64
 MAX_BUFFER_BYTES = 1 << 30
@@ -58,6 +70,7 @@ cdef class FrameReader:
         tc_mqtt_init(&self.rd, <unsigned char *>PyByteArray_AS_STRING(self._buf), cap,
                      protocol == 5, <size_t>max_payload_bytes, self._acks)
         self._broken = False
+        self._unrung = False
 
     def __dealloc__(self):
         free(self._acks)
@@ -67,7 +80,7 @@ cdef class FrameReader:
         """The free part of the receive buffer, for ``sock.recv_into``. Never empty."""
         return self._view[self.rd.fill:]
 
-    def feed(self, Py_ssize_t nbytes, double ts):
+    def feed(self, Py_ssize_t nbytes, double ts, bint notify=True):
         """Parse the ``nbytes`` just received into ``writable()``. Returns ``(acks, packets)``."""
         if self._broken:
             raise FrameError("the reader hit a protocol error; reset() it for a new connection")
@@ -96,8 +109,11 @@ cdef class FrameReader:
                                                              <Py_ssize_t>o.body_len)))
         tc_mqtt_publish_counts(rd, &c)
         if c.written:
-            # One wake-up per socket read, after the last commit.
-            tc_doorbell_ring(&self.ring.bell)
+            if notify:
+                # One wake-up per socket read, after the last commit.
+                tc_doorbell_ring(&self.ring.bell)
+            else:
+                self._unrung = True   # the caller rings with notify() before it sleeps
         acks = None
         if rd.n_acks:
             acks = PyBytes_FromStringAndSize(<char *>rd.acks, <Py_ssize_t>(4 * rd.n_acks))
@@ -109,6 +125,33 @@ cdef class FrameReader:
             raise FrameError(f"MQTT protocol error: {err.decode('ascii')}", acks, packets)
         tc_mqtt_compact(rd, pos, end)
         return acks, packets
+
+    def notify(self):
+        """Ring the ring's doorbell for the records of earlier ``feed(..., notify=False)`` calls,
+        if any (a fence and a load when the consumer is not parked)."""
+        if self._unrung:
+            self._unrung = False
+            tc_doorbell_ring(&self.ring.bell)
+
+    def nap(self, int fd, double timeout):
+        """``notify()``, then sleep up to ``timeout`` seconds (whole milliseconds, rounded up) or
+        until ``fd`` is readable; True when it is. Both without the GIL, ring first: the consumer
+        woken by the ring finds the GIL free instead of blocking on it and waking twice."""
+        cdef pollfd p
+        cdef int rc
+        cdef int ms = <int>(timeout * 1000.0)
+        if ms < timeout * 1000.0:
+            ms += 1
+        cdef bint ring = self._unrung
+        self._unrung = False
+        p.fd = fd
+        p.events = POLLIN
+        p.revents = 0
+        with nogil:
+            if ring:
+                tc_doorbell_ring(&self.ring.bell)
+            rc = poll(&p, 1, ms)
+        return rc > 0   # -1 (EINTR): as if woken; the caller's loop looks again
 
     def reset(self):
         """Start a new byte stream (a new connection): drop any partial packet, clear the error."""

@@ -12,6 +12,8 @@ called from anywhere (under the GIL every counter is a plain int).
 
 from __future__ import annotations
 
+import math
+import select
 from typing import Literal
 
 MIN_BUFFER_BYTES = 64
@@ -88,8 +90,12 @@ class FrameReader:
         """The free part of the receive buffer, for ``sock.recv_into``. Never empty."""
         return self._view[self._fill:]
 
-    def feed(self, nbytes: int, ts: float) -> tuple[bytes | None, list[tuple[int, bytes]]]:
-        """Parse the ``nbytes`` just received into ``writable()``. Returns ``(acks, packets)``."""
+    def feed(self, nbytes: int, ts: float,
+             notify: bool = True) -> tuple[bytes | None, list[tuple[int, bytes]]]:
+        """Parse the ``nbytes`` just received into ``writable()``. Returns ``(acks, packets)``.
+
+        ``notify`` is accepted for the compiled reader's sake: ``ring.try_push`` wakes the
+        consumer for every record here, so there is never a ring left for ``notify()``."""
         if self._broken:
             raise FrameError("the reader hit a protocol error; reset() it for a new connection")
         if isinstance(nbytes, bool) or not isinstance(nbytes, int):
@@ -229,6 +235,18 @@ class FrameReader:
                 acks.append(pid)
             p += total
         return p
+
+    def notify(self) -> None:
+        """Nothing to ring: every ``try_push`` of ``feed`` already rang."""
+
+    def nap(self, fd: int, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds or until ``fd`` is readable; True when it is."""
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        try:
+            return bool(p.poll(math.ceil(timeout * 1000.0)))
+        except InterruptedError:
+            return False
 
     def reset(self) -> None:
         """Start a new byte stream (a new connection): drop any partial packet, clear the error."""

@@ -23,6 +23,7 @@ pyproject.toml (``paho-mqtt>=2.1,<2.3``; 2.1 names the last-receive time ``_last
 
 from __future__ import annotations
 
+import socket
 import ssl
 import struct
 import time
@@ -55,6 +56,8 @@ PAHO_LAST_IN_NAMES: tuple[str, ...] = ("_last_bytes_received", "_last_msg_in")
 _FRAME_ERRORS: tuple[type[Exception], ...] = tuple(load(n).FrameError for n in available())
 
 _PUBACK = 0x40
+_IPPROTO_TCP = socket.IPPROTO_TCP
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)   # Linux's value; elsewhere setsockopt fails
 _Malformed: type[Exception]
 try:  # paho 2.2 raises MalformedPacket from its decoders, 2.1 struct.error / IndexError
     from paho.mqtt.exception import MalformedPacket as _Malformed
@@ -84,19 +87,32 @@ class FastClient(paho.Client):
         self._tc_on_protocol_error = on_protocol_error
         # paho 2.2 calls it _last_bytes_received, 2.1 _last_msg_in.
         self._tc_last_in = next(n for n in PAHO_LAST_IN_NAMES if hasattr(self, n))
+        #: What the last loop_read brought: bytes received, and whether it owed PUBACKs (QoS 1).
+        #: The network thread's nap (mqtt_source.py) reads them; both belong to that thread.
+        self.tc_read_bytes = 0
+        self.tc_read_acks = False
+        #: Set by the network thread before loop_read: this read follows a coalescing nap.
+        self.tc_after_nap = False
+        #: False: feed leaves the doorbell to the network thread (FrameReader.notify()).
+        self.tc_notify = True
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         sock: Any = self._sock
         if sock is None:
             return MQTTErrorCode.MQTT_ERR_NO_CONN
         is_ssl = isinstance(sock, ssl.SSLSocket)
+        self.tc_read_bytes = 0
+        self.tc_read_acks = False
         # TLS hands out at most one record (16 KiB) per call: drain what is already decrypted and
         # readable, up to a buffer's worth, so a TLS connection also costs one feed per ~1 MiB.
-        # Plain TCP: exactly one recv_into per readable event.
+        # Plain TCP: one recv_into per readable event (two after a coalescing nap: _tc_reread).
         for _ in range(64 if is_ssl else 1):
             reader = self._tc_reader
             try:
-                n = sock.recv_into(reader.writable())
+                buf = reader.writable()
+                n = sock.recv_into(buf)
+                if n and self.tc_after_nap and not is_ssl and n < len(buf):
+                    n += self._tc_reread(sock, buf[n:])
             except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
             except ssl.SSLWantWriteError:
@@ -107,6 +123,7 @@ class FastClient(paho.Client):
                 return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
             if n == 0:
                 return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
+            self.tc_read_bytes += n
             with self._msgtime_mutex:
                 # loop_misc's keepalive reads this: bytes arrived, the connection is alive.
                 setattr(self, self._tc_last_in, paho.time_func())
@@ -117,10 +134,28 @@ class FastClient(paho.Client):
                 break
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    @staticmethod
+    def _tc_reread(sock: Any, buf: Any) -> int:
+        """The read after a nap, again: mosquitto (like most brokers) leaves Nagle on, so while
+        the bytes it sent before the nap are unacknowledged it holds the rest back; the first
+        read's ACK releases them, on loopback usually before that read returns. This second read
+        takes them now instead of one nap later, and TCP_QUICKACK sends the ACK for what it
+        read at once rather than on the 40 ms delayed-ACK timer, during which the broker would
+        hold everything back again."""
+        try:
+            m = sock.recv_into(buf)   # 0 (EOF): the next poll sees it again
+        except (BlockingIOError, InterruptedError):
+            m = 0
+        try:
+            sock.setsockopt(_IPPROTO_TCP, _TCP_QUICKACK, 1)
+        except OSError:   # not TCP (a test's socketpair), or not Linux
+            pass
+        return m
+
     def _tc_feed(self, n: int) -> MQTTErrorCode:
         error = None
         try:
-            acks, packets = self._tc_reader.feed(n, time.time())
+            acks, packets = self._tc_reader.feed(n, time.time(), self.tc_notify)
         except _FRAME_ERRORS as exc:
             acks, packets, error = getattr(exc, "acks"), getattr(exc, "packets"), exc
         rc = MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -141,6 +176,8 @@ class FastClient(paho.Client):
                 self._tc_on_protocol_error()
             if rc or self._sock is None:
                 break
+        if acks:
+            self.tc_read_acks = True
         if acks and self._sock is not None:
             # After the commit (feed returned) and through paho's queue: never interleaved with
             # paho's own writes. Sent even when a protocol error follows: those records are in.

@@ -50,6 +50,8 @@ _PROTOCOLS = {5: paho.MQTTv5, 4: paho.MQTTv311, 3: paho.MQTTv31, "5": paho.MQTTv
               "3.1.1": paho.MQTTv311, "311": paho.MQTTv311}
 #: a connection up this long was a working one: the next reconnect starts the backoff over
 STABLE_AFTER_S = 1.0
+#: A read that fills this share of the receive buffer means we are behind: no nap after it.
+NAP_SKIP_FILL = 0.25
 
 
 def _whole_seconds(name: str, value, limit: int) -> int:
@@ -89,6 +91,10 @@ class MqttSource:
             publisher set it; by default the broker clears it on live deliveries and sets it only
             on the retained messages it sends at subscribe time. The daemon does not need it
             (the flag does not change an aggregate); the capture recorder wants it.
+        coalesce: seconds (default 0.002, 0 = off) the network thread naps after a read when
+            traffic is dense, so that one wake-up, one read and one doorbell ring carry every
+            message that arrived meanwhile instead of one each; it bounds the latency it adds.
+            Reads that owe PUBACKs (QoS 1 deliveries) are not followed by a nap.
     """
 
     def __init__(self, ring, url: str = "mqtt://127.0.0.1:1883",
@@ -100,7 +106,7 @@ class MqttSource:
                  max_payload_bytes: int = 65536, keepalive: float = 30,
                  recv_buffer_bytes: int = 1 << 20, *, backoff_initial: float = 0.1,
                  backoff_max: float = 30.0, connect_timeout: float = 5.0,
-                 retain_as_published: bool = False) -> None:
+                 retain_as_published: bool = False, coalesce: float = 0.002) -> None:
         tls, host, port, url_user, url_pass = parse_url(url)
         self._url = redact_url(url)
         self._host, self._port, self._tls = host, port, tls
@@ -144,6 +150,12 @@ class MqttSource:
         self._backoff = Backoff(backoff_initial, backoff_max, jitter=1.0,
                                 stable_after=STABLE_AFTER_S, name="backoff_initial, backoff_max")
         self._connect_timeout = float(connect_timeout)
+        if isinstance(coalesce, bool) or not isinstance(coalesce, (int, float)) \
+                or not 0 <= coalesce <= 0.1:
+            raise ValueError(f"coalesce must be a number of seconds in [0, 0.1], got {coalesce!r}")
+        self._coalesce = float(coalesce)
+        self._nap_skip_bytes = int(recv_buffer_bytes * NAP_SKIP_FILL)
+        self._naps = 0
         self._ring = ring
         record = (24 + max_payload_bytes + 7) & ~7
         if record > ring.max_record_bytes:
@@ -254,6 +266,7 @@ class MqttSource:
             bytes=fr["bytes"],
             payload_bytes=fr["payload_bytes"] + slow["payload_bytes"],
             acks=fr["acked"],
+            naps=self._naps,   # coalescing naps taken (see coalesce): reads they saved
             drops={"ingest_full": fr["ingest_full"] + slow["ingest_full"],
                    "oversize": fr["oversize"] + slow["oversize"]},
         )
@@ -293,6 +306,8 @@ class MqttSource:
         if self._protocol != paho.MQTTv5:
             kw["clean_session"] = self._session_expiry == 0
         client = FastClient(self._reader, self._note_error, self._count_protocol_error, **kw)
+        # the doorbell rings before each sleep of this thread, not inside the read: see _session
+        client.tc_notify = False
         client.connect_timeout = self._connect_timeout
         if self._username is not None:
             client.username_pw_set(self._username, self._password)
@@ -360,9 +375,12 @@ class MqttSource:
         t_open = time.monotonic()
         t_up: float | None = None
         wake = self._wake_r
+        reader = self._reader
         # poll, not select: no FD_SETSIZE limit in a process with many descriptors.
         poller = select.poll()
         poller.register(wake, select.POLLIN)
+        wake_fd = wake.fileno()
+        napped = False
         polled = None
         while not self._stop.is_set():
             # Re-read every time: paho itself may replace the socket (its MQTT 3.1 downgrade).
@@ -384,22 +402,36 @@ class MqttSource:
                                      f"{self._connect_timeout:.1f} s")
                     client._sock_close()
                     break
-            pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-            poller.modify(sock, select.POLLIN | (select.POLLOUT if client.want_write() else 0))
-            try:
-                events = dict(poller.poll(0 if pending else 1000))
-            except (OSError, ValueError):   # the socket was closed under us
-                break
-            if wake.fileno() in events:
+            if napped:
+                # Straight to the read after a nap: dense traffic left data there (if not, the
+                # read finds none, no nap follows and the next turn polls).
+                ev, waited = select.POLLIN, 0.0
+            else:
+                pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+                poller.modify(sock, select.POLLIN | (select.POLLOUT if client.want_write() else 0))
+                t_poll = time.monotonic()
                 try:
-                    wake.recv(4096)
-                except OSError:
-                    pass
-            ev = events.get(sock.fileno(), 0)
+                    events = dict(poller.poll(0 if pending else 1000))
+                except (OSError, ValueError):   # the socket was closed under us
+                    break
+                waited = time.monotonic() - t_poll
+                if wake.fileno() in events:
+                    try:
+                        wake.recv(4096)
+                    except OSError:
+                        pass
+                ev = events.get(sock.fileno(), 0)
+                if pending:
+                    ev |= select.POLLIN
+            n = 0
             # POLLHUP/POLLERR too: the read then sees the EOF or the error and closes properly.
-            if ev & (select.POLLIN | select.POLLHUP | select.POLLERR) or pending:
+            if ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                # after a nap, the broker may hold bytes back until this read's ACK (Nagle):
+                # the client reads a second time and ACKs at once (mqtt_client.py)
+                client.tc_after_nap = napped
                 if client.loop_read():
                     break
+                n = client.tc_read_bytes
             if client.want_write():
                 # Non-blocking: whatever the socket does not take stays queued in paho, and the
                 # next poll() waits for POLLOUT.
@@ -407,6 +439,32 @@ class MqttSource:
                     break
             if client.loop_misc():
                 break
+            # Coalescing: when the data was already there or came within a nap's length (dense
+            # traffic), sleep one nap and then read, so that one read takes all that arrived
+            # meanwhile: one wake-up, one read, one parse and one doorbell ring (one engine
+            # wake-up) per nap instead of per message. Sparse traffic (the poll waited longer)
+            # is read as it comes, so a lone message gains no latency; dense traffic gains at
+            # most one nap. Not after a big read (we are behind: catch up first), and not after
+            # a read that owed PUBACKs: the broker sends at most its inflight window of
+            # unacknowledged QoS 1 messages (mosquitto: max_inflight_messages, 20 by default),
+            # so napping on them would cap the rate at one window per nap. QoS 0 deliveries
+            # (QoS 0 publishers, the usual telemetry case, whatever our subscription's QoS) are
+            # coalesced.
+            # The doorbell for this turn's records rings here, just before this thread sleeps
+            # (nap or poll) and gives up the GIL: the engine thread then wakes into a free GIL
+            # instead of waking once more when the GIL is handed over. Before a nap the ring and
+            # the sleep are one call without the GIL (FrameReader.nap). Every commit is followed
+            # by a ring before the next sleep (and after the loop), so none is stranded.
+            napped = bool(n and waited < self._coalesce and n < self._nap_skip_bytes
+                          and not client.tc_read_acks)
+            if napped:
+                self._naps += 1
+                # the wake-up socket alone: stop() cuts the nap short, data does not
+                if reader.nap(wake_fd, self._coalesce):
+                    napped = False   # stop() rang: the next turn polls and drains the wake
+            else:
+                reader.notify()
+        reader.notify()   # a turn that ended in `break` after its read
         up_for = (time.monotonic() - t_up) if t_up is not None else 0.0
         if self._stop.is_set() and client.socket() is not None:
             self._disconnect(client)
@@ -431,6 +489,7 @@ class MqttSource:
                 client._sock_close()
 
     def _connection_ended(self) -> None:
+        self._reader.notify()   # also when the session ended in an exception after a read
         was = self._conn.connected
         if self._stop.is_set():
             self._conn.stop()   # a disconnect we asked for is no outage
