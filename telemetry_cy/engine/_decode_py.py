@@ -7,10 +7,11 @@ change both together. The rules below are the specification.
 Payload format
 --------------
 A payload is a CBOR map with text keys ``d`` (device, text), ``s`` (sensor, text), ``v`` (value:
-any CBOR integer or float, half, single or double precision), optional ``u`` (unit, text) and
+any CBOR integer or float, half, single or double precision), optional ``u`` (unit, text),
 ``n`` (sequence, unsigned int) and ``t`` (event time in seconds since the Unix epoch: any CBOR
-integer or float, or either inside tag 1; tag 0, RFC 3339 text, through cbor2); keys in any order; unknown text keys are ignored (their values
-skipped). A payload may also be a CBOR array of such maps, each element its own reading.
+integer or float, or either inside tag 1; tag 0, RFC 3339 text, through cbor2); keys in any
+order; unknown text keys are ignored (their values skipped). A payload may also be a CBOR array
+of such maps, each element its own reading.
 Definite and indefinite lengths both decode (maps, arrays, and strings inside ignored values).
 
 Payload level: ``decode_error`` (no readings, counts 0)
@@ -35,9 +36,9 @@ invalid UTF-8 (strict, as ``bytes.decode('utf-8')``) or longer than ``max_name_b
 arrays/maps are mismatches); ``u`` is present but not text, invalid UTF-8 or longer than
 ``max_name_bytes`` (an empty unit is allowed); ``n`` is present but not an unsigned integer
 (major type 0); ``t`` is present but not a number (or tag 1 on a number, or a datetime cbor2
-built from tag 0 or 1), or is NaN or +-Inf. ``non_finite`` when ``v`` is NaN or +-Inf; schema checks come first, so a reading
-with both problems is a schema_mismatch. A top-level item that is neither map nor array is one
-reading with schema_mismatch. An empty array is an OK payload with no readings.
+built from tag 0 or 1), or is NaN or +-Inf. ``non_finite`` when ``v`` is NaN or +-Inf; schema
+checks come first, so a reading with both problems is a schema_mismatch. A top-level item that
+is neither map nor array is one reading with schema_mismatch. An empty array is an OK payload with no readings.
 
 Values: major 0 -> the integer as a double (one correctly rounded conversion); major 1 -> -1-n
 as a double, the +1 done in integers (n = 2**64-1 gives exactly -2**64); half floats per RFC 8949

@@ -27,8 +27,8 @@ from telemetry_cy.engine.rules import (
     TOP_OFFENDERS,
     TOPN_CAPACITY,
     TOPN_NAME_BYTES,
-    aggregate_field_type,
     LateReading,
+    aggregate_field_type,
     check_config,
     check_event_config,
     check_reading,
@@ -163,6 +163,9 @@ class _Pane:
     min: float
     max: float
     first: float
+    first_ts: float
+    last: float
+    last_ts: float
 
     def __init__(self) -> None:
         self.count = 0
