@@ -38,7 +38,8 @@ arrays/maps are mismatches); ``u`` is present but not text, invalid UTF-8 or lon
 (major type 0); ``t`` is present but not a number (or tag 1 on a number, or a datetime cbor2
 built from tag 0 or 1), or is NaN or +-Inf. ``non_finite`` when ``v`` is NaN or +-Inf; schema
 checks come first, so a reading with both problems is a schema_mismatch. A top-level item that
-is neither map nor array is one reading with schema_mismatch. An empty array is an OK payload with no readings.
+is neither map nor array is one reading with schema_mismatch. An empty array is an OK payload
+with no readings.
 
 Values: major 0 -> the integer as a double (one correctly rounded conversion); major 1 -> -1-n
 as a double, the +1 done in integers (n = 2**64-1 gives exactly -2**64); half floats per RFC 8949
