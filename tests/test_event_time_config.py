@@ -50,3 +50,23 @@ def test_flags_and_environment():
 def test_bad_values_name_the_setting(argv, words):
     with pytest.raises(cfg.ConfigError, match=words):
         load(*argv)
+
+
+def test_snapshot_carries_the_event_time_counters():
+    from telemetry_cy.service.pipeline_snapshot import PipelineSnapshot
+
+    eng = {"payloads": 10, "readings": 6, "drops": {"late": 3, "future": 1},
+           "event_time": {"no_event_time": 2, "late_unrouted": 0, "watermark": 98.0}}
+    emi = {"published": 0, "late": {"routed": 3, "published": 2, "dropped": 0, "backlog": 1}}
+    snap = PipelineSnapshot.from_stats({"received": 10}, eng, emi)
+    counters = snap.counters(1.0)
+    assert counters["event_time"] == {"no_event_time": 2, "late_unrouted": 0, "watermark": 98.0,
+                                      "late_routed": 3, "late_published": 2, "late_dropped": 0,
+                                      "late_backlog": 1}
+    assert counters["drops"]["late"] == 3 and counters["drops"]["future"] == 1
+    line = snap.stats_line()
+    assert line["event_time"] == {"no_event_time": 2, "watermark": 98.0, "late_routed": 3,
+                                  "late_published": 2, "late_backlog": 1}
+    assert line["drops"] == {"late": 3, "future": 1}
+    # an engine without event-time stats (an older build, a stand-in): no block at all
+    assert "event_time" not in PipelineSnapshot.from_stats({}, {}, {}).counters(0.0)
