@@ -8,7 +8,8 @@
  * Invariant the engine keeps (and everything here relies on): a reading is only applied when its
  * interval is >= every interval already closed, and a tick k is only closed once no key holds data
  * in interval >= k. So a key only ever writes its newest pane (or a newer one), panes older than the
- * newest are frozen, and per-key memory is constant whatever the key's rate.
+ * newest are frozen, and per-key memory is constant whatever the key's rate. (In event time a key
+ * may also write the few open panes between the closed tick and its newest: see "event time".)
  *
  * Each key also keeps its sequence baseline (the optional `n` field, tc_key_seq): 8 bytes of header.
  *
