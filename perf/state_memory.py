@@ -49,11 +49,12 @@ def vm_rss() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def per_key(n_keys: int) -> dict:
-    """Runs in a fresh child: inserts n_keys keys (one reading each) into a default Engine."""
+def per_key(n_keys: int, engine_kwargs: dict | None = None) -> dict:
+    """Runs in a fresh child: inserts n_keys keys (one reading each) into a default Engine (or
+    one made with ``engine_kwargs``, ``--engine``: e.g. event time with allowed lateness)."""
     from telemetry_cy.engine._engine import Engine
     ps = PayloadSet.cached(n_keys, 1) if n_keys >= 100_000 else PayloadSet(n_keys, 1)
-    e = Engine()
+    e = Engine(**(engine_kwargs or {}))
     gc.collect()
     gc.disable()
     ts = T0 + 1.0
@@ -163,19 +164,22 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,100000,1000000")
     ap.add_argument("--hot-readings", type=int, default=10_000_000)
     ap.add_argument("--rate", type=float, default=10_000.0, help="event-time readings/s of (b)")
+    ap.add_argument("--engine", default="{}", help="(a) only: Engine keyword arguments as JSON, "
+                    "e.g. '{\"time\": \"event\", \"allowed_lateness\": 10}'")
     ap.add_argument("--child-keys", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.child_keys:
-        print(json.dumps(per_key(args.child_keys)))
+        print(json.dumps(per_key(args.child_keys, json.loads(args.engine))))
         return
 
     out = {"machine": machine(), "window_s": 60.0, "emit_every_s": 5.0,
            "budget_bytes_per_key": BUDGET_PER_KEY, "per_key": [], "one_hot_key": None}
-    print("(a) state per live key, default 60 s / 5 s window")
+    print(f"(a) state per live key, default 60 s / 5 s window, Engine(**{args.engine})")
     print(f"{'keys':>10} {'state_bytes/key':>16} {'RSS growth/key':>15}")
     for n in (int(x) for x in args.sizes.split(",")):
-        child = subprocess.run([sys.executable, __file__, "--child-keys", str(n)],
+        child = subprocess.run([sys.executable, __file__, "--child-keys", str(n),
+                                "--engine", args.engine],
                                capture_output=True, text=True, check=True)
         r = json.loads(child.stdout.strip().splitlines()[-1])
         out["per_key"].append(r)

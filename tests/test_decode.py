@@ -122,15 +122,18 @@ SELF_DESCRIBE = hd(6, 55799)
 MISSING = object()
 
 
-def rd(d=t("dev"), s=t("temp"), v=uint(1), u=MISSING, n=MISSING, extra=(), indefinite=False):
-    """A reading map from pre-encoded values (MISSING leaves the key out); extra = raw pairs."""
-    pairs = [(t(k), val) for k, val in (("d", d), ("s", s), ("v", v), ("u", u), ("n", n))]
+def rd(d=t("dev"), s=t("temp"), v=uint(1), u=MISSING, n=MISSING, extra=(), indefinite=False,
+       tm=MISSING):
+    """A reading map from pre-encoded values (MISSING leaves the key out); extra = raw pairs;
+    tm = the event time `t`."""
+    pairs = [(t(k), val) for k, val in (("d", d), ("s", s), ("v", v), ("u", u), ("n", n),
+                                        ("t", tm))]
     pairs = [p for p in pairs if p[1] is not MISSING] + list(extra)
     return imp(*pairs) if indefinite else mp(*pairs)
 
 
-def R(device="dev", sensor="temp", value=1.0, unit=None, seq=None) -> Reading:
-    return Reading(device, sensor, value, unit, seq)
+def R(device="dev", sensor="temp", value=1.0, unit=None, seq=None, tm=None) -> Reading:
+    return Reading(device, sensor, value, unit, seq, tm)
 
 
 def ok(*readings: Reading, mismatch: int = 0, non_finite: int = 0) -> Decoded:
@@ -224,6 +227,13 @@ def readings_payloads(draw):
             pairs.append((t("u"), t(unit)))
         if seq is not None:
             pairs.append((t("n"), draw(_int_encodings(seq))))
+        ev = draw(st.none() | numbers)
+        if ev is not None:
+            tenc = draw(_int_encodings(ev) if isinstance(ev, int) else _float_encodings(ev))
+            # tag 1 only where cbor2's datetime (microseconds, years 1-9999) holds it exactly
+            exact_in_datetime = isinstance(ev, int) and 0 <= ev < 2**33
+            pairs.append((t("t"), tag(1, tenc) if exact_in_datetime and draw(st.booleans())
+                          else tenc))
         extra_keys = st.lists(st.sampled_from(["x", "dv", "", "é", "vv"]), unique=True, max_size=2)
         for key in draw(extra_keys):
             pairs.append((t(key), cbor2.dumps(draw(st.recursive(
@@ -233,7 +243,7 @@ def readings_payloads(draw):
                 max_leaves=6)))))
         pairs = draw(st.permutations(pairs))
         elems.append(imp(*pairs) if draw(st.booleans()) else mp(*pairs))
-        expected.append(R(d, s, float(v), unit, seq))
+        expected.append(R(d, s, float(v), unit, seq, None if ev is None else float(ev)))
     if single:
         payload = elems[0]
     else:
@@ -260,7 +270,7 @@ def _leaf_items():
 
 
 _keys = st.one_of(
-    st.sampled_from(["d", "s", "v", "u", "n", "x"]).map(t),
+    st.sampled_from(["d", "s", "v", "u", "n", "t", "x"]).map(t),
     st.text(max_size=2).map(t),
     st.integers(0, 3).map(uint),
     st.just(chunked_text("d")),
@@ -1010,6 +1020,58 @@ class TestDecode:
         self.check(rd(extra=ignored + [(uint(1), uint(1))]), ERROR, native="fallback")
 
 
+class TestEventTime:
+    """The optional `t`: a number or tag 1 on a number natively, tag 0 through cbor2."""
+
+    @pytest.fixture(autouse=True)
+    def _reader(self, backend):
+        self.impl = backend.decode
+
+    def check(self, payload: bytes, expected: Decoded, native: str):
+        assert self.impl.decode(payload) == expected
+        assert self.impl.decode_native(payload) == native
+
+    @pytest.mark.parametrize("enc,value", [
+        (uint(1_700_000_000), 1_700_000_000.0),
+        (nint(-5), -5.0),
+        (f64(1_700_000_000.125), 1_700_000_000.125),
+        (f32(12.5), 12.5),
+        (f16(0x3E00), 1.5),
+        (uint(2**64 - 1), float(2**64 - 1)),
+    ])
+    def test_numbers_and_tag_1(self, enc, value):
+        self.check(rd(tm=enc), ok(R(tm=value)), "ok")
+        self.check(rd(tm=tag(1, enc)), ok(R(tm=value)), "ok")
+
+    def test_tag_0_through_cbor2(self):
+        when = tag(0, t("2023-11-14T22:13:20.5Z"))
+        self.check(rd(tm=when), ok(R(tm=1_700_000_000.5)), "fallback")
+        self.check(rd(tm=tag(0, t("not a date"))), ERROR, "fallback")
+
+    @pytest.mark.parametrize("enc", [
+        f64(math.nan), f64(math.inf), f64(-math.inf), f16(0x7C00), f32(math.nan),
+        t("1700000000"), TRUE, NULL, UNDEFINED, arr(uint(1)), by(b"\x01"),
+    ])
+    def test_mismatch(self, enc):
+        self.check(rd(tm=enc), MISMATCH, "ok")
+        self.check(rd(tm=tag(1, f64(math.nan))), MISMATCH, "ok")
+
+    def test_schema_before_non_finite(self):
+        self.check(rd(v=f64(math.inf), tm=t("x")), MISMATCH, "ok")
+
+    @pytest.mark.parametrize("enc", [tag(1, t("x")), tag(1, tag(1, uint(1))),
+                                     tag(2, by(b"\x01")), chunked_text("1")])
+    def test_other_tags_go_to_cbor2(self, enc):
+        assert self.impl.decode_native(rd(tm=enc)) == "fallback"
+
+    def test_array_elements_have_their_own_t(self):
+        payload = arr(rd(tm=uint(10)), rd(), rd(tm=t("x")), rd(tm=tag(1, f64(11.5))))
+        self.check(payload, ok(R(tm=10.0), R(), R(tm=11.5), mismatch=1), "ok")
+
+    def test_duplicate_t_is_malformed(self):
+        self.check(rd(tm=uint(1), extra=[(t("t"), uint(2))]), ERROR, "decode_error")
+
+
 class TestCompiledOnly:
     def test_cap_is_checked(self, compiled_backend):
         _decode_with_cap = compiled_backend.decode._decode_with_cap
@@ -1166,6 +1228,12 @@ class TestCheckElement:
             ({"d": "a", "s": "b", "v": 1, "n": -1}, "schema_mismatch"),
             ({"d": "a", "s": "b", "v": 1, "n": 1.0}, "schema_mismatch"),
             ({"d": "a", "s": "b", "v": 1, "u": None}, "schema_mismatch"),
+            ({"d": "a", "s": "b", "v": 1, "t": 5}, R("a", "b", 1.0, tm=5.0)),
+            ({"d": "a", "s": "b", "v": 1, "t": math.inf}, "schema_mismatch"),
+            ({"d": "a", "s": "b", "v": 1, "t": 2**1024}, "schema_mismatch"),
+            ({"d": "a", "s": "b", "v": 1, "t": True}, "schema_mismatch"),
+            ({"d": "a", "s": "b", "v": 1, "t": "5"}, "schema_mismatch"),
+            ({"d": "a", "s": "b", "v": math.nan, "t": "5"}, "schema_mismatch"),
             ({"d": "a\udcff", "s": "b", "v": 1}, "schema_mismatch"),
             ({"d": b"a", "s": "b", "v": 1}, "schema_mismatch"),
             ({"d": "a", "s": "b", "v": "1"}, "schema_mismatch"),

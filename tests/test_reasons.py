@@ -31,3 +31,9 @@ def test_reason_subsets_are_drawn_from_the_one_set():
     assert len(set(DROP_REASONS)) == len(DROP_REASONS)
     assert ENGINE_REASONS == DROP_REASONS[:len(ENGINE_REASONS)]
     assert PAYLOAD_REASONS <= set(DROP_REASONS)
+
+
+def test_engine_reports_its_reasons(backend):
+    eng = backend.Engine()
+    assert tuple(eng.stats()["drops"]) == ENGINE_REASONS
+    assert "future" in ENGINE_REASONS and "late" in ENGINE_REASONS

@@ -28,6 +28,7 @@ cdef extern from "cbor_reader.h" nogil:
         double value            # finite
         uint64_t seq
         int has_seq
+        double t                # `t`, finite; NaN when the reading has no `t`
 
     ctypedef struct tc_decoded:
         tc_reading *readings    # caller-owned, cap entries

@@ -7,6 +7,7 @@ Same API as the pure twin ``telemetry_cy.engine._decode_py``, whose docstring ho
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.math cimport isnan
 from libc.stdint cimport uint8_t, uint32_t
 
 from telemetry_cy.engine.decode_types import (
@@ -86,6 +87,7 @@ cdef object _native(object payload, object max_name_bytes, bint resolve):
                 r.value,
                 _text(r.unit, r.unit_len) if r.unit != NULL else None,
                 r.seq if r.has_seq else None,
+                None if isnan(r.t) else r.t,
             ))
         return Decoded(OK, readings, out.schema_mismatch, out.non_finite)
     finally:

@@ -7,9 +7,11 @@ change both together. The rules below are the specification.
 Payload format
 --------------
 A payload is a CBOR map with text keys ``d`` (device, text), ``s`` (sensor, text), ``v`` (value:
-any CBOR integer or float, half, single or double precision), optional ``u`` (unit, text) and
-``n`` (sequence, unsigned int); keys in any order; unknown text keys are ignored (their values
-skipped). A payload may also be a CBOR array of such maps, each element its own reading.
+any CBOR integer or float, half, single or double precision), optional ``u`` (unit, text),
+``n`` (sequence, unsigned int) and ``t`` (event time in seconds since the Unix epoch: any CBOR
+integer or float, or either inside tag 1; tag 0, RFC 3339 text, through cbor2); keys in any
+order; unknown text keys are ignored (their values skipped). A payload may also be a CBOR array
+of such maps, each element its own reading.
 Definite and indefinite lengths both decode (maps, arrays, and strings inside ignored values).
 
 Payload level: ``decode_error`` (no readings, counts 0)
@@ -33,9 +35,11 @@ invalid UTF-8 (strict, as ``bytes.decode('utf-8')``) or longer than ``max_name_b
 ``v`` is missing or not a CBOR integer/float (true/false/null/undefined/simple values/strings/
 arrays/maps are mismatches); ``u`` is present but not text, invalid UTF-8 or longer than
 ``max_name_bytes`` (an empty unit is allowed); ``n`` is present but not an unsigned integer
-(major type 0). ``non_finite`` when ``v`` is NaN or +-Inf; schema checks come first, so a reading
-with both problems is a schema_mismatch. A top-level item that is neither map nor array is one
-reading with schema_mismatch. An empty array is an OK payload with no readings.
+(major type 0); ``t`` is present but not a number (or tag 1 on a number, or a datetime cbor2
+built from tag 0 or 1), or is NaN or +-Inf. ``non_finite`` when ``v`` is NaN or +-Inf; schema
+checks come first, so a reading with both problems is a schema_mismatch. A top-level item that
+is neither map nor array is one reading with schema_mismatch. An empty array is an OK payload
+with no readings.
 
 Values: major 0 -> the integer as a double (one correctly rounded conversion); major 1 -> -1-n
 as a double, the +1 done in integers (n = 2**64-1 gives exactly -2**64); half floats per RFC 8949
@@ -48,14 +52,17 @@ skips anything inside ignored values (tags, bignums, nested containers, chunked 
 the same well-formedness checks. Tag 55799 directly on the top-level item is skipped natively.
 It answers ``fallback`` (only after the whole payload proved well-formed: malformed always wins)
 when a map read for a reading has a non-text key, a chunked text key, more than 32 pairs, or a
-tag or chunked string (text or bytes) as the value of ``d``, ``s``, ``v``, ``u`` or ``n``; or when
+tag or chunked string (text or bytes) as the value of ``d``, ``s``, ``v``, ``u`` or ``n``, or as
+the value of ``t`` anything but tag 1 on a number; or when
 an element of a top-level array or the top-level item carries a tag (other than the one 55799).
 Duplicate keys are found natively by comparing the raw bytes of all definite text keys of the map
 read so far; once a map is known to go to the fallback, the rest of it is only skipped (cbor2
 finds any remaining duplicate). ``decode`` resolves ``fallback`` with
 ``fallback.decode_with_cbor2``, which applies the same reading rules through
 ``fallback.check_element`` (shared with this module); there a bignum ``v`` is accepted, one beyond
-the double range is ``non_finite``, and ``n`` must be an int in [0, 2**64-1].
+the double range is ``non_finite``, ``n`` must be an int in [0, 2**64-1], and a ``t`` that cbor2
+made a datetime (tags 0 and 1) is its ``timestamp()``, to the microsecond (a date cbor2 rejects
+makes the payload decode_error, as for any tag it rejects).
 
 API
 ---
@@ -216,6 +223,40 @@ def _half_to_float(half: int) -> float:
     return -val if half & 0x8000 else val
 
 
+def _head_number(major: int, ai: int, arg: int) -> int | float | None:
+    """tc_head_number: a number head's value (ints stay exact; check_element rounds once)."""
+    if major == 0:
+        return arg
+    if major == 1:
+        return -1 - arg
+    if major == 7 and ai == 25:
+        return _half_to_float(arg)
+    if major == 7 and ai == 26:
+        return _UNPACK_F32(arg.to_bytes(4, "big"))[0]
+    if major == 7 and ai == 27:
+        return _UNPACK_F64(arg.to_bytes(8, "big"))[0]
+    return None
+
+
+def _read_time(buf: bytes, pos: int, lvl: int) -> tuple[int, object, bool]:
+    """tc_read_time_field: (new_pos, value or _WRONG_TYPE, fallback)."""
+    start = pos
+    major, ai, arg, pos = _read_head(buf, pos)
+    fb = False
+    if major == 6 and arg == 1:
+        major, ai, arg, pos = _read_head(buf, pos)
+        value = _head_number(major, ai, arg)
+        if value is not None:
+            return pos, value, False
+        fb = True
+    else:
+        value = _head_number(major, ai, arg)
+        if value is not None:
+            return pos, value, False
+        fb = _needs_fallback(major, ai)
+    return _skip(buf, start, lvl), _WRONG_TYPE, fb
+
+
 def _needs_fallback(major: int, ai: int) -> bool:
     """tc_needs_fallback: a tag, or a chunked string."""
     return major == 6 or ((major == 2 or major == 3) and ai == 31)
@@ -237,7 +278,7 @@ def _read_reading(
 ) -> tuple[int, bool]:
     """tc_read_reading: the map head (ai, arg) was just read; returns (new_pos, fallback)."""
     keys: list[bytes] = []
-    fields: dict[str, object] = {}  # what check_element sees: the five keys, as decoded values
+    fields: dict[str, object] = {}  # what check_element sees: the six keys, as decoded values
     indef = ai == 31
     pairs_left = arg
     pairs = 0
@@ -303,6 +344,10 @@ def _read_reading(
                     map_fb = True
                 fields["v"] = _WRONG_TYPE
                 pos = _skip(buf, start, lvl)
+        elif name == "t":
+            pos, t_value, t_fb = _read_time(buf, pos, lvl)
+            fields["t"] = t_value
+            map_fb = map_fb or t_fb
         elif name == "n":
             start = pos
             major, vai, varg, pos = _read_head(buf, pos)

@@ -25,6 +25,7 @@ cdef extern from "tc_window.h" nogil:
         tc_key **keys
         size_t n_keys
         size_t max_keys
+        uint32_t panes          # pane-sized units before a record's names
         uint64_t seed
 
     uint32_t TC_NO_UNIT
@@ -46,6 +47,15 @@ cdef extern from "tc_window.h" nogil:
     int tc_key_aggregate(const tc_key *k, uint32_t panes, int64_t tick, tc_agg *out)
     uint64_t tc_key_open_count(const tc_key *k, uint32_t panes, int64_t interval)
     void tc_prefetch_slot(const tc_table *t, uint64_t hash)
+
+    # event time
+    uint32_t tc_event_units(uint32_t ring, uint32_t lead)
+    double *tc_key_frozen_last(tc_key *k, uint32_t ring)
+    void tc_key_add_event(tc_key *k, uint32_t ring, uint32_t lead, int64_t interval,
+                          uint32_t pane, double t, double x)
+    int tc_key_aggregate_event(tc_key *k, uint32_t panes, uint32_t ring, uint32_t lead,
+                               int64_t tick, tc_agg *out)
+    uint64_t tc_key_open_count_event(const tc_key *k, uint32_t ring, int64_t closed)
 
     enum:
         TC_SEQ_FIRST, TC_SEQ_NEXT, TC_SEQ_GAP, TC_SEQ_DUPLICATE, TC_SEQ_REORDER, TC_SEQ_RESTART,
@@ -84,17 +94,18 @@ cdef struct batch_item:
     Py_ssize_t topic_len
 
 
-# a decoded single-reading payload waiting in _run_batch's prefetch pipeline: 112 bytes (x86_64),
+# a decoded single-reading payload waiting in _run_batch's prefetch pipeline: 128 bytes (x86_64),
 # a multiple of 16, so every entry in the ring is 16-byte aligned. On one Intel Xeon VM, entries of
 # 104 bytes made push_many_1M_keys ~200 ns per reading instead of ~130 ns (cause not pinned down);
 # on an AMD EPYC (family 26) VM 104, 112 and 128 bytes measured the same (docs/performance.md)
 cdef struct pipe_entry:
-    tc_reading r
+    tc_reading r                 # 80 bytes with the event time `t`
     uint64_t hash
     int64_t interval
     double ts
     Py_ssize_t index             # its batch item
     uint32_t pane                # tc_pane_of(interval)
+    uint32_t _pad[3]             # to 128 bytes
 
 
 @cython.final
@@ -138,13 +149,28 @@ cdef class Engine:
     cdef Py_ssize_t batch_cap
     # counters; drops indexed by tc_reason
     cdef uint64_t received, payloads, readings, evicted, ticks, aggregates
-    cdef uint64_t drops[8]
+    cdef uint64_t drops[9]
     # sequence numbers: events by class (TC_SEQ_*), and the numbers skipped by gaps
     cdef uint64_t seq_events[6]
     cdef uint64_t seq_gaps
     # top offenders (tc_topn.h); batch_topics: the batch items carry MQTT topics (drain)
     cdef tc_topn top_drops, top_gaps, top_late
     cdef bint batch_topics
+    # event time (docs/windows.md, "Event time"); `ring` panes per key (P + lead), `lead` open
+    # intervals ahead of the closed tick, `units` pane-sized units before a record's names
+    cdef readonly str time
+    cdef readonly double allowed_lateness
+    cdef readonly double idle_timeout
+    cdef readonly double max_future
+    cdef bint event
+    cdef uint32_t ring, lead, units
+    cdef double max_t            # the largest event time accepted (the watermark is max_t - L)
+    cdef double max_t_arrival    # arrival of the reading that set max_t: the idle clock
+    cdef uint64_t no_event_time, late_unrouted
+    cdef Py_ssize_t late_capacity
+    cdef list late_out           # late readings for take_late(), at most late_capacity
+    cdef int64_t pane_iv         # the last interval whose pane was worked out, and its pane:
+    cdef uint32_t pane_of_iv     # keeps the 64-bit modulo off most readings
 
     cdef int _apply_reading(self, const char *dev, uint32_t dlen, const char *sen, uint32_t slen,
                             const char *unit, uint32_t ulen, double value, double ts,
@@ -165,3 +191,20 @@ cdef class Engine:
     cdef _accept_python(self, str device, str sensor, double value, unit, seq, double ts,
                         int64_t interval)
     cdef int _reserve_batch(self, Py_ssize_t n) except -1
+    # event time
+    cdef int _apply_event(self, uint64_t h, const char *dev, uint32_t dlen, const char *sen,
+                          uint32_t slen, const char *unit, uint32_t ulen, double value, double t,
+                          int64_t interval, uint32_t pane, uint64_t seq,
+                          bint has_seq) noexcept nogil
+    cdef Py_ssize_t _pipe_flush_event(self, pipe_entry *pipe, size_t head,
+                                      size_t tail) noexcept nogil
+    cdef int _event_classify(self, double t, double arrival, int64_t *interval) noexcept nogil
+    cdef int64_t _event_target(self, double max_t) noexcept nogil
+    cdef int _event_commit(self, const tc_reading *r, double t, double arrival, int cls,
+                           int64_t interval) noexcept nogil
+    cdef uint32_t _event_pane(self, int64_t interval) noexcept nogil
+    cdef Py_ssize_t _run_batch_event(self, Py_ssize_t start, Py_ssize_t n,
+                                     int *why) noexcept nogil
+    cdef int _event_payload(self, Py_ssize_t i) except -1
+    cdef int _event_reading(self, const tc_reading *r, double arrival) except -1
+    cdef int _event_tick(self, double now) except -1

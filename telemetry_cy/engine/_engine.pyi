@@ -1,6 +1,7 @@
 from collections.abc import Iterable
 from typing import TypedDict, final, type_check_only
 
+from telemetry_cy.engine.rules import LateReading
 from telemetry_cy.source._ring import ByteRing
 
 # SeqStats, Offender and Offenders exist for the type checker only: stats() builds plain dicts.
@@ -63,6 +64,14 @@ class Aggregate:
                  stddev: float, first: float, last: float) -> None: ...
     def as_dict(self) -> dict[str, object]: ...
 
+@type_check_only
+class EventTimeStats(TypedDict):
+    """Event-time accounting (docs/windows.md, "Event time")."""
+
+    no_event_time: int  # readings without `t` (their arrival was their event time)
+    late_unrouted: int  # late readings take_late() could not keep (late_capacity full)
+    watermark: float | None  # max event time - allowed_lateness; None in arrival mode
+
 @final
 class Engine:
     window: float
@@ -70,20 +79,29 @@ class Engine:
     key_ttl: float
     max_payload_bytes: int
     max_name_bytes: int
+    time: str  # "arrival" or "event"
+    allowed_lateness: float
+    idle_timeout: float
+    max_future: float
     @property
     def max_keys(self) -> int: ...
     def __init__(self, window: float = 60.0, emit_every: float = 5.0, max_keys: int = 1_000_000,
                  key_ttl: float = 300.0, max_payload_bytes: int = 65536,
-                 max_name_bytes: int = 256) -> None: ...
+                 max_name_bytes: int = 256, time: str = "arrival",
+                 allowed_lateness: float = 0.0, idle_timeout: float = 30.0,
+                 max_future: float = 60.0, late_capacity: int = 0) -> None: ...
     def push(self, payload: bytes | bytearray | memoryview, ts: float) -> int: ...
     def push_many(self, payloads: Iterable[bytes | bytearray | memoryview], ts: float) -> int: ...
     def drain(self, ring: ByteRing, max_records: int = 4096) -> int: ...
     def push_reading(self, device: str, sensor: str, value: float, ts: float,
-                     unit: str | None = None, seq: int | None = None) -> None: ...
+                     unit: str | None = None, seq: int | None = None,
+                     t: float | None = None) -> None: ...
     def tick(self, now: float) -> list[Aggregate]: ...
     def open_readings(self) -> int:
-        """Accepted readings of the interval no tick has closed yet: in no aggregate so far."""
+        """Accepted readings of the intervals no tick has closed yet: in no aggregate so far."""
+    def take_late(self) -> list[LateReading]:
+        """Late readings kept since the last call (at most late_capacity), oldest first."""
     def stats(self) -> dict[str, object]:
         """Counters and gauges. Besides the drop and window counters: ``stats()["seq"]`` is a
-        ``SeqStats`` and ``stats()["offenders"]`` an ``Offenders`` (top 10 of each summary, by
-        count)."""
+        ``SeqStats``, ``stats()["offenders"]`` an ``Offenders`` (top 10 of each summary, by
+        count) and ``stats()["event_time"]`` an ``EventTimeStats``."""

@@ -11,18 +11,20 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExa
 from cpython.object cimport PyObject
 from cpython.sequence cimport PySequence_Fast_ITEMS
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.math cimport NAN, floor, isfinite, sqrt
+from libc.math cimport INFINITY, NAN, floor, isfinite, isnan, sqrt
 from libc.stdint cimport INT64_MIN, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memset
 
 from telemetry_cy.source._ring cimport ByteRing, tc_ring_consume, tc_ring_peek, tc_ring_release, tc_ring_view
 from telemetry_cy.engine._decode cimport (
-    TC_MIN_READING_BYTES, TC_PAYLOAD_FALLBACK, TC_PAYLOAD_OK, tc_decode_payload,
+    TC_MIN_READING_BYTES, TC_PAYLOAD_DECODE_ERROR, TC_PAYLOAD_FALLBACK, TC_PAYLOAD_OK,
+    tc_decode_payload,
     tc_reading,
 )
 from telemetry_cy.engine.rules import (
-    AGGREGATE_FIELDS, TOP_OFFENDERS, check_config, top_entries,
+    AGGREGATE_FIELDS, DEFAULT_ALLOWED_LATENESS, DEFAULT_IDLE_TIMEOUT, DEFAULT_LATE_CAPACITY,
+    DEFAULT_MAX_FUTURE, TOP_OFFENDERS, LateReading, check_config, check_event_config, top_entries,
 )
 from telemetry_cy.engine.cbor_fallback import decode_with_cbor2
 from telemetry_cy.reasons import DROP_REASONS, ENGINE_REASONS
@@ -30,7 +32,7 @@ from telemetry_cy.reasons import DROP_REASONS, ENGINE_REASONS
 cdef extern from "tc_reasons.h":
     enum:
         TC_DROP_OVERSIZE, TC_DROP_DECODE_ERROR, TC_DROP_SCHEMA_MISMATCH, TC_DROP_NON_FINITE,
-        TC_DROP_KEY_LIMIT, TC_DROP_LATE, TC_DROP_N_REASONS
+        TC_DROP_KEY_LIMIT, TC_DROP_LATE, TC_DROP_FUTURE, TC_DROP_N_REASONS
 
 # why _run_batch stopped
 cdef enum:
@@ -39,6 +41,15 @@ cdef enum:
     RUN_FALLBACK = 2   # the C reader handed a payload to cbor2 (GIL)
     RUN_NO_MEMORY = 3
     RUN_BAD_TS = 4     # an item's ts cannot be an interval index (only from a buggy producer)
+    RUN_EVENT = 5      # event time: a payload moves the watermark or has a late reading to route
+
+# what _event_classify says of a reading's event time
+cdef enum:
+    EV_APPLY = 0       # into its pane now
+    EV_ADVANCE = 1     # the watermark passes a window end first (GIL: builds aggregates)
+    EV_LATE = 2        # its first window was emitted
+    EV_FUTURE = 3      # more than max_future ahead of its arrival
+    EV_BAD = 4         # t / emit_every is no interval index: schema_mismatch
 
 # tick releases the GIL after every (mask + 1) aggregates it builds (~1 ms of work)
 cdef uint64_t GIL_YIELD_MASK = 4095
@@ -159,19 +170,38 @@ cdef class Engine:
         self.batch = NULL
 
     def __init__(self, window=60.0, emit_every=5.0, max_keys=1_000_000, key_ttl=300.0,
-                 max_payload_bytes=65536, max_name_bytes=256):
+                 max_payload_bytes=65536, max_name_bytes=256, time="arrival",
+                 allowed_lateness=DEFAULT_ALLOWED_LATENESS, idle_timeout=DEFAULT_IDLE_TIMEOUT,
+                 max_future=DEFAULT_MAX_FUTURE, late_capacity=DEFAULT_LATE_CAPACITY):
         cfg = check_config(window, emit_every, max_keys, key_ttl, max_payload_bytes,
                            max_name_bytes)
+        ev = check_event_config(time, allowed_lateness, idle_timeout, max_future, late_capacity,
+                                cfg.emit_every, cfg.panes)
         self.window = cfg.window
         self.emit_every = cfg.emit_every
         self.key_ttl = cfg.key_ttl
         self.max_payload_bytes = cfg.max_payload_bytes
         self.max_name_bytes = cfg.max_name_bytes
         self.panes = cfg.panes
+        self.time = time
+        self.event = ev.event
+        self.allowed_lateness = ev.allowed_lateness
+        self.idle_timeout = ev.idle_timeout
+        self.max_future = ev.max_future
+        self.lead = ev.lead if ev.event else 0
+        self.ring = self.panes + self.lead
+        self.units = tc_event_units(self.ring, self.lead)
+        self.late_capacity = ev.late_capacity
+        self.late_out = []
+        self.max_t = -INFINITY
+        self.max_t_arrival = 0.0
+        self.no_event_time = self.late_unrouted = 0
+        self.pane_iv = INT64_MIN
+        self.pane_of_iv = 0
         seed = int.from_bytes(os.urandom(8), "little")
         if self.table.keys != NULL:
             tc_table_free(&self.table)
-        if tc_table_init(&self.table, self.panes, cfg.max_keys, seed) != 0:
+        if tc_table_init(&self.table, self.units, cfg.max_keys, seed) != 0:
             raise MemoryError()
         # the reader stores only accepted readings, each at least TC_MIN_READING_BYTES long
         cdef size_t cap = <size_t>self.max_payload_bytes // TC_MIN_READING_BYTES + 1
@@ -420,17 +450,19 @@ cdef class Engine:
         cdef tc_agg agg
         cdef Aggregate a
         cdef list out = self.pending
-        cdef uint32_t panes = self.panes
+        cdef uint32_t panes = self.panes, units = self.units, ring = self.ring, lead = self.lead
+        cdef bint event = self.event
         while i < self.table.n_keys:
             k = self.table.keys[i]
-            if emit and tc_key_aggregate(k, panes, tick, &agg):
+            if emit and (tc_key_aggregate_event(k, panes, ring, lead, tick, &agg) if event
+                         else tc_key_aggregate(k, panes, tick, &agg)):
                 a = Aggregate.__new__(Aggregate)
-                a.device = PyUnicode_DecodeUTF8(tc_key_device(k, panes), k.device_len, NULL)
-                a.sensor = PyUnicode_DecodeUTF8(tc_key_sensor(k, panes), k.sensor_len, NULL)
+                a.device = PyUnicode_DecodeUTF8(tc_key_device(k, units), k.device_len, NULL)
+                a.sensor = PyUnicode_DecodeUTF8(tc_key_sensor(k, units), k.sensor_len, NULL)
                 if k.unit_len == TC_NO_UNIT:
                     a.unit = None
                 else:
-                    a.unit = PyUnicode_DecodeUTF8(tc_key_unit(k, panes), k.unit_len, NULL)
+                    a.unit = PyUnicode_DecodeUTF8(tc_key_unit(k, units), k.unit_len, NULL)
                 a.window_start = window_start
                 a.window_end = tick_time
                 a.count = agg.count
@@ -475,8 +507,14 @@ cdef class Engine:
         self.received += <uint64_t>n
         while i < n:
             with nogil:
-                i = self._run_batch(i, n, &why)
-            if why == RUN_ADVANCE:
+                if self.event:
+                    i = self._run_batch_event(i, n, &why)
+                else:
+                    i = self._run_batch(i, n, &why)
+            if why == RUN_EVENT:
+                self._event_payload(i)
+                i += 1
+            elif why == RUN_ADVANCE:
                 self._advance(self._interval(self.batch[i].ts))
             elif why == RUN_FALLBACK:
                 self._push_fallback(i)
@@ -502,8 +540,11 @@ cdef class Engine:
             self.drops[TC_DROP_NON_FINITE] += decoded.non_finite
             self._payload_offender(item, decoded.schema_mismatch + decoded.non_finite)
         for reading in decoded.readings:
-            self._accept_python(reading.device, reading.sensor, reading.value, reading.unit,
-                                reading.seq, item.ts, interval)
+            if self.event:
+                _event_python(self, reading, item.ts)
+            else:
+                self._accept_python(reading.device, reading.sensor, reading.value, reading.unit,
+                                    reading.seq, item.ts, interval)
 
     cdef _accept_python(self, str device, str sensor, double value, unit, seq, double ts,
                         int64_t interval):
@@ -539,6 +580,276 @@ cdef class Engine:
             raise MemoryError()
         self.batch = items
         self.batch_cap = cap
+        return 0
+
+    # ---- event time (docs/windows.md, "Event time") -----------------------------------------------
+    #
+    # The closed tick follows the watermark max_t - allowed_lateness (max_t: the largest event time
+    # accepted, over all keys), and never falls more than `lead` intervals behind a key's newest
+    # pane (the ring holds P + lead panes). A reading whose interval is below the closed tick is
+    # late; one more than max_future ahead of its arrival is dropped before it can move max_t.
+
+    cdef int64_t _event_target(self, double max_t) noexcept nogil:
+        """The closed tick the watermark of `max_t` asks for."""
+        cdef double q = floor((max_t - self.allowed_lateness) / self.emit_every)
+        cdef double q2 = floor(max_t / self.emit_every) - <double>self.lead
+        if q2 > q:
+            q = q2   # only where rounding put the watermark more than `lead` intervals behind
+        if q < -MAX_INTERVAL:
+            q = -MAX_INTERVAL
+        return <int64_t>q
+
+    cdef int _event_classify(self, double t, double arrival, int64_t *interval) noexcept nogil:
+        """What a reading at event time t, arrived at `arrival`, needs (EV_*). No side effects."""
+        if t - arrival > self.max_future:
+            return EV_FUTURE
+        cdef double q = floor(t / self.emit_every)
+        if not (q <= MAX_INTERVAL and q >= -MAX_INTERVAL):
+            return EV_BAD
+        interval[0] = <int64_t>q
+        if not self.started:
+            return EV_ADVANCE
+        if interval[0] < self.closed:
+            return EV_LATE
+        if t > self.max_t and self._event_target(t) > self.closed:
+            return EV_ADVANCE
+        return EV_APPLY
+
+    cdef uint32_t _event_pane(self, int64_t interval) noexcept nogil:
+        if interval != self.pane_iv:
+            self.pane_iv = interval
+            self.pane_of_iv = tc_pane_of(interval, self.ring)
+        return self.pane_of_iv
+
+    cdef int _event_commit(self, const tc_reading *r, double t, double arrival, int cls,
+                           int64_t interval) noexcept nogil:
+        """Counts or applies one reading classified `cls` (never EV_ADVANCE; a late one is only
+        counted here, its routing needs the GIL). 0, or -1 when out of memory."""
+        if cls == EV_APPLY:
+            if t > self.max_t:
+                self.max_t = t
+                self.max_t_arrival = arrival
+            if self._apply_event(tc_key_hash(self.table.seed, r.device, r.device_len, r.sensor,
+                                             r.sensor_len),
+                                 r.device, r.device_len, r.sensor, r.sensor_len, r.unit,
+                                 r.unit_len, r.value, t, interval, self._event_pane(interval),
+                                 r.seq, r.has_seq) < 0:
+                return -1
+        elif cls == EV_LATE:
+            self.drops[TC_DROP_LATE] += 1
+            tc_topn_add_pair(&self.top_late, r.device, r.device_len, r.sensor, r.sensor_len, 1)
+        else:
+            self.drops[TC_DROP_FUTURE if cls == EV_FUTURE else TC_DROP_SCHEMA_MISMATCH] += 1
+            tc_topn_add_pair(&self.top_drops, r.device, r.device_len, r.sensor, r.sensor_len, 1)
+        return 0
+
+    cdef int _apply_event(self, uint64_t h, const char *dev, uint32_t dlen, const char *sen,
+                          uint32_t slen, const char *unit, uint32_t ulen, double value, double t,
+                          int64_t interval, uint32_t pane, uint64_t seq,
+                          bint has_seq) noexcept nogil:
+        """_apply_hashed in event mode (closed <= interval <= closed + lead): 0 accepted, 1
+        dropped for key_limit, -1 out of memory."""
+        cdef size_t slot
+        cdef uint64_t gap
+        cdef int seq_class
+        cdef tc_key *k = tc_table_find(&self.table, h, dev, dlen, sen, slen, &slot)
+        if k == NULL:
+            if self.table.n_keys >= self.table.max_keys:
+                self.drops[TC_DROP_KEY_LIMIT] += 1
+                tc_topn_add_pair(&self.top_drops, dev, dlen, sen, slen, 1)
+                return 1
+            k = tc_table_insert(&self.table, h, slot, dev, dlen, sen, slen)
+            if k == NULL:
+                return -1
+            if self.lead > 0:
+                tc_key_frozen_last(k, self.ring)[0] = 0.0
+        if t >= k.last_ts:
+            k = tc_key_set_unit(&self.table, k, unit, ulen)
+            if k == NULL:
+                return -1
+        if has_seq:
+            seq_class = tc_key_seq(k, seq, &gap)
+            self.seq_events[seq_class] += 1
+            if seq_class == TC_SEQ_GAP:
+                self.seq_gaps += gap
+                tc_topn_add_pair(&self.top_gaps, dev, dlen, sen, slen, gap)
+        tc_key_add_event(k, self.ring, self.lead, interval, pane, t, value)
+        if interval > self.newest_data:
+            self.newest_data = interval
+        self.readings += 1
+        return 0
+
+    cdef Py_ssize_t _run_batch_event(self, Py_ssize_t start, Py_ssize_t n,
+                                     int *why) noexcept nogil:
+        """_run_batch in event mode: each reading has its own interval. Stops (RUN_EVENT) at a
+        payload with a reading that moves the watermark past a window end or is late with
+        routing on; the GIL path (_event_payload) runs that payload. Single-reading payloads
+        that only update a pane go through the same prefetch pipeline as in arrival mode."""
+        cdef Py_ssize_t i, j, failed
+        cdef int status, cls
+        cdef tc_reading *r
+        cdef batch_item *item
+        cdef double t
+        cdef int64_t interval = 0
+        cdef pipe_entry pipe[PIPE_CAP]
+        cdef pipe_entry *e
+        cdef size_t head = 0, tail = 0
+        cdef bint route = self.late_capacity > 0
+        for i in range(start, n):
+            item = &self.batch[i]
+            if item.size <= self.max_payload_bytes:
+                status = tc_decode_payload(<const unsigned char *>item.data, <size_t>item.size,
+                                           self.max_name_bytes, &self.decoded)
+                if (status == TC_PAYLOAD_OK and self.decoded.n_readings == 1
+                        and self.decoded.schema_mismatch == 0 and self.decoded.non_finite == 0):
+                    r = &self.decoded.readings[0]
+                    t = r.t
+                    if isnan(t):
+                        t = item.ts
+                    if self._event_classify(t, item.ts, &interval) == EV_APPLY:
+                        if isnan(r.t):
+                            self.no_event_time += 1
+                        e = &pipe[tail % PIPE_CAP]
+                        e.hash = tc_key_hash(self.table.seed, r.device, r.device_len, r.sensor,
+                                             r.sensor_len)
+                        tc_prefetch_slot(&self.table, e.hash)
+                        e.r = r[0]
+                        e.r.t = t
+                        e.interval = interval
+                        e.pane = self._event_pane(interval)
+                        e.ts = item.ts
+                        e.index = i
+                        tail += 1
+                        if tail - head > PIPE_DEPTH:
+                            failed = self._pipe_flush_event(pipe, head, head + 1)
+                            head += 1
+                            if failed >= 0:
+                                why[0] = RUN_NO_MEMORY
+                                return failed + 1
+                        continue
+            else:
+                status = TC_PAYLOAD_DECODE_ERROR
+            if head != tail:
+                failed = self._pipe_flush_event(pipe, head, tail)
+                head = tail = 0
+                if failed >= 0:
+                    why[0] = RUN_NO_MEMORY
+                    return failed + 1
+            if item.size > self.max_payload_bytes:
+                self.drops[TC_DROP_OVERSIZE] += 1
+                self._payload_offender(item, 1)
+                continue
+            if status == TC_PAYLOAD_FALLBACK:
+                why[0] = RUN_FALLBACK
+                return i
+            if status != TC_PAYLOAD_OK:
+                self.drops[TC_DROP_DECODE_ERROR] += 1
+                self._payload_offender(item, 1)
+                continue
+            for j in range(<Py_ssize_t>self.decoded.n_readings):
+                r = &self.decoded.readings[j]
+                t = item.ts if isnan(r.t) else r.t
+                cls = self._event_classify(t, item.ts, &interval)
+                if cls == EV_ADVANCE or (cls == EV_LATE and route):
+                    why[0] = RUN_EVENT
+                    return i
+            self.payloads += 1
+            if self.decoded.schema_mismatch or self.decoded.non_finite:
+                self.drops[TC_DROP_SCHEMA_MISMATCH] += self.decoded.schema_mismatch
+                self.drops[TC_DROP_NON_FINITE] += self.decoded.non_finite
+                self._payload_offender(
+                    item, self.decoded.schema_mismatch + self.decoded.non_finite)
+            for j in range(<Py_ssize_t>self.decoded.n_readings):
+                r = &self.decoded.readings[j]
+                t = r.t
+                if isnan(t):
+                    t = item.ts
+                    self.no_event_time += 1
+                cls = self._event_classify(t, item.ts, &interval)
+                if self._event_commit(r, t, item.ts, cls, interval) < 0:
+                    why[0] = RUN_NO_MEMORY
+                    return i + 1
+        failed = self._pipe_flush_event(pipe, head, tail)
+        if failed >= 0:
+            why[0] = RUN_NO_MEMORY
+            return failed + 1
+        why[0] = RUN_DONE
+        return n
+
+    cdef Py_ssize_t _pipe_flush_event(self, pipe_entry *pipe, size_t head,
+                                      size_t tail) noexcept nogil:
+        """_pipe_flush in event mode (e.r.t is the resolved event time, e.ts the arrival)."""
+        cdef size_t x
+        cdef pipe_entry *e
+        for x in range(head, tail):
+            e = &pipe[x % PIPE_CAP]
+            self.payloads += 1
+            if e.r.t > self.max_t:
+                self.max_t = e.r.t
+                self.max_t_arrival = e.ts
+            if self._apply_event(e.hash, e.r.device, e.r.device_len, e.r.sensor, e.r.sensor_len,
+                                 e.r.unit, e.r.unit_len, e.r.value, e.r.t, e.interval, e.pane,
+                                 e.r.seq, e.r.has_seq) < 0:
+                return e.index
+        return -1
+
+    cdef int _event_payload(self, Py_ssize_t i) except -1:
+        """Runs the payload _run_batch_event stopped at: it is decoded in self.decoded (its
+        strings point into the batch item, alive until the batch is done)."""
+        cdef batch_item *item = &self.batch[i]
+        cdef Py_ssize_t j
+        self.payloads += 1
+        if self.decoded.schema_mismatch or self.decoded.non_finite:
+            self.drops[TC_DROP_SCHEMA_MISMATCH] += self.decoded.schema_mismatch
+            self.drops[TC_DROP_NON_FINITE] += self.decoded.non_finite
+            self._payload_offender(item, self.decoded.schema_mismatch + self.decoded.non_finite)
+        for j in range(<Py_ssize_t>self.decoded.n_readings):
+            self._event_reading(&self.decoded.readings[j], item.ts)
+        return 0
+
+    cdef int _event_reading(self, const tc_reading *r, double arrival) except -1:
+        """One valid reading in event mode, with the GIL: moves the watermark (emitting the
+        windows it passes) and routes a late reading when it has to."""
+        cdef double t = r.t
+        cdef int64_t interval = 0
+        if isnan(t):
+            t = arrival
+            self.no_event_time += 1
+        cdef int cls = self._event_classify(t, arrival, &interval)
+        if cls == EV_ADVANCE:
+            if t > self.max_t:
+                self.max_t = t
+                self.max_t_arrival = arrival
+            self._advance(self._event_target(self.max_t))
+            cls = EV_APPLY
+        elif cls == EV_LATE and self.late_capacity > 0:
+            if len(self.late_out) < self.late_capacity:
+                self.late_out.append(LateReading(
+                    PyUnicode_DecodeUTF8(r.device, r.device_len, NULL),
+                    PyUnicode_DecodeUTF8(r.sensor, r.sensor_len, NULL),
+                    r.value,
+                    None if r.unit == NULL else PyUnicode_DecodeUTF8(r.unit, r.unit_len, NULL),
+                    t,
+                    r.seq if r.has_seq else None,
+                    arrival))
+            else:
+                self.late_unrouted += 1
+        if self._event_commit(r, t, arrival, cls, interval) < 0:
+            raise MemoryError("telemetry-cy engine: out of memory growing the window table")
+        return 0
+
+    cdef int _event_tick(self, double now) except -1:
+        """tick(now) in event mode: once no reading has moved max_t for idle_timeout of the
+        clock `now` runs on, the watermark moves on with that clock, so windows still close
+        (at most allowed_lateness + idle_timeout + emit_every after their end)."""
+        if not self.started:
+            return 0
+        cdef double idle = now - self.max_t_arrival - self.idle_timeout
+        if not idle >= 0.0:
+            return 0
+        cdef int64_t target = self._event_target(self.max_t + idle)
+        if target > self.closed:
+            self._advance(target)
         return 0
 
     # ---- public API -------------------------------------------------------------------------------
@@ -610,15 +921,18 @@ cdef class Engine:
         return n
 
     def push_reading(self, str device not None, str sensor not None, value, double ts,
-                     unit=None, seq=None):
-        """Adds one reading given as Python values (`seq`: the payload's optional `n`). Bad
-        values are counted drops like bad payloads (schema_mismatch, non_finite); wrong argument
-        types raise TypeError."""
+                     unit=None, seq=None, t=None):
+        """Adds one reading given as Python values (`seq`: the payload's optional `n`, `t` its
+        event time), arrived at `ts`. Bad values are counted drops like bad payloads
+        (schema_mismatch, non_finite); wrong argument types raise TypeError."""
         cdef int64_t interval = self._interval(ts)
-        checked = _check_reading(device, sensor, value, unit, self.max_name_bytes, seq)
+        checked = _check_reading(device, sensor, value, unit, self.max_name_bytes, seq, t)
         if isinstance(checked, str):
             self.drops[DROP_REASONS.index(checked)] += 1
             tc_topn_add(&self.top_drops, b"-", 1, 1)
+            return
+        if self.event:
+            _event_python(self, checked, ts)
             return
         self._accept_python(checked.device, checked.sensor, checked.value, checked.unit,
                             checked.seq, ts, interval)
@@ -627,7 +941,9 @@ cdef class Engine:
         """Closes every aligned tick <= now and returns the aggregates of all ticks closed since
         the last call, oldest tick first."""
         cdef int64_t interval = self._interval(now)
-        if not self.started or interval > self.closed:
+        if self.event:
+            self._event_tick(now)
+        elif not self.started or interval > self.closed:
             self._advance(interval)
         out = self.pending
         self.pending = []
@@ -640,9 +956,21 @@ cdef class Engine:
             return 0
         cdef uint64_t n = 0
         cdef size_t i
+        if self.event:
+            for i in range(self.table.n_keys):
+                n += tc_key_open_count_event(self.table.keys[i], self.ring, self.closed)
+            return n
         for i in range(self.table.n_keys):
             n += tc_key_open_count(self.table.keys[i], self.panes, self.closed)
         return n
+
+    def take_late(self):
+        """The late readings kept since the last call (event time with late_capacity > 0),
+        oldest first: each a ``LateReading``. At most late_capacity are kept between two calls;
+        the rest are still counted `late`, and `late_unrouted` in stats()["event_time"]."""
+        out = self.late_out
+        self.late_out = []
+        return out
 
     def stats(self):
         return {
@@ -657,6 +985,12 @@ cdef class Engine:
             "aggregates": self.aggregates,
             "pending": len(self.pending),
             "closed_tick": self.closed * self.emit_every if self.started else None,
+            "event_time": {
+                "no_event_time": self.no_event_time,
+                "late_unrouted": self.late_unrouted,
+                "watermark": (self.max_t - self.allowed_lateness
+                              if self.event and self.started else None),
+            },
             "seq": {
                 "gaps": self.seq_gaps,
                 "duplicates": self.seq_events[TC_SEQ_DUPLICATE],
@@ -673,6 +1007,26 @@ cdef class Engine:
     @property
     def max_keys(self):
         return self.table.max_keys
+
+
+cdef _event_python(Engine eng, reading, double arrival):
+    """A validated Reading that came through Python (fallback, push_reading) in event mode:
+    the same path as a decoded one, its strings held by bytes objects for the call."""
+    cdef tc_reading r
+    dev_b = (<str>reading.device).encode("utf-8")
+    sen_b = (<str>reading.sensor).encode("utf-8")
+    unit_b = None if reading.unit is None else (<str>reading.unit).encode("utf-8")
+    r.device = PyBytes_AS_STRING(dev_b)
+    r.device_len = <uint32_t>PyBytes_GET_SIZE(dev_b)
+    r.sensor = PyBytes_AS_STRING(sen_b)
+    r.sensor_len = <uint32_t>PyBytes_GET_SIZE(sen_b)
+    r.unit = NULL if unit_b is None else PyBytes_AS_STRING(unit_b)
+    r.unit_len = 0 if unit_b is None else <uint32_t>PyBytes_GET_SIZE(unit_b)
+    r.value = reading.value
+    r.has_seq = reading.seq is not None
+    r.seq = reading.seq if r.has_seq else 0
+    r.t = NAN if reading.t is None else reading.t
+    eng._event_reading(&r, arrival)
 
 
 cdef bytes _as_bytes(payload):

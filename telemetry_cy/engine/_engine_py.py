@@ -16,14 +16,21 @@ from telemetry_cy.engine._decode_py import decode
 from telemetry_cy.engine.decode_types import Reading
 from telemetry_cy.engine.rules import (
     AGGREGATE_FIELDS,
+    DEFAULT_ALLOWED_LATENESS,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LATE_CAPACITY,
+    DEFAULT_MAX_FUTURE,
+    MAX_INTERVAL,
     NO_TOPIC,
     SEQ_MAX_GAP,
     SEQ_MAX_REORDER,
     TOP_OFFENDERS,
     TOPN_CAPACITY,
     TOPN_NAME_BYTES,
+    LateReading,
     aggregate_field_type,
     check_config,
+    check_event_config,
     check_reading,
     interval_of,
     top_entries,
@@ -147,13 +154,18 @@ def seq_step(last: int | None, n: int) -> tuple[int, int, int]:
 
 
 class _Pane:
-    __slots__ = ("count", "sum", "m2", "min", "max", "first")
+    # first_ts, last, last_ts: event time only (the C record keeps them for open panes alone,
+    # tc_window.h "event time"; the twin keeps them in every pane, with the same values)
+    __slots__ = ("count", "sum", "m2", "min", "max", "first", "first_ts", "last", "last_ts")
     # set on a pane's first reading; read only while count > 0
     sum: float
     m2: float
     min: float
     max: float
     first: float
+    first_ts: float
+    last: float
+    last_ts: float
 
     def __init__(self) -> None:
         self.count = 0
@@ -204,6 +216,69 @@ class _Key:
             self.last = x
             self.last_ts = ts
 
+    def add_event(self, ring: int, interval: int, t: float, x: float) -> None:
+        """tc_key_add_event: `interval` may be below the newest (an open pane); `ring` = len(panes).
+        """
+        if self.newest is None or interval >= self.newest:
+            self.add(interval, t, x)
+            p = self.panes[interval % ring]
+            if p.count == 1:
+                p.first_ts, p.last, p.last_ts = t, x, t
+            elif t >= p.last_ts:
+                p.last, p.last_ts = x, t
+            p.first_ts = self.newest_first_ts
+            return
+        p = self.panes[interval % ring]
+        if p.count == 0:
+            p.count, p.sum, p.m2, p.min, p.max, p.first = 1, x, 0.0, x, x, x
+            p.first_ts, p.last, p.last_ts = t, x, t
+            return
+        n = float(p.count)
+        mean_old = p.sum / n
+        delta = x - mean_old
+        p.sum += x
+        p.count += 1
+        p.m2 += delta * (x - p.sum / (n + 1.0))
+        if x < p.min:
+            p.min = x
+        if x > p.max:
+            p.max = x
+        if t < p.first_ts:
+            p.first, p.first_ts = x, t
+        if t >= p.last_ts:
+            p.last, p.last_ts = x, t
+
+    def aggregate_event(self, tick: int, window_panes: int):
+        """tc_key_aggregate_event: (count, sum, m2, min, max, first, last) over intervals
+        [tick-P, tick-1] (the open panes after tick-1 left out), or None."""
+        ring = len(self.panes)
+        if self.newest is None or self.newest < tick - window_panes:
+            return None
+        lo = max(tick - window_panes, self.newest - ring + 1)
+        hi = min(tick - 1, self.newest)
+        n = 0
+        last = 0.0
+        for j in range(lo, hi + 1):
+            p = self.panes[j % ring]
+            if p.count == 0:
+                continue
+            last = p.last
+            if n == 0:
+                n, total, m2, mn, mx, first = p.count, p.sum, p.m2, p.min, p.max, p.first
+                continue
+            na, nb = float(n), float(p.count)
+            delta = p.sum / nb - total / na
+            m2 += p.m2 + delta * delta * (na * nb / (na + nb))
+            total += p.sum
+            n += p.count
+            if p.min < mn:
+                mn = p.min
+            if p.max > mx:
+                mx = p.max
+        if n == 0:
+            return None
+        return n, total, m2, mn, mx, first, last
+
     def aggregate(self, tick: int):
         """(count, sum, m2, min, max, first) over intervals [tick-P, tick-1], or None."""
         n_panes = len(self.panes)
@@ -236,9 +311,24 @@ class Engine:
     """Exact sliding-window aggregates per (device, sensor) over CBOR payloads (pure Python)."""
 
     def __init__(self, window=60.0, emit_every=5.0, max_keys=1_000_000, key_ttl=300.0,
-                 max_payload_bytes=65536, max_name_bytes=256):
+                 max_payload_bytes=65536, max_name_bytes=256, time="arrival",
+                 allowed_lateness=DEFAULT_ALLOWED_LATENESS, idle_timeout=DEFAULT_IDLE_TIMEOUT,
+                 max_future=DEFAULT_MAX_FUTURE, late_capacity=DEFAULT_LATE_CAPACITY):
         cfg = check_config(window, emit_every, max_keys, key_ttl, max_payload_bytes,
                            max_name_bytes)
+        ev = check_event_config(time, allowed_lateness, idle_timeout, max_future, late_capacity,
+                                cfg.emit_every, cfg.panes)
+        self.time = time
+        self.allowed_lateness = ev.allowed_lateness
+        self.idle_timeout = ev.idle_timeout
+        self.max_future = ev.max_future
+        self._event = ev.event
+        self._lead = ev.lead if ev.event else 0
+        self._late_capacity = ev.late_capacity
+        self._late_out: list[LateReading] = []
+        self._max_t = -math.inf
+        self._max_t_arrival = 0.0
+        self._no_event_time = self._late_unrouted = 0
         self.window = cfg.window
         self.emit_every = cfg.emit_every
         self.key_ttl = cfg.key_ttl
@@ -266,14 +356,9 @@ class Engine:
             self._top_late.add_pair(_utf8(reading.device), _utf8(reading.sensor))
             return False
         self._advance(interval)
-        key = self._keys.get((reading.device, reading.sensor))
+        key = self._key_for(reading)
         if key is None:
-            if len(self._keys) >= self.max_keys:
-                self._drops["key_limit"] += 1
-                self._top_drops.add_pair(_utf8(reading.device), _utf8(reading.sensor))
-                return False
-            key = self._keys[(reading.device, reading.sensor)] = _Key(
-                reading.device, reading.sensor, self._panes)
+            return False
         if ts >= key.last_ts:
             key.unit = reading.unit
         if reading.seq is not None:
@@ -287,6 +372,82 @@ class Engine:
             self._newest_data = interval
         self._readings += 1
         return True
+
+    def _key_for(self, reading: Reading) -> _Key | None:
+        """The reading's key, created if need be; None (counted key_limit) when there is no
+        room."""
+        key = self._keys.get((reading.device, reading.sensor))
+        if key is None:
+            if len(self._keys) >= self.max_keys:
+                self._drops["key_limit"] += 1
+                self._top_drops.add_pair(_utf8(reading.device), _utf8(reading.sensor))
+                return None
+            key = self._keys[(reading.device, reading.sensor)] = _Key(
+                reading.device, reading.sensor, self._panes + self._lead)
+        return key
+
+    # ---- event time (docs/windows.md, "Event time"; _engine.pyx's event-time section) ----
+
+    def _event_target(self, max_t: float) -> int:
+        q = math.floor((max_t - self.allowed_lateness) / self.emit_every)
+        q2 = math.floor(max_t / self.emit_every) - self._lead
+        return max(q, q2, -int(MAX_INTERVAL))
+
+    def _accept_event(self, reading: Reading, arrival: float) -> bool:
+        t = reading.t
+        if t is None:
+            t = arrival
+            self._no_event_time += 1
+        if t - arrival > self.max_future:
+            self._drops["future"] += 1
+            self._top_drops.add_pair(_utf8(reading.device), _utf8(reading.sensor))
+            return False
+        q = math.floor(t / self.emit_every)
+        if abs(q) > MAX_INTERVAL:
+            self._drops["schema_mismatch"] += 1
+            self._top_drops.add_pair(_utf8(reading.device), _utf8(reading.sensor))
+            return False
+        if self._started and q < self._closed:
+            self._drops["late"] += 1
+            self._top_late.add_pair(_utf8(reading.device), _utf8(reading.sensor))
+            if self._late_capacity > 0:
+                if len(self._late_out) < self._late_capacity:
+                    self._late_out.append(LateReading(
+                        reading.device, reading.sensor, reading.value, reading.unit, t,
+                        reading.seq, arrival))
+                else:
+                    self._late_unrouted += 1
+            return False
+        if t > self._max_t:
+            self._max_t, self._max_t_arrival = t, arrival
+        target = self._event_target(self._max_t)
+        if not self._started or target > self._closed:
+            self._advance(target)
+        key = self._key_for(reading)
+        if key is None:
+            return False
+        if t >= key.last_ts:
+            key.unit = reading.unit
+        if reading.seq is not None:
+            seq_class, key.seq, skipped = seq_step(key.seq, reading.seq)
+            self._seq_events[seq_class] += 1
+            if seq_class == SEQ_GAP:
+                self._seq_gaps += skipped
+                self._top_gaps.add_pair(_utf8(reading.device), _utf8(reading.sensor), skipped)
+        key.add_event(len(key.panes), q, t, reading.value)
+        if self._newest_data is None or q > self._newest_data:
+            self._newest_data = q
+        self._readings += 1
+        return True
+
+    def _event_tick(self, now: float) -> None:
+        if not self._started:
+            return
+        idle = now - self._max_t_arrival - self.idle_timeout
+        if idle >= 0.0:
+            target = self._event_target(self._max_t + idle)
+            if target > self._closed:
+                self._advance(target)
 
     def _push_one(self, payload, ts: float, interval: int, topic: bytes = NO_TOPIC) -> int:
         self._received += 1
@@ -304,6 +465,8 @@ class Engine:
             self._drops["schema_mismatch"] += decoded.schema_mismatch
             self._drops["non_finite"] += decoded.non_finite
             self._top_drops.add(topic, decoded.schema_mismatch + decoded.non_finite)
+        if self._event:
+            return sum(self._accept_event(r, ts) for r in decoded.readings)
         return sum(self._accept(r, ts, interval) for r in decoded.readings)
 
     # ---- clock ----
@@ -334,12 +497,14 @@ class Engine:
         evict = []
         for name, key in self._keys.items():
             if emit:
-                agg = key.aggregate(tick)
+                agg = (key.aggregate_event(tick, self._panes) if self._event
+                       else key.aggregate(tick))
                 if agg is not None:
-                    n, total, m2, mn, mx, first = agg
+                    n, total, m2, mn, mx, first = agg[:6]
+                    last = agg[6] if self._event else key.last
                     self._pending.append(Aggregate(
                         key.device, key.sensor, key.unit, window_start, tick_time, n, total,
-                        total / float(n), mn, mx, math.sqrt(m2 / float(n)), first, key.last))
+                        total / float(n), mn, mx, math.sqrt(m2 / float(n)), first, last))
                     self._aggregates += 1
             if tick_time - key.last_ts >= self.key_ttl:
                 evict.append(name)
@@ -370,15 +535,19 @@ class Engine:
         return len(records)
 
     def push_reading(self, device: str, sensor: str, value, ts: float, unit=None,
-                     seq=None) -> None:
-        """Adds one reading given as Python values (`seq`: the payload's optional `n`). Bad
-        values are counted drops like bad payloads (schema_mismatch, non_finite); wrong argument
-        types raise TypeError."""
+                     seq=None, t=None) -> None:
+        """Adds one reading given as Python values (`seq`: the payload's optional `n`, `t` its
+        event time), arrived at `ts`. Bad values are counted drops like bad payloads
+        (schema_mismatch, non_finite); wrong argument types raise TypeError."""
         interval = interval_of(ts, self.emit_every)
-        reading_or_reason = check_reading(device, sensor, value, unit, self.max_name_bytes, seq)
+        reading_or_reason = check_reading(device, sensor, value, unit, self.max_name_bytes, seq,
+                                          t)
         if isinstance(reading_or_reason, str):
             self._drops[reading_or_reason] += 1
             self._top_drops.add(NO_TOPIC)
+            return
+        if self._event:
+            self._accept_event(reading_or_reason, float(ts))
             return
         self._accept(reading_or_reason, float(ts), interval)
 
@@ -386,7 +555,9 @@ class Engine:
         """Closes every aligned tick <= now and returns the aggregates of all ticks closed since
         the last call, oldest tick first."""
         interval = interval_of(now, self.emit_every)
-        if not self._started or interval > self._closed:
+        if self._event:
+            self._event_tick(float(now))
+        elif not self._started or interval > self._closed:
             self._advance(interval)
         out, self._pending = self._pending, []
         return out
@@ -396,9 +567,20 @@ class Engine:
         returned so far (docs/windows.md, "Stopping"). O(live keys)."""
         if not self._started:
             return 0
+        if self._event:
+            return sum(key.panes[j % len(key.panes)].count for key in self._keys.values()
+                       if key.newest is not None
+                       for j in range(self._closed, key.newest + 1))
         n_panes = self._panes
         return sum(key.panes[self._closed % n_panes].count for key in self._keys.values()
                    if key.newest == self._closed)
+
+    def take_late(self) -> list[LateReading]:
+        """The late readings kept since the last call (event time with late_capacity > 0),
+        oldest first. At most late_capacity are kept between two calls; the rest are still
+        counted `late`, and `late_unrouted` in stats()["event_time"]."""
+        out, self._late_out = self._late_out, []
+        return out
 
     def stats(self) -> dict:
         return {
@@ -413,6 +595,12 @@ class Engine:
             "aggregates": self._aggregates,
             "pending": len(self._pending),
             "closed_tick": self._closed * self.emit_every if self._started else None,
+            "event_time": {
+                "no_event_time": self._no_event_time,
+                "late_unrouted": self._late_unrouted,
+                "watermark": (self._max_t - self.allowed_lateness
+                              if self._event and self._started else None),
+            },
             "seq": {
                 "gaps": self._seq_gaps,
                 "duplicates": self._seq_events[SEQ_DUPLICATE],

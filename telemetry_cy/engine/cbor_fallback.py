@@ -14,6 +14,7 @@ bad date), even inside ignored values. Such a payload is decode_error on the fal
 
 from __future__ import annotations
 
+import datetime
 import io
 import math
 from collections.abc import Mapping, Sequence
@@ -53,7 +54,7 @@ def check_element(elem: object, max_name_bytes: int) -> Reading | str:
     """Applies the reading-level rules to one element.
 
     Returns a ``Reading`` or the reason (``SCHEMA_MISMATCH`` / ``NON_FINITE``). ``elem`` is a map
-    of key -> decoded value; keys other than the five text keys are ignored.
+    of key -> decoded value; keys other than the six text keys are ignored.
     """
     if not isinstance(elem, Mapping):
         return SCHEMA_MISMATCH
@@ -62,6 +63,7 @@ def check_element(elem: object, max_name_bytes: int) -> Reading | str:
     value = elem.get("v", _ABSENT)
     unit = elem.get("u", _ABSENT)
     seq = elem.get("n", _ABSENT)
+    t = elem.get("t", _ABSENT)
     if not _name_ok(device, max_name_bytes, False) or not _name_ok(sensor, max_name_bytes, False):
         return SCHEMA_MISMATCH
     # bool is an int subclass in Python, but CBOR true/false are simple values, not numbers.
@@ -72,6 +74,9 @@ def check_element(elem: object, max_name_bytes: int) -> Reading | str:
     if seq is not _ABSENT and (
         isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= _UINT64_MAX
     ):
+        return SCHEMA_MISMATCH
+    event_time = None if t is _ABSENT else _event_time(t)
+    if event_time is _BAD_TIME:
         return SCHEMA_MISMATCH
     try:
         fvalue = float(value)  # correctly rounded, like the C (double) conversion
@@ -85,7 +90,28 @@ def check_element(elem: object, max_name_bytes: int) -> Reading | str:
         fvalue,
         None if unit is _ABSENT else unit,
         None if seq is _ABSENT else cast(int, seq),  # checked above: an int in [0, 2**64)
+        cast("float | None", event_time),
     )
+
+
+_BAD_TIME = object()
+
+
+def _event_time(t: object) -> object:
+    """`t` as float seconds, or _BAD_TIME. cbor2 turns tag 0 (RFC 3339 text) and tag 1 (epoch
+    seconds) into a datetime: its timestamp() has microsecond resolution, while the native reader
+    keeps tag 1's number as it is (docs/windows.md, "Event time")."""
+    if isinstance(t, datetime.datetime):
+        if t.tzinfo is None:  # RFC 3339 always has an offset; cbor2 may still leave none
+            t = t.replace(tzinfo=datetime.timezone.utc)
+        t = t.timestamp()
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        return _BAD_TIME
+    try:
+        ft = float(t)
+    except OverflowError:  # a bignum beyond the double range
+        return _BAD_TIME
+    return ft if math.isfinite(ft) else _BAD_TIME
 
 
 def collect(elements, max_name_bytes: int) -> Decoded:

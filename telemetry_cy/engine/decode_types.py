@@ -27,6 +27,7 @@ class Reading(NamedTuple):
     value: float
     unit: "str | None"
     seq: "int | None"
+    t: "float | None" = None  # event time, seconds since the Unix epoch (docs/windows.md)
 
 
 class Decoded(NamedTuple):

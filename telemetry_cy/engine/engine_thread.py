@@ -37,7 +37,8 @@ class EngineThread(threading.Thread):
     def __init__(self, engine, ring, emit: Callable[[list, float], None],
                  clock: Callable[[], float] = time.time, batch_records: int = 8192,
                  name: str = "telemetry-cy-engine",
-                 on_tick: Callable[[float], None] | None = None):
+                 on_tick: Callable[[float], None] | None = None,
+                 emit_late: Callable[[list], None] | None = None):
         super().__init__(name=name, daemon=True)
         self.engine = engine
         self.ring = ring
@@ -45,6 +46,9 @@ class EngineThread(threading.Thread):
         self.clock = clock
         self.batch_records = batch_records
         self.on_tick = on_tick
+        # event time: the late readings the engine kept (Engine.take_late) leave here, at each
+        # tick, after the tick's aggregates (docs/windows.md, "Event time")
+        self.emit_late = emit_late
         self.last_tick_seconds = 0.0
         self._stop_requested = threading.Event()
         self._snapshot: dict = {}
@@ -109,6 +113,10 @@ class EngineThread(threading.Thread):
             # published (or dropped) downstream then sees it counted here too
             self._publish_stats()
             self.emit(aggregates, now)
+        if self.emit_late is not None:
+            late = self.engine.take_late()
+            if late:
+                self.emit_late(late)
         self.last_tick_seconds = elapsed = time.perf_counter() - started
         if self.on_tick is not None:
             self.on_tick(elapsed)

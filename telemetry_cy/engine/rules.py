@@ -86,6 +86,67 @@ def check_config(window, emit_every, max_keys, key_ttl, max_payload_bytes,
     )
 
 
+# ---- event time (docs/windows.md, "Event time") -------------------------------------------------
+
+#: The two clocks a reading's window can follow.
+TIME_MODES: tuple[str, ...] = ("arrival", "event")
+#: Defaults of the event-time settings, in seconds (the issue's bound: idle_timeout <= 30 s).
+DEFAULT_ALLOWED_LATENESS = 0.0
+DEFAULT_IDLE_TIMEOUT = 30.0
+DEFAULT_MAX_FUTURE = 60.0
+#: Late readings an engine keeps for take_late() by default (0: counted, not kept).
+DEFAULT_LATE_CAPACITY = 0
+MAX_LATE_CAPACITY = 1 << 24
+
+
+class EventConfig(NamedTuple):
+    event: bool  # time == "event"
+    allowed_lateness: float
+    idle_timeout: float
+    max_future: float
+    lead: int  # D = ceil(allowed_lateness / emit_every): open intervals ahead of the closed tick
+    late_capacity: int
+
+
+class LateReading(NamedTuple):
+    """A reading whose first window was already emitted: in no aggregate, counted `late`, handed
+    out by ``Engine.take_late()`` to be routed (``--late-subject``). Times in seconds."""
+
+    device: str
+    sensor: str
+    value: float
+    unit: "str | None"
+    t: float  # its event time (its arrival when it had no `t`)
+    n: "int | None"  # its sequence number, if any
+    arrival: float
+
+
+def _seconds(name: str, value, allow_zero: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        what = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be a {what}, finite number of seconds, got {value!r}")
+    return value
+
+
+def check_event_config(time, allowed_lateness, idle_timeout, max_future, late_capacity,
+                       emit_every: float, panes: int) -> EventConfig:
+    if time not in TIME_MODES:
+        raise ValueError(f"time must be one of {', '.join(TIME_MODES)}, got {time!r}")
+    lateness = _seconds("allowed_lateness", allowed_lateness, True)
+    idle = _seconds("idle_timeout", idle_timeout, False)
+    future = _seconds("max_future", max_future, True)
+    ratio = lateness / emit_every
+    lead = round(ratio) if abs(ratio - round(ratio)) <= 1e-9 * max(ratio, 1.0) else math.ceil(ratio)
+    if panes + lead > MAX_PANES:
+        raise ValueError(f"(window + allowed_lateness) / emit_every must be at most {MAX_PANES}, "
+                         f"got {panes + lead}")
+    return EventConfig(time == "event", lateness, idle, future, lead,
+                       _count("late_capacity", late_capacity, 0, MAX_LATE_CAPACITY))
+
+
 #: ts / emit_every must stay well inside an int64 interval index.
 MAX_INTERVAL = 4.0e18
 
@@ -103,9 +164,10 @@ def interval_of(ts: float, emit_every: float) -> int:
     return q
 
 
-def check_reading(device, sensor, value, unit, max_name_bytes: int, seq=None):
+def check_reading(device, sensor, value, unit, max_name_bytes: int, seq=None, t=None):
     """Validates a reading given as Python values (``Engine.push_reading``) by the same rules as
-    a decoded payload element (``seq`` is its ``n``). Returns a ``Reading`` or the drop reason."""
+    a decoded payload element (``seq`` is its ``n``, ``t`` its event time). Returns a ``Reading``
+    or the drop reason."""
     if not isinstance(device, str) or not isinstance(sensor, str):
         raise TypeError("device and sensor must be str")
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
@@ -115,6 +177,10 @@ def check_reading(device, sensor, value, unit, max_name_bytes: int, seq=None):
         elem["u"] = unit
     if seq is not None:
         elem["n"] = seq
+    if t is not None:
+        if isinstance(t, numbers.Real) and not isinstance(t, (bool, int, float)):
+            t = float(t)
+        elem["t"] = t
     return check_element(elem, max_name_bytes)
 
 

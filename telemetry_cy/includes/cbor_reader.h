@@ -50,6 +50,8 @@ typedef struct {
     const char *unit;    uint32_t unit_len;     /* unit == NULL when there is no `u` */
     double value;                                /* finite */
     uint64_t seq;        int has_seq;            /* `n` */
+    double t;            /* `t`, event time in seconds (finite); NaN when there is no `t`: a NaN
+                          * `t` on the wire is a schema mismatch, so NaN never means a value */
 } tc_reading;
 
 typedef struct {
@@ -354,6 +356,47 @@ static inline int tc_read_text_field(tc_cbor_cur *c, unsigned lvl, tc_text_field
     return tc_cbor_skip(c, lvl);
 }
 
+/* A number head (major 0 or 1, or a half, single or double float) as a double. 0 otherwise. */
+static inline int tc_head_number(const tc_cbor_head *h, double *out)
+{
+    if (h->major == 0) *out = (double)h->arg;   /* one correctly rounded conversion */
+    else if (h->major == 1) *out = tc_negint_to_double(h->arg);
+    else if (h->major == 7 && h->ai == 25) *out = tc_half_to_double((uint16_t)h->arg);
+    else if (h->major == 7 && h->ai == 26) *out = tc_single_to_double((uint32_t)h->arg);
+    else if (h->major == 7 && h->ai == 27) *out = tc_bits_to_double(h->arg);
+    else return 0;
+    return 1;
+}
+
+/* The event time `t`: a number, or tag 1 (epoch-based date/time, RFC 8949 3.4.2) on a number,
+ * read natively. Any other tag (tag 0's RFC 3339 text included), a tag 1 on anything but a number,
+ * or a chunked string goes to cbor2; another type is BAD (skipped, so it is still checked). */
+static inline int tc_read_time_field(tc_cbor_cur *c, unsigned lvl, int *state, double *t, int *fb)
+{
+    const uint8_t *start = c->p;
+    tc_cbor_head h;
+    if (tc_cur_left(c) >= 9 && *c->p == 0xfb) {
+        *t = tc_bits_to_double(tc_be64(c->p + 1));
+        c->p += 9;
+        *state = TC_F_OK;
+        return 1;
+    }
+    if (!tc_cbor_read_head(c, &h)) return 0;
+    if (h.major == 6 && h.arg == 1) {
+        if (!tc_cbor_read_head(c, &h)) return 0;
+        if (tc_head_number(&h, t)) { *state = TC_F_OK; return 1; }
+        *fb = 1;
+    } else if (tc_head_number(&h, t)) {
+        *state = TC_F_OK;
+        return 1;
+    } else if (tc_needs_fallback(&h)) {
+        *fb = 1;
+    }
+    *state = TC_F_BAD;
+    c->p = start;
+    return tc_cbor_skip(c, lvl);
+}
+
 static inline int tc_name_ok(const tc_text_field *f, uint32_t max_name_bytes, int allow_empty)
 {
     if (f->state != TC_F_OK) return 0;
@@ -368,15 +411,15 @@ static inline int tc_name_ok(const tc_text_field *f, uint32_t max_name_bytes, in
 static inline int tc_read_reading(tc_cbor_cur *c, const tc_cbor_head *mh, unsigned lvl,
                                   uint32_t max_name_bytes, tc_decoded *out, int *fb)
 {
-    /* Duplicates: the five field keys are single bytes that no other key can equal, so a bit each
+    /* Duplicates: the six field keys are single bytes that no other key can equal, so a bit each
      * finds them; other keys are kept and compared pairwise (at most 32 of them, raw bytes). */
     const uint8_t *kp[TC_CBOR_MAX_READ_KEYS];
     uint64_t kl[TC_CBOR_MAX_READ_KEYS];
     unsigned nk = 0;
     unsigned seen = 0;
     tc_text_field d = {0}, s = {0}, u = {0};
-    int v_state = TC_F_ABSENT, n_state = TC_F_ABSENT;
-    double value = 0.0;
+    int v_state = TC_F_ABSENT, n_state = TC_F_ABSENT, t_state = TC_F_ABSENT;
+    double value = 0.0, tval = NAN;
     uint64_t seq = 0;
     int indef = mh->ai == 31;
     uint64_t pairs_left = mh->arg;
@@ -418,6 +461,7 @@ static inline int tc_read_reading(tc_cbor_cur *c, const tc_cbor_head *mh, unsign
             case 'v': bit = 4; break;
             case 'u': bit = 8; break;
             case 'n': bit = 16; break;
+            case 't': bit = 32; break;
             default: break;
             }
         }
@@ -458,6 +502,9 @@ static inline int tc_read_reading(tc_cbor_cur *c, const tc_cbor_head *mh, unsign
             }
             break;
         }
+        case 't':
+            r = tc_read_time_field(c, lvl, &t_state, &tval, &map_fb);
+            break;
         case 'n': {
             const uint8_t *start = c->p;
             if (tc_cur_left(c) >= 5 && *c->p == 0x1a) {
@@ -486,6 +533,7 @@ static inline int tc_read_reading(tc_cbor_cur *c, const tc_cbor_head *mh, unsign
     if (map_fb) { *fb = 1; return 1; }
     if (!tc_name_ok(&d, max_name_bytes, 0) || !tc_name_ok(&s, max_name_bytes, 0)
         || v_state != TC_F_OK || n_state == TC_F_BAD
+        || (t_state == TC_F_BAD || (t_state == TC_F_OK && !isfinite(tval)))
         || (u.state != TC_F_ABSENT && !tc_name_ok(&u, max_name_bytes, 1))) {
         out->schema_mismatch++;
         return 1;
@@ -499,6 +547,7 @@ static inline int tc_read_reading(tc_cbor_cur *c, const tc_cbor_head *mh, unsign
     rd->unit_len = u.state == TC_F_OK ? (uint32_t)u.len : 0;
     rd->value = value;
     rd->seq = seq; rd->has_seq = n_state == TC_F_OK;
+    rd->t = t_state == TC_F_OK ? tval : NAN;
     return 1;
 }
 

@@ -8,7 +8,8 @@
  * Invariant the engine keeps (and everything here relies on): a reading is only applied when its
  * interval is >= every interval already closed, and a tick k is only closed once no key holds data
  * in interval >= k. So a key only ever writes its newest pane (or a newer one), panes older than the
- * newest are frozen, and per-key memory is constant whatever the key's rate.
+ * newest are frozen, and per-key memory is constant whatever the key's rate. (In event time a key
+ * may also write the few open panes between the closed tick and its newest: see "event time".)
  *
  * Each key also keeps its sequence baseline (the optional `n` field, tc_key_seq): 8 bytes of header.
  *
@@ -501,6 +502,161 @@ static inline int tc_key_aggregate(const tc_key *k, uint32_t panes, int64_t tick
     out->first = first;
     out->last = k->last;
     return 1;
+}
+
+/* ---- event time (docs/windows.md, "Event time") --------------------------------------------------
+ *
+ * In event mode a reading's interval is floor(t / emit_every) of its own time t, and the clock (the
+ * closed tick) follows the watermark. With allowed lateness L, a key may hold data up to D =
+ * ceil(L / emit_every) intervals ahead of the closed tick, and every interval from the closed tick
+ * on is still open. The engine keeps the invariant newest <= closed + D for every key; so:
+ *
+ * - the ring has R = P + D panes: it must hold the next window's P panes [closed+1-P, closed] and
+ *   the D open intervals ahead of it;
+ * - `first` and `last` are by event time in every open pane, not only the newest: the newest pane's
+ *   times stay in the header (newest_first_ts, last, last_ts, as in arrival mode), those of the at
+ *   most D older open panes [closed, newest-1] in D slots after the ring (distinct modulo D);
+ * - a window's `last` is the last of its newest non-empty pane: pane tick-1 while it closes, or else
+ *   the last of the newest pane closed before (frozen_last, set when that pane closed).
+ *
+ * Record tail in event mode, after the R panes: frozen_last, then D slots (tc_event_units() pane-sized
+ * units in all). With L = 0, D = 0 and there is no tail: the record is the arrival-mode record. */
+
+typedef struct {
+    double first_ts; /* t of the pane's `first` */
+    double last;     /* value of the pane's latest reading (by t, ties by arrival) ... */
+    double last_ts;  /* ... and its t */
+} tc_open_pane;
+
+/* Pane-sized units the record holds before its names: the ring, then the tail. */
+static inline uint32_t tc_event_units(uint32_t ring, uint32_t lead) {
+    if (lead == 0) return ring;
+    size_t tail = sizeof(double) + (size_t)lead * sizeof(tc_open_pane);
+    return ring + (uint32_t)((tail + sizeof(tc_pane) - 1) / sizeof(tc_pane));
+}
+
+static inline double *tc_key_frozen_last(tc_key *k, uint32_t ring) {
+    return (double *)(void *)&k->panes[ring];
+}
+
+static inline tc_open_pane *tc_key_open_slot(tc_key *k, uint32_t ring, uint32_t lead, int64_t j) {
+    int64_t m = j % (int64_t)lead;
+    if (m < 0) m += (int64_t)lead;
+    return (tc_open_pane *)(void *)((char *)&k->panes[ring] + sizeof(double)) + m;
+}
+
+/* Adds one reading at event time t in interval `interval` (closed <= interval <= closed + lead, the
+ * engine checked it) whose pane is `pane` = tc_pane_of(interval, ring). */
+static inline void tc_key_add_event(tc_key *k, uint32_t ring, uint32_t lead, int64_t interval,
+                                    uint32_t pane, double t, double x) {
+    if (interval > k->newest) {
+        if (lead > 0 && k->newest != INT64_MIN) {
+            /* the old newest pane may still be open: its times leave the header for its slot (a
+             * pane already closed has no use for them, and the slot is no open pane's then) */
+            tc_open_pane *o = tc_key_open_slot(k, ring, lead, k->newest);
+            o->first_ts = k->newest_first_ts;
+            o->last = k->last;
+            o->last_ts = k->last_ts;
+        }
+        tc_key_add(k, ring, interval, pane, t, x); /* empties the skipped panes, header times */
+        return;
+    }
+    if (interval == k->newest) {
+        tc_key_add(k, ring, interval, pane, t, x);
+        return;
+    }
+    /* an open pane older than the newest (lead > 0 here): its times are in its slot */
+    tc_open_pane *o = tc_key_open_slot(k, ring, lead, interval);
+    tc_pane *p = &k->panes[pane];
+    if (p->count == 0) {
+        p->count = 1;
+        p->sum = x;
+        p->m2 = 0.0;
+        p->min = x;
+        p->max = x;
+        p->first = x;
+        o->first_ts = t;
+        o->last = x;
+        o->last_ts = t;
+        return;
+    }
+    double n = (double)p->count;
+    double mean_old = p->sum / n;
+    double delta = x - mean_old;
+    p->sum += x;
+    p->count += 1;
+    p->m2 += delta * (x - p->sum / (n + 1.0));
+    if (x < p->min) p->min = x;
+    if (x > p->max) p->max = x;
+    if (t < o->first_ts) {
+        p->first = x;
+        o->first_ts = t;
+    }
+    if (t >= o->last_ts) {
+        o->last = x;
+        o->last_ts = t;
+    }
+}
+
+/* Aggregate for the tick closing interval tick-1 (covering [tick-P, tick-1]) in event mode: as
+ * tc_key_aggregate, but panes after tick-1 (still open) are left out and `last` is the window's
+ * own. The engine calls it for every tick in order from the closed one on, so frozen_last is the
+ * last of the newest non-empty pane closed so far. */
+static inline int tc_key_aggregate_event(tc_key *k, uint32_t panes, uint32_t ring, uint32_t lead,
+                                         int64_t tick, tc_agg *out) {
+    if (k->newest == INT64_MIN || k->newest < tick - (int64_t)panes) return 0;
+    int64_t lo = tick - (int64_t)panes;
+    int64_t oldest_kept = k->newest - (int64_t)ring + 1;
+    if (lo < oldest_kept) lo = oldest_kept;
+    int64_t hi = tick - 1 < k->newest ? tick - 1 : k->newest;
+    uint64_t n = 0;
+    double sum = 0.0, m2 = 0.0, mn = 0.0, mx = 0.0, first = 0.0;
+    for (int64_t j = lo; j <= hi; j++) {
+        const tc_pane *p = &k->panes[tc_pane_of(j, ring)];
+        if (p->count == 0) continue;
+        if (n == 0) {
+            n = p->count;
+            sum = p->sum;
+            m2 = p->m2;
+            mn = p->min;
+            mx = p->max;
+            first = p->first;
+            continue;
+        }
+        double na = (double)n, nb = (double)p->count;
+        double delta = p->sum / nb - sum / na;
+        m2 += p->m2 + delta * delta * (na * nb / (na + nb));
+        sum += p->sum;
+        n += p->count;
+        if (p->min < mn) mn = p->min;
+        if (p->max > mx) mx = p->max;
+    }
+    if (n == 0) return 0;
+    double last;
+    if (hi == tick - 1 && k->panes[tc_pane_of(hi, ring)].count > 0) {
+        /* pane tick-1 closes now: its last is the window's, and the frozen one from here on */
+        last = (hi == k->newest || lead == 0) ? k->last : tc_key_open_slot(k, ring, lead, hi)->last;
+        if (lead > 0) *tc_key_frozen_last(k, ring) = last;
+    } else {
+        last = lead > 0 ? *tc_key_frozen_last(k, ring) : k->last;
+    }
+    out->count = n;
+    out->sum = sum;
+    out->mean = sum / (double)n;
+    out->min = mn;
+    out->max = mx;
+    out->m2 = m2;
+    out->first = first;
+    out->last = last;
+    return 1;
+}
+
+/* Readings in the open intervals [closed, newest] of a key (event mode): in no aggregate yet. */
+static inline uint64_t tc_key_open_count_event(const tc_key *k, uint32_t ring, int64_t closed) {
+    if (k->newest == INT64_MIN || k->newest < closed) return 0;
+    uint64_t n = 0;
+    for (int64_t j = closed; j <= k->newest; j++) n += k->panes[tc_pane_of(j, ring)].count;
+    return n;
 }
 
 #endif

@@ -40,6 +40,11 @@ def main(argv=None) -> int:
     demo.add_argument("--emit-every", type=_duration, default=5.0, help="tick period (5s)")
     demo.add_argument("--show", type=int, default=8, help="aggregates printed per tick (8)")
     demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--time", choices=("arrival", "event"), default="arrival",
+                      help="event: readings carry their own time; a few devices buffer and "
+                      "flush late, one clock runs ahead (arrival)")
+    demo.add_argument("--allowed-lateness", type=_duration, default=5.0,
+                      help="with --time event: how late a reading may be (5s)")
     demo.add_argument("--plain", action="store_true",
                       help="plain lines instead of the live view (automatic when not a terminal)")
     capture_cli.add_record_parser(sub)

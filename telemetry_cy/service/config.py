@@ -282,6 +282,9 @@ class NatsSettings:
                                    "the oldest (emit_backlog)", "int")
     backlog_bytes: int = setting("emit_backlog_bytes", at_least(parse_size, 1024), 64 << 20,
                                  "bytes held while NATS is slow or down", "size")
+    late_subject: str = setting("late_subject", parse_str, "", "event time: publish late readings "
+                                "as JSON to <late_subject>.<device>.<sensor> (empty: count them "
+                                "only)")
 
     @property
     def servers(self) -> list[str]:
@@ -303,6 +306,19 @@ class EngineSettings:
                              "(>= window)", "duration")
     max_name_bytes: int = setting("max_name_bytes", at_least(parse_int, 1), 256, "longest device, "
                                   "sensor or unit name in bytes (longer: schema_mismatch)", "int")
+    time: str = setting("time", choice("arrival", "event"), "arrival", "which clock puts a reading "
+                        "in its window: its arrival, or its own time `t` (docs/windows.md)",
+                        "arrival|event")
+    allowed_lateness: float = setting("allowed_lateness", parse_duration, 0.0, "event time: a "
+                                      "window is emitted once the newest event time is this far "
+                                      "past its end; readings for emitted windows are late",
+                                      "duration")
+    idle_timeout: float = setting("idle_timeout", at_least(parse_duration, 0.001), 30.0, "event "
+                                  "time: when no reading has moved the newest event time for "
+                                  "this long, windows close by the wall clock", "duration")
+    max_future: float = setting("max_future", parse_duration, 60.0, "event time: a reading whose "
+                                "t is further ahead of its arrival is dropped (future)",
+                                "duration")
 
 
 @dataclass(frozen=True)
@@ -501,7 +517,7 @@ def _check_creds_file(config: Config) -> None:
 
 def _check_together(config: Config) -> None:
     """Rules that tie settings together, checked with the engine's own validation."""
-    from telemetry_cy.engine.rules import check_config
+    from telemetry_cy.engine.rules import check_config, check_event_config
     from telemetry_cy.service.logs import redact_url
 
     e, mqtt = config.engine, config.mqtt
@@ -510,6 +526,18 @@ def _check_together(config: Config) -> None:
                      e.max_name_bytes)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"settings window/emit_every/key_ttl: {exc}") from None
+    try:
+        check_event_config(e.time, e.allowed_lateness, e.idle_timeout, e.max_future, 0,
+                           e.emit_every, round(e.window / e.emit_every))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"settings time/allowed_lateness/idle_timeout/max_future: {exc}") \
+            from None
+    if config.nats.late_subject:
+        from telemetry_cy.sink.subjects import validate_prefix
+        try:
+            validate_prefix(config.nats.late_subject)
+        except ValueError as exc:
+            raise ConfigError(f"setting late_subject: {exc}") from None
     if not mqtt.url.startswith(("mqtt://", "mqtts://")):
         raise ConfigError(f"setting mqtt_url: expected mqtt://host:port or mqtts://host:port, "
                           f"got {redact_url(mqtt.url)!r}")

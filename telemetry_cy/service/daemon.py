@@ -89,13 +89,22 @@ class SystemdNotifier:
             self._sock = None
 
 
-def make_engine(engine: EngineSettings, mqtt: MqttSettings):
+#: Late readings the engine keeps between two ticks for --late-subject; beyond, they are still
+#: counted `late` (and `late_unrouted`), not published.
+LATE_CAPACITY = 65536
+
+
+def make_engine(engine: EngineSettings, mqtt: MqttSettings, route_late: bool = False):
     """The window engine of the active backend; max_payload_bytes is the source's limit, which
-    the engine enforces again for payloads that reach it another way."""
+    the engine enforces again for payloads that reach it another way. With route_late (a
+    late_subject is set) it keeps late readings for the emitter."""
     return ACTIVE.Engine(window=engine.window, emit_every=engine.emit_every,
                          max_keys=engine.max_keys, key_ttl=engine.key_ttl,
                          max_payload_bytes=mqtt.max_payload_bytes,
-                         max_name_bytes=engine.max_name_bytes)
+                         max_name_bytes=engine.max_name_bytes, time=engine.time,
+                         allowed_lateness=engine.allowed_lateness,
+                         idle_timeout=engine.idle_timeout, max_future=engine.max_future,
+                         late_capacity=LATE_CAPACITY if route_late else 0)
 
 
 def make_emitter(nats: NatsSettings):
@@ -110,7 +119,8 @@ def make_emitter(nats: NatsSettings):
         max_backlog_bytes=nats.backlog_bytes, user=nats.user or None,
         password=nats.password or None, token=nats.token or None,
         creds_file=nats.creds_file or None, tls_ca_file=nats.ca_file or None,
-        tls_cert_file=nats.cert_file or None, tls_key_file=nats.key_file or None)
+        tls_cert_file=nats.cert_file or None, tls_key_file=nats.key_file or None,
+        late_subject=nats.late_subject or None)
 
 
 def make_source(ring, mqtt: MqttSettings):
@@ -133,9 +143,12 @@ class Daemon:
         self.log = logs.get("daemon")
         self.started_at = time.time()
         self.ring = ACTIVE.ByteRing(_pow2_at_least(c.mqtt.ring_bytes))
-        self.engine = make_engine(c.engine, c.mqtt)
+        route_late = c.engine.time == "event" and bool(c.nats.late_subject)
+        self.engine = make_engine(c.engine, c.mqtt, route_late)
         self.emitter = emitter_factory(c.nats)
-        self.engine_thread = EngineThread(self.engine, self.ring, self.emitter.submit)
+        self.engine_thread = EngineThread(
+            self.engine, self.ring, self.emitter.submit,
+            emit_late=getattr(self.emitter, "submit_late", None) if route_late else None)
         self.source = source_factory(self.ring, c.mqtt)
         self.stop_requested = threading.Event()
         self.signals = 0
@@ -165,7 +178,8 @@ class Daemon:
         self.log.info("starting", extra={"fields": {
             "mqtt": logs.redact_url(c.mqtt.url), "topics": ",".join(c.mqtt.topics),
             "nats": ",".join(logs.redact_url(u) for u in c.nats.url.split(",")),
-            "window_s": c.engine.window, "emit_every_s": c.engine.emit_every}})
+            "window_s": c.engine.window, "emit_every_s": c.engine.emit_every,
+            "time": c.engine.time}})
         if self.metrics is not None:
             try:
                 self.metrics.start()

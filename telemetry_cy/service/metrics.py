@@ -191,6 +191,19 @@ class PipelineCollector(Collector):
                        "JetStream ack).", snap.published)
         yield _counter("telemetry_cy_keys_evicted", "Keys evicted after key_ttl without "
                        "readings.", snap.evicted)
+        event_time = snap.event_time
+        if event_time is not None:  # docs/windows.md, "Event time"
+            yield _counter("telemetry_cy_no_event_time", "Readings without `t`: their arrival "
+                           "was their event time.", event_time.get("no_event_time"))
+            yield _counter("telemetry_cy_late_published", "Late readings NATS confirmed on "
+                           "the late subject.", event_time.get("late_published"))
+            yield _counter("telemetry_cy_late_unrouted", "Late readings counted but not "
+                           "published (routing off, or dropped on the way).",
+                           (event_time.get("late_unrouted") or 0)
+                           + (event_time.get("late_dropped") or 0))
+            if event_time.get("watermark") is not None:
+                yield _gauge("telemetry_cy_watermark_seconds", "Newest event time minus the "
+                             "allowed lateness.", event_time["watermark"])
         seq = snap.seq
         if seq is not None:  # engines with sequence accounting (the optional `n` field)
             yield _counter("telemetry_cy_sequence_gaps", "Sequence numbers skipped between two "

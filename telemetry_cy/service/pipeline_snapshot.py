@@ -136,6 +136,10 @@ class PipelineSnapshot:
     heartbeat: float | None        # time.monotonic() of the engine loop's last snapshot
     seq: Mapping[str, int] | None  # engines with sequence accounting (docs/windows.md)
     offenders: Mapping[str, list] | None
+    # event time (docs/windows.md): the engine's no_event_time, late_unrouted and watermark, and
+    # the emitter's late messages (late_routed == late_published + late_dropped + late_backlog);
+    # None from an engine without event time
+    event_time: Mapping[str, Any] | None
     # NATS emitter
     published: int
     backlog_batches: int
@@ -174,6 +178,7 @@ class PipelineSnapshot:
             evicted=_int(eng, "evicted"), open_readings=_int(eng, "open_readings"),
             state_bytes=_int(eng, "state_bytes"), heartbeat=_optional_float(eng, "heartbeat"),
             seq=eng.get("seq"), offenders=eng.get("offenders"),
+            event_time=_event_time(eng, emi),
             published=_int(emi, "published"), backlog_batches=_int(emi, "backlog_batches"),
             backlog_aggregates=_int(emi, "backlog_aggregates"),
             backlog_bytes=_int(emi, "backlog_bytes"),
@@ -221,6 +226,8 @@ class PipelineSnapshot:
             out["seq"] = self.seq
         if self.offenders is not None:
             out["offenders"] = self.offenders
+        if self.event_time is not None:
+            out["event_time"] = dict(self.event_time)
         return out
 
     def stats_line(self) -> dict[str, Any]:
@@ -243,10 +250,23 @@ class PipelineSnapshot:
         seq = {k: v for k, v in (self.seq or {}).items() if v}
         if seq:
             line["seq"] = seq
+        event_time = {k: v for k, v in (self.event_time or {}).items() if v}
+        if event_time:
+            line["event_time"] = event_time
         for kind, top in (self.offenders or {}).items():
             if top:  # the three heaviest names, as name: count
                 line[f"top_{kind}"] = {entry[0]: entry[1] for entry in top[:3]}
         return line
+
+
+def _event_time(eng: Mapping[str, Any], emi: Mapping[str, Any]) -> dict[str, Any] | None:
+    engine_part = eng.get("event_time")
+    if engine_part is None:
+        return None
+    out = dict(engine_part)
+    for key, value in (emi.get("late") or {}).items():
+        out[f"late_{key}"] = value
+    return out
 
 
 def _int(part: Mapping[str, Any], key: str) -> int:

@@ -51,6 +51,7 @@ from telemetry_cy.connection import Backoff, ConnectionClock
 from telemetry_cy.service.logs import redact_url
 from telemetry_cy.sink.backlog import Backlog, Batch
 from telemetry_cy.sink.jetstream import JetStreamPublisher
+from telemetry_cy.sink.late_messages import LateQueue, encode_late
 from telemetry_cy.sink.nats_batches import (
     ENCODE_SLICE,
     MAX_SUBJECT_BYTES,
@@ -95,7 +96,8 @@ class NatsEmitter:
                  max_reconnect_wait: float = 5.0, name: str = "telemetry-cy",
                  on_published: Callable[[int, float], None] | None = None,
                  expected_stream: str | None = None, max_in_flight: int = JS_MAX_IN_FLIGHT,
-                 max_in_flight_bytes: int = JS_MAX_IN_FLIGHT_BYTES) -> None:
+                 max_in_flight_bytes: int = JS_MAX_IN_FLIGHT_BYTES,
+                 late_subject: str | None = None) -> None:
         self.servers = [servers] if isinstance(servers, str) else list(servers)
         if not self.servers:
             raise ValueError("at least one NATS server URL is needed")
@@ -115,6 +117,9 @@ class NatsEmitter:
             chunk_messages=max(1, max_in_flight // 8))
         # loop thread only, under _lock
         self._backlog = Backlog(max_backlog_batches, max_backlog_bytes)
+        # event time: late readings on <late_subject>.<device>.<sensor> (sink/late_messages.py)
+        self._late = (LateQueue(validate_prefix(late_subject), max_backlog_batches,
+                                max_backlog_bytes) if late_subject else None)
         check_auth(user, password, token, creds_file)
         self.jetstream = jetstream
         self.max_backlog_batches = max_backlog_batches
@@ -198,7 +203,49 @@ class NatsEmitter:
         except RuntimeError:  # the loop closed under a late submit (stop() raced with us)
             self._handoff = (batches, aggs, refused + n)
 
+    def submit_late(self, readings: list) -> None:
+        """Hands late readings (engine ``LateReading``) to the NATS thread, like `submit`; a
+        no-op without a late_subject. Refused ones count as dropped late messages."""
+        late, n = self._late, len(readings)
+        if late is None or not n:
+            return
+        batches, handed, refused = late.handoff
+        loop = self._loop
+        if (not self._accepting or loop is None
+                or batches - late.taken[0] >= self._max_in_flight):
+            late.handoff = (batches, handed, refused + n)
+            return
+        late.handoff = (batches + 1, handed + n, refused)
+        try:
+            loop.call_soon_threadsafe(self._take_late, readings)
+        except RuntimeError:
+            late.handoff = (batches, handed, refused + n)
+
     # ---------------------------------------------------------------- loop side
+
+    def _take_late(self, readings: list) -> None:
+        late = self._late
+        assert late is not None
+        batch, too_large = encode_late(readings, late.prefix, MAX_SUBJECT_BYTES,
+                                       self._nc.max_payload)
+        with self._lock:
+            late.taken = (late.taken[0] + 1, late.taken[1] + len(readings))
+            late.dropped_here += too_large
+            if batch is not None:
+                late.backlog.add(batch)
+        self._wake.set()
+
+    def _next_batch(self) -> tuple[Batch | None, bool]:
+        """Under _lock: the oldest aggregate batch, else the oldest late batch; and whether
+        it is a late one. Aggregates first: they are what every consumer reads."""
+        batch = self._backlog.take_oldest()
+        if batch is not None or self._late is None:
+            return batch, False
+        return self._late.backlog.take_oldest(), True
+
+    def _waiting(self) -> bool:
+        late = self._late
+        return bool(self._backlog.waiting or (late is not None and late.backlog.waiting))
 
     def _take(self, aggregates: list) -> None:
         """Loop thread: encode a handed-over batch, add it to the backlog (within its bounds)."""
@@ -233,13 +280,16 @@ class NatsEmitter:
         (while disconnected nats-py would buffer out of our sight and bounds)."""
         nc = self._nc
         while True:
-            if not self._backlog.waiting or not nc.is_connected:
+            if not self._waiting() or not nc.is_connected:
                 self._wake.clear()
                 await self._wake.wait()  # set by _take, by (re)connection, by stop
                 continue
             with self._lock:
-                batch = self._backlog.take_oldest()
+                batch, is_late = self._next_batch()
             if batch is None:   # cannot happen: this task is the only taker, and one waited
+                continue
+            if is_late:
+                await self._publish_late(batch)
                 continue
             ok = await self._publish(batch)
             dropped = 0
@@ -264,11 +314,28 @@ class NatsEmitter:
             else:
                 await asyncio.sleep(self._retry.next_delay())
 
-    async def _publish(self, batch: Batch) -> bool:
+    async def _publish_late(self, batch: Batch) -> None:
+        """A batch of late messages: core NATS PUBs even in JetStream mode (a stream that
+        captures the late subject stores them; nothing is acked), the same retry on failure."""
+        late = self._late
+        assert late is not None
+        ok = await self._publish(batch, core=True)
+        with self._lock:
+            if ok:
+                late.published += batch.n
+                late.backlog.confirm()
+            else:
+                late.backlog.give_back()
+        if ok:
+            self._retry.reset()
+        else:
+            await asyncio.sleep(self._retry.next_delay())
+
+    async def _publish(self, batch: Batch, core: bool = False) -> bool:
         nc = self._nc
         generation = self._generation
         try:
-            js = self._js
+            js = None if core else self._js
             if js is not None:   # the JetStream mode
                 if not js.ready:
                     raise ConnectionError("the JetStream reply subscription is not set up yet")
@@ -538,12 +605,20 @@ class NatsEmitter:
             if lost > 0:
                 self._dropped_here += lost
                 self._taken = (batches, aggs)
+            late = self._late
+            if late is not None:
+                batches, handed, _ = late.handoff
+                lost = handed - late.taken[1]
+                if lost > 0:
+                    late.dropped_here += lost
+                    late.taken = (batches, handed)
 
     async def _shutdown(self, deadline_s: float) -> None:
         loop = asyncio.get_running_loop()
         end = loop.time() + max(0.0, deadline_s)
         # let the publisher work through the backlog while connected (polled: cheap, bounded)
-        while not self._backlog.idle and loop.time() < end:
+        while (not self._backlog.idle or (self._late is not None and not self._late.backlog.idle)) \
+                and loop.time() < end:
             await asyncio.sleep(min(0.01, max(0.0, end - loop.time())))
         self._closing = True
         for task in self._tasks:
@@ -551,6 +626,8 @@ class NatsEmitter:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with self._lock:
             dropped = self._backlog.drop_all()
+            if self._late is not None:
+                self._late.backlog.drop_all()
         if dropped:
             log.warning("stop: backlog not published within the deadline",
                         extra={"fields": {"reason": "emit_backlog", "aggregates": dropped}})
@@ -584,6 +661,8 @@ class NatsEmitter:
             }
             backlog_batches, backlog_aggs = backlog.batches, backlog.aggregates
             backlog_bytes = backlog.nbytes
+            if self._late is not None:
+                out["late"] = self._late.stats()
         # read after the loop-side snapshot: handed >= taken, so in-flight is never negative
         batches, aggs, refused = self._handoff
         out["drops"]["emit_backlog"] += refused

@@ -117,7 +117,8 @@ class Demo:
             nats_server.start()
             settings = config_mod.load(None, environ={}, overrides=dict(
                 mqtt_url=mosquitto.url, nats_url=nats_server.url, topic=["site/+/sensor/+"],
-                qos=0, window=args.window, emit_every=args.emit_every, stats_every=0.0))
+                qos=0, window=args.window, emit_every=args.emit_every, stats_every=0.0,
+                **_event_settings(args)))
             daemon = Daemon(settings)
             daemon.start()
             watcher = AggregateWatcher(nats_server.url, settings.nats.subject_prefix,
@@ -128,7 +129,10 @@ class Demo:
             while not daemon.source.stats().get("connected") and time.monotonic() < deadline:
                 time.sleep(0.05)
             publisher = RawPublisher(mosquitto.host, mosquitto.port, "telemetry-cy-demo-fleet")
-            fleet = Fleet(devices=args.devices, seed=args.seed)
+            event = getattr(args, "time", "arrival") == "event"
+            # event time: three devices behind a flaky uplink, one clock ten minutes ahead
+            fleet = Fleet(devices=args.devices, seed=args.seed, event_time=event,
+                          buffering=3 if event else 0, skewed=1 if event else 0)
             feeder = threading.Thread(
                 target=self._feed, args=(publisher, fleet), name="demo-fleet", daemon=True)
             feeder.start()
@@ -151,8 +155,8 @@ class Demo:
             drops = ", ".join(f"{k}={v}" for k, v in snap.drops.items() if v) or "none"
             print(f"telemetry-cy demo {self.reason}: received {snap.received}, readings "
                   f"{snap.readings}, aggregates {snap.aggregates}, published {snap.published}, "
-                  f"seen by the subscriber {watcher.received if watcher else 0}; drops: {drops}",
-                  flush=True)
+                  f"seen by the subscriber {watcher.received if watcher else 0}; drops: {drops}"
+                  f"{_event_summary(snap)}", flush=True)
         return 0 if self.reason in ("done", "interrupted") else 1
 
     def _feed(self, publisher: RawPublisher, fleet: Fleet) -> None:
@@ -268,13 +272,23 @@ def _offenders(snap: PipelineSnapshot) -> str:
     return "; ".join(parts) or "none"
 
 
+def _event_summary(p: PipelineSnapshot) -> str:
+    """Event time: late readings published on late.<device>.<sensor>, and the watermark."""
+    ev = p.event_time
+    if ev is None or ev.get("watermark") is None:
+        return ""
+    return (f"; event time: watermark {_clock(ev['watermark'])}, late published "
+            f"{ev.get('late_published', 0)}")
+
+
 def _plain_line(s: dict) -> str:
     p: PipelineSnapshot = s["pipeline"]
     drops = ",".join(f"{k}={v}" for k, v in p.drops.items() if v) or "-"
     return (f"rate={s['rate']:.0f}/s received={p.received} readings={p.readings} "
             f"aggregates={p.aggregates} published={p.published} seen={s['seen']} "
             f"live_keys={p.live_keys} ring_bytes={p.ring_used_bytes} drops={drops} "
-            f"cpu={s['cpu']:.0f}% rss={s['rss']:.0f}MiB offenders={_offenders(p)!r}")
+            f"cpu={s['cpu']:.0f}% rss={s['rss']:.0f}MiB offenders={_offenders(p)!r}"
+            f"{_event_summary(p)}")
 
 
 def _render(s: dict, args):
@@ -303,6 +317,14 @@ def _render(s: dict, args):
         table.add_row(a["device"], a["sensor"], a["unit"] or "",
                       *(_value(a[name]) for name in SHOWN_STATS), _clock(a["window_end"]))
     return Group(head, table)
+
+
+def _event_settings(args) -> dict:
+    """Event time: windows by the readings' own time, late readings on ``late.<device>.<sensor>``
+    (the fleet's buffering devices make some; docs/windows.md, "Event time")."""
+    if getattr(args, "time", "arrival") != "event":
+        return {}
+    return dict(time="event", allowed_lateness=args.allowed_lateness, late_subject="late")
 
 
 def _interrupt(signum, frame) -> None:

@@ -78,6 +78,13 @@ def cbor_seeds() -> dict[str, bytes]:
         b"\x9f\xc2\x41\x01\x5f\x41\x00\xff\xa1\x01\x02\x7f\x61\x61\xff\xf6\xf7\xff",
         t("bad-utf8-ignored"), t(b"\xff\xfe"))
     out["valid-empty-unit"] = mapping(D, t("x"), S, t("y"), V, b"\x05", U, t(""))
+    # the event time `t`: a float64, tag 1 on an integer, tag 0 (through cbor2), a wrong type
+    out["valid-event-time"] = cbor2.dumps({"d": "gw", "s": "t", "v": 1.5, "t": 1764720000.25})
+    out["valid-event-time-tag1"] = mapping(D, t("x"), S, t("y"), V, b"\x01", t("t"),
+                                           b"\xc1\x1a\x69\x2f\x8a\x00")
+    out["valid-event-time-tag0"] = mapping(D, t("x"), S, t("y"), V, b"\x01", t("t"),
+                                           b"\xc0" + t("2025-12-03T00:00:00Z"))
+    out["mismatch-event-time-text"] = mapping(D, t("x"), S, t("y"), V, b"\x01", t("t"), t("now"))
     out["fallback-bignum"] = mapping(D, t("x"), S, t("y"), V, b"\xc2\x41\x05")
     out["fallback-bignum-huge"] = mapping(D, t("x"), S, t("y"), V, b"\xc2\x58\x80" + b"\xff" * 128)
     out["fallback-int-key"] = mapping(D, t("x"), S, t("y"), V, b"\x01", b"\x01", b"\x02")

@@ -109,6 +109,93 @@ class Model:
             rows[:] = kept or [max(rows, key=lambda r: (r[0], r[1]))]
 
 
+class EventModel(Model):
+    """The model in event time (docs/windows.md, "Event time"), from the same rules:
+
+    - a reading's time is its `t`, or its arrival when it has none (counted no_event_time);
+      interval(t) = floor(t / emit_every);
+    - t more than max_future ahead of its arrival: dropped `future`, and it moves nothing;
+    - the watermark is max_t - allowed_lateness over every reading accepted so far (one, global);
+      the closed tick is the largest k with k * emit_every <= watermark, and never more than
+      D = ceil(allowed_lateness / emit_every) intervals behind floor(max_t / emit_every);
+    - a reading whose interval is below the closed tick is `late`: in no aggregate, and routed;
+    - tick(now): once max_t has not moved for idle_timeout of arrival time, the watermark moves on
+      with `now` (max_t + (now - arrival of max_t - idle_timeout) - allowed_lateness);
+    - first / last: earliest / latest by (t, arrival order); the unit is that of the key's latest
+      reading by (t, arrival order).
+    """
+
+    def __init__(self, window=60.0, emit_every=5.0, max_keys=1_000_000, key_ttl=300.0,
+                 allowed_lateness=0.0, idle_timeout=30.0, max_future=60.0):
+        super().__init__(window, emit_every, max_keys, key_ttl)
+        self.lateness = float(allowed_lateness)
+        self.idle_timeout = float(idle_timeout)
+        self.max_future = float(max_future)
+        self.lead = math.ceil(self.lateness / self.emit_every - 1e-9)
+        self.max_t = -math.inf
+        self.max_t_arrival = 0.0
+        self.drops.update(future=0)
+        self.no_event_time = 0
+        self.late: list[tuple] = []
+
+    def target(self, max_t: float) -> int:
+        return max(math.floor((max_t - self.lateness) / self.emit_every),
+                   math.floor(max_t / self.emit_every) - self.lead)
+
+    def offer_event(self, device: str, sensor: str, value: float, arrival: float, unit=None,
+                    t=None, n=None) -> str | None:
+        """Offers one valid reading that arrived at `arrival`; returns the drop reason or None."""
+        if t is None:
+            t = arrival
+            self.no_event_time += 1
+        if t - arrival > self.max_future:
+            self.drops["future"] += 1
+            return "future"
+        k = self.interval(t)
+        if self.closed is not None and k < self.closed:
+            self.drops["late"] += 1
+            self.late.append((device, sensor, float(value), unit, float(t), n, float(arrival)))
+            return "late"
+        if t > self.max_t:
+            self.max_t, self.max_t_arrival = t, arrival
+        self.advance(self.target(self.max_t))
+        key = (device, sensor)
+        if key not in self.readings:
+            if len(self.readings) >= self.max_keys:
+                self.drops["key_limit"] += 1
+                return "key_limit"
+            self.readings[key] = []
+        self.arrivals += 1
+        self.readings[key].append((float(t), self.arrivals, float(value), unit))
+        self.accepted += 1
+        return None
+
+    def tick(self, now: float) -> list[dict]:
+        if self.closed is not None:
+            idle = now - self.max_t_arrival - self.idle_timeout
+            if idle >= 0:
+                self.advance(self.target(self.max_t + idle))
+        out, self.pending = self.pending, []
+        return out
+
+    def _close(self, tick: int) -> None:
+        # rows of intervals >= tick (still open) are kept out of the window, and the unit is the
+        # key's latest reading's: computed before the base class prunes rows
+        units = {key: max(rows, key=lambda r: (r[0], r[1]))[3]
+                 for key, rows in self.readings.items()}
+        before = len(self.pending)
+        super()._close(tick)
+        for agg in self.pending[before:]:
+            agg["unit"] = units[(agg["device"], agg["sensor"])]
+
+    def open_readings(self) -> int:
+        """Accepted readings whose first window (the tick after their interval) is not closed."""
+        if self.closed is None:
+            return 0
+        return sum(1 for rows in self.readings.values() for r in rows
+                   if self.interval(r[0]) >= self.closed)
+
+
 def close_enough(got: dict, want: dict, magnitude: float, rel: float = 1e-9) -> list[str]:
     """Field names where `got` differs from the exact `want`: count, min, max, first, last and
     names exactly; sum, mean and stddev within `rel` of the data's magnitude (sum of |x| for the
