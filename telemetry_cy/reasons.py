@@ -12,6 +12,7 @@ DROP_REASONS: tuple[str, ...] = (
     "non_finite",       # v is NaN or +-Inf (or an integer too large for a double)
     "key_limit",        # a new (device, sensor) while max_keys keys are live
     "late",             # ts earlier than the last closed tick
+    "sketch_full",      # the pane's quantile sketch already holds 2**32 - 1 values (quantiles on)
     "ingest_full",      # the network thread found the ingest ring full
     "emit_backlog",     # the NATS backlog was full
 )
@@ -19,4 +20,4 @@ DROP_REASONS: tuple[str, ...] = (
 #: Reasons counted per payload: the payload could not be split into readings.
 PAYLOAD_REASONS = frozenset({"oversize", "decode_error", "ingest_full"})
 #: Reasons the engine itself counts (the rest belong to the ingest and emit stages).
-ENGINE_REASONS: tuple[str, ...] = DROP_REASONS[:6]
+ENGINE_REASONS: tuple[str, ...] = DROP_REASONS[:7]

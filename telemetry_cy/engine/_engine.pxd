@@ -2,6 +2,7 @@ cimport cython
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from telemetry_cy.engine._decode cimport tc_decoded, tc_reading
+from telemetry_cy.engine._sketch cimport tc_sketch, tc_sketch_map
 
 
 cdef extern from "tc_window.h" nogil:
@@ -26,6 +27,7 @@ cdef extern from "tc_window.h" nogil:
         size_t n_keys
         size_t max_keys
         uint64_t seed
+        uint32_t quantiles
 
     uint32_t TC_NO_UNIT
     uint64_t tc_key_hash(uint64_t seed, const char *dev, size_t dlen, const char *sen, size_t slen)
@@ -53,6 +55,14 @@ cdef extern from "tc_window.h" nogil:
     uint32_t TC_SEQ_MAX_REORDER
     uint64_t TC_SEQ_MAX_GAP
     int tc_key_seq(tc_key *k, uint64_t n, uint64_t *gap)
+
+
+cdef extern from "tc_window_qs.h" nogil:
+    enum:
+        TC_QS_OK, TC_QS_FULL, TC_QS_NOMEM
+    int tc_key_qs_add(tc_table *t, tc_key **kp, const tc_sketch_map *m, int64_t interval,
+                      uint32_t pane, double x)
+    int tc_key_qs_window(const tc_table *t, const tc_key *k, int64_t tick, tc_sketch *s)
 
 
 cdef extern from "tc_topn.h" nogil:
@@ -117,6 +127,10 @@ cdef class Aggregate:
     cdef readonly double stddev
     cdef readonly double first
     cdef readonly double last
+    # quantiles (rules.QUANTILE_FIELDS): a float, or None when the engine does not compute it
+    cdef readonly object p50
+    cdef readonly object p90
+    cdef readonly object p99
 
 
 @cython.final
@@ -138,13 +152,22 @@ cdef class Engine:
     cdef Py_ssize_t batch_cap
     # counters; drops indexed by tc_reason
     cdef uint64_t received, payloads, readings, evicted, ticks, aggregates
-    cdef uint64_t drops[8]
+    cdef uint64_t drops[9]
     # sequence numbers: events by class (TC_SEQ_*), and the numbers skipped by gaps
     cdef uint64_t seq_events[6]
     cdef uint64_t seq_gaps
     # top offenders (tc_topn.h); batch_topics: the batch items carry MQTT topics (drain)
     cdef tc_topn top_drops, top_gaps, top_late
     cdef bint batch_topics
+    # quantiles (tc_window_qs.h): on when n_qs > 0; qmap shared by every key, qscratch the
+    # window sketch a tick merges each key's panes into (its buffer kept across keys)
+    cdef readonly tuple quantiles
+    cdef readonly double quantile_accuracy
+    cdef tc_sketch_map qmap
+    cdef tc_sketch qscratch
+    cdef int n_qs
+    cdef double qs[3]
+    cdef int q_field[3]          # which of p50, p90, p99 each qs[i] fills
 
     cdef int _apply_reading(self, const char *dev, uint32_t dlen, const char *sen, uint32_t slen,
                             const char *unit, uint32_t ulen, double value, double ts,
@@ -159,6 +182,8 @@ cdef class Engine:
     cdef Py_ssize_t _run_batch(self, Py_ssize_t start, Py_ssize_t n, int *why) noexcept nogil
     cdef int _advance(self, int64_t interval) except -1
     cdef int _scan(self, int64_t tick, bint emit) except -1
+    cdef int _init_quantiles(self, qcfg) except -1
+    cdef int _set_quantiles(self, Aggregate a, const tc_key *k, int64_t tick) except -1
     cdef Py_ssize_t _run_all(self, Py_ssize_t n) except -1
     cdef int64_t _interval(self, double ts) except? -1
     cdef _push_fallback(self, Py_ssize_t i)

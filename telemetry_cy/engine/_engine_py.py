@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict, make_dataclass
+from dataclasses import field, make_dataclass
 from typing import TYPE_CHECKING
 
 from telemetry_cy.engine._decode_py import decode
@@ -17,6 +17,8 @@ from telemetry_cy.engine.decode_types import Reading
 from telemetry_cy.engine.rules import (
     AGGREGATE_FIELDS,
     NO_TOPIC,
+    QUANTILE_ACCURACY_DEFAULT,
+    QUANTILE_FIELDS,
     SEQ_MAX_GAP,
     SEQ_MAX_REORDER,
     TOP_OFFENDERS,
@@ -24,15 +26,29 @@ from telemetry_cy.engine.rules import (
     TOPN_NAME_BYTES,
     aggregate_field_type,
     check_config,
+    check_quantiles,
     check_reading,
     interval_of,
+    present_fields,
     top_entries,
 )
+from telemetry_cy.engine.sketch_py import QuantileSketch
 from telemetry_cy.reasons import ENGINE_REASONS
 
 
 def _as_dict(self) -> dict:
-    return asdict(self)
+    """The fields by name; a quantile the engine does not compute is left out."""
+    return present_fields(self)
+
+
+_QUANTILE_NAMES = frozenset(name for name, _ in QUANTILE_FIELDS)
+
+
+def _field_spec(name: str):
+    # quantiles default to None, so the 13 statistics alone still make an Aggregate
+    if name in _QUANTILE_NAMES:
+        return (name, aggregate_field_type(name), field(default=None))
+    return (name, aggregate_field_type(name))
 
 
 if TYPE_CHECKING:
@@ -42,7 +58,7 @@ else:
     # Its fields are AGGREGATE_FIELDS, so the twin cannot drift from the compiled class; frozen
     # and slotted like the read-only cdef class.
     Aggregate = make_dataclass(
-        "Aggregate", [(name, aggregate_field_type(name)) for name in AGGREGATE_FIELDS],
+        "Aggregate", [_field_spec(name) for name in AGGREGATE_FIELDS],
         namespace={"as_dict": _as_dict,
                    "__doc__": "One key's statistics over [window_start, window_end), emitted at "
                               "tick window_end."},
@@ -161,9 +177,9 @@ class _Pane:
 
 class _Key:
     __slots__ = ("device", "sensor", "panes", "newest", "last", "last_ts", "newest_first_ts",
-                 "unit", "seq")
+                 "unit", "seq", "sketches")
 
-    def __init__(self, device: str, sensor: str, panes: int) -> None:
+    def __init__(self, device: str, sensor: str, panes: int, alpha: float | None = None) -> None:
         self.device = device
         self.sensor = sensor
         self.panes = [_Pane() for _ in range(panes)]
@@ -173,6 +189,41 @@ class _Key:
         self.newest_first_ts = 0.0
         self.unit: str | None = None
         self.seq: int | None = None  # the sequence baseline (tc_key.last_seq / has_seq)
+        # quantiles on: one sketch per pane (tc_window_qs.h keeps their counts in the record)
+        self.sketches = None if alpha is None else [QuantileSketch(alpha) for _ in range(panes)]
+
+    # ---- quantiles (tc_window_qs.h)
+
+    def sketch_add(self, interval: int, x: float) -> bool:
+        """tc_key_qs_add: x into the sketch of its pane, before add(); False when the pane
+        already holds 2**32 - 1 values (the reading is then a sketch_full drop)."""
+        sketches = self.sketches
+        assert sketches is not None
+        n_panes = len(sketches)
+        if self.newest is None or interval > self.newest:
+            start = interval if self.newest is None else self.newest + 1
+            for j in range(max(start, interval - n_panes + 1), interval + 1):
+                sketches[j % n_panes].clear()
+        try:
+            sketches[interval % n_panes].add(x)
+        except ValueError:
+            return False
+        return True
+
+    def window_sketch(self, tick: int, alpha: float) -> QuantileSketch | None:
+        """tc_key_qs_window: the merge of the panes' sketches over [tick-P, tick-1]; None when
+        it would hold more than 2**32 - 1 values."""
+        sketches = self.sketches
+        assert sketches is not None and self.newest is not None
+        n_panes = len(sketches)
+        out = QuantileSketch(alpha)
+        for j in range(max(tick - n_panes, self.newest - n_panes + 1), self.newest + 1):
+            if sketches[j % n_panes].count:
+                try:
+                    out.merge(sketches[j % n_panes])
+                except ValueError:
+                    return None
+        return out
 
     def add(self, interval: int, ts: float, x: float) -> None:
         n_panes = len(self.panes)
@@ -236,9 +287,15 @@ class Engine:
     """Exact sliding-window aggregates per (device, sensor) over CBOR payloads (pure Python)."""
 
     def __init__(self, window=60.0, emit_every=5.0, max_keys=1_000_000, key_ttl=300.0,
-                 max_payload_bytes=65536, max_name_bytes=256):
+                 max_payload_bytes=65536, max_name_bytes=256, quantiles=None,
+                 quantile_accuracy=QUANTILE_ACCURACY_DEFAULT):
         cfg = check_config(window, emit_every, max_keys, key_ttl, max_payload_bytes,
                            max_name_bytes)
+        qcfg = check_quantiles(quantiles, quantile_accuracy)
+        self.quantiles = qcfg.qs
+        self.quantile_accuracy = qcfg.accuracy
+        self._q_wanted = qcfg.wanted
+        self._alpha = qcfg.accuracy if qcfg.qs else None
         self.window = cfg.window
         self.emit_every = cfg.emit_every
         self.key_ttl = cfg.key_ttl
@@ -273,7 +330,11 @@ class Engine:
                 self._top_drops.add_pair(_utf8(reading.device), _utf8(reading.sensor))
                 return False
             key = self._keys[(reading.device, reading.sensor)] = _Key(
-                reading.device, reading.sensor, self._panes)
+                reading.device, reading.sensor, self._panes, self._alpha)
+        if key.sketches is not None and not key.sketch_add(interval, reading.value):
+            self._drops["sketch_full"] += 1
+            self._top_drops.add_pair(_utf8(reading.device), _utf8(reading.sensor))
+            return False
         if ts >= key.last_ts:
             key.unit = reading.unit
         if reading.seq is not None:
@@ -339,13 +400,23 @@ class Engine:
                     n, total, m2, mn, mx, first = agg
                     self._pending.append(Aggregate(
                         key.device, key.sensor, key.unit, window_start, tick_time, n, total,
-                        total / float(n), mn, mx, math.sqrt(m2 / float(n)), first, key.last))
+                        total / float(n), mn, mx, math.sqrt(m2 / float(n)), first, key.last,
+                        *self._quantiles(key, tick)))
                     self._aggregates += 1
             if tick_time - key.last_ts >= self.key_ttl:
                 evict.append(name)
         for name in evict:
             del self._keys[name]
         self._evicted += len(evict)
+
+    def _quantiles(self, key: _Key, tick: int) -> list[float | None]:
+        """p50, p90, p99 of the key's window: None where not computed, NaN past the sketch's
+        2**32 - 1 values."""
+        if self._alpha is None:
+            return [None] * len(QUANTILE_FIELDS)
+        window = key.window_sketch(tick, self._alpha)
+        return [None if not wanted else math.nan if window is None else window.quantile(q)
+                for wanted, (_, q) in zip(self._q_wanted, QUANTILE_FIELDS)]
 
     # ---- public API ----
 
@@ -444,4 +515,7 @@ def _state_bytes(keys: dict) -> int:
     total = sys.getsizeof(keys)
     for key in keys.values():
         total += sys.getsizeof(key) + sum(sys.getsizeof(p) for p in key.panes)
+        if key.sketches is not None:
+            total += sum(sys.getsizeof(sk) + 8 * len(sk.buckets()[2]) + 8 * len(sk.buckets()[4])
+                         for sk in key.sketches)
     return total

@@ -1,0 +1,135 @@
+/* Quantiles in the window table: one sketch per pane (tc_sketch.h) in the key's record, merged at
+ * the tick like the other pane statistics. docs/windows.md ("Quantiles") states what the engine
+ * reports and guarantees; docs/quantiles.md proves the sketch's bound.
+ *
+ * Where the counts live: the sketch block at the end of the record (tc_qs_head, tc_window.h).
+ * Pane p's header is hdr[p]; the counts of the panes holding data follow one another in the
+ * order of their intervals. Only the newest pane is ever written (tc_window.h's invariant), so
+ * its counts are the last `buckets(hdr[newest])` of `used`, and a new extreme in it (a wider
+ * shape, rare) only grows the block at its end. When the key moves to a newer interval, the
+ * panes it reuses are the oldest ones stored, a prefix of the counts: they are cut off with one
+ * memmove, and the new pane starts empty at the end. So a pane's shape is always tight and its
+ * counts depend only on its values: the compiled engine and the pure twin (one sketch_py sketch
+ * per pane) hold the same counts and report the same quantiles, bit for bit.
+ *
+ * Memory: the block grows (realloc of the record) to the sum of the panes' bucket ranges, with a
+ * quarter of slack so that a pane refilling after a roll rarely reallocates; it never shrinks
+ * while the key lives. Hard cap: P * 2 * TC_SKETCH_CAP counts (docs/windows.md).
+ *
+ * No Python, no locks: the engine thread owns the table, and the tick's merge runs here in C.
+ */
+#ifndef TC_WINDOW_QS_H
+#define TC_WINDOW_QS_H
+
+#include "tc_sketch.h"
+#include "tc_window.h"
+
+enum {
+    TC_QS_OK = 0,
+    TC_QS_FULL = 1,    /* the pane already holds 2^32 - 1 values: the reading is a counted drop */
+    TC_QS_NOMEM = -1,  /* the record could not grow: nothing changed but the roll */
+};
+
+static inline tc_sketch_hdr *tc_qs_hdrs(tc_qs_head *b) {
+    return (tc_sketch_hdr *)(b + 1);
+}
+static inline uint32_t *tc_qs_counts(tc_qs_head *b, uint32_t panes) {
+    return (uint32_t *)(tc_qs_hdrs(b) + panes);
+}
+
+/* The panes the key reuses to reach `interval` (> k->newest), exactly those tc_key_add empties,
+ * lose their sketches. Stored intervals are [newest - P + 1, newest] in order and the reused panes
+ * held the oldest of them, so their counts are a prefix. */
+static inline void tc_qs_roll(const tc_key *k, tc_qs_head *b, uint32_t panes, int64_t interval) {
+    int64_t from = k->newest == INT64_MIN ? interval : k->newest + 1;
+    if (interval - from >= (int64_t)panes) from = interval - (int64_t)panes + 1;
+    tc_sketch_hdr *hd = tc_qs_hdrs(b);
+    uint32_t drop = 0;
+    for (int64_t j = from; j <= interval; j++) {
+        tc_sketch_hdr *h = &hd[tc_pane_of(j, panes)];
+        drop += tc_sketch_buckets(h);
+        tc_sketch_hdr_clear(h);
+    }
+    if (drop) {
+        uint32_t *c = tc_qs_counts(b, panes);
+        memmove(c, c + drop, (size_t)(b->used - drop) * sizeof *c);
+        b->used -= drop;
+    }
+}
+
+/* A wider shape nh for the newest pane: grow the record if need be, lay the pane's counts out in
+ * nh at the end of the block, add x again. May move the record (*kp, t->keys updated). */
+static TC_SKETCH_COLD int tc_qs_add_reshaped(tc_table *t, tc_key **kp, const tc_sketch_map *m,
+                                             uint32_t pane, double x, tc_sketch_hdr *nh) {
+    uint32_t panes = t->panes;
+    tc_key *k = *kp;
+    tc_qs_head *b = tc_key_qs(k, panes);
+    uint32_t old_len = tc_sketch_buckets(&tc_qs_hdrs(b)[pane]);
+    uint32_t need = b->used - old_len + tc_sketch_buckets(nh);
+    if (need > b->cap) {
+        uint32_t cap = need + need / 4 + 4;
+        size_t old_size = tc_key_bytes(t, k);
+        size_t new_size = old_size + 4 * (size_t)(cap - b->cap);
+        tc_key *moved = (tc_key *)realloc(k, new_size);
+        if (!moved) return TC_QS_NOMEM;
+        k = *kp = moved;
+        t->keys[k->dense_index] = k;
+        t->record_bytes += new_size - old_size;
+        b = tc_key_qs(k, panes);
+        b->cap = cap;
+    }
+    tc_sketch_hdr *h = &tc_qs_hdrs(b)[pane];
+    uint32_t *c = tc_qs_counts(b, panes) + (b->used - old_len);
+    uint32_t old[2 * TC_SKETCH_CAP];
+    memcpy(old, c, (size_t)old_len * sizeof *old);
+    tc_sketch_relayout(h, old, nh, c);
+    *h = *nh;
+    b->used = need;
+    tc_sketch_hdr again;
+    /* in the shape now: counted (the pane is not full, or hdr_add had said so) */
+    return tc_sketch_hdr_add(h, c, m, x, &again) == TC_SKETCH_OK ? TC_QS_OK : TC_QS_NOMEM;
+}
+
+/* Adds the reading x of `interval` (>= k->newest; pane = its pane) to the key's sketches. Called
+ * before tc_key_add, which it leaves to move k->newest. x is finite (the decoder counts NaN and
+ * infinities as non_finite). May move the record (*kp). */
+static inline int tc_key_qs_add(tc_table *t, tc_key **kp, const tc_sketch_map *m,
+                                int64_t interval, uint32_t pane, double x) {
+    uint32_t panes = t->panes;
+    tc_key *k = *kp;
+    tc_qs_head *b = tc_key_qs(k, panes);
+    if (interval > k->newest) tc_qs_roll(k, b, panes, interval);
+    tc_sketch_hdr *h = &tc_qs_hdrs(b)[pane];
+    uint32_t *c = tc_qs_counts(b, panes) + (b->used - tc_sketch_buckets(h));
+    tc_sketch_hdr nh;
+    int r = tc_sketch_hdr_add(h, c, m, x, &nh);
+    if (r == TC_SKETCH_OK) return TC_QS_OK;
+    if (r == TC_SKETCH_NEEDS_SHAPE) return tc_qs_add_reshaped(t, kp, m, pane, x, &nh);
+    return TC_QS_FULL;   /* TC_SKETCH_E_FULL (E_NONFINITE cannot come: see above) */
+}
+
+/* The sketch of the key's window at tick `tick` (intervals [tick - P, tick - 1]) into s, cleared
+ * first: the merge of its panes there. TC_SKETCH_OK, E_FULL (the window holds more than
+ * 2^32 - 1 values) or E_NOMEM (s could not grow). The table's invariant puts k->newest below
+ * `tick`, so the window is the stored panes from tick - P on. */
+static inline int tc_key_qs_window(const tc_table *t, const tc_key *k, int64_t tick,
+                                   tc_sketch *s) {
+    uint32_t panes = t->panes;
+    tc_qs_head *b = tc_key_qs(k, panes);
+    const tc_sketch_hdr *hd = tc_qs_hdrs(b);
+    const uint32_t *c = tc_qs_counts(b, panes);
+    int64_t lo = tick - (int64_t)panes;
+    uint32_t off = 0;
+    tc_sketch_clear(s);
+    for (int64_t j = k->newest - (int64_t)panes + 1; j <= k->newest; j++) {
+        const tc_sketch_hdr *h = &hd[tc_pane_of(j, panes)];
+        if (j >= lo && h->n) {
+            int r = tc_sketch_merge(s, h, c + off);
+            if (r != TC_SKETCH_OK) return r;
+        }
+        off += tc_sketch_buckets(h);
+    }
+    return TC_SKETCH_OK;
+}
+
+#endif /* TC_WINDOW_QS_H */
