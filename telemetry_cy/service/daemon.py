@@ -95,7 +95,8 @@ def make_engine(engine: EngineSettings, mqtt: MqttSettings):
     return ACTIVE.Engine(window=engine.window, emit_every=engine.emit_every,
                          max_keys=engine.max_keys, key_ttl=engine.key_ttl,
                          max_payload_bytes=mqtt.max_payload_bytes,
-                         max_name_bytes=engine.max_name_bytes)
+                         max_name_bytes=engine.max_name_bytes, quantiles=engine.quantiles,
+                         quantile_accuracy=engine.quantile_accuracy)
 
 
 def make_emitter(nats: NatsSettings):
