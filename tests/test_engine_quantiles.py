@@ -29,7 +29,7 @@ NAMES = [name for name, _ in QUANTILE_FIELDS]
 ALPHAS = (0.005, 0.01, 0.02, 0.05)
 
 
-# ---- streams: each family keeps the values of one sign within 1,000x of each other ----------------
+# ---- streams: each family keeps the values of one sign within 1,000x of each other ---------
 
 def family_values(family: str, base: float, rnd: random.Random, n: int) -> list[float]:
     def lognormal() -> float:
