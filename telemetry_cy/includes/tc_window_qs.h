@@ -14,7 +14,7 @@
  *
  * Memory: the block grows (realloc of the record) to the sum of the panes' bucket ranges, with a
  * quarter of slack so that a pane refilling after a roll rarely reallocates; it never shrinks
- * while the key lives. Hard cap: P * 2 * TC_SKETCH_CAP counts (docs/windows.md).
+ * while the key lives. Hard cap: P * 2 * TC_SKETCH_CAP counts, slack included (docs/windows.md).
  *
  * No Python, no locks: the engine thread owns the table, and the tick's merge runs here in C.
  */
@@ -68,6 +68,8 @@ static TC_SKETCH_COLD int tc_qs_add_reshaped(tc_table *t, tc_key **kp, const tc_
     uint32_t need = b->used - old_len + tc_sketch_buckets(nh);
     if (need > b->cap) {
         uint32_t cap = need + need / 4 + 4;
+        uint32_t most = panes * 2 * TC_SKETCH_CAP;   /* every pane at both stores' cap */
+        if (cap > most) cap = most;
         size_t old_size = tc_key_bytes(t, k);
         size_t new_size = old_size + 4 * (size_t)(cap - b->cap);
         tc_key *moved = (tc_key *)realloc(k, new_size);
