@@ -110,27 +110,41 @@ static inline int tc_key_qs_add(tc_table *t, tc_key **kp, const tc_sketch_map *m
     return TC_QS_FULL;   /* TC_SKETCH_E_FULL (E_NONFINITE cannot come: see above) */
 }
 
-/* The sketch of the key's window at tick `tick` (intervals [tick - P, tick - 1]) into s, cleared
- * first: the merge of its panes there. TC_SKETCH_OK, E_FULL (the window holds more than
- * 2^32 - 1 values) or E_NOMEM (s could not grow). The table's invariant puts k->newest below
- * `tick`, so the window is the stored panes from tick - P on. */
+/* The sketch of the key's window at tick `tick` (intervals [tick - P, tick - 1]) into s: exactly
+ * what merging its panes one by one (tc_sketch_merge) would hold, built in two passes so that s is
+ * reshaped once, not once per pane: the union of the panes' shapes (a union of ranges cut at the
+ * cap is the same whatever the order), then every pane folded in. TC_SKETCH_OK, E_FULL (the
+ * window holds more than 2^32 - 1 values; s is then empty) or E_NOMEM (s could not grow). The
+ * table's invariant puts k->newest below `tick`, so the window is the stored panes from
+ * tick - P on. */
 static inline int tc_key_qs_window(const tc_table *t, const tc_key *k, int64_t tick,
                                    tc_sketch *s) {
     uint32_t panes = t->panes;
     tc_qs_head *b = tc_key_qs(k, panes);
     const tc_sketch_hdr *hd = tc_qs_hdrs(b);
     const uint32_t *c = tc_qs_counts(b, panes);
-    int64_t lo = tick - (int64_t)panes;
-    uint32_t off = 0;
+    int64_t first = k->newest - (int64_t)panes + 1, lo = tick - (int64_t)panes;
+    tc_sketch_hdr shape;
+    uint64_t n = 0;
     tc_sketch_clear(s);
-    for (int64_t j = k->newest - (int64_t)panes + 1; j <= k->newest; j++) {
+    tc_sketch_hdr_clear(&shape);
+    for (int64_t j = first > lo ? first : lo; j <= k->newest; j++) {
         const tc_sketch_hdr *h = &hd[tc_pane_of(j, panes)];
-        if (j >= lo && h->n) {
-            int r = tc_sketch_merge(s, h, c + off);
-            if (r != TC_SKETCH_OK) return r;
-        }
+        n += h->n;
+        tc_sketch_shape_union(&shape, h);
+    }
+    if (n > TC_SKETCH_MAX_COUNT) return TC_SKETCH_E_FULL;
+    uint32_t used = tc_sketch_buckets(&shape);
+    if (tc_sketch_reserve(s, used) != TC_SKETCH_OK) return TC_SKETCH_E_NOMEM;
+    if (used) memset(s->counts, 0, (size_t)used * sizeof *s->counts);   /* NULL when cap == 0 */
+    uint32_t off = 0;
+    for (int64_t j = first; j <= k->newest; j++) {
+        const tc_sketch_hdr *h = &hd[tc_pane_of(j, panes)];
+        if (j >= lo && h->n) tc_sketch_fold(h, c + off, &shape, s->counts);
         off += tc_sketch_buckets(h);
     }
+    s->h = shape;
+    s->h.n = (uint32_t)n;
     return TC_SKETCH_OK;
 }
 
