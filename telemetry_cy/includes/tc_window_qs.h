@@ -124,22 +124,26 @@ static inline int tc_key_qs_window(const tc_table *t, const tc_key *k, int64_t t
     const tc_sketch_hdr *hd = tc_qs_hdrs(b);
     const uint32_t *c = tc_qs_counts(b, panes);
     int64_t first = k->newest - (int64_t)panes + 1, lo = tick - (int64_t)panes;
+    /* pane indexes step through the ring: one division here, not one per pane */
+    uint32_t p0 = tc_pane_of(first, panes), p;
     tc_sketch_hdr shape;
     uint64_t n = 0;
     tc_sketch_clear(s);
     tc_sketch_hdr_clear(&shape);
-    for (int64_t j = first > lo ? first : lo; j <= k->newest; j++) {
-        const tc_sketch_hdr *h = &hd[tc_pane_of(j, panes)];
-        n += h->n;
-        tc_sketch_shape_union(&shape, h);
+    p = p0;
+    for (int64_t j = first; j <= k->newest; j++, p = p + 1 == panes ? 0 : p + 1) {
+        if (j < lo) continue;
+        n += hd[p].n;
+        tc_sketch_shape_union(&shape, &hd[p]);
     }
     if (n > TC_SKETCH_MAX_COUNT) return TC_SKETCH_E_FULL;
     uint32_t used = tc_sketch_buckets(&shape);
     if (tc_sketch_reserve(s, used) != TC_SKETCH_OK) return TC_SKETCH_E_NOMEM;
     if (used) memset(s->counts, 0, (size_t)used * sizeof *s->counts);   /* NULL when cap == 0 */
     uint32_t off = 0;
-    for (int64_t j = first; j <= k->newest; j++) {
-        const tc_sketch_hdr *h = &hd[tc_pane_of(j, panes)];
+    p = p0;
+    for (int64_t j = first; j <= k->newest; j++, p = p + 1 == panes ? 0 : p + 1) {
+        const tc_sketch_hdr *h = &hd[p];
         if (j >= lo && h->n) tc_sketch_fold(h, c + off, &shape, s->counts);
         off += tc_sketch_buckets(h);
     }
