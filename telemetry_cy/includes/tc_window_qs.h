@@ -12,9 +12,11 @@
  * counts depend only on its values: the compiled engine and the pure twin (one sketch_py sketch
  * per pane) hold the same counts and report the same quantiles, bit for bit.
  *
- * Memory: the block grows (realloc of the record) to the sum of the panes' bucket ranges, with a
- * quarter of slack so that a pane refilling after a roll rarely reallocates; it never shrinks
- * while the key lives. Hard cap: P * 2 * TC_SKETCH_CAP counts, slack included (docs/windows.md).
+ * Memory: the block grows (realloc of the record) to the sum of the panes' bucket ranges plus
+ * TC_QS_SLACK counts, and never shrinks while the key lives. No proportional slack: a roll frees
+ * the oldest pane's counts and the new pane refills about as many, so once a key's first window
+ * is full its block holds steady and reallocs stop (a quarter of slack cost ~130 bytes per key of
+ * sensor-like data, past the 2 KiB budget). Hard cap: P * 2 * TC_SKETCH_CAP counts, slack included (docs/windows.md).
  *
  * No Python, no locks: the engine thread owns the table, and the tick's merge runs here in C.
  */
@@ -23,6 +25,10 @@
 
 #include "tc_sketch.h"
 #include "tc_window.h"
+
+/* Counts a growing block gets beyond what it needs: a new pane's range widens a bucket or two at
+ * a time, so this saves most reallocs while the first window fills. */
+#define TC_QS_SLACK 4
 
 enum {
     TC_QS_OK = 0,
@@ -67,7 +73,7 @@ static TC_SKETCH_COLD int tc_qs_add_reshaped(tc_table *t, tc_key **kp, const tc_
     uint32_t old_len = tc_sketch_buckets(&tc_qs_hdrs(b)[pane]);
     uint32_t need = b->used - old_len + tc_sketch_buckets(nh);
     if (need > b->cap) {
-        uint32_t cap = need + need / 4 + 4;
+        uint32_t cap = need + TC_QS_SLACK;
         uint32_t most = panes * 2 * TC_SKETCH_CAP;   /* every pane at both stores' cap */
         if (cap > most) cap = most;
         size_t old_size = tc_key_bytes(t, k);
