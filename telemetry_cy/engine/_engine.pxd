@@ -2,7 +2,7 @@ cimport cython
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from telemetry_cy.engine._decode cimport tc_decoded, tc_reading
-from telemetry_cy.engine._sketch cimport tc_sketch, tc_sketch_map
+from telemetry_cy.engine._sketch cimport tc_sketch, tc_sketch_hdr, tc_sketch_map
 
 
 cdef extern from "tc_window.h" nogil:
@@ -63,6 +63,8 @@ cdef extern from "tc_window_qs.h" nogil:
     int tc_key_qs_add(tc_table *t, tc_key **kp, const tc_sketch_map *m, int64_t interval,
                       uint32_t pane, double x)
     int tc_key_qs_window(const tc_table *t, const tc_key *k, int64_t tick, tc_sketch *s)
+    void tc_qs_quantiles(const tc_sketch_map *m, const tc_sketch_hdr *h, const uint32_t *c,
+                         const double *qs, int nq, double *out)
 
 
 cdef extern from "tc_topn.h" nogil:

@@ -23,7 +23,6 @@ from telemetry_cy.engine._decode cimport (
 )
 from telemetry_cy.engine._sketch cimport (
     TC_SKETCH_E_NOMEM, TC_SKETCH_OK, tc_sketch_free, tc_sketch_init, tc_sketch_map_init,
-    tc_sketch_quantile,
 )
 from telemetry_cy.engine.rules import (
     AGGREGATE_FIELDS, QUANTILE_ACCURACY_DEFAULT, TOP_OFFENDERS, check_config, check_quantiles,
@@ -504,13 +503,15 @@ cdef class Engine:
         cdef int r = tc_key_qs_window(&self.table, k, tick, &self.qscratch)
         cdef int i
         cdef double v
+        cdef double vals[3]
         if r == TC_SKETCH_E_NOMEM:
             raise MemoryError("telemetry-cy engine: out of memory merging a window's sketches")
+        if r == TC_SKETCH_OK:
+            # self.qs ascends (rules.QUANTILE_FIELDS order): one walk for all of them
+            tc_qs_quantiles(&self.qmap, &self.qscratch.h, self.qscratch.counts, self.qs,
+                            self.n_qs, vals)
         for i in range(self.n_qs):
-            v = NAN
-            if r == TC_SKETCH_OK:
-                v = tc_sketch_quantile(&self.qmap, &self.qscratch.h, self.qscratch.counts,
-                                       self.qs[i])
+            v = vals[i] if r == TC_SKETCH_OK else NAN
             if self.q_field[i] == 0:
                 a.p50 = v
             elif self.q_field[i] == 1:

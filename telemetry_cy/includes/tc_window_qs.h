@@ -116,6 +116,20 @@ static inline int tc_key_qs_add(tc_table *t, tc_key **kp, const tc_sketch_map *m
     return TC_QS_FULL;   /* TC_SKETCH_E_FULL (E_NONFINITE cannot come: see above) */
 }
 
+/* tc_sketch_store_fold with a fast path: a source range inside the destination (no collapse,
+ * the common case) is a plain add the compiler vectorizes; anything else folds as the sketch
+ * does. Same counts either way. */
+static inline void tc_qs_store_add(int32_t smin, uint32_t slen, const uint32_t *sc, int32_t dmin,
+                                   uint32_t dlen, uint32_t *dc) {
+    if (slen == 0) return;
+    if (smin >= dmin && (int64_t)smin + slen <= (int64_t)dmin + dlen) {
+        uint32_t *d = dc + (smin - dmin);
+        for (uint32_t k = 0; k < slen; k++) d[k] += sc[k];
+    } else {
+        tc_sketch_store_fold(smin, slen, sc, dmin, dlen, dc);
+    }
+}
+
 /* The sketch of the key's window at tick `tick` (intervals [tick - P, tick - 1]) into s: exactly
  * what merging its panes one by one (tc_sketch_merge) would hold, built in two passes so that s is
  * reshaped once, not once per pane: the union of the panes' shapes (a union of ranges cut at the
@@ -150,12 +164,52 @@ static inline int tc_key_qs_window(const tc_table *t, const tc_key *k, int64_t t
     p = p0;
     for (int64_t j = first; j <= k->newest; j++, p = p + 1 == panes ? 0 : p + 1) {
         const tc_sketch_hdr *h = &hd[p];
-        if (j >= lo && h->n) tc_sketch_fold(h, c + off, &shape, s->counts);
+        if (j >= lo && h->n) {
+            tc_qs_store_add(h->pos_min, h->pos_len, c + off, shape.pos_min, shape.pos_len,
+                            s->counts);
+            tc_qs_store_add(h->neg_min, h->neg_len, c + off + h->pos_len, shape.neg_min,
+                            shape.neg_len, s->counts + shape.pos_len);
+        }
         off += tc_sketch_buckets(h);
     }
     s->h = shape;
     s->h.n = (uint32_t)n;
     return TC_SKETCH_OK;
+}
+
+/* tc_sketch_quantile for nq values of q in ascending order, in one walk: out[i] is bit for bit
+ * what tc_sketch_quantile(m, h, c, qs[i]) returns (same rank formula, same bucket values, each
+ * computed once). */
+static inline void tc_qs_quantiles(const tc_sketch_map *m, const tc_sketch_hdr *h,
+                                   const uint32_t *c, const double *qs, int nq, double *out) {
+    uint64_t rank[8];
+    int i = 0;
+    if (nq > 8) nq = 8;
+    for (int x = 0; x < nq; x++) {
+        out[x] = NAN;
+        if (h->n && qs[x] >= 0.0 && qs[x] <= 1.0)
+            rank[x] = (uint64_t)floor(qs[x] * (double)(h->n - 1));
+        else
+            rank[x] = UINT64_MAX;   /* out of reach: stays NaN */
+    }
+    const uint32_t *neg = c + h->pos_len;
+    uint64_t seen = 0;
+    for (int32_t k = (int32_t)h->neg_len - 1; k >= 0 && i < nq; k--) {
+        seen += neg[k];
+        if (seen > rank[i]) {
+            double v = -tc_sketch_value(m, h->neg_min + k);
+            while (i < nq && seen > rank[i]) out[i++] = v;
+        }
+    }
+    seen += (uint64_t)h->n - tc_sketch_stores_sum(h, c);   /* the zero count */
+    while (i < nq && seen > rank[i]) out[i++] = 0.0;
+    for (uint32_t k = 0; k < h->pos_len && i < nq; k++) {
+        seen += c[k];
+        if (seen > rank[i]) {
+            double v = tc_sketch_value(m, h->pos_min + (int32_t)k);
+            while (i < nq && seen > rank[i]) out[i++] = v;
+        }
+    }
 }
 
 #endif /* TC_WINDOW_QS_H */
