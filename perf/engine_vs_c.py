@@ -9,7 +9,7 @@ and runs, one after the other on the same machine:
 3. the yardstick again (so a machine that got busier or quieter mid-run shows as spread).
 
 It prints the CPU (``lscpu`` model name), the median time per reading of both, and the ratio
-engine / yardstick (the issue's target: <= 2, i.e. the engine reaches >= 0.5x the yardstick's
+engine / yardstick (the target: <= 2, i.e. the engine reaches >= 0.5x the yardstick's
 readings/s). The yardstick does less than the engine (no second moment, no first/last by time,
 no sequence numbers, no UTF-8 check, no drop accounting): read it as a floor, not a twin.
 

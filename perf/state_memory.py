@@ -10,7 +10,7 @@
     10,000 readings/s, so 1,000 s and 200 ticks, tick() after every batch): VmRSS and state_bytes
     sampled every 100,000 readings; the least-squares slope of RSS over readings must be ~0.
 
-Budget (the issue): state <= 1,024 bytes per live key, key bytes and table overhead included; RSS
+Budget: state <= 1,024 bytes per live key, key bytes and table overhead included; RSS
 flat under one hot key.
 
 With ``--quantiles`` every engine computes p50, p90, p99 (alpha 0.01, ``--quantile-accuracy``) and

@@ -1,5 +1,5 @@
 """Slow and absent NATS, with `telemetry-cy run` as a process against real mosquitto and
-nats-server (issue 6: "NATS unreachable for a minute", "a NATS server that accepts but is slow").
+nats-server: NATS unreachable for a minute, and a NATS server that accepts but is slow.
 
 The daemon helpers (`spawn`, `DaemonProc`, `assert_balanced`, ...) are in tests/support/daemon.py,
 the steady load and the after-the-fault checks (`Load`, `recover_and_stop`, ...) in

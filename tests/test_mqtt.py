@@ -1,4 +1,4 @@
-"""MqttSource against a real mosquitto (started by the fixtures in tests/brokers.py).
+"""MqttSource against a real mosquitto (started by the fixtures in tests/support/brokers.py).
 
 Messages come from real clients (a paho publisher and ``mosquitto_pub``) and are checked in the
 ring (``pop_many``), independent of the engine. Every wait is a poll with a deadline; nothing
@@ -211,6 +211,8 @@ def test_constructor_checks():
         MqttSource(ring, protocol=6)
     with pytest.raises(ValueError, match="backoff_initial, backoff_max"):
         MqttSource(ring, backoff_initial=2.0, backoff_max=1.0)
+    with pytest.raises(ValueError, match="retain_as_published needs MQTT 5"):
+        MqttSource(ring, protocol=4, retain_as_published=True)
     src = MqttSource(ring, "mqtt://user:hunter2@h:1")
     assert "hunter2" not in repr(src) and "hunter2" not in src.url
     st = src.stats()   # not started: not connected, but no outage either
@@ -307,6 +309,33 @@ def test_qos2_goes_through_pahos_path(mosquitto_module, sources, publisher_facto
     st = settled(src, 51)
     assert st["received"] == st["written"] == 51
     assert st["acks"] == 1   # only the QoS 1 message was acknowledged by the frame reader
+
+
+def test_retain_as_published_keeps_the_publishers_retain_flag(mosquitto_module, sources,
+                                                              publisher_factory):
+    broker = mosquitto_module
+    plain_ring, kept_ring = ByteRing(1 << 20), ByteRing(1 << 20)
+    plain = sources(plain_ring, broker.url, topics=["rap/#"], qos=2)
+    kept = sources(kept_ring, broker.url, topics=["rap/#"], qos=2, retain_as_published=True)
+    assert plain.wait_connected(WAIT) and kept.wait_connected(WAIT)
+    pub = publisher_factory(broker)
+    sent = [(0, True), (1, True), (1, False), (2, True), (0, False)]   # (qos, retain), live
+    for i, (qos, retain) in enumerate(sent):
+        pub.mids.append(pub.client.publish(f"rap/{i}", payload(i), qos=qos, retain=retain).mid)
+    pub.flush()
+    try:
+        for ring, keeps in ((plain_ring, False), (kept_ring, True)):
+            got: list = []
+            assert wait_for(lambda: got.extend(ring.pop_many_flagged(64)) or len(got) >= 5, WAIT)
+            flags = {seqs([r[:3]])[0]: r[3] for r in got}
+            # QoS in bits 2-1 either way; RETAIN (bit 0) only as published, and only when asked
+            assert flags == {i: (qos << 1) | (1 if keeps and retain else 0)
+                             for i, (qos, retain) in enumerate(sent)}
+    finally:
+        for i, (_, retain) in enumerate(sent):   # the broker forgets what this test retained
+            if retain:
+                pub.mids.append(pub.client.publish(f"rap/{i}", b"", qos=1, retain=True).mid)
+        pub.flush()
 
 
 # ---- sessions, restarts --------------------------------------------------------------------------

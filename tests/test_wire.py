@@ -114,7 +114,7 @@ def same_value(got, want, fmt) -> bool:
         return struct.pack("<d", got) == struct.pack("<d", want)  # -0.0 is not 0.0
     if isinstance(want, str) and fmt == "json":
         # encode_json writes lone surrogates as \\uXXXX escapes, and a JSON reader joins a high
-        # one followed by a low one into one astral character (encode.py's behaviour, not ours)
+        # one followed by a low one into one astral character (the reader's doing, not ours)
         want = want.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
     return type(got) is type(want) and got == want
 

@@ -1,10 +1,10 @@
 """Pure-Python twin of ``telemetry_cy.capture._encode``: ring records -> a capture block's columns.
 
-Same blocks, byte for byte, as the compiled encoder for the same records (``tests/test_capture_
-encode.py`` compares them); it is the oracle for the compiled one and the encoder itself when the
-ring is a pure ring (``TELEMETRY_CY_PURE=1``). The layout of the two columns is docs/capture.md's:
-float64 little-endian arrival times, and each record as an MQTT PUBLISH packet without packet
-identifier.
+Same blocks, byte for byte, as the compiled encoder for the same records
+(``tests/test_capture_format.py`` holds both to one reference model); it is the oracle for the
+compiled one and the encoder itself when the ring is a pure ring (``TELEMETRY_CY_PURE=1``). The
+layout of the two columns is docs/capture.md's: float64 little-endian arrival times, and each
+record as an MQTT PUBLISH packet without packet identifier.
 
 Thread rule: an encoder belongs to the ring's consumer thread (it consumes records).
 """

@@ -1,11 +1,16 @@
 """``telemetry-cy record``: a live MQTT feed into a capture, at the full ingest rate.
 
 Two threads, the daemon's ingest path up to the ring:
-  [1] the MQTT network thread (RecordingSource: paho + the compiled frame reader) writes every
-      PUBLISH into the ring with its arrival time and DUP/QoS/RETAIN flags; a full ring drops and
-      counts ``ingest_full``, it never waits;
+  [1] the MQTT network thread (the daemon's ``MqttSource``: paho + the compiled frame reader)
+      writes every PUBLISH into the ring with its arrival time and DUP/QoS/RETAIN flags; a full
+      ring drops and counts ``ingest_full``, it never waits;
   [2] the calling thread is the ring's consumer: the block encoder moves records from the ring
       into a block without the GIL, and the writer appends whole blocks to the segment files.
+The source subscribes for a faithful recording, each message with the QoS and retain flag its
+publisher gave it: QoS 2, since a broker delivers min(published QoS, subscription QoS); and with
+MQTT 5 "retain as published", since a broker otherwise clears RETAIN on live deliveries (MQTT
+3.1.1 has no such option: there only the retained messages sent at subscribe time keep the flag).
+
 A block goes out when it reaches ``block_bytes`` or ``flush_seconds`` after its first record, so a
 killed recorder loses at most that much besides what is still in the ring.
 
@@ -21,9 +26,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from telemetry_cy.backend import ACTIVE, Backend
-from telemetry_cy.capture.recording_source import RecordingSource
 from telemetry_cy.capture.writer import CaptureWriter, DiskFull
 from telemetry_cy.service.logs import redact_url
+from telemetry_cy.source.mqtt import MqttSource
 
 EXIT_OK = 0
 EXIT_USAGE = 2        # bad arguments, or the output exists
@@ -64,8 +69,9 @@ class Recorder:
         # the writer first: an unusable output fails before anything connects
         self.writer = CaptureWriter(out, rotate_bytes=rotate_bytes, rotate_seconds=rotate_seconds,
                                     meta=meta, overwrite=overwrite)
-        self.source = RecordingSource(
-            self.ring, url, list(topics), protocol=protocol, client_id=client_id,
+        self.source = MqttSource(
+            self.ring, url, list(topics), qos=2, retain_as_published=protocol == 5,
+            protocol=protocol, client_id=client_id,
             max_payload_bytes=max_payload_bytes,
             recv_buffer_bytes=max(1 << 20, _pow2_at_least(max_payload_bytes + _MAX_TOPIC + 16)),
             **source_options)

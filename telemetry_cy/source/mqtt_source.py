@@ -33,6 +33,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from telemetry_cy.backend import backend_of
 from telemetry_cy.connection import Backoff, ConnectionClock
@@ -83,6 +84,11 @@ class MqttSource:
             full jitter (each wait is uniform in [0, delay]); a connection that stayed up
             STABLE_AFTER_S starts it over.
         connect_timeout: TCP + TLS handshake, and then again the wait for CONNACK.
+        retain_as_published: MQTT 5 only (refused with 3.1.1, which has no such option). The
+            subscription asks the broker to keep each live message's RETAIN flag as its
+            publisher set it; by default the broker clears it on live deliveries and sets it only
+            on the retained messages it sends at subscribe time. The daemon does not need it
+            (the flag does not change an aggregate); the capture recorder wants it.
     """
 
     def __init__(self, ring, url: str = "mqtt://127.0.0.1:1883",
@@ -93,7 +99,8 @@ class MqttSource:
                  key_file: str | None = None, insecure: bool = False, protocol: int | str = 5,
                  max_payload_bytes: int = 65536, keepalive: float = 30,
                  recv_buffer_bytes: int = 1 << 20, *, backoff_initial: float = 0.1,
-                 backoff_max: float = 30.0, connect_timeout: float = 5.0) -> None:
+                 backoff_max: float = 30.0, connect_timeout: float = 5.0,
+                 retain_as_published: bool = False) -> None:
         tls, host, port, url_user, url_pass = parse_url(url)
         self._url = redact_url(url)
         self._host, self._port, self._tls = host, port, tls
@@ -112,6 +119,11 @@ class MqttSource:
         if protocol not in _PROTOCOLS:
             raise ValueError(f"protocol must be 5 or 4 (MQTT 3.1.1), got {protocol!r}")
         self._protocol = _PROTOCOLS[protocol]
+        if retain_as_published and self._protocol != paho.MQTTv5:
+            raise ValueError("retain_as_published needs MQTT 5 (protocol=5)")
+        # what each filter is subscribed with: a bare QoS, or MQTT 5 options carrying it
+        self._sub_options: int | SubscribeOptions = (
+            SubscribeOptions(qos=qos, retainAsPublished=True) if retain_as_published else qos)
         session_expiry = _whole_seconds("session_expiry", session_expiry, 0xFFFFFFFF)
         self._session_expiry = session_expiry
         if client_id is None:
@@ -443,7 +455,7 @@ class MqttSource:
         log.info("%s: connected (session present: %s)", self._url, flags.session_present)
         # Resubscribe on every connect: a clean session has no subscriptions, and re-sending them
         # to a resumed session is harmless.
-        rc, mid = client.subscribe([(t, self._qos) for t in self._topics])
+        rc, mid = client.subscribe([(t, self._sub_options) for t in self._topics])
         if rc:
             self._note_error(f"SUBSCRIBE failed: {paho.error_string(rc)}")
         self._sub_mid = mid

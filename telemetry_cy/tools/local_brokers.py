@@ -1,10 +1,10 @@
 """Private mosquitto and nats-server processes on free loopback ports.
 
-Used by `telemetry-cy demo` and by the test fixtures (tests/brokers.py) and perf rigs. Rules (see
-docs/development.md): never a fixed port (a machine may already run a broker on 1883 or 4222),
-bind only 127.0.0.1, look for mosquitto in /usr/sbin too (Debian puts it there, off a normal
-user's PATH), and never hang: every wait has a deadline. Each server runs in its own session, so a
-Ctrl-C in the terminal reaches our process, which then stops the servers in order.
+Used by `telemetry-cy demo`, by the test fixtures (tests/support/brokers.py) and by the perf rigs.
+Rules (see docs/development.md): never a fixed port (a machine may already run a broker on 1883 or
+4222), bind only 127.0.0.1, look for mosquitto in /usr/sbin too (Debian puts it there, off a
+normal user's PATH), and never hang: every wait has a deadline. Each server runs in its own
+session, so a Ctrl-C in the terminal reaches our process, which then stops the servers in order.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def wait_for(pred, timeout: float, interval: float = 0.01) -> bool:
         time.sleep(interval)
 
 
-# ---- TLS material (made by tests/brokers.py:make_tls_certs) -----------------------------------
+# ---- TLS material (made by tests/support/brokers.py:make_tls_certs) ------------------------------
 
 
 @dataclass(frozen=True)
