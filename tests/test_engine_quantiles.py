@@ -258,3 +258,25 @@ def test_a_full_pane_sketch_is_a_counted_drop():
     assert stats["offenders"]["drops"] == [("d/s", 1, 0)]
     agg = eng.tick(110.0)[0]
     assert agg.count == 1 and agg.max == 1.0
+
+
+def test_record_accounting_returns_to_zero(compiled_backend):
+    """Every growth of a record (new bucket ranges, a longer unit moving the sketch block) is
+    counted in state_bytes and given back at eviction: after every key is evicted, the engine
+    with quantiles holds exactly what the one without does (the table's arrays)."""
+    rnd = random.Random(5)
+    engines = [compiled_backend.Engine(window=10.0, emit_every=5.0, key_ttl=10.0),
+               compiled_backend.Engine(window=10.0, emit_every=5.0, key_ttl=10.0, quantiles=QS)]
+    for eng in engines:
+        for i in range(3000):
+            unit = rnd.choice([None, "C", "degrees Celsius, calibrated"])
+            eng.push_reading(f"d{i % 50}", "t", rnd.choice((-1, 1)) * 10 ** rnd.uniform(-12, 12),
+                             100.0 + i / 100, unit)
+        eng.tick(200.0)
+        assert eng.stats()["live_keys"] == 0
+    assert engines[0].stats()["state_bytes"] == engines[1].stats()["state_bytes"]
+    # and with keys live, the bucket ranges show
+    for eng in engines:
+        eng.push_reading("d", "t", 1.0, 300.0)
+        eng.push_reading("d", "t", 1e6, 300.5)
+    assert engines[1].stats()["state_bytes"] > engines[0].stats()["state_bytes"]
