@@ -234,8 +234,8 @@ cdef class Engine:
                             const char *unit, uint32_t ulen, double value, double ts,
                             int64_t interval, uint32_t pane, uint64_t seq,
                             bint has_seq) noexcept nogil:
-        """0 accepted, 1 dropped for key_limit, 2 for sketch_full, -1 out of memory. The clock is already at
-        `interval` (not late, no tick left to close below it); `pane` is its pane."""
+        """0 accepted, 1 dropped for key_limit, 2 for sketch_full, -1 out of memory. The clock is
+        already at `interval` (not late, no tick left to close below it); `pane` is its pane."""
         return self._apply_hashed(tc_key_hash(self.table.seed, dev, dlen, sen, slen), dev, dlen,
                                   sen, slen, unit, ulen, value, ts, interval, pane, seq, has_seq)
 
