@@ -327,14 +327,14 @@ def test_capture_through_the_engine_gives_the_live_aggregates(broker, fresh_brok
 
     for name in available():
         e = load(name).Engine(window=window, emit_every=every)
-        assert [a.as_dict() for a in replay(tmp_path / "feed.cap", e)] == live_dicts, name
+        assert replay(tmp_path / "feed.cap", e).to_dicts() == live_dicts, name
         assert e.stats()["drops"] == live_drops, name
     # the same feed as mosquitto_sub printed it: the same messages, the same aggregates
     text_msgs = [m for m in Capture(text_path).messages() if m.topic.startswith(b"site/")]
     assert [(m.topic, m.payload) for m in text_msgs] == [(m.topic, m.payload) for m in recorded]
     assert all(abs(a.ts - b.ts) < 1.0 for a, b in zip(text_msgs, recorded))
     e = ACTIVE.Engine(window=window, emit_every=every)
-    assert [a.as_dict() for a in replay(text_path, e)] == live_dicts
+    assert replay(text_path, e).to_dicts() == live_dicts
     # and the text capture replays into a broker: QoS 0, not retained, as the text says
     rec_b = recorders(tmp_path / "b", fresh_broker.url, tmp_path / "b.cap")
     rec_b.wait_ready()

@@ -119,6 +119,35 @@ cdef class Aggregate:
     cdef readonly double last
 
 
+# aggregate fields _ColumnBuilder holds at most (rules.AGGREGATE_FIELDS)
+cdef enum:
+    TC_MAX_COLUMNS = 32
+
+
+@cython.final
+cdef class _ColumnBuilder:
+    cdef Py_ssize_t n, cap       # rows, and rows the value buffers have room for
+    cdef int n_cols
+    cdef int kind[TC_MAX_COLUMNS]
+    cdef int source[TC_MAX_COLUMNS]
+    cdef bint nullable[TC_MAX_COLUMNS]
+    cdef Py_ssize_t nulls[TC_MAX_COLUMNS]
+    cdef Py_ssize_t data_len[TC_MAX_COLUMNS]   # string bytes used
+    cdef list values, data, validity           # bytearrays per column (None: none)
+    cdef char *vptr[TC_MAX_COLUMNS]
+    cdef char *dptr[TC_MAX_COLUMNS]
+    cdef unsigned char *bptr[TC_MAX_COLUMNS]
+
+    cdef _reset(self)
+    cdef void _pointers(self)
+    cdef int reserve(self, Py_ssize_t more) except -1
+    cdef int _put_string(self, int c, const char *p, Py_ssize_t size) except -1
+    cdef int append_key(self, const tc_key *k, uint32_t panes, const tc_agg *agg,
+                        double window_start, double window_end) except -1
+    cdef int append_row(self, tuple row) except -1
+    cdef object take(self)
+
+
 @cython.final
 cdef class Engine:
     cdef tc_table table
@@ -133,6 +162,8 @@ cdef class Engine:
     cdef int64_t closed          # newest closed tick index (tick k closes interval k-1)
     cdef int64_t newest_data     # newest interval any key holds data in
     cdef list pending            # aggregates of closed ticks not yet returned by tick()
+    cdef _ColumnBuilder columns  # ... or by tick_columns(), when emit_columns
+    cdef bint emit_columns       # the last tick call was tick_columns
     # batch scratch space, reused across calls; items point into payload objects or the ring
     cdef batch_item *batch
     cdef Py_ssize_t batch_cap
@@ -165,3 +196,4 @@ cdef class Engine:
     cdef _accept_python(self, str device, str sensor, double value, unit, seq, double ts,
                         int64_t interval)
     cdef int _reserve_batch(self, Py_ssize_t n) except -1
+    cdef int _emit_to(self, bint columns) except -1

@@ -1,6 +1,7 @@
 from collections.abc import Iterable
 from typing import TypedDict, final, type_check_only
 
+from telemetry_cy.engine.column_buffers import Columns
 from telemetry_cy.source._ring import ByteRing
 
 # SeqStats, Offender and Offenders exist for the type checker only: stats() builds plain dicts.
@@ -81,6 +82,9 @@ class Engine:
     def push_reading(self, device: str, sensor: str, value: float, ts: float,
                      unit: str | None = None, seq: int | None = None) -> None: ...
     def tick(self, now: float) -> list[Aggregate]: ...
+    def tick_columns(self, now: float) -> Columns:
+        """``tick(now)`` with the aggregates as columns: the same rows, in the same order, in
+        typed buffers (``column_buffers.Columns``) rather than one object per aggregate."""
     def open_readings(self) -> int:
         """Accepted readings of the interval no tick has closed yet: in no aggregate so far."""
     def stats(self) -> dict[str, object]:

@@ -6,6 +6,7 @@ import os
 
 cimport cython
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact, \
     PyBytes_FromStringAndSize
 from cpython.object cimport PyObject
@@ -14,7 +15,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport NAN, floor, isfinite, sqrt
 from libc.stdint cimport INT64_MIN, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from telemetry_cy.source._ring cimport ByteRing, tc_ring_consume, tc_ring_peek, tc_ring_release, tc_ring_view
 from telemetry_cy.engine._decode cimport (
@@ -25,6 +26,8 @@ from telemetry_cy.engine.rules import (
     AGGREGATE_FIELDS, TOP_OFFENDERS, check_config, top_entries,
 )
 from telemetry_cy.engine.cbor_fallback import decode_with_cbor2
+from telemetry_cy.engine.column_buffers import COLUMNS as _COLUMNS, FLOAT64 as _FLOAT64, \
+    INT64 as _INT64, STRING as _STRING, Columns
 from telemetry_cy.reasons import DROP_REASONS, ENGINE_REASONS
 
 cdef extern from "tc_reasons.h":
@@ -95,6 +98,199 @@ cdef class Aggregate:
     def __repr__(self):
         return "Aggregate(" + ", ".join(
             f"{name}={getattr(self, name)!r}" for name in AGGREGATE_FIELDS) + ")"
+
+
+# ---- columns (Engine.tick_columns) ---------------------------------------------------------------
+
+# where a column's values come from; the columns themselves are column_buffers.COLUMNS, i.e.
+# rules.AGGREGATE_FIELDS. A nullable field with no source here is all null (a field added to
+# AGGREGATE_FIELDS shows up as a null column until it is wired in _ColumnBuilder.append_key).
+cdef enum:
+    S_NULL = 0
+    S_DEVICE, S_SENSOR, S_UNIT, S_COUNT
+    S_WINDOW_START, S_WINDOW_END, S_SUM, S_MEAN, S_MIN, S_MAX, S_STDDEV, S_FIRST, S_LAST
+    S_N
+
+cdef enum:
+    K_F64 = 0
+    K_I64 = 1
+    K_STR = 2
+
+_SOURCES = {
+    "device": S_DEVICE, "sensor": S_SENSOR, "unit": S_UNIT, "count": S_COUNT,
+    "window_start": S_WINDOW_START, "window_end": S_WINDOW_END, "sum": S_SUM, "mean": S_MEAN,
+    "min": S_MIN, "max": S_MAX, "stddev": S_STDDEV, "first": S_FIRST, "last": S_LAST,
+}
+_KINDS = {_FLOAT64: K_F64, _INT64: K_I64, _STRING: K_STR}
+for _name, _kind, _nullable in _COLUMNS:
+    if not _nullable and _name not in _SOURCES:
+        raise RuntimeError(f"aggregate field {_name!r} has no column source in _engine.pyx")
+if len(_COLUMNS) > TC_MAX_COLUMNS:
+    raise RuntimeError("more aggregate fields than _ColumnBuilder holds")
+
+
+@cython.final
+cdef class _ColumnBuilder:
+    """Aggregates appended straight into Arrow-layout column buffers (column_buffers.py). The
+    buffers are bytearrays: Python owns their memory, so the memoryviews take() hands out keep
+    them alive with no owner object of their own. Owned by the engine's thread, like the Engine."""
+
+    def __cinit__(self):
+        self._reset()
+
+    cdef _reset(self):
+        cdef int c
+        self.n = self.cap = 0
+        self.values, self.data, self.validity = [], [], []
+        self.n_cols = len(_COLUMNS)
+        for c, (name, kind, nullable) in enumerate(_COLUMNS):
+            self.kind[c] = _KINDS[kind]
+            self.source[c] = _SOURCES.get(name, S_NULL)
+            self.nullable[c] = nullable
+            self.nulls[c] = 0
+            self.data_len[c] = 0
+            # a string column's values are its offsets: n + 1 of them, the first 0
+            self.values.append(bytearray(8) if kind == _STRING else bytearray())
+            self.data.append(bytearray() if kind == _STRING else None)
+            self.validity.append(bytearray() if nullable else None)
+        self._pointers()
+
+    cdef void _pointers(self):
+        """Re-reads the buffers' addresses: a resize may move them."""
+        cdef int c
+        for c in range(self.n_cols):
+            self.vptr[c] = PyByteArray_AS_STRING(self.values[c])
+            self.dptr[c] = PyByteArray_AS_STRING(self.data[c]) if self.kind[c] == K_STR else NULL
+            self.bptr[c] = <unsigned char *>PyByteArray_AS_STRING(self.validity[c]) \
+                if self.nullable[c] else NULL
+
+    cdef int reserve(self, Py_ssize_t more) except -1:
+        """Room for `more` rows past the current ones (the strings' bytes grow as they come)."""
+        if self.n + more <= self.cap:
+            return 0
+        cdef Py_ssize_t cap = max(self.n + more, 2 * self.cap, 1024)
+        cdef int c
+        for c in range(self.n_cols):
+            PyByteArray_Resize(self.values[c], (cap + (self.kind[c] == K_STR)) * 8)
+            if self.nullable[c]:
+                PyByteArray_Resize(self.validity[c], (cap + 7) // 8)
+        self.cap = cap
+        self._pointers()
+        return 0
+
+    cdef int _put_string(self, int c, const char *p, Py_ssize_t size) except -1:
+        cdef Py_ssize_t at = self.data_len[c]
+        cdef Py_ssize_t have = len(<bytearray>self.data[c])
+        if at + size > have:
+            PyByteArray_Resize(self.data[c], max(at + size, 2 * have, 1 << 16))
+            self.dptr[c] = PyByteArray_AS_STRING(self.data[c])
+        memcpy(self.dptr[c] + at, p, <size_t>size)
+        self.data_len[c] = at + size
+        return 0
+
+    cdef int append_key(self, const tc_key *k, uint32_t panes, const tc_agg *agg,
+                        double window_start, double window_end) except -1:
+        """One key's aggregate, the same values _scan puts in an Aggregate."""
+        cdef double f[S_N]
+        cdef Py_ssize_t i = self.n
+        cdef int c, src
+        cdef bint valid
+        if i >= self.cap:
+            self.reserve(1)
+        f[S_NULL] = 0.0
+        f[S_WINDOW_START] = window_start
+        f[S_WINDOW_END] = window_end
+        f[S_SUM] = agg.sum
+        f[S_MEAN] = agg.mean
+        f[S_MIN] = agg.min
+        f[S_MAX] = agg.max
+        f[S_STDDEV] = sqrt(agg.m2 / <double>agg.count)
+        f[S_FIRST] = agg.first
+        f[S_LAST] = agg.last
+        for c in range(self.n_cols):
+            src = self.source[c]
+            valid = src != S_NULL and not (src == S_UNIT and k.unit_len == TC_NO_UNIT)
+            if self.nullable[c]:
+                if (i & 7) == 0:
+                    self.bptr[c][i >> 3] = 0
+                if valid:
+                    self.bptr[c][i >> 3] |= <unsigned char>(1 << (i & 7))
+                else:
+                    self.nulls[c] += 1
+            if self.kind[c] == K_F64:
+                (<double *>self.vptr[c])[i] = f[src] if valid else 0.0
+            elif self.kind[c] == K_I64:
+                (<int64_t *>self.vptr[c])[i] = <int64_t>agg.count if valid else 0
+            else:
+                if valid:
+                    if src == S_DEVICE:
+                        self._put_string(c, tc_key_device(k, panes), k.device_len)
+                    elif src == S_SENSOR:
+                        self._put_string(c, tc_key_sensor(k, panes), k.sensor_len)
+                    else:
+                        self._put_string(c, tc_key_unit(k, panes), k.unit_len)
+                (<int64_t *>self.vptr[c])[i + 1] = self.data_len[c]
+        self.n = i + 1
+        return 0
+
+    cdef int append_row(self, tuple row) except -1:
+        """One aggregate given as Python values in AGGREGATE_FIELDS order (the slow path: rows
+        that were already Aggregate objects)."""
+        cdef Py_ssize_t i = self.n
+        cdef int c
+        cdef bytes b
+        if len(row) != self.n_cols:
+            raise ValueError("a row must have one value per aggregate field")
+        if i >= self.cap:
+            self.reserve(1)
+        for c in range(self.n_cols):
+            v = row[c]
+            if self.nullable[c]:
+                if (i & 7) == 0:
+                    self.bptr[c][i >> 3] = 0
+                if v is not None:
+                    self.bptr[c][i >> 3] |= <unsigned char>(1 << (i & 7))
+                else:
+                    self.nulls[c] += 1
+            elif v is None:
+                raise TypeError("a null in a column that takes none")
+            if self.kind[c] == K_F64:
+                (<double *>self.vptr[c])[i] = 0.0 if v is None else <double>v
+            elif self.kind[c] == K_I64:
+                (<int64_t *>self.vptr[c])[i] = 0 if v is None else <int64_t>v
+            else:
+                if v is not None:
+                    b = (<str>v).encode("utf-8")
+                    self._put_string(c, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+                (<int64_t *>self.vptr[c])[i + 1] = self.data_len[c]
+        self.n = i + 1
+        return 0
+
+    cdef object take(self):
+        """The rows so far as column_buffers.Columns (the buffers cut to size); starts empty."""
+        cdef int c
+        cdef Py_ssize_t n = self.n
+        buffers, nulls = {}, {}
+        for c, (name, kind, nullable) in enumerate(_COLUMNS):
+            values = <bytearray>self.values[c]
+            PyByteArray_Resize(values, (n + (self.kind[c] == K_STR)) * 8)
+            validity = None
+            if self.nulls[c]:
+                PyByteArray_Resize(self.validity[c], (n + 7) // 8)
+                validity = memoryview(self.validity[c])
+            if self.kind[c] == K_STR:
+                PyByteArray_Resize(self.data[c], self.data_len[c])
+                buffers[name] = (validity, memoryview(values).cast("q"),
+                                 memoryview(self.data[c]))
+            else:
+                buffers[name] = (validity, memoryview(values).cast(
+                    "d" if self.kind[c] == K_F64 else "q"))
+            nulls[name] = self.nulls[c]
+        self._reset()
+        return Columns(n, buffers, nulls)
+
+    def __len__(self):
+        return self.n
 
 
 @cython.final
@@ -184,6 +380,8 @@ cdef class Engine:
         self.closed = 0
         self.newest_data = INT64_MIN
         self.pending = []
+        self.columns = _ColumnBuilder()
+        self.emit_columns = False
         self.received = self.payloads = self.readings = 0
         self.evicted = self.ticks = self.aggregates = 0
         memset(self.drops, 0, sizeof(self.drops))
@@ -421,27 +619,32 @@ cdef class Engine:
         cdef Aggregate a
         cdef list out = self.pending
         cdef uint32_t panes = self.panes
+        if emit and self.emit_columns:
+            self.columns.reserve(<Py_ssize_t>self.table.n_keys)
         while i < self.table.n_keys:
             k = self.table.keys[i]
             if emit and tc_key_aggregate(k, panes, tick, &agg):
-                a = Aggregate.__new__(Aggregate)
-                a.device = PyUnicode_DecodeUTF8(tc_key_device(k, panes), k.device_len, NULL)
-                a.sensor = PyUnicode_DecodeUTF8(tc_key_sensor(k, panes), k.sensor_len, NULL)
-                if k.unit_len == TC_NO_UNIT:
-                    a.unit = None
+                if self.emit_columns:
+                    self.columns.append_key(k, panes, &agg, window_start, tick_time)
                 else:
-                    a.unit = PyUnicode_DecodeUTF8(tc_key_unit(k, panes), k.unit_len, NULL)
-                a.window_start = window_start
-                a.window_end = tick_time
-                a.count = agg.count
-                a.sum = agg.sum
-                a.mean = agg.mean
-                a.min = agg.min
-                a.max = agg.max
-                a.stddev = sqrt(agg.m2 / <double>agg.count)
-                a.first = agg.first
-                a.last = agg.last
-                out.append(a)
+                    a = Aggregate.__new__(Aggregate)
+                    a.device = PyUnicode_DecodeUTF8(tc_key_device(k, panes), k.device_len, NULL)
+                    a.sensor = PyUnicode_DecodeUTF8(tc_key_sensor(k, panes), k.sensor_len, NULL)
+                    if k.unit_len == TC_NO_UNIT:
+                        a.unit = None
+                    else:
+                        a.unit = PyUnicode_DecodeUTF8(tc_key_unit(k, panes), k.unit_len, NULL)
+                    a.window_start = window_start
+                    a.window_end = tick_time
+                    a.count = agg.count
+                    a.sum = agg.sum
+                    a.mean = agg.mean
+                    a.min = agg.min
+                    a.max = agg.max
+                    a.stddev = sqrt(agg.m2 / <double>agg.count)
+                    a.first = agg.first
+                    a.last = agg.last
+                    out.append(a)
                 self.aggregates += 1
                 if (self.aggregates & GIL_YIELD_MASK) == 0:
                     # Building a million aggregates holds the GIL for ~0.25 s, and no bytecode
@@ -627,11 +830,36 @@ cdef class Engine:
         """Closes every aligned tick <= now and returns the aggregates of all ticks closed since
         the last call, oldest tick first."""
         cdef int64_t interval = self._interval(now)
+        self._emit_to(False)
         if not self.started or interval > self.closed:
             self._advance(interval)
         out = self.pending
         self.pending = []
         return out
+
+    def tick_columns(self, double now):
+        """tick(now) with the aggregates as columns (column_buffers.Columns): the same rows in
+        the same order, filled in C without an object per aggregate."""
+        cdef int64_t interval = self._interval(now)
+        self._emit_to(True)
+        if not self.started or interval > self.closed:
+            self._advance(interval)
+        return self.columns.take()
+
+    cdef int _emit_to(self, bint columns) except -1:
+        """Closed ticks go to the output of the last tick call. Ticks closed by data since then
+        are older than any the coming call closes: moved over first, in order (the slow path,
+        only when a caller switches between tick and tick_columns)."""
+        if columns == self.emit_columns:
+            return 0
+        if columns:
+            for a in self.pending:
+                self.columns.append_row(tuple(a.as_dict().values()))
+            self.pending = []
+        else:
+            self.pending = [Aggregate(*row) for row in self.columns.take().rows()]
+        self.emit_columns = columns
+        return 0
 
     def open_readings(self):
         """Readings accepted in the interval no tick has closed yet: they are in no aggregate
@@ -655,7 +883,7 @@ cdef class Engine:
             "state_bytes": tc_table_state_bytes(&self.table),
             "ticks": self.ticks,
             "aggregates": self.aggregates,
-            "pending": len(self.pending),
+            "pending": len(self.pending) + self.columns.n,
             "closed_tick": self.closed * self.emit_every if self.started else None,
             "seq": {
                 "gaps": self.seq_gaps,

@@ -13,6 +13,7 @@ from dataclasses import asdict, make_dataclass
 from typing import TYPE_CHECKING
 
 from telemetry_cy.engine._decode_py import decode
+from telemetry_cy.engine.column_buffers import ColumnBuilder, Columns
 from telemetry_cy.engine.decode_types import Reading
 from telemetry_cy.engine.rules import (
     AGGREGATE_FIELDS,
@@ -251,6 +252,9 @@ class Engine:
         self._closed = 0
         self._newest_data: int | None = None
         self._pending: list[Aggregate] = []
+        # tick_columns: closed ticks go to _pending_columns instead of _pending (_emit_to)
+        self._columns = False
+        self._pending_columns = ColumnBuilder()
         self._received = self._payloads = self._readings = 0
         self._evicted = self._ticks = self._aggregates = 0
         self._drops = dict.fromkeys(ENGINE_REASONS, 0)
@@ -337,9 +341,12 @@ class Engine:
                 agg = key.aggregate(tick)
                 if agg is not None:
                     n, total, m2, mn, mx, first = agg
-                    self._pending.append(Aggregate(
-                        key.device, key.sensor, key.unit, window_start, tick_time, n, total,
-                        total / float(n), mn, mx, math.sqrt(m2 / float(n)), first, key.last))
+                    row = (key.device, key.sensor, key.unit, window_start, tick_time, n, total,
+                           total / float(n), mn, mx, math.sqrt(m2 / float(n)), first, key.last)
+                    if self._columns:
+                        self._pending_columns.append(row)
+                    else:
+                        self._pending.append(Aggregate(*row))
                     self._aggregates += 1
             if tick_time - key.last_ts >= self.key_ttl:
                 evict.append(name)
@@ -386,10 +393,33 @@ class Engine:
         """Closes every aligned tick <= now and returns the aggregates of all ticks closed since
         the last call, oldest tick first."""
         interval = interval_of(now, self.emit_every)
+        self._emit_to(columns=False)
         if not self._started or interval > self._closed:
             self._advance(interval)
         out, self._pending = self._pending, []
         return out
+
+    def tick_columns(self, now: float) -> Columns:
+        """``tick(now)`` with the aggregates as columns (``column_buffers.Columns``): the same
+        rows in the same order, without an object per aggregate."""
+        interval = interval_of(now, self.emit_every)
+        self._emit_to(columns=True)
+        if not self._started or interval > self._closed:
+            self._advance(interval)
+        return self._pending_columns.take()
+
+    def _emit_to(self, columns: bool) -> None:
+        """Closed ticks go to the output of the last tick call. Ticks closed by data since then
+        are older than any the coming call closes: moved over first, in order."""
+        if columns == self._columns:
+            return
+        if columns:
+            for a in self._pending:
+                self._pending_columns.append(tuple(a.as_dict().values()))
+            self._pending = []
+        else:
+            self._pending = [Aggregate(*row) for row in self._pending_columns.take().rows()]
+        self._columns = columns
 
     def open_readings(self) -> int:
         """Readings accepted in the interval no tick has closed yet: they are in no aggregate
@@ -411,7 +441,7 @@ class Engine:
             "state_bytes": _state_bytes(self._keys),
             "ticks": self._ticks,
             "aggregates": self._aggregates,
-            "pending": len(self._pending),
+            "pending": len(self._pending) + len(self._pending_columns),
             "closed_tick": self._closed * self.emit_every if self._started else None,
             "seq": {
                 "gaps": self._seq_gaps,
