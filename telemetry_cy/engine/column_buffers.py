@@ -138,7 +138,7 @@ class Columns:
             else:
                 values = array("d" if kind == FLOAT64 else "q")
                 for p in parts:
-                    values.frombytes(p.buffers(name)[1])
+                    values.frombytes(p.buffers(name)[1].cast("B"))
                 buffers[name] = (validity, memoryview(values))
         return Columns(n, buffers, nulls)
 
