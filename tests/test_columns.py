@@ -24,7 +24,7 @@ from telemetry_cy.capture import replay
 from telemetry_cy.capture._encode_py import record_bytes
 from telemetry_cy.capture.replay_engine import closing_tick
 from telemetry_cy.capture.writer import CaptureWriter
-from telemetry_cy.engine.column_buffers import COLUMNS, FLOAT64, INT64, STRING, Columns
+from telemetry_cy.engine.column_buffers import COLUMNS, FLOAT64, STRING, Columns
 from telemetry_cy.engine.rules import AGGREGATE_FIELDS
 
 DEVICES = ["a", "gw-01", "ü", "设备"]
@@ -238,7 +238,7 @@ def test_to_polars(backend):
     assert cols.to_polars().to_dicts() == cols.to_dicts()
 
 
-# ---- replay ----------------------------------------------------------------------------------------
+# ---- replay ------------------------------------------------------------------------------------
 
 
 def _write_capture(path, messages, per_block: int = 100) -> None:
