@@ -282,3 +282,49 @@ def test_replay_gives_the_row_aggregates_of_the_stream(backend, tmp_path):
     assert len(cols) > 100
     assert engine.stats()["drops"] == by_hand.stats()["drops"]
     assert engine.stats()["drops"]["decode_error"] > 0
+
+
+def test_columns_outlive_the_ticks_after_them(backend):
+    """Buffers handed out stay as they were however many ticks follow, while anything holds
+    them (a memoryview, a pyarrow buffer, the Columns); the compiled engine reuses the memory of
+    columns nobody holds any more."""
+    config = dict(window=10.0, emit_every=5.0)
+    e = backend.Engine(**config)
+
+    def tick(k: int) -> Columns:
+        for i in range(3000):
+            e.push(_payload(f"d{i}", "s", float(k * 10_000 + i), "C"), 100.0 + 5 * k + i / 1000)
+        return e.tick_columns(100.0 + 5 * (k + 1))
+
+    first = tick(0)
+    kept_mean = first.buffers("mean")[1]
+    kept_device = first.buffers("device")[2]
+    want_mean, want_device = kept_mean.tobytes(), kept_device.tobytes()
+    whole = tick(1)
+    want_whole = whole.to_dicts()
+    del first
+    for k in range(2, 6):
+        tick(k)       # dropped at once: its memory may serve the next tick
+        assert kept_mean.tobytes() == want_mean and kept_device.tobytes() == want_device
+        assert whole.to_dicts() == want_whole
+
+
+def test_released_column_memory_is_reused(compiled_backend):
+    pa = pytest.importorskip("pyarrow")
+    e = compiled_backend.Engine(window=10.0, emit_every=5.0)
+
+    def tick(k: int) -> Columns:
+        for i in range(2000):
+            e.push(_payload(f"d{i}", "s", 1.0, None), 100.0 + 5 * k + i / 1000)
+        return e.tick_columns(100.0 + 5 * (k + 1))
+
+    cols = tick(0)
+    address = pa.py_buffer(cols.buffers("mean")[1]).address
+    del cols
+    again = tick(1)
+    assert pa.py_buffer(again.buffers("mean")[1]).address == address
+    held = again.buffers("mean")[1]
+    del again
+    third = tick(2)
+    assert pa.py_buffer(third.buffers("mean")[1]).address != address   # still held
+    assert held.nbytes == 2000 * 8

@@ -46,6 +46,7 @@ cdef extern from "tc_window.h" nogil:
     int tc_key_aggregate(const tc_key *k, uint32_t panes, int64_t tick, tc_agg *out)
     uint64_t tc_key_open_count(const tc_key *k, uint32_t panes, int64_t interval)
     void tc_prefetch_slot(const tc_table *t, uint64_t hash)
+    void tc_prefetch_key(const tc_key *k, uint32_t panes)
 
     enum:
         TC_SEQ_FIRST, TC_SEQ_NEXT, TC_SEQ_GAP, TC_SEQ_DUPLICATE, TC_SEQ_REORDER, TC_SEQ_RESTART,
@@ -124,6 +125,25 @@ cdef enum:
     TC_MAX_COLUMNS = 32
 
 
+cdef extern from "tc_colbuf.h" nogil:
+    ctypedef struct tc_colbuf:
+        char *p
+        size_t len
+        size_t cap
+    void tc_colbuf_init(tc_colbuf *b)
+    void tc_colbuf_free(tc_colbuf *b)
+    int tc_colbuf_reserve(tc_colbuf *b, size_t need)
+
+
+@cython.final
+cdef class _ColumnBuffer:
+    cdef tc_colbuf buf
+    cdef char format[2]
+    cdef Py_ssize_t itemsize
+    cdef Py_ssize_t shape[1]
+    cdef Py_ssize_t strides[1]
+
+
 @cython.final
 cdef class _ColumnBuilder:
     cdef Py_ssize_t n, cap       # rows, and rows the value buffers have room for
@@ -132,16 +152,27 @@ cdef class _ColumnBuilder:
     cdef int source[TC_MAX_COLUMNS]
     cdef bint nullable[TC_MAX_COLUMNS]
     cdef Py_ssize_t nulls[TC_MAX_COLUMNS]
-    cdef Py_ssize_t data_len[TC_MAX_COLUMNS]   # string bytes used
-    cdef list values, data, validity           # bytearrays per column (None: none)
-    cdef char *vptr[TC_MAX_COLUMNS]
-    cdef char *dptr[TC_MAX_COLUMNS]
-    cdef unsigned char *bptr[TC_MAX_COLUMNS]
+    cdef Py_ssize_t str_hint[TC_MAX_COLUMNS]   # a string column's bytes per row, last take
+    cdef tc_colbuf values[TC_MAX_COLUMNS]      # float64 / int64 values; a string column's offsets
+    cdef tc_colbuf data[TC_MAX_COLUMNS]        # a string column's UTF-8 bytes
+    cdef tc_colbuf validity[TC_MAX_COLUMNS]    # a nullable column's bitmap
+    # the columns by how append_key fills them
+    cdef int n_float, n_int, n_str, n_null
+    cdef int float_cols[TC_MAX_COLUMNS]
+    cdef int int_cols[TC_MAX_COLUMNS]
+    cdef int str_cols[TC_MAX_COLUMNS]
+    cdef int null_cols[TC_MAX_COLUMNS]
+    # the last take()'s _ColumnBuffer objects (values, data, validity per column, or None),
+    # for _reclaim
+    cdef list spare
 
+    cdef _reclaim(self)
     cdef _reset(self)
-    cdef void _pointers(self)
     cdef int reserve(self, Py_ssize_t more) except -1
-    cdef int _put_string(self, int c, const char *p, Py_ssize_t size) except -1
+    cdef int _put_string(self, int c, Py_ssize_t i, const char *p, size_t size,
+                         bint valid) except -1
+    cdef void _set_valid(self, int c, Py_ssize_t i, bint valid) noexcept
+    cdef int _put_null(self, int c, Py_ssize_t i) except -1
     cdef int append_key(self, const tc_key *k, uint32_t panes, const tc_agg *agg,
                         double window_start, double window_end) except -1
     cdef int append_row(self, tuple row) except -1

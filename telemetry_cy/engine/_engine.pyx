@@ -6,10 +6,11 @@ import os
 
 cimport cython
 
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact, \
     PyBytes_FromStringAndSize
 from cpython.object cimport PyObject
+from cpython.list cimport PyList_GET_ITEM
 from cpython.sequence cimport PySequence_Fast_ITEMS
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport NAN, floor, isfinite, sqrt
@@ -51,6 +52,9 @@ cdef uint64_t GIL_YIELD_MASK = 4095
 cdef enum:
     PIPE_DEPTH = 8
     PIPE_CAP = 16
+
+# _scan prefetches the record of the key this many keys ahead (tc_prefetch_key)
+cdef size_t SCAN_AHEAD = 6
 
 # push_many hands payloads to the decoder this many at a time
 cdef Py_ssize_t PUSH_CHUNK = 2048
@@ -104,7 +108,8 @@ cdef class Aggregate:
 
 # where a column's values come from; the columns themselves are column_buffers.COLUMNS, i.e.
 # rules.AGGREGATE_FIELDS. A nullable field with no source here is all null (a field added to
-# AGGREGATE_FIELDS shows up as a null column until it is wired in _ColumnBuilder.append_key).
+# AGGREGATE_FIELDS shows up as a null column until it is given a source here and a value in
+# _ColumnBuilder.append_key).
 cdef enum:
     S_NULL = 0
     S_DEVICE, S_SENSOR, S_UNIT, S_COUNT
@@ -129,72 +134,184 @@ if len(_COLUMNS) > TC_MAX_COLUMNS:
     raise RuntimeError("more aggregate fields than _ColumnBuilder holds")
 
 
+cdef char _EMPTY[1]   # what an empty column's buffer points at
+
+cdef extern from "Python.h":
+    Py_ssize_t _refcount "Py_REFCNT"(PyObject *o)
+
+
+@cython.final
+cdef class _ColumnBuffer:
+    """One column's memory (a tc_colbuf) after the builder handed it over: exported read-only as a
+    buffer of `format` items, freed with this object. Every export holds a reference to it (the
+    memoryviews of a Columns, a pyarrow buffer over one), so the memory outlives them all."""
+
+    def __dealloc__(self):
+        tc_colbuf_free(&self.buf)
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("a column buffer is read-only")
+        view.buf = <void *>(self.buf.p if self.buf.p != NULL else _EMPTY)
+        view.obj = self
+        view.len = <Py_ssize_t>self.buf.len
+        view.readonly = 1
+        view.itemsize = self.itemsize
+        view.format = self.format if flags & PyBUF_FORMAT else NULL
+        view.ndim = 1
+        view.shape = self.shape if flags & PyBUF_ND else NULL
+        view.strides = self.strides if flags & PyBUF_STRIDES else NULL
+        view.suboffsets = NULL
+        view.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
+
+
+cdef _ColumnBuffer _hand_over(tc_colbuf *b, size_t length, char fmt, Py_ssize_t itemsize):
+    """The first `length` bytes of `b` as a _ColumnBuffer, which takes the memory; `b` is left
+    empty."""
+    cdef _ColumnBuffer out = _ColumnBuffer.__new__(_ColumnBuffer)
+    out.buf = b[0]
+    out.buf.len = length
+    tc_colbuf_init(b)
+    out.format[0] = fmt
+    out.format[1] = 0
+    out.itemsize = itemsize
+    out.shape[0] = <Py_ssize_t>length // itemsize
+    out.strides[0] = itemsize
+    return out
+
+
 @cython.final
 cdef class _ColumnBuilder:
-    """Aggregates appended straight into Arrow-layout column buffers (column_buffers.py). The
-    buffers are bytearrays: Python owns their memory, so the memoryviews take() hands out keep
-    them alive with no owner object of their own. Owned by the engine's thread, like the Engine."""
+    """Aggregates appended straight into Arrow-layout column buffers (column_buffers.py), in C
+    memory (includes/tc_colbuf.h) that take() hands to Python without a copy. Owned by the
+    engine's thread, like the Engine."""
 
     def __cinit__(self):
-        self._reset()
-
-    cdef _reset(self):
         cdef int c
-        self.n = self.cap = 0
-        self.values, self.data, self.validity = [], [], []
         self.n_cols = len(_COLUMNS)
+        self.n_float = self.n_int = self.n_str = self.n_null = 0
         for c, (name, kind, nullable) in enumerate(_COLUMNS):
             self.kind[c] = _KINDS[kind]
             self.source[c] = _SOURCES.get(name, S_NULL)
             self.nullable[c] = nullable
-            self.nulls[c] = 0
-            self.data_len[c] = 0
-            # a string column's values are its offsets: n + 1 of them, the first 0
-            self.values.append(bytearray(8) if kind == _STRING else bytearray())
-            self.data.append(bytearray() if kind == _STRING else None)
-            self.validity.append(bytearray() if nullable else None)
-        self._pointers()
+            self.str_hint[c] = 16
+            tc_colbuf_init(&self.values[c])
+            tc_colbuf_init(&self.data[c])
+            tc_colbuf_init(&self.validity[c])
+            # the fill loops of append_key, one per kind of column
+            if self.source[c] == S_NULL:
+                self.null_cols[self.n_null] = c
+                self.n_null += 1
+            elif self.kind[c] == K_F64:
+                self.float_cols[self.n_float] = c
+                self.n_float += 1
+            elif self.kind[c] == K_I64:
+                self.int_cols[self.n_int] = c
+                self.n_int += 1
+            else:
+                self.str_cols[self.n_str] = c
+                self.n_str += 1
+        self.spare = []
+        self._reset()
 
-    cdef void _pointers(self):
-        """Re-reads the buffers' addresses: a resize may move them."""
+    def __dealloc__(self):
         cdef int c
         for c in range(self.n_cols):
-            self.vptr[c] = PyByteArray_AS_STRING(self.values[c])
-            self.dptr[c] = PyByteArray_AS_STRING(self.data[c]) if self.kind[c] == K_STR else NULL
-            self.bptr[c] = <unsigned char *>PyByteArray_AS_STRING(self.validity[c]) \
-                if self.nullable[c] else NULL
+            tc_colbuf_free(&self.values[c])
+            tc_colbuf_free(&self.data[c])
+            tc_colbuf_free(&self.validity[c])
+
+    cdef _reclaim(self):
+        """Takes back the memory of the last take()'s buffers that nobody holds any more, so a
+        tick after one whose columns were dropped writes into pages already faulted in rather
+        than fresh ones the kernel must zero. The list is their only reference when the count
+        is 1: every export (a memoryview, a pyarrow buffer, a numpy array) holds one of its own."""
+        cdef Py_ssize_t x
+        cdef PyObject *o
+        cdef _ColumnBuffer cb
+        cdef tc_colbuf *slot
+        for x in range(len(self.spare)):
+            o = PyList_GET_ITEM(self.spare, x)
+            if o == <PyObject *>None or _refcount(o) != 1:
+                continue
+            slot = (&self.values[x // 3] if x % 3 == 0 else
+                    &self.data[x // 3] if x % 3 == 1 else &self.validity[x // 3])
+            if slot.cap >= (<_ColumnBuffer>o).buf.cap:
+                continue
+            cb = <_ColumnBuffer>o
+            tc_colbuf_free(slot)
+            slot[0] = cb.buf
+            slot.len = 0
+            tc_colbuf_init(&cb.buf)
+        self.spare = []
+
+    cdef _reset(self):
+        cdef int c
+        self.n = self.cap = 0
+        for c in range(self.n_cols):
+            self.nulls[c] = 0
+            self.values[c].len = 0
+            self.data[c].len = 0
+            self.validity[c].len = 0
 
     cdef int reserve(self, Py_ssize_t more) except -1:
-        """Room for `more` rows past the current ones (the strings' bytes grow as they come)."""
+        """Room for `more` rows past the current ones (a string column's bytes: as many as its
+        rows took last time, and they grow as they come)."""
         if self.n + more <= self.cap:
             return 0
         cdef Py_ssize_t cap = max(self.n + more, 2 * self.cap, 1024)
         cdef int c
+        cdef size_t strings
+        if self.cap == 0 and self.spare:
+            self._reclaim()
         for c in range(self.n_cols):
-            PyByteArray_Resize(self.values[c], (cap + (self.kind[c] == K_STR)) * 8)
-            if self.nullable[c]:
-                PyByteArray_Resize(self.validity[c], (cap + 7) // 8)
+            # a string column's values are its offsets: one more than its rows, the first 0
+            if tc_colbuf_reserve(&self.values[c], <size_t>(cap + (self.kind[c] == K_STR)) * 8):
+                raise MemoryError()
+            if self.kind[c] == K_STR:
+                if self.values[c].len == 0:
+                    (<int64_t *>self.values[c].p)[0] = 0
+                    self.values[c].len = 8
+                strings = self.data[c].len + <size_t>(more * self.str_hint[c])
+                if tc_colbuf_reserve(&self.data[c], strings):
+                    raise MemoryError()
+            if self.nullable[c] and tc_colbuf_reserve(&self.validity[c], <size_t>(cap + 7) // 8):
+                raise MemoryError()
         self.cap = cap
-        self._pointers()
         return 0
 
-    cdef int _put_string(self, int c, const char *p, Py_ssize_t size) except -1:
-        cdef Py_ssize_t at = self.data_len[c]
-        cdef Py_ssize_t have = len(<bytearray>self.data[c])
-        if at + size > have:
-            PyByteArray_Resize(self.data[c], max(at + size, 2 * have, 1 << 16))
-            self.dptr[c] = PyByteArray_AS_STRING(self.data[c])
-        memcpy(self.dptr[c] + at, p, <size_t>size)
-        self.data_len[c] = at + size
+    cdef inline int _put_string(self, int c, Py_ssize_t i, const char *p, size_t size,
+                                bint valid) except -1:
+        """Row i of string column c: `size` bytes at p, or a null (valid false)."""
+        cdef tc_colbuf *d = &self.data[c]
+        if valid and size:
+            if d.len + size > d.cap and tc_colbuf_reserve(d, d.len + size):
+                raise MemoryError()
+            memcpy(d.p + d.len, p, size)
+            d.len += size
+        (<int64_t *>self.values[c].p)[i + 1] = <int64_t>d.len
+        if self.nullable[c]:
+            self._set_valid(c, i, valid)
         return 0
+
+    cdef inline void _set_valid(self, int c, Py_ssize_t i, bint valid) noexcept:
+        cdef unsigned char *bits = <unsigned char *>self.validity[c].p
+        if (i & 7) == 0:
+            bits[i >> 3] = 0
+        if valid:
+            bits[i >> 3] |= <unsigned char>(1 << (i & 7))
+        else:
+            self.nulls[c] += 1
 
     cdef int append_key(self, const tc_key *k, uint32_t panes, const tc_agg *agg,
                         double window_start, double window_end) except -1:
         """One key's aggregate, the same values _scan puts in an Aggregate."""
         cdef double f[S_N]
         cdef Py_ssize_t i = self.n
-        cdef int c, src
-        cdef bint valid
+        cdef int j, c
         if i >= self.cap:
             self.reserve(1)
         f[S_NULL] = 0.0
@@ -207,30 +324,35 @@ cdef class _ColumnBuilder:
         f[S_STDDEV] = sqrt(agg.m2 / <double>agg.count)
         f[S_FIRST] = agg.first
         f[S_LAST] = agg.last
-        for c in range(self.n_cols):
-            src = self.source[c]
-            valid = src != S_NULL and not (src == S_UNIT and k.unit_len == TC_NO_UNIT)
+        for j in range(self.n_float):
+            c = self.float_cols[j]
+            (<double *>self.values[c].p)[i] = f[self.source[c]]
             if self.nullable[c]:
-                if (i & 7) == 0:
-                    self.bptr[c][i >> 3] = 0
-                if valid:
-                    self.bptr[c][i >> 3] |= <unsigned char>(1 << (i & 7))
-                else:
-                    self.nulls[c] += 1
-            if self.kind[c] == K_F64:
-                (<double *>self.vptr[c])[i] = f[src] if valid else 0.0
-            elif self.kind[c] == K_I64:
-                (<int64_t *>self.vptr[c])[i] = <int64_t>agg.count if valid else 0
+                self._set_valid(c, i, True)
+        for j in range(self.n_int):
+            c = self.int_cols[j]    # S_COUNT, the one integer source
+            (<int64_t *>self.values[c].p)[i] = <int64_t>agg.count
+            if self.nullable[c]:
+                self._set_valid(c, i, True)
+        for j in range(self.n_str):
+            c = self.str_cols[j]
+            if self.source[c] == S_DEVICE:
+                self._put_string(c, i, tc_key_device(k, panes), k.device_len, True)
+            elif self.source[c] == S_SENSOR:
+                self._put_string(c, i, tc_key_sensor(k, panes), k.sensor_len, True)
             else:
-                if valid:
-                    if src == S_DEVICE:
-                        self._put_string(c, tc_key_device(k, panes), k.device_len)
-                    elif src == S_SENSOR:
-                        self._put_string(c, tc_key_sensor(k, panes), k.sensor_len)
-                    else:
-                        self._put_string(c, tc_key_unit(k, panes), k.unit_len)
-                (<int64_t *>self.vptr[c])[i + 1] = self.data_len[c]
+                self._put_string(c, i, tc_key_unit(k, panes), k.unit_len,
+                                 k.unit_len != TC_NO_UNIT)
+        for j in range(self.n_null):
+            self._put_null(self.null_cols[j], i)
         self.n = i + 1
+        return 0
+
+    cdef int _put_null(self, int c, Py_ssize_t i) except -1:
+        if self.kind[c] == K_STR:
+            return self._put_string(c, i, NULL, 0, False)
+        (<int64_t *>self.values[c].p)[i] = 0    # 0.0 or 0: the same eight zero bytes
+        self._set_valid(c, i, False)
         return 0
 
     cdef int append_row(self, tuple row) except -1:
@@ -241,52 +363,58 @@ cdef class _ColumnBuilder:
         cdef bytes b
         if len(row) != self.n_cols:
             raise ValueError("a row must have one value per aggregate field")
+        for c in range(self.n_cols):
+            if row[c] is None and not self.nullable[c]:
+                raise TypeError("a null in a column that takes none")
         if i >= self.cap:
             self.reserve(1)
         for c in range(self.n_cols):
             v = row[c]
-            if self.nullable[c]:
-                if (i & 7) == 0:
-                    self.bptr[c][i >> 3] = 0
-                if v is not None:
-                    self.bptr[c][i >> 3] |= <unsigned char>(1 << (i & 7))
-                else:
-                    self.nulls[c] += 1
-            elif v is None:
-                raise TypeError("a null in a column that takes none")
+            if v is None:
+                self._put_null(c, i)
+                continue
             if self.kind[c] == K_F64:
-                (<double *>self.vptr[c])[i] = 0.0 if v is None else <double>v
+                (<double *>self.values[c].p)[i] = <double>v
             elif self.kind[c] == K_I64:
-                (<int64_t *>self.vptr[c])[i] = 0 if v is None else <int64_t>v
+                (<int64_t *>self.values[c].p)[i] = <int64_t>v
             else:
-                if v is not None:
-                    b = (<str>v).encode("utf-8")
-                    self._put_string(c, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
-                (<int64_t *>self.vptr[c])[i + 1] = self.data_len[c]
+                b = (<str>v).encode("utf-8")
+                self._put_string(c, i, PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b), True)
+                continue
+            if self.nullable[c]:
+                self._set_valid(c, i, True)
         self.n = i + 1
         return 0
 
     cdef object take(self):
-        """The rows so far as column_buffers.Columns (the buffers cut to size); starts empty."""
+        """The rows so far as column_buffers.Columns, their memory handed over; starts empty."""
         cdef int c
         cdef Py_ssize_t n = self.n
+        if self.cap == 0:
+            self.reserve(1)     # an empty string column still has its one offset
         buffers, nulls = {}, {}
+        cdef list spare = []
+        cdef _ColumnBuffer values, data, validity
         for c, (name, kind, nullable) in enumerate(_COLUMNS):
-            values = <bytearray>self.values[c]
-            PyByteArray_Resize(values, (n + (self.kind[c] == K_STR)) * 8)
-            validity = None
+            validity = data = None
             if self.nulls[c]:
-                PyByteArray_Resize(self.validity[c], (n + 7) // 8)
-                validity = memoryview(self.validity[c])
+                validity = _hand_over(&self.validity[c], <size_t>(n + 7) // 8, b"B", 1)
             if self.kind[c] == K_STR:
-                PyByteArray_Resize(self.data[c], self.data_len[c])
-                buffers[name] = (validity, memoryview(values).cast("q"),
-                                 memoryview(self.data[c]))
+                if n:
+                    self.str_hint[c] = <Py_ssize_t>(self.data[c].len // <size_t>n) + 1
+                values = _hand_over(&self.values[c], <size_t>(n + 1) * 8, b"q", 8)
+                data = _hand_over(&self.data[c], self.data[c].len, b"B", 1)
+                buffers[name] = (None if validity is None else memoryview(validity),
+                                 memoryview(values), memoryview(data))
             else:
-                buffers[name] = (validity, memoryview(values).cast(
-                    "d" if self.kind[c] == K_F64 else "q"))
+                values = _hand_over(&self.values[c], <size_t>n * 8,
+                                    b"d" if self.kind[c] == K_F64 else b"q", 8)
+                buffers[name] = (None if validity is None else memoryview(validity),
+                                 memoryview(values))
             nulls[name] = self.nulls[c]
+            spare += (values, data, validity)
         self._reset()
+        self.spare = spare
         return Columns(n, buffers, nulls)
 
     def __len__(self):
@@ -623,6 +751,8 @@ cdef class Engine:
             self.columns.reserve(<Py_ssize_t>self.table.n_keys)
         while i < self.table.n_keys:
             k = self.table.keys[i]
+            if i + SCAN_AHEAD < self.table.n_keys:
+                tc_prefetch_key(self.table.keys[i + SCAN_AHEAD], panes)
             if emit and tc_key_aggregate(k, panes, tick, &agg):
                 if self.emit_columns:
                     self.columns.append_key(k, panes, &agg, window_start, tick_time)
