@@ -12,6 +12,12 @@ one reading per key), each rep feeds one more interval and closes it twice over,
 - once, ``rows_to_pandas_s``: the row path a notebook used before,
   ``pandas.DataFrame([a.as_dict() for a in engine.tick(...)])`` after the tick.
 
+Each rep drops everything it made (the Columns, the table, the frames) before the next one, as a
+consumer that handles a tick and moves on does: the engine then fills the memory of the previous
+columns again (``_ColumnBuilder._reclaim``). ``--kept`` more ticks follow whose columns are all
+kept alive, so each one fills fresh memory (``tick_columns_kept_s``): what a notebook that holds
+every tick pays.
+
 Two identical engines are fed the same readings, one ticked with ``tick``, the other with
 ``tick_columns``, in alternating order from rep to rep, so both see the same table state and the
 same machine load. Times are this thread's CPU time (``time.thread_time``; ``--clock wall`` for
@@ -67,6 +73,7 @@ def main() -> int:
     ap.add_argument("--keys", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=3, help="intervals fed before the timed ticks")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--kept", type=int, default=3, help="ticks whose columns are all kept")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     ap.add_argument("-o", "--output")
     args = ap.parse_args()
@@ -114,7 +121,8 @@ def main() -> int:
                 n_cols = len(cols)
         if n_rows != args.keys or n_cols != args.keys:
             raise SystemExit(f"rep {rep}: {n_rows} / {n_cols} aggregates, want {args.keys}")
-        _, row["to_arrow_s"] = timed(clock, cols.to_arrow)
+        table, row["to_arrow_s"] = timed(clock, cols.to_arrow)
+        del table
         df, row["to_pandas_s"] = timed(clock, cols.to_pandas)
         assert len(df) == args.keys
         del df
@@ -124,7 +132,19 @@ def main() -> int:
         del cols
         reps.append(row)
         print(f"rep {rep}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
+    kept, kept_times = [], []
+    for _ in range(args.kept):
+        interval += 1
+        feed_interval((cols_engine,), ps, args.keys, interval)
+        gc.collect()
+        cols, t = timed(clock, cols_engine.tick_columns, T0 + EMIT_EVERY * (interval + 1))
+        kept.append(cols)
+        kept_times.append(t)
+    del kept
     med = {k: statistics.median(r[k] for r in reps) for k in reps[0]}
+    if kept_times:
+        med["tick_columns_kept_s"] = statistics.median(kept_times)
+        print(f"tick_columns with every Columns kept: {', '.join(f'{t:.4f}' for t in kept_times)}")
     ratio = med["tick_s"] / med["tick_columns_s"]
     print(f"{args.keys:,} keys, {args.clock} time, medians of {args.reps}: tick "
           f"{med['tick_s']:.3f} s, tick_columns {med['tick_columns_s']:.3f} s "
@@ -132,11 +152,14 @@ def main() -> int:
           f"{med['to_pandas_s']:.3f} s, tick_columns + to_pandas "
           f"{med['tick_columns_s'] + med['to_pandas_s']:.3f} s"
           + (f", to_polars {med['to_polars_s']:.3f} s" if have_polars else "")
-          + f"; row path to pandas {rows_to_pandas:.3f} s")
+          + f"; row path to pandas {rows_to_pandas:.3f} s"
+          + (f"; tick_columns, columns kept {med['tick_columns_kept_s']:.3f} s "
+             f"({med['tick_s'] / med['tick_columns_kept_s']:.1f}x)" if kept_times else ""))
     if args.output:
         Path(args.output).write_text(json.dumps({
             "keys": args.keys, "clock": args.clock, "reps": reps, "medians": med,
             "tick_over_tick_columns": ratio, "rows_to_pandas_s": rows_to_pandas,
+            "tick_columns_kept_s": kept_times,
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                         "python": platform.python_version(), "load": os.getloadavg()}},
             indent=2) + "\n")

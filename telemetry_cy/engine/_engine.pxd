@@ -133,6 +133,9 @@ cdef extern from "tc_colbuf.h" nogil:
     void tc_colbuf_init(tc_colbuf *b)
     void tc_colbuf_free(tc_colbuf *b)
     int tc_colbuf_reserve(tc_colbuf *b, size_t need)
+    int tc_colbuf_put_string(tc_colbuf *data, tc_colbuf *offsets, size_t i, const char *p,
+                             size_t size)
+    void tc_colbuf_set_bit(tc_colbuf *bits, size_t i, int valid)
 
 
 @cython.final

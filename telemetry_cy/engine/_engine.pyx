@@ -283,27 +283,19 @@ cdef class _ColumnBuilder:
         self.cap = cap
         return 0
 
-    cdef inline int _put_string(self, int c, Py_ssize_t i, const char *p, size_t size,
-                                bint valid) except -1:
+    cdef int _put_string(self, int c, Py_ssize_t i, const char *p, size_t size,
+                         bint valid) except -1:
         """Row i of string column c: `size` bytes at p, or a null (valid false)."""
-        cdef tc_colbuf *d = &self.data[c]
-        if valid and size:
-            if d.len + size > d.cap and tc_colbuf_reserve(d, d.len + size):
-                raise MemoryError()
-            memcpy(d.p + d.len, p, size)
-            d.len += size
-        (<int64_t *>self.values[c].p)[i + 1] = <int64_t>d.len
+        if tc_colbuf_put_string(&self.data[c], &self.values[c], <size_t>i, p,
+                                size if valid else 0):
+            raise MemoryError()
         if self.nullable[c]:
             self._set_valid(c, i, valid)
         return 0
 
-    cdef inline void _set_valid(self, int c, Py_ssize_t i, bint valid) noexcept:
-        cdef unsigned char *bits = <unsigned char *>self.validity[c].p
-        if (i & 7) == 0:
-            bits[i >> 3] = 0
-        if valid:
-            bits[i >> 3] |= <unsigned char>(1 << (i & 7))
-        else:
+    cdef void _set_valid(self, int c, Py_ssize_t i, bint valid) noexcept:
+        tc_colbuf_set_bit(&self.validity[c], <size_t>i, valid)
+        if not valid:
             self.nulls[c] += 1
 
     cdef int append_key(self, const tc_key *k, uint32_t panes, const tc_agg *agg,
@@ -312,6 +304,9 @@ cdef class _ColumnBuilder:
         cdef double f[S_N]
         cdef Py_ssize_t i = self.n
         cdef int j, c
+        cdef const char *p
+        cdef size_t size
+        cdef bint valid
         if i >= self.cap:
             self.reserve(1)
         f[S_NULL] = 0.0
@@ -328,21 +323,27 @@ cdef class _ColumnBuilder:
             c = self.float_cols[j]
             (<double *>self.values[c].p)[i] = f[self.source[c]]
             if self.nullable[c]:
-                self._set_valid(c, i, True)
+                tc_colbuf_set_bit(&self.validity[c], <size_t>i, True)
         for j in range(self.n_int):
             c = self.int_cols[j]    # S_COUNT, the one integer source
             (<int64_t *>self.values[c].p)[i] = <int64_t>agg.count
             if self.nullable[c]:
-                self._set_valid(c, i, True)
+                tc_colbuf_set_bit(&self.validity[c], <size_t>i, True)
         for j in range(self.n_str):
             c = self.str_cols[j]
             if self.source[c] == S_DEVICE:
-                self._put_string(c, i, tc_key_device(k, panes), k.device_len, True)
+                p, size, valid = tc_key_device(k, panes), k.device_len, True
             elif self.source[c] == S_SENSOR:
-                self._put_string(c, i, tc_key_sensor(k, panes), k.sensor_len, True)
+                p, size, valid = tc_key_sensor(k, panes), k.sensor_len, True
             else:
-                self._put_string(c, i, tc_key_unit(k, panes), k.unit_len,
-                                 k.unit_len != TC_NO_UNIT)
+                valid = k.unit_len != TC_NO_UNIT
+                p, size = tc_key_unit(k, panes), (k.unit_len if valid else 0)
+            if tc_colbuf_put_string(&self.data[c], &self.values[c], <size_t>i, p, size):
+                raise MemoryError()
+            if self.nullable[c]:
+                tc_colbuf_set_bit(&self.validity[c], <size_t>i, valid)
+                if not valid:
+                    self.nulls[c] += 1
         for j in range(self.n_null):
             self._put_null(self.null_cols[j], i)
         self.n = i + 1

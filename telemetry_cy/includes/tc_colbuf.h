@@ -15,7 +15,9 @@
 #define TC_COLBUF_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     char *p;     /* NULL until the first reserve */
@@ -45,6 +47,28 @@ static inline int tc_colbuf_reserve(tc_colbuf *b, size_t need) {
     b->p = p;
     b->cap = cap;
     return 0;
+}
+
+/* Row i of a string column: `size` bytes at p appended to `data`, and its end offset as
+ * offsets[i + 1] (int64; the offsets buffer has room for row i, the caller's job). 0 or -1 (out
+ * of memory: nothing changed). */
+static inline int tc_colbuf_put_string(tc_colbuf *data, tc_colbuf *offsets, size_t i,
+                                       const char *p, size_t size) {
+    if (size) {
+        if (data->len + size > data->cap && tc_colbuf_reserve(data, data->len + size)) return -1;
+        memcpy(data->p + data->len, p, size);
+        data->len += size;
+    }
+    ((int64_t *)offsets->p)[i + 1] = (int64_t)data->len;
+    return 0;
+}
+
+/* Bit i of an Arrow validity bitmap (least significant bit first); bytes are cleared as row
+ * i enters them, so the bitmap needs no zeroing up front. */
+static inline void tc_colbuf_set_bit(tc_colbuf *bits, size_t i, int valid) {
+    unsigned char *b = (unsigned char *)bits->p;
+    if ((i & 7) == 0) b[i >> 3] = 0;
+    if (valid) b[i >> 3] |= (unsigned char)(1u << (i & 7));
 }
 
 #endif
