@@ -180,8 +180,8 @@ stage_python() {
     if (cd "$build" && env "${env[@]}" "$PY" -m pytest -q -p no:cacheprovider -x \
             --rootdir "$ROOT" -c "$ROOT/pyproject.toml" \
             "$ROOT/tests/test_decode.py" "$ROOT/tests/test_frames.py" "$ROOT/tests/test_ring.py" \
-            "$ROOT/tests/test_engine.py" "$ROOT/tests/test_wire.py" "$ROOT/tests/test_sketch.py" \
-            "$ROOT/tests/test_jetstream_acks.py" "$ROOT/tests/fuzz/test_fuzz_corpus.py" \
+            "$ROOT/tests/test_engine.py" "$ROOT/tests/test_columns.py" "$ROOT/tests/test_wire.py" \
+            "$ROOT/tests/test_sketch.py" "$ROOT/tests/test_jetstream_acks.py" "$ROOT/tests/fuzz/test_fuzz_corpus.py" \
             -k "not thread_sanitizer and not strict_c11" >"$TMP/pytest.log" 2>&1) \
             && ! grep -qE "ERROR: AddressSanitizer|runtime error" "$TMP/pytest.log"; then
         log "python: $(tail -1 "$TMP/pytest.log") under ASan+UBSan in $(since "$t0") s"
