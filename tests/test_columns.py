@@ -328,3 +328,23 @@ def test_released_column_memory_is_reused(compiled_backend):
     third = tick(2)
     assert pa.py_buffer(third.buffers("mean")[1]).address != address   # still held
     assert held.nbytes == 2000 * 8
+
+
+def test_the_engine_and_replay_import_no_arrow_pandas_or_numpy(tmp_path):
+    """A daemon on a Pi has none of them: columns and replay work without importing any."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys, cbor2, telemetry_cy\n"
+        "from telemetry_cy.backend import available, load\n"
+        "for name in available():\n"
+        "    e = load(name).Engine(window=2.0, emit_every=1.0)\n"
+        "    e.push(cbor2.dumps({'d': 'a', 's': 'b', 'v': 1.0}), 10.0)\n"
+        "    assert len(e.tick_columns(20.0)) == 2\n"
+        "bad = [m for m in ('pyarrow', 'pandas', 'numpy', 'polars') if m in sys.modules]\n"
+        "assert not bad, bad\n")
+    env = {"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
