@@ -28,7 +28,7 @@ def _outputs(cell) -> str:
     return "".join(text)
 
 
-def test_notebook_runs_and_shows_the_replayed_aggregates(monkeypatch):
+def test_notebook_runs_and_shows_the_replayed_aggregates(monkeypatch, tmp_path):
     for module in ("nbclient", "nbformat", "ipykernel", "matplotlib", "pandas", "pyarrow"):
         pytest.importorskip(module)
     import nbformat
@@ -39,6 +39,9 @@ def test_notebook_runs_and_shows_the_replayed_aggregates(monkeypatch):
     # the kernel is a child process: it finds this checkout and draws without a display
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # the kernel's connection file and IPython's profile: in the test's own directory, not $HOME
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
         "commit the notebook without outputs"
