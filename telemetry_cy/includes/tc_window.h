@@ -462,18 +462,15 @@ static inline uint64_t tc_key_open_count(const tc_key *k, uint32_t panes, int64_
     return k->panes[tc_pane_of(interval, panes)].count;
 }
 
-/* Aggregate for the tick closing interval tick-1 (covering [tick-P, tick-1]). Returns 0 when the
- * key has no reading in that span. Panes are merged oldest first with Chan et al.'s pairwise
- * update, so the second moment never comes from a raw sum of squares. */
-static inline int tc_key_aggregate(const tc_key *k, uint32_t panes, int64_t tick, tc_agg *out) {
-    if (k->newest == INT64_MIN || k->newest < tick - (int64_t)panes) return 0;
-    int64_t lo = tick - (int64_t)panes;
-    int64_t oldest_kept = k->newest - (int64_t)panes + 1;
-    if (lo < oldest_kept) lo = oldest_kept;
+/* Merge panes [lo, hi] of a key (ring of `ring` panes) into out: every field but `last`. Returns
+ * the count, 0 when no pane holds a reading. Panes are merged oldest first with Chan et al.'s
+ * pairwise update, so the second moment never comes from a raw sum of squares. */
+static inline uint64_t tc_merge_panes(const tc_key *k, uint32_t ring, int64_t lo, int64_t hi,
+                                      tc_agg *out) {
     uint64_t n = 0;
     double sum = 0.0, m2 = 0.0, mn = 0.0, mx = 0.0, first = 0.0;
-    for (int64_t j = lo; j <= k->newest; j++) {
-        const tc_pane *p = &k->panes[tc_pane_of(j, panes)];
+    for (int64_t j = lo; j <= hi; j++) {
+        const tc_pane *p = &k->panes[tc_pane_of(j, ring)];
         if (p->count == 0) continue;
         if (n == 0) {
             n = p->count;
@@ -500,6 +497,18 @@ static inline int tc_key_aggregate(const tc_key *k, uint32_t panes, int64_t tick
     out->max = mx;
     out->m2 = m2;
     out->first = first;
+    return n;
+}
+
+/* Aggregate for the tick closing interval tick-1 (covering [tick-P, tick-1]). Returns 0 when the
+ * key has no reading in that span. Panes are merged oldest first with Chan et al.'s pairwise
+ * update, so the second moment never comes from a raw sum of squares. */
+static inline int tc_key_aggregate(const tc_key *k, uint32_t panes, int64_t tick, tc_agg *out) {
+    if (k->newest == INT64_MIN || k->newest < tick - (int64_t)panes) return 0;
+    int64_t lo = tick - (int64_t)panes;
+    int64_t oldest_kept = k->newest - (int64_t)panes + 1;
+    if (lo < oldest_kept) lo = oldest_kept;
+    if (!tc_merge_panes(k, panes, lo, k->newest, out)) return 0;
     out->last = k->last;
     return 1;
 }
@@ -609,29 +618,7 @@ static inline int tc_key_aggregate_event(tc_key *k, uint32_t panes, uint32_t rin
     int64_t oldest_kept = k->newest - (int64_t)ring + 1;
     if (lo < oldest_kept) lo = oldest_kept;
     int64_t hi = tick - 1 < k->newest ? tick - 1 : k->newest;
-    uint64_t n = 0;
-    double sum = 0.0, m2 = 0.0, mn = 0.0, mx = 0.0, first = 0.0;
-    for (int64_t j = lo; j <= hi; j++) {
-        const tc_pane *p = &k->panes[tc_pane_of(j, ring)];
-        if (p->count == 0) continue;
-        if (n == 0) {
-            n = p->count;
-            sum = p->sum;
-            m2 = p->m2;
-            mn = p->min;
-            mx = p->max;
-            first = p->first;
-            continue;
-        }
-        double na = (double)n, nb = (double)p->count;
-        double delta = p->sum / nb - sum / na;
-        m2 += p->m2 + delta * delta * (na * nb / (na + nb));
-        sum += p->sum;
-        n += p->count;
-        if (p->min < mn) mn = p->min;
-        if (p->max > mx) mx = p->max;
-    }
-    if (n == 0) return 0;
+    if (!tc_merge_panes(k, ring, lo, hi, out)) return 0;
     double last;
     if (hi == tick - 1 && k->panes[tc_pane_of(hi, ring)].count > 0) {
         /* pane tick-1 closes now: its last is the window's, and the frozen one from here on */
@@ -640,13 +627,6 @@ static inline int tc_key_aggregate_event(tc_key *k, uint32_t panes, uint32_t rin
     } else {
         last = lead > 0 ? *tc_key_frozen_last(k, ring) : k->last;
     }
-    out->count = n;
-    out->sum = sum;
-    out->mean = sum / (double)n;
-    out->min = mn;
-    out->max = mx;
-    out->m2 = m2;
-    out->first = first;
     out->last = last;
     return 1;
 }
