@@ -166,10 +166,11 @@ def test_sigterm_mid_stream_balances(mosquitto, nats_server):
 
 @pytest.mark.parametrize("fmt", ["json", "cbor"])
 def test_run_with_quantiles_publishes_them_within_the_bound(mosquitto, nats_server, fmt):
-    """`telemetry-cy run --quantiles 0.5,0.9,0.99`: every aggregate on NATS carries p50, p90 and
-    p99 within alpha of the window's exact rank quantiles (docs/windows.md, "Quantiles")."""
+    """`telemetry-cy run --quantiles 0.5,0.9,0.99,0.999`: every aggregate on NATS carries p50,
+    p90, p99 and p99.9 within alpha of the window's exact rank quantiles (docs/windows.md,
+    "Quantiles")."""
     sub = NatsSubscriber(nats_server.url)
-    proc = start_daemon(daemon_cmd(mosquitto, nats_server, "--quantiles", "0.5,0.9,0.99",
+    proc = start_daemon(daemon_cmd(mosquitto, nats_server, "--quantiles", "0.5,0.9,0.99,0.999",
                                    "--quantile-accuracy", "0.02", "--format", fmt))
     sent: list[float] = []
     try:
@@ -199,7 +200,8 @@ def test_run_with_quantiles_publishes_them_within_the_bound(mosquitto, nats_serv
     for a in aggs:
         chunk = sorted(sent[offset:offset + a["count"]])
         offset += a["count"]
-        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+        assert list(a)[-4:] == ["p50", "p90", "p99", "p99.9"]
+        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)):
             r = q * (len(chunk) - 1)
             lo, hi = chunk[math.floor(r)], chunk[math.ceil(r)]
             assert lo - 0.02 * abs(lo) <= a[name] <= hi + 0.02 * abs(hi), (name, a)

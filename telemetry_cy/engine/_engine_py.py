@@ -23,7 +23,6 @@ from telemetry_cy.engine.rules import (
     MAX_INTERVAL,
     NO_TOPIC,
     QUANTILE_ACCURACY_DEFAULT,
-    QUANTILE_FIELDS,
     SEQ_MAX_GAP,
     SEQ_MAX_REORDER,
     TOP_OFFENDERS,
@@ -37,6 +36,7 @@ from telemetry_cy.engine.rules import (
     check_reading,
     interval_of,
     present_fields,
+    quantile_field,
     top_entries,
 )
 from telemetry_cy.engine.sketch_py import QuantileSketch
@@ -44,18 +44,24 @@ from telemetry_cy.reasons import ENGINE_REASONS
 
 
 def _as_dict(self) -> dict:
-    """The fields by name; a quantile the engine does not compute is left out."""
+    """The fields by name, then the quantiles the engine computes (p50, p99.9, ...)."""
     return present_fields(self)
 
 
-_QUANTILE_NAMES = frozenset(name for name, _ in QUANTILE_FIELDS)
+def _getattr(self, name: str) -> float:
+    return quantile_field(self, name)
 
 
-def _field_spec(name: str):
-    # quantiles default to None, so the 13 statistics alone still make an Aggregate
-    if name in _QUANTILE_NAMES:
-        return (name, aggregate_field_type(name), field(default=None))
-    return (name, aggregate_field_type(name))
+def _post_init(self) -> None:
+    if len(self.quantile_names) != len(self.quantile_values):
+        raise ValueError("quantile_names and quantile_values differ in length")
+
+
+# the statistics, then the quantiles (rules.QUANTILE_ATTRIBUTES), () unless given
+_FIELD_SPECS = [(name, aggregate_field_type(name)) for name in AGGREGATE_FIELDS] + [
+    ("quantile_names", tuple[str, ...], field(default=())),
+    ("quantile_values", tuple[float, ...], field(default=())),
+]
 
 
 if TYPE_CHECKING:
@@ -65,8 +71,8 @@ else:
     # Its fields are AGGREGATE_FIELDS, so the twin cannot drift from the compiled class; frozen
     # and slotted like the read-only cdef class.
     Aggregate = make_dataclass(
-        "Aggregate", [_field_spec(name) for name in AGGREGATE_FIELDS],
-        namespace={"as_dict": _as_dict,
+        "Aggregate", _FIELD_SPECS,
+        namespace={"as_dict": _as_dict, "__getattr__": _getattr, "__post_init__": _post_init,
                    "__doc__": "One key's statistics over [window_start, window_end), emitted at "
                               "tick window_end."},
         frozen=True, slots=True)
@@ -376,7 +382,7 @@ class Engine:
         qcfg = check_quantiles(quantiles, quantile_accuracy)
         self.quantiles = qcfg.qs
         self.quantile_accuracy = qcfg.accuracy
-        self._q_wanted = qcfg.wanted
+        self.quantile_names = qcfg.names
         self._alpha = qcfg.accuracy if qcfg.qs else None
         self.time = time
         self.allowed_lateness = ev.allowed_lateness
@@ -572,14 +578,14 @@ class Engine:
             del self._keys[name]
         self._evicted += len(evict)
 
-    def _quantiles(self, key: _Key, tick: int) -> list[float | None]:
-        """p50, p90, p99 of the key's window: None where not computed, NaN past the sketch's
-        2**32 - 1 values."""
+    def _quantiles(self, key: _Key, tick: int) -> tuple[tuple[str, ...], tuple[float, ...]]:
+        """The names and values of the key's window's quantiles (both () when off); NaN past
+        the sketch's 2**32 - 1 values."""
         if self._alpha is None:
-            return [None] * len(QUANTILE_FIELDS)
+            return (), ()
         window = key.window_sketch(tick, self._panes, self._alpha)
-        return [None if not wanted else math.nan if window is None else window.quantile(q)
-                for wanted, (_, q) in zip(self._q_wanted, QUANTILE_FIELDS)]
+        return self.quantile_names, tuple(
+            math.nan if window is None else window.quantile(q) for q in self.quantiles)
 
     # ---- public API ----
 
