@@ -50,10 +50,11 @@ install_os_packages() {
 }
 
 # The project is installed into the venv again only when what the install depends on changed
-# since the last one that finished: the stamp holds a hash of pyproject.toml and setup.py (the
-# dependencies and the build), the checkout's path (the editable install points at it), the
-# venv's Python and whether the project is still installed in it. A fresh clone has no venv, a
-# `git pull` that changes the dependencies changes pyproject.toml: both install.
+# since the last one that finished: pyproject.toml or setup.py (the dependencies and the build)
+# newer than the stamp or with other bytes, or another checkout path (the editable install points
+# at it), venv Python, or the project no longer installed in the venv; the stamp holds a hash of
+# all of them. A fresh clone has no stamp, and a `git pull` that changes the dependencies writes
+# a newer pyproject.toml: both install.
 STAMP=$VENV/.telemetry-cy-install
 
 install_state() {
@@ -72,20 +73,17 @@ PYEOF
     } | sha256sum | cut -d' ' -f1
 }
 
-# Between installs a pull or an edit may change only the compiled modules' sources: those are
-# rebuilt in place when a module is missing or any .pyx, .pxd or C header is newer than the
-# oldest built module (build_ext itself then skips the modules that are up to date).
+# Between installs a pull or an edit may change only the compiled modules' sources: they are
+# rebuilt in place when a module is missing or any .pyx, .pxd or C header is newer than the stamp
+# (build_ext itself then skips the modules that are up to date), and the stamp is touched after.
 modules_stale() {
-    local suffix oldest=
+    local suffix pyx
     suffix=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
     while IFS= read -r pyx; do
-        local so=${pyx%.pyx}$suffix
-        [ -e "$so" ] || return 0
-        if [ -z "$oldest" ] || [ "$so" -ot "$oldest" ]; then oldest=$so; fi
+        [ -e "${pyx%.pyx}$suffix" ] || return 0
     done < <(find telemetry_cy -name '*.pyx')
-    [ -z "$oldest" ] && return 1
-    [ -n "$(find telemetry_cy setup.py -newer "$oldest" \( -name '*.pyx' -o -name '*.pxd' \
-            -o -name '*.h' -o -name setup.py \) -print -quit)" ]
+    [ -n "$(find telemetry_cy -newer "$STAMP" \( -name '*.pyx' -o -name '*.pxd' -o -name '*.h' \) \
+            -print -quit)" ]
 }
 
 install_python_env() {
@@ -95,10 +93,13 @@ install_python_env() {
     fi
     local state
     state=$(install_state)
-    if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$state" ]; then
+    # a newer pyproject.toml or setup.py counts as changed even with the same bytes, as in make
+    if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$state" ] \
+            && [ ! pyproject.toml -nt "$STAMP" ] && [ ! setup.py -nt "$STAMP" ]; then
         if modules_stale; then
             log "rebuilding the compiled modules whose sources changed"
             "$VENV/bin/python" setup.py -q build_ext --inplace -j "$(nproc 2>/dev/null || echo 2)"
+            touch "$STAMP"
         else
             log "telemetry-cy is installed and up to date in $VENV"
         fi
