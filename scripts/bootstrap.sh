@@ -97,7 +97,7 @@ install_python_env() {
     if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$state" ] \
             && [ ! pyproject.toml -nt "$STAMP" ] && [ ! setup.py -nt "$STAMP" ]; then
         if modules_stale; then
-            log "rebuilding the compiled modules whose sources changed"
+            log "rebuilding the compiled modules that are missing or whose sources changed"
             "$VENV/bin/python" setup.py -q build_ext --inplace -j "$(nproc 2>/dev/null || echo 2)"
             touch "$STAMP"
         else
