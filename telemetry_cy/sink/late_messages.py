@@ -32,7 +32,8 @@ def late_body(reading) -> bytes:
                       ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
-#: PUB commands are joined into chunks of about this many bytes (one write each)
+#: core NATS: PUB commands are joined into chunks of at most this many bytes (one write each;
+#: a larger message goes alone)
 CHUNK_BYTES = 256 << 10
 
 
