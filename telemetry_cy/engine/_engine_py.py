@@ -315,41 +315,28 @@ class _Key:
         if self.newest is None or self.newest < tick - window_panes:
             return None
         lo = max(tick - window_panes, self.newest - ring + 1)
-        hi = min(tick - 1, self.newest)
-        n = 0
-        last = 0.0
-        for j in range(lo, hi + 1):
-            p = self.panes[j % ring]
-            if p.count == 0:
-                continue
-            last = p.last
-            if n == 0:
-                n, total, m2, mn, mx, first = p.count, p.sum, p.m2, p.min, p.max, p.first
-                continue
-            na, nb = float(n), float(p.count)
-            delta = p.sum / nb - total / na
-            m2 += p.m2 + delta * delta * (na * nb / (na + nb))
-            total += p.sum
-            n += p.count
-            if p.min < mn:
-                mn = p.min
-            if p.max > mx:
-                mx = p.max
-        if n == 0:
-            return None
-        return n, total, m2, mn, mx, first, last
+        merged = self._merge(lo, min(tick - 1, self.newest))
+        return None if merged is None else (*merged[:6], merged[6].last)
 
     def aggregate(self, tick: int):
         """(count, sum, m2, min, max, first) over intervals [tick-P, tick-1], or None."""
         n_panes = len(self.panes)
         if self.newest is None or self.newest < tick - n_panes:
             return None
-        lo = max(tick - n_panes, self.newest - n_panes + 1)
+        merged = self._merge(max(tick - n_panes, self.newest - n_panes + 1), self.newest)
+        return None if merged is None else merged[:6]
+
+    def _merge(self, lo: int, hi: int):
+        """tc_merge_panes: (count, sum, m2, min, max, first, the newest non-empty pane) over
+        intervals [lo, hi] (Chan's update for m2), or None when they hold no reading."""
+        ring = len(self.panes)
         n = 0
-        for j in range(lo, self.newest + 1):
-            p = self.panes[j % n_panes]
+        newest = None
+        for j in range(lo, hi + 1):
+            p = self.panes[j % ring]
             if p.count == 0:
                 continue
+            newest = p
             if n == 0:
                 n, total, m2, mn, mx, first = p.count, p.sum, p.m2, p.min, p.max, p.first
                 continue
@@ -364,7 +351,7 @@ class _Key:
                 mx = p.max
         if n == 0:
             return None
-        return n, total, m2, mn, mx, first
+        return n, total, m2, mn, mx, first, newest
 
 
 class Engine:
