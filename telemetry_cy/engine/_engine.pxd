@@ -212,6 +212,7 @@ cdef class Engine:
                        int64_t interval, uint32_t pane, uint64_t seq, bint has_seq,
                        int *rc) noexcept nogil
     cdef Py_ssize_t _pipe_flush(self, pipe_entry *pipe, size_t head, size_t tail) noexcept nogil
+    cdef void _count_decoded(self, const batch_item *item) noexcept nogil
     cdef void _payload_offender(self, const batch_item *item, uint64_t w) noexcept nogil
     cdef Py_ssize_t _run_batch(self, Py_ssize_t start, Py_ssize_t n, int *why) noexcept nogil
     cdef int _advance(self, int64_t interval) except -1

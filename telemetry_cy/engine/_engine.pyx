@@ -437,12 +437,7 @@ cdef class Engine:
                     and (not self.started or interval > self.closed)):
                 why[0] = RUN_ADVANCE
                 return i
-            self.payloads += 1
-            if self.decoded.schema_mismatch or self.decoded.non_finite:
-                self.drops[TC_DROP_SCHEMA_MISMATCH] += self.decoded.schema_mismatch
-                self.drops[TC_DROP_NON_FINITE] += self.decoded.non_finite
-                self._payload_offender(
-                    item, self.decoded.schema_mismatch + self.decoded.non_finite)
+            self._count_decoded(item)
             if late:
                 self.drops[TC_DROP_LATE] += self.decoded.n_readings
                 for j in range(<Py_ssize_t>self.decoded.n_readings):
@@ -478,6 +473,15 @@ cdef class Engine:
                                   e.r.seq, e.r.has_seq) < 0:
                 return e.index
         return -1
+
+    cdef void _count_decoded(self, const batch_item *item) noexcept nogil:
+        """A payload the reader decoded (self.decoded): counted, with the readings it refused
+        (schema_mismatch, non_finite) as drops of the payload's topic."""
+        self.payloads += 1
+        if self.decoded.schema_mismatch or self.decoded.non_finite:
+            self.drops[TC_DROP_SCHEMA_MISMATCH] += self.decoded.schema_mismatch
+            self.drops[TC_DROP_NON_FINITE] += self.decoded.non_finite
+            self._payload_offender(item, self.decoded.schema_mismatch + self.decoded.non_finite)
 
     cdef void _payload_offender(self, const batch_item *item, uint64_t w) noexcept nogil:
         """A drop counted per payload, or for readings the decoder does not name: the offender
@@ -835,12 +839,7 @@ cdef class Engine:
                 if cls == EV_ADVANCE or (cls == EV_LATE and route):
                     why[0] = RUN_EVENT
                     return i
-            self.payloads += 1
-            if self.decoded.schema_mismatch or self.decoded.non_finite:
-                self.drops[TC_DROP_SCHEMA_MISMATCH] += self.decoded.schema_mismatch
-                self.drops[TC_DROP_NON_FINITE] += self.decoded.non_finite
-                self._payload_offender(
-                    item, self.decoded.schema_mismatch + self.decoded.non_finite)
+            self._count_decoded(item)
             for j in range(<Py_ssize_t>self.decoded.n_readings):
                 r = &self.decoded.readings[j]
                 t = r.t
@@ -880,11 +879,7 @@ cdef class Engine:
         strings point into the batch item, alive until the batch is done)."""
         cdef batch_item *item = &self.batch[i]
         cdef Py_ssize_t j
-        self.payloads += 1
-        if self.decoded.schema_mismatch or self.decoded.non_finite:
-            self.drops[TC_DROP_SCHEMA_MISMATCH] += self.decoded.schema_mismatch
-            self.drops[TC_DROP_NON_FINITE] += self.decoded.non_finite
-            self._payload_offender(item, self.decoded.schema_mismatch + self.decoded.non_finite)
+        self._count_decoded(item)
         for j in range(<Py_ssize_t>self.decoded.n_readings):
             self._event_reading(&self.decoded.readings[j], item.ts)
         return 0
