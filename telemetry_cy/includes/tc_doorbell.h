@@ -90,15 +90,23 @@ static inline int tc_doorbell_wait(tc_doorbell *db, int64_t timeout_ns) {
     return rung;
 }
 
-/* Producer side: cheap when nobody sleeps (a fence and a load). */
+/* Producer side: cheap when nobody sleeps (a fence and a load).
+ *
+ * The signal goes out after the unlock: signalled under the mutex, the woken consumer would find
+ * it still held, block on it and need a second wake-up (glibc does not move a condvar waiter onto
+ * the mutex). Still no lost wake-up: the consumer holds the mutex from arming until
+ * pthread_cond_timedwait releases it, so by the time the producer holds it the consumer either
+ * waits on the condvar (the signal after the unlock wakes it; a spurious wake-up before it finds
+ * waiting == 0 and returns as rung) or has already left on its timeout (the signal reaches nobody,
+ * or wakes a later wait early, which sees waiting == 1 again and goes back to sleep). */
 static inline void tc_doorbell_ring(tc_doorbell *db) {
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&db->waiting, memory_order_relaxed)) {
         pthread_mutex_lock(&db->mutex);
         atomic_store_explicit(&db->waiting, 0, memory_order_relaxed);
         atomic_fetch_add_explicit(&db->wakeups, 1, memory_order_relaxed);
-        pthread_cond_signal(&db->cond);
         pthread_mutex_unlock(&db->mutex);
+        pthread_cond_signal(&db->cond);
     }
 }
 

@@ -105,3 +105,6 @@ cdef class ByteRing:
     # (one ring per socket read, not per record). See tc_doorbell.h.
     cdef tc_doorbell bell
     cdef bint bell_ready
+    # Consumer's: how long (ns) its last wait() lasted before records came; wait() spins
+    # only when that was short (see WAIT_SPIN_WORTH_NS in _ring.pyx).
+    cdef long long last_wait_ns
