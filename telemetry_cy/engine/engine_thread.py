@@ -136,5 +136,8 @@ class EngineThread(threading.Thread):
     def stop(self, timeout: float | None = 10.0) -> None:
         """Asks the thread to drain the ring, close due windows and exit; waits for it."""
         self._stop_requested.set()
+        # A parked thread wakes now, not at the end of its park: the ring's wake() is a kick of
+        # the doorbell that the park cannot miss (tc_doorbell.h), set after the flag above.
+        self.ring.wake()
         if self.is_alive():
             self.join(timeout)

@@ -96,6 +96,8 @@ cdef extern from "tc_doorbell.h" nogil:
     void tc_doorbell_disarm(tc_doorbell *db)
     int tc_doorbell_wait(tc_doorbell *db, long long timeout_ns)
     void tc_doorbell_ring(tc_doorbell *db)
+    void tc_doorbell_kick(tc_doorbell *db)
+    int tc_doorbell_take_kick(tc_doorbell *db)
 
 
 cdef class ByteRing:

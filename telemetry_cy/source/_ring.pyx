@@ -97,7 +97,7 @@ cdef class ByteRing:
             self.last_wait_ns = 0
             return True
         tc_doorbell_arm(&self.bell)
-        if tc_ring_peek(self._ring, &v):
+        if tc_doorbell_take_kick(&self.bell) or tc_ring_peek(self._ring, &v):
             tc_doorbell_disarm(&self.bell)
             self.last_wait_ns = 0
             return True
@@ -105,7 +105,13 @@ cdef class ByteRing:
             t0 = _now_ns()
             rung = tc_doorbell_wait(&self.bell, timeout_ns)
             self.last_wait_ns = _now_ns() - t0
+        tc_doorbell_take_kick(&self.bell)   # this wait ended: the kick is spent
         return bool(rung)
+
+    def wake(self) -> None:
+        """Any thread: the consumer's current ``wait()`` returns now, or its next one at once
+        (once), records or not. For a consumer asked to stop (see tc_doorbell.h: kick)."""
+        tc_doorbell_kick(&self.bell)
 
     @property
     def capacity(self) -> int:
