@@ -51,23 +51,18 @@ cdef extern from "<netinet/tcp.h>" nogil:
 MIN_BUFFER_BYTES = 64
 MAX_BUFFER_BYTES = 1 << 30
 
-# pump() results (why it returned); the twin and the stubs name the same values
+# pump()'s results as C constants for the loop without the GIL; the twin names them (PUMP_*)
 cdef enum:
-    P_DEADLINE = 0   # `until` passed: the caller's own turn is due (keepalive, stop flag)
-    P_PACKETS = 1    # a read owes PUBACKs or brought packets for paho: they come with it
-    P_WAKE = 2       # the wake-up descriptor became readable (stop())
-    P_CLOSED = 3     # the peer closed the connection (recv returned 0)
-    P_ERROR = 4      # recv failed; the errno comes with it
-    P_MAX_POLL_MS = 1000
-
-PUMP_DEADLINE = P_DEADLINE
-PUMP_PACKETS = P_PACKETS
-PUMP_WAKE = P_WAKE
-PUMP_CLOSED = P_CLOSED
-PUMP_ERROR = P_ERROR
+    P_DEADLINE, P_PACKETS, P_WAKE, P_CLOSED, P_ERROR
+cdef int P_MAX_POLL_MS = 1000
 
 from telemetry_cy.source._frames_py import (  # the twin's numbers: one policy, two twins
-    NAP_FLOOR_S, NAP_SKIP_FILL, NAP_TARGET_RECORDS, RATE_GAIN)
+    NAP_FLOOR_S, NAP_SKIP_FILL, NAP_TARGET_RECORDS, PUMP_CLOSED, PUMP_DEADLINE, PUMP_ERROR,
+    PUMP_PACKETS, PUMP_WAKE, RATE_GAIN)
+
+if (PUMP_DEADLINE, PUMP_PACKETS, PUMP_WAKE, PUMP_CLOSED, PUMP_ERROR) != (
+        P_DEADLINE, P_PACKETS, P_WAKE, P_CLOSED, P_ERROR):
+    raise ImportError("_frames.pyx and _frames_py.py number pump()'s results differently")
 
 cdef double _NAP_FLOOR = NAP_FLOOR_S
 cdef double _NAP_SKIP_FILL = NAP_SKIP_FILL
@@ -213,7 +208,7 @@ cdef class FrameReader:
         cdef uint64_t nbytes = 0
         cdef ssize_t n, m
         cdef double ts = 0.0, now, t_poll, waited, nap, inst
-        cdef bint after_nap = False, unrung = self._unrung
+        cdef bint after_nap = False, unrung = self._unrung, ack_due = False
         cdef pollfd fds[2]
         cdef int ms
         cdef size_t skip_bytes = <size_t>(<double>rd.cap * _NAP_SKIP_FILL)
@@ -226,6 +221,13 @@ cdef class FrameReader:
                     if unrung:
                         tc_doorbell_ring(&self.ring.bell)
                         unrung = False
+                    # And no ACK left delayed over a sleep: mosquitto, like most brokers, keeps
+                    # Nagle on, so while a segment it sent is unacknowledged it holds back all
+                    # that follows -- past our nap or poll, until the 40 ms delayed-ACK timer.
+                    # TCP_QUICKACK sends the ACK for what we read now.
+                    if ack_due:
+                        setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one))
+                        ack_due = False
                     t_poll = _clock(CLOCK_MONOTONIC)
                     if t_poll >= until:
                         why = P_DEADLINE
@@ -258,7 +260,7 @@ cdef class FrameReader:
                     if errno == EINTR:
                         continue
                     if errno == EAGAIN:   # == EWOULDBLOCK on Linux
-                        after_nap = False   # nothing came during the nap: poll again
+                        after_nap = False   # nothing came during the nap: poll
                         continue
                     error = errno
                     why = P_ERROR
@@ -266,14 +268,13 @@ cdef class FrameReader:
                 if n == 0:
                     why = P_CLOSED
                     break
+                ack_due = True
                 if after_nap and <size_t>n < rd.cap - rd.fill:
                     # The second read after a nap (mqtt_client.py, FastClient._tc_reread):
-                    # what the broker's Nagle held back until the first read's ACK, and that
-                    # ACK sent now rather than on the delayed-ACK timer.
+                    # what the broker's Nagle held back until the first read's ACK.
                     m = recv(fd, rd.buf + rd.fill + n, rd.cap - rd.fill - n, MSG_DONTWAIT)
                     if m > 0:
                         n += m
-                    setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one))
                 now = _clock(CLOCK_MONOTONIC)
                 ts = _clock(CLOCK_REALTIME)   # one arrival time per read, as time.time()
                 nbytes += <uint64_t>n
@@ -307,6 +308,8 @@ cdef class FrameReader:
                         nap = _NAP_TARGET / self._rate
                         if nap < _NAP_FLOOR:
                             nap = _NAP_FLOOR if _NAP_FLOOR < ceiling else ceiling
+                    setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one))   # as above
+                    ack_due = False
                     if unrung:
                         tc_doorbell_ring(&self.ring.bell)
                         unrung = False
@@ -318,6 +321,8 @@ cdef class FrameReader:
             if unrung:
                 tc_doorbell_ring(&self.ring.bell)
                 unrung = False
+            if ack_due:   # the caller may sleep next (or the next pump polls)
+                setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one))
         acks, packets = None, []
         if why == P_PACKETS:
             # rings itself (notify=True) for what the rest of the read commits

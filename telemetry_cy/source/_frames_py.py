@@ -44,6 +44,13 @@ _IPPROTO_TCP = socket.IPPROTO_TCP
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
 
 
+def _quickack(sock: Any) -> None:
+    try:
+        sock.setsockopt(_IPPROTO_TCP, _TCP_QUICKACK, 1)
+    except OSError:   # not TCP (a test's socketpair), or not Linux
+        pass
+
+
 def nap_length(ceiling: float, rate: float) -> float:
     """The nap pump() takes at ``rate`` records/s under a ``ceiling`` (seconds)."""
     nap = ceiling
@@ -284,65 +291,71 @@ class FrameReader:
         wake_fd = wake.fileno()
         skip_bytes = int(self._cap * NAP_SKIP_FILL)
         nbytes = naps = 0
-        after_nap = False
-        while True:
-            if not after_nap:
-                t_poll = time.monotonic()
-                if t_poll >= until:
-                    return PUMP_DEADLINE, 0, None, [], nbytes, naps
+        after_nap = ack_due = False
+        try:
+            while True:
+                if not after_nap:
+                    if ack_due:   # no ACK left delayed over a sleep (the broker's Nagle)
+                        _quickack(sock)
+                        ack_due = False
+                    t_poll = time.monotonic()
+                    if t_poll >= until:
+                        return PUMP_DEADLINE, 0, None, [], nbytes, naps
+                    try:
+                        events = dict(poller.poll(min(1000, int((until - t_poll) * 1000.0) + 1)))
+                    except InterruptedError:
+                        continue
+                    except OSError as exc:
+                        return PUMP_ERROR, exc.errno or 0, None, [], nbytes, naps
+                    if events.get(wake_fd):
+                        return PUMP_WAKE, 0, None, [], nbytes, naps
+                    if not events.get(sock.fileno(), 0) & (select.POLLIN | select.POLLHUP
+                                                           | select.POLLERR):
+                        continue
+                    waited = time.monotonic() - t_poll
+                else:
+                    waited = 0.0
+                buf = self.writable()
                 try:
-                    events = dict(poller.poll(min(1000, int((until - t_poll) * 1000.0) + 1)))
+                    n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
                 except InterruptedError:
                     continue
-                except OSError as exc:
-                    return PUMP_ERROR, exc.errno or 0, None, [], nbytes, naps
-                if events.get(wake_fd):
-                    return PUMP_WAKE, 0, None, [], nbytes, naps
-                if not events.get(sock.fileno(), 0) & (select.POLLIN | select.POLLHUP
-                                                       | select.POLLERR):
+                except BlockingIOError:
+                    after_nap = False
                     continue
-                waited = time.monotonic() - t_poll
-            else:
-                waited = 0.0
-            buf = self.writable()
-            try:
-                n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
-            except InterruptedError:
-                continue
-            except BlockingIOError:
+                except OSError as exc:
+                    return PUMP_ERROR, exc.errno or _errno.EIO, None, [], nbytes, naps
+                if n == 0:
+                    return PUMP_CLOSED, 0, None, [], nbytes, naps
+                ack_due = True
+                if after_nap and n < len(buf):
+                    try:
+                        n += sock.recv_into(buf[n:], 0, socket.MSG_DONTWAIT)
+                    except OSError:
+                        pass
+                now = time.monotonic()
+                nbytes += n
+                received = self._c["received"]
+                acks, packets = self.feed(n, time.time())   # FrameError: raised to the caller
+                if self._last_read > 0.0 and now > self._last_read:
+                    inst = (self._c["received"] - received) / (now - self._last_read)
+                    self._rate += (inst - self._rate) * RATE_GAIN
+                self._last_read = now
+                if acks or packets:
+                    return PUMP_PACKETS, 0, acks, packets, nbytes, naps
                 after_nap = False
-                continue
-            except OSError as exc:
-                return PUMP_ERROR, exc.errno or _errno.EIO, None, [], nbytes, naps
-            if n == 0:
-                return PUMP_CLOSED, 0, None, [], nbytes, naps
-            if after_nap and n < len(buf):
-                try:
-                    n += sock.recv_into(buf[n:], 0, socket.MSG_DONTWAIT)
-                except OSError:
-                    pass
-                try:
-                    sock.setsockopt(_IPPROTO_TCP, _TCP_QUICKACK, 1)
-                except OSError:
-                    pass
-            now = time.monotonic()
-            nbytes += n
-            received = self._c["received"]
-            acks, packets = self.feed(n, time.time())   # FrameError: raised to the caller
-            if self._last_read > 0.0 and now > self._last_read:
-                inst = (self._c["received"] - received) / (now - self._last_read)
-                self._rate += (inst - self._rate) * RATE_GAIN
-            self._last_read = now
-            if acks or packets:
-                return PUMP_PACKETS, 0, acks, packets, nbytes, naps
-            after_nap = False
-            if ceiling > 0.0 and waited < ceiling and n < skip_bytes:
-                if now >= until:
-                    return PUMP_DEADLINE, 0, None, [], nbytes, naps
-                naps += 1
-                if self.nap(wake_fd, nap_length(ceiling, self._rate)):
-                    return PUMP_WAKE, 0, None, [], nbytes, naps
-                after_nap = True
+                if ceiling > 0.0 and waited < ceiling and n < skip_bytes:
+                    if now >= until:
+                        return PUMP_DEADLINE, 0, None, [], nbytes, naps
+                    _quickack(sock)
+                    ack_due = False
+                    naps += 1
+                    if self.nap(wake_fd, nap_length(ceiling, self._rate)):
+                        return PUMP_WAKE, 0, None, [], nbytes, naps
+                    after_nap = True
+        finally:
+            if ack_due:
+                _quickack(sock)
 
     def notify(self) -> None:
         """Nothing to ring: every ``try_push`` of ``feed`` already rang."""

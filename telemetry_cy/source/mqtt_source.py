@@ -382,11 +382,9 @@ class MqttSource:
         t_open = time.monotonic()
         t_up: float | None = None
         wake = self._wake_r
-        reader = self._reader
         # poll, not select: no FD_SETSIZE limit in a process with many descriptors.
         poller = select.poll()
         poller.register(wake, select.POLLIN)
-        wake_fd = wake.fileno()
         napped = False
         polled = None
         misc_due = 0.0   # paho's loop_misc (keepalive, PINGRESP timeout) on a timer, not per turn
@@ -422,9 +420,10 @@ class MqttSource:
                         poller.unregister(polled)
                     poller.register(sock, select.POLLIN)
                     polled = sock
-                napped = self._python_turn(client, sock, poller, napped, misc_due)
-                if napped is None:
+                turn = self._python_turn(client, sock, poller, napped, misc_due)
+                if turn is None:
                     break
+                napped = turn
             if client.want_write():
                 # Non-blocking: whatever the socket does not take stays queued in paho, and the
                 # next turn polls for POLLOUT.
@@ -435,7 +434,7 @@ class MqttSource:
                 if client.loop_misc():
                     break
                 misc_due = now + self._misc_every
-        reader.notify()   # a turn that ended in `break` after its read
+        self._reader.notify()   # a turn that ended in `break` after its read
         up_for = (time.monotonic() - t_up) if t_up is not None else 0.0
         if self._stop.is_set() and client.socket() is not None:
             self._disconnect(client)
