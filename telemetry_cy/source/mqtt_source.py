@@ -92,10 +92,13 @@ class MqttSource:
             publisher set it; by default the broker clears it on live deliveries and sets it only
             on the retained messages it sends at subscribe time. The daemon does not need it
             (the flag does not change an aggregate); the capture recorder wants it.
-        coalesce: seconds (default 0.002, 0 = off) the network thread naps after a read when
-            traffic is dense, so that one wake-up, one read and one doorbell ring carry every
-            message that arrived meanwhile instead of one each; it bounds the latency it adds.
-            Reads that owe PUBACKs (QoS 1 deliveries) are not followed by a nap.
+        coalesce: the ceiling, in seconds (default 0.004, 0 = off), of the nap the network
+            thread takes after a read when traffic is dense, so that one wake-up, one read and
+            one doorbell ring (one engine wake-up) carry every message that arrived meanwhile
+            instead of one each; it bounds the latency it adds. Below the ceiling the nap
+            adapts to the rate (FrameReader.pump: long enough for NAP_TARGET_RECORDS records,
+            so high rates nap less). Reads that owe PUBACKs (QoS 1 deliveries) are not
+            followed by a nap.
     """
 
     def __init__(self, ring, url: str = "mqtt://127.0.0.1:1883",
@@ -107,7 +110,7 @@ class MqttSource:
                  max_payload_bytes: int = 65536, keepalive: float = 30,
                  recv_buffer_bytes: int = 1 << 20, *, backoff_initial: float = 0.1,
                  backoff_max: float = 30.0, connect_timeout: float = 5.0,
-                 retain_as_published: bool = False, coalesce: float = 0.002) -> None:
+                 retain_as_published: bool = False, coalesce: float = 0.004) -> None:
         tls, host, port, url_user, url_pass = parse_url(url)
         self._url = redact_url(url)
         self._host, self._port, self._tls = host, port, tls
