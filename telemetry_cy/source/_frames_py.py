@@ -33,9 +33,11 @@ PUMP_ERROR = 4      # recv failed; the errno comes with it
 #: A read that fills this share of the receive buffer means we are behind: no nap after it.
 NAP_SKIP_FILL = 0.25
 #: A nap long enough for this many records at the measured rate, never longer than the
-#: caller's ceiling: one nap's fixed cost (two context switches, the reads, the doorbell) spread
-#: over enough records, and no longer a wait than that needs.
-NAP_TARGET_RECORDS = 64
+#: caller's ceiling: one nap's fixed cost (two sleeps and wake-ups, one per thread, the reads,
+#: the doorbell: ~60 us of CPU on the AMD guest of docs/performance.md) spread over enough
+#: records to cost ~0.25 us each, and no longer a wait than that needs. Below ~64k msg/s (with
+#: the 4 ms default ceiling) the nap is the ceiling; above, it shortens with the rate.
+NAP_TARGET_RECORDS = 256
 #: The shortest nap (at the highest rates): below it a nap saves less than it costs.
 NAP_FLOOR_S = 0.0005
 #: Weight of the newest read in the smoothed rate (records between two reads over their time).

@@ -4,7 +4,9 @@ paho-mqtt keeps what it is good at -- CONNECT and its properties, SUBSCRIBE, kee
 the handling of every packet that is not a PUBLISH QoS 0/1, TLS -- and ``FastClient`` replaces
 paho's ``loop_read`` (one ``recv`` per byte of header, one ``MQTTMessage`` per packet) with one big
 ``recv_into`` per readable event and ``FrameReader.feed``, which writes every PUBLISH QoS 0/1
-straight into the ring without the GIL and without a Python object per message.
+straight into the ring without the GIL and without a Python object per message. On plain TCP,
+``tc_pump`` goes further: whole read turns (poll, read, parse, doorbell, coalescing nap) run in
+``FrameReader.pump`` without the GIL, and come back here only for what needs paho.
 
 Ownership: a FastClient, its FrameReader and the reader's receive buffer belong to the one network
 thread of ``MqttSource`` (see mqtt_source.py); every method here runs on that thread.
