@@ -1,0 +1,330 @@
+/* The keys section of an engine snapshot (docs/state.md): the window table to bytes and back.
+ *
+ * A logical encoding, not a memory dump: per key its names, unit, sequence baseline, clock fields
+ * and only the panes holding data (by age below the newest interval), so the pure twin
+ * (_engine_py.py, _snapshot_keys / _restore_keys) writes the same bytes from its own structures
+ * and the record layout in tc_window.h may change underneath. Little-endian, no padding; fields
+ * are read with memcpy (no alignment assumed).
+ *
+ * The reader trusts nothing: every length is checked against the bytes left, names must be UTF-8,
+ * panes strictly ordered inside the ring, a key's newest interval in range, no key twice. It runs
+ * in two passes: tc_snap_scan checks every record (and collects last_ts, for a smaller max_keys),
+ * tc_snap_load builds the keys. The checksum is checked before either, in Python (zlib.crc32);
+ * tests/fuzz/fuzz_snapshot.c drives both passes with arbitrary bytes.
+ *
+ * No Python, no GIL, no locks: the engine thread owns the table while it writes or loads it.
+ */
+#ifndef TC_SNAPSHOT_H
+#define TC_SNAPSHOT_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cbor_reader.h" /* tc_utf8_valid */
+#include "tc_window.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "tc_snapshot.h writes its little-endian fields with memcpy: a big-endian host needs swaps"
+#endif
+
+/* record head: u16 device_len, sensor_len, unit_len, n_panes; u8 flags; u64 last_seq;
+ * i64 newest; f64 last, last_ts, newest_first_ts. Then f64 frozen_last (event time with a lead),
+ * the names, the panes oldest first: u16 age, u32 count, f64 sum, m2, min, max, first; an open
+ * pane below the newest (event time) is followed by f64 first_ts, last, last_ts. */
+#define TC_SNAP_KEY_HEAD 49
+#define TC_SNAP_PANE 46
+#define TC_SNAP_OPEN 24
+#define TC_SNAP_HAS_UNIT 1u
+#define TC_SNAP_HAS_SEQ 2u
+#define TC_SNAP_MAX_INTERVAL 4000000000000000000LL /* the engine's interval bound */
+
+typedef struct {
+    uint32_t units;   /* pane-sized units before a record's names (tc_table.panes) */
+    uint32_t ring;    /* panes per key: P + lead */
+    uint32_t lead;    /* event time: open intervals ahead of the closed tick; 0 in arrival */
+    int event;
+    int started;
+    int64_t closed;
+} tc_snap_shape;
+
+typedef struct {
+    const uint8_t *dev, *sen, *unit;
+    uint32_t dlen, slen, ulen, n_panes, flags;
+    uint64_t seq;
+    int64_t newest;
+    double last, last_ts, newest_first_ts, frozen_last;
+    const uint8_t *panes; /* n_panes pane entries, each followed by its open times if any */
+} tc_snap_rec;
+
+static inline int tc_snap_open_pane(const tc_snap_shape *s, int64_t j, int64_t newest) {
+    return s->event && j >= s->closed && j < newest;
+}
+
+static inline uint32_t tc_snap_ulen(const tc_key *k) {
+    return k->unit_len == TC_NO_UNIT ? 0 : k->unit_len;
+}
+
+/* ---- writing ---------------------------------------------------------------------------------- */
+
+/* Bytes of k's record. */
+static inline size_t tc_snap_key_size(const tc_key *k, const tc_snap_shape *s) {
+    size_t n = TC_SNAP_KEY_HEAD + (s->event && s->lead ? 8 : 0) + k->device_len + k->sensor_len +
+               tc_snap_ulen(k);
+    if (k->newest == INT64_MIN) return n;
+    for (int64_t j = k->newest - (int64_t)s->ring + 1; j <= k->newest; j++) {
+        if (k->panes[tc_pane_of(j, s->ring)].count == 0) continue;
+        n += TC_SNAP_PANE + (tc_snap_open_pane(s, j, k->newest) ? TC_SNAP_OPEN : 0);
+    }
+    return n;
+}
+
+#define TC_SNAP_PUT(o, v)                                                                          \
+    do {                                                                                           \
+        memcpy((o), &(v), sizeof(v));                                                              \
+        (o) += sizeof(v);                                                                          \
+    } while (0)
+
+/* Writes k's record at o (tc_snap_key_size bytes); returns the end. */
+static inline uint8_t *tc_snap_write_key(uint8_t *o, tc_key *k, const tc_snap_shape *s) {
+    uint32_t ring = s->ring;
+    uint16_t n_panes = 0, dlen = (uint16_t)k->device_len, slen = (uint16_t)k->sensor_len,
+             ulen = (uint16_t)tc_snap_ulen(k);
+    /* frozen_last as the twin sees it: the last of the newest non-empty closed pane, 0.0 when
+     * no stored pane is closed (the value left by a pane that has rolled out is never read) */
+    int any_closed = 0;
+    if (k->newest != INT64_MIN) {
+        for (int64_t j = k->newest - (int64_t)ring + 1; j <= k->newest; j++) {
+            if (k->panes[tc_pane_of(j, ring)].count == 0) continue;
+            n_panes++;
+            if (j < s->closed) any_closed = 1;
+        }
+    }
+    uint8_t flags = (uint8_t)((k->unit_len != TC_NO_UNIT ? TC_SNAP_HAS_UNIT : 0) |
+                              (k->has_seq ? TC_SNAP_HAS_SEQ : 0));
+    uint64_t seq = k->has_seq ? k->last_seq : 0;
+    TC_SNAP_PUT(o, dlen);
+    TC_SNAP_PUT(o, slen);
+    TC_SNAP_PUT(o, ulen);
+    TC_SNAP_PUT(o, n_panes);
+    TC_SNAP_PUT(o, flags);
+    TC_SNAP_PUT(o, seq);
+    TC_SNAP_PUT(o, k->newest);
+    TC_SNAP_PUT(o, k->last);
+    TC_SNAP_PUT(o, k->last_ts);
+    TC_SNAP_PUT(o, k->newest_first_ts);
+    if (s->event && s->lead) {
+        double frozen = any_closed ? *tc_key_frozen_last(k, ring) : 0.0;
+        TC_SNAP_PUT(o, frozen);
+    }
+    memcpy(o, tc_key_device(k, s->units), dlen);
+    o += dlen;
+    memcpy(o, tc_key_sensor(k, s->units), slen);
+    o += slen;
+    memcpy(o, tc_key_unit(k, s->units), ulen);
+    o += ulen;
+    if (k->newest == INT64_MIN) return o;
+    for (int64_t j = k->newest - (int64_t)ring + 1; j <= k->newest; j++) {
+        const tc_pane *p = &k->panes[tc_pane_of(j, ring)];
+        if (p->count == 0) continue;
+        uint16_t age = (uint16_t)(k->newest - j);
+        TC_SNAP_PUT(o, age);
+        TC_SNAP_PUT(o, p->count);
+        TC_SNAP_PUT(o, p->sum);
+        TC_SNAP_PUT(o, p->m2);
+        TC_SNAP_PUT(o, p->min);
+        TC_SNAP_PUT(o, p->max);
+        TC_SNAP_PUT(o, p->first);
+        if (tc_snap_open_pane(s, j, k->newest)) {
+            const tc_open_pane *op = tc_key_open_slot(k, ring, s->lead, j);
+            TC_SNAP_PUT(o, op->first_ts);
+            TC_SNAP_PUT(o, op->last);
+            TC_SNAP_PUT(o, op->last_ts);
+        }
+    }
+    return o;
+}
+
+/* ---- reading ---------------------------------------------------------------------------------- */
+
+#define TC_SNAP_GET(v, p)                                                                          \
+    do {                                                                                           \
+        memcpy(&(v), (p), sizeof(v));                                                              \
+        (p) += sizeof(v);                                                                          \
+    } while (0)
+
+/* Parses and checks the record at p (len bytes left). Returns its size, or 0 with *why set. */
+static inline size_t tc_snap_parse(const uint8_t *p, size_t len, const tc_snap_shape *s,
+                                   tc_snap_rec *r, const char **why) {
+    const uint8_t *start = p, *end = p + len;
+    uint16_t dlen, slen, ulen, n_panes;
+    uint8_t flags;
+    if (len < TC_SNAP_KEY_HEAD) {
+        *why = "a key record runs past the keys section";
+        return 0;
+    }
+    TC_SNAP_GET(dlen, p);
+    TC_SNAP_GET(slen, p);
+    TC_SNAP_GET(ulen, p);
+    TC_SNAP_GET(n_panes, p);
+    TC_SNAP_GET(flags, p);
+    TC_SNAP_GET(r->seq, p);
+    TC_SNAP_GET(r->newest, p);
+    TC_SNAP_GET(r->last, p);
+    TC_SNAP_GET(r->last_ts, p);
+    TC_SNAP_GET(r->newest_first_ts, p);
+    r->frozen_last = 0.0;
+    if (s->event && s->lead) {
+        if ((size_t)(end - p) < 8) {
+            *why = "a key record runs past the keys section";
+            return 0;
+        }
+        TC_SNAP_GET(r->frozen_last, p);
+    }
+    if ((flags & ~(TC_SNAP_HAS_UNIT | TC_SNAP_HAS_SEQ)) || (ulen && !(flags & TC_SNAP_HAS_UNIT))) {
+        *why = "bad key flags";
+        return 0;
+    }
+    if (n_panes > s->ring) {
+        *why = "more panes than the ring holds";
+        return 0;
+    }
+    if (r->newest == INT64_MIN) {
+        if (n_panes) {
+            *why = "panes in a key without data";
+            return 0;
+        }
+    } else if (r->newest > TC_SNAP_MAX_INTERVAL || r->newest < -TC_SNAP_MAX_INTERVAL ||
+               (s->started && r->newest > s->closed + (int64_t)s->lead)) {
+        *why = "a key's newest interval is out of range";
+        return 0;
+    }
+    if ((size_t)(end - p) < (size_t)dlen + slen + ulen) {
+        *why = "a key's names run past the keys section";
+        return 0;
+    }
+    r->dev = p;
+    r->sen = p + dlen;
+    r->unit = p + dlen + slen;
+    if (!tc_utf8_valid(r->dev, dlen) || !tc_utf8_valid(r->sen, slen) ||
+        !tc_utf8_valid(r->unit, ulen)) {
+        *why = "a key's name or unit is not UTF-8";
+        return 0;
+    }
+    p += (size_t)dlen + slen + ulen;
+    r->dlen = dlen;
+    r->slen = slen;
+    r->ulen = ulen;
+    r->flags = flags;
+    r->n_panes = n_panes;
+    r->panes = p;
+    uint32_t prev_age = s->ring;
+    for (uint32_t i = 0; i < n_panes; i++) {
+        uint16_t age;
+        uint32_t count;
+        if ((size_t)(end - p) < TC_SNAP_PANE) {
+            *why = "a pane runs past the keys section";
+            return 0;
+        }
+        memcpy(&age, p, 2);
+        memcpy(&count, p + 2, 4);
+        p += TC_SNAP_PANE;
+        if (age >= prev_age || count == 0) {
+            *why = "pane ages out of order or an empty pane";
+            return 0;
+        }
+        prev_age = age;
+        if (tc_snap_open_pane(s, r->newest - age, r->newest)) {
+            if ((size_t)(end - p) < TC_SNAP_OPEN) {
+                *why = "a pane runs past the keys section";
+                return 0;
+            }
+            p += TC_SNAP_OPEN;
+        }
+    }
+    return (size_t)(p - start);
+}
+
+/* Pass 1: n_keys records fill exactly len bytes at p. last_ts (may be NULL) gets each record's
+ * last_ts. 0, or -1 with *why set. */
+static inline int tc_snap_scan(const uint8_t *p, size_t len, const tc_snap_shape *s,
+                               uint64_t n_keys, double *last_ts, const char **why) {
+    size_t pos = 0;
+    tc_snap_rec r;
+    for (uint64_t i = 0; i < n_keys; i++) {
+        size_t used = tc_snap_parse(p + pos, len - pos, s, &r, why);
+        if (used == 0) return -1;
+        if (last_ts) last_ts[i] = r.last_ts;
+        pos += used;
+    }
+    if (pos != len) {
+        *why = "bytes after the last key record";
+        return -1;
+    }
+    return 0;
+}
+
+/* Inserts one parsed record into t. 0, 1 (the key is already there: *why set), -1 no memory. */
+static inline int tc_snap_build(tc_table *t, const tc_snap_rec *r, const tc_snap_shape *s,
+                                const char **why) {
+    size_t slot;
+    const char *dev = (const char *)r->dev, *sen = (const char *)r->sen;
+    uint64_t h = tc_key_hash(t->seed, dev, r->dlen, sen, r->slen);
+    if (tc_table_find(t, h, dev, r->dlen, sen, r->slen, &slot)) {
+        *why = "a key appears twice";
+        return 1;
+    }
+    tc_key *k = tc_table_insert(t, h, slot, dev, r->dlen, sen, r->slen);
+    if (!k) return -1;
+    if (r->flags & TC_SNAP_HAS_UNIT) {
+        k = tc_key_set_unit(t, k, (const char *)r->unit, r->ulen);
+        if (!k) return -1;
+    }
+    uint32_t ring = s->ring;
+    k->has_seq = (r->flags & TC_SNAP_HAS_SEQ) ? 1 : 0;
+    k->last_seq = k->has_seq ? r->seq : 0;
+    k->newest = r->newest;
+    k->last = r->last;
+    k->last_ts = r->last_ts;
+    k->newest_first_ts = r->newest_first_ts;
+    if (s->event && s->lead) *tc_key_frozen_last(k, ring) = r->frozen_last;
+    const uint8_t *p = r->panes;
+    for (uint32_t i = 0; i < r->n_panes; i++) {
+        uint16_t age;
+        TC_SNAP_GET(age, p);
+        int64_t j = r->newest - age;
+        tc_pane *pn = &k->panes[tc_pane_of(j, ring)];
+        TC_SNAP_GET(pn->count, p);
+        TC_SNAP_GET(pn->sum, p);
+        TC_SNAP_GET(pn->m2, p);
+        TC_SNAP_GET(pn->min, p);
+        TC_SNAP_GET(pn->max, p);
+        TC_SNAP_GET(pn->first, p);
+        if (tc_snap_open_pane(s, j, r->newest)) {
+            tc_open_pane *op = tc_key_open_slot(k, ring, s->lead, j);
+            TC_SNAP_GET(op->first_ts, p);
+            TC_SNAP_GET(op->last, p);
+            TC_SNAP_GET(op->last_ts, p);
+        }
+    }
+    return 0;
+}
+
+/* Pass 2 (after a successful tc_snap_scan of the same bytes): builds the records whose keep[i]
+ * is set (keep NULL: all), in file order. 0, 1 (a key twice: *why set), -1 no memory. */
+static inline int tc_snap_load(tc_table *t, const uint8_t *p, size_t len, const tc_snap_shape *s,
+                               uint64_t n_keys, const uint8_t *keep, const char **why) {
+    size_t pos = 0;
+    tc_snap_rec r;
+    for (uint64_t i = 0; i < n_keys; i++) {
+        size_t used = tc_snap_parse(p + pos, len - pos, s, &r, why);
+        if (used == 0) return 1;
+        pos += used;
+        if (keep && !keep[i]) continue;
+        int rc = tc_snap_build(t, &r, s, why);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+#endif
