@@ -33,6 +33,11 @@ push_reading_1k_keys            1,000 calls of ``Engine.push_reading(d, s, v, ts
                                 pre-decoded Python values (the Python-level API)
 pure_push_many_1k_keys          as push_many_1k_keys / push_many_tick_1k_keys, with the
 pure_push_many_tick_1k_keys     pure-Python twin ``telemetry_cy.engine._engine_py.Engine``
+q_push_many_1k_keys             as push_many_1k_keys / push_many_1M_keys /
+q_push_many_1M_keys             push_many_tick_1k_keys / push_many_tick_1M_keys with
+q_push_many_tick_1k_keys        ``Engine(quantiles=[0.5, 0.9, 0.99])`` (alpha 0.01): every
+q_push_many_tick_1M_keys        reading also goes into its pane's sketch, every aggregate merges
+                                its key's 12 pane sketches and reads p50, p90, p99
 py_baseline_tick_1k_keys        the same stream as push_many_tick_1k_keys through a plain
                                 Python pipeline: ``cbor2.loads`` + dict of deques + running sum,
                                 mean over 60 s per key at every 5 s tick
@@ -202,11 +207,17 @@ def bench_decode(batch: int, native: bool):
     return setup
 
 
-def bench_push_many(n_keys: int, batch: int, mode: str, pure: bool = False):
+#: Engine settings of the q_* benchmarks: quantiles on.
+QUANTILES = dict(quantiles=[0.5, 0.9, 0.99], quantile_accuracy=0.01)
+
+
+def bench_push_many(n_keys: int, batch: int, mode: str, pure: bool = False, q: bool = False):
     """mode: 'warm' (keys live), 'decode_only' (max_keys=1, every reading a key_limit drop),
-    'overhead' (max_payload_bytes=1, every payload an oversize drop)."""
+    'overhead' (max_payload_bytes=1, every payload an oversize drop). q: quantiles on."""
     def setup():
         Engine = _engine_cls(pure)
+        if q:
+            Engine = _with_quantiles(Engine)
         ps = payload_set(n_keys, 20 if n_keys <= 100_000 else 1)
         feed = Feed(ps, batch)
         ts = T0 + 1.0
@@ -298,11 +309,19 @@ def _round_batches(n_keys: int, batch: int):
     return [(s, EMIT_EVERY * s / n_keys) for s in range(0, n_keys, batch)]
 
 
-def bench_tick(n_keys: int, batch: int, pure: bool = False):
+def _with_quantiles(engine_cls):
+    def make(**kwargs):
+        return engine_cls(**kwargs, **QUANTILES)
+    return make
+
+
+def bench_tick(n_keys: int, batch: int, pure: bool = False, q: bool = False):
     """One loop = one emit interval: every key's reading for that interval, batch by batch, with
     tick(ts) after every batch. The first batch crosses the boundary (one aggregate per key)."""
     def setup():
         Engine = _engine_cls(pure)
+        if q:
+            Engine = _with_quantiles(Engine)
         ps = payload_set(n_keys, 20 if n_keys <= 100_000 else 1)
         feed = Feed(ps, batch)
         e = Engine(window=WINDOW, emit_every=EMIT_EVERY)
@@ -586,6 +605,14 @@ def main() -> None:
         desc="one 5 s interval, one reading per key, tick() after every batch, 1 aggregate/reading")
     add("push_many_tick_1M_keys", bench_tick(M1, B), M1, big=True,
         desc="one 5 s interval, one reading per key, tick() after every batch, 1 aggregate/reading")
+    add("q_push_many_1k_keys", bench_push_many(K1, B, "warm", q=True), B,
+        desc="quantiles on: push_many, warm keys, one interval: + sketch add")
+    add("q_push_many_1M_keys", bench_push_many(M1, B, "warm", q=True), B, big=True,
+        desc="quantiles on: push_many, warm keys, one interval: + sketch add")
+    add("q_push_many_tick_1k_keys", bench_tick(K1, B, q=True), K1,
+        desc="quantiles on: one 5 s interval, tick() after every batch, p50/p90/p99 per aggregate")
+    add("q_push_many_tick_1M_keys", bench_tick(M1, B, q=True), M1, big=True,
+        desc="quantiles on: one 5 s interval, tick() after every batch, p50/p90/p99 per aggregate")
     add("push_reading_1k_keys", bench_push_reading(K1, B), B,
         desc="Engine.push_reading with Python values, warm keys")
     add("pure_push_many_1k_keys", bench_push_many(K1, B, "warm", pure=True), B,

@@ -22,6 +22,8 @@ jetstream_compiled_json     ``_wire.encode_jetstream(batch, "agg", "json", 3072,
 jetstream_compiled_cbor     chunks with a reply subject and a ``Nats-Msg-Id`` header per message
 jetstream_twin_json         the same with the twin ``_wire_py.encode_jetstream``
 jetstream_twin_cbor
+wire_compiled_q_json        as wire_compiled_*, each aggregate also carrying p50, p90, p99 (the
+wire_compiled_q_cbor        sketch's values at alpha 0.01 for its 12 readings: 16-17 digit reprs)
 subject_order_compiled      ``_wire.subject_order(batch)`` on the batch in a shuffled order (the
 subject_order_twin          engine's hash order): what the JetStream path does before encoding
 ==========================  ======================================================================
@@ -58,8 +60,9 @@ class BenchError(RuntimeError):
     pass
 
 
-def typical_batch(n: int, seed: int = 42) -> list:
+def typical_batch(n: int, seed: int = 42, quantiles: bool = False) -> list:
     from telemetry_cy.engine._engine import Aggregate
+    from telemetry_cy.engine.sketch_py import QuantileSketch
     rng = random.Random(seed)
     end = 1_700_000_060.0
     out = []
@@ -67,9 +70,14 @@ def typical_batch(n: int, seed: int = 42) -> list:
         sensor, unit, centre, spread = SENSORS[i % len(SENSORS)]
         xs = [round(rng.gauss(centre, spread), 2) for _ in range(12)]
         total = sum(xs)
+        qs = []
+        if quantiles:
+            sketch = QuantileSketch(0.01)
+            sketch.add_many(xs)
+            qs = sketch.quantiles((0.5, 0.9, 0.99))
         out.append(Aggregate(f"dev-{i // len(SENSORS):05d}", sensor, unit, end - 60.0, end,
                              len(xs), total, total / len(xs), min(xs), max(xs),
-                             statistics.pstdev(xs), xs[0], xs[-1]))
+                             statistics.pstdev(xs), xs[0], xs[-1], *qs))
     return out
 
 
@@ -128,7 +136,7 @@ class Lazy:
 def bench(kind: str, fmt: str, n: int):
     def setup():
         from telemetry_cy.sink import _wire, _wire_py
-        batch = typical_batch(n)
+        batch = typical_batch(n, quantiles=kind == "compiled_q")
         check(batch, fmt)
         if kind == "emitter_path":
             take = emitter_path(fmt)
@@ -147,7 +155,8 @@ def bench(kind: str, fmt: str, n: int):
             def one():
                 order(shuffled)
         else:
-            encode_batch = (_wire if kind == "compiled" else _wire_py).encode_batch
+            encode_batch = (_wire if kind in ("compiled", "compiled_q") else
+                            _wire_py).encode_batch
 
             def one():
                 encode_batch(batch, PREFIX, fmt, MAX_SUBJECT_BYTES)
@@ -188,6 +197,7 @@ def main() -> None:
     only = re.compile(args.only) if args.only else None
     for kind, what in (("compiled", "_wire.encode_batch"), ("twin", "_wire_py.encode_batch"),
                        ("emitter_path", "subject_for + encode per aggregate, as emitter._take"),
+                       ("compiled_q", "_wire.encode_batch, with p50/p90/p99"),
                        ("jetstream_compiled", "_wire.encode_jetstream"),
                        ("jetstream_twin", "_wire_py.encode_jetstream"),
                        ("subject_order_compiled", "_wire.subject_order, shuffled batch"),
@@ -197,7 +207,7 @@ def main() -> None:
                 if fmt == "cbor":
                     continue
                 name = kind
-            elif kind in ("compiled", "twin"):
+            elif kind in ("compiled", "twin", "compiled_q"):
                 name = f"wire_{kind}_{fmt}"
             else:
                 name = f"{kind}_{fmt}"

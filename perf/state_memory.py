@@ -13,8 +13,16 @@
 Budget: state <= 1,024 bytes per live key, key bytes and table overhead included; RSS
 flat under one hot key.
 
+With ``--quantiles`` every engine computes p50, p90, p99 (alpha 0.01, ``--quantile-accuracy``) and
+a third part runs:
+(c) 1,000 keys of sensor-like data (each key uniform within +-20 % of its own level, the level
+    drifting 0.1 %/s) at 1, 10 and 100 readings/s per key for 65 s of event time (every pane of
+    every window full), then ``state_bytes / live_keys``: the state per key with every pane's
+    sketch holding its data. Budget with quantiles: 2,048 bytes per key.
+
     PYTHONPATH=$PWD .venv/bin/python perf/state_memory.py \
         -o perf/results/reference/state_memory.json
+    PYTHONPATH=$PWD .venv/bin/python perf/state_memory.py --quantiles --sizes 1000,1000000
 """
 
 from __future__ import annotations
@@ -37,7 +45,10 @@ from payloads import PayloadSet  # noqa: E402
 
 T0 = 1_800_000_000.0
 BUDGET_PER_KEY = 1024
+BUDGET_PER_KEY_QUANTILES = 2048
 BATCH = 1000
+#: Engine settings with --quantiles (the accuracy may be changed with --quantile-accuracy).
+QUANTILES: dict = {}
 
 
 def vm_rss() -> int:
@@ -54,7 +65,7 @@ def per_key(n_keys: int, engine_kwargs: dict | None = None) -> dict:
     one made with ``engine_kwargs``, ``--engine``: e.g. event time with allowed lateness)."""
     from telemetry_cy.engine._engine import Engine
     ps = PayloadSet.cached(n_keys, 1) if n_keys >= 100_000 else PayloadSet(n_keys, 1)
-    e = Engine(**(engine_kwargs or {}))
+    e = Engine(**{**QUANTILES, **(engine_kwargs or {})})
     gc.collect()
     gc.disable()
     ts = T0 + 1.0
@@ -85,7 +96,7 @@ def one_hot_key(readings: int, rate: float, sample_every: int) -> dict:
     from telemetry_cy.engine._engine import Engine
     ps = PayloadSet(1, 10 * BATCH)           # one key, 10,000 distinct payloads (values, seq)
     batches = [ps.batch(i, BATCH) for i in range(0, len(ps), BATCH)]
-    e = Engine()
+    e = Engine(**QUANTILES)
     n_batches = readings // BATCH
     per_sample = max(1, sample_every // BATCH)
     n_samples = (n_batches + per_sample - 1) // per_sample + 1
@@ -124,6 +135,9 @@ def one_hot_key(readings: int, rate: float, sample_every: int) -> dict:
     sxx = sum((x - mx) ** 2 for x in xs)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
     state_sizes = sorted({s["state_bytes"] for s in samples})
+    # with quantiles a pane's sketch grows with the spread of its values, so the state grows
+    # until the first window is full (60 s + one interval); from then on it must not move
+    full = sorted({s["state_bytes"] for s in samples if s["ts"] >= 65.0})
     rss_tail = [s["rss"] for s in tail]
     return {
         "readings": st["readings"],
@@ -139,10 +153,35 @@ def one_hot_key(readings: int, rate: float, sample_every: int) -> dict:
         "rss_tail_max": max(rss_tail),
         "rss_slope_bytes_per_million_readings": slope * 1e6,
         "state_bytes_values": state_sizes,
-        # flat: the window state never changed size, and RSS moved by less than 64 KiB over the
+        "state_bytes_after_first_window": full,
+        # flat: the window state did not change size once the first window was full, and RSS
+        # moved by less than 64 KiB over the
         # last 90% of the run (page granularity is 4 KiB; the interpreter allocates a little)
-        "flat": len(state_sizes) == 1 and max(rss_tail) - min(rss_tail) < 64 * 1024,
+        "flat": len(full) == 1 and max(rss_tail) - min(rss_tail) < 64 * 1024,
     }
+
+
+def sensor_windows(n_keys: int, rate: float, seconds: float = 65.0, seed: int = 1) -> dict:
+    """(c): n_keys keys of sensor-like data at `rate` readings/s each, every pane full."""
+    import random
+
+    from telemetry_cy.engine._engine import Engine
+    rnd = random.Random(seed)
+    e = Engine(**QUANTILES)
+    names = [(f"dev-{i:05d}", "temperature") for i in range(n_keys)]
+    levels = [10.0 ** rnd.uniform(0.0, 3.0) for _ in range(n_keys)]
+    push, uniform = e.push_reading, rnd.uniform
+    steps = int(seconds * rate)
+    for step in range(steps):
+        t = T0 + step / rate
+        drift = 1.0 + 0.001 * (t - T0)
+        for (d, s), level in zip(names, levels):
+            push(d, s, level * drift * uniform(0.8, 1.2), t)
+    n_aggs = len(e.tick(T0 + seconds))
+    st = e.stats()
+    return {"keys": n_keys, "rate_per_key": rate, "event_seconds": seconds,
+            "readings": st["readings"], "aggregates": n_aggs,
+            "state_bytes_per_key": st["state_bytes"] / st["live_keys"]}
 
 
 def machine() -> dict:
@@ -166,20 +205,30 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=10_000.0, help="event-time readings/s of (b)")
     ap.add_argument("--engine", default="{}", help="(a) only: Engine keyword arguments as JSON, "
                     "e.g. '{\"time\": \"event\", \"allowed_lateness\": 10}'")
+    ap.add_argument("--quantiles", action="store_true",
+                    help="engines compute p50, p90, p99; adds part (c)")
+    ap.add_argument("--quantile-accuracy", type=float, default=0.01)
+    ap.add_argument("--sensor-rates", default="1,10,100", help="readings/s per key of (c)")
     ap.add_argument("--child-keys", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.quantiles:
+        QUANTILES.update(quantiles=[0.5, 0.9, 0.99], quantile_accuracy=args.quantile_accuracy)
 
     if args.child_keys:
         print(json.dumps(per_key(args.child_keys, json.loads(args.engine))))
         return
 
     out = {"machine": machine(), "window_s": 60.0, "emit_every_s": 5.0,
-           "budget_bytes_per_key": BUDGET_PER_KEY, "per_key": [], "one_hot_key": None}
-    print(f"(a) state per live key, default 60 s / 5 s window, Engine(**{args.engine})")
+           "budget_bytes_per_key": BUDGET_PER_KEY_QUANTILES if QUANTILES else BUDGET_PER_KEY,
+           "quantiles": QUANTILES, "per_key": [], "one_hot_key": None, "sensor_windows": []}
+    print(f"(a) state per live key, default 60 s / 5 s window, Engine(**{args.engine})"
+          + (f", quantiles {QUANTILES}" if QUANTILES else ""))
     print(f"{'keys':>10} {'state_bytes/key':>16} {'RSS growth/key':>15}")
     for n in (int(x) for x in args.sizes.split(",")):
         child = subprocess.run([sys.executable, __file__, "--child-keys", str(n),
-                                "--engine", args.engine],
+                                "--engine", args.engine,
+                                *(["--quantiles", "--quantile-accuracy",
+                                   str(args.quantile_accuracy)] if args.quantiles else [])],
                                capture_output=True, text=True, check=True)
         r = json.loads(child.stdout.strip().splitlines()[-1])
         out["per_key"].append(r)
@@ -194,8 +243,16 @@ def main() -> None:
         print(f"{s['readings']:>12,} {s['rss'] // 1024:>12,} {s['state_bytes']:>12,}")
     print(f"slope (last 90%): {hot['rss_slope_bytes_per_million_readings']:+.1f} bytes per "
           f"million readings; RSS range {(hot['rss_tail_max'] - hot['rss_tail_min']) // 1024} KiB; "
-          f"state_bytes {hot['state_bytes_values']}; ticks {hot['ticks']}, "
+          f"state_bytes {hot['state_bytes_values']} (after the first window "
+          f"{hot['state_bytes_after_first_window']}); ticks {hot['ticks']}, "
           f"{hot['aggregates']} aggregates; {hot['wall_seconds']:.1f} s; flat: {hot['flat']}")
+    if QUANTILES:
+        print("\n(c) 1,000 keys of sensor-like data, every pane full")
+        print(f"{'readings/s/key':>15} {'state_bytes/key':>16}")
+        for rate in (float(x) for x in args.sensor_rates.split(",")):
+            r = sensor_windows(1000, rate)
+            out["sensor_windows"].append(r)
+            print(f"{rate:>15g} {r['state_bytes_per_key']:>16.1f}")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         with open(args.output, "w") as f:

@@ -13,6 +13,7 @@ DROP_REASONS: tuple[str, ...] = (
     "key_limit",        # a new (device, sensor) while max_keys keys are live
     "late",             # interval below the last closed tick: its first window was emitted
     "future",           # event time t more than max_future ahead of its arrival
+    "sketch_full",      # the pane's quantile sketch already holds 2**32 - 1 values (quantiles on)
     "ingest_full",      # the network thread found the ingest ring full
     "emit_backlog",     # the NATS backlog was full
 )
@@ -20,4 +21,4 @@ DROP_REASONS: tuple[str, ...] = (
 #: Reasons counted per payload: the payload could not be split into readings.
 PAYLOAD_REASONS = frozenset({"oversize", "decode_error", "ingest_full"})
 #: Reasons the engine itself counts (the rest belong to the ingest and emit stages).
-ENGINE_REASONS: tuple[str, ...] = DROP_REASONS[:7]
+ENGINE_REASONS: tuple[str, ...] = DROP_REASONS[:8]

@@ -14,7 +14,7 @@ import cbor2
 import pytest
 
 from telemetry_cy.engine import _engine_py
-from telemetry_cy.engine.rules import AGGREGATE_FIELDS, aggregate_field_type
+from telemetry_cy.engine.rules import AGGREGATE_FIELDS, QUANTILE_FIELDS, aggregate_field_type
 from telemetry_cy.sink.bodies import decode_body, encode_cbor, encode_json
 
 STUB = Path(_engine_py.__file__).with_name("_engine.pyi")
@@ -26,7 +26,7 @@ def _distinct_values() -> tuple:
     out: list[object] = []
     for i, name in enumerate(AGGREGATE_FIELDS):
         kind = aggregate_field_type(name)
-        if kind is float:
+        if kind is float or kind == float | None:
             out.append(i + 0.5)
         elif kind is int:
             out.append(i)
@@ -79,6 +79,27 @@ def test_the_stub_declares_exactly_those_fields_with_their_types():
                and node.name == "__init__"]
     params = [(arg.arg, ast.unparse(arg.annotation)) for arg in init.args.args[1:]]
     assert params == declared
+    # the quantiles, and only they, default to None
+    assert [ast.unparse(d) for d in init.args.defaults] == ["None"] * len(QUANTILE_FIELDS)
+    assert [p for p, _ in params[-len(QUANTILE_FIELDS):]] == [n for n, _ in QUANTILE_FIELDS]
+
+
+def test_quantiles_not_computed_are_none_and_left_out(backend):
+    """Quantiles off: the 13 statistics alone make an Aggregate; p50/p90/p99 are None and absent
+    from as_dict() and both bodies. Any subset may be present."""
+    values = _distinct_values()[:13]
+    a = backend.Aggregate(*values)
+    names = [n for n, _ in QUANTILE_FIELDS]
+    assert [getattr(a, n) for n in names] == [None, None, None]
+    expected = [n for n in AGGREGATE_FIELDS if n not in names]
+    assert list(a.as_dict()) == expected
+    for fmt, encode in (("json", encode_json), ("cbor", encode_cbor)):
+        assert list(decode_body(fmt, encode(a))) == expected, fmt
+    b = backend.Aggregate(*values, p90=12.25)
+    assert b.p50 is None and b.p90 == 12.25 and b.p99 is None
+    assert list(b.as_dict()) == expected + ["p90"]
+    for fmt, encode in (("json", encode_json), ("cbor", encode_cbor)):
+        assert decode_body(fmt, encode(b)) == b.as_dict(), fmt
 
 
 def test_field_types_are_asked_by_name():

@@ -166,3 +166,27 @@ def test_jetstream_settings_reach_the_emitter():
     assert em._js is not None and em._encoder.expected_stream == "AGG"
     assert (em._js.max_msgs, em._js.max_bytes) == (4096, 2 << 20)
     assert make_emitter(parse().nats)._encoder.expected_stream is None
+
+
+def test_quantiles_from_flags_environment_and_toml(tmp_path: Path):
+    assert parse().engine.quantiles == () and parse().engine.quantile_accuracy == 0.01
+    c = parse(["--quantiles", "0.99, 0.5,0.9", "--quantile-accuracy", "0.02"])
+    assert c.engine.quantiles == (0.5, 0.9, 0.99) and c.engine.quantile_accuracy == 0.02
+    assert parse(environ={"TELEMETRY_CY_QUANTILES": "0.9"}).engine.quantiles == (0.9,)
+    assert parse(["--quantiles", ""]).engine.quantiles == ()
+    path = tmp_path / "q.toml"
+    path.write_text("quantiles = [0.5, 0.99]\nquantile_accuracy = 0.005\n")
+    c = parse(["--config", str(path)])
+    assert c.engine.quantiles == (0.5, 0.99) and c.engine.quantile_accuracy == 0.005
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--quantiles", "0.95"], "setting quantiles"),
+    (["--quantiles", "0.5,median"], "expected a number such as 0.99"),
+    (["--quantile-accuracy", "0.5"], "quantile_accuracy must be between 0.005 and 0.05"),
+    (["--quantile-accuracy", "x"], "setting quantile_accuracy"),
+])
+def test_bad_quantile_settings_name_the_setting(argv, words):
+    with pytest.raises(cfg.ConfigError) as err:
+        parse(argv)
+    assert words in str(err.value)

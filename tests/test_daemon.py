@@ -164,6 +164,48 @@ def test_sigterm_mid_stream_balances(mosquitto, nats_server):
         assert name in final
 
 
+@pytest.mark.parametrize("fmt", ["json", "cbor"])
+def test_run_with_quantiles_publishes_them_within_the_bound(mosquitto, nats_server, fmt):
+    """`telemetry-cy run --quantiles 0.5,0.9,0.99`: every aggregate on NATS carries p50, p90 and
+    p99 within alpha of the window's exact rank quantiles (docs/windows.md, "Quantiles")."""
+    sub = NatsSubscriber(nats_server.url)
+    proc = start_daemon(daemon_cmd(mosquitto, nats_server, "--quantiles", "0.5,0.9,0.99",
+                                   "--quantile-accuracy", "0.02", "--format", fmt))
+    sent: list[float] = []
+    try:
+        assert wait_subscribed(proc), "daemon did not come up"
+        pub = publisher(mosquitto, f"tcy-test-pub-q-{fmt}")
+        for i in range(1500):
+            value = (20 + math.sin(i / 40) * 5) * (1 + (i % 17) / 40) * (-1 if i % 13 == 0 else 1)
+            sent.append(value)
+            info = pub.publish("site/gw/sensor/t", cbor2.dumps({"d": "gw", "s": "t", "v": value}),
+                               qos=1)
+            if i % 500 == 499:
+                info.wait_for_publish(10)
+                time.sleep(0.3)
+        info.wait_for_publish(10)
+        pub.loop_stop()
+        pub.disconnect()
+        time.sleep(2.5)
+    finally:
+        code, out, err = stop_daemon(proc)
+    assert code == 0, err[-2000:]
+    final = json.loads(out.strip().splitlines()[-1])
+    assert final["readings"] == 1500 and final["aggregates"] == final["published"]
+    msgs = sub.wait_count(final["published"])
+    sub.close()
+    aggs = sorted((decode_body(fmt, m.data) for m in msgs), key=lambda a: a["window_end"])
+    offset = 0
+    for a in aggs:
+        chunk = sorted(sent[offset:offset + a["count"]])
+        offset += a["count"]
+        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+            r = q * (len(chunk) - 1)
+            lo, hi = chunk[math.floor(r)], chunk[math.ceil(r)]
+            assert lo - 0.02 * abs(lo) <= a[name] <= hi + 0.02 * abs(hi), (name, a)
+    assert offset == 1500
+
+
 def test_awkward_names_land_on_escaped_subjects(mosquitto, nats_server):
     sub = NatsSubscriber(nats_server.url)
     proc = start_daemon(daemon_cmd(mosquitto, nats_server))

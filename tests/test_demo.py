@@ -17,6 +17,7 @@ SHOW = 5
 AGGREGATE = re.compile(r"aggregate (?P<device>[^/ ]+)/(?P<sensor>\S+) "
                        r"window=(?P<start>[\d:.]+)-(?P<end>[\d:.]+) count=(?P<count>\d+) "
                        r"mean=(?P<mean>\S+) min=(?P<min>\S+) max=(?P<max>\S+) stddev=\S+"
+                       r"( p50=(?P<p50>\S+) p90=(?P<p90>\S+) p99=(?P<p99>\S+))?"
                        r"( unit=\S+)?")
 
 
@@ -57,6 +58,10 @@ def test_demo_runs_headless_and_aggregates_reach_nats_and_stdout():
             count = int(a["count"])
             low, mean, high = (float(a[k]) for k in ("min", "mean", "max"))
             assert count > 0 and low <= mean <= high
+            # the demo shows p50, p90, p99 by default: ordered, and within alpha of the range
+            p50, p90, p99 = (float(a[k]) for k in ("p50", "p90", "p99"))
+            slack = 0.01 * max(abs(low), abs(high)) + 1e-3
+            assert low - slack <= p50 <= p90 <= p99 <= high + slack, line
         assert keys == sorted(keys) and len(set(keys)) == len(keys)
     assert sum(line.startswith("aggregate ") for line in lines) == \
         sum(min(SHOW, int(lines[i].split()[2])) for i in ticks)

@@ -39,6 +39,10 @@ def _config(rng: random.Random, **over) -> dict:
                   idle_timeout=rng.choice([3.0, 30.0]), max_future=rng.choice([0.0, 5.0, 60.0]),
                   max_keys=rng.choice([3, 100]))
     config["key_ttl"] = config["window"] * rng.choice([1.0, 4.0]) + 10.0
+    if rng.random() < 0.5:
+        # quantiles: their pane sketches follow the open panes too (tc_window_qs.h)
+        config["quantiles"] = sorted(rng.sample([0.5, 0.9, 0.99], rng.randint(1, 3)))
+        config["quantile_accuracy"] = rng.choice([0.005, 0.01, 0.05])
     config.update(over)
     return config
 

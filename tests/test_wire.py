@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from telemetry_cy import backend as backends
-from telemetry_cy.engine.rules import AGGREGATE_FIELDS
+from telemetry_cy.engine.rules import AGGREGATE_FIELDS, QUANTILE_FIELDS
 from telemetry_cy.sink.bodies import decode_body, encoder_for
 from telemetry_cy.sink.subjects import escape_token, msg_id, parse_subject, subject_for
 
@@ -24,7 +24,8 @@ MAX_SUBJECT = 3072  # emitter.MAX_SUBJECT_BYTES
 AGGREGATE_CLASSES = [backends.load(name).Aggregate for name in backends.available()]
 Aggregate = AGGREGATE_CLASSES[0]
 PureAggregate = backends.load("pure").Aggregate
-FLOAT_FIELDS = [f for f in AGGREGATE_FIELDS[3:] if f != "count"]
+QUANTILE_NAMES = [name for name, _ in QUANTILE_FIELDS]
+FLOAT_FIELDS = [f for f in AGGREGATE_FIELDS[3:] if f != "count" and f not in QUANTILE_NAMES]
 
 any_char = st.characters(codec=None, categories=None, exclude_categories=())
 names = st.one_of(
@@ -58,6 +59,8 @@ def aggregates(draw):
     values = dict(device=draw(names), sensor=draw(names),
                   unit=draw(st.one_of(st.none(), names)), count=draw(counts))
     values.update({f: draw(floats) for f in FLOAT_FIELDS})
+    # quantiles: each absent (None: not computed) or any float, NaN and infinities included
+    values.update({f: draw(st.one_of(st.none(), floats)) for f in QUANTILE_NAMES})
     return cls(*(values[f] for f in AGGREGATE_FIELDS))
 
 
@@ -121,6 +124,10 @@ def same_value(got, want, fmt) -> bool:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches, st.sampled_from(["json", "cbor"]), chunk_sizes)
 @example([typical(1), typical(2, PureAggregate)], "json", 262144)
+@example([Aggregate("d", "s", None, 0.0, 5.0, 3, 6.0, 2.0, 1.0, 3.0, 0.8, 1.0, 3.0, 2.0, 2.97, 3.0),
+          Aggregate("d", "s", "C", 0.0, 5.0, 3, 6.0, 2.0, 1.0, 3.0, 0.8, 1.0, 3.0, None, 21.95),
+          PureAggregate("d", "s", None, 0.0, 5.0, 1, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, math.nan)],
+         "cbor", 262144)
 def test_compiled_matches_twin(compiled_backend, pure_backend, aggs, fmt, chunk_bytes):
     got = run(compiled_backend, aggs, PREFIX, fmt, MAX_SUBJECT, chunk_bytes)
     want = run(pure_backend, aggs, PREFIX, fmt, MAX_SUBJECT, chunk_bytes)
@@ -146,8 +153,8 @@ def test_compiled_matches_twin(compiled_backend, pure_backend, aggs, fmt, chunk_
     for a, (subject, body) in zip(kept, msgs):
         assert parse_subject(PREFIX, subject) == (a.device, a.sensor)
         fields = decode_body(fmt, body)
-        assert list(fields) == list(AGGREGATE_FIELDS)
-        for name in AGGREGATE_FIELDS:
+        assert list(fields) == list(a.as_dict())
+        for name in a.as_dict():
             assert same_value(fields[name], getattr(a, name), fmt), name
 
 

@@ -2,6 +2,7 @@ cimport cython
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from telemetry_cy.engine._decode cimport tc_decoded, tc_reading
+from telemetry_cy.engine._sketch cimport tc_sketch, tc_sketch_hdr, tc_sketch_map
 
 
 cdef extern from "tc_window.h" nogil:
@@ -26,7 +27,9 @@ cdef extern from "tc_window.h" nogil:
         size_t n_keys
         size_t max_keys
         uint32_t panes          # pane-sized units before a record's names
+        uint32_t ring           # panes that hold data (and sketch headers)
         uint64_t seed
+        uint32_t quantiles
 
     uint32_t TC_NO_UNIT
     uint64_t tc_key_hash(uint64_t seed, const char *dev, size_t dlen, const char *sen, size_t slen)
@@ -63,6 +66,17 @@ cdef extern from "tc_window.h" nogil:
     uint32_t TC_SEQ_MAX_REORDER
     uint64_t TC_SEQ_MAX_GAP
     int tc_key_seq(tc_key *k, uint64_t n, uint64_t *gap)
+
+
+cdef extern from "tc_window_qs.h" nogil:
+    enum:
+        TC_QS_OK, TC_QS_FULL, TC_QS_NOMEM
+    int tc_key_qs_add(tc_table *t, tc_key **kp, const tc_sketch_map *m, int64_t interval,
+                      uint32_t pane, double x)
+    int tc_key_qs_window(const tc_table *t, const tc_key *k, uint32_t panes, int64_t tick,
+                         tc_sketch *s)
+    void tc_qs_quantiles(const tc_sketch_map *m, const tc_sketch_hdr *h, const uint32_t *c,
+                         const double *qs, int nq, double *out)
 
 
 cdef extern from "tc_topn.h" nogil:
@@ -148,6 +162,10 @@ cdef class Aggregate:
     cdef readonly double stddev
     cdef readonly double first
     cdef readonly double last
+    # quantiles (rules.QUANTILE_FIELDS): a float, or None when the engine does not compute it
+    cdef readonly object p50
+    cdef readonly object p90
+    cdef readonly object p99
 
 
 @cython.final
@@ -191,6 +209,15 @@ cdef class Engine:
     cdef list late_out           # late readings for take_late(), at most late_capacity
     cdef int64_t pane_iv         # the last interval whose pane was worked out, and its pane:
     cdef uint32_t pane_of_iv     # keeps the 64-bit modulo off most readings
+    # quantiles (tc_window_qs.h): on when n_qs > 0; qmap shared by every key, qscratch the
+    # window sketch a tick merges each key's panes into (its buffer kept across keys)
+    cdef readonly tuple quantiles
+    cdef readonly double quantile_accuracy
+    cdef tc_sketch_map qmap
+    cdef tc_sketch qscratch
+    cdef int n_qs
+    cdef double qs[3]
+    cdef int q_field[3]          # which of p50, p90, p99 each qs[i] fills
 
     cdef int _apply_reading(self, const char *dev, uint32_t dlen, const char *sen, uint32_t slen,
                             const char *unit, uint32_t ulen, double value, double ts,
@@ -200,11 +227,17 @@ cdef class Engine:
                            uint32_t slen, const char *unit, uint32_t ulen, double value, double ts,
                            int64_t interval, uint32_t pane, uint64_t seq,
                            bint has_seq) noexcept nogil
+    cdef tc_key *_take(self, uint64_t h, const char *dev, uint32_t dlen, const char *sen,
+                       uint32_t slen, const char *unit, uint32_t ulen, double value, double time,
+                       int64_t interval, uint32_t pane, uint64_t seq, bint has_seq,
+                       int *rc) noexcept nogil
     cdef Py_ssize_t _pipe_flush(self, pipe_entry *pipe, size_t head, size_t tail) noexcept nogil
     cdef void _payload_offender(self, const batch_item *item, uint64_t w) noexcept nogil
     cdef Py_ssize_t _run_batch(self, Py_ssize_t start, Py_ssize_t n, int *why) noexcept nogil
     cdef int _advance(self, int64_t interval) except -1
     cdef int _scan(self, int64_t tick, bint emit) except -1
+    cdef int _init_quantiles(self, qcfg) except -1
+    cdef int _set_quantiles(self, Aggregate a, const tc_key *k, int64_t tick) except -1
     cdef Py_ssize_t _run_all(self, Py_ssize_t n) except -1
     cdef int64_t _interval(self, double ts) except? -1
     cdef _push_fallback(self, Py_ssize_t i)

@@ -59,10 +59,15 @@ class Aggregate:
     stddev: float
     first: float
     last: float
+    p50: float | None
+    p90: float | None
+    p99: float | None
     def __init__(self, device: str, sensor: str, unit: str | None, window_start: float,
                  window_end: float, count: int, sum: float, mean: float, min: float, max: float,
-                 stddev: float, first: float, last: float) -> None: ...
-    def as_dict(self) -> dict[str, object]: ...
+                 stddev: float, first: float, last: float, p50: float | None = None,
+                 p90: float | None = None, p99: float | None = None) -> None: ...
+    def as_dict(self) -> dict[str, object]:
+        """The fields by name; a quantile that is None (not computed) is left out."""
 
 @type_check_only
 class EventTimeStats(TypedDict):
@@ -83,13 +88,17 @@ class Engine:
     allowed_lateness: float
     idle_timeout: float
     max_future: float
+    quantiles: tuple[float, ...]  # the q computed, out of 0.5, 0.9, 0.99; () = off
+    quantile_accuracy: float  # the sketch's relative accuracy alpha
     @property
     def max_keys(self) -> int: ...
     def __init__(self, window: float = 60.0, emit_every: float = 5.0, max_keys: int = 1_000_000,
                  key_ttl: float = 300.0, max_payload_bytes: int = 65536,
                  max_name_bytes: int = 256, time: str = "arrival",
                  allowed_lateness: float = 0.0, idle_timeout: float = 30.0,
-                 max_future: float = 60.0, late_capacity: int = 0) -> None: ...
+                 max_future: float = 60.0, late_capacity: int = 0,
+                 quantiles: Iterable[float] | None = None,
+                 quantile_accuracy: float = 0.01) -> None: ...
     def push(self, payload: bytes | bytearray | memoryview, ts: float) -> int: ...
     def push_many(self, payloads: Iterable[bytes | bytearray | memoryview], ts: float) -> int: ...
     def drain(self, ring: ByteRing, max_records: int = 4096) -> int: ...

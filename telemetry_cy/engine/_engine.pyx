@@ -22,9 +22,13 @@ from telemetry_cy.engine._decode cimport (
     tc_decode_payload,
     tc_reading,
 )
+from telemetry_cy.engine._sketch cimport (
+    TC_SKETCH_E_NOMEM, TC_SKETCH_OK, tc_sketch_free, tc_sketch_init, tc_sketch_map_init,
+)
 from telemetry_cy.engine.rules import (
     AGGREGATE_FIELDS, DEFAULT_ALLOWED_LATENESS, DEFAULT_IDLE_TIMEOUT, DEFAULT_LATE_CAPACITY,
-    DEFAULT_MAX_FUTURE, TOP_OFFENDERS, LateReading, check_config, check_event_config, top_entries,
+    DEFAULT_MAX_FUTURE, QUANTILE_ACCURACY_DEFAULT, TOP_OFFENDERS, LateReading, check_config,
+    check_event_config, check_quantiles, present_fields, top_entries,
 )
 from telemetry_cy.engine.cbor_fallback import decode_with_cbor2
 from telemetry_cy.engine import snapshot_format as snap
@@ -34,7 +38,7 @@ from telemetry_cy.reasons import DROP_REASONS, ENGINE_REASONS
 cdef extern from "tc_reasons.h":
     enum:
         TC_DROP_OVERSIZE, TC_DROP_DECODE_ERROR, TC_DROP_SCHEMA_MISMATCH, TC_DROP_NON_FINITE,
-        TC_DROP_KEY_LIMIT, TC_DROP_LATE, TC_DROP_FUTURE, TC_DROP_N_REASONS
+        TC_DROP_KEY_LIMIT, TC_DROP_LATE, TC_DROP_FUTURE, TC_DROP_SKETCH_FULL, TC_DROP_N_REASONS
 
 # why _run_batch stopped
 cdef enum:
@@ -76,7 +80,7 @@ cdef class Aggregate:
     """One key's statistics over [window_start, window_end), emitted at tick window_end."""
 
     def __init__(self, device, sensor, unit, window_start, window_end, count, sum, mean, min, max,
-                 stddev, first, last):
+                 stddev, first, last, p50=None, p90=None, p99=None):
         self.device = device
         self.sensor = sensor
         self.unit = unit
@@ -90,9 +94,13 @@ cdef class Aggregate:
         self.stddev = stddev
         self.first = first
         self.last = last
+        self.p50 = None if p50 is None else float(p50)
+        self.p90 = None if p90 is None else float(p90)
+        self.p99 = None if p99 is None else float(p99)
 
     def as_dict(self):
-        return {name: getattr(self, name) for name in AGGREGATE_FIELDS}
+        """The fields by name; a quantile the engine does not compute is left out."""
+        return present_fields(self)
 
     def __reduce__(self):
         return (Aggregate, tuple(getattr(self, name) for name in AGGREGATE_FIELDS))
@@ -167,6 +175,7 @@ cdef class Engine:
     """
 
     def __cinit__(self):
+        tc_sketch_init(&self.qscratch)
         self.table.keys = NULL
         self.decoded.readings = NULL
         self.batch = NULL
@@ -174,11 +183,13 @@ cdef class Engine:
     def __init__(self, window=60.0, emit_every=5.0, max_keys=1_000_000, key_ttl=300.0,
                  max_payload_bytes=65536, max_name_bytes=256, time="arrival",
                  allowed_lateness=DEFAULT_ALLOWED_LATENESS, idle_timeout=DEFAULT_IDLE_TIMEOUT,
-                 max_future=DEFAULT_MAX_FUTURE, late_capacity=DEFAULT_LATE_CAPACITY):
+                 max_future=DEFAULT_MAX_FUTURE, late_capacity=DEFAULT_LATE_CAPACITY,
+                 quantiles=None, quantile_accuracy=QUANTILE_ACCURACY_DEFAULT):
         cfg = check_config(window, emit_every, max_keys, key_ttl, max_payload_bytes,
                            max_name_bytes)
         ev = check_event_config(time, allowed_lateness, idle_timeout, max_future, late_capacity,
                                 cfg.emit_every, cfg.panes)
+        qcfg = check_quantiles(quantiles, quantile_accuracy)
         self.window = cfg.window
         self.emit_every = cfg.emit_every
         self.key_ttl = cfg.key_ttl
@@ -205,6 +216,8 @@ cdef class Engine:
             tc_table_free(&self.table)
         if tc_table_init(&self.table, self.units, cfg.max_keys, seed) != 0:
             raise MemoryError()
+        self.table.ring = self.ring   # before any key: the sketch block holds `ring` headers
+        self._init_quantiles(qcfg)
         # the reader stores only accepted readings, each at least TC_MIN_READING_BYTES long
         cdef size_t cap = <size_t>self.max_payload_bytes // TC_MIN_READING_BYTES + 1
         free(self.decoded.readings)
@@ -231,6 +244,22 @@ cdef class Engine:
             tc_table_free(&self.table)
         free(self.decoded.readings)
         free(self.batch)
+        tc_sketch_free(&self.qscratch)
+
+    cdef int _init_quantiles(self, qcfg) except -1:
+        self.quantiles = qcfg.qs
+        self.quantile_accuracy = qcfg.accuracy
+        self.n_qs = 0
+        for field, wanted in enumerate(qcfg.wanted):
+            if wanted:
+                self.qs[self.n_qs] = qcfg.qs[self.n_qs]
+                self.q_field[self.n_qs] = field
+                self.n_qs += 1
+        if tc_sketch_map_init(&self.qmap, qcfg.accuracy) != 0:
+            raise ValueError(f"quantile_accuracy {qcfg.accuracy!r} out of range")
+        # set before any key exists: every record then has its sketch block
+        self.table.quantiles = self.n_qs > 0
+        return 0
 
     # ---- the hot path (no GIL) ----------------------------------------------------------------
 
@@ -238,8 +267,8 @@ cdef class Engine:
                             const char *unit, uint32_t ulen, double value, double ts,
                             int64_t interval, uint32_t pane, uint64_t seq,
                             bint has_seq) noexcept nogil:
-        """0 accepted, 1 dropped for key_limit, -1 out of memory. The clock is already at
-        `interval` (not late, no tick left to close below it); `pane` is its pane."""
+        """0 accepted, 1 dropped for key_limit, 2 for sketch_full, -1 out of memory. The clock is
+        already at `interval` (not late, no tick left to close below it); `pane` is its pane."""
         return self._apply_hashed(tc_key_hash(self.table.seed, dev, dlen, sen, slen), dev, dlen,
                                   sen, slen, unit, ulen, value, ts, interval, pane, seq, has_seq)
 
@@ -248,34 +277,65 @@ cdef class Engine:
                            int64_t interval, uint32_t pane, uint64_t seq,
                            bint has_seq) noexcept nogil:
         """_apply_reading with the key's hash and the interval's pane already worked out."""
+        cdef int rc = 0
+        cdef tc_key *k = self._take(h, dev, dlen, sen, slen, unit, ulen, value, ts, interval,
+                                    pane, seq, has_seq, &rc)
+        if k == NULL:
+            return rc
+        tc_key_add(k, self.panes, interval, pane, ts, value)
+        if interval > self.newest_data:
+            self.newest_data = interval
+        self.readings += 1
+        return 0
+
+    cdef tc_key *_take(self, uint64_t h, const char *dev, uint32_t dlen, const char *sen,
+                       uint32_t slen, const char *unit, uint32_t ulen, double value, double time,
+                       int64_t interval, uint32_t pane, uint64_t seq, bint has_seq,
+                       int *rc) noexcept nogil:
+        """The reading's key with everything but the pane statistics updated (its sketch, unit,
+        sequence), in either time mode (`time` is ts or t). NULL when the reading goes no
+        further: *rc = 1 dropped for key_limit, 2 for sketch_full (both counted), -1 out of
+        memory. The record may move: use the key returned."""
         cdef size_t slot
         cdef uint64_t gap
-        cdef int seq_class
+        cdef int seq_class, r
         cdef tc_key *k = tc_table_find(&self.table, h, dev, dlen, sen, slen, &slot)
         if k == NULL:
             if self.table.n_keys >= self.table.max_keys:
                 self.drops[TC_DROP_KEY_LIMIT] += 1
                 tc_topn_add_pair(&self.top_drops, dev, dlen, sen, slen, 1)
-                return 1
+                rc[0] = 1
+                return NULL
             k = tc_table_insert(&self.table, h, slot, dev, dlen, sen, slen)
             if k == NULL:
-                return -1
-        if ts >= k.last_ts:
+                rc[0] = -1
+                return NULL
+            if self.lead > 0:
+                tc_key_frozen_last(k, self.ring)[0] = 0.0
+        if self.n_qs:
+            # first, so that a refused value leaves the pane statistics alone
+            r = tc_key_qs_add(&self.table, &k, &self.qmap, interval, pane, value)
+            if r != TC_QS_OK:
+                if r == TC_QS_FULL:
+                    self.drops[TC_DROP_SKETCH_FULL] += 1
+                    tc_topn_add_pair(&self.top_drops, dev, dlen, sen, slen, 1)
+                    rc[0] = 2
+                    return NULL
+                rc[0] = -1
+                return NULL
+        if time >= k.last_ts:
             # this reading becomes the key's latest: its unit is the window's unit
             k = tc_key_set_unit(&self.table, k, unit, ulen)
             if k == NULL:
-                return -1
+                rc[0] = -1
+                return NULL
         if has_seq:
             seq_class = tc_key_seq(k, seq, &gap)
             self.seq_events[seq_class] += 1
             if seq_class == TC_SEQ_GAP:
                 self.seq_gaps += gap
                 tc_topn_add_pair(&self.top_gaps, dev, dlen, sen, slen, gap)
-        tc_key_add(k, self.panes, interval, pane, ts, value)
-        if interval > self.newest_data:
-            self.newest_data = interval
-        self.readings += 1
-        return 0
+        return k
 
     cdef Py_ssize_t _run_batch(self, Py_ssize_t start, Py_ssize_t n, int *why) noexcept nogil:
         """Decodes and applies batch items [start, n). Stops early (and says why) where the GIL
@@ -475,6 +535,8 @@ cdef class Engine:
                 a.stddev = sqrt(agg.m2 / <double>agg.count)
                 a.first = agg.first
                 a.last = agg.last
+                if self.n_qs:
+                    self._set_quantiles(a, k, tick)
                 out.append(a)
                 self.aggregates += 1
                 if (self.aggregates & GIL_YIELD_MASK) == 0:
@@ -489,6 +551,30 @@ cdef class Engine:
                 self.evicted += 1
                 continue
             i += 1
+        return 0
+
+    cdef int _set_quantiles(self, Aggregate a, const tc_key *k, int64_t tick) except -1:
+        """The chosen quantiles of k's window at `tick`: its panes' sketches merged in C into the
+        scratch sketch. NaN when the window holds more than 2**32 - 1 values (the sketch's
+        limit; docs/windows.md)."""
+        cdef int r = tc_key_qs_window(&self.table, k, self.panes, tick, &self.qscratch)
+        cdef int i
+        cdef double v
+        cdef double vals[3]
+        if r == TC_SKETCH_E_NOMEM:
+            raise MemoryError("telemetry-cy engine: out of memory merging a window's sketches")
+        if r == TC_SKETCH_OK:
+            # self.qs ascends (rules.QUANTILE_FIELDS order): one walk for all of them
+            tc_qs_quantiles(&self.qmap, &self.qscratch.h, self.qscratch.counts, self.qs,
+                            self.n_qs, vals)
+        for i in range(self.n_qs):
+            v = vals[i] if r == TC_SKETCH_OK else NAN
+            if self.q_field[i] == 0:
+                a.p50 = v
+            elif self.q_field[i] == 1:
+                a.p90 = v
+            else:
+                a.p99 = v
         return 0
 
     cdef int64_t _interval(self, double ts) except? -1:
@@ -650,31 +736,12 @@ cdef class Engine:
                           int64_t interval, uint32_t pane, uint64_t seq,
                           bint has_seq) noexcept nogil:
         """_apply_hashed in event mode (closed <= interval <= closed + lead): 0 accepted, 1
-        dropped for key_limit, -1 out of memory."""
-        cdef size_t slot
-        cdef uint64_t gap
-        cdef int seq_class
-        cdef tc_key *k = tc_table_find(&self.table, h, dev, dlen, sen, slen, &slot)
+        dropped for key_limit, 2 for sketch_full, -1 out of memory."""
+        cdef int rc = 0
+        cdef tc_key *k = self._take(h, dev, dlen, sen, slen, unit, ulen, value, t, interval,
+                                    pane, seq, has_seq, &rc)
         if k == NULL:
-            if self.table.n_keys >= self.table.max_keys:
-                self.drops[TC_DROP_KEY_LIMIT] += 1
-                tc_topn_add_pair(&self.top_drops, dev, dlen, sen, slen, 1)
-                return 1
-            k = tc_table_insert(&self.table, h, slot, dev, dlen, sen, slen)
-            if k == NULL:
-                return -1
-            if self.lead > 0:
-                tc_key_frozen_last(k, self.ring)[0] = 0.0
-        if t >= k.last_ts:
-            k = tc_key_set_unit(&self.table, k, unit, ulen)
-            if k == NULL:
-                return -1
-        if has_seq:
-            seq_class = tc_key_seq(k, seq, &gap)
-            self.seq_events[seq_class] += 1
-            if seq_class == TC_SEQ_GAP:
-                self.seq_gaps += gap
-                tc_topn_add_pair(&self.top_gaps, dev, dlen, sen, slen, gap)
+            return rc
         tc_key_add_event(k, self.ring, self.lead, interval, pane, t, value)
         if interval > self.newest_data:
             self.newest_data = interval

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import struct
 import sys
-from dataclasses import asdict, make_dataclass
+from dataclasses import field, make_dataclass
 from typing import TYPE_CHECKING
 
 from telemetry_cy.engine import snapshot_format as snap
@@ -24,6 +24,8 @@ from telemetry_cy.engine.rules import (
     DEFAULT_MAX_FUTURE,
     MAX_INTERVAL,
     NO_TOPIC,
+    QUANTILE_ACCURACY_DEFAULT,
+    QUANTILE_FIELDS,
     SEQ_MAX_GAP,
     SEQ_MAX_REORDER,
     TOP_OFFENDERS,
@@ -33,16 +35,30 @@ from telemetry_cy.engine.rules import (
     aggregate_field_type,
     check_config,
     check_event_config,
+    check_quantiles,
     check_reading,
     interval_of,
+    present_fields,
     top_entries,
 )
+from telemetry_cy.engine.sketch_py import QuantileSketch
 from telemetry_cy.engine.snapshot_errors import SnapshotError
 from telemetry_cy.reasons import ENGINE_REASONS
 
 
 def _as_dict(self) -> dict:
-    return asdict(self)
+    """The fields by name; a quantile the engine does not compute is left out."""
+    return present_fields(self)
+
+
+_QUANTILE_NAMES = frozenset(name for name, _ in QUANTILE_FIELDS)
+
+
+def _field_spec(name: str):
+    # quantiles default to None, so the 13 statistics alone still make an Aggregate
+    if name in _QUANTILE_NAMES:
+        return (name, aggregate_field_type(name), field(default=None))
+    return (name, aggregate_field_type(name))
 
 
 if TYPE_CHECKING:
@@ -52,7 +68,7 @@ else:
     # Its fields are AGGREGATE_FIELDS, so the twin cannot drift from the compiled class; frozen
     # and slotted like the read-only cdef class.
     Aggregate = make_dataclass(
-        "Aggregate", [(name, aggregate_field_type(name)) for name in AGGREGATE_FIELDS],
+        "Aggregate", [_field_spec(name) for name in AGGREGATE_FIELDS],
         namespace={"as_dict": _as_dict,
                    "__doc__": "One key's statistics over [window_start, window_end), emitted at "
                               "tick window_end."},
@@ -176,9 +192,9 @@ class _Pane:
 
 class _Key:
     __slots__ = ("device", "sensor", "panes", "newest", "last", "last_ts", "newest_first_ts",
-                 "unit", "seq")
+                 "unit", "seq", "sketches")
 
-    def __init__(self, device: str, sensor: str, panes: int) -> None:
+    def __init__(self, device: str, sensor: str, panes: int, alpha: float | None = None) -> None:
         self.device = device
         self.sensor = sensor
         self.panes = [_Pane() for _ in range(panes)]
@@ -188,6 +204,44 @@ class _Key:
         self.newest_first_ts = 0.0
         self.unit: str | None = None
         self.seq: int | None = None  # the sequence baseline (tc_key.last_seq / has_seq)
+        # quantiles on: one sketch per pane (tc_window_qs.h keeps their counts in the record)
+        self.sketches = None if alpha is None else [QuantileSketch(alpha) for _ in range(panes)]
+
+    # ---- quantiles (tc_window_qs.h)
+
+    def sketch_add(self, interval: int, x: float) -> bool:
+        """tc_key_qs_add: x into the sketch of its pane, before add(); False when the pane
+        already holds 2**32 - 1 values (the reading is then a sketch_full drop)."""
+        sketches = self.sketches
+        assert sketches is not None
+        n_panes = len(sketches)
+        if self.newest is None or interval > self.newest:
+            start = interval if self.newest is None else self.newest + 1
+            for j in range(max(start, interval - n_panes + 1), interval + 1):
+                sketches[j % n_panes].clear()
+        try:
+            sketches[interval % n_panes].add(x)
+        except ValueError:
+            return False
+        return True
+
+    def window_sketch(self, tick: int, window_panes: int,
+                      alpha: float) -> QuantileSketch | None:
+        """tc_key_qs_window: the merge of the panes' sketches over [tick-P, tick-1] (in event
+        time the open panes after tick-1 left out); None when it would hold more than
+        2**32 - 1 values."""
+        sketches = self.sketches
+        assert sketches is not None and self.newest is not None
+        n_panes = len(sketches)
+        out = QuantileSketch(alpha)
+        for j in range(max(tick - window_panes, self.newest - n_panes + 1),
+                       min(self.newest, tick - 1) + 1):
+            if sketches[j % n_panes].count:
+                try:
+                    out.merge(sketches[j % n_panes])
+                except ValueError:
+                    return None
+        return out
 
     def add(self, interval: int, ts: float, x: float) -> None:
         n_panes = len(self.panes)
@@ -316,11 +370,17 @@ class Engine:
     def __init__(self, window=60.0, emit_every=5.0, max_keys=1_000_000, key_ttl=300.0,
                  max_payload_bytes=65536, max_name_bytes=256, time="arrival",
                  allowed_lateness=DEFAULT_ALLOWED_LATENESS, idle_timeout=DEFAULT_IDLE_TIMEOUT,
-                 max_future=DEFAULT_MAX_FUTURE, late_capacity=DEFAULT_LATE_CAPACITY):
+                 max_future=DEFAULT_MAX_FUTURE, late_capacity=DEFAULT_LATE_CAPACITY,
+                 quantiles=None, quantile_accuracy=QUANTILE_ACCURACY_DEFAULT):
         cfg = check_config(window, emit_every, max_keys, key_ttl, max_payload_bytes,
                            max_name_bytes)
         ev = check_event_config(time, allowed_lateness, idle_timeout, max_future, late_capacity,
                                 cfg.emit_every, cfg.panes)
+        qcfg = check_quantiles(quantiles, quantile_accuracy)
+        self.quantiles = qcfg.qs
+        self.quantile_accuracy = qcfg.accuracy
+        self._q_wanted = qcfg.wanted
+        self._alpha = qcfg.accuracy if qcfg.qs else None
         self.time = time
         self.allowed_lateness = ev.allowed_lateness
         self.idle_timeout = ev.idle_timeout
@@ -359,26 +419,17 @@ class Engine:
             self._top_late.add_pair(_utf8(reading.device), _utf8(reading.sensor))
             return False
         self._advance(interval)
-        key = self._key_for(reading)
+        key = self._take(reading, interval, ts)
         if key is None:
             return False
-        if ts >= key.last_ts:
-            key.unit = reading.unit
-        if reading.seq is not None:
-            seq_class, key.seq, skipped = seq_step(key.seq, reading.seq)
-            self._seq_events[seq_class] += 1
-            if seq_class == SEQ_GAP:
-                self._seq_gaps += skipped
-                self._top_gaps.add_pair(_utf8(reading.device), _utf8(reading.sensor), skipped)
         key.add(interval, ts, reading.value)
-        if self._newest_data is None or interval > self._newest_data:
-            self._newest_data = interval
-        self._readings += 1
+        self._accepted(interval)
         return True
 
-    def _key_for(self, reading: Reading) -> _Key | None:
-        """The reading's key, created if need be; None (counted key_limit) when there is no
-        room."""
+    def _take(self, reading: Reading, interval: int, time: float) -> _Key | None:
+        """The reading's key with everything but the pane statistics updated (its sketch, unit,
+        sequence), in either time mode; None when the reading is dropped instead (key_limit,
+        sketch_full: counted)."""
         key = self._keys.get((reading.device, reading.sensor))
         if key is None:
             if len(self._keys) >= self.max_keys:
@@ -386,8 +437,26 @@ class Engine:
                 self._top_drops.add_pair(_utf8(reading.device), _utf8(reading.sensor))
                 return None
             key = self._keys[(reading.device, reading.sensor)] = _Key(
-                reading.device, reading.sensor, self._panes + self._lead)
+                reading.device, reading.sensor, self._panes + self._lead, self._alpha)
+        # the sketch first, so that a refused value leaves the pane statistics alone
+        if key.sketches is not None and not key.sketch_add(interval, reading.value):
+            self._drops["sketch_full"] += 1
+            self._top_drops.add_pair(_utf8(reading.device), _utf8(reading.sensor))
+            return None
+        if time >= key.last_ts:
+            key.unit = reading.unit
+        if reading.seq is not None:
+            seq_class, key.seq, skipped = seq_step(key.seq, reading.seq)
+            self._seq_events[seq_class] += 1
+            if seq_class == SEQ_GAP:
+                self._seq_gaps += skipped
+                self._top_gaps.add_pair(_utf8(reading.device), _utf8(reading.sensor), skipped)
         return key
+
+    def _accepted(self, interval: int) -> None:
+        if self._newest_data is None or interval > self._newest_data:
+            self._newest_data = interval
+        self._readings += 1
 
     # ---- event time (docs/windows.md, "Event time"; _engine.pyx's event-time section) ----
 
@@ -426,21 +495,11 @@ class Engine:
         target = self._event_target(self._max_t)
         if not self._started or target > self._closed:
             self._advance(target)
-        key = self._key_for(reading)
+        key = self._take(reading, q, t)
         if key is None:
             return False
-        if t >= key.last_ts:
-            key.unit = reading.unit
-        if reading.seq is not None:
-            seq_class, key.seq, skipped = seq_step(key.seq, reading.seq)
-            self._seq_events[seq_class] += 1
-            if seq_class == SEQ_GAP:
-                self._seq_gaps += skipped
-                self._top_gaps.add_pair(_utf8(reading.device), _utf8(reading.sensor), skipped)
         key.add_event(len(key.panes), q, t, reading.value)
-        if self._newest_data is None or q > self._newest_data:
-            self._newest_data = q
-        self._readings += 1
+        self._accepted(q)
         return True
 
     def _event_tick(self, now: float) -> None:
@@ -507,13 +566,23 @@ class Engine:
                     last = agg[6] if self._event else key.last
                     self._pending.append(Aggregate(
                         key.device, key.sensor, key.unit, window_start, tick_time, n, total,
-                        total / float(n), mn, mx, math.sqrt(m2 / float(n)), first, last))
+                        total / float(n), mn, mx, math.sqrt(m2 / float(n)), first, last,
+                        *self._quantiles(key, tick)))
                     self._aggregates += 1
             if tick_time - key.last_ts >= self.key_ttl:
                 evict.append(name)
         for name in evict:
             del self._keys[name]
         self._evicted += len(evict)
+
+    def _quantiles(self, key: _Key, tick: int) -> list[float | None]:
+        """p50, p90, p99 of the key's window: None where not computed, NaN past the sketch's
+        2**32 - 1 values."""
+        if self._alpha is None:
+            return [None] * len(QUANTILE_FIELDS)
+        window = key.window_sketch(tick, self._panes, self._alpha)
+        return [None if not wanted else math.nan if window is None else window.quantile(q)
+                for wanted, (_, q) in zip(self._q_wanted, QUANTILE_FIELDS)]
 
     # ---- public API ----
 
@@ -696,6 +765,9 @@ def _state_bytes(keys: dict) -> int:
     total = sys.getsizeof(keys)
     for key in keys.values():
         total += sys.getsizeof(key) + sum(sys.getsizeof(p) for p in key.panes)
+        if key.sketches is not None:
+            total += sum(sys.getsizeof(sk) + 8 * len(sk.buckets()[2]) + 8 * len(sk.buckets()[4])
+                         for sk in key.sketches)
     return total
 
 

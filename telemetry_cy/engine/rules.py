@@ -14,10 +14,28 @@ from telemetry_cy.engine.cbor_fallback import check_element
 #: the message bodies and the wire encoder's layout all follow it.
 AGGREGATE_FIELDS: tuple[str, ...] = (
     "device", "sensor", "unit", "window_start", "window_end", "count", "sum", "mean", "min",
-    "max", "stddev", "first", "last",
+    "max", "stddev", "first", "last", "p50", "p90", "p99",
 )
+#: The quantile fields and their q, in AGGREGATE_FIELDS order. A quantile field is None when the
+#: engine does not compute it (setting ``quantiles``), and then absent from as_dict() and the
+#: message bodies; present, it is a float (docs/windows.md, "Quantiles").
+QUANTILE_FIELDS: tuple[tuple[str, float], ...] = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
 #: Fields that are not floats (seconds or statistics of the readings' values).
-_NOT_FLOAT: dict[str, object] = {"device": str, "sensor": str, "unit": str | None, "count": int}
+_NOT_FLOAT: dict[str, object] = {
+    "device": str, "sensor": str, "unit": str | None, "count": int,
+    **{name: float | None for name, _ in QUANTILE_FIELDS},
+}
+
+
+def present_fields(a) -> dict:
+    """An aggregate's fields as a dict in AGGREGATE_FIELDS order, quantile fields left out when
+    None: what as_dict() returns and what the bodies carry."""
+    out = {}
+    for name in AGGREGATE_FIELDS:
+        v = getattr(a, name)
+        if v is not None or name not in _QUANTILE_NAMES:
+            out[name] = v
+    return out
 
 
 def aggregate_field_type(name: str) -> object:
@@ -25,6 +43,48 @@ def aggregate_field_type(name: str) -> object:
     if name not in AGGREGATE_FIELDS:
         raise KeyError(name)
     return _NOT_FLOAT.get(name, float)
+
+
+_QUANTILE_NAMES = frozenset(name for name, _ in QUANTILE_FIELDS)
+#: The relative accuracy alpha of the quantile sketch: allowed range and default
+#: (TC_SKETCH_MIN_ALPHA / TC_SKETCH_MAX_ALPHA in tc_sketch.h).
+QUANTILE_ACCURACY_MIN = 0.005
+QUANTILE_ACCURACY_MAX = 0.05
+QUANTILE_ACCURACY_DEFAULT = 0.01
+
+
+class QuantileConfig(NamedTuple):
+    qs: tuple[float, ...]          # the q chosen, in QUANTILE_FIELDS order; () = off
+    wanted: tuple[bool, ...]       # per QUANTILE_FIELDS entry: is it computed
+    accuracy: float
+
+
+def check_quantiles(quantiles, accuracy) -> QuantileConfig:
+    """The settings ``quantiles`` (None or a sequence of q out of 0.5, 0.9, 0.99; empty = off)
+    and ``quantile_accuracy`` (alpha in [0.005, 0.05])."""
+    known = dict((q, name) for name, q in QUANTILE_FIELDS)
+    chosen: set[float] = set()
+    if quantiles is not None:
+        if isinstance(quantiles, (str, bytes)) or not hasattr(quantiles, "__iter__"):
+            raise TypeError("quantiles must be a sequence of numbers such as [0.5, 0.9, 0.99], "
+                            f"got {type(quantiles).__name__}")
+        for q in quantiles:
+            if isinstance(q, bool) or not isinstance(q, (int, float)):
+                raise TypeError(f"a quantile must be a number, got {type(q).__name__}")
+            if float(q) not in known:
+                raise ValueError(
+                    f"quantile {q!r} is not supported: choose among "
+                    + ", ".join(f"{q:g} ({name})" for q, name in known.items()))
+            chosen.add(float(q))
+    if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)):
+        raise TypeError(f"quantile_accuracy must be a number, got {type(accuracy).__name__}")
+    accuracy = float(accuracy)
+    if not QUANTILE_ACCURACY_MIN <= accuracy <= QUANTILE_ACCURACY_MAX:
+        raise ValueError(f"quantile_accuracy must be between {QUANTILE_ACCURACY_MIN} and "
+                         f"{QUANTILE_ACCURACY_MAX}, got {accuracy!r}")
+    wanted = tuple(q in chosen for _, q in QUANTILE_FIELDS)
+    qs = tuple(q for _, q in QUANTILE_FIELDS if q in chosen)
+    return QuantileConfig(qs=qs, wanted=wanted, accuracy=accuracy)
 
 
 #: A window longer than this many emit intervals would make each key's pane ring large; the

@@ -11,9 +11,10 @@ enum tc_reason {
     TC_DROP_KEY_LIMIT = 4,
     TC_DROP_LATE = 5,
     TC_DROP_FUTURE = 6,
-    TC_DROP_INGEST_FULL = 7,
-    TC_DROP_EMIT_BACKLOG = 8,
-    TC_DROP_N_REASONS = 9
+    TC_DROP_SKETCH_FULL = 7,
+    TC_DROP_INGEST_FULL = 8,
+    TC_DROP_EMIT_BACKLOG = 9,
+    TC_DROP_N_REASONS = 10
 };
 
 #define TC_OK (-1) /* a reading that is not dropped */

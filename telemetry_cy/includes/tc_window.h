@@ -13,7 +13,8 @@
  *
  * Each key also keeps its sequence baseline (the optional `n` field, tc_key_seq): 8 bytes of header.
  *
- * Storage: each key is one malloc'd record (header, P panes, name bytes, unit bytes); a dense array
+ * Storage: each key is one malloc'd record (header, P panes, name bytes, unit bytes, and with
+ * quantiles on the sketch block of tc_window_qs.h at the 8-byte aligned end); a dense array
  * of record pointers gives O(live keys) scans with swap-remove; an open-addressing table (linear
  * probing, backward-shift deletion, no tombstones) maps hash -> dense index. No locks: one thread.
  */
@@ -24,6 +25,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "tc_sketch.h"
 
 typedef struct {
     uint32_t count;
@@ -66,9 +69,11 @@ typedef struct {
     size_t n_keys;
     size_t keys_cap;
     size_t max_keys;
-    uint32_t panes;    /* P */
+    uint32_t panes;    /* pane-sized units before the names: P, or in event time the ring + tail */
+    uint32_t ring;     /* panes that hold data, and sketch headers: P, or P + lead in event time */
     uint64_t seed;     /* random per table: keeps a hostile publisher from choosing collisions */
     size_t record_bytes; /* sum of record sizes, for state_bytes */
+    uint32_t quantiles;  /* records carry a sketch block (tc_window_qs.h); set once, before keys */
 } tc_table;
 
 /* ---- hashing --------------------------------------------------------------------------------- */
@@ -135,11 +140,39 @@ static inline size_t tc_record_size(uint32_t panes, size_t dlen, size_t slen, si
     return sizeof(tc_key) + (size_t)panes * sizeof(tc_pane) + dlen + slen + ucap;
 }
 
+/* ---- the sketch block: the one per-key addition of quantiles (logic in tc_window_qs.h) ------ */
+
+/* With quantiles on, a record ends, at an 8-byte boundary after the unit bytes, with a block of
+ * the pane sketches (layout B of docs/quantiles.md): this head, t->ring sketch headers (one per pane,
+ * indexed like the panes), then `cap` counts of which the first `used` hold the panes' counts,
+ * pane after pane in the order of their intervals, so the newest pane's counts are the last
+ * ones. With quantiles off the block does not exist: the record is as small as before. */
+typedef struct {
+    uint32_t cap;   /* counts the block has room for */
+    uint32_t used;  /* counts in use: the sum of the P headers' tc_sketch_buckets */
+} tc_qs_head;
+
+static inline size_t tc_qs_offset(uint32_t panes, const tc_key *k) {
+    return (tc_record_size(panes, k->device_len, k->sensor_len, k->unit_cap) + 7) & ~(size_t)7;
+}
+static inline tc_qs_head *tc_key_qs(const tc_key *k, uint32_t panes) {
+    return (tc_qs_head *)((char *)k + tc_qs_offset(panes, k));
+}
+static inline size_t tc_qs_bytes(uint32_t ring, uint32_t cap) {
+    return sizeof(tc_qs_head) + (size_t)ring * sizeof(tc_sketch_hdr) + 4 * (size_t)cap;
+}
+/* The whole record of k, its sketch block included. */
+static inline size_t tc_key_bytes(const tc_table *t, const tc_key *k) {
+    if (!t->quantiles) return tc_record_size(t->panes, k->device_len, k->sensor_len, k->unit_cap);
+    return tc_qs_offset(t->panes, k) + tc_qs_bytes(t->ring, tc_key_qs(k, t->panes)->cap);
+}
+
 /* ---- table ------------------------------------------------------------------------------------ */
 
 static inline int tc_table_init(tc_table *t, uint32_t panes, size_t max_keys, uint64_t seed) {
     memset(t, 0, sizeof(*t));
     t->panes = panes;
+    t->ring = panes;   /* the event-time engine sets its own before any key exists */
     t->max_keys = max_keys;
     t->seed = seed;
     size_t cap = 1024;
@@ -282,6 +315,7 @@ static inline tc_key *tc_table_insert(tc_table *t, uint64_t hash, size_t slot, c
         tc_table_find(t, hash, dev, dlen, sen, slen, &slot);
     }
     size_t size = tc_record_size(t->panes, dlen, slen, 0);
+    if (t->quantiles) size = ((size + 7) & ~(size_t)7) + tc_qs_bytes(t->ring, 0);
     tc_key *k = (tc_key *)malloc(size);
     if (!k) return NULL;
     memset(k, 0, sizeof(tc_key));
@@ -295,6 +329,11 @@ static inline tc_key *tc_table_insert(tc_table *t, uint64_t hash, size_t slot, c
     memcpy(tc_key_device(k, t->panes), dev, dlen);
     memcpy(tc_key_sensor(k, t->panes), sen, slen);
     for (uint32_t j = 0; j < t->panes; j++) k->panes[j].count = 0;
+    if (t->quantiles) {
+        tc_qs_head *q = tc_key_qs(k, t->panes);
+        q->cap = q->used = 0;
+        memset(q + 1, 0, (size_t)t->ring * sizeof(tc_sketch_hdr));
+    }
     k->dense_index = (uint32_t)t->n_keys;
     t->keys[t->n_keys++] = k;
     t->slots[slot] = ((hash >> 32) << 32) | (uint64_t)t->n_keys;
@@ -321,7 +360,7 @@ static inline void tc_table_remove(tc_table *t, size_t d) {
         }
     }
     t->slots[hole] = 0;
-    t->record_bytes -= tc_record_size(t->panes, k->device_len, k->sensor_len, k->unit_cap);
+    t->record_bytes -= tc_key_bytes(t, k);
     free(k);
 
     size_t last = t->n_keys - 1;
@@ -354,11 +393,18 @@ static inline tc_key *tc_key_set_unit(tc_table *t, tc_key *k, const char *unit, 
         return k; /* the common case: a key's unit never changes */
     }
     if (ulen > k->unit_cap) {
-        size_t old_size = tc_record_size(t->panes, k->device_len, k->sensor_len, k->unit_cap);
-        size_t new_size = tc_record_size(t->panes, k->device_len, k->sensor_len, ulen);
+        size_t old_size = tc_key_bytes(t, k);
+        size_t qs_from = tc_qs_offset(t->panes, k);
+        size_t qs_to = (tc_record_size(t->panes, k->device_len, k->sensor_len, ulen) + 7) &
+                       ~(size_t)7;
+        size_t new_size = t->quantiles ? qs_to + (old_size - qs_from)
+                                       : tc_record_size(t->panes, k->device_len, k->sensor_len,
+                                                        ulen);
         tc_key *moved = (tc_key *)realloc(k, new_size);
         if (!moved) return NULL;
         k = moved;
+        /* the sketch block sits after the unit bytes: it moves up with them */
+        if (t->quantiles) memmove((char *)k + qs_to, (char *)k + qs_from, old_size - qs_from);
         t->keys[k->dense_index] = k;
         k->unit_cap = ulen;
         t->record_bytes += new_size - old_size;

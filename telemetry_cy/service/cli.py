@@ -38,6 +38,9 @@ def main(argv=None) -> int:
                       help="how long to run, e.g. 30s or 5m; 0 runs until Ctrl-C (0)")
     demo.add_argument("--window", type=_duration, default=60.0, help="window (60s)")
     demo.add_argument("--emit-every", type=_duration, default=5.0, help="tick period (5s)")
+    demo.add_argument("--quantiles", type=config.parse_quantiles, default=(0.5, 0.9, 0.99),
+                      help="quantiles shown per aggregate, out of 0.5, 0.9, 0.99; empty for none "
+                      "(0.5,0.9,0.99)")
     demo.add_argument("--show", type=int, default=8, help="aggregates printed per tick (8)")
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--time", choices=("arrival", "event"), default="arrival",

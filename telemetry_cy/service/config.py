@@ -113,6 +113,41 @@ def parse_list(value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def parse_quantiles(value: Any) -> tuple[float, ...]:
+    """Quantiles as q values, from "0.5,0.9,0.99" or a TOML array of numbers; empty = off. Only
+    those the aggregate has a field for (p50, p90, p99: engine/rules.QUANTILE_FIELDS)."""
+    from telemetry_cy.engine.rules import QUANTILE_ACCURACY_DEFAULT, check_quantiles
+
+    if isinstance(value, str):
+        items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueError(f"expected quantiles such as 0.5,0.9,0.99, got {value!r}")
+    qs = []
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError(f"expected a number such as 0.99, got {item!r}")
+        try:
+            qs.append(float(item))
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number such as 0.99, got {item!r}") from None
+    try:
+        return check_quantiles(qs, QUANTILE_ACCURACY_DEFAULT).qs
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def parse_accuracy(value: Any) -> float:
+    """The quantile sketch's relative accuracy: a number in [0.005, 0.05]."""
+    from telemetry_cy.engine.rules import check_quantiles
+
+    try:
+        return check_quantiles((), float(value)).accuracy
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+
+
 def parse_port(value: Any) -> int:
     port = parse_int(value)
     if not 0 <= port <= 65535:
@@ -319,6 +354,13 @@ class EngineSettings:
     max_future: float = setting("max_future", parse_duration, 60.0, "event time: a reading whose "
                                 "t is further ahead of its arrival is dropped (future)",
                                 "duration")
+    quantiles: tuple[float, ...] = setting(
+        "quantiles", parse_quantiles, (), "quantiles each aggregate carries, out of 0.5, 0.9, "
+        "0.99 (fields p50, p90, p99), e.g. 0.5,0.9,0.99 (empty = off: no cost, no memory)",
+        "list")
+    quantile_accuracy: float = setting(
+        "quantile_accuracy", parse_accuracy, 0.01, "relative accuracy alpha of the quantiles, "
+        "0.005 to 0.05 (docs/windows.md, Quantiles)", "float")
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,8 @@ def make_engine(engine: EngineSettings, mqtt: MqttSettings, route_late: bool = F
                          max_name_bytes=engine.max_name_bytes, time=engine.time,
                          allowed_lateness=engine.allowed_lateness,
                          idle_timeout=engine.idle_timeout, max_future=engine.max_future,
-                         late_capacity=LATE_CAPACITY if route_late else 0)
+                         late_capacity=LATE_CAPACITY if route_late else 0,
+                         quantiles=engine.quantiles, quantile_accuracy=engine.quantile_accuracy)
 
 
 def make_emitter(nats: NatsSettings):

@@ -195,6 +195,7 @@ class PipelineSnapshot:
         (docs/architecture.md):
         received == payloads + drops[oversize] + drops[decode_error] + drops[ingest_full]
         readings of decoded payloads == readings + schema_mismatch + non_finite + key_limit + late
+        + sketch_full
         aggregates == published + drops[emit_backlog] + backlog
         at stop, open_readings = readings of the interval no tick closed (in no aggregate); with
         window == emit_every: readings == sum of published counts + open_readings + (readings of

@@ -48,13 +48,14 @@ cdef extern from "Python.h":
 
 # put_body writes the fields in this order; a change of the field list must change it too.
 if tuple(AGGREGATE_FIELDS) != ("device", "sensor", "unit", "window_start", "window_end", "count",
-                               "sum", "mean", "min", "max", "stddev", "first", "last"):
+                               "sum", "mean", "min", "max", "stddev", "first", "last", "p50",
+                               "p90", "p99"):
     raise ImportError("telemetry_cy.sink._wire is out of date with AGGREGATE_FIELDS")
 
 cdef enum:
-    N_FIELDS = 13
+    N_FIELDS = 13        # without the quantiles, which are written only when present
     # Upper bound of a body apart from its strings (6 bytes per string byte, JSON worst case):
-    # keys (~125 bytes), nine floats of at most 24 characters, a 20-digit count, quotes, null.
+    # keys (~145 bytes), twelve floats of at most 24 characters, a 20-digit count, quotes, null.
     BODY_FIXED = 512
 
 
@@ -99,10 +100,16 @@ cdef bint body_text(object s, text *t):
     return True
 
 
+cdef inline bint quantile_ok(object q) noexcept:
+    """None (left out of the body) or an exact, finite float."""
+    return q is None or (type(q) is float and isfinite(<double>q))
+
+
 cdef inline bint all_finite(Aggregate a) noexcept:
     return (isfinite(a.window_start) and isfinite(a.window_end) and isfinite(a.sum)
             and isfinite(a.mean) and isfinite(a.min) and isfinite(a.max) and isfinite(a.stddev)
-            and isfinite(a.first) and isfinite(a.last))
+            and isfinite(a.first) and isfinite(a.last) and quantile_ok(a.p50)
+            and quantile_ok(a.p90) and quantile_ok(a.p99))
 
 
 cdef inline void put_key(tc_wbuf *b, bint cbor, const char *name, bint first) noexcept:
@@ -150,7 +157,8 @@ cdef int put_body(tc_wbuf *b, bint cbor, Aggregate a, const text *dev, const tex
                   const text *unit) except -1:
     reserve(b, BODY_FIXED + 6 * <size_t>(dev.n + sen.n + unit.n))
     if cbor:
-        tc_wire_put_cbor_head(b, 5, N_FIELDS)
+        tc_wire_put_cbor_head(b, 5, N_FIELDS + (a.p50 is not None) + (a.p90 is not None)
+                              + (a.p99 is not None))
     put_key(b, cbor, b"device", True)
     put_text(b, cbor, dev)
     put_key(b, cbor, b"sensor", False)
@@ -180,6 +188,15 @@ cdef int put_body(tc_wbuf *b, bint cbor, Aggregate a, const text *dev, const tex
     put_double(b, cbor, a.first)
     put_key(b, cbor, b"last", False)
     put_double(b, cbor, a.last)
+    if a.p50 is not None:
+        put_key(b, cbor, b"p50", False)
+        put_double(b, cbor, <double>a.p50)
+    if a.p90 is not None:
+        put_key(b, cbor, b"p90", False)
+        put_double(b, cbor, <double>a.p90)
+    if a.p99 is not None:
+        put_key(b, cbor, b"p99", False)
+        put_double(b, cbor, <double>a.p99)
     if not cbor:
         tc_wire_put(b, b"}", 1)
     return 0

@@ -1,6 +1,7 @@
 """Message bodies for aggregates: JSON (default) or CBOR.
 
-Both carry the `Aggregate` fields under their own names (`AGGREGATE_FIELDS`, in that order).
+Both carry the `Aggregate` fields under their own names (`AGGREGATE_FIELDS`, in that order); a
+quantile the engine does not compute (p50, p90, p99 are None) is left out.
 JSON is compact UTF-8; numbers are plain JSON numbers (Python's shortest round-trip repr for
 floats). Values are finite in practice, but a window sum can overflow to inf (and its stddev to
 NaN) with readings near 1e308, which JSON cannot express: such a value is written as `null`
@@ -15,7 +16,7 @@ from collections.abc import Callable
 
 import cbor2
 
-from telemetry_cy.engine.rules import AGGREGATE_FIELDS
+from telemetry_cy.engine.rules import present_fields
 
 FORMATS = ("json", "cbor")
 
@@ -25,8 +26,8 @@ _json_dumps_ascii = json.JSONEncoder(separators=(",", ":"), allow_nan=False).enc
 
 
 def _fields(a) -> dict:
-    # attribute reads, not as_dict(): dataclasses.asdict deep-copies and is several times slower
-    return {name: getattr(a, name) for name in AGGREGATE_FIELDS}
+    # attribute reads, not dataclasses.asdict: that deep-copies and is several times slower
+    return present_fields(a)
 
 
 def _finite_or_none(d: dict) -> dict:

@@ -118,7 +118,7 @@ class Demo:
             settings = config_mod.load(None, environ={}, overrides=dict(
                 mqtt_url=mosquitto.url, nats_url=nats_server.url, topic=["site/+/sensor/+"],
                 qos=0, window=args.window, emit_every=args.emit_every, stats_every=0.0,
-                **_event_settings(args)))
+                quantiles=args.quantiles, **_event_settings(args)))
             daemon = Daemon(settings)
             daemon.start()
             watcher = AggregateWatcher(nats_server.url, settings.nats.subject_prefix,
@@ -212,8 +212,10 @@ class Demo:
                 live.stop()
 
 
-#: The statistics both views show of an aggregate, after its key (and window).
+#: The statistics both views show of an aggregate, after its key (and window); then the
+#: quantiles the aggregate carries (absent when the daemon does not compute them).
 SHOWN_STATS = ("count", "mean", "min", "max", "stddev")
+SHOWN_QUANTILES = ("p50", "p90", "p99")
 
 
 def _value(v) -> str:
@@ -229,7 +231,8 @@ def _clock(t: float) -> str:
 
 def aggregate_line(a: dict) -> str:
     """One aggregate as a plain line: key, window, statistics (and the unit, if any)."""
-    stats = " ".join(f"{name}={_value(a[name])}" for name in SHOWN_STATS)
+    shown = SHOWN_STATS + tuple(name for name in SHOWN_QUANTILES if name in a)
+    stats = " ".join(f"{name}={_value(a[name])}" for name in shown)
     unit = f" unit={a['unit']}" if a.get("unit") else ""
     return (f"aggregate {a['device']}/{a['sensor']} window={_clock(a['window_start'])}-"
             f"{_clock(a['window_end'])} {stats}{unit}")
@@ -311,11 +314,14 @@ def _render(s: dict, args):
                  "offenders", _offenders(p), "", "")
     table = Table(title=f"latest aggregates ({args.window:g} s window, every "
                         f"{args.emit_every:g} s)", expand=False)
-    for name in ("device", "sensor", "unit", *SHOWN_STATS, "window end"):
+    quantiles = tuple(name for name in SHOWN_QUANTILES
+                      if any(name in a for a in s["latest"].values()))
+    for name in ("device", "sensor", "unit", *SHOWN_STATS, *quantiles, "window end"):
         table.add_column(name, justify="right" if name not in ("device", "sensor") else "left")
     for (_d, _s), a in sorted(s["latest"].items())[: args.show]:
         table.add_row(a["device"], a["sensor"], a["unit"] or "",
-                      *(_value(a[name]) for name in SHOWN_STATS), _clock(a["window_end"]))
+                      *(_value(a.get(name)) for name in SHOWN_STATS + quantiles),
+                      _clock(a["window_end"]))
     return Group(head, table)
 
 

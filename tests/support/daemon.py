@@ -186,7 +186,8 @@ def assert_balanced(final: dict, one_reading_per_payload: bool = True) -> None:
                                  + d["ingest_full"]), final
     if one_reading_per_payload:
         assert final["payloads"] == (final["readings"] + d["schema_mismatch"] + d["non_finite"]
-                                     + d["key_limit"] + d["late"] + d["future"]), final
+                                     + d["key_limit"] + d["late"] + d["future"]
+                                     + d["sketch_full"]), final
     assert final["aggregates"] == final["published"] + d["emit_backlog"] + final["backlog"], final
     assert final["backlog"] == 0, final
 

@@ -11,18 +11,49 @@ It is written straight from docs/windows.md:
   up to its interval;
 - at each tick: every live key with readings in the span emits, then keys with
   tick_time - last_ts >= key_ttl are evicted;
-- a new key while max_keys are live is `key_limit`.
+- a new key while max_keys are live is `key_limit`;
+- quantiles (docs/windows.md, "Quantiles"): for each q chosen, the exact order statistics of
+  ranks floor(q(n-1)) and ceil(q(n-1)) of the window's sorted values (|x| < 1e-9 taken as 0), as a
+  `QuantileBounds`; `close_enough` holds the engine's value to the proven relative error.
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
+from typing import NamedTuple
 
-from telemetry_cy.engine.rules import AGGREGATE_FIELDS
+from telemetry_cy.engine.rules import AGGREGATE_FIELDS, QUANTILE_FIELDS
+
+_QUANTILE_NAMES = {name: q for name, q in QUANTILE_FIELDS}
+
+
+class QuantileBounds(NamedTuple):
+    """The exact order statistics x_lo <= x_hi a reported quantile must lie near."""
+
+    q: float
+    lo: float
+    hi: float
+
+    def admits(self, v: float, alpha: float) -> bool:
+        """x_lo - alpha|x_lo| <= v <= x_hi + alpha|x_hi|, in exact rational arithmetic."""
+        lo, hi, a, fv = Fraction(self.lo), Fraction(self.hi), Fraction(alpha), Fraction(v)
+        return lo - a * abs(lo) <= fv <= hi + a * abs(hi)
+
+
+def rank_quantile(values: list[float], q: float) -> QuantileBounds:
+    """x_lo, x_hi: ranks floor(q(n-1)) and ceil(q(n-1)) (0-based, exact arithmetic on the double
+    q) of the sorted values, |x| < 1e-9 taken as 0."""
+    xs = sorted(0.0 if abs(v) < 1e-9 else v for v in values)
+    r = Fraction(q) * (len(xs) - 1)
+    return QuantileBounds(q, xs[math.floor(r)], xs[math.ceil(r)])
 
 
 class Model:
-    def __init__(self, window=60.0, emit_every=5.0, max_keys=1_000_000, key_ttl=300.0):
+    def __init__(self, window=60.0, emit_every=5.0, max_keys=1_000_000, key_ttl=300.0,
+                 quantiles=(), quantile_accuracy=0.01):
+        self.quantiles = frozenset(float(q) for q in quantiles)
+        self.quantile_accuracy = quantile_accuracy
         self.emit_every = float(emit_every)
         self.panes = round(window / emit_every)
         self.max_keys = max_keys
@@ -94,10 +125,13 @@ class Model:
                 "first": first[2],
                 "last": last[2],
             }
+            for name, q in QUANTILE_FIELDS:
+                computed[name] = rank_quantile(values, q) if q in self.quantiles else None
             # The aggregate's fields are the engine's list, in its order: a field added there and
             # not computed here fails at once (KeyError) instead of going unchecked.
             agg = {name: computed[name] for name in AGGREGATE_FIELDS}
             agg["magnitude"] = math.fsum(abs(v) for v in values)
+            agg["alpha"] = self.quantile_accuracy
             self.pending.append(agg)
         for key in [key for key, rows in self.readings.items()
                     if tick_time - max(r[0] for r in rows) >= self.key_ttl]:
@@ -126,8 +160,9 @@ class EventModel(Model):
     """
 
     def __init__(self, window=60.0, emit_every=5.0, max_keys=1_000_000, key_ttl=300.0,
-                 allowed_lateness=0.0, idle_timeout=30.0, max_future=60.0):
-        super().__init__(window, emit_every, max_keys, key_ttl)
+                 allowed_lateness=0.0, idle_timeout=30.0, max_future=60.0, quantiles=(),
+                 quantile_accuracy=0.01):
+        super().__init__(window, emit_every, max_keys, key_ttl, quantiles, quantile_accuracy)
         self.lateness = float(allowed_lateness)
         self.idle_timeout = float(idle_timeout)
         self.max_future = float(max_future)
@@ -204,7 +239,13 @@ def close_enough(got: dict, want: dict, magnitude: float, rel: float = 1e-9) -> 
     per_reading = magnitude / want["count"]
     scale = {"sum": magnitude, "mean": per_reading, "stddev": per_reading}
     for name in AGGREGATE_FIELDS:
-        if name in scale:
+        if name in _QUANTILE_NAMES:
+            # a quantile not computed is absent (as_dict) or None; else the proven bound
+            bounds, v = want.get(name), got.get(name)
+            if (v is None) != (bounds is None) or (
+                    bounds is not None and not bounds.admits(v, want["alpha"])):
+                bad.append(name)
+        elif name in scale:
             if abs(got[name] - want[name]) > rel * max(scale[name], 1e-300):
                 bad.append(name)
         elif got[name] != want[name]:
