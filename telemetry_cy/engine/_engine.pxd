@@ -110,6 +110,8 @@ cdef extern from "tc_snapshot.h" nogil:
         uint32_t units, ring, lead
         int event, started
         int64_t closed
+        int quantiles
+        const tc_sketch_map *qmap
 
     size_t TC_SNAP_KEY_HEAD
     size_t tc_snap_key_size(const tc_key *k, const tc_snap_shape *s)

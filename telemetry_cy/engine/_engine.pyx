@@ -1128,13 +1128,16 @@ cdef tc_snap_shape _snap_shape(Engine eng):
     s.event = eng.event
     s.started = eng.started
     s.closed = eng.closed
+    s.quantiles = eng.table.quantiles
+    s.qmap = &eng.qmap
     return s
 
 
 cdef _snap_settings(Engine eng):
     return snap.Settings(
         eng.window, eng.emit_every, eng.panes, bool(eng.event), eng.lead,
-        eng.allowed_lateness if eng.event else 0.0, 0, 0.0, eng.table.max_keys, eng.key_ttl,
+        eng.allowed_lateness if eng.event else 0.0,
+        *snap.quantile_settings(eng.quantiles, eng.quantile_accuracy), eng.table.max_keys, eng.key_ttl,
         eng.idle_timeout, eng.max_future, eng.late_capacity, eng.max_name_bytes,
         eng.max_payload_bytes)
 

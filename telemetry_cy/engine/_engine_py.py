@@ -691,7 +691,9 @@ class Engine:
     def _snapshot_settings(self) -> snap.Settings:
         return snap.Settings(
             self.window, self.emit_every, self._panes, self._event, self._lead,
-            self.allowed_lateness if self._event else 0.0, 0, 0.0, self.max_keys, self.key_ttl,
+            self.allowed_lateness if self._event else 0.0,
+            *snap.quantile_settings(self.quantiles, self.quantile_accuracy), self.max_keys,
+            self.key_ttl,
             self.idle_timeout, self.max_future, self._late_capacity, self.max_name_bytes,
             self.max_payload_bytes)
 
@@ -776,6 +778,8 @@ def _state_bytes(keys: dict) -> int:
 KEY_HEAD = struct.Struct("<HHHHBQqddd")  # lengths, n_panes, flags | seq, newest, last, last_ts, ...
 PANE = struct.Struct("<HIddddd")         # age (newest - interval), count, sum, m2, min, max, first
 OPEN_PANE = struct.Struct("<ddd")        # first_ts, last, last_ts of an open pane below the newest
+SKETCH = struct.Struct("<iiHHI")         # pos_min, neg_min, pos_len, neg_len, n; then the counts
+_SKETCH_BYTES_HEAD = struct.Struct("<4sBBHdI")  # sketch_py's byte layout up to the zero count
 F64 = struct.Struct("<d")
 KEY_HAS_UNIT, KEY_HAS_SEQ = 1, 2
 
@@ -830,6 +834,8 @@ def _snapshot_keys(engine: Engine) -> tuple[int, bytes]:
                                            p.first))
                     if event and closed <= j < key.newest:
                         panes.append(OPEN_PANE.pack(p.first_ts, p.last, p.last_ts))
+                    if key.sketches is not None:
+                        panes.append(_sketch_block(key.sketches[j % ring], p.count))
         flags = (KEY_HAS_UNIT if key.unit is not None else 0) | \
             (KEY_HAS_SEQ if key.seq is not None else 0)
         out.append(KEY_HEAD.pack(
@@ -841,6 +847,35 @@ def _snapshot_keys(engine: Engine) -> tuple[int, bytes]:
         out += [dev, sen, unit]
         out += panes
     return len(engine._keys), b"".join(out)
+
+
+def _sketch_block(sketch: QuantileSketch, count: int) -> bytes:
+    # sketch_py's byte layout holds the shape at 20..32 in the snapshot's order, counts from 32
+    raw = sketch.to_bytes()
+    return raw[20:32] + struct.pack("<I", count) + raw[32:]
+
+
+def _read_sketch(view: memoryview, pos: int, end: int, count: int,
+                 alpha: float) -> tuple[QuantileSketch, int]:
+    """The sketch block at pos (checked as tc_snapshot.h checks it), and the position after it."""
+    if end - pos < SKETCH.size:
+        raise _bad("a sketch runs past the keys section")
+    pos_min, neg_min, pos_len, neg_len, n = SKETCH.unpack_from(view, pos)
+    nb = pos_len + neg_len
+    start = pos + SKETCH.size
+    if pos_len > 1024 or neg_len > 1024 or end - start < 4 * nb:
+        raise _bad("a sketch's stores are too long")
+    counts = bytes(view[start:start + 4 * nb])
+    total = sum(struct.unpack(f"<{nb}I", counts))
+    blob = (_SKETCH_BYTES_HEAD.pack(b"TCQS", 1, 0, 0, alpha, max(n - total, 0))
+            + bytes(view[pos:pos + 12]) + counts)
+    try:
+        sketch = QuantileSketch.from_bytes(blob, alpha)
+    except ValueError:
+        raise _bad("a sketch store is outside the mapping or not tight") from None
+    if n != count or total > n:
+        raise _bad("a sketch does not hold its pane's readings")
+    return sketch, start + 4 * nb
 
 
 def _bad(what: str) -> SnapshotError:
@@ -859,6 +894,7 @@ def _restore_keys(engine: Engine, view: memoryview, n_keys: int) -> None:
     does; pass 2: the keys that fit max_keys built, in file order)."""
     ring = engine._panes + engine._lead
     event, lead, closed = engine._event, engine._lead, engine._closed
+    alpha = engine._alpha
     records = []
     pos, end = 0, len(view)
     for _ in range(n_keys):
@@ -905,7 +941,10 @@ def _restore_keys(engine: Engine, view: memoryview, n_keys: int) -> None:
                     raise _bad("a pane runs past the keys section")
                 times = OPEN_PANE.unpack_from(view, pos)
                 pos += OPEN_PANE.size
-            panes.append((j, count, stats, times))
+            sketch = None
+            if alpha is not None:
+                sketch, pos = _read_sketch(view, pos, end, count, alpha)
+            panes.append((j, count, stats, times, sketch))
         records.append((device, sensor, unit, seq if flags & KEY_HAS_SEQ else None,
                         None if newest == snap.NO_INTERVAL else newest, last, last_ts, nfts,
                         frozen, panes))
@@ -917,10 +956,12 @@ def _restore_keys(engine: Engine, view: memoryview, n_keys: int) -> None:
         if keep is not None and not keep[i]:
             engine._evicted += 1
             continue
-        key = _Key(device, sensor, ring)
+        key = _Key(device, sensor, ring, alpha)
         key.unit, key.seq, key.newest = unit, seq, newest
         key.last, key.last_ts, key.newest_first_ts = last, last_ts, nfts
-        for j, count, (total, m2, mn, mx, first), times in panes:
+        for j, count, (total, m2, mn, mx, first), times, sketch in panes:
+            if key.sketches is not None and sketch is not None:
+                key.sketches[j % ring] = sketch
             p = key.panes[j % ring]
             p.count, p.sum, p.m2, p.min, p.max, p.first = count, total, m2, mn, mx, first
             if not event:

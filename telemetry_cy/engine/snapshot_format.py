@@ -16,7 +16,7 @@ import struct
 import zlib
 from typing import NamedTuple
 
-from telemetry_cy.engine.rules import AGGREGATE_FIELDS, LateReading
+from telemetry_cy.engine.rules import AGGREGATE_FIELDS, QUANTILE_FIELDS, LateReading
 from telemetry_cy.engine.snapshot_errors import SnapshotError
 
 MAGIC = b"TCYSTATE"
@@ -318,6 +318,13 @@ def _engine_state(cur: _Cursor, started: bool) -> EngineState:
 
 
 # ---- settings ------------------------------------------------------------------------------------
+
+
+def quantile_settings(qs: tuple[float, ...], accuracy: float) -> tuple[int, float]:
+    """(quantile set, accuracy) as the header holds them: bit i for QUANTILE_FIELDS[i], and
+    (0, 0.0) when quantiles are off (the accuracy then shapes nothing)."""
+    mask = sum(1 << i for i, (_, q) in enumerate(QUANTILE_FIELDS) if q in qs)
+    return (mask, float(accuracy)) if mask else (0, 0.0)
 
 
 def _describe(s: Settings) -> str:

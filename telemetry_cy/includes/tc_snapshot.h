@@ -23,6 +23,7 @@
 
 #include "cbor_reader.h" /* tc_utf8_valid */
 #include "tc_window.h"
+#include "tc_window_qs.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "tc_snapshot.h writes its little-endian fields with memcpy: a big-endian host needs swaps"
@@ -31,10 +32,13 @@
 /* record head: u16 device_len, sensor_len, unit_len, n_panes; u8 flags; u64 last_seq;
  * i64 newest; f64 last, last_ts, newest_first_ts. Then f64 frozen_last (event time with a lead),
  * the names, the panes oldest first: u16 age, u32 count, f64 sum, m2, min, max, first; an open
- * pane below the newest (event time) is followed by f64 first_ts, last, last_ts. */
+ * pane below the newest (event time) is followed by f64 first_ts, last, last_ts. With quantiles,
+ * each pane then carries its sketch: i32 pos_min, i32 neg_min, u16 pos_len, u16 neg_len, u32 n
+ * (= the pane's count), then pos_len + neg_len u32 counts (the tc_sketch.h store layout). */
 #define TC_SNAP_KEY_HEAD 49
 #define TC_SNAP_PANE 46
 #define TC_SNAP_OPEN 24
+#define TC_SNAP_SKETCH 16
 #define TC_SNAP_HAS_UNIT 1u
 #define TC_SNAP_HAS_SEQ 2u
 #define TC_SNAP_MAX_INTERVAL 4000000000000000000LL /* the engine's interval bound */
@@ -46,6 +50,8 @@ typedef struct {
     int event;
     int started;
     int64_t closed;
+    int quantiles;              /* every pane carries its sketch */
+    const tc_sketch_map *qmap;  /* the engine's mapping: a store's indexes must lie in it */
 } tc_snap_shape;
 
 typedef struct {
@@ -55,6 +61,7 @@ typedef struct {
     int64_t newest;
     double last, last_ts, newest_first_ts, frozen_last;
     const uint8_t *panes; /* n_panes pane entries, each followed by its open times if any */
+    uint32_t qs_counts;   /* sketch counts of all panes (quantiles) */
 } tc_snap_rec;
 
 static inline int tc_snap_open_pane(const tc_snap_shape *s, int64_t j, int64_t newest) {
@@ -75,6 +82,10 @@ static inline size_t tc_snap_key_size(const tc_key *k, const tc_snap_shape *s) {
     for (int64_t j = k->newest - (int64_t)s->ring + 1; j <= k->newest; j++) {
         if (k->panes[tc_pane_of(j, s->ring)].count == 0) continue;
         n += TC_SNAP_PANE + (tc_snap_open_pane(s, j, k->newest) ? TC_SNAP_OPEN : 0);
+        if (s->quantiles) {
+            const tc_sketch_hdr *h = &tc_qs_hdrs(tc_key_qs(k, s->units))[tc_pane_of(j, s->ring)];
+            n += TC_SNAP_SKETCH + 4 * (size_t)tc_sketch_buckets(h);
+        }
     }
     return n;
 }
@@ -124,9 +135,17 @@ static inline uint8_t *tc_snap_write_key(uint8_t *o, tc_key *k, const tc_snap_sh
     memcpy(o, tc_key_unit(k, s->units), ulen);
     o += ulen;
     if (k->newest == INT64_MIN) return o;
+    /* the sketch counts follow one another in interval order, empty panes holding none */
+    tc_qs_head *qb = s->quantiles ? tc_key_qs(k, s->units) : NULL;
+    const uint32_t *qc = qb ? tc_qs_counts(qb, ring) : NULL;
     for (int64_t j = k->newest - (int64_t)ring + 1; j <= k->newest; j++) {
         const tc_pane *p = &k->panes[tc_pane_of(j, ring)];
-        if (p->count == 0) continue;
+        const tc_sketch_hdr *h = qb ? &tc_qs_hdrs(qb)[tc_pane_of(j, ring)] : NULL;
+        uint32_t nb = h ? tc_sketch_buckets(h) : 0;
+        if (p->count == 0) {
+            qc += nb;
+            continue;
+        }
         uint16_t age = (uint16_t)(k->newest - j);
         TC_SNAP_PUT(o, age);
         TC_SNAP_PUT(o, p->count);
@@ -140,6 +159,16 @@ static inline uint8_t *tc_snap_write_key(uint8_t *o, tc_key *k, const tc_snap_sh
             TC_SNAP_PUT(o, op->first_ts);
             TC_SNAP_PUT(o, op->last);
             TC_SNAP_PUT(o, op->last_ts);
+        }
+        if (h) {
+            TC_SNAP_PUT(o, h->pos_min);
+            TC_SNAP_PUT(o, h->neg_min);
+            TC_SNAP_PUT(o, h->pos_len);
+            TC_SNAP_PUT(o, h->neg_len);
+            TC_SNAP_PUT(o, h->n);
+            memcpy(o, qc, 4 * (size_t)nb);
+            o += 4 * (size_t)nb;
+            qc += nb;
         }
     }
     return o;
@@ -219,6 +248,7 @@ static inline size_t tc_snap_parse(const uint8_t *p, size_t len, const tc_snap_s
     r->n_panes = n_panes;
     r->panes = p;
     uint32_t prev_age = s->ring;
+    r->qs_counts = 0;
     for (uint32_t i = 0; i < n_panes; i++) {
         uint16_t age;
         uint32_t count;
@@ -240,6 +270,38 @@ static inline size_t tc_snap_parse(const uint8_t *p, size_t len, const tc_snap_s
                 return 0;
             }
             p += TC_SNAP_OPEN;
+        }
+        if (s->quantiles) {
+            tc_sketch_hdr h;
+            if ((size_t)(end - p) < TC_SNAP_SKETCH) {
+                *why = "a sketch runs past the keys section";
+                return 0;
+            }
+            TC_SNAP_GET(h.pos_min, p);
+            TC_SNAP_GET(h.neg_min, p);
+            TC_SNAP_GET(h.pos_len, p);
+            TC_SNAP_GET(h.neg_len, p);
+            TC_SNAP_GET(h.n, p);
+            size_t nb = tc_sketch_buckets(&h);
+            if (h.pos_len > TC_SKETCH_CAP || h.neg_len > TC_SKETCH_CAP ||
+                (size_t)(end - p) < 4 * nb) {
+                *why = "a sketch's stores are too long";
+                return 0;
+            }
+            if (tc_sketch_check_store(s->qmap, h.pos_min, h.pos_len, p) != TC_SKETCH_OK ||
+                tc_sketch_check_store(s->qmap, h.neg_min, h.neg_len, p + 4 * (size_t)h.pos_len) !=
+                    TC_SKETCH_OK) {
+                *why = "a sketch store is outside the mapping or not tight";
+                return 0;
+            }
+            uint64_t sum = 0;
+            for (size_t b = 0; b < nb; b++) sum += tc_sketch_get_u32(p + 4 * b);
+            if (h.n != count || sum > h.n) {
+                *why = "a sketch does not hold its pane's readings";
+                return 0;
+            }
+            p += 4 * nb;
+            r->qs_counts += (uint32_t)nb;
         }
     }
     return (size_t)(p - start);
@@ -281,6 +343,25 @@ static inline int tc_snap_build(tc_table *t, const tc_snap_rec *r, const tc_snap
         if (!k) return -1;
     }
     uint32_t ring = s->ring;
+    tc_qs_head *qb = NULL;
+    uint32_t *qc = NULL;
+    if (s->quantiles) {
+        /* the block exactly as large as the counts: the engine grows it as it always does */
+        qb = tc_key_qs(k, t->panes);
+        if (r->qs_counts > qb->cap) {
+            size_t old_size = tc_key_bytes(t, k);
+            size_t new_size = old_size + 4 * (size_t)(r->qs_counts - qb->cap);
+            tc_key *moved = (tc_key *)realloc(k, new_size);
+            if (!moved) return -1;
+            k = moved;
+            t->keys[k->dense_index] = k;
+            t->record_bytes += new_size - old_size;
+            qb = tc_key_qs(k, t->panes);
+            qb->cap = r->qs_counts;
+        }
+        qb->used = r->qs_counts;
+        qc = tc_qs_counts(qb, ring);
+    }
     k->has_seq = (r->flags & TC_SNAP_HAS_SEQ) ? 1 : 0;
     k->last_seq = k->has_seq ? r->seq : 0;
     k->newest = r->newest;
@@ -305,6 +386,18 @@ static inline int tc_snap_build(tc_table *t, const tc_snap_rec *r, const tc_snap
             TC_SNAP_GET(op->first_ts, p);
             TC_SNAP_GET(op->last, p);
             TC_SNAP_GET(op->last_ts, p);
+        }
+        if (qb) {
+            tc_sketch_hdr *h = &tc_qs_hdrs(qb)[tc_pane_of(j, ring)];
+            TC_SNAP_GET(h->pos_min, p);
+            TC_SNAP_GET(h->neg_min, p);
+            TC_SNAP_GET(h->pos_len, p);
+            TC_SNAP_GET(h->neg_len, p);
+            TC_SNAP_GET(h->n, p);
+            size_t nb = tc_sketch_buckets(h);
+            memcpy(qc, p, 4 * nb);
+            qc += nb;
+            p += 4 * nb;
         }
     }
     return 0;
