@@ -16,6 +16,14 @@ Wall times are recorded beside the CPU times. Targets (the issue): <= 2 s to wri
 
 **sdcard**: the state file of 10,000 keys (full windows, quantiles off and on) at the default
 checkpoint_every (30 s): checkpoints, bytes and fsyncs per hour.
+
+**ingest**: does checkpointing stall ingest? A private mosquitto and nats-server; ``telemetry-cy
+run`` (compiled, QoS 0, 60 s / 5 s windows) fed 100,000 keys (perf/loadgen.py, 2 publisher
+processes) at ``--rate`` (100,000 msg/s) for ``--duration`` s, with the state off and with
+``--state-dir`` (on disk) and ``--checkpoint-every 1s`` (30x the default: every second a snapshot
+of 100,000 keys), alternating, ``--reps`` each. Per run: what the publishers achieved, what the
+daemon received, its ``ingest_full`` drops, its checkpoints and their snapshot time (engine
+thread) and write time (writer thread), and the daemon's CPU seconds.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import cbor2
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 from telemetry_cy.backend import load  # noqa: E402
 
@@ -86,8 +95,8 @@ def engine_figures(args) -> list[dict]:
             live = engine.stats()["state_bytes"]
             repeats = args.repeats if keys < 1_000_000 else max(1, args.repeats // 2)
             snap_cpu, snap_wall, data = measure(engine.snapshot, repeats)
-            rest_cpu, rest_wall, restored = measure(lambda: Engine.from_snapshot(data, **kw),
-                                                    repeats)
+            rest_cpu, rest_wall, restored = measure(
+                lambda d=data: Engine.from_snapshot(d, **kw), repeats)
             assert restored.snapshot() == data
             row = dict(quantiles=quantiles, keys=keys, fill=args.fill, per_pane=args.per_pane,
                        snapshot_bytes=len(data), live_state_bytes=live,
@@ -119,6 +128,68 @@ def sdcard_figures(args) -> list[dict]:
     return rows
 
 
+def ingest_figures(args) -> list[dict]:
+    import os
+    import signal
+    import tempfile
+
+    from ingest_rig import MOSQ_EXTRA, proc_cpu
+    from telemetry_cy.tools.local_brokers import Mosquitto, NatsServer
+
+    rows = []
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+    with tempfile.TemporaryDirectory(dir=args.state_root) as tmp_s:
+        tmp = Path(tmp_s)
+        with Mosquitto(tmp / "mosq", persistence=False, extra_conf=MOSQ_EXTRA) as mosq, \
+                NatsServer(tmp / "nats") as nats:
+            for run in range(2 * args.reps):
+                state = run % 2 == 1
+                err = tmp / f"daemon{run}.err"
+                cmd = [sys.executable, "-m", "telemetry_cy.service.cli", "run",
+                       "--mqtt-url", mosq.url, "--nats-url", nats.url,
+                       "--topic", "site/+/sensor/+", "--qos", "0", "--window", "60s",
+                       "--emit-every", "5s", "--stats-every", "500ms", "--log-format", "json",
+                       "--subject-prefix", f"agg{run}"]
+                if state:
+                    cmd += ["--state-dir", str(tmp / f"state{run}"), "--checkpoint-every",
+                            f"{args.checkpoint_every}s"]
+                with open(err, "wb") as ef:
+                    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=ef, env=env)
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and '"mqtt": "up"' not in err.read_text():
+                    time.sleep(0.05)
+                time.sleep(0.5)
+                lg = [sys.executable, str(HERE / "loadgen.py"), "--port", str(mosq.port),
+                      "--keys", str(args.keys), "--rounds", "1", "--procs", "2"]
+                # every key once (the state to checkpoint), then the rate
+                subprocess.run(lg + ["--count", str(args.keys), "--rate", "0"],
+                               capture_output=True, text=True, check=True)
+                time.sleep(1.0)
+                cpu0 = proc_cpu(proc.pid)
+                out = subprocess.run(lg + ["--rate", str(args.rate), "--duration",
+                                           str(args.duration)],
+                                     capture_output=True, text=True, check=True)
+                cpu = proc_cpu(proc.pid) - cpu0
+                sent = json.loads(out.stdout.strip().splitlines()[-1])
+                time.sleep(2.0)
+                proc.send_signal(signal.SIGTERM)
+                stdout, _ = proc.communicate(timeout=60)
+                final = json.loads(stdout.decode().strip().splitlines()[-1])
+                ck = final.get("checkpoint") or {}
+                row = dict(state=state, run=run, offered=args.rate, achieved=sent.get("rate"),
+                           sent=sent.get("sent", 0) + args.keys, received=final["received"],
+                           ingest_full=final["drops"]["ingest_full"],
+                           drops={k: v for k, v in final["drops"].items() if v},
+                           live_keys=final["live_keys"], daemon_cpu_s=round(cpu, 2),
+                           checkpoints=ck.get("checkpoints"), skipped=ck.get("skipped"),
+                           last_snapshot_s=ck.get("last_snapshot_seconds"),
+                           last_write_s=ck.get("last_write_seconds"),
+                           last_bytes=ck.get("last_bytes"))
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
 def machine() -> dict:
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -136,16 +207,26 @@ def machine() -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("engine", "sdcard"))
+    ap.add_argument("what", choices=("engine", "sdcard", "ingest"))
     ap.add_argument("--sizes", default="1000,100000,1000000")
     ap.add_argument("--fill", type=int, default=12, help="intervals with data per key (12)")
     ap.add_argument("--per-pane", type=int, default=2, help="readings per key and interval (2)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--checkpoint-every", type=float, default=30.0)
+    ap.add_argument("--checkpoint-every", type=float, default=None,
+                    help="seconds (sdcard: 30, the default; ingest: 1)")
+    ap.add_argument("--rate", type=float, default=100_000.0, help="ingest: msg/s")
+    ap.add_argument("--duration", type=float, default=15.0, help="ingest: seconds")
+    ap.add_argument("--keys", type=int, default=100_000, help="ingest: keys")
+    ap.add_argument("--reps", type=int, default=2, help="ingest: runs with state off and on")
+    ap.add_argument("--state-root", default=None,
+                    help="ingest: directory for brokers and state (default: the system's tmp)")
     ap.add_argument("-o", "--output")
     args = ap.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
-    rows = engine_figures(args) if args.what == "engine" else sdcard_figures(args)
+    if args.checkpoint_every is None:
+        args.checkpoint_every = 1.0 if args.what == "ingest" else 30.0
+    figures = {"engine": engine_figures, "sdcard": sdcard_figures, "ingest": ingest_figures}
+    rows = figures[args.what](args)
     result = {"command": " ".join(sys.argv), "machine": machine(), "rows": rows}
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=1) + "\n")

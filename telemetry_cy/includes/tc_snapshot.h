@@ -182,9 +182,11 @@ static inline uint8_t *tc_snap_write_key(uint8_t *o, tc_key *k, const tc_snap_sh
         (p) += sizeof(v);                                                                          \
     } while (0)
 
-/* Parses and checks the record at p (len bytes left). Returns its size, or 0 with *why set. */
+/* Parses and checks the record at p (len bytes left). Returns its size, or 0 with *why set.
+ * `again`: the bytes passed this check before (tc_snap_load after tc_snap_scan): the content
+ * checks that cost (UTF-8, sketch stores) are skipped, every length check stays. */
 static inline size_t tc_snap_parse(const uint8_t *p, size_t len, const tc_snap_shape *s,
-                                   tc_snap_rec *r, const char **why) {
+                                   tc_snap_rec *r, const char **why, int again) {
     const uint8_t *start = p, *end = p + len;
     uint16_t dlen, slen, ulen, n_panes;
     uint8_t flags;
@@ -235,8 +237,8 @@ static inline size_t tc_snap_parse(const uint8_t *p, size_t len, const tc_snap_s
     r->dev = p;
     r->sen = p + dlen;
     r->unit = p + dlen + slen;
-    if (!tc_utf8_valid(r->dev, dlen) || !tc_utf8_valid(r->sen, slen) ||
-        !tc_utf8_valid(r->unit, ulen)) {
+    if (!again && (!tc_utf8_valid(r->dev, dlen) || !tc_utf8_valid(r->sen, slen) ||
+                   !tc_utf8_valid(r->unit, ulen))) {
         *why = "a key's name or unit is not UTF-8";
         return 0;
     }
@@ -288,17 +290,19 @@ static inline size_t tc_snap_parse(const uint8_t *p, size_t len, const tc_snap_s
                 *why = "a sketch's stores are too long";
                 return 0;
             }
-            if (tc_sketch_check_store(s->qmap, h.pos_min, h.pos_len, p) != TC_SKETCH_OK ||
-                tc_sketch_check_store(s->qmap, h.neg_min, h.neg_len, p + 4 * (size_t)h.pos_len) !=
-                    TC_SKETCH_OK) {
-                *why = "a sketch store is outside the mapping or not tight";
-                return 0;
-            }
-            uint64_t sum = 0;
-            for (size_t b = 0; b < nb; b++) sum += tc_sketch_get_u32(p + 4 * b);
-            if (h.n != count || sum > h.n) {
-                *why = "a sketch does not hold its pane's readings";
-                return 0;
+            if (!again) {
+                if (tc_sketch_check_store(s->qmap, h.pos_min, h.pos_len, p) != TC_SKETCH_OK ||
+                    tc_sketch_check_store(s->qmap, h.neg_min, h.neg_len,
+                                          p + 4 * (size_t)h.pos_len) != TC_SKETCH_OK) {
+                    *why = "a sketch store is outside the mapping or not tight";
+                    return 0;
+                }
+                uint64_t sum = 0;
+                for (size_t b = 0; b < nb; b++) sum += tc_sketch_get_u32(p + 4 * b);
+                if (h.n != count || sum > h.n) {
+                    *why = "a sketch does not hold its pane's readings";
+                    return 0;
+                }
             }
             p += 4 * nb;
             r->qs_counts += (uint32_t)nb;
@@ -314,7 +318,7 @@ static inline int tc_snap_scan(const uint8_t *p, size_t len, const tc_snap_shape
     size_t pos = 0;
     tc_snap_rec r;
     for (uint64_t i = 0; i < n_keys; i++) {
-        size_t used = tc_snap_parse(p + pos, len - pos, s, &r, why);
+        size_t used = tc_snap_parse(p + pos, len - pos, s, &r, why, 0);
         if (used == 0) return -1;
         if (last_ts) last_ts[i] = r.last_ts;
         pos += used;
@@ -409,8 +413,16 @@ static inline int tc_snap_load(tc_table *t, const uint8_t *p, size_t len, const 
                                uint64_t n_keys, const uint8_t *keep, const char **why) {
     size_t pos = 0;
     tc_snap_rec r;
+    /* the table at its final size first: no rehash while the keys go in */
+    uint64_t kept = n_keys;
+    if (keep) {
+        kept = 0;
+        for (uint64_t i = 0; i < n_keys; i++) kept += keep[i] ? 1 : 0;
+    }
+    while ((t->n_keys + kept) * 4 > (t->slot_mask + 1) * 3)
+        if (tc_table_grow(t) != 0) return -1;
     for (uint64_t i = 0; i < n_keys; i++) {
-        size_t used = tc_snap_parse(p + pos, len - pos, s, &r, why);
+        size_t used = tc_snap_parse(p + pos, len - pos, s, &r, why, 1);
         if (used == 0) return 1;
         pos += used;
         if (keep && !keep[i]) continue;
