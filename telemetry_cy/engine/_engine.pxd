@@ -119,7 +119,7 @@ cdef extern from "tc_snapshot.h" nogil:
     int tc_snap_scan(const unsigned char *p, size_t len, const tc_snap_shape *s, uint64_t n_keys,
                      double *last_ts, const char **why)
     int tc_snap_load(tc_table *t, const unsigned char *p, size_t len, const tc_snap_shape *s,
-                     uint64_t n_keys, const unsigned char *keep, const char **why)
+                     uint64_t n_keys, const unsigned char *keep, int scanned, const char **why)
 
 
 cdef struct batch_item:

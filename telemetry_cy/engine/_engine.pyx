@@ -1208,8 +1208,8 @@ cdef int _cmp_desc(const void *a, const void *b) noexcept nogil:
 
 
 cdef _restore_keys(Engine eng, data, Py_ssize_t start, Py_ssize_t end, uint64_t n_keys):
-    """Both passes of tc_snapshot.h over data[start:end]; with more keys than max_keys, those
-    seen last are kept (snapshot_format.keep_mask, same rule)."""
+    """tc_snapshot.h over data[start:end]: one checking load, or with more keys than max_keys a
+    scan first and the keys seen last kept (snapshot_format.keep_mask, same rule)."""
     cdef const unsigned char[::1] view = memoryview(data).cast("B")
     cdef const unsigned char *p = &view[0] + start
     cdef size_t length = <size_t>(end - start)
@@ -1223,17 +1223,19 @@ cdef _restore_keys(Engine eng, data, Py_ssize_t start, Py_ssize_t end, uint64_t 
     cdef int rc
     if n_keys > length // TC_SNAP_KEY_HEAD:
         raise SnapshotError("malformed", f"{n_keys} keys cannot fit {length} bytes")
+    cdef bint scanned = n_keys > max_keys
     try:
-        if n_keys > max_keys:
+        if scanned:
+            # which keys fit needs every key's last_ts first: a checking pass, then the load
             last_ts = <double *>malloc(n_keys * sizeof(double))
             order = <double *>malloc(n_keys * sizeof(double))
             keep = <unsigned char *>malloc(n_keys)
             if last_ts == NULL or order == NULL or keep == NULL:
                 raise MemoryError()
-        with nogil:
-            rc = tc_snap_scan(p, length, &shape, n_keys, last_ts, &why)
-        if rc != 0:
-            raise SnapshotError("malformed", why.decode("ascii"))
+            with nogil:
+                rc = tc_snap_scan(p, length, &shape, n_keys, last_ts, &why)
+            if rc != 0:
+                raise SnapshotError("malformed", why.decode("ascii"))
         if keep != NULL:
             with nogil:
                 memcpy(order, last_ts, n_keys * sizeof(double))
@@ -1251,7 +1253,7 @@ cdef _restore_keys(Engine eng, data, Py_ssize_t start, Py_ssize_t end, uint64_t 
                     if not keep[i]:
                         dropped += 1
         with nogil:
-            rc = tc_snap_load(&eng.table, p, length, &shape, n_keys, keep, &why)
+            rc = tc_snap_load(&eng.table, p, length, &shape, n_keys, keep, scanned, &why)
         if rc < 0:
             raise MemoryError("telemetry-cy engine: out of memory restoring a snapshot")
         if rc > 0:

@@ -8,8 +8,9 @@
  *
  * The reader trusts nothing: every length is checked against the bytes left, names must be UTF-8,
  * panes strictly ordered inside the ring, a key's newest interval in range, no key twice. It runs
- * in two passes: tc_snap_scan checks every record (and collects last_ts, for a smaller max_keys),
- * tc_snap_load builds the keys. The checksum is checked before either, in Python (zlib.crc32);
+ * one pass, tc_snap_load checking and building each record; when fewer keys fit than the file
+ * holds, tc_snap_scan checks every record and collects their last_ts first, and the load that
+ * follows builds those kept. The checksum is checked before either, in Python (zlib.crc32);
  * tests/fuzz/fuzz_snapshot.c drives both passes with arbitrary bytes.
  *
  * No Python, no GIL, no locks: the engine thread owns the table while it writes or loads it.
@@ -317,6 +318,10 @@ static inline int tc_snap_scan(const uint8_t *p, size_t len, const tc_snap_shape
                                uint64_t n_keys, double *last_ts, const char **why) {
     size_t pos = 0;
     tc_snap_rec r;
+    if (n_keys > len / TC_SNAP_KEY_HEAD) {
+        *why = "more keys than the keys section can hold";
+        return -1;
+    }
     for (uint64_t i = 0; i < n_keys; i++) {
         size_t used = tc_snap_parse(p + pos, len - pos, s, &r, why, 0);
         if (used == 0) return -1;
@@ -407,12 +412,20 @@ static inline int tc_snap_build(tc_table *t, const tc_snap_rec *r, const tc_snap
     return 0;
 }
 
-/* Pass 2 (after a successful tc_snap_scan of the same bytes): builds the records whose keep[i]
- * is set (keep NULL: all), in file order. 0, 1 (a key twice: *why set), -1 no memory. */
+/* Builds the records whose keep[i] is set (keep NULL: all), in file order. `scanned`: a
+ * tc_snap_scan of the same bytes succeeded, so only the length checks are made again; else every
+ * check is made here, in one pass (a restore with room for every key needs no scan first, and a
+ * refused file leaves a half-built table the caller throws away). 0, 1 (refused: *why set), -1 no
+ * memory. */
 static inline int tc_snap_load(tc_table *t, const uint8_t *p, size_t len, const tc_snap_shape *s,
-                               uint64_t n_keys, const uint8_t *keep, const char **why) {
+                               uint64_t n_keys, const uint8_t *keep, int scanned,
+                               const char **why) {
     size_t pos = 0;
     tc_snap_rec r;
+    if (n_keys > len / TC_SNAP_KEY_HEAD) {   /* before sizing anything by n_keys */
+        *why = "more keys than the keys section can hold";
+        return 1;
+    }
     /* the table at its final size first: no rehash while the keys go in */
     uint64_t kept = n_keys;
     if (keep) {
@@ -422,12 +435,16 @@ static inline int tc_snap_load(tc_table *t, const uint8_t *p, size_t len, const 
     while ((t->n_keys + kept) * 4 > (t->slot_mask + 1) * 3)
         if (tc_table_grow(t) != 0) return -1;
     for (uint64_t i = 0; i < n_keys; i++) {
-        size_t used = tc_snap_parse(p + pos, len - pos, s, &r, why, 1);
+        size_t used = tc_snap_parse(p + pos, len - pos, s, &r, why, scanned);
         if (used == 0) return 1;
         pos += used;
         if (keep && !keep[i]) continue;
         int rc = tc_snap_build(t, &r, s, why);
         if (rc) return rc;
+    }
+    if (pos != len) {
+        *why = "bytes after the last key record";
+        return 1;
     }
     return 0;
 }

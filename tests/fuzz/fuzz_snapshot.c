@@ -13,7 +13,8 @@
  * compiler) and replayed by tests/fuzz/test_fuzz_corpus.py. Besides what the sanitizers catch,
  * the target abort()s when:
  *   1. tc_snap_load refuses what tc_snap_scan accepted for any reason but a key twice, or the
- *      table then holds another number of keys than the section;
+ *      table then holds another number of keys than the section; the one-pass load (no scan
+ *      first, every check made while building) and scan + load disagree;
  *   2. what the loaded table writes back (tc_snap_key_size / tc_snap_write_key) does not scan,
  *      or, loaded into a second table, is not written back to the same bytes (a restore of a
  *      restore changes nothing);
@@ -147,15 +148,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     double *last_ts = (double *)malloc(sizeof(double) * (n_keys ? n_keys : 1));
     CHECK(last_ts != NULL, "malloc");
     const char *why = NULL;
+    /* the one-pass load (every check made while building) agrees with the scan */
+    tc_table direct;
+    CHECK(table_for(&direct, &sh) == 0, "table");
+    int direct_rc = tc_snap_load(&direct, sec, len, &sh.s, n_keys, NULL, 0, &why);
+    CHECK(direct_rc >= 0, "load: out of memory");
+    tc_table_free(&direct);
     if (tc_snap_scan(sec, len, &sh.s, n_keys, last_ts, &why) != 0) {
         CHECK(why != NULL, "a refusal says why");
+        CHECK(direct_rc == 1, "the one-pass load refuses what the scan refuses");
         free(last_ts);
         free(sec);
         return 0;
     }
     tc_table t;
     CHECK(table_for(&t, &sh) == 0, "table");
-    int rc = tc_snap_load(&t, sec, len, &sh.s, n_keys, NULL, &why);
+    int rc = tc_snap_load(&t, sec, len, &sh.s, n_keys, NULL, 1, &why);
+    CHECK(rc == direct_rc, "the one-pass load and scan + load agree");
     CHECK(rc >= 0, "load: out of memory");
     if (rc == 1) {
         CHECK(why && strstr(why, "twice"), "load refuses only a key twice after a clean scan");
@@ -166,7 +175,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         CHECK(tc_snap_scan(once, len1, &sh.s, n_keys, NULL, &why) == 0, "written back scans");
         tc_table t2;
         CHECK(table_for(&t2, &sh) == 0, "table");
-        CHECK(tc_snap_load(&t2, once, len1, &sh.s, n_keys, NULL, &why) == 0, "written back loads");
+        CHECK(tc_snap_load(&t2, once, len1, &sh.s, n_keys, NULL, 0, &why) == 0,
+              "written back loads");
         uint8_t *twice = write_back(&t2, &sh.s, &len2);
         CHECK(len1 == len2 && memcmp(once, twice, len1) == 0, "a restore of a restore");
         free(once);
