@@ -318,3 +318,33 @@ def test_an_empty_engine_round_trips(compiled_backend, pure_backend):
         assert data[:8] == snap.MAGIC
         assert compiled_backend.Engine.from_snapshot(data).snapshot() == data
         assert pure_backend.Engine.from_snapshot(data).snapshot() == data
+
+
+@pytest.mark.parametrize("backend", ["compiled", "pure"])
+def test_out_of_range_clock_values_are_refused(compiled_backend, pure_backend, backend):
+    """A file sealed with a valid checksum but an infinite max_t, an out-of-range closed tick or
+    a pending aggregate with a string for its count: refused, never converted."""
+    cls = {"compiled": compiled_backend, "pure": pure_backend}[backend].Engine
+    config = CONFIGS[2]
+    data = _sample(cls, config)
+    clock = snap.HEADER.size
+    cases = {
+        "max_t": (clock + 16, struct.pack("<d", float("inf"))),
+        "closed": (clock, struct.pack("<q", 2**62)),
+        "max_t_arrival": (clock + 24, struct.pack("<d", float("nan"))),
+    }
+    for what, (at, raw) in cases.items():
+        bad = bytearray(data)
+        bad[at:at + len(raw)] = raw
+        struct.pack_into("<I", bad, len(bad) - 4, zlib.crc32(bytes(bad[:-4])))
+        with pytest.raises(SnapshotError) as info:
+            cls.from_snapshot(bytes(bad), **config)
+        assert info.value.reason == "malformed", what
+    # the count of the first pending aggregate tagged as a string
+    opened = snap.open_snapshot(data)
+    assert opened.state.pending
+    state = opened.state._replace(pending=[{**opened.state.pending[0], "count": "many"}])
+    keys = data[opened.keys_start:opened.keys_end]
+    bad = snap.assemble(opened.settings, state, opened.n_keys, keys)
+    with pytest.raises(SnapshotError, match="aggregate field count"):
+        cls.from_snapshot(bad, **config)

@@ -16,7 +16,13 @@ import struct
 import zlib
 from typing import NamedTuple
 
-from telemetry_cy.engine.rules import AGGREGATE_FIELDS, QUANTILE_FIELDS, LateReading
+from telemetry_cy.engine.rules import (
+    AGGREGATE_FIELDS,
+    MAX_INTERVAL,
+    QUANTILE_FIELDS,
+    LateReading,
+    aggregate_field_type,
+)
 from telemetry_cy.engine.snapshot_errors import SnapshotError
 
 MAGIC = b"TCYSTATE"
@@ -36,8 +42,11 @@ CRC = struct.Struct("<I")
 NO_INTERVAL = -(1 << 63)                # INT64_MIN: newest_data / a key's newest before any data
 
 _U8, _U32, _U64, _F64 = (struct.Struct(f) for f in ("<B", "<I", "<Q", "<d"))
-# the tags of a pending aggregate's values
+# the tags of a pending aggregate's values, and those each field type takes
 _NONE, _STR, _INT, _FLOAT = range(4)
+_TAGS_OF: dict[object, tuple[int, ...]] = {
+    str: (_STR,), str | None: (_STR, _NONE), int: (_INT,), float: (_FLOAT,),
+    float | None: (_FLOAT, _NONE)}
 
 
 class Settings(NamedTuple):
@@ -262,6 +271,7 @@ def open_snapshot(data) -> Opened:
     state = _engine_state(cur, bool(flags & FLAG_STARTED))
     if cur.pos != keys_start:
         raise SnapshotError("malformed", "the engine section is longer than its fields")
+    _check_clock(state, settings, n_keys)
     return Opened(settings, state, n_keys, keys_start, n - CRC.size)
 
 
@@ -286,10 +296,13 @@ def _engine_state(cur: _Cursor, started: bool) -> EngineState:
     if unknown:
         raise SnapshotError("malformed", f"pending aggregates have unknown fields {unknown}")
     pending = []
+    allowed = {field: _TAGS_OF[aggregate_field_type(field)] for field in fields}
     for _ in range(cur.u32("pending aggregates")):
         agg: dict[str, object] = {}
         for field in fields:
             tag = cur.u8("aggregate value")
+            if tag not in allowed[field]:
+                raise SnapshotError("malformed", f"aggregate field {field} with value tag {tag}")
             if tag == _NONE:
                 agg[field] = None
             elif tag == _STR:
@@ -315,6 +328,27 @@ def _engine_state(cur: _Cursor, started: bool) -> EngineState:
         raise SnapshotError("malformed", "max_t is NaN")
     return EngineState(started, closed, newest_data, max_t, max_t_arrival, c[0:6], c[6:12],
                        c[12], c[13], c[14], drops, tuple(offenders), pending, late)
+
+
+def _check_clock(state: EngineState, settings: Settings, n_keys: int) -> None:
+    """The clock's values must be intervals the engine can hold: a crafted file (checksum and
+    all) must not hand the engines an infinite or out-of-range time to convert."""
+    def interval_ok(q: int) -> bool:
+        return abs(q) <= MAX_INTERVAL
+
+    if not (settings.emit_every > 0 and math.isfinite(settings.emit_every)):
+        raise SnapshotError("malformed", "emit_every is not a positive number")
+    if not state.started and n_keys:
+        raise SnapshotError("malformed", "keys in an engine whose clock never started")
+    if not interval_ok(state.closed) or not (state.newest_data == NO_INTERVAL
+                                             or interval_ok(state.newest_data)):
+        raise SnapshotError("malformed", "the closed tick or newest interval is out of range")
+    if not (state.max_t == -math.inf or (math.isfinite(state.max_t)
+                                         and abs(state.max_t / settings.emit_every)
+                                         <= MAX_INTERVAL)):
+        raise SnapshotError("malformed", "max_t is out of range")
+    if not math.isfinite(state.max_t_arrival):
+        raise SnapshotError("malformed", "max_t_arrival is not finite")
 
 
 # ---- settings ------------------------------------------------------------------------------------
