@@ -1,6 +1,8 @@
 """Window state across restarts, end to end: real mosquitto, real nats-server, `telemetry-cy run
 --state-dir` (docs/state.md, "State files in the daemon").
 
+- Arrival time: SIGTERM mid-window, readings queued during the gap, restart: every reading is
+  in exactly one published aggregate or open at the final stop, none counted twice.
 - SIGTERM, readings published while no daemon runs (queued by the broker: persistent session, QoS
   1), a new daemon on the same state directory: every window, those spanning the restart
   included, equals the one recomputed from all the readings (event time), and none is published
@@ -126,6 +128,54 @@ def test_sigterm_and_restart_mid_window_equals_an_uninterrupted_run(tmp_path, mo
     # the counters went on from the restored ones
     assert final2["readings"] == 601 and final2["open_readings"] == 1, final2
     assert final2["checkpoint"]["checkpoints"] >= 1 and final2["checkpoint"]["failures"] == 0
+    aggs.close()
+
+
+def test_sigterm_and_restart_in_arrival_time_loses_nothing(tmp_path, mosquitto, nats_server,
+                                                           spawn):
+    """Arrival time, 5 s tumbling windows: the readings of the interval open at the SIGTERM
+    survive in the state file and are published by the next daemon, with those queued by the
+    broker during the gap (in the windows of their new arrival): every reading is in exactly one
+    published aggregate or still open at the final stop."""
+    state_dir = tmp_path / "state"
+    aggs = NatsSubscriber(nats_server.url, subject="agg.>")
+    args = ("--client-id", "tcy-state-arrival", "--session-expiry", "300s",
+            "--state-dir", str(state_dir))
+
+    def items(lo: int, hi: int) -> list:
+        return [(f"site/{i % 3}/sensor/x", payload(f"dev-{i % 7}", "t", float(i), n=i // 7))
+                for i in range(lo, hi)]
+
+    first = spawn(mosquitto.url, nats_server.url, *args, window="5s", emit_every="5s",
+                  name="first")
+    first.wait_up()
+    pub = paho_publisher(mosquitto, "tcy-state-arrival-pub")
+    try:
+        # start just after a 5 s boundary, so the stop comes inside the interval of the readings
+        time.sleep(5.0 - time.time() % 5.0 + 0.1)
+        publish_all(pub, items(0, 400))
+        assert first.wait_stats(lambda s: s.get("readings", 0) >= 400, 20.0), first.tail()
+        code, final1 = first.stop()
+        assert code == 0, first.tail()
+        publish_all(pub, items(400, 600))          # queued in the session during the gap
+        second = spawn(mosquitto.url, nats_server.url, *args, window="5s", emit_every="5s",
+                       name="second")
+        second.wait_up()
+        publish_all(pub, items(600, 800))
+        assert second.wait_stats(lambda s: s.get("readings", 0) >= 800, 20.0), second.tail()
+        code, final2 = second.stop()
+        assert code == 0, second.tail()
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+
+    assert final1["readings"] == 400 and final2["readings"] == 800, (final1, final2)
+    # the stop came mid-window: without the state file these would be lost
+    assert final1["open_readings"] > 0, final1
+    aggs.wait_count(final1["published"] + final2["published"], 15.0)
+    published = sum(b["count"] for b in _bodies(aggs))
+    assert published + final2["open_readings"] == 800, (published, final1, final2)
+    assert final2["seq"]["duplicates"] == 0 and final2["seq"]["gaps"] == 0
     aggs.close()
 
 
