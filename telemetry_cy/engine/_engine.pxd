@@ -86,18 +86,40 @@ cdef extern from "tc_topn.h" nogil:
 
     ctypedef struct tc_topn:
         uint32_t n
+        uint32_t min_pos
+        uint64_t min_val
         uint64_t total
+        uint64_t hash[TC_TOPN_CAP]
         uint64_t count[TC_TOPN_CAP]
         uint64_t error[TC_TOPN_CAP]
         uint32_t name_len[TC_TOPN_CAP]
         char name[TC_TOPN_CAP][TC_TOPN_NAME_BYTES]
 
     void tc_topn_init(tc_topn *t)
+    uint64_t tc_topn_hash(const char *p, size_t n)
     size_t tc_topn_cut(const char *p, size_t len, size_t budget)
     void tc_topn_add(tc_topn *t, const char *name, size_t len, uint64_t w)
     void tc_topn_add_name(tc_topn *t, const char *p, size_t len, uint64_t w)
     void tc_topn_add_pair(tc_topn *t, const char *a, size_t alen, const char *b, size_t blen,
                           uint64_t w)
+
+
+cdef extern from "tc_snapshot.h" nogil:
+    # the keys section of a snapshot (docs/state.md)
+    ctypedef struct tc_snap_shape:
+        uint32_t units, ring, lead
+        int event, started
+        int64_t closed
+        int quantiles
+        const tc_sketch_map *qmap
+
+    size_t TC_SNAP_KEY_HEAD
+    size_t tc_snap_key_size(const tc_key *k, const tc_snap_shape *s)
+    unsigned char *tc_snap_write_key(unsigned char *o, tc_key *k, const tc_snap_shape *s)
+    int tc_snap_scan(const unsigned char *p, size_t len, const tc_snap_shape *s, uint64_t n_keys,
+                     double *last_ts, const char **why)
+    int tc_snap_load(tc_table *t, const unsigned char *p, size_t len, const tc_snap_shape *s,
+                     uint64_t n_keys, const unsigned char *keep, int scanned, const char **why)
 
 
 cdef struct batch_item:

@@ -113,6 +113,13 @@ class Engine:
         """Accepted readings of the intervals no tick has closed yet: in no aggregate so far."""
     def take_late(self) -> list[LateReading]:
         """Late readings kept since the last call (at most late_capacity), oldest first."""
+    def snapshot(self) -> bytes:
+        """The whole state as bytes (docs/state.md): keys, panes, clock, counters, offenders,
+        aggregates and late readings not yet taken."""
+    @classmethod
+    def from_snapshot(cls, data: bytes | bytearray | memoryview, **settings: object) -> Engine:
+        """An engine built with `settings` holding a snapshot's state; SnapshotError (a
+        ValueError) names the reason a snapshot is refused."""
     def stats(self) -> dict[str, object]:
         """Counters and gauges. Besides the drop and window counters: ``stats()["seq"]`` is a
         ``SeqStats``, ``stats()["offenders"]`` an ``Offenders`` (top 10 of each summary, by

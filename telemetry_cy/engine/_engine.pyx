@@ -16,8 +16,8 @@ from cpython.sequence cimport PySequence_Fast_ITEMS
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport INFINITY, NAN, floor, isfinite, isnan, sqrt
 from libc.stdint cimport INT64_MIN, int64_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memset
+from libc.stdlib cimport free, malloc, qsort, realloc
+from libc.string cimport memcpy, memset
 
 from telemetry_cy.source._ring cimport ByteRing, tc_ring_consume, tc_ring_peek, tc_ring_release, tc_ring_view
 from telemetry_cy.engine._decode cimport (
@@ -35,6 +35,8 @@ from telemetry_cy.engine.rules import (
     top_entries,
 )
 from telemetry_cy.engine.cbor_fallback import decode_with_cbor2
+from telemetry_cy.engine import snapshot_format as snap
+from telemetry_cy.engine.snapshot_errors import SnapshotError
 from telemetry_cy.reasons import DROP_REASONS, ENGINE_REASONS
 
 cdef extern from "tc_reasons.h":
@@ -1084,6 +1086,193 @@ cdef class Engine:
     @property
     def max_keys(self):
         return self.table.max_keys
+
+    # ---- snapshots (docs/state.md; the keys section in includes/tc_snapshot.h) ----------------
+
+    def snapshot(self):
+        """The engine's whole state as bytes (docs/state.md): restore it with from_snapshot."""
+        cdef tc_snap_shape shape = _snap_shape(self)
+        cdef size_t keys_len = 0, i, n = self.table.n_keys
+        cdef unsigned char *o
+        with nogil:
+            for i in range(n):
+                keys_len += tc_snap_key_size(self.table.keys[i], &shape)
+        head = snap.prefix(_snap_settings(self), _snap_state(self), n, keys_len)
+        cdef Py_ssize_t head_len = len(head)
+        # one buffer, filled in place: the keys are written without the GIL straight into it
+        out = PyBytes_FromStringAndSize(NULL, head_len + <Py_ssize_t>keys_len + 4)
+        o = <unsigned char *>PyBytes_AS_STRING(out)
+        memcpy(o, PyBytes_AS_STRING(head), head_len)
+        o += head_len
+        with nogil:
+            for i in range(n):
+                o = tc_snap_write_key(o, self.table.keys[i], &shape)
+        # zlib.crc32 releases the GIL over a large buffer; the host is little-endian
+        # (tc_snapshot.h refuses to build otherwise), as the field is
+        cdef uint32_t crc = snap.checksum(out)
+        memcpy(o, &crc, 4)
+        return out
+
+    @classmethod
+    def from_snapshot(cls, data, **settings):
+        """An engine built with `settings` (Engine's keyword arguments) holding the state of a
+        snapshot. Raises SnapshotError (a ValueError) naming the reason when the bytes are not
+        a sound snapshot or were made with other window, emit_every, time or quantile
+        settings. With a smaller max_keys the most recently seen keys are kept; the others are
+        counted as evicted."""
+        cdef Engine engine = cls(**settings)
+        opened = snap.open_snapshot(data)
+        snap.check_settings(opened.settings, _snap_settings(engine))
+        _restore_state(engine, opened.state)
+        _restore_keys(engine, data, opened.keys_start, opened.keys_end, opened.n_keys)
+        return engine
+
+
+# ---- snapshots: the engine section goes through snapshot_format, the keys through C -----------
+
+cdef tc_snap_shape _snap_shape(Engine eng):
+    cdef tc_snap_shape s
+    s.units = eng.units
+    s.ring = eng.ring
+    s.lead = eng.lead
+    s.event = eng.event
+    s.started = eng.started
+    s.closed = eng.closed
+    s.quantiles = eng.table.quantiles
+    s.qmap = &eng.qmap
+    return s
+
+
+cdef _snap_settings(Engine eng):
+    return snap.Settings(
+        eng.window, eng.emit_every, eng.panes, bool(eng.event), eng.lead,
+        eng.allowed_lateness if eng.event else 0.0,
+        *snap.quantile_settings(eng.quantiles, eng.quantile_accuracy), eng.table.max_keys,
+        eng.key_ttl, eng.idle_timeout, eng.max_future, eng.late_capacity, eng.max_name_bytes,
+        eng.max_payload_bytes)
+
+
+cdef _snap_state(Engine eng):
+    return snap.EngineState(
+        bool(eng.started), eng.closed, eng.newest_data, eng.max_t, eng.max_t_arrival,
+        (eng.received, eng.payloads, eng.readings, eng.evicted, eng.ticks, eng.aggregates),
+        tuple(eng.seq_events[i] for i in range(6)), eng.seq_gaps, eng.no_event_time,
+        eng.late_unrouted, {reason: eng.drops[i] for i, reason in enumerate(ENGINE_REASONS)},
+        ((eng.top_drops.total, _topn_entries(&eng.top_drops)),
+         (eng.top_gaps.total, _topn_entries(&eng.top_gaps)),
+         (eng.top_late.total, _topn_entries(&eng.top_late))),
+        [snap.pending_of(a) for a in eng.pending], list(eng.late_out))
+
+
+cdef _restore_topn(tc_topn *t, uint64_t total, list entries):
+    if len(entries) > TC_TOPN_CAP:
+        raise SnapshotError("malformed", f"{len(entries)} offender slots, at most {TC_TOPN_CAP}")
+    names = set()
+    cdef uint32_t i = 0
+    tc_topn_init(t)
+    for name, count, error in entries:
+        if len(<bytes>name) > TC_TOPN_NAME_BYTES or name in names:
+            raise SnapshotError("malformed", "an offender name is too long or repeated")
+        names.add(name)
+        t.count[i] = count
+        t.error[i] = error
+        t.name_len[i] = <uint32_t>len(<bytes>name)
+        memcpy(t.name[i], PyBytes_AS_STRING(name), t.name_len[i])
+        t.hash[i] = tc_topn_hash(t.name[i], t.name_len[i])
+        i += 1
+    t.n = i
+    t.total = total
+    # min_pos/min_val only bound where the takeover search starts: (0, 0) makes the first search
+    # a full scan, which finds the slot the writer's bound would have found
+    t.min_pos = 0
+    t.min_val = 0
+
+
+cdef _restore_state(Engine eng, st):
+    eng.started = st.started
+    eng.closed = st.closed
+    eng.newest_data = st.newest_data
+    eng.max_t = st.max_t
+    eng.max_t_arrival = st.max_t_arrival
+    (eng.received, eng.payloads, eng.readings, eng.evicted, eng.ticks,
+     eng.aggregates) = st.counters
+    cdef int i
+    for i in range(6):
+        eng.seq_events[i] = st.seq_events[i]
+    eng.seq_gaps = st.seq_gaps
+    eng.no_event_time = st.no_event_time
+    for name, count in st.drops.items():
+        if name not in ENGINE_REASONS:
+            raise SnapshotError("malformed", f"unknown drop reason {name!r}")
+        eng.drops[ENGINE_REASONS.index(name)] = count
+    _restore_topn(&eng.top_drops, st.offenders[0][0], st.offenders[0][1])
+    _restore_topn(&eng.top_gaps, st.offenders[1][0], st.offenders[1][1])
+    _restore_topn(&eng.top_late, st.offenders[2][0], st.offenders[2][1])
+    eng.pending = [Aggregate(**agg) for agg in st.pending]
+    eng.late_out, eng.late_unrouted = snap.late_kept(st, eng.late_capacity)
+
+
+cdef int _cmp_desc(const void *a, const void *b) noexcept nogil:
+    cdef double x = (<const double *>a)[0], y = (<const double *>b)[0]
+    return (x < y) - (x > y)
+
+
+cdef _restore_keys(Engine eng, data, Py_ssize_t start, Py_ssize_t end, uint64_t n_keys):
+    """tc_snapshot.h over data[start:end]: one checking load, or with more keys than max_keys a
+    scan first and the keys seen last kept (snapshot_format.keep_mask, same rule)."""
+    cdef const unsigned char[::1] view = memoryview(data).cast("B")
+    cdef const unsigned char *p = &view[0] + start
+    cdef size_t length = <size_t>(end - start)
+    cdef tc_snap_shape shape = _snap_shape(eng)
+    cdef const char *why = NULL
+    cdef double *last_ts = NULL
+    cdef double *order = NULL
+    cdef unsigned char *keep = NULL
+    cdef uint64_t i, ties, max_keys = eng.table.max_keys, dropped = 0
+    cdef double threshold
+    cdef int rc
+    if n_keys > length // TC_SNAP_KEY_HEAD:
+        raise SnapshotError("malformed", f"{n_keys} keys cannot fit {length} bytes")
+    cdef bint scanned = n_keys > max_keys
+    try:
+        if scanned:
+            # which keys fit needs every key's last_ts first: a checking pass, then the load
+            last_ts = <double *>malloc(n_keys * sizeof(double))
+            order = <double *>malloc(n_keys * sizeof(double))
+            keep = <unsigned char *>malloc(n_keys)
+            if last_ts == NULL or order == NULL or keep == NULL:
+                raise MemoryError()
+            with nogil:
+                rc = tc_snap_scan(p, length, &shape, n_keys, last_ts, &why)
+            if rc != 0:
+                raise SnapshotError("malformed", why.decode("ascii"))
+        if keep != NULL:
+            with nogil:
+                memcpy(order, last_ts, n_keys * sizeof(double))
+                qsort(order, n_keys, sizeof(double), _cmp_desc)
+                threshold = order[max_keys - 1]
+                ties = max_keys
+                for i in range(n_keys):
+                    if last_ts[i] > threshold:
+                        ties -= 1
+                for i in range(n_keys):
+                    keep[i] = last_ts[i] > threshold
+                    if not keep[i] and last_ts[i] == threshold and ties > 0:
+                        keep[i] = 1
+                        ties -= 1
+                    if not keep[i]:
+                        dropped += 1
+        with nogil:
+            rc = tc_snap_load(&eng.table, p, length, &shape, n_keys, keep, scanned, &why)
+        if rc < 0:
+            raise MemoryError("telemetry-cy engine: out of memory restoring a snapshot")
+        if rc > 0:
+            raise SnapshotError("malformed", why.decode("ascii"))
+        eng.evicted += dropped
+    finally:
+        free(last_ts)
+        free(order)
+        free(keep)
 
 
 cdef _event_python(Engine eng, reading, double arrival):

@@ -8,10 +8,12 @@ Same state layout (a ring of P panes per key), same arithmetic in the same order
 from __future__ import annotations
 
 import math
+import struct
 import sys
 from dataclasses import field, make_dataclass
 from typing import TYPE_CHECKING
 
+from telemetry_cy.engine import snapshot_format as snap
 from telemetry_cy.engine._decode_py import decode
 from telemetry_cy.engine.decode_types import Reading
 from telemetry_cy.engine.rules import (
@@ -40,6 +42,7 @@ from telemetry_cy.engine.rules import (
     top_entries,
 )
 from telemetry_cy.engine.sketch_py import QuantileSketch
+from telemetry_cy.engine.snapshot_errors import SnapshotError
 from telemetry_cy.reasons import ENGINE_REASONS
 
 
@@ -676,6 +679,68 @@ class Engine:
             },
         }
 
+    # ---- snapshots (docs/state.md; the keys section is _snapshot_keys / _restore_keys) ----
+
+    def _snapshot_settings(self) -> snap.Settings:
+        return snap.Settings(
+            self.window, self.emit_every, self._panes, self._event, self._lead,
+            self.allowed_lateness if self._event else 0.0,
+            *snap.quantile_settings(self.quantiles, self.quantile_accuracy), self.max_keys,
+            self.key_ttl, self.idle_timeout, self.max_future, self._late_capacity,
+            self.max_name_bytes, self.max_payload_bytes)
+
+    def _snapshot_state(self) -> snap.EngineState:
+        return snap.EngineState(
+            self._started, self._closed,
+            snap.NO_INTERVAL if self._newest_data is None else self._newest_data,
+            self._max_t, self._max_t_arrival,
+            (self._received, self._payloads, self._readings, self._evicted, self._ticks,
+             self._aggregates),
+            tuple(self._seq_events), self._seq_gaps, self._no_event_time, self._late_unrouted,
+            dict(self._drops),
+            tuple((t.total, t.entries()) for t in (self._top_drops, self._top_gaps,
+                                                   self._top_late)),
+            [snap.pending_of(a) for a in self._pending], list(self._late_out))
+
+    def snapshot(self) -> bytes:
+        """The engine's whole state as bytes (docs/state.md): restore it with from_snapshot."""
+        n, keys = _snapshot_keys(self)
+        return snap.assemble(self._snapshot_settings(), self._snapshot_state(), n, keys)
+
+    @classmethod
+    def from_snapshot(cls, data, **settings) -> Engine:
+        """An engine built with `settings` (Engine's keyword arguments) holding the state of a
+        snapshot. Raises SnapshotError (a ValueError) naming the reason when the bytes are not
+        a sound snapshot or were made with other window, emit_every, time or quantile
+        settings. With a smaller max_keys the most recently seen keys are kept; the others are
+        counted as evicted."""
+        engine = cls(**settings)
+        opened = snap.open_snapshot(data)
+        snap.check_settings(opened.settings, engine._snapshot_settings())
+        engine._restore_state(opened.state)
+        _restore_keys(engine, memoryview(data).cast("B")[opened.keys_start:opened.keys_end],
+                      opened.n_keys)
+        return engine
+
+    def _restore_state(self, st: snap.EngineState) -> None:
+        self._started, self._closed = st.started, st.closed
+        self._newest_data = None if st.newest_data == snap.NO_INTERVAL else st.newest_data
+        self._max_t, self._max_t_arrival = st.max_t, st.max_t_arrival
+        (self._received, self._payloads, self._readings, self._evicted, self._ticks,
+         self._aggregates) = st.counters
+        self._seq_events = list(st.seq_events)
+        self._seq_gaps, self._no_event_time = st.seq_gaps, st.no_event_time
+        for name, count in st.drops.items():
+            if name not in self._drops:
+                raise SnapshotError("malformed", f"unknown drop reason {name!r}")
+            self._drops[name] = count
+        for summary, (total, entries) in zip((self._top_drops, self._top_gaps, self._top_late),
+                                             st.offenders):
+            _restore_topn(summary, total, entries)
+        self._pending = [Aggregate(**agg) for agg in st.pending]
+        self._late_out, self._late_unrouted = snap.late_kept(st, self._late_capacity)
+
+
 
 def _utf8(name: str) -> bytes:
     return name.encode("utf-8")
@@ -698,3 +763,209 @@ def _state_bytes(keys: dict) -> int:
             total += sum(sys.getsizeof(sk) + 8 * len(sk.buckets()[2]) + 8 * len(sk.buckets()[4])
                          for sk in key.sketches)
     return total
+
+
+# ---- the keys section of a snapshot (docs/state.md; twin of includes/tc_snapshot.h) ----------
+
+KEY_HEAD = struct.Struct("<HHHHBQqddd")  # lengths, n_panes, flags | seq, newest, last, last_ts, ...
+PANE = struct.Struct("<HIddddd")         # age (newest - interval), count, sum, m2, min, max, first
+OPEN_PANE = struct.Struct("<ddd")        # first_ts, last, last_ts of an open pane below the newest
+SKETCH = struct.Struct("<iiHHI")         # pos_min, neg_min, pos_len, neg_len, n; then the counts
+_SKETCH_BYTES_HEAD = struct.Struct("<4sBBHdI")  # sketch_py's byte layout up to the zero count
+F64 = struct.Struct("<d")
+KEY_HAS_UNIT, KEY_HAS_SEQ = 1, 2
+
+
+def _topn_check(total: int, entries) -> None:
+    if len(entries) > TopN.capacity:
+        raise SnapshotError("malformed", f"{len(entries)} offender slots, at most {TopN.capacity}")
+    names = set()
+    for name, count, _error in entries:
+        if len(name) > TopN.name_bytes or name in names:
+            raise SnapshotError("malformed", "an offender name is too long or repeated")
+        names.add(name)
+
+
+def _restore_topn(t: TopN, total: int, entries) -> None:
+    _topn_check(total, entries)
+    t.total = total
+    t._names = [e[0] for e in entries]
+    t._counts = [e[1] for e in entries]
+    t._errors = [e[2] for e in entries]
+    t._slot = {name: i for i, name in enumerate(t._names)}
+
+
+def _frozen_last(key: _Key, ring: int, closed: int) -> float:
+    """tc_key_frozen_last as the snapshot holds it: the last of the newest non-empty pane the
+    clock has closed (the one a window without its own pane tick-1 reports), 0.0 when no stored
+    pane is closed."""
+    if key.newest is None:
+        return 0.0
+    for j in range(min(closed - 1, key.newest), key.newest - ring, -1):
+        p = key.panes[j % ring]
+        if p.count:
+            return p.last
+    return 0.0
+
+
+def _snapshot_keys(engine: Engine) -> tuple[int, bytes]:
+    out: list[bytes] = []
+    ring = engine._panes + engine._lead
+    event, lead, closed = engine._event, engine._lead, engine._closed
+    for key in engine._keys.values():
+        dev, sen = _utf8(key.device), _utf8(key.sensor)
+        unit = b"" if key.unit is None else _utf8(key.unit)
+        panes: list[bytes] = []
+        n_panes = 0
+        if key.newest is not None:
+            for j in range(key.newest - ring + 1, key.newest + 1):
+                p = key.panes[j % ring]
+                if p.count:
+                    n_panes += 1
+                    panes.append(PANE.pack(key.newest - j, p.count, p.sum, p.m2, p.min, p.max,
+                                           p.first))
+                    if event and closed <= j < key.newest:
+                        panes.append(OPEN_PANE.pack(p.first_ts, p.last, p.last_ts))
+                    if key.sketches is not None:
+                        panes.append(_sketch_block(key.sketches[j % ring], p.count))
+        flags = (KEY_HAS_UNIT if key.unit is not None else 0) | \
+            (KEY_HAS_SEQ if key.seq is not None else 0)
+        out.append(KEY_HEAD.pack(
+            len(dev), len(sen), len(unit), n_panes,
+            flags, key.seq or 0, snap.NO_INTERVAL if key.newest is None else key.newest,
+            key.last, key.last_ts, key.newest_first_ts))
+        if event and lead > 0:
+            out.append(F64.pack(_frozen_last(key, ring, closed)))
+        out += [dev, sen, unit]
+        out += panes
+    return len(engine._keys), b"".join(out)
+
+
+def _sketch_block(sketch: QuantileSketch, count: int) -> bytes:
+    # sketch_py's byte layout holds the shape at 20..32 in the snapshot's order, counts from 32
+    raw = sketch.to_bytes()
+    return raw[20:32] + struct.pack("<I", count) + raw[32:]
+
+
+def _read_sketch(view: memoryview, pos: int, end: int, count: int,
+                 alpha: float) -> tuple[QuantileSketch, int]:
+    """The sketch block at pos (checked as tc_snapshot.h checks it), and the position after it."""
+    if end - pos < SKETCH.size:
+        raise _bad("a sketch runs past the keys section")
+    pos_min, neg_min, pos_len, neg_len, n = SKETCH.unpack_from(view, pos)
+    nb = pos_len + neg_len
+    start = pos + SKETCH.size
+    if pos_len > 1024 or neg_len > 1024 or end - start < 4 * nb:
+        raise _bad("a sketch's stores are too long")
+    counts = bytes(view[start:start + 4 * nb])
+    total = sum(struct.unpack(f"<{nb}I", counts))
+    blob = (_SKETCH_BYTES_HEAD.pack(b"TCQS", 1, 0, 0, alpha, max(n - total, 0))
+            + bytes(view[pos:pos + 12]) + counts)
+    try:
+        sketch = QuantileSketch.from_bytes(blob, alpha)
+    except ValueError:
+        raise _bad("a sketch store is outside the mapping or not tight") from None
+    if n != count or total > n:
+        raise _bad("a sketch does not hold its pane's readings")
+    return sketch, start + 4 * nb
+
+
+def _bad(what: str) -> SnapshotError:
+    return SnapshotError("malformed", what)
+
+
+def _name(view: memoryview, pos: int, n: int, what: str) -> str:
+    try:
+        return bytes(view[pos:pos + n]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad(f"a key's {what} is not UTF-8") from None
+
+
+def _restore_keys(engine: Engine, view: memoryview, n_keys: int) -> None:
+    """Reads the keys section into the engine (pass 1: every record checked, as tc_snap_scan
+    does; pass 2: the keys that fit max_keys built, in file order)."""
+    ring = engine._panes + engine._lead
+    event, lead, closed = engine._event, engine._lead, engine._closed
+    alpha = engine._alpha
+    records = []
+    pos, end = 0, len(view)
+    for _ in range(n_keys):
+        if end - pos < KEY_HEAD.size:
+            raise _bad("a key record runs past the keys section")
+        dlen, slen, ulen, n_panes, flags, seq, newest, last, last_ts, nfts = \
+            KEY_HEAD.unpack_from(view, pos)
+        pos += KEY_HEAD.size
+        frozen = 0.0
+        if event and lead > 0:
+            if end - pos < F64.size:
+                raise _bad("a key record runs past the keys section")
+            frozen = F64.unpack_from(view, pos)[0]
+            pos += F64.size
+        if flags & ~(KEY_HAS_UNIT | KEY_HAS_SEQ) or (ulen and not flags & KEY_HAS_UNIT):
+            raise _bad(f"key flags {flags:#x} with unit length {ulen}")
+        if n_panes > ring:
+            raise _bad(f"{n_panes} panes in a ring of {ring}")
+        if newest == snap.NO_INTERVAL:
+            if n_panes:
+                raise _bad("panes in a key without data")
+        elif abs(newest) > MAX_INTERVAL or (engine._started and newest > closed + lead):
+            raise _bad(f"a key's newest interval {newest} is out of range")
+        if end - pos < dlen + slen + ulen:
+            raise _bad("a key's names run past the keys section")
+        device = _name(view, pos, dlen, "device")
+        sensor = _name(view, pos + dlen, slen, "sensor")
+        unit = _name(view, pos + dlen + slen, ulen, "unit") if flags & KEY_HAS_UNIT else None
+        pos += dlen + slen + ulen
+        panes = []
+        prev_age = ring
+        for _ in range(n_panes):
+            if end - pos < PANE.size:
+                raise _bad("a pane runs past the keys section")
+            age, count, *stats = PANE.unpack_from(view, pos)
+            pos += PANE.size
+            if age >= prev_age or count == 0:
+                raise _bad("pane ages out of order or an empty pane")
+            if not stats[1] >= 0.0:   # m2: never negative in a pane
+                raise _bad("a pane's m2 is negative or NaN")
+            prev_age = age
+            j = newest - age
+            times = None
+            if event and closed <= j < newest:
+                if end - pos < OPEN_PANE.size:
+                    raise _bad("a pane runs past the keys section")
+                times = OPEN_PANE.unpack_from(view, pos)
+                pos += OPEN_PANE.size
+            sketch = None
+            if alpha is not None:
+                sketch, pos = _read_sketch(view, pos, end, count, alpha)
+            panes.append((j, count, stats, times, sketch))
+        records.append((device, sensor, unit, seq if flags & KEY_HAS_SEQ else None,
+                        None if newest == snap.NO_INTERVAL else newest, last, last_ts, nfts,
+                        frozen, panes))
+    if pos != end:
+        raise _bad(f"{end - pos} bytes after the last key record")
+    keep = snap.keep_mask([r[6] for r in records], engine.max_keys)
+    for i, (device, sensor, unit, seq, newest, last, last_ts, nfts, frozen, panes) in \
+            enumerate(records):
+        if keep is not None and not keep[i]:
+            engine._evicted += 1
+            continue
+        key = _Key(device, sensor, ring, alpha)
+        key.unit, key.seq, key.newest = unit, seq, newest
+        key.last, key.last_ts, key.newest_first_ts = last, last_ts, nfts
+        for j, count, (total, m2, mn, mx, first), times, sketch in panes:
+            if key.sketches is not None and sketch is not None:
+                key.sketches[j % ring] = sketch
+            p = key.panes[j % ring]
+            p.count, p.sum, p.m2, p.min, p.max, p.first = count, total, m2, mn, mx, first
+            if not event:
+                continue
+            if times is not None:
+                p.first_ts, p.last, p.last_ts = times
+            elif j == newest:
+                p.first_ts, p.last, p.last_ts = nfts, last, last_ts
+            else:  # closed: only the newest such pane's last is ever read (aggregate_event)
+                p.first_ts, p.last, p.last_ts = 0.0, frozen if lead > 0 else last, 0.0
+        if (device, sensor) in engine._keys:  # checked as tc_snap_build does: among kept keys
+            raise _bad("a key appears twice")
+        engine._keys[(device, sensor)] = key

@@ -10,6 +10,11 @@ For metrics and health (telemetry_cy/service/metrics.py): each snapshot carries 
 SNAPSHOT_EVERY_S from inside the loop, busy or idle, so an old heartbeat means the loop is stuck),
 and ``on_tick(seconds)``, if given, is called on this thread after each tick with its duration
 (engine tick, snapshot, hand-off) -- once per emit_every, never per message.
+
+With ``checkpoints`` (service/checkpoints.py: ``due(mono)`` and ``submit(bytes, seconds)``), this
+thread takes an engine snapshot whenever one is due and once more when it stops, after the final
+tick (so the open interval is in it), and hands the bytes to the writer thread: the engine is
+only ever read by the thread that owns it, and the disk is never waited on here.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ class EngineThread(threading.Thread):
                  clock: Callable[[], float] = time.time, batch_records: int = 8192,
                  name: str = "telemetry-cy-engine",
                  on_tick: Callable[[float], None] | None = None,
-                 emit_late: Callable[[list], None] | None = None):
+                 emit_late: Callable[[list], None] | None = None, checkpoints=None):
         super().__init__(name=name, daemon=True)
         self.engine = engine
         self.ring = ring
@@ -49,6 +54,7 @@ class EngineThread(threading.Thread):
         # event time: the late readings the engine kept (Engine.take_late) leave here, at each
         # tick, after the tick's aggregates (docs/windows.md, "Event time")
         self.emit_late = emit_late
+        self.checkpoints = checkpoints
         self.last_tick_seconds = 0.0
         self._stop_requested = threading.Event()
         self._snapshot: dict = {}
@@ -78,6 +84,8 @@ class EngineThread(threading.Thread):
                 if mono >= next_snapshot:
                     self._publish_stats(mono)
                     next_snapshot = mono + SNAPSHOT_EVERY_S
+                if self.checkpoints is not None and self.checkpoints.due(mono):
+                    self._checkpoint()
                 if consumed >= self.batch_records:
                     idle = 0
                     continue   # a full batch: more is likely there
@@ -95,6 +103,8 @@ class EngineThread(threading.Thread):
             self._tick(self.clock())
             # what no tick will ever cover now: counted, so a stop hides nothing it accepted
             self.open_readings = self.engine.open_readings()
+            if self.checkpoints is not None:
+                self._checkpoint()   # the final one: the open interval survives the restart
         except BaseException as exc:  # the owner watches .error and shuts the pipeline down
             self.error = exc
         finally:
@@ -123,6 +133,11 @@ class EngineThread(threading.Thread):
         self.last_tick_seconds = elapsed = time.perf_counter() - started
         if self.on_tick is not None:
             self.on_tick(elapsed)
+
+    def _checkpoint(self) -> None:
+        started = time.perf_counter()
+        data = self.engine.snapshot()
+        self.checkpoints.submit(data, time.perf_counter() - started)
 
     def _publish_stats(self, mono: float | None = None) -> None:
         stats = self.engine.stats()

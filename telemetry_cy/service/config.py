@@ -365,6 +365,22 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class StateSettings:
+    """Window state kept across restarts (service/checkpoints.py, docs/state.md)."""
+
+    GROUP: ClassVar[str] = "windows"
+    dir: str = setting("state_dir", parse_str, "", "directory of the state file: windows are "
+                       "checkpointed there and restored at start (empty = off)", "path")
+    checkpoint_every: float = setting("checkpoint_every", at_least(parse_duration, 0.1), 30.0,
+                                      "period of the state checkpoints (and one at stop); a "
+                                      "crash loses at most this much of accepted readings",
+                                      "duration")
+    on_bad_state: str = setting("on_bad_state", choice("fail", "fresh"), "fail", "a state file "
+                                "that cannot be restored: fail = exit with code 5; fresh = move "
+                                "it aside and start empty", "fail|fresh")
+
+
+@dataclass(frozen=True)
 class LogSettings:
     """Log lines and the periodic stats line (service/logs.py, the daemon's main thread)."""
 
@@ -409,6 +425,7 @@ class Config:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     nats: NatsSettings = field(default_factory=NatsSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    state: StateSettings = field(default_factory=StateSettings)
     log: LogSettings = field(default_factory=LogSettings)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)

@@ -10,7 +10,8 @@ final tick (windows that have closed by then), count the readings of the interva
 one JSON object on stdout. The stats line and the final counters come from one
 PipelineSnapshot (service/pipeline_snapshot.py), as do the metrics. A second signal exits at
 once. Under systemd (Type=notify) it reports readiness, status, watchdog pings and stopping
-through $NOTIFY_SOCKET (SystemdNotifier).
+through $NOTIFY_SOCKET (SystemdNotifier). With state_dir, the windows are restored at start from
+the state file and checkpointed to it by a writer thread (service/checkpoints.py, docs/state.md).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from telemetry_cy import __version__
 from telemetry_cy.backend import ACTIVE
 from telemetry_cy.service import logs
+from telemetry_cy.service.checkpoints import BadState, CheckpointWriter, StateFile, restore
 from telemetry_cy.service.config import Config, EngineSettings, MqttSettings, NatsSettings
 from telemetry_cy.service.pipeline_snapshot import PipelineSnapshot
 
@@ -33,6 +35,7 @@ EXIT_OK = 0
 EXIT_CONFIG = 2          # a setting is invalid, or the metrics port cannot be opened
 EXIT_UNREACHABLE = 3     # MQTT or NATS not connected within start_timeout
 EXIT_INTERNAL = 4        # a pipeline thread died
+EXIT_BAD_STATE = 5       # the state file cannot be restored (on_bad_state = fail)
 EXIT_SIGNAL_TWICE = 130  # a second SIGINT/SIGTERM during shutdown
 
 
@@ -94,18 +97,21 @@ class SystemdNotifier:
 LATE_CAPACITY = 65536
 
 
+def engine_settings(engine: EngineSettings, mqtt: MqttSettings, route_late: bool = False) -> dict:
+    """The Engine's keyword arguments; max_payload_bytes is the source's limit, which the engine
+    enforces again for payloads that reach it another way. With route_late (a late_subject is
+    set) it keeps late readings for the emitter."""
+    return dict(window=engine.window, emit_every=engine.emit_every, max_keys=engine.max_keys,
+                key_ttl=engine.key_ttl, max_payload_bytes=mqtt.max_payload_bytes,
+                max_name_bytes=engine.max_name_bytes, time=engine.time,
+                allowed_lateness=engine.allowed_lateness, idle_timeout=engine.idle_timeout,
+                max_future=engine.max_future, late_capacity=LATE_CAPACITY if route_late else 0,
+                quantiles=engine.quantiles, quantile_accuracy=engine.quantile_accuracy)
+
+
 def make_engine(engine: EngineSettings, mqtt: MqttSettings, route_late: bool = False):
-    """The window engine of the active backend; max_payload_bytes is the source's limit, which
-    the engine enforces again for payloads that reach it another way. With route_late (a
-    late_subject is set) it keeps late readings for the emitter."""
-    return ACTIVE.Engine(window=engine.window, emit_every=engine.emit_every,
-                         max_keys=engine.max_keys, key_ttl=engine.key_ttl,
-                         max_payload_bytes=mqtt.max_payload_bytes,
-                         max_name_bytes=engine.max_name_bytes, time=engine.time,
-                         allowed_lateness=engine.allowed_lateness,
-                         idle_timeout=engine.idle_timeout, max_future=engine.max_future,
-                         late_capacity=LATE_CAPACITY if route_late else 0,
-                         quantiles=engine.quantiles, quantile_accuracy=engine.quantile_accuracy)
+    """The window engine of the active backend (engine_settings)."""
+    return ACTIVE.Engine(**engine_settings(engine, mqtt, route_late))
 
 
 def make_emitter(nats: NatsSettings):
@@ -145,11 +151,14 @@ class Daemon:
         self.started_at = time.time()
         self.ring = ACTIVE.ByteRing(_pow2_at_least(c.mqtt.ring_bytes))
         route_late = c.engine.time == "event" and bool(c.nats.late_subject)
-        self.engine = make_engine(c.engine, c.mqtt, route_late)
+        self.checkpoints = None
+        self.bad_state: BadState | None = None   # on_bad_state = fail: run() exits with it
+        self.engine = self._restore_or_make(engine_settings(c.engine, c.mqtt, route_late))
         self.emitter = emitter_factory(c.nats)
         self.engine_thread = EngineThread(
             self.engine, self.ring, self.emitter.submit,
-            emit_late=getattr(self.emitter, "submit_late", None) if route_late else None)
+            emit_late=getattr(self.emitter, "submit_late", None) if route_late else None,
+            checkpoints=self.checkpoints)
         self.source = source_factory(self.ring, c.mqtt)
         self.stop_requested = threading.Event()
         self.signals = 0
@@ -160,6 +169,41 @@ class Daemon:
             self.metrics = MetricsServer(self, c.metrics.host, c.metrics.port,
                                          c.metrics.stale_after, version=__version__,
                                          engine_kind=ACTIVE.name)
+
+    def _restore_or_make(self, settings: dict):
+        """The engine restored from --state-dir, or a new one (docs/state.md, "State files in
+        the daemon"): one log line either way."""
+        c = self.config
+        if not c.state.dir:
+            return ACTIVE.Engine(**settings)
+        state = StateFile(c.state.dir)
+        self.checkpoints = CheckpointWriter(state, c.state.checkpoint_every)
+        try:
+            state.ensure_dir()
+            restored = restore(state, ACTIVE.Engine, settings)
+        except BadState as exc:
+            if c.state.on_bad_state == "fail":
+                self.bad_state = exc
+                return ACTIVE.Engine(**settings)
+            aside = state.move_aside()
+            self.checkpoints.count_bad_file()
+            self.log.warning("state file refused, moved aside; starting with empty windows",
+                             extra={"fields": {"file": str(exc.path), "reason": exc.reason,
+                                               "error": str(exc.error), "moved_to": str(aside)}})
+            return ACTIVE.Engine(**settings)
+        if restored is None:
+            self.log.info("no state file: starting with empty windows",
+                          extra={"fields": {"file": str(state.path)}})
+            return ACTIVE.Engine(**settings)
+        engine = restored.engine
+        st = engine.stats()
+        self.log.info("state restored", extra={"fields": {
+            "file": str(restored.path), "age_s": round(restored.age_s, 3),
+            "keys": st["live_keys"], "keys_in_file": restored.keys_in_file,
+            "received": st["received"], "readings": st["readings"],
+            "aggregates": st["aggregates"], "pending": st["pending"],
+            "closed_tick": st["closed_tick"], "watermark": st["event_time"]["watermark"]}})
+        return engine
 
     # ---- lifecycle ----
 
@@ -173,6 +217,13 @@ class Daemon:
         self.stop_requested.set()
 
     def run(self) -> int:
+        if self.bad_state is not None:
+            # one line naming the file and why; a restart would read the same file, so the unit
+            # lists this code in RestartPreventExitStatus (no crash loop)
+            self.log.error("state file cannot be restored", extra={"fields": {
+                "file": str(self.bad_state.path), "reason": self.bad_state.reason,
+                "error": str(self.bad_state.error), "exit": EXIT_BAD_STATE}})
+            return EXIT_BAD_STATE
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         c = self.config
@@ -203,6 +254,8 @@ class Daemon:
 
     def start(self) -> None:
         """Starts the threads, downstream first, so each has a consumer when data arrives."""
+        if self.checkpoints is not None:
+            self.checkpoints.start()
         self.emitter.start()
         if self.config.nats.jetstream:
             # once NATS is up, one line: the stream that captures our subjects, or a warning
@@ -261,7 +314,10 @@ class Daemon:
     def shutdown(self) -> None:
         """Stops in data-flow order; each stage finishes what the previous one handed over."""
         self.source.stop()
-        self.engine_thread.stop()
+        self.engine_thread.stop()   # its last act: the final snapshot, handed to the writer
+        if self.checkpoints is not None and not self.checkpoints.stop():
+            self.log.error("the final checkpoint was not written", extra={"fields": {
+                "file": str(self.checkpoints.state.path)}})
         self.emitter.stop(self.config.lifecycle.shutdown_deadline)
         if self.metrics is not None:  # served until here: the drain can be watched
             self.metrics.stop()

@@ -271,6 +271,24 @@ class PipelineCollector(Collector):
             yield _gauge("telemetry_cy_jetstream_in_flight_bytes", "Bytes of JetStream messages "
                          "sent and not answered yet.", js.in_flight_bytes)
 
+        ck = snap.checkpoint
+        if ck is not None:   # with state_dir (docs/state.md)
+            yield _counter("telemetry_cy_checkpoints", "Window state snapshots written to the "
+                           "state file.", ck.checkpoints)
+            yield _counter("telemetry_cy_checkpoint_failures", "State file writes that failed "
+                           "(the previous file stays).", ck.failures)
+            yield _counter("telemetry_cy_state_files_refused", "State files refused at start "
+                           "and moved aside (on_bad_state = fresh).", ck.bad_state_files)
+            age = ck.age_s(time.time())
+            if age is not None:
+                yield _gauge("telemetry_cy_checkpoint_age_seconds", "Time since the last "
+                             "written snapshot was taken: what a crash now would lose.", age)
+            yield _gauge("telemetry_cy_checkpoint_bytes", "Size of the last written snapshot.",
+                         ck.last_bytes)
+            yield _gauge("telemetry_cy_checkpoint_duration_seconds", "The last checkpoint: "
+                         "snapshot on the engine thread plus write and fsyncs.",
+                         ck.last_snapshot_seconds + ck.last_write_seconds)
+
         yield _gauge("telemetry_cy_engine_heartbeat_age_seconds", "Time since the engine "
                      "thread last published its stats from its loop.",
                      self.health.heartbeat_age(snap, now))

@@ -15,6 +15,7 @@ is lost) and logged once per name rather than crashing the process that reports 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -117,6 +118,46 @@ class JetStreamState:
 
 
 @dataclass(frozen=True)
+class CheckpointState:
+    """The checkpoint writer's counters (docs/state.md)."""
+
+    checkpoints: int               # snapshots written to the state file
+    failures: int                  # writes that failed (the previous file stays)
+    skipped: int                   # snapshots replaced by a newer one before being written
+    bad_state_files: int           # refused state files moved aside at start (on_bad_state=fresh)
+    last_unix: float | None        # when the last written snapshot was taken (None: none yet)
+    last_bytes: int
+    last_snapshot_seconds: float   # engine.snapshot() on the engine thread
+    last_write_seconds: float      # write + fsync + rename + fsync of the directory
+    last_error: str
+
+    @classmethod
+    def from_stats(cls, ck: Mapping[str, Any]) -> CheckpointState:
+        last = ck.get("last_unix")
+        return cls(checkpoints=_int(ck, "checkpoints"), failures=_int(ck, "failures"),
+                   skipped=_int(ck, "skipped"), bad_state_files=_int(ck, "bad_state_files"),
+                   last_unix=None if last is None else float(last),
+                   last_bytes=_int(ck, "last_bytes"),
+                   last_snapshot_seconds=_float(ck, "last_snapshot_seconds"),
+                   last_write_seconds=_float(ck, "last_write_seconds"),
+                   last_error=str(ck.get("last_error") or ""))
+
+    def age_s(self, now: float | None = None) -> float | None:
+        """Seconds since the last written snapshot was taken; None before the first."""
+        if self.last_unix is None:
+            return None
+        return round(max(0.0, (time.time() if now is None else now) - self.last_unix), 3)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"checkpoints": self.checkpoints, "failures": self.failures,
+                "skipped": self.skipped, "bad_state_files": self.bad_state_files,
+                "age_s": self.age_s(), "last_bytes": self.last_bytes,
+                "last_snapshot_seconds": round(self.last_snapshot_seconds, 6),
+                "last_write_seconds": round(self.last_write_seconds, 6),
+                "last_error": self.last_error}
+
+
+@dataclass(frozen=True)
 class PipelineSnapshot:
     # MQTT source
     received: int
@@ -150,19 +191,24 @@ class PipelineSnapshot:
     # all stages
     drops: Mapping[str, int]
     unknown_reasons: tuple[str, ...]
+    # state checkpoints (service/checkpoints.py): None without a state_dir
+    checkpoint: CheckpointState | None = None
 
     @classmethod
     def read(cls, pipeline: Pipeline) -> PipelineSnapshot:
         emi = pipeline.emitter.stats()
+        checkpoints = getattr(pipeline, "checkpoints", None)
+        ckpt = None if checkpoints is None else checkpoints.stats()
         eng = pipeline.engine_thread.stats()
         ring_used = pipeline.ring.used_bytes
         src = pipeline.source.stats()
-        return cls.from_stats(src, eng, emi, ring_used, pipeline.ring.capacity)
+        return cls.from_stats(src, eng, emi, ring_used, pipeline.ring.capacity, ckpt)
 
     @classmethod
     def from_stats(cls, src: Mapping[str, Any], eng: Mapping[str, Any],
                    emi: Mapping[str, Any], ring_used_bytes: int = 0,
-                   ring_capacity: int = 0) -> PipelineSnapshot:
+                   ring_capacity: int = 0,
+                   ckpt: Mapping[str, Any] | None = None) -> PipelineSnapshot:
         """From the parts' ``stats()`` dicts, already read downstream first."""
         drops, unknown = merge_drops(src, eng, emi)
         return cls(
@@ -188,7 +234,8 @@ class PipelineSnapshot:
                 stalled_flushes=_int(emi, "stalled_flushes"), too_large=_int(emi, "too_large"),
                 down_seconds=_float(emi, "down_seconds")),
             jetstream=JetStreamState.from_stats(emi.get("jetstream")),
-            drops=drops, unknown_reasons=unknown)
+            drops=drops, unknown_reasons=unknown,
+            checkpoint=None if ckpt is None else CheckpointState.from_stats(ckpt))
 
     def counters(self, uptime_s: float) -> dict[str, Any]:
         """The final counters printed on stop (one JSON object). Balance rules
@@ -229,6 +276,8 @@ class PipelineSnapshot:
             out["offenders"] = self.offenders
         if self.event_time is not None:
             out["event_time"] = dict(self.event_time)
+        if self.checkpoint is not None:
+            out["checkpoint"] = self.checkpoint.as_dict()
         return out
 
     def stats_line(self) -> dict[str, Any]:
@@ -257,6 +306,10 @@ class PipelineSnapshot:
         for kind, top in (self.offenders or {}).items():
             if top:  # the three heaviest names, as name: count
                 line[f"top_{kind}"] = {entry[0]: entry[1] for entry in top[:3]}
+        ck = self.checkpoint
+        if ck is not None:
+            line["checkpoint"] = {"age_s": ck.age_s(), "bytes": ck.last_bytes,
+                                  "failures": ck.failures}
         return line
 
 

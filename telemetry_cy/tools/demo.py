@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 from telemetry_cy.engine.rules import AGGREGATE_FIELDS
 from telemetry_cy.service import config as config_mod
@@ -24,6 +25,9 @@ from telemetry_cy.sink.bodies import decode_body
 from telemetry_cy.tools import local_brokers
 from telemetry_cy.tools.fleet_sim import Fleet
 from telemetry_cy.tools.mqtt_loadgen import RawPublisher, paced, publish_frame
+
+#: The demo checkpoints its windows this often into its temporary directory (docs/state.md).
+DEMO_CHECKPOINT_S = 5.0
 
 INSTALL_HINT = {
     "mosquitto": "mosquitto not found: install it with 'sudo apt-get install mosquitto' "
@@ -119,7 +123,9 @@ class Demo:
             settings = config_mod.load(None, environ={}, overrides=dict(
                 mqtt_url=mosquitto.url, nats_url=nats_server.url, topic=["site/+/sensor/+"],
                 qos=0, window=args.window, emit_every=args.emit_every, stats_every=0.0,
-                quantiles=args.quantiles, **_event_settings(args)))
+                quantiles=args.quantiles, **_event_settings(args),
+                # the windows checkpointed as a deployment would (docs/state.md), more often
+                state_dir=str(Path(workdir.name) / "state"), checkpoint_every=DEMO_CHECKPOINT_S))
             daemon = Daemon(settings)
             daemon.start()
             watcher = AggregateWatcher(nats_server.url, settings.nats.subject_prefix,
@@ -289,6 +295,17 @@ def _event_summary(p: PipelineSnapshot) -> str:
             f"{ev.get('late_published', 0)}")
 
 
+def _checkpoint_summary(p: PipelineSnapshot) -> str:
+    """The last state checkpoint: how old, how big, how many so far."""
+    ck = p.checkpoint
+    if ck is None:
+        return "off"
+    age = ck.age_s()
+    if age is None:
+        return "none yet"
+    return f"{age:.0f} s ago, {ck.last_bytes / 1e6:.2f} MB, {ck.checkpoints} written"
+
+
 def _plain_line(s: dict) -> str:
     p: PipelineSnapshot = s["pipeline"]
     drops = ",".join(f"{k}={v}" for k, v in p.drops.items() if v) or "-"
@@ -296,7 +313,7 @@ def _plain_line(s: dict) -> str:
             f"aggregates={p.aggregates} published={p.published} seen={s['seen']} "
             f"live_keys={p.live_keys} ring_bytes={p.ring_used_bytes} drops={drops} "
             f"cpu={s['cpu']:.0f}% rss={s['rss']:.0f}MiB offenders={_offenders(p)!r}"
-            f"{_event_summary(p)}")
+            f" checkpoint={_checkpoint_summary(p)!r}{_event_summary(p)}")
 
 
 def _render(s: dict, args):
@@ -316,7 +333,7 @@ def _render(s: dict, args):
                  "nats", "up" if p.nats.connected else "DOWN")
     seq = p.seq or {}
     head.add_row("sequence", ", ".join(f"{k} {v:,}" for k, v in seq.items() if v) or "no gaps",
-                 "offenders", _offenders(p), "", "")
+                 "offenders", _offenders(p), "checkpoint", _checkpoint_summary(p))
     table = Table(title=f"latest aggregates ({args.window:g} s window, every "
                         f"{args.emit_every:g} s)", expand=False)
     quantiles = tuple(dict.fromkeys(name for a in s["latest"].values()

@@ -1,8 +1,8 @@
 """The fuzz seed corpora on every test run (a few seconds; the long fuzzing: scripts/sanitize.sh).
 
-1. The C fuzz targets (fuzz_cbor.c, fuzz_frames.c with the stand-alone driver) are built with the
-   system compiler -- with AddressSanitizer + UBSan when the compiler can -- and replay the
-   corpus plus a few thousand mutants: no crash, no invariant violated.
+1. The C fuzz targets (fuzz_cbor.c, fuzz_frames.c, fuzz_snapshot.c with the stand-alone driver)
+   are built with the system compiler -- with AddressSanitizer + UBSan when the compiler can --
+   and replay the corpus plus a few thousand mutants: no crash, no invariant violated.
 2. The compiled readers and their pure-Python twins agree on every corpus input: the CBOR reader
    payload by payload (status, readings, counters), the frame reader stream by stream with the
    same cuts into socket reads (acks, packets, records, counters, errors).
@@ -54,7 +54,7 @@ def harnesses(tmp_path_factory) -> dict[str, Path]:
         pytest.skip("no C compiler (cc, gcc or clang) on PATH")
     d = tmp_path_factory.mktemp("fuzz")
     out = {}
-    for target in ("cbor", "frames"):
+    for target in ("cbor", "frames", "snapshot"):
         exe = d / f"fuzz_{target}"
         r = _build(cc, target, exe, sanitize=True)
         if r.returncode != 0 or subprocess.run([str(exe), "-runs=0"], capture_output=True,
@@ -65,7 +65,7 @@ def harnesses(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("target", ["cbor", "frames"])
+@pytest.mark.parametrize("target", ["cbor", "frames", "snapshot"])
 def test_c_target_replays_corpus_and_mutants(harnesses, target, tmp_path):
     corpus = HERE / "corpus" / target
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
@@ -86,6 +86,15 @@ def test_corpus_is_what_make_corpus_writes(tmp_path):
         on_disk = {p.stem: p.read_bytes() for p in directory.glob("*.bin")}
         assert on_disk == seeds, f"{directory}: run python tests/fuzz/make_corpus.py"
     assert len(CBOR) > 200 and len(FRAMES) > 100
+
+
+def test_snapshot_corpus_is_what_make_snapshot_corpus_writes():
+    spec = importlib.util.spec_from_file_location("make_snapshot_corpus",
+                                                  HERE / "make_snapshot_corpus.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    on_disk = {p.stem: p.read_bytes() for p in (HERE / "corpus" / "snapshot").glob("*.bin")}
+    assert on_disk == mod.seeds(), "run python tests/fuzz/make_snapshot_corpus.py"
 
 
 # ---- compiled == pure on the corpus --------------------------------------------------------------
