@@ -57,6 +57,8 @@ class QuantileConfig(NamedTuple):
     qs: tuple[float, ...]          # the q chosen, in QUANTILE_FIELDS order; () = off
     wanted: tuple[bool, ...]       # per QUANTILE_FIELDS entry: is it computed
     accuracy: float
+    names: tuple[str, ...] = ()    # the field name of each q in qs: the engines' one list of
+                                   # the quantiles they compute (values, columns) follows it
 
 
 def check_quantiles(quantiles, accuracy) -> QuantileConfig:
@@ -84,7 +86,8 @@ def check_quantiles(quantiles, accuracy) -> QuantileConfig:
                          f"{QUANTILE_ACCURACY_MAX}, got {accuracy!r}")
     wanted = tuple(q in chosen for _, q in QUANTILE_FIELDS)
     qs = tuple(q for _, q in QUANTILE_FIELDS if q in chosen)
-    return QuantileConfig(qs=qs, wanted=wanted, accuracy=accuracy)
+    names = tuple(name for name, q in QUANTILE_FIELDS if q in chosen)
+    return QuantileConfig(qs=qs, wanted=wanted, accuracy=accuracy, names=names)
 
 
 #: A window longer than this many emit intervals would make each key's pane ring large; the
