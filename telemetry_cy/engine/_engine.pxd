@@ -162,9 +162,37 @@ cdef extern from "tc_colbuf.h" nogil:
     void tc_colbuf_init(tc_colbuf *b)
     void tc_colbuf_free(tc_colbuf *b)
     int tc_colbuf_reserve(tc_colbuf *b, size_t need)
-    int tc_colbuf_put_string(tc_colbuf *data, tc_colbuf *offsets, size_t i, const char *p,
+    int tc_colbuf_put_string(tc_colbuf *data, int64_t *offsets, size_t i, const char *p,
                              size_t size)
     void tc_colbuf_set_bit(tc_colbuf *bits, size_t i, int valid)
+
+
+cdef extern from "tc_colfill.h" nogil:
+    enum:
+        TC_COLFILL_MAX_QS
+    ctypedef struct tc_colplan:
+        double *window_start
+        double *window_end
+        double *sum
+        double *mean
+        double *min
+        double *max
+        double *stddev
+        double *first
+        double *last
+        int64_t *count
+        uint32_t n_qs
+        double *qs[16]
+        tc_colbuf *device
+        tc_colbuf *sensor
+        tc_colbuf *unit
+        int64_t *device_off
+        int64_t *sensor_off
+        int64_t *unit_off
+        tc_colbuf *unit_valid
+        size_t unit_nulls
+    int tc_colplan_put(tc_colplan *pl, size_t i, const tc_key *k, uint32_t units,
+                       const tc_agg *a, double window_start, double window_end, const double *qs)
 
 
 @cython.final
@@ -191,11 +219,11 @@ cdef class _ColumnBuilder:
     cdef tc_colbuf values[TC_MAX_COLUMNS]      # float64 / int64 values; a string column's offsets
     cdef tc_colbuf data[TC_MAX_COLUMNS]        # a string column's UTF-8 bytes
     cdef tc_colbuf validity[TC_MAX_COLUMNS]    # a nullable column's bitmap
-    # the columns by how append_key fills them
-    cdef int n_float, n_int, n_str, n_null
-    cdef int float_cols[TC_MAX_COLUMNS]
-    cdef int int_cols[TC_MAX_COLUMNS]
-    cdef int str_cols[TC_MAX_COLUMNS]
+    # how append_key fills a row: the plan (tc_colfill.h) for every column with a source, set
+    # by reserve(); col_of[source] = its column; the columns without a source (all null)
+    cdef tc_colplan plan
+    cdef int col_of[TC_MAX_COLUMNS]
+    cdef int n_null
     cdef int null_cols[TC_MAX_COLUMNS]
     # the last take()'s _ColumnBuffer objects (values, data, validity per column, or None),
     # for _reclaim
@@ -204,6 +232,7 @@ cdef class _ColumnBuilder:
     cdef _reclaim(self)
     cdef _reset(self)
     cdef int reserve(self, Py_ssize_t more) except -1
+    cdef void _plan(self) noexcept
     cdef int _put_string(self, int c, Py_ssize_t i, const char *p, size_t size,
                          bint valid) except -1
     cdef void _set_valid(self, int c, Py_ssize_t i, bint valid) noexcept

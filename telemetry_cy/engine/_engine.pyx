@@ -147,6 +147,8 @@ _SOURCES = {
     "min": S_MIN, "max": S_MAX, "stddev": S_STDDEV, "first": S_FIRST, "last": S_LAST,
 }
 _KINDS = {_FLOAT64: K_F64, _INT64: K_I64, _STRING: K_STR}
+# the kind of column each source writes (by source number, S_NULL first)
+_SOURCE_KINDS = (K_F64, K_STR, K_STR, K_STR, K_I64) + (K_F64,) * (S_Q0 - 1 - S_COUNT)
 for _name, _kind, _nullable in _COLUMNS:
     if not _nullable and _name not in _SOURCES:
         raise RuntimeError(f"aggregate field {_name!r} has no column source in _engine.pyx")
@@ -213,11 +215,12 @@ cdef class _ColumnBuilder:
         cdef int c
         self.layout = column_layout(q_names)
         self.names = tuple([name for name, _, _ in self.layout])
-        if len(self.layout) > TC_MAX_COLUMNS:
+        if len(self.layout) > TC_MAX_COLUMNS or len(q_names) > TC_COLFILL_MAX_QS:
             raise ValueError("more quantiles than the columns hold")
         self.n_cols = len(self.layout)
-        self.n_q = len(q_names)
-        self.n_float = self.n_int = self.n_str = self.n_null = 0
+        self.n_null = 0
+        for c in range(S_Q0):
+            self.col_of[c] = -1
         for c, (name, kind, nullable) in enumerate(self.layout):
             self.kind[c] = _KINDS[kind]
             self.source[c] = (S_Q0 + q_names.index(name) if name in q_names
@@ -227,19 +230,18 @@ cdef class _ColumnBuilder:
             tc_colbuf_init(&self.values[c])
             tc_colbuf_init(&self.data[c])
             tc_colbuf_init(&self.validity[c])
-            # the fill loops of append_key, one per kind of column
             if self.source[c] == S_NULL:
-                self.null_cols[self.n_null] = c
+                self.null_cols[self.n_null] = c     # filled by append_key's generic loop
                 self.n_null += 1
-            elif self.kind[c] == K_F64:
-                self.float_cols[self.n_float] = c
-                self.n_float += 1
-            elif self.kind[c] == K_I64:
-                self.int_cols[self.n_int] = c
-                self.n_int += 1
-            else:
-                self.str_cols[self.n_str] = c
-                self.n_str += 1
+            elif self.source[c] < S_Q0:
+                self.col_of[self.source[c]] = c
+        # the plan (tc_colfill.h) fills every source but S_NULL: each must have its column, of
+        # the kind and nullability it writes
+        for c in range(1, S_Q0):
+            if (self.col_of[c] < 0 or self.kind[self.col_of[c]] != _SOURCE_KINDS[c]
+                    or self.nullable[self.col_of[c]] != (c == S_UNIT)):
+                raise RuntimeError(f"column source {c} has no column of its kind in the layout")
+        self.plan.n_qs = <uint32_t>len(q_names)
         self.spare = []
         self._reset()
 
@@ -277,6 +279,7 @@ cdef class _ColumnBuilder:
     cdef _reset(self):
         cdef int c
         self.n = self.cap = 0
+        self.plan.unit_nulls = 0
         for c in range(self.n_cols):
             self.nulls[c] = 0
             self.values[c].len = 0
@@ -307,12 +310,38 @@ cdef class _ColumnBuilder:
             if self.nullable[c] and tc_colbuf_reserve(&self.validity[c], <size_t>(cap + 7) // 8):
                 raise MemoryError()
         self.cap = cap
+        self._plan()
         return 0
+
+    cdef void _plan(self) noexcept:
+        """The plan of append_key (tc_colfill.h) over the buffers as they are now."""
+        cdef int c
+        cdef tc_colplan *pl = &self.plan
+        pl.window_start = <double *>self.values[self.col_of[S_WINDOW_START]].p
+        pl.window_end = <double *>self.values[self.col_of[S_WINDOW_END]].p
+        pl.sum = <double *>self.values[self.col_of[S_SUM]].p
+        pl.mean = <double *>self.values[self.col_of[S_MEAN]].p
+        pl.min = <double *>self.values[self.col_of[S_MIN]].p
+        pl.max = <double *>self.values[self.col_of[S_MAX]].p
+        pl.stddev = <double *>self.values[self.col_of[S_STDDEV]].p
+        pl.first = <double *>self.values[self.col_of[S_FIRST]].p
+        pl.last = <double *>self.values[self.col_of[S_LAST]].p
+        pl.count = <int64_t *>self.values[self.col_of[S_COUNT]].p
+        for c in range(self.n_cols):
+            if self.source[c] >= S_Q0:
+                pl.qs[self.source[c] - S_Q0] = <double *>self.values[c].p
+        pl.device = &self.data[self.col_of[S_DEVICE]]
+        pl.sensor = &self.data[self.col_of[S_SENSOR]]
+        pl.unit = &self.data[self.col_of[S_UNIT]]
+        pl.device_off = <int64_t *>self.values[self.col_of[S_DEVICE]].p
+        pl.sensor_off = <int64_t *>self.values[self.col_of[S_SENSOR]].p
+        pl.unit_off = <int64_t *>self.values[self.col_of[S_UNIT]].p
+        pl.unit_valid = &self.validity[self.col_of[S_UNIT]]
 
     cdef int _put_string(self, int c, Py_ssize_t i, const char *p, size_t size,
                          bint valid) except -1:
         """Row i of string column c: `size` bytes at p, or a null (valid false)."""
-        if tc_colbuf_put_string(&self.data[c], &self.values[c], <size_t>i, p,
+        if tc_colbuf_put_string(&self.data[c], <int64_t *>self.values[c].p, <size_t>i, p,
                                 size if valid else 0):
             raise MemoryError()
         if self.nullable[c]:
@@ -329,51 +358,12 @@ cdef class _ColumnBuilder:
         """One key's aggregate, the same values _scan puts in an Aggregate; `units` is the
         record's pane-sized units before its names, qv the key's quantiles (the engine's
         order; read only when the layout has quantile columns)."""
-        cdef double f[S_Q0 + TC_MAX_COLUMNS]
         cdef Py_ssize_t i = self.n
-        cdef int j, c
-        cdef const char *p
-        cdef size_t size
-        cdef bint valid
+        cdef int j
         if i >= self.cap:
             self.reserve(1)
-        f[S_NULL] = 0.0
-        f[S_WINDOW_START] = window_start
-        f[S_WINDOW_END] = window_end
-        f[S_SUM] = agg.sum
-        f[S_MEAN] = agg.mean
-        f[S_MIN] = agg.min
-        f[S_MAX] = agg.max
-        f[S_STDDEV] = sqrt(agg.m2 / <double>agg.count)
-        f[S_FIRST] = agg.first
-        f[S_LAST] = agg.last
-        for j in range(self.n_q):
-            f[S_Q0 + j] = qv[j]
-        for j in range(self.n_float):
-            c = self.float_cols[j]
-            (<double *>self.values[c].p)[i] = f[self.source[c]]
-            if self.nullable[c]:
-                tc_colbuf_set_bit(&self.validity[c], <size_t>i, True)
-        for j in range(self.n_int):
-            c = self.int_cols[j]    # S_COUNT, the one integer source
-            (<int64_t *>self.values[c].p)[i] = <int64_t>agg.count
-            if self.nullable[c]:
-                tc_colbuf_set_bit(&self.validity[c], <size_t>i, True)
-        for j in range(self.n_str):
-            c = self.str_cols[j]
-            if self.source[c] == S_DEVICE:
-                p, size, valid = tc_key_device(k, units), k.device_len, True
-            elif self.source[c] == S_SENSOR:
-                p, size, valid = tc_key_sensor(k, units), k.sensor_len, True
-            else:
-                valid = k.unit_len != TC_NO_UNIT
-                p, size = tc_key_unit(k, units), (k.unit_len if valid else 0)
-            if tc_colbuf_put_string(&self.data[c], &self.values[c], <size_t>i, p, size):
-                raise MemoryError()
-            if self.nullable[c]:
-                tc_colbuf_set_bit(&self.validity[c], <size_t>i, valid)
-                if not valid:
-                    self.nulls[c] += 1
+        if tc_colplan_put(&self.plan, <size_t>i, k, units, agg, window_start, window_end, qv):
+            raise MemoryError()
         for j in range(self.n_null):
             self._put_null(self.null_cols[j], i)
         self.n = i + 1
@@ -421,6 +411,8 @@ cdef class _ColumnBuilder:
         """The rows so far as column_buffers.Columns, their memory handed over; starts empty."""
         cdef int c
         cdef Py_ssize_t n = self.n
+        self.nulls[self.col_of[S_UNIT]] += <Py_ssize_t>self.plan.unit_nulls
+        self.plan.unit_nulls = 0
         if self.cap == 0:
             self.reserve(1)     # an empty string column still has its one offset
         buffers, nulls = {}, {}

@@ -49,17 +49,50 @@ static inline int tc_colbuf_reserve(tc_colbuf *b, size_t need) {
     return 0;
 }
 
+/* n bytes from s to d (not overlapping). Names are short: up to 32 bytes move as two fixed-size
+ * loads and stores that overlap in the middle, inline, where a memcpy of a variable size is a libc
+ * call per name (three per row of a tick). Reads and writes stay within [s, s+n) and [d, d+n). */
+static inline void tc_copy_short(char *d, const char *s, size_t n) {
+    if (n >= 16 && n <= 32) {
+        uint64_t a[2], b[2];
+        memcpy(a, s, 16);
+        memcpy(b, s + n - 16, 16);
+        memcpy(d, a, 16);
+        memcpy(d + n - 16, b, 16);
+    } else if (n >= 8 && n < 16) {
+        uint64_t a, b;
+        memcpy(&a, s, 8);
+        memcpy(&b, s + n - 8, 8);
+        memcpy(d, &a, 8);
+        memcpy(d + n - 8, &b, 8);
+    } else if (n >= 4 && n < 8) {
+        uint32_t a, b;
+        memcpy(&a, s, 4);
+        memcpy(&b, s + n - 4, 4);
+        memcpy(d, &a, 4);
+        memcpy(d + n - 4, &b, 4);
+    } else if (n > 0 && n < 4) {
+        d[0] = s[0];
+        d[n >> 1] = s[n >> 1];
+        d[n - 1] = s[n - 1];
+    } else if (n > 32) {
+        memcpy(d, s, n);
+    }
+}
+
 /* Row i of a string column: `size` bytes at p appended to `data`, and its end offset as
  * offsets[i + 1] (int64; the offsets buffer has room for row i, the caller's job). 0 or -1 (out
  * of memory: nothing changed). */
-static inline int tc_colbuf_put_string(tc_colbuf *data, tc_colbuf *offsets, size_t i,
+static inline int tc_colbuf_put_string(tc_colbuf *data, int64_t *offsets, size_t i,
                                        const char *p, size_t size) {
+    size_t len = data->len;
     if (size) {
-        if (data->len + size > data->cap && tc_colbuf_reserve(data, data->len + size)) return -1;
-        memcpy(data->p + data->len, p, size);
-        data->len += size;
+        if (len + size > data->cap && tc_colbuf_reserve(data, len + size)) return -1;
+        tc_copy_short(data->p + len, p, size);
+        len += size;
+        data->len = len;
     }
-    ((int64_t *)offsets->p)[i + 1] = (int64_t)data->len;
+    offsets[i + 1] = (int64_t)len;
     return 0;
 }
 
