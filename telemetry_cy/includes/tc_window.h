@@ -556,8 +556,10 @@ static inline uint64_t tc_merge_panes(const tc_key *k, uint32_t ring, int64_t lo
                                       tc_agg *out) {
     uint64_t n = 0;
     double sum = 0.0, m2 = 0.0, mn = 0.0, mx = 0.0, first = 0.0;
-    for (int64_t j = lo; j <= hi; j++) {
-        const tc_pane *p = &k->panes[tc_pane_of(j, ring)];
+    /* one 64-bit modulo for the first pane, then the ring index steps and wraps */
+    uint32_t x = tc_pane_of(lo, ring);
+    for (int64_t j = lo; j <= hi; j++, x = x + 1 == ring ? 0 : x + 1) {
+        const tc_pane *p = &k->panes[x];
         if (p->count == 0) continue;
         if (n == 0) {
             n = p->count;
