@@ -20,7 +20,7 @@ cdef extern from "tc_window.h" nogil:
 
     ctypedef struct tc_agg:
         uint64_t count
-        double sum, mean, min, max, m2, first, last
+        double sum, mean, min, max, m2, first, last, var
 
     ctypedef struct tc_table:
         tc_key **keys

@@ -875,7 +875,7 @@ cdef class Engine:
                     a.mean = agg.mean
                     a.min = agg.min
                     a.max = agg.max
-                    a.stddev = sqrt(agg.m2 / <double>agg.count)
+                    a.stddev = sqrt(agg.var)
                     a.first = agg.first
                     a.last = agg.last
                     if self.n_qs:

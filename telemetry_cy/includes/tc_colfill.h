@@ -52,7 +52,7 @@ static inline int tc_colplan_put(tc_colplan *pl, size_t i, const tc_key *k, uint
     pl->mean[i] = a->mean;
     pl->min[i] = a->min;
     pl->max[i] = a->max;
-    pl->stddev[i] = sqrt(a->m2 / (double)a->count);
+    pl->stddev[i] = sqrt(a->var);
     pl->first[i] = a->first;
     pl->last[i] = a->last;
     for (uint32_t j = 0; j < pl->n_qs; j++) pl->qs[j][i] = qs[j];

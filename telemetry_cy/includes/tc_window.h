@@ -66,6 +66,7 @@ typedef struct {
 typedef struct {
     uint64_t count;
     double sum, mean, min, max, m2, first, last;
+    double var;   /* m2 / count: the stddev is its square root */
 } tc_agg;
 
 typedef struct {
@@ -583,7 +584,7 @@ static inline uint64_t tc_merge_panes(const tc_key *k, uint32_t ring, int64_t lo
     if (n == 0) return 0;
     out->count = n;
     out->sum = sum;
-    out->mean = sum / (double)n;
+    tc_div2(sum, (double)n, m2, (double)n, &out->mean, &out->var);
     out->min = mn;
     out->max = mx;
     out->m2 = m2;
