@@ -572,10 +572,18 @@ static inline uint64_t tc_merge_panes(const tc_key *k, uint32_t ring, int64_t lo
             continue;
         }
         double na = (double)n, nb = (double)p->count;
-        double mean_b, mean_a;
-        tc_div2(p->sum, nb, sum, na, &mean_b, &mean_a);
+        double mean_b, mean_a, w;
+        if (p->count == 1) {
+            /* a pane of one reading (a sensor that reports once an interval): its mean is its sum
+             * exactly (x / 1.0 == x), which leaves two divisions, one two-lane one */
+            mean_b = p->sum;
+            tc_div2(sum, na, na * nb, na + nb, &mean_a, &w);
+        } else {
+            tc_div2(p->sum, nb, sum, na, &mean_b, &mean_a);
+            w = na * nb / (na + nb);
+        }
         double delta = mean_b - mean_a;
-        m2 += p->m2 + delta * delta * (na * nb / (na + nb));
+        m2 += p->m2 + delta * delta * w;
         sum += p->sum;
         n += p->count;
         if (p->min < mn) mn = p->min;
