@@ -389,6 +389,7 @@ def test_released_column_memory_is_reused(compiled_backend):
 
 def test_the_engine_and_replay_import_no_arrow_pandas_or_numpy(tmp_path):
     """A daemon on a Pi has none of them: columns and replay work without importing any."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -402,6 +403,8 @@ def test_the_engine_and_replay_import_no_arrow_pandas_or_numpy(tmp_path):
         "    assert len(e.tick_columns(20.0)) == 2\n"
         "bad = [m for m in ('pyarrow', 'pandas', 'numpy', 'polars') if m in sys.modules]\n"
         "assert not bad, bad\n")
-    env = {"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"}
+    # the environment as it is (a sanitizer job preloads its runtime), this checkout importable
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(repo)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
