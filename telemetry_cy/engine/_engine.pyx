@@ -129,7 +129,7 @@ cdef class Aggregate:
 # the statistics (column_buffers.COLUMNS), then the engine's quantiles, column j of those taking
 # source S_Q0 + j (the engine's j-th quantile). A nullable statistic with no source here is all
 # null (a field added to AGGREGATE_FIELDS shows up as a null column until it is given a source
-# here and a value in _ColumnBuilder.append_key).
+# here and a place in the fill plan, includes/tc_colfill.h).
 cdef enum:
     S_NULL = 0
     S_DEVICE, S_SENSOR, S_UNIT, S_COUNT
