@@ -4,9 +4,9 @@ One column per field of an aggregate, each as Arrow's buffers, so pyarrow (and t
 and polars) can take them without a copy and without a Python object per aggregate
 (``telemetry_cy.columns``). The columns are ``rules.AGGREGATE_FIELDS`` but for the quantile
 fields, then one ``float64`` column per quantile the engine computes, in the engine's order
-(its list of quantile field names; ``column_layout``): a quantile the engine does not compute has no column, as it has no
-key in ``Aggregate.as_dict()``. This module holds the buffers only: it imports neither
-pyarrow nor numpy, which a daemon on a Pi does not have.
+(its list of quantile field names; ``column_layout``): a quantile the engine does not compute
+has no column, as it has no key in ``Aggregate.as_dict()``. This module holds the buffers only:
+it imports neither pyarrow nor numpy, which a daemon on a Pi does not have.
 
 Buffers, in Arrow's order (``Columns.buffers(name)``):
 
