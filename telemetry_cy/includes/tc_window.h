@@ -28,9 +28,13 @@
 
 #include "tc_sketch.h"
 
-#if defined(__SSE2__)
+/* TC_SCALAR_DIV: the scalar divisions of tc_div2 even where the CPU has two-lane ones (for
+ * tests/test_merge_lanes.py, which holds the two paths to the same bits) */
+#if defined(__SSE2__) && !defined(TC_SCALAR_DIV)
+#define TC_DIV2_SSE2 1
 #include <emmintrin.h>
-#elif defined(__aarch64__)
+#elif defined(__aarch64__) && !defined(TC_SCALAR_DIV)
+#define TC_DIV2_NEON 1
 #include <arm_neon.h>
 #endif
 
@@ -535,11 +539,11 @@ static inline uint64_t tc_key_open_count(const tc_key *k, uint32_t panes, int64_
  * panes a key at the default window, and a scalar division issues every few cycles only
  * (docs/performance.md, "Columnar tick"). */
 static inline void tc_div2(double a, double b, double c, double d, double *ab, double *cd) {
-#if defined(__SSE2__)
+#if defined(TC_DIV2_SSE2)
     __m128d q = _mm_div_pd(_mm_set_pd(c, a), _mm_set_pd(d, b));
     *ab = _mm_cvtsd_f64(q);
     *cd = _mm_cvtsd_f64(_mm_unpackhi_pd(q, q));
-#elif defined(__aarch64__)
+#elif defined(TC_DIV2_NEON)
     float64x2_t q = vdivq_f64(vcombine_f64(vdup_n_f64(a), vdup_n_f64(c)),
                               vcombine_f64(vdup_n_f64(b), vdup_n_f64(d)));
     *ab = vgetq_lane_f64(q, 0);
