@@ -70,11 +70,11 @@ def typical_batch(n: int, seed: int = 42, quantiles: bool = False) -> list:
         sensor, unit, centre, spread = SENSORS[i % len(SENSORS)]
         xs = [round(rng.gauss(centre, spread), 2) for _ in range(12)]
         total = sum(xs)
-        qs = []
+        qs: tuple = ((), ())
         if quantiles:
             sketch = QuantileSketch(0.01)
             sketch.add_many(xs)
-            qs = sketch.quantiles((0.5, 0.9, 0.99))
+            qs = (("p50", "p90", "p99"), tuple(sketch.quantiles((0.5, 0.9, 0.99))))
         out.append(Aggregate(f"dev-{i // len(SENSORS):05d}", sensor, unit, end - 60.0, end,
                              len(xs), total, total / len(xs), min(xs), max(xs),
                              statistics.pstdev(xs), xs[0], xs[-1], *qs))

@@ -9,7 +9,9 @@ Modes, each on its own payload set (one ~60-byte reading per payload, perf/paylo
   arrival time ignores it);
 - ``event``: ``Engine(time="event", allowed_lateness=2 * emit_every)``, payloads with ``t`` in
   the open interval (the watermark does not move: the apply path with its lateness bookkeeping);
-- ``event_l0``: the same with no allowed lateness (the record is the arrival-mode record).
+- ``event_l0``: the same with no allowed lateness (the record is the arrival-mode record);
+- ``arrival_q`` / ``event_q``: ``arrival`` / ``event`` with quantiles on (p50, p90, p99, alpha
+  0.01): each reading also goes into its pane's sketch.
 
 Before each timed call the batch's payloads are sliced fresh from one blob (untimed), so they are
 in cache as they would be in the ingest ring. The clock is this thread's CPU time
@@ -65,11 +67,12 @@ def engine_for(mode: str):
     """event: allowed lateness 10 s (two emit intervals: two more panes and open-pane slots per
     key); event_l0: no lateness (the arrival-mode record)."""
     from telemetry_cy.engine._engine import Engine
-    if mode == "event":
-        return Engine(time="event", allowed_lateness=10.0)
+    quantiles = dict(quantiles=[0.5, 0.9, 0.99]) if mode.endswith("_q") else {}
+    if mode in ("event", "event_q"):
+        return Engine(time="event", allowed_lateness=10.0, **quantiles)
     if mode == "event_l0":
         return Engine(time="event")
-    return Engine()
+    return Engine(**quantiles)
 
 
 class Setup:
@@ -77,7 +80,7 @@ class Setup:
 
     def __init__(self, mode: str, n_keys: int) -> None:
         self.mode, self.n_keys = mode, n_keys
-        items = payloads(n_keys, with_t=mode != "arrival")
+        items = payloads(n_keys, with_t=mode not in ("arrival", "arrival_q"))
         self.batches = [items[i:i + BATCH] for i in range(0, n_keys, BATCH)]
         # each batch as one blob and its cuts: sliced fresh before each timed call (untimed), so
         # the payload bytes are as hot as in the ingest ring, as bench_engine.py does at 1M keys

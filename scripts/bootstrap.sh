@@ -4,7 +4,8 @@
 #   scripts/bootstrap.sh demo   install everything, build, run the demo (the main job)
 #   scripts/bootstrap.sh install
 # It installs the OS packages it needs (through sudo when not root), makes .venv, and installs the
-# project into it with its dev extras. Re-running it is cheap: it skips what is already there.
+# project into it with its dev extras. Re-running it is cheap: it skips what is already there, and
+# installs the project again only when pyproject.toml or setup.py changed (see install_state).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -48,14 +49,69 @@ install_os_packages() {
     # demo start their own brokers on free ports), so leave it as the distribution configured it.
 }
 
+# The project is installed into the venv again only when what the install depends on changed
+# since the last one that finished: pyproject.toml or setup.py (the dependencies and the build)
+# newer than the stamp or with other bytes, or another checkout path (the editable install points
+# at it), venv Python, or the project no longer installed in the venv; the stamp holds a hash of
+# all of them. A fresh clone has no stamp, and a `git pull` that changes the dependencies writes
+# a newer pyproject.toml: both install.
+STAMP=$VENV/.telemetry-cy-install
+
+install_state() {
+    {
+        cat pyproject.toml setup.py
+        printf '%s\n' "$ROOT"
+        "$VENV/bin/python" - <<'PYEOF'
+import importlib.metadata, sys, sysconfig
+try:
+    importlib.metadata.distribution("telemetry-cy")
+    installed = "installed"
+except importlib.metadata.PackageNotFoundError:
+    installed = "missing"
+print(sys.version, sysconfig.get_config_var("EXT_SUFFIX"), installed)
+PYEOF
+    } | sha256sum | cut -d' ' -f1
+}
+
+# Between installs a pull or an edit may change only the compiled modules' sources: they are
+# rebuilt in place when a module is missing or any .pyx, .pxd or C header is newer than the stamp
+# (build_ext itself then skips the modules that are up to date), and the stamp is touched after.
+modules_stale() {
+    local suffix pyx
+    suffix=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+    while IFS= read -r pyx; do
+        [ -e "${pyx%.pyx}$suffix" ] || return 0
+    done < <(find telemetry_cy -name '*.pyx')
+    [ -n "$(find telemetry_cy -newer "$STAMP" \( -name '*.pyx' -o -name '*.pxd' -o -name '*.h' \) \
+            -print -quit)" ]
+}
+
 install_python_env() {
     if [ ! -x "$VENV/bin/python" ]; then
         log "creating $VENV"
         "$PY" -m venv "$VENV"
     fi
+    local state
+    state=$(install_state)
+    # a newer pyproject.toml or setup.py counts as changed even with the same bytes, as in make
+    if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$state" ] \
+            && [ ! pyproject.toml -nt "$STAMP" ] && [ ! setup.py -nt "$STAMP" ]; then
+        if modules_stale; then
+            log "rebuilding the compiled modules that are missing or whose sources changed"
+            "$VENV/bin/python" setup.py -q build_ext --inplace -j "$(nproc 2>/dev/null || echo 2)"
+            touch "$STAMP"
+        else
+            log "telemetry-cy is installed and up to date in $VENV"
+        fi
+        return
+    fi
+    rm -f "$STAMP"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -U pip setuptools wheel
     log "building and installing telemetry-cy (dev extras)"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev]"
+    # written last, and only after a complete install (set -e): an interrupted one runs again
+    install_state > "$STAMP.tmp"
+    mv "$STAMP.tmp" "$STAMP"
 }
 
 cmd=${1:-install}

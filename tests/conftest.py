@@ -18,7 +18,7 @@ import pytest
 
 from telemetry_cy import backend as backends
 
-pytest_plugins = ["support.brokers", "support.daemon", "support.emitters"]
+pytest_plugins = ["support.brokers", "support.daemon", "support.emitters", "support.logs"]
 
 
 def _load(name: backends.BackendName) -> backends.Backend:

@@ -14,7 +14,7 @@ import cbor2
 import pytest
 
 from telemetry_cy.engine import _engine_py
-from telemetry_cy.engine.rules import AGGREGATE_FIELDS, QUANTILE_FIELDS, aggregate_field_type
+from telemetry_cy.engine.rules import AGGREGATE_FIELDS, QUANTILE_ATTRIBUTES, aggregate_field_type
 from telemetry_cy.sink.bodies import decode_body, encode_cbor, encode_json
 
 STUB = Path(_engine_py.__file__).with_name("_engine.pyi")
@@ -43,7 +43,7 @@ def test_the_compiled_class_has_exactly_those_fields_in_that_order(compiled_back
     cls = compiled_backend.Aggregate
     attributes = {name for name in dir(cls)
                   if isinstance(getattr(cls, name), types.GetSetDescriptorType)}
-    assert attributes == set(AGGREGATE_FIELDS)
+    assert attributes == set(AGGREGATE_FIELDS) | set(QUANTILE_ATTRIBUTES)
     values = _distinct_values()
     a = cls(*values)   # positional: __init__ takes them in AGGREGATE_FIELDS order
     assert tuple(getattr(a, name) for name in AGGREGATE_FIELDS) == values
@@ -61,8 +61,10 @@ def test_each_backend_aggregate_round_trips_through_the_bodies(backend):
 
 def test_the_pure_twin_is_a_frozen_dataclass_of_those_fields():
     fields = dataclasses.fields(_engine_py.Aggregate)
-    assert [f.name for f in fields] == list(AGGREGATE_FIELDS)
-    assert [f.type for f in fields] == [aggregate_field_type(n) for n in AGGREGATE_FIELDS]
+    assert [f.name for f in fields] == list(AGGREGATE_FIELDS + QUANTILE_ATTRIBUTES)
+    assert [f.type for f in fields[:len(AGGREGATE_FIELDS)]] == [
+        aggregate_field_type(n) for n in AGGREGATE_FIELDS]
+    assert [f.default for f in fields[len(AGGREGATE_FIELDS):]] == [(), ()]
     a = _engine_py.Aggregate(*_distinct_values())
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.count = 3  # type: ignore[misc]
@@ -74,32 +76,34 @@ def test_the_stub_declares_exactly_those_fields_with_their_types():
               and node.name == "Aggregate"]
     declared = [(node.target.id, ast.unparse(node.annotation)) for node in cls.body
                 if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)]
-    assert declared == [(n, _annotation(aggregate_field_type(n))) for n in AGGREGATE_FIELDS]
+    assert declared[:len(AGGREGATE_FIELDS)] == [(n, _annotation(aggregate_field_type(n)))
+                                                for n in AGGREGATE_FIELDS]
+    assert [n for n, _ in declared[len(AGGREGATE_FIELDS):]] == list(QUANTILE_ATTRIBUTES)
     (init,) = [node for node in cls.body if isinstance(node, ast.FunctionDef)
                and node.name == "__init__"]
     params = [(arg.arg, ast.unparse(arg.annotation)) for arg in init.args.args[1:]]
-    assert params == declared
-    # the quantiles, and only they, default to None
-    assert [ast.unparse(d) for d in init.args.defaults] == ["None"] * len(QUANTILE_FIELDS)
-    assert [p for p, _ in params[-len(QUANTILE_FIELDS):]] == [n for n, _ in QUANTILE_FIELDS]
+    assert params[:len(AGGREGATE_FIELDS)] == declared[:len(AGGREGATE_FIELDS)]
+    # the quantiles, and only they, default to ()
+    assert [p for p, _ in params[len(AGGREGATE_FIELDS):]] == list(QUANTILE_ATTRIBUTES)
+    assert [ast.unparse(d) for d in init.args.defaults] == ["()"] * len(QUANTILE_ATTRIBUTES)
 
 
-def test_quantiles_not_computed_are_none_and_left_out(backend):
-    """Quantiles off: the 13 statistics alone make an Aggregate; p50/p90/p99 are None and absent
-    from as_dict() and both bodies. Any subset may be present."""
-    values = _distinct_values()[:13]
+def test_quantiles_follow_the_statistics_by_name(backend):
+    """Quantiles off: the 13 statistics alone make an Aggregate and its bodies. On: each
+    quantile after them under its name, in as_dict(), both bodies and as an attribute."""
+    values = _distinct_values()
     a = backend.Aggregate(*values)
-    names = [n for n, _ in QUANTILE_FIELDS]
-    assert [getattr(a, n) for n in names] == [None, None, None]
-    expected = [n for n in AGGREGATE_FIELDS if n not in names]
-    assert list(a.as_dict()) == expected
-    for fmt, encode in (("json", encode_json), ("cbor", encode_cbor)):
-        assert list(decode_body(fmt, encode(a))) == expected, fmt
-    b = backend.Aggregate(*values, p90=12.25)
-    assert b.p50 is None and b.p90 == 12.25 and b.p99 is None
-    assert list(b.as_dict()) == expected + ["p90"]
+    assert a.quantile_names == a.quantile_values == ()
+    assert list(a.as_dict()) == list(AGGREGATE_FIELDS)
+    with pytest.raises(AttributeError):
+        a.p50  # noqa: B018
+    b = backend.Aggregate(*values, ("p90", "p99.9"), (12.25, -3.5))
+    assert b.p90 == 12.25 and getattr(b, "p99.9") == -3.5
+    assert list(b.as_dict()) == list(AGGREGATE_FIELDS) + ["p90", "p99.9"]
     for fmt, encode in (("json", encode_json), ("cbor", encode_cbor)):
         assert decode_body(fmt, encode(b)) == b.as_dict(), fmt
+    with pytest.raises(ValueError, match="differ in length"):
+        backend.Aggregate(*values, ("p90",), ())
 
 
 def test_field_types_are_asked_by_name():

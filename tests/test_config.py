@@ -170,8 +170,8 @@ def test_jetstream_settings_reach_the_emitter():
 
 def test_quantiles_from_flags_environment_and_toml(tmp_path: Path):
     assert parse().engine.quantiles == () and parse().engine.quantile_accuracy == 0.01
-    c = parse(["--quantiles", "0.99, 0.5,0.9", "--quantile-accuracy", "0.02"])
-    assert c.engine.quantiles == (0.5, 0.9, 0.99) and c.engine.quantile_accuracy == 0.02
+    c = parse(["--quantiles", "0.99, 0.5,0.9,0.999", "--quantile-accuracy", "0.02"])
+    assert c.engine.quantiles == (0.5, 0.9, 0.99, 0.999) and c.engine.quantile_accuracy == 0.02
     assert parse(environ={"TELEMETRY_CY_QUANTILES": "0.9"}).engine.quantiles == (0.9,)
     assert parse(["--quantiles", ""]).engine.quantiles == ()
     path = tmp_path / "q.toml"
@@ -181,7 +181,8 @@ def test_quantiles_from_flags_environment_and_toml(tmp_path: Path):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--quantiles", "0.95"], "setting quantiles"),
+    (["--quantiles", "0.5,1"], "setting quantiles"),
+    (["--quantiles", "1.5"], "between 0 and 1 (exclusive)"),
     (["--quantiles", "0.5,median"], "expected a number such as 0.99"),
     (["--quantile-accuracy", "0.5"], "quantile_accuracy must be between 0.005 and 0.05"),
     (["--quantile-accuracy", "x"], "setting quantile_accuracy"),

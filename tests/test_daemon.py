@@ -72,6 +72,20 @@ def wait_subscribed(proc, timeout=20.0):
     return False
 
 
+def publish_spread(pub, messages) -> None:
+    """Publishes (topic, payload) pairs at QoS 1, pausing after every 500 so the stream spans
+    several windows, then waits until every reading is in a closed window (two more ticks)."""
+    for i, (topic, payload) in enumerate(messages):
+        info = pub.publish(topic, payload, qos=1)
+        if i % 500 == 499:
+            info.wait_for_publish(10)
+            time.sleep(0.3)
+    info.wait_for_publish(10)
+    pub.loop_stop()
+    pub.disconnect()
+    time.sleep(2.5)
+
+
 def test_end_to_end_aggregates_match_the_model(mosquitto, nats_server):
     sub = NatsSubscriber(nats_server.url)
     proc = start_daemon(daemon_cmd(mosquitto, nats_server))
@@ -80,21 +94,15 @@ def test_end_to_end_aggregates_match_the_model(mosquitto, nats_server):
         pub = publisher(mosquitto)
         sent: dict[tuple[str, str], list[float]] = {}
         keys = [("gw-1", "temp"), ("gw-1", "rh"), ("gw-2", "temp")]
+        messages = []
         for i in range(3000):
             device, sensor = keys[i % 3]
             value = round(20 + math.sin(i / 50) * 5 + (i % 11) * 0.125, 6)
             sent.setdefault((device, sensor), []).append(value)
-            info = pub.publish(f"site/{device}/sensor/{sensor}",
-                               cbor2.dumps({"d": device, "s": sensor, "v": value, "u": "C",
-                                            "n": i}), qos=1)
-            if i % 500 == 499:
-                info.wait_for_publish(10)
-                time.sleep(0.3)  # spread the stream over several windows
-        info.wait_for_publish(10)
-        pub.loop_stop()
-        pub.disconnect()
-        # every reading is in a closed window once two more ticks have passed
-        time.sleep(2.5)
+            messages.append((f"site/{device}/sensor/{sensor}",
+                             cbor2.dumps({"d": device, "s": sensor, "v": value, "u": "C",
+                                          "n": i})))
+        publish_spread(pub, messages)
     finally:
         code, out, err = stop_daemon(proc)
     assert code == 0, err[-2000:]
@@ -166,10 +174,11 @@ def test_sigterm_mid_stream_balances(mosquitto, nats_server):
 
 @pytest.mark.parametrize("fmt", ["json", "cbor"])
 def test_run_with_quantiles_publishes_them_within_the_bound(mosquitto, nats_server, fmt):
-    """`telemetry-cy run --quantiles 0.5,0.9,0.99`: every aggregate on NATS carries p50, p90 and
-    p99 within alpha of the window's exact rank quantiles (docs/windows.md, "Quantiles")."""
+    """`telemetry-cy run --quantiles 0.5,0.9,0.99,0.999`: every aggregate on NATS carries p50,
+    p90, p99 and p99.9 within alpha of the window's exact rank quantiles (docs/windows.md,
+    "Quantiles")."""
     sub = NatsSubscriber(nats_server.url)
-    proc = start_daemon(daemon_cmd(mosquitto, nats_server, "--quantiles", "0.5,0.9,0.99",
+    proc = start_daemon(daemon_cmd(mosquitto, nats_server, "--quantiles", "0.5,0.9,0.99,0.999",
                                    "--quantile-accuracy", "0.02", "--format", fmt))
     sent: list[float] = []
     try:
@@ -178,15 +187,8 @@ def test_run_with_quantiles_publishes_them_within_the_bound(mosquitto, nats_serv
         for i in range(1500):
             value = (20 + math.sin(i / 40) * 5) * (1 + (i % 17) / 40) * (-1 if i % 13 == 0 else 1)
             sent.append(value)
-            info = pub.publish("site/gw/sensor/t", cbor2.dumps({"d": "gw", "s": "t", "v": value}),
-                               qos=1)
-            if i % 500 == 499:
-                info.wait_for_publish(10)
-                time.sleep(0.3)
-        info.wait_for_publish(10)
-        pub.loop_stop()
-        pub.disconnect()
-        time.sleep(2.5)
+        publish_spread(pub, [("site/gw/sensor/t", cbor2.dumps({"d": "gw", "s": "t", "v": v}))
+                             for v in sent])
     finally:
         code, out, err = stop_daemon(proc)
     assert code == 0, err[-2000:]
@@ -199,7 +201,8 @@ def test_run_with_quantiles_publishes_them_within_the_bound(mosquitto, nats_serv
     for a in aggs:
         chunk = sorted(sent[offset:offset + a["count"]])
         offset += a["count"]
-        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+        assert list(a)[-4:] == ["p50", "p90", "p99", "p99.9"]
+        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)):
             r = q * (len(chunk) - 1)
             lo, hi = chunk[math.floor(r)], chunk[math.ceil(r)]
             assert lo - 0.02 * abs(lo) <= a[name] <= hi + 0.02 * abs(hi), (name, a)

@@ -21,27 +21,35 @@ AGGREGATE = re.compile(r"aggregate (?P<device>[^/ ]+)/(?P<sensor>\S+) "
                        r"( unit=\S+)?")
 
 
+needs_brokers = pytest.mark.skipif(find_mosquitto() is None or find_nats_server() is None,
+                                   reason="the demo needs mosquitto and nats-server")
+
+
 def _seconds(clock: str) -> float:
     h, m, s = clock.split(":")
     return int(h) * 3600 + int(m) * 60 + float(s)
 
 
-@pytest.mark.skipif(find_mosquitto() is None or find_nats_server() is None,
-                    reason="the demo needs mosquitto and nats-server")
-def test_demo_runs_headless_and_aggregates_reach_nats_and_stdout():
+def run_demo(duration: int, rate: int, *flags: str) -> list[str]:
+    """`telemetry-cy demo` with 20 devices, 2 s windows every 1 s, and `flags`, from this
+    checkout; it must exit 0. Its stdout, line by line (not a terminal: plain lines)."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
-        [sys.executable, "-m", "telemetry_cy.service.cli", "demo", "--duration", "8",
-         "--rate", "1500", "--devices", "20", "--window", "2s", "--emit-every", "1s",
-         "--show", str(SHOW)],
+        [sys.executable, "-m", "telemetry_cy.service.cli", "demo", "--duration", str(duration),
+         "--rate", str(rate), "--devices", "20", "--window", "2s", "--emit-every", "1s", *flags],
         capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.strip().splitlines()
+    return proc.stdout.strip().splitlines()
+
+
+@needs_brokers
+def test_demo_runs_headless_and_aggregates_reach_nats_and_stdout():
+    lines = run_demo(8, 1500, "--show", str(SHOW))
     # not a terminal: plain progress lines, then the summary
     assert any(line.startswith("rate=") for line in lines)
     # ... and after each tick a few of its aggregates: key, window, statistics
     ticks = [i for i, line in enumerate(lines) if line.startswith("tick ")]
-    assert len(ticks) >= 3, proc.stdout[-3000:]
+    assert len(ticks) >= 3, lines[-30:]
     for i in ticks:
         m = re.fullmatch(r"tick \S+: (\d+) aggregates seen on NATS, showing (\d+)", lines[i])
         assert m, lines[i]
@@ -133,17 +141,9 @@ def test_event_time_fleet_buffers_flushes_and_skews():
     assert late and [t for t, _ in flushed[:len(late)]] == sorted(t for t, _ in flushed[:len(late)])
 
 
-@pytest.mark.skipif(find_mosquitto() is None or find_nats_server() is None,
-                    reason="the demo needs mosquitto and nats-server")
+@needs_brokers
 def test_demo_event_time_counts_the_skewed_clock():
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(
-        [sys.executable, "-m", "telemetry_cy.service.cli", "demo", "--duration", "6",
-         "--rate", "1000", "--devices", "20", "--window", "2s", "--emit-every", "1s",
-         "--time", "event", "--allowed-lateness", "3s", "--plain"],
-        capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = proc.stdout.strip().splitlines()[-1]
+    summary = run_demo(6, 1000, "--time", "event", "--allowed-lateness", "3s", "--plain")[-1]
     m = re.search(r"aggregates (\d+), published (\d+).*drops: .*future=(\d+).*event time: "
                   r"watermark \S+, late published (\d+)", summary)
     assert m, summary

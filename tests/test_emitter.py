@@ -315,16 +315,6 @@ def test_jetstream_failed_acks_keep_the_batch_for_retry(nats_server, emitters, s
 SECRET = "hunter2-Zq9-do-not-print"
 
 
-@pytest.fixture
-def log_capture(caplog):
-    # the daemon's logging setup stops propagation at "telemetry_cy": listen there directly
-    logger = logging.getLogger("telemetry_cy")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.DEBUG)
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
 def _no_secret_anywhere(em, log_capture, capsys, extra=""):
     out, err = capsys.readouterr()
     for text in (repr(em.stats()), log_capture.text, out, err, extra):

@@ -21,11 +21,15 @@ from hypothesis import strategies as st
 
 from support.model import Model, close_enough, rank_quantile
 from telemetry_cy.engine import _engine_py
-from telemetry_cy.engine.rules import QUANTILE_FIELDS
+from telemetry_cy.engine.rules import MAX_QUANTILES, quantile_name
 from telemetry_cy.engine.sketch_py import MAX_COUNT
 
-QS = (0.5, 0.9, 0.99)
+QS = (0.5, 0.9, 0.99, 0.999)
+#: the fields of QS: p50, p90, p99, p99.9
+QUANTILE_FIELDS = [(quantile_name(q), q) for q in QS]
 NAMES = [name for name, _ in QUANTILE_FIELDS]
+#: q the property test draws from, besides arbitrary ones
+Q_POOL = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 0.9999)
 ALPHAS = (0.005, 0.01, 0.02, 0.05)
 
 
@@ -64,7 +68,9 @@ def scenarios(draw):
     panes = draw(st.integers(1, 4))
     window = emit_every * panes
     config = dict(window=window, emit_every=emit_every, key_ttl=window * 2,
-                  quantiles=draw(st.sets(st.sampled_from(QS), min_size=1).map(sorted)),
+                  quantiles=draw(st.sets(st.sampled_from(Q_POOL)
+                                         | st.floats(1e-6, 1 - 1e-6), min_size=1,
+                                         max_size=MAX_QUANTILES).map(sorted)),
                   quantile_accuracy=draw(st.sampled_from(ALPHAS)))
     rnd = random.Random(draw(st.integers(0, 2**32)))
     bases = {key: draw(st.sampled_from(BASES)) for key in ("a", "b")}
@@ -129,8 +135,8 @@ def test_every_window_meets_the_bound_and_the_twins_agree(compiled_backend, pure
     assert len(compiled) == len(want)
     for got, exp in zip(compiled, want):
         assert close_enough(got, exp, exp["magnitude"]) == [], (got, exp)
-        for name, q in QUANTILE_FIELDS:
-            assert (name in got) == (q in config["quantiles"])
+        assert [k for k in got if k.startswith("p")] == [quantile_name(q)
+                                                          for q in config["quantiles"]]
 
 
 # ---- the limits of the range ---------------------------------------------------------------------
@@ -212,7 +218,7 @@ def test_quantiles_off_leave_no_trace(backend):
             eng.push_reading(f"d{i % 7}", "t", 20.0 + i % 13, 1000.0 + i * 0.1)
         outs.append([a.as_dict() for a in eng.tick(1100.0)])
     assert outs[0] == outs[1] == outs[2]
-    assert all(not set(NAMES) & set(a) for a in outs[0])
+    assert all(not any(k.startswith("p") for k in a) for a in outs[0])
     assert [{k: v for k, v in a.items() if k != "p90"} for a in outs[3]] == outs[0]
     assert all(isinstance(a["p90"], float) for a in outs[3])
     states = [e.stats()["state_bytes"] for e in engines]
@@ -229,8 +235,10 @@ def test_no_key_no_memory(compiled_backend):
 # ---- settings and drops --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, error, words", [
-    (dict(quantiles=[0.95]), ValueError, "quantile 0.95 is not supported"),
-    (dict(quantiles=[0.5, 1.0]), ValueError, "choose among 0.5 (p50), 0.9 (p90), 0.99 (p99)"),
+    (dict(quantiles=[0.0]), ValueError, "a quantile must be between 0 and 1 (exclusive), got 0.0"),
+    (dict(quantiles=[0.5, 1.0]), ValueError, "between 0 and 1 (exclusive), got 1.0"),
+    (dict(quantiles=[math.nan]), ValueError, "between 0 and 1 (exclusive), got nan"),
+    (dict(quantiles=[i / 10 for i in range(1, 10)]), ValueError, "at most 8 quantiles, got 9"),
     (dict(quantiles="0.5"), TypeError, "quantiles must be a sequence"),
     (dict(quantiles=[True]), TypeError, "a quantile must be a number"),
     (dict(quantiles=[0.5], quantile_accuracy=0.001), ValueError,
@@ -280,3 +288,36 @@ def test_record_accounting_returns_to_zero(compiled_backend):
         eng.push_reading("d", "t", 1.0, 300.0)
         eng.push_reading("d", "t", 1e6, 300.5)
     assert engines[1].stats()["state_bytes"] > engines[0].stats()["state_bytes"]
+
+
+# ---- the fields of any q -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("q, name", [(0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (0.999, "p99.9"),
+                                     (0.05, "p5"), (0.25, "p25"), (0.9999, "p99.99"),
+                                     (1e-05, "p0.001"), (0.123, "p12.3")])
+def test_a_quantile_field_is_p_and_the_percentage(q, name):
+    assert quantile_name(q) == name
+
+
+def test_any_quantile_is_a_field_by_name_in_order(backend):
+    """Up to eight q, any order and repeats: the aggregate carries them ascending and distinct,
+    by name in as_dict() and as attributes (a.p99, getattr(a, "p99.9")), bit-identical in the
+    twins (the property test above covers their bounds)."""
+    eng = backend.Engine(window=10.0, emit_every=5.0, quantiles=[0.999, 0.05, 0.5, 0.05, 0.75])
+    assert eng.quantiles == (0.05, 0.5, 0.75, 0.999)
+    assert eng.quantile_names == ("p5", "p50", "p75", "p99.9")
+    values = [float(v) for v in range(1, 1001)]
+    for i, v in enumerate(values):
+        eng.push_reading("d", "s", v, 100.0 + i / 1000)
+    agg = eng.tick(120.0)[0]
+    assert agg.count == len(values)
+    assert list(agg.as_dict())[-4:] == ["p5", "p50", "p75", "p99.9"]
+    assert agg.quantile_names == eng.quantile_names
+    for name, q in zip(eng.quantile_names, eng.quantiles):
+        assert getattr(agg, name) == agg.as_dict()[name]
+        assert rank_quantile(values, q).admits(getattr(agg, name), eng.quantile_accuracy)
+    assert agg.p50 == agg.quantile_values[1]
+    with pytest.raises(AttributeError, match="no quantile 'p90'"):
+        agg.p90  # noqa: B018
+    plain = backend.Aggregate(*[agg.as_dict()[n] for n in list(agg.as_dict())[:13]])
+    assert plain.quantile_names == plain.quantile_values == () and "p50" not in plain.as_dict()

@@ -68,16 +68,6 @@ def paused(server):
     return lambda: os.kill(server.proc.pid, signal.SIGCONT)
 
 
-@pytest.fixture
-def log_capture(caplog):
-    # the daemon's logging setup stops propagation at "telemetry_cy": listen there directly
-    logger = logging.getLogger("telemetry_cy")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO)
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
 # ---- restarts and stalls: each (key, window) once ---------------------------------------------
 
 

@@ -12,7 +12,6 @@ configuration error. Only 127.0.0.1; waits have deadlines, nothing asserts on ti
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -94,16 +93,6 @@ def subscribers():
     yield make
     for s in made:
         s.close()
-
-
-@pytest.fixture
-def log_capture(caplog):
-    # the daemon's logging setup stops propagation at "telemetry_cy": listen there directly
-    logger = logging.getLogger("telemetry_cy")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.DEBUG)
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def agg(device, sensor, window_end, value=1.5, count=3):

@@ -343,7 +343,8 @@ def test_out_of_range_clock_values_are_refused(compiled_backend, pure_backend, b
     # the count of the first pending aggregate tagged as a string
     opened = snap.open_snapshot(data)
     assert opened.state.pending
-    state = opened.state._replace(pending=[{**opened.state.pending[0], "count": "many"}])
+    agg, qvalues = opened.state.pending[0]
+    state = opened.state._replace(pending=[({**agg, "count": "many"}, qvalues)])
     keys = data[opened.keys_start:opened.keys_end]
     bad = snap.assemble(opened.settings, state, opened.n_keys, keys)
     with pytest.raises(SnapshotError, match="aggregate field count"):

@@ -13,6 +13,7 @@ from telemetry_cy.sink import subjects
 from telemetry_cy.sink.nats_emitter import msg_id
 from telemetry_cy.sink.subjects import (
     escape_token,
+    late_msg_id,
     parse_subject,
     subject_for,
     unescape_token,
@@ -66,6 +67,22 @@ def test_subjects_are_injective(d1, s1, d2, s2):
     a, b = subject_for("agg", d1, s1), subject_for("agg", d2, s2)
     assert (a == b) == ((d1, s1) == (d2, s2))
     assert (msg_id(d1, s1, 5.0) == msg_id(d2, s2, 5.0)) == ((d1, s1) == (d2, s2))
+
+
+seqs = st.one_of(st.none(), st.integers(0, 2**64 - 1))
+times = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@given(names, names, seqs, times, times, names, names, seqs, times, times)
+@example("a|b", "c", 1, 2.0, 3.0, "a", "b|c", 1, 2.0, 3.0)
+@example("d", "s", None, 0.0, 1.0, "d", "s", None, -0.0, 1.0)
+@settings(max_examples=500, deadline=None)
+def test_late_ids_are_injective_and_never_an_aggregate_id(d1, s1, n1, t1, v1,
+                                                           d2, s2, n2, t2, v2):
+    a, b = late_msg_id(d1, s1, n1, t1, v1), late_msg_id(d2, s2, n2, t2, v2)
+    assert (a == b) == ((d1, s1, n1, repr(t1), repr(v1)) == (d2, s2, n2, repr(t2), repr(v2)))
+    assert a.isascii() and not any(ch.isspace() for ch in a)
+    assert a != msg_id(d1, s1, t1) and a != msg_id(d2, s2, t2)
 
 
 @given(names, names)

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from telemetry_cy import backend as backends
-from telemetry_cy.engine.rules import AGGREGATE_FIELDS, QUANTILE_FIELDS
+from telemetry_cy.engine.rules import AGGREGATE_FIELDS, MAX_QUANTILES, quantile_name
 from telemetry_cy.sink.bodies import decode_body, encoder_for
 from telemetry_cy.sink.subjects import escape_token, msg_id, parse_subject, subject_for
 
@@ -24,8 +24,7 @@ MAX_SUBJECT = 3072  # emitter.MAX_SUBJECT_BYTES
 AGGREGATE_CLASSES = [backends.load(name).Aggregate for name in backends.available()]
 Aggregate = AGGREGATE_CLASSES[0]
 PureAggregate = backends.load("pure").Aggregate
-QUANTILE_NAMES = [name for name, _ in QUANTILE_FIELDS]
-FLOAT_FIELDS = [f for f in AGGREGATE_FIELDS[3:] if f != "count" and f not in QUANTILE_NAMES]
+FLOAT_FIELDS = [f for f in AGGREGATE_FIELDS[3:] if f != "count"]
 
 any_char = st.characters(codec=None, categories=None, exclude_categories=())
 names = st.one_of(
@@ -59,9 +58,12 @@ def aggregates(draw):
     values = dict(device=draw(names), sensor=draw(names),
                   unit=draw(st.one_of(st.none(), names)), count=draw(counts))
     values.update({f: draw(floats) for f in FLOAT_FIELDS})
-    # quantiles: each absent (None: not computed) or any float, NaN and infinities included
-    values.update({f: draw(st.one_of(st.none(), floats)) for f in QUANTILE_NAMES})
-    return cls(*(values[f] for f in AGGREGATE_FIELDS))
+    # quantiles: none, or up to eight of any q (names as the engine makes them), each value any
+    # float, NaN and infinities included
+    qs = sorted(draw(st.sets(st.floats(1e-9, 1 - 1e-9), max_size=MAX_QUANTILES)))
+    qnames = tuple(quantile_name(q) for q in qs)
+    qvalues = tuple(draw(floats) for _ in qs)
+    return cls(*(values[f] for f in AGGREGATE_FIELDS), qnames, qvalues)
 
 
 batches = st.lists(aggregates(), max_size=8)
@@ -124,9 +126,12 @@ def same_value(got, want, fmt) -> bool:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches, st.sampled_from(["json", "cbor"]), chunk_sizes)
 @example([typical(1), typical(2, PureAggregate)], "json", 262144)
-@example([Aggregate("d", "s", None, 0.0, 5.0, 3, 6.0, 2.0, 1.0, 3.0, 0.8, 1.0, 3.0, 2.0, 2.97, 3.0),
-          Aggregate("d", "s", "C", 0.0, 5.0, 3, 6.0, 2.0, 1.0, 3.0, 0.8, 1.0, 3.0, None, 21.95),
-          PureAggregate("d", "s", None, 0.0, 5.0, 1, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, math.nan)],
+@example([Aggregate("d", "s", None, 0.0, 5.0, 3, 6.0, 2.0, 1.0, 3.0, 0.8, 1.0, 3.0,
+                    ("p50", "p99", "p99.9"), (2.0, 2.97, 3.0)),
+          Aggregate("d", "s", "C", 0.0, 5.0, 3, 6.0, 2.0, 1.0, 3.0, 0.8, 1.0, 3.0, ("p90",),
+                    (21.95,)),
+          PureAggregate("d", "s", None, 0.0, 5.0, 1, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, ("p50",),
+                        (math.nan,))],
          "cbor", 262144)
 def test_compiled_matches_twin(compiled_backend, pure_backend, aggs, fmt, chunk_bytes):
     got = run(compiled_backend, aggs, PREFIX, fmt, MAX_SUBJECT, chunk_bytes)

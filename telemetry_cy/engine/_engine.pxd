@@ -70,7 +70,7 @@ cdef extern from "tc_window.h" nogil:
 
 cdef extern from "tc_window_qs.h" nogil:
     enum:
-        TC_QS_OK, TC_QS_FULL, TC_QS_NOMEM
+        TC_QS_OK, TC_QS_FULL, TC_QS_NOMEM, TC_QS_MAX_QUANTILES
     int tc_key_qs_add(tc_table *t, tc_key **kp, const tc_sketch_map *m, int64_t interval,
                       uint32_t pane, double x)
     int tc_key_qs_window(const tc_table *t, const tc_key *k, uint32_t panes, int64_t tick,
@@ -164,10 +164,10 @@ cdef class Aggregate:
     cdef readonly double stddev
     cdef readonly double first
     cdef readonly double last
-    # quantiles (rules.QUANTILE_FIELDS): a float, or None when the engine does not compute it
-    cdef readonly object p50
-    cdef readonly object p90
-    cdef readonly object p99
+    # quantiles (rules.QUANTILE_ATTRIBUTES): the engine's field names (one tuple shared by its
+    # aggregates) and this window's values in the same order; both () when it computes none
+    cdef readonly tuple quantile_names
+    cdef readonly tuple quantile_values
 
 
 @cython.final
@@ -213,13 +213,13 @@ cdef class Engine:
     cdef uint32_t pane_of_iv     # keeps the 64-bit modulo off most readings
     # quantiles (tc_window_qs.h): on when n_qs > 0; qmap shared by every key, qscratch the
     # window sketch a tick merges each key's panes into (its buffer kept across keys)
-    cdef readonly tuple quantiles
+    cdef readonly tuple quantiles          # the q, ascending
+    cdef readonly tuple quantile_names     # their fields: p50, p99.9 (rules.quantile_name)
     cdef readonly double quantile_accuracy
     cdef tc_sketch_map qmap
     cdef tc_sketch qscratch
     cdef int n_qs
-    cdef double qs[3]
-    cdef int q_field[3]          # which of p50, p90, p99 each qs[i] fills
+    cdef double qs[TC_QS_MAX_QUANTILES]
 
     cdef int _apply_reading(self, const char *dev, uint32_t dlen, const char *sen, uint32_t slen,
                             const char *unit, uint32_t ulen, double value, double ts,
@@ -234,6 +234,7 @@ cdef class Engine:
                        int64_t interval, uint32_t pane, uint64_t seq, bint has_seq,
                        int *rc) noexcept nogil
     cdef Py_ssize_t _pipe_flush(self, pipe_entry *pipe, size_t head, size_t tail) noexcept nogil
+    cdef void _count_decoded(self, const batch_item *item) noexcept nogil
     cdef void _payload_offender(self, const batch_item *item, uint64_t w) noexcept nogil
     cdef Py_ssize_t _run_batch(self, Py_ssize_t start, Py_ssize_t n, int *why) noexcept nogil
     cdef int _advance(self, int64_t interval) except -1

@@ -59,15 +59,17 @@ class Aggregate:
     stddev: float
     first: float
     last: float
-    p50: float | None
-    p90: float | None
-    p99: float | None
+    quantile_names: tuple[str, ...]  # p50, p99.9, ...: the engine's quantiles; () = off
+    quantile_values: tuple[float, ...]  # this window's, in that order
     def __init__(self, device: str, sensor: str, unit: str | None, window_start: float,
                  window_end: float, count: int, sum: float, mean: float, min: float, max: float,
-                 stddev: float, first: float, last: float, p50: float | None = None,
-                 p90: float | None = None, p99: float | None = None) -> None: ...
+                 stddev: float, first: float, last: float,
+                 quantile_names: Iterable[str] = (),
+                 quantile_values: Iterable[float] = ()) -> None: ...
+    def __getattr__(self, name: str) -> float:
+        """A quantile by its field name: a.p99, getattr(a, "p99.9")."""
     def as_dict(self) -> dict[str, object]:
-        """The fields by name; a quantile that is None (not computed) is left out."""
+        """The fields by name, then the quantiles the engine computes (p50, p99.9, ...)."""
 
 @type_check_only
 class EventTimeStats(TypedDict):
@@ -88,7 +90,8 @@ class Engine:
     allowed_lateness: float
     idle_timeout: float
     max_future: float
-    quantiles: tuple[float, ...]  # the q computed, out of 0.5, 0.9, 0.99; () = off
+    quantiles: tuple[float, ...]  # the q computed, ascending; () = off
+    quantile_names: tuple[str, ...]  # their fields: p50, p99.9 (rules.quantile_name)
     quantile_accuracy: float  # the sketch's relative accuracy alpha
     @property
     def max_keys(self) -> int: ...

@@ -8,7 +8,10 @@ cimport cython
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact, \
     PyBytes_FromStringAndSize
+from cpython.float cimport PyFloat_FromDouble
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.sequence cimport PySequence_Fast_ITEMS
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport INFINITY, NAN, floor, isfinite, isnan, sqrt
@@ -27,8 +30,9 @@ from telemetry_cy.engine._sketch cimport (
 )
 from telemetry_cy.engine.rules import (
     AGGREGATE_FIELDS, DEFAULT_ALLOWED_LATENESS, DEFAULT_IDLE_TIMEOUT, DEFAULT_LATE_CAPACITY,
-    DEFAULT_MAX_FUTURE, QUANTILE_ACCURACY_DEFAULT, TOP_OFFENDERS, LateReading, check_config,
-    check_event_config, check_quantiles, present_fields, top_entries,
+    DEFAULT_MAX_FUTURE, MAX_QUANTILES, QUANTILE_ACCURACY_DEFAULT, TOP_OFFENDERS, LateReading,
+    check_config, check_event_config, check_quantiles, present_fields, quantile_field,
+    top_entries,
 )
 from telemetry_cy.engine.cbor_fallback import decode_with_cbor2
 from telemetry_cy.engine import snapshot_format as snap
@@ -69,18 +73,25 @@ cdef enum:
 # push_many hands payloads to the decoder this many at a time
 cdef Py_ssize_t PUSH_CHUNK = 2048
 
+if MAX_QUANTILES != TC_QS_MAX_QUANTILES:
+    raise ImportError("telemetry_cy.engine._engine is out of date with rules.MAX_QUANTILES")
+
+# the quantiles of an aggregate when the engine computes none (shared: tuples are immutable)
+cdef tuple NO_QUANTILES = ()
+
 # ts/emit_every must fit an int64 interval index with room to spare
 cdef double MAX_INTERVAL = 4.0e18
 
 
-# no_gc: fields are str/None/numbers only, so an Aggregate can never be part of a reference
-# cycle; leaving it untracked keeps a tick of 1M aggregates from triggering full collections.
+# no_gc: fields are str/None/numbers and tuples of them only, so an Aggregate can never be part of
+# a reference cycle; leaving it untracked keeps a tick of 1M aggregates from triggering full
+# collections.
 @cython.no_gc
 cdef class Aggregate:
     """One key's statistics over [window_start, window_end), emitted at tick window_end."""
 
     def __init__(self, device, sensor, unit, window_start, window_end, count, sum, mean, min, max,
-                 stddev, first, last, p50=None, p90=None, p99=None):
+                 stddev, first, last, quantile_names=(), quantile_values=()):
         self.device = device
         self.sensor = sensor
         self.unit = unit
@@ -94,16 +105,21 @@ cdef class Aggregate:
         self.stddev = stddev
         self.first = first
         self.last = last
-        self.p50 = None if p50 is None else float(p50)
-        self.p90 = None if p90 is None else float(p90)
-        self.p99 = None if p99 is None else float(p99)
+        self.quantile_names = tuple(quantile_names)
+        self.quantile_values = tuple(float(v) for v in quantile_values)
+        if len(self.quantile_names) != len(self.quantile_values):
+            raise ValueError("quantile_names and quantile_values differ in length")
+
+    def __getattr__(self, name):
+        return quantile_field(self, name)
 
     def as_dict(self):
-        """The fields by name; a quantile the engine does not compute is left out."""
+        """The fields by name, then the quantiles the engine computes (p50, p99.9, ...)."""
         return present_fields(self)
 
     def __reduce__(self):
-        return (Aggregate, tuple(getattr(self, name) for name in AGGREGATE_FIELDS))
+        return (Aggregate, tuple(getattr(self, name) for name in AGGREGATE_FIELDS)
+                + (self.quantile_names, self.quantile_values))
 
     def __eq__(self, other):
         if not isinstance(other, Aggregate):
@@ -115,7 +131,7 @@ cdef class Aggregate:
 
     def __repr__(self):
         return "Aggregate(" + ", ".join(
-            f"{name}={getattr(self, name)!r}" for name in AGGREGATE_FIELDS) + ")"
+            f"{name}={value!r}" for name, value in present_fields(self).items()) + ")"
 
 
 @cython.final
@@ -248,13 +264,11 @@ cdef class Engine:
 
     cdef int _init_quantiles(self, qcfg) except -1:
         self.quantiles = qcfg.qs
+        self.quantile_names = qcfg.names
         self.quantile_accuracy = qcfg.accuracy
-        self.n_qs = 0
-        for field, wanted in enumerate(qcfg.wanted):
-            if wanted:
-                self.qs[self.n_qs] = qcfg.qs[self.n_qs]
-                self.q_field[self.n_qs] = field
-                self.n_qs += 1
+        self.n_qs = len(qcfg.qs)   # at most MAX_QUANTILES (rules.check_quantiles)
+        for i, q in enumerate(qcfg.qs):
+            self.qs[i] = q
         if tc_sketch_map_init(&self.qmap, qcfg.accuracy) != 0:
             raise ValueError(f"quantile_accuracy {qcfg.accuracy!r} out of range")
         # set before any key exists: every record then has its sketch block
@@ -425,12 +439,7 @@ cdef class Engine:
                     and (not self.started or interval > self.closed)):
                 why[0] = RUN_ADVANCE
                 return i
-            self.payloads += 1
-            if self.decoded.schema_mismatch or self.decoded.non_finite:
-                self.drops[TC_DROP_SCHEMA_MISMATCH] += self.decoded.schema_mismatch
-                self.drops[TC_DROP_NON_FINITE] += self.decoded.non_finite
-                self._payload_offender(
-                    item, self.decoded.schema_mismatch + self.decoded.non_finite)
+            self._count_decoded(item)
             if late:
                 self.drops[TC_DROP_LATE] += self.decoded.n_readings
                 for j in range(<Py_ssize_t>self.decoded.n_readings):
@@ -466,6 +475,15 @@ cdef class Engine:
                                   e.r.seq, e.r.has_seq) < 0:
                 return e.index
         return -1
+
+    cdef void _count_decoded(self, const batch_item *item) noexcept nogil:
+        """A payload the reader decoded (self.decoded): counted, with the readings it refused
+        (schema_mismatch, non_finite) as drops of the payload's topic."""
+        self.payloads += 1
+        if self.decoded.schema_mismatch or self.decoded.non_finite:
+            self.drops[TC_DROP_SCHEMA_MISMATCH] += self.decoded.schema_mismatch
+            self.drops[TC_DROP_NON_FINITE] += self.decoded.non_finite
+            self._payload_offender(item, self.decoded.schema_mismatch + self.decoded.non_finite)
 
     cdef void _payload_offender(self, const batch_item *item, uint64_t w) noexcept nogil:
         """A drop counted per payload, or for readings the decoder does not name: the offender
@@ -537,6 +555,8 @@ cdef class Engine:
                 a.last = agg.last
                 if self.n_qs:
                     self._set_quantiles(a, k, tick)
+                else:
+                    a.quantile_names = a.quantile_values = NO_QUANTILES
                 out.append(a)
                 self.aggregates += 1
                 if (self.aggregates & GIL_YIELD_MASK) == 0:
@@ -559,22 +579,21 @@ cdef class Engine:
         limit; docs/windows.md)."""
         cdef int r = tc_key_qs_window(&self.table, k, self.panes, tick, &self.qscratch)
         cdef int i
-        cdef double v
-        cdef double vals[3]
+        cdef double vals[TC_QS_MAX_QUANTILES]
+        cdef tuple values = PyTuple_New(self.n_qs)
+        cdef object v
         if r == TC_SKETCH_E_NOMEM:
             raise MemoryError("telemetry-cy engine: out of memory merging a window's sketches")
         if r == TC_SKETCH_OK:
-            # self.qs ascends (rules.QUANTILE_FIELDS order): one walk for all of them
+            # self.qs ascends (rules.check_quantiles): one walk for all of them
             tc_qs_quantiles(&self.qmap, &self.qscratch.h, self.qscratch.counts, self.qs,
                             self.n_qs, vals)
         for i in range(self.n_qs):
-            v = vals[i] if r == TC_SKETCH_OK else NAN
-            if self.q_field[i] == 0:
-                a.p50 = v
-            elif self.q_field[i] == 1:
-                a.p90 = v
-            else:
-                a.p99 = v
+            v = PyFloat_FromDouble(vals[i] if r == TC_SKETCH_OK else NAN)
+            Py_INCREF(v)   # PyTuple_SET_ITEM steals the reference
+            PyTuple_SET_ITEM(values, i, v)
+        a.quantile_names = self.quantile_names
+        a.quantile_values = values
         return 0
 
     cdef int64_t _interval(self, double ts) except? -1:
@@ -822,12 +841,7 @@ cdef class Engine:
                 if cls == EV_ADVANCE or (cls == EV_LATE and route):
                     why[0] = RUN_EVENT
                     return i
-            self.payloads += 1
-            if self.decoded.schema_mismatch or self.decoded.non_finite:
-                self.drops[TC_DROP_SCHEMA_MISMATCH] += self.decoded.schema_mismatch
-                self.drops[TC_DROP_NON_FINITE] += self.decoded.non_finite
-                self._payload_offender(
-                    item, self.decoded.schema_mismatch + self.decoded.non_finite)
+            self._count_decoded(item)
             for j in range(<Py_ssize_t>self.decoded.n_readings):
                 r = &self.decoded.readings[j]
                 t = r.t
@@ -867,11 +881,7 @@ cdef class Engine:
         strings point into the batch item, alive until the batch is done)."""
         cdef batch_item *item = &self.batch[i]
         cdef Py_ssize_t j
-        self.payloads += 1
-        if self.decoded.schema_mismatch or self.decoded.non_finite:
-            self.drops[TC_DROP_SCHEMA_MISMATCH] += self.decoded.schema_mismatch
-            self.drops[TC_DROP_NON_FINITE] += self.decoded.non_finite
-            self._payload_offender(item, self.decoded.schema_mismatch + self.decoded.non_finite)
+        self._count_decoded(item)
         for j in range(<Py_ssize_t>self.decoded.n_readings):
             self._event_reading(&self.decoded.readings[j], item.ts)
         return 0
@@ -1151,7 +1161,7 @@ cdef _snap_state(Engine eng):
         ((eng.top_drops.total, _topn_entries(&eng.top_drops)),
          (eng.top_gaps.total, _topn_entries(&eng.top_gaps)),
          (eng.top_late.total, _topn_entries(&eng.top_late))),
-        [a.as_dict() for a in eng.pending], list(eng.late_out))
+        snap.pending_of(eng.pending), list(eng.late_out))
 
 
 cdef _restore_topn(tc_topn *t, uint64_t total, list entries):
@@ -1198,7 +1208,8 @@ cdef _restore_state(Engine eng, st):
     _restore_topn(&eng.top_drops, st.offenders[0][0], st.offenders[0][1])
     _restore_topn(&eng.top_gaps, st.offenders[1][0], st.offenders[1][1])
     _restore_topn(&eng.top_late, st.offenders[2][0], st.offenders[2][1])
-    eng.pending = [Aggregate(**agg) for agg in st.pending]
+    eng.pending = [Aggregate(**agg, quantile_names=eng.quantile_names if qv else (),
+                             quantile_values=qv) for agg, qv in st.pending]
     eng.late_out, eng.late_unrouted = snap.late_kept(st, eng.late_capacity)
 
 

@@ -25,7 +25,6 @@ from telemetry_cy.engine.rules import (
     MAX_INTERVAL,
     NO_TOPIC,
     QUANTILE_ACCURACY_DEFAULT,
-    QUANTILE_FIELDS,
     SEQ_MAX_GAP,
     SEQ_MAX_REORDER,
     TOP_OFFENDERS,
@@ -39,6 +38,7 @@ from telemetry_cy.engine.rules import (
     check_reading,
     interval_of,
     present_fields,
+    quantile_field,
     top_entries,
 )
 from telemetry_cy.engine.sketch_py import QuantileSketch
@@ -47,18 +47,24 @@ from telemetry_cy.reasons import ENGINE_REASONS
 
 
 def _as_dict(self) -> dict:
-    """The fields by name; a quantile the engine does not compute is left out."""
+    """The fields by name, then the quantiles the engine computes (p50, p99.9, ...)."""
     return present_fields(self)
 
 
-_QUANTILE_NAMES = frozenset(name for name, _ in QUANTILE_FIELDS)
+def _getattr(self, name: str) -> float:
+    return quantile_field(self, name)
 
 
-def _field_spec(name: str):
-    # quantiles default to None, so the 13 statistics alone still make an Aggregate
-    if name in _QUANTILE_NAMES:
-        return (name, aggregate_field_type(name), field(default=None))
-    return (name, aggregate_field_type(name))
+def _post_init(self) -> None:
+    if len(self.quantile_names) != len(self.quantile_values):
+        raise ValueError("quantile_names and quantile_values differ in length")
+
+
+# the statistics, then the quantiles (rules.QUANTILE_ATTRIBUTES), () unless given
+_FIELD_SPECS = [(name, aggregate_field_type(name)) for name in AGGREGATE_FIELDS] + [
+    ("quantile_names", tuple[str, ...], field(default=())),
+    ("quantile_values", tuple[float, ...], field(default=())),
+]
 
 
 if TYPE_CHECKING:
@@ -68,8 +74,8 @@ else:
     # Its fields are AGGREGATE_FIELDS, so the twin cannot drift from the compiled class; frozen
     # and slotted like the read-only cdef class.
     Aggregate = make_dataclass(
-        "Aggregate", [_field_spec(name) for name in AGGREGATE_FIELDS],
-        namespace={"as_dict": _as_dict,
+        "Aggregate", _FIELD_SPECS,
+        namespace={"as_dict": _as_dict, "__getattr__": _getattr, "__post_init__": _post_init,
                    "__doc__": "One key's statistics over [window_start, window_end), emitted at "
                               "tick window_end."},
         frozen=True, slots=True)
@@ -312,41 +318,28 @@ class _Key:
         if self.newest is None or self.newest < tick - window_panes:
             return None
         lo = max(tick - window_panes, self.newest - ring + 1)
-        hi = min(tick - 1, self.newest)
-        n = 0
-        last = 0.0
-        for j in range(lo, hi + 1):
-            p = self.panes[j % ring]
-            if p.count == 0:
-                continue
-            last = p.last
-            if n == 0:
-                n, total, m2, mn, mx, first = p.count, p.sum, p.m2, p.min, p.max, p.first
-                continue
-            na, nb = float(n), float(p.count)
-            delta = p.sum / nb - total / na
-            m2 += p.m2 + delta * delta * (na * nb / (na + nb))
-            total += p.sum
-            n += p.count
-            if p.min < mn:
-                mn = p.min
-            if p.max > mx:
-                mx = p.max
-        if n == 0:
-            return None
-        return n, total, m2, mn, mx, first, last
+        merged = self._merge(lo, min(tick - 1, self.newest))
+        return None if merged is None else (*merged[:6], merged[6].last)
 
     def aggregate(self, tick: int):
         """(count, sum, m2, min, max, first) over intervals [tick-P, tick-1], or None."""
         n_panes = len(self.panes)
         if self.newest is None or self.newest < tick - n_panes:
             return None
-        lo = max(tick - n_panes, self.newest - n_panes + 1)
+        merged = self._merge(max(tick - n_panes, self.newest - n_panes + 1), self.newest)
+        return None if merged is None else merged[:6]
+
+    def _merge(self, lo: int, hi: int):
+        """tc_merge_panes: (count, sum, m2, min, max, first, the newest non-empty pane) over
+        intervals [lo, hi] (Chan's update for m2), or None when they hold no reading."""
+        ring = len(self.panes)
         n = 0
-        for j in range(lo, self.newest + 1):
-            p = self.panes[j % n_panes]
+        newest = None
+        for j in range(lo, hi + 1):
+            p = self.panes[j % ring]
             if p.count == 0:
                 continue
+            newest = p
             if n == 0:
                 n, total, m2, mn, mx, first = p.count, p.sum, p.m2, p.min, p.max, p.first
                 continue
@@ -361,7 +354,7 @@ class _Key:
                 mx = p.max
         if n == 0:
             return None
-        return n, total, m2, mn, mx, first
+        return n, total, m2, mn, mx, first, newest
 
 
 class Engine:
@@ -379,7 +372,7 @@ class Engine:
         qcfg = check_quantiles(quantiles, quantile_accuracy)
         self.quantiles = qcfg.qs
         self.quantile_accuracy = qcfg.accuracy
-        self._q_wanted = qcfg.wanted
+        self.quantile_names = qcfg.names
         self._alpha = qcfg.accuracy if qcfg.qs else None
         self.time = time
         self.allowed_lateness = ev.allowed_lateness
@@ -575,14 +568,14 @@ class Engine:
             del self._keys[name]
         self._evicted += len(evict)
 
-    def _quantiles(self, key: _Key, tick: int) -> list[float | None]:
-        """p50, p90, p99 of the key's window: None where not computed, NaN past the sketch's
-        2**32 - 1 values."""
+    def _quantiles(self, key: _Key, tick: int) -> tuple[tuple[str, ...], tuple[float, ...]]:
+        """The names and values of the key's window's quantiles (both () when off); NaN past
+        the sketch's 2**32 - 1 values."""
         if self._alpha is None:
-            return [None] * len(QUANTILE_FIELDS)
+            return (), ()
         window = key.window_sketch(tick, self._panes, self._alpha)
-        return [None if not wanted else math.nan if window is None else window.quantile(q)
-                for wanted, (_, q) in zip(self._q_wanted, QUANTILE_FIELDS)]
+        return self.quantile_names, tuple(
+            math.nan if window is None else window.quantile(q) for q in self.quantiles)
 
     # ---- public API ----
 
@@ -708,7 +701,7 @@ class Engine:
             dict(self._drops),
             tuple((t.total, t.entries()) for t in (self._top_drops, self._top_gaps,
                                                    self._top_late)),
-            [a.as_dict() for a in self._pending], list(self._late_out))
+            snap.pending_of(self._pending), list(self._late_out))
 
     def snapshot(self) -> bytes:
         """The engine's whole state as bytes (docs/state.md): restore it with from_snapshot."""
@@ -745,7 +738,8 @@ class Engine:
         for summary, (total, entries) in zip((self._top_drops, self._top_gaps, self._top_late),
                                              st.offenders):
             _restore_topn(summary, total, entries)
-        self._pending = [Aggregate(**agg) for agg in st.pending]
+        self._pending = [Aggregate(**agg, quantile_names=self.quantile_names if qv else (),
+                                   quantile_values=qv) for agg, qv in st.pending]
         self._late_out, self._late_unrouted = snap.late_kept(st, self._late_capacity)
 
 
@@ -878,6 +872,12 @@ def _read_sketch(view: memoryview, pos: int, end: int, count: int,
     return sketch, start + 4 * nb
 
 
+def _pane_sound(stats) -> bool:
+    """tc_snap_pane_sound: sum, m2, min, max, first finite, m2 >= 0, min <= first <= max."""
+    total, m2, mn, mx, first = stats
+    return all(map(math.isfinite, stats)) and m2 >= 0.0 and mn <= first <= mx
+
+
 def _bad(what: str) -> SnapshotError:
     return SnapshotError("malformed", what)
 
@@ -918,6 +918,8 @@ def _restore_keys(engine: Engine, view: memoryview, n_keys: int) -> None:
                 raise _bad("panes in a key without data")
         elif abs(newest) > MAX_INTERVAL or (engine._started and newest > closed + lead):
             raise _bad(f"a key's newest interval {newest} is out of range")
+        if n_panes and not all(map(math.isfinite, (last, last_ts, nfts, frozen))):
+            raise _bad("a key's times or last value are not finite")
         if end - pos < dlen + slen + ulen:
             raise _bad("a key's names run past the keys section")
         device = _name(view, pos, dlen, "device")
@@ -933,6 +935,8 @@ def _restore_keys(engine: Engine, view: memoryview, n_keys: int) -> None:
             pos += PANE.size
             if age >= prev_age or count == 0:
                 raise _bad("pane ages out of order or an empty pane")
+            if not _pane_sound(stats):
+                raise _bad("a pane's statistics are not finite or not ordered")
             prev_age = age
             j = newest - age
             times = None
@@ -941,6 +945,8 @@ def _restore_keys(engine: Engine, view: memoryview, n_keys: int) -> None:
                     raise _bad("a pane runs past the keys section")
                 times = OPEN_PANE.unpack_from(view, pos)
                 pos += OPEN_PANE.size
+                if not all(map(math.isfinite, times)):
+                    raise _bad("an open pane's times are not finite")
             sketch = None
             if alpha is not None:
                 sketch, pos = _read_sketch(view, pos, end, count, alpha)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from decimal import Decimal
 from typing import NamedTuple
 
 from telemetry_cy.engine.cbor_fallback import check_element
@@ -14,28 +15,35 @@ from telemetry_cy.engine.cbor_fallback import check_element
 #: the message bodies and the wire encoder's layout all follow it.
 AGGREGATE_FIELDS: tuple[str, ...] = (
     "device", "sensor", "unit", "window_start", "window_end", "count", "sum", "mean", "min",
-    "max", "stddev", "first", "last", "p50", "p90", "p99",
+    "max", "stddev", "first", "last",
 )
-#: The quantile fields and their q, in AGGREGATE_FIELDS order. A quantile field is None when the
-#: engine does not compute it (setting ``quantiles``), and then absent from as_dict() and the
-#: message bodies; present, it is a float (docs/windows.md, "Quantiles").
-QUANTILE_FIELDS: tuple[tuple[str, float], ...] = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
+#: With quantiles on, an aggregate also carries one field per configured q, named by
+#: quantile_name (p50, p99, p99.9): the engine's ``quantile_names`` (shared by all its
+#: aggregates) and the window's ``quantile_values`` in the same order, both () when off. as_dict()
+#: and the message bodies put them after AGGREGATE_FIELDS as top-level fields, and ``a.p99`` reads
+#: one (docs/windows.md, "Quantiles").
+QUANTILE_ATTRIBUTES: tuple[str, ...] = ("quantile_names", "quantile_values")
 #: Fields that are not floats (seconds or statistics of the readings' values).
-_NOT_FLOAT: dict[str, object] = {
-    "device": str, "sensor": str, "unit": str | None, "count": int,
-    **{name: float | None for name, _ in QUANTILE_FIELDS},
-}
+_NOT_FLOAT: dict[str, object] = {"device": str, "sensor": str, "unit": str | None, "count": int}
 
 
 def present_fields(a) -> dict:
-    """An aggregate's fields as a dict in AGGREGATE_FIELDS order, quantile fields left out when
-    None: what as_dict() returns and what the bodies carry."""
-    out = {}
-    for name in AGGREGATE_FIELDS:
-        v = getattr(a, name)
-        if v is not None or name not in _QUANTILE_NAMES:
-            out[name] = v
+    """An aggregate's fields as a dict: AGGREGATE_FIELDS in order, then its quantiles by name:
+    what as_dict() returns and what the bodies carry."""
+    out = {name: getattr(a, name) for name in AGGREGATE_FIELDS}
+    out.update(zip(a.quantile_names, a.quantile_values))
     return out
+
+
+def quantile_field(a, name: str) -> float:
+    """``a.<name>`` for a quantile field (both twins' __getattr__); AttributeError otherwise."""
+    if not name.startswith("p") or name in QUANTILE_ATTRIBUTES:
+        raise AttributeError(name)
+    try:
+        return a.quantile_values[a.quantile_names.index(name)]
+    except ValueError:
+        raise AttributeError(f"this aggregate has no quantile {name!r} (its quantiles: "
+                             f"{', '.join(a.quantile_names) or 'none'})") from None
 
 
 def aggregate_field_type(name: str) -> object:
@@ -45,46 +53,51 @@ def aggregate_field_type(name: str) -> object:
     return _NOT_FLOAT.get(name, float)
 
 
-_QUANTILE_NAMES = frozenset(name for name, _ in QUANTILE_FIELDS)
+def quantile_name(q: float) -> str:
+    """The field of quantile q: ``p`` and the percentage without trailing zeros, from q's
+    shortest repr (so distinct q never share a name): 0.5 -> p50, 0.999 -> p99.9, 0.05 -> p5."""
+    return "p" + format((Decimal(repr(float(q))) * 100).normalize(), "f")
+
+
 #: The relative accuracy alpha of the quantile sketch: allowed range and default
 #: (TC_SKETCH_MIN_ALPHA / TC_SKETCH_MAX_ALPHA in tc_sketch.h).
 QUANTILE_ACCURACY_MIN = 0.005
 QUANTILE_ACCURACY_MAX = 0.05
 QUANTILE_ACCURACY_DEFAULT = 0.01
+#: At most this many quantiles per engine (tc_qs_quantiles reads them in one walk of the sketch).
+MAX_QUANTILES = 8
 
 
 class QuantileConfig(NamedTuple):
-    qs: tuple[float, ...]          # the q chosen, in QUANTILE_FIELDS order; () = off
-    wanted: tuple[bool, ...]       # per QUANTILE_FIELDS entry: is it computed
+    qs: tuple[float, ...]          # the q chosen, ascending, distinct; () = off
+    names: tuple[str, ...]         # their fields (quantile_name), same order
     accuracy: float
 
 
 def check_quantiles(quantiles, accuracy) -> QuantileConfig:
-    """The settings ``quantiles`` (None or a sequence of q out of 0.5, 0.9, 0.99; empty = off)
-    and ``quantile_accuracy`` (alpha in [0.005, 0.05])."""
-    known = dict((q, name) for name, q in QUANTILE_FIELDS)
+    """The settings ``quantiles`` (None or a sequence of up to MAX_QUANTILES q, each with
+    0 < q < 1; empty = off) and ``quantile_accuracy`` (alpha in [0.005, 0.05])."""
     chosen: set[float] = set()
     if quantiles is not None:
         if isinstance(quantiles, (str, bytes)) or not hasattr(quantiles, "__iter__"):
             raise TypeError("quantiles must be a sequence of numbers such as [0.5, 0.9, 0.99], "
                             f"got {type(quantiles).__name__}")
         for q in quantiles:
-            if isinstance(q, bool) or not isinstance(q, (int, float)):
+            if isinstance(q, bool) or not isinstance(q, numbers.Real):
                 raise TypeError(f"a quantile must be a number, got {type(q).__name__}")
-            if float(q) not in known:
-                raise ValueError(
-                    f"quantile {q!r} is not supported: choose among "
-                    + ", ".join(f"{q:g} ({name})" for q, name in known.items()))
+            if not 0.0 < float(q) < 1.0:
+                raise ValueError(f"a quantile must be between 0 and 1 (exclusive), got {q!r}")
             chosen.add(float(q))
+        if len(chosen) > MAX_QUANTILES:
+            raise ValueError(f"at most {MAX_QUANTILES} quantiles, got {len(chosen)}")
     if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)):
         raise TypeError(f"quantile_accuracy must be a number, got {type(accuracy).__name__}")
     accuracy = float(accuracy)
     if not QUANTILE_ACCURACY_MIN <= accuracy <= QUANTILE_ACCURACY_MAX:
         raise ValueError(f"quantile_accuracy must be between {QUANTILE_ACCURACY_MIN} and "
                          f"{QUANTILE_ACCURACY_MAX}, got {accuracy!r}")
-    wanted = tuple(q in chosen for _, q in QUANTILE_FIELDS)
-    qs = tuple(q for _, q in QUANTILE_FIELDS if q in chosen)
-    return QuantileConfig(qs=qs, wanted=wanted, accuracy=accuracy)
+    qs = tuple(sorted(chosen))
+    return QuantileConfig(qs=qs, names=tuple(quantile_name(q) for q in qs), accuracy=accuracy)
 
 
 #: A window longer than this many emit intervals would make each key's pane ring large; the

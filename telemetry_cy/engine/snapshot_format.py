@@ -19,7 +19,7 @@ from typing import NamedTuple
 from telemetry_cy.engine.rules import (
     AGGREGATE_FIELDS,
     MAX_INTERVAL,
-    QUANTILE_FIELDS,
+    MAX_QUANTILES,
     LateReading,
     aggregate_field_type,
 )
@@ -33,7 +33,7 @@ FLAG_QUANTILES = 2   # every pane carries a sketch block
 FLAG_STARTED = 4     # the clock has started (a reading or tick() came)
 
 #: magic, version, flags, file_len, engine_len, n_keys | window, emit_every, panes, lead,
-#: allowed_lateness, quantile_accuracy, quantile_set, reserved | max_keys, key_ttl,
+#: allowed_lateness, quantile_accuracy, n_quantiles, reserved | max_keys, key_ttl,
 #: idle_timeout, max_future, late_capacity, max_name_bytes, max_payload_bytes, reserved
 HEADER = struct.Struct("<8sIIQQQ" "ddIIddII" "QdddIIII")
 CLOCK = struct.Struct("<qqdd")          # closed, newest_data, max_t, max_t_arrival
@@ -59,7 +59,7 @@ class Settings(NamedTuple):
     event: bool
     lead: int                 # 0 in arrival mode
     allowed_lateness: float   # 0.0 in arrival mode
-    quantile_set: int         # bit i: the i-th quantile field is computed; 0 when off
+    quantiles: tuple[float, ...]  # the q computed, ascending; () when off
     quantile_accuracy: float  # 0.0 when off
     max_keys: int
     key_ttl: float
@@ -88,7 +88,8 @@ class EngineState(NamedTuple):
     drops: dict[str, int]
     # (total, [(name bytes, count, error), ...] in slot order) for drops, gaps, late
     offenders: tuple[tuple[int, list[tuple[bytes, int, int]]], ...]
-    pending: list[dict]       # aggregates as dicts of AGGREGATE_FIELDS
+    # aggregates: AGGREGATE_FIELDS by name, and their quantile values (the engine's q order)
+    pending: list[tuple[dict, tuple[float, ...]]]
     late: list[LateReading]
 
 
@@ -127,8 +128,9 @@ def _tagged(out: list[bytes], v: object) -> None:
         out.append(_U8.pack(_FLOAT) + _F64.pack(float(v)))  # type: ignore[arg-type]
 
 
-def engine_section(state: EngineState) -> bytes:
-    out = [CLOCK.pack(state.closed, state.newest_data, state.max_t, state.max_t_arrival),
+def engine_section(settings: Settings, state: EngineState) -> bytes:
+    out = [struct.pack(f"<{len(settings.quantiles)}d", *settings.quantiles),
+           CLOCK.pack(state.closed, state.newest_data, state.max_t, state.max_t_arrival),
            COUNTERS.pack(*state.counters, *state.seq_events, state.seq_gaps,
                          state.no_event_time, state.late_unrouted, 0)]
     out.append(_U8.pack(len(state.drops)))
@@ -143,9 +145,11 @@ def engine_section(state: EngineState) -> bytes:
     for field in AGGREGATE_FIELDS:
         out += [_U8.pack(len(field)), field.encode("ascii")]
     out.append(_U32.pack(len(state.pending)))
-    for agg in state.pending:
+    for agg, qvalues in state.pending:
         for field in AGGREGATE_FIELDS:
             _tagged(out, agg.get(field))
+        out.append(_U8.pack(len(qvalues)))
+        out.append(struct.pack(f"<{len(qvalues)}d", *qvalues))
     out.append(_U32.pack(len(state.late)))
     for r in state.late:
         _str(out, r.device)
@@ -159,14 +163,14 @@ def engine_section(state: EngineState) -> bytes:
 
 def prefix(settings: Settings, state: EngineState, n_keys: int, keys_len: int) -> bytes:
     """Header and engine section of a snapshot whose keys section is keys_len bytes long."""
-    body = engine_section(state)
+    body = engine_section(settings, state)
     s = settings
-    flags = ((FLAG_EVENT if s.event else 0) | (FLAG_QUANTILES if s.quantile_set else 0)
+    flags = ((FLAG_EVENT if s.event else 0) | (FLAG_QUANTILES if s.quantiles else 0)
              | (FLAG_STARTED if state.started else 0))
     file_len = HEADER.size + len(body) + keys_len + CRC.size
     head = HEADER.pack(MAGIC, VERSION, flags, file_len, len(body), n_keys,
                        s.window, s.emit_every, s.panes, s.lead, s.allowed_lateness,
-                       s.quantile_accuracy, s.quantile_set, 0,
+                       s.quantile_accuracy, len(s.quantiles), 0,
                        s.max_keys, s.key_ttl, s.idle_timeout, s.max_future, s.late_capacity,
                        s.max_name_bytes, s.max_payload_bytes, 0)
     return head + body
@@ -251,7 +255,7 @@ def open_snapshot(data) -> Opened:
     if n < HEADER.size + CRC.size:
         raise SnapshotError("truncated", f"{n} bytes, shorter than a snapshot header")
     (_, _, flags, file_len, engine_len, n_keys, window, emit_every, panes, lead, lateness,
-     q_acc, q_set, _, max_keys, key_ttl, idle, future, late_cap, max_name, max_payload,
+     q_acc, n_q, _, max_keys, key_ttl, idle, future, late_cap, max_name, max_payload,
      _) = HEADER.unpack_from(view, 0)
     if file_len != n:
         raise SnapshotError("truncated", f"{n} bytes where the header says {file_len}")
@@ -262,20 +266,21 @@ def open_snapshot(data) -> Opened:
     keys_start = HEADER.size + engine_len
     if engine_len > n - HEADER.size - CRC.size:
         raise SnapshotError("malformed", "the engine section runs past the file")
-    settings = Settings(window, emit_every, panes, bool(flags & FLAG_EVENT), lead, lateness,
-                        q_set, q_acc, max_keys, key_ttl, idle, future, late_cap, max_name,
-                        max_payload)
-    if bool(q_set) != bool(flags & FLAG_QUANTILES):
-        raise SnapshotError("malformed", "the quantiles flag and the quantile set disagree")
+    if n_q > MAX_QUANTILES or bool(n_q) != bool(flags & FLAG_QUANTILES):
+        raise SnapshotError("malformed", f"{n_q} quantiles, or the quantiles flag disagrees")
     cur = _Cursor(view, HEADER.size, keys_start)
-    state = _engine_state(cur, bool(flags & FLAG_STARTED))
+    qs = cur.unpack(struct.Struct(f"<{n_q}d"), "quantiles")
+    settings = Settings(window, emit_every, panes, bool(flags & FLAG_EVENT), lead, lateness,
+                        tuple(qs), q_acc, max_keys, key_ttl, idle, future, late_cap, max_name,
+                        max_payload)
+    state = _engine_state(cur, bool(flags & FLAG_STARTED), n_q)
     if cur.pos != keys_start:
         raise SnapshotError("malformed", "the engine section is longer than its fields")
     _check_clock(state, settings, n_keys)
     return Opened(settings, state, n_keys, keys_start, n - CRC.size)
 
 
-def _engine_state(cur: _Cursor, started: bool) -> EngineState:
+def _engine_state(cur: _Cursor, started: bool, n_q: int) -> EngineState:
     closed, newest_data, max_t, max_t_arrival = cur.unpack(CLOCK, "clock")
     c = cur.unpack(COUNTERS, "counters")
     drops = {}
@@ -313,7 +318,10 @@ def _engine_state(cur: _Cursor, started: bool) -> EngineState:
                 agg[field] = cur.f64(field)
             else:
                 raise SnapshotError("malformed", f"aggregate value tag {tag}")
-        pending.append(agg)
+        nq = cur.u8("aggregate quantiles")
+        if nq not in (0, n_q):
+            raise SnapshotError("malformed", f"an aggregate with {nq} of {n_q} quantiles")
+        pending.append((agg, cur.unpack(struct.Struct(f"<{nq}d"), "aggregate quantiles")))
     late = []
     for _ in range(cur.u32("late readings")):
         device, sensor = cur.string("late device"), cur.string("late sensor")
@@ -354,11 +362,16 @@ def _check_clock(state: EngineState, settings: Settings, n_keys: int) -> None:
 # ---- settings ------------------------------------------------------------------------------------
 
 
-def quantile_settings(qs: tuple[float, ...], accuracy: float) -> tuple[int, float]:
-    """(quantile set, accuracy) as the header holds them: bit i for QUANTILE_FIELDS[i], and
-    (0, 0.0) when quantiles are off (the accuracy then shapes nothing)."""
-    mask = sum(1 << i for i, (_, q) in enumerate(QUANTILE_FIELDS) if q in qs)
-    return (mask, float(accuracy)) if mask else (0, 0.0)
+def quantile_settings(qs: tuple[float, ...], accuracy: float) -> tuple[tuple[float, ...], float]:
+    """(quantiles, accuracy) as the snapshot holds them: ((), 0.0) when quantiles are off (the
+    accuracy then shapes nothing)."""
+    return (tuple(float(q) for q in qs), float(accuracy)) if qs else ((), 0.0)
+
+
+def pending_of(aggregates) -> list[tuple[dict, tuple[float, ...]]]:
+    """An engine's aggregates not yet returned, as EngineState.pending holds them."""
+    return [({name: getattr(a, name) for name in AGGREGATE_FIELDS}, tuple(a.quantile_values))
+            for a in aggregates]
 
 
 def _describe(s: Settings) -> str:
@@ -366,8 +379,8 @@ def _describe(s: Settings) -> str:
              f"time={'event' if s.event else 'arrival'}"]
     if s.event:
         parts.append(f"allowed_lateness={s.allowed_lateness:g}s")
-    parts.append(f"quantiles={s.quantile_set:#x}@{s.quantile_accuracy:g}" if s.quantile_set
-                 else "quantiles=off")
+    parts.append(f"quantiles={','.join(f'{q:g}' for q in s.quantiles)}"
+                 f" at accuracy {s.quantile_accuracy:g}" if s.quantiles else "quantiles=off")
     return ", ".join(parts)
 
 
@@ -377,7 +390,7 @@ def check_settings(made: Settings, engine: Settings) -> None:
     rest may change."""
     same = (made.window == engine.window and made.emit_every == engine.emit_every
             and made.panes == engine.panes and made.event == engine.event
-            and made.quantile_set == engine.quantile_set
+            and made.quantiles == engine.quantiles
             and made.quantile_accuracy == engine.quantile_accuracy
             and (not made.event or (made.allowed_lateness == engine.allowed_lateness
                                     and made.lead == engine.lead)))

@@ -414,6 +414,40 @@ static inline tc_key *tc_key_set_unit(tc_table *t, tc_key *k, const char *unit, 
     return k;
 }
 
+/* One reading x at time t into pane p. The times that decide `first` and `last`, and `last`
+ * itself, live outside the pane (first_ts, last, last_ts): in the key's header for the newest pane,
+ * in an open-pane slot for an older one (event time); last_ts may span panes (the key's latest). */
+static inline void tc_pane_put(tc_pane *p, double x, double t, double *first_ts, double *last,
+                               double *last_ts) {
+    if (p->count == 0) {
+        p->count = 1;
+        p->sum = x;
+        p->m2 = 0.0;
+        p->min = x;
+        p->max = x;
+        p->first = x;
+        *first_ts = t;
+    } else {
+        /* Welford: the pane keeps sum rather than mean so that sums stay as exact as a plain sum */
+        double n = (double)p->count;
+        double mean_old = p->sum / n;
+        double delta = x - mean_old;
+        p->sum += x;
+        p->count += 1;
+        p->m2 += delta * (x - p->sum / (n + 1.0));
+        if (x < p->min) p->min = x;
+        if (x > p->max) p->max = x;
+        if (t < *first_ts) {
+            p->first = x;
+            *first_ts = t;
+        }
+    }
+    if (t >= *last_ts) {
+        *last = x;
+        *last_ts = t;
+    }
+}
+
 /* Adds one reading in interval `interval` (>= k->newest, see the invariant at the top) whose pane
  * is `pane` = tc_pane_of(interval, panes): the caller works it out once per run of readings that
  * share an interval, which keeps a 64-bit division off the per-reading path. */
@@ -428,34 +462,7 @@ static inline void tc_key_add(tc_key *k, uint32_t panes, int64_t interval, uint3
         }
         k->newest = interval;
     }
-    tc_pane *p = &k->panes[pane];
-    if (p->count == 0) {
-        p->count = 1;
-        p->sum = x;
-        p->m2 = 0.0;
-        p->min = x;
-        p->max = x;
-        p->first = x;
-        k->newest_first_ts = ts;
-    } else {
-        /* Welford: the pane keeps sum rather than mean so that sums stay as exact as a plain sum */
-        double n = (double)p->count;
-        double mean_old = p->sum / n;
-        double delta = x - mean_old;
-        p->sum += x;
-        p->count += 1;
-        p->m2 += delta * (x - p->sum / (n + 1.0));
-        if (x < p->min) p->min = x;
-        if (x > p->max) p->max = x;
-        if (ts < k->newest_first_ts) {
-            p->first = x;
-            k->newest_first_ts = ts;
-        }
-    }
-    if (ts >= k->last_ts) {
-        k->last = x;
-        k->last_ts = ts;
-    }
+    tc_pane_put(&k->panes[pane], x, ts, &k->newest_first_ts, &k->last, &k->last_ts);
 }
 
 /* ---- sequence numbers ------------------------------------------------------------------------- */
@@ -623,34 +630,8 @@ static inline void tc_key_add_event(tc_key *k, uint32_t ring, uint32_t lead, int
     /* an open pane older than the newest (lead > 0 here): its times are in its slot */
     tc_open_pane *o = tc_key_open_slot(k, ring, lead, interval);
     tc_pane *p = &k->panes[pane];
-    if (p->count == 0) {
-        p->count = 1;
-        p->sum = x;
-        p->m2 = 0.0;
-        p->min = x;
-        p->max = x;
-        p->first = x;
-        o->first_ts = t;
-        o->last = x;
-        o->last_ts = t;
-        return;
-    }
-    double n = (double)p->count;
-    double mean_old = p->sum / n;
-    double delta = x - mean_old;
-    p->sum += x;
-    p->count += 1;
-    p->m2 += delta * (x - p->sum / (n + 1.0));
-    if (x < p->min) p->min = x;
-    if (x > p->max) p->max = x;
-    if (t < o->first_ts) {
-        p->first = x;
-        o->first_ts = t;
-    }
-    if (t >= o->last_ts) {
-        o->last = x;
-        o->last_ts = t;
-    }
+    if (p->count == 0) o->last_ts = -INFINITY;   /* the slot's times were an older pane's */
+    tc_pane_put(p, x, t, &o->first_ts, &o->last, &o->last_ts);
 }
 
 /* Aggregate for the tick closing interval tick-1 (covering [tick-P, tick-1]) in event mode: as

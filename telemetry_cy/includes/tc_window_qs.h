@@ -33,6 +33,9 @@
  * a time, so this saves most reallocs while the first window fills. */
 #define TC_QS_SLACK 4
 
+/* tc_qs_quantiles reads at most this many q (rules.MAX_QUANTILES) */
+#define TC_QS_MAX_QUANTILES 8
+
 enum {
     TC_QS_OK = 0,
     TC_QS_FULL = 1,    /* the pane already holds 2^32 - 1 values: the reading is a counted drop */
@@ -200,9 +203,9 @@ static inline int tc_key_qs_window(const tc_table *t, const tc_key *k, uint32_t 
  * computed once). */
 static inline void tc_qs_quantiles(const tc_sketch_map *m, const tc_sketch_hdr *h,
                                    const uint32_t *c, const double *qs, int nq, double *out) {
-    uint64_t rank[8];
+    uint64_t rank[TC_QS_MAX_QUANTILES];
     int i = 0;
-    if (nq > 8) nq = 8;
+    if (nq > TC_QS_MAX_QUANTILES) nq = TC_QS_MAX_QUANTILES;
     for (int x = 0; x < nq; x++) {
         out[x] = NAN;
         if (h->n && qs[x] >= 0.0 && qs[x] <= 1.0)

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from telemetry_cy.engine import snapshot_format
 from telemetry_cy.engine.snapshot_errors import SnapshotError
@@ -88,7 +89,7 @@ class Restored:
     path: Path
     age_s: float
     keys_in_file: int
-    engine: object  # the restored Engine
+    engine: Any  # the restored Engine (of the backend the caller gave)
 
 
 class BadState(Exception):

@@ -114,8 +114,8 @@ def parse_list(value: Any) -> tuple[str, ...]:
 
 
 def parse_quantiles(value: Any) -> tuple[float, ...]:
-    """Quantiles as q values, from "0.5,0.9,0.99" or a TOML array of numbers; empty = off. Only
-    those the aggregate has a field for (p50, p90, p99: engine/rules.QUANTILE_FIELDS)."""
+    """Quantiles as q values, from "0.5,0.9,0.99,0.999" or a TOML array of numbers; empty = off;
+    each 0 < q < 1, at most engine/rules.MAX_QUANTILES of them."""
     from telemetry_cy.engine.rules import QUANTILE_ACCURACY_DEFAULT, check_quantiles
 
     if isinstance(value, str):
@@ -355,9 +355,9 @@ class EngineSettings:
                                 "t is further ahead of its arrival is dropped (future)",
                                 "duration")
     quantiles: tuple[float, ...] = setting(
-        "quantiles", parse_quantiles, (), "quantiles each aggregate carries, out of 0.5, 0.9, "
-        "0.99 (fields p50, p90, p99), e.g. 0.5,0.9,0.99 (empty = off: no cost, no memory)",
-        "list")
+        "quantiles", parse_quantiles, (), "quantiles each aggregate carries, each q in (0, 1), "
+        "up to 8, e.g. 0.5,0.9,0.99,0.999 (fields p50, p90, p99, p99.9; empty = off: no cost, "
+        "no memory)", "list")
     quantile_accuracy: float = setting(
         "quantile_accuracy", parse_accuracy, 0.01, "relative accuracy alpha of the quantiles, "
         "0.005 to 0.05 (docs/windows.md, Quantiles)", "float")

@@ -151,7 +151,7 @@ class Daemon:
         self.started_at = time.time()
         self.ring = ACTIVE.ByteRing(_pow2_at_least(c.mqtt.ring_bytes))
         route_late = c.engine.time == "event" and bool(c.nats.late_subject)
-        self.checkpoints = None
+        self.checkpoints: CheckpointWriter | None = None
         self.bad_state: BadState | None = None   # on_bad_state = fail: run() exits with it
         self.engine = self._restore_or_make(engine_settings(c.engine, c.mqtt, route_late))
         self.emitter = emitter_factory(c.nats)
@@ -177,7 +177,7 @@ class Daemon:
         if not c.state.dir:
             return ACTIVE.Engine(**settings)
         state = StateFile(c.state.dir)
-        self.checkpoints = CheckpointWriter(state, c.state.checkpoint_every)
+        checkpoints = self.checkpoints = CheckpointWriter(state, c.state.checkpoint_every)
         try:
             state.ensure_dir()
             restored = restore(state, ACTIVE.Engine, settings)
@@ -186,7 +186,7 @@ class Daemon:
                 self.bad_state = exc
                 return ACTIVE.Engine(**settings)
             aside = state.move_aside()
-            self.checkpoints.count_bad_file()
+            checkpoints.count_bad_file()
             self.log.warning("state file refused, moved aside; starting with empty windows",
                              extra={"fields": {"file": str(exc.path), "reason": exc.reason,
                                                "error": str(exc.error), "moved_to": str(aside)}})

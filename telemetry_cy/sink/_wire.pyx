@@ -48,15 +48,16 @@ cdef extern from "Python.h":
 
 # put_body writes the fields in this order; a change of the field list must change it too.
 if tuple(AGGREGATE_FIELDS) != ("device", "sensor", "unit", "window_start", "window_end", "count",
-                               "sum", "mean", "min", "max", "stddev", "first", "last", "p50",
-                               "p90", "p99"):
+                               "sum", "mean", "min", "max", "stddev", "first", "last"):
     raise ImportError("telemetry_cy.sink._wire is out of date with AGGREGATE_FIELDS")
 
 cdef enum:
-    N_FIELDS = 13        # without the quantiles, which are written only when present
+    N_FIELDS = 13        # without the quantiles, which follow them by name when present
     # Upper bound of a body apart from its strings (6 bytes per string byte, JSON worst case):
-    # keys (~145 bytes), twelve floats of at most 24 characters, a 20-digit count, quotes, null.
+    # keys (~125 bytes), nine floats of at most 24 characters, a 20-digit count, quotes, null.
     BODY_FIXED = 512
+    # and per quantile: its name (p + a float's repr digits, < 30 bytes), a float, punctuation
+    BODY_PER_QUANTILE = 64
 
 
 cdef struct text:
@@ -100,20 +101,32 @@ cdef bint body_text(object s, text *t):
     return True
 
 
-cdef inline bint quantile_ok(object q) noexcept:
-    """None (left out of the body) or an exact, finite float."""
-    return q is None or (type(q) is float and isfinite(<double>q))
+cdef inline bint quantiles_ok(Aggregate a) noexcept:
+    """Names and values pair up, each name an ASCII str, each value an exact, finite float."""
+    cdef tuple names = a.quantile_names, values = a.quantile_values
+    cdef Py_ssize_t i
+    if names is None or values is None or len(names) != len(values):
+        return False
+    for i in range(len(names)):
+        if type(names[i]) is not str or not PyUnicode_IS_ASCII(names[i]):
+            return False
+        if type(values[i]) is not float or not isfinite(<double>values[i]):
+            return False
+    return True
 
 
 cdef inline bint all_finite(Aggregate a) noexcept:
     return (isfinite(a.window_start) and isfinite(a.window_end) and isfinite(a.sum)
             and isfinite(a.mean) and isfinite(a.min) and isfinite(a.max) and isfinite(a.stddev)
-            and isfinite(a.first) and isfinite(a.last) and quantile_ok(a.p50)
-            and quantile_ok(a.p90) and quantile_ok(a.p99))
+            and isfinite(a.first) and isfinite(a.last) and quantiles_ok(a))
 
 
 cdef inline void put_key(tc_wbuf *b, bint cbor, const char *name, bint first) noexcept:
-    cdef size_t n = strlen(name)
+    put_key_n(b, cbor, name, strlen(name), first)
+
+
+cdef inline void put_key_n(tc_wbuf *b, bint cbor, const char *name, size_t n,
+                           bint first) noexcept:
     if cbor:
         tc_wire_put_cbor_head(b, 3, n)
         tc_wire_put(b, name, n)
@@ -155,10 +168,12 @@ cdef int put_double(tc_wbuf *b, bint cbor, double x) except -1:
 
 cdef int put_body(tc_wbuf *b, bint cbor, Aggregate a, const text *dev, const text *sen,
                   const text *unit) except -1:
-    reserve(b, BODY_FIXED + 6 * <size_t>(dev.n + sen.n + unit.n))
+    cdef tuple qnames = a.quantile_names, qvalues = a.quantile_values
+    cdef Py_ssize_t i, nq = len(qnames), qlen
+    cdef const char *qname
+    reserve(b, BODY_FIXED + BODY_PER_QUANTILE * <size_t>nq + 6 * <size_t>(dev.n + sen.n + unit.n))
     if cbor:
-        tc_wire_put_cbor_head(b, 5, N_FIELDS + (a.p50 is not None) + (a.p90 is not None)
-                              + (a.p99 is not None))
+        tc_wire_put_cbor_head(b, 5, N_FIELDS + nq)
     put_key(b, cbor, b"device", True)
     put_text(b, cbor, dev)
     put_key(b, cbor, b"sensor", False)
@@ -188,15 +203,11 @@ cdef int put_body(tc_wbuf *b, bint cbor, Aggregate a, const text *dev, const tex
     put_double(b, cbor, a.first)
     put_key(b, cbor, b"last", False)
     put_double(b, cbor, a.last)
-    if a.p50 is not None:
-        put_key(b, cbor, b"p50", False)
-        put_double(b, cbor, <double>a.p50)
-    if a.p90 is not None:
-        put_key(b, cbor, b"p90", False)
-        put_double(b, cbor, <double>a.p90)
-    if a.p99 is not None:
-        put_key(b, cbor, b"p99", False)
-        put_double(b, cbor, <double>a.p99)
+    for i in range(nq):
+        # all_finite checked them: ASCII names (their UTF-8 is the str's own buffer, no copy)
+        qname = PyUnicode_AsUTF8AndSize(qnames[i], &qlen)
+        put_key_n(b, cbor, qname, <size_t>qlen, False)
+        put_double(b, cbor, <double>qvalues[i])
     if not cbor:
         tc_wire_put(b, b"}", 1)
     return 0

@@ -1,7 +1,7 @@
 """Message bodies for aggregates: JSON (default) or CBOR.
 
-Both carry the `Aggregate` fields under their own names (`AGGREGATE_FIELDS`, in that order); a
-quantile the engine does not compute (p50, p90, p99 are None) is left out.
+Both carry the `Aggregate` fields under their own names (`AGGREGATE_FIELDS`, in that order),
+then its quantiles, if the engine computes any, by their names (`p50`, `p99.9`, ...).
 JSON is compact UTF-8; numbers are plain JSON numbers (Python's shortest round-trip repr for
 floats). Values are finite in practice, but a window sum can overflow to inf (and its stddev to
 NaN) with readings near 1e308, which JSON cannot express: such a value is written as `null`

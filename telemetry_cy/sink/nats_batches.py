@@ -90,11 +90,10 @@ class TickEncoder:
         if not aggregates:
             return None, 0
         if self.jetstream:
-            self._serial += 1
             # by subject: the stream indexes every message by its subject, and takes a batch in
             # subject order markedly faster than in the engine's hash order (docs/jetstream.md)
             batch = Batch([], len(aggregates), len(aggregates) * ESTIMATED_MESSAGE_BYTES, 0.0,
-                          starts=[0], serial=self._serial,
+                          starts=[0], serial=self.next_serial(),
                           pending=subject_order(aggregates))
         else:
             batch = self._core(aggregates, max_body)
@@ -103,6 +102,12 @@ class TickEncoder:
             return None, too_large
         batch.window_end = min(a.window_end for a in aggregates)
         return batch, too_large
+
+    def next_serial(self) -> int:
+        """A new batch serial: the token of its reply subjects, unique among every JetStream
+        batch of this emitter (late messages' too), so no ack lands on another batch."""
+        self._serial += 1
+        return self._serial
 
     def more(self, batch: Batch, max_body: int) -> tuple[int, int]:
         """JetStream: encodes the next ENCODE_SLICE of the batch's aggregates onto its chunks.

@@ -16,12 +16,13 @@ attempt (see `_delivered`): those bytes are already on their way and cannot be r
 batch stays in flight and is never also counted as dropped.
 
 JetStream mode (sink/jetstream.py) publishes a batch through a bounded window of messages awaiting
-their ack, and an aggregate counts as published when the stream acked it. A batch that did not
-get through whole (refused messages, no answer, a lost connection) goes back to the front of the
-backlog and only its unacked part is sent again, with the same `Nats-Msg-Id`, so the stream stores
-each aggregate once (within the stream's duplicate window, 2 minutes by default). Refusals are
-counted by reason (`publish_errors`); retries wait by the reconnect policy, so a full stream is
-not hammered.
+their ack, and an aggregate counts as published when the stream acked it. Late messages (event
+time, sink/late_messages.py) take the same path, a batch at a time between the aggregates'. A
+batch that did not get through whole (refused messages, no answer, a lost connection) goes back
+to the front of its backlog and only its unacked part is sent again, with the same
+`Nats-Msg-Id`, so the stream stores each message once (within the stream's duplicate window, 2
+minutes by default). Refusals are counted by reason (`publish_errors`); retries wait by the
+reconnect policy, so a full stream is not hammered.
 
 Reconnects wait by the process's one policy (`connection.Backoff`), the up/down time is kept by
 its one clock (`connection.ConnectionClock`, read by `stats()` and the health check).
@@ -51,7 +52,7 @@ from telemetry_cy.connection import Backoff, ConnectionClock
 from telemetry_cy.service.logs import redact_url
 from telemetry_cy.sink.backlog import Backlog, Batch
 from telemetry_cy.sink.jetstream import JetStreamPublisher
-from telemetry_cy.sink.late_messages import LateQueue, encode_late
+from telemetry_cy.sink.late_messages import JetStreamLate, LateQueue, encode_late
 from telemetry_cy.sink.nats_batches import (
     ENCODE_SLICE,
     MAX_SUBJECT_BYTES,
@@ -226,8 +227,14 @@ class NatsEmitter:
     def _take_late(self, readings: list) -> None:
         late = self._late
         assert late is not None
+        js = None
+        if self._js is not None:   # acked like the aggregates, with a serial of their series
+            enc = self._encoder
+            serial = enc.next_serial()
+            js = JetStreamLate(f"{enc.inbox}.{serial}", serial, enc.expected_stream,
+                               enc.chunk_bytes, enc.chunk_messages)
         batch, too_large = encode_late(readings, late.prefix, MAX_SUBJECT_BYTES,
-                                       self._nc.max_payload)
+                                       self._nc.max_payload, js)
         with self._lock:
             late.taken = (late.taken[0] + 1, late.taken[1] + len(readings))
             late.dropped_here += too_large
@@ -295,9 +302,7 @@ class NatsEmitter:
             dropped = 0
             with self._lock:
                 # core NATS: all at once; JetStream: counted as the acks came (_acked)
-                newly = batch.n - batch.done if ok else 0
-                batch.done += newly
-                self._published += newly
+                self._published += self._newly_done(batch, batch.n if ok else 0)
                 if ok:
                     self._backlog.confirm()
                     self._batches_published += 1
@@ -315,33 +320,41 @@ class NatsEmitter:
                 await asyncio.sleep(self._retry.next_delay())
 
     async def _publish_late(self, batch: Batch) -> None:
-        """A batch of late messages: core NATS PUBs even in JetStream mode (a stream that
-        captures the late subject stores them; nothing is acked), the same retry on failure."""
+        """A batch of late messages, published like a tick batch: core NATS PUBs, or in
+        JetStream mode acked HPUBs (counted as the acks come, refusals by reason, the unacked
+        part retried with the same ids); the same retry on failure, their own counters."""
         late = self._late
         assert late is not None
-        ok = await self._publish(batch, core=True)
+        ok = await self._publish(batch, self._late_acked)
+        dropped = 0
         with self._lock:
+            late.published += self._newly_done(batch, batch.n if ok else 0)
             if ok:
-                late.published += batch.n
                 late.backlog.confirm()
             else:
-                late.backlog.give_back()
+                dropped = late.backlog.give_back()
+        if dropped:
+            log.warning("late message backlog full: oldest batches dropped",
+                        extra={"fields": {"late_messages": dropped}})
         if ok:
             self._retry.reset()
         else:
             await asyncio.sleep(self._retry.next_delay())
 
-    async def _publish(self, batch: Batch, core: bool = False) -> bool:
+    async def _publish(self, batch: Batch,
+                       acked: Callable[[Batch, int], None] | None = None) -> bool:
+        """One attempt at a batch; `acked` (JetStream) counts its messages as the acks come,
+        `_acked` (the aggregates') unless told otherwise."""
         nc = self._nc
         generation = self._generation
         try:
-            js = None if core else self._js
+            js = self._js
             if js is not None:   # the JetStream mode
                 if not js.ready:
                     raise ConnectionError("the JetStream reply subscription is not set up yet")
                 ok = await js.publish(nc, batch, lambda: (generation == self._generation
                                                           and nc.is_connected),
-                                      self._acked, self._more)
+                                      acked or self._acked, self._more)
                 if not ok:
                     self._note_error("JetStream refused messages, batch kept for retry",
                                      RuntimeError(js.window.last_error()))
@@ -373,13 +386,26 @@ class NatsEmitter:
             self._too_large += too_large
         self._log_too_large(too_large)
 
+    @staticmethod
+    def _newly_done(batch: Batch, done: int) -> int:
+        """Under _lock: `done` of the batch's messages are published by now (JetStream: acked;
+        core NATS: all of them once the server has read the batch). Returns how many of them
+        were not counted yet; they are counted in `batch.done` here."""
+        newly = max(0, done - batch.done)
+        batch.done += newly
+        return newly
+
     def _acked(self, batch: Batch, acked: int) -> None:
         """JetStream: `acked` of the batch's messages are in the stream by now."""
         with self._lock:
-            newly = acked - batch.done
-            if newly > 0:
-                batch.done = acked
-                self._published += newly
+            self._published += self._newly_done(batch, acked)
+
+    def _late_acked(self, batch: Batch, acked: int) -> None:
+        """JetStream: `acked` of the late batch's messages are in the stream by now."""
+        late = self._late
+        assert late is not None
+        with self._lock:
+            late.published += self._newly_done(batch, acked)
 
     async def _delivered(self, generation: int) -> None:
         """Returns once the server has read everything written on connection `generation`
@@ -563,24 +589,28 @@ class NatsEmitter:
             loop.create_task(self._check_stream())))
 
     async def _check_stream(self) -> None:
+        """One line for the aggregates' subjects, and one for the late messages' (they go
+        through the same acked path, so without a stream they wait just the same)."""
         nc = self._nc
         while not nc.is_connected:
             await asyncio.sleep(0.1)
-        subjects = f"{self.prefix}.*.*"
-        try:
-            names = await streams_capturing(nc, self.prefix, self.flush_timeout)
-        except Exception as exc:
-            log.warning("cannot list the JetStream streams (is JetStream enabled?)", extra={
-                "fields": {"subjects": subjects, "error": self._redact(
-                    f"{type(exc).__name__}: {exc}".rstrip(": "))}})
-            return
-        if names:
-            log.info("JetStream stream captures the subjects",
-                     extra={"fields": {"stream": ",".join(names), "subjects": subjects}})
-        else:
-            log.warning("no JetStream stream captures the subjects: publishes wait for one "
-                        "(docs/jetstream.md shows how to create it)",
-                        extra={"fields": {"subjects": subjects}})
+        prefixes = [self.prefix] + ([self._late.prefix] if self._late is not None else [])
+        for prefix in prefixes:
+            subjects = f"{prefix}.*.*"
+            try:
+                names = await streams_capturing(nc, prefix, self.flush_timeout)
+            except Exception as exc:
+                log.warning("cannot list the JetStream streams (is JetStream enabled?)", extra={
+                    "fields": {"subjects": subjects, "error": self._redact(
+                        f"{type(exc).__name__}: {exc}".rstrip(": "))}})
+                return
+            if names:
+                log.info("JetStream stream captures the subjects",
+                         extra={"fields": {"stream": ",".join(names), "subjects": subjects}})
+            else:
+                log.warning("no JetStream stream captures the subjects: publishes wait for one "
+                            "(docs/jetstream.md shows how to create it)",
+                            extra={"fields": {"subjects": subjects}})
 
     def stop(self, deadline_s: float = 5.0) -> None:
         """Publishes what is in the backlog within deadline_s, counts the rest as

@@ -137,6 +137,17 @@ def msg_id(device: str, sensor: str, window_end: float) -> str:
     return f"{id_token(device)}|{id_token(sensor)}|{window_end!r}"
 
 
+def late_msg_id(device: str, sensor: str, n: int | None, t: float, value: float) -> str:
+    """JetStream deduplication id of a late reading, ``device|sensor|n|t|value`` (``-`` for a
+    reading without a sequence number): a retry, or the same reading delivered twice by MQTT, is
+    stored once. The value is in it because a reading without `t` carries the arrival time of
+    its socket read, shared by every record of that read, so without `n` (key, t) alone could
+    merge two distinct readings. Five fields against an aggregate id's three, so the two never
+    collide in a stream that holds both."""
+    seq = "-" if n is None else str(int(n))
+    return f"{id_token(device)}|{id_token(sensor)}|{seq}|{float(t)!r}|{float(value)!r}"
+
+
 def parse_subject(prefix: str, subject: str) -> tuple[str, str]:
     """(device, sensor) of a subject built by `subject_for`; ValueError for anything else."""
     head = prefix + "."

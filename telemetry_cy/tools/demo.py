@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from telemetry_cy.engine.rules import AGGREGATE_FIELDS
 from telemetry_cy.service import config as config_mod
 from telemetry_cy.service.pipeline_snapshot import PipelineSnapshot
 from telemetry_cy.sink.bodies import decode_body
@@ -219,9 +220,13 @@ class Demo:
 
 
 #: The statistics both views show of an aggregate, after its key (and window); then the
-#: quantiles the aggregate carries (absent when the daemon does not compute them).
+#: quantiles the aggregate carries (none when the daemon does not compute them).
 SHOWN_STATS = ("count", "mean", "min", "max", "stddev")
-SHOWN_QUANTILES = ("p50", "p90", "p99")
+
+
+def _quantiles_of(a: dict) -> tuple[str, ...]:
+    # a body's fields past the statistics are its quantiles, by name (sink/bodies.py)
+    return tuple(name for name in a if name not in AGGREGATE_FIELDS)
 
 
 def _value(v) -> str:
@@ -237,7 +242,7 @@ def _clock(t: float) -> str:
 
 def aggregate_line(a: dict) -> str:
     """One aggregate as a plain line: key, window, statistics (and the unit, if any)."""
-    shown = SHOWN_STATS + tuple(name for name in SHOWN_QUANTILES if name in a)
+    shown = SHOWN_STATS + _quantiles_of(a)
     stats = " ".join(f"{name}={_value(a[name])}" for name in shown)
     unit = f" unit={a['unit']}" if a.get("unit") else ""
     return (f"aggregate {a['device']}/{a['sensor']} window={_clock(a['window_start'])}-"
@@ -331,8 +336,8 @@ def _render(s: dict, args):
                  "offenders", _offenders(p), "checkpoint", _checkpoint_summary(p))
     table = Table(title=f"latest aggregates ({args.window:g} s window, every "
                         f"{args.emit_every:g} s)", expand=False)
-    quantiles = tuple(name for name in SHOWN_QUANTILES
-                      if any(name in a for a in s["latest"].values()))
+    quantiles = tuple(dict.fromkeys(name for a in s["latest"].values()
+                                    for name in _quantiles_of(a)))
     for name in ("device", "sensor", "unit", *SHOWN_STATS, *quantiles, "window end"):
         table.add_column(name, justify="right" if name not in ("device", "sensor") else "left")
     for (_d, _s), a in sorted(s["latest"].items())[: args.show]:

@@ -16,6 +16,7 @@ Fixtures:
                                      certificates (skipped when certificates cannot be made)
     tls_certs                        CA, server and client certificates (session scope)
     nats_server, nats_server_module  nats-server with JetStream in a temp store
+    nats_admin                       a NatsSubscriber of nats_server for its streams
 Every server object has host, port, url, start() (again on the same port, with the same state
 directory), stop() (graceful: SIGTERM, mosquitto saves its persistence file), kill() (SIGKILL),
 running, and log_text() for failure messages.
@@ -203,8 +204,8 @@ class NatsSubscriber:
         time.sleep(0.1)  # and nothing more arrives
         return list(self.msgs)
 
-    def add_stream(self, name="AGG", subjects=("agg.>",)):
-        self.call(self.nc.jetstream().add_stream(name=name, subjects=list(subjects)))
+    def add_stream(self, name="AGG", subjects=("agg.>",), **config):
+        self.call(self.nc.jetstream().add_stream(name=name, subjects=list(subjects), **config))
 
     def stream_msgs(self, name="AGG"):
         async def read():
@@ -300,6 +301,15 @@ def nats_server(tmp_path):
     server = _nats(tmp_path / "nats")
     yield server
     server.kill()
+
+
+@pytest.fixture
+def nats_admin(nats_server):
+    """A plain nats-py client of ``nats_server`` for streams (``add_stream``, ``stream_msgs``,
+    JetStream API requests), closed at teardown."""
+    admin = NatsSubscriber(nats_server.url, subject=None)
+    yield admin
+    admin.close()
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,7 @@ import math
 from fractions import Fraction
 from typing import NamedTuple
 
-from telemetry_cy.engine.rules import AGGREGATE_FIELDS, QUANTILE_FIELDS
-
-_QUANTILE_NAMES = {name: q for name, q in QUANTILE_FIELDS}
+from telemetry_cy.engine.rules import AGGREGATE_FIELDS, quantile_name
 
 
 class QuantileBounds(NamedTuple):
@@ -125,11 +123,11 @@ class Model:
                 "first": first[2],
                 "last": last[2],
             }
-            for name, q in QUANTILE_FIELDS:
-                computed[name] = rank_quantile(values, q) if q in self.quantiles else None
             # The aggregate's fields are the engine's list, in its order: a field added there and
             # not computed here fails at once (KeyError) instead of going unchecked.
             agg = {name: computed[name] for name in AGGREGATE_FIELDS}
+            agg["quantiles"] = {quantile_name(q): rank_quantile(values, q)
+                                for q in sorted(self.quantiles)}
             agg["magnitude"] = math.fsum(abs(v) for v in values)
             agg["alpha"] = self.quantile_accuracy
             self.pending.append(agg)
@@ -238,14 +236,15 @@ def close_enough(got: dict, want: dict, magnitude: float, rel: float = 1e-9) -> 
     bad = []
     per_reading = magnitude / want["count"]
     scale = {"sum": magnitude, "mean": per_reading, "stddev": per_reading}
+    # the quantiles: exactly the configured ones, by name and in order, each within its bound
+    quantiles = {name: v for name, v in got.items() if name not in AGGREGATE_FIELDS}
+    if list(quantiles) != list(want["quantiles"]):
+        bad.append("quantile names")
+    else:
+        bad += [name for name, bounds in want["quantiles"].items()
+                if not bounds.admits(quantiles[name], want["alpha"])]
     for name in AGGREGATE_FIELDS:
-        if name in _QUANTILE_NAMES:
-            # a quantile not computed is absent (as_dict) or None; else the proven bound
-            bounds, v = want.get(name), got.get(name)
-            if (v is None) != (bounds is None) or (
-                    bounds is not None and not bounds.admits(v, want["alpha"])):
-                bad.append(name)
-        elif name in scale:
+        if name in scale:
             if abs(got[name] - want[name]) > rel * max(scale[name], 1e-300):
                 bad.append(name)
         elif got[name] != want[name]:
