@@ -35,7 +35,7 @@ CONFIGS = [
          time="event", allowed_lateness=5.0, idle_timeout=3.0, late_capacity=3),
     # quantiles: every pane carries its sketch
     dict(window=10.0, emit_every=1.0, max_keys=60, key_ttl=12.0, max_payload_bytes=200,
-         quantiles=[0.5, 0.9, 0.99]),
+         quantiles=[0.05, 0.5, 0.999]),
     dict(window=10.0, emit_every=1.0, max_keys=60, key_ttl=15.0, max_payload_bytes=200,
          time="event", allowed_lateness=3.0, idle_timeout=5.0, late_capacity=20,
          quantiles=[0.5, 0.99], quantile_accuracy=0.02),
