@@ -255,14 +255,14 @@ def open_snapshot(data) -> Opened:
     if n < HEADER.size + CRC.size:
         raise SnapshotError("truncated", f"{n} bytes, shorter than a snapshot header")
     (_, _, flags, file_len, engine_len, n_keys, window, emit_every, panes, lead, lateness,
-     q_acc, n_q, _, max_keys, key_ttl, idle, future, late_cap, max_name, max_payload,
-     _) = HEADER.unpack_from(view, 0)
+     q_acc, n_q, reserved1, max_keys, key_ttl, idle, future, late_cap, max_name, max_payload,
+     reserved2) = HEADER.unpack_from(view, 0)
     if file_len != n:
         raise SnapshotError("truncated", f"{n} bytes where the header says {file_len}")
     if CRC.unpack_from(view, n - CRC.size)[0] != checksum(view):
         raise SnapshotError("checksum", "the crc32 does not match: the file is corrupted")
-    if flags & ~(FLAG_EVENT | FLAG_QUANTILES | FLAG_STARTED):
-        raise SnapshotError("malformed", f"unknown flags {flags:#x}")
+    if flags & ~(FLAG_EVENT | FLAG_QUANTILES | FLAG_STARTED) or reserved1 or reserved2:
+        raise SnapshotError("malformed", f"unknown flags {flags:#x} or reserved fields not 0")
     keys_start = HEADER.size + engine_len
     if engine_len > n - HEADER.size - CRC.size:
         raise SnapshotError("malformed", "the engine section runs past the file")
