@@ -35,7 +35,7 @@ CONFIGS = [
          time="event", allowed_lateness=5.0, idle_timeout=3.0, late_capacity=3),
     # quantiles: every pane carries its sketch
     dict(window=10.0, emit_every=1.0, max_keys=60, key_ttl=12.0, max_payload_bytes=200,
-         quantiles=[0.5, 0.9, 0.99]),
+         quantiles=[0.05, 0.5, 0.999]),
     dict(window=10.0, emit_every=1.0, max_keys=60, key_ttl=15.0, max_payload_bytes=200,
          time="event", allowed_lateness=3.0, idle_timeout=5.0, late_capacity=20,
          quantiles=[0.5, 0.99], quantile_accuracy=0.02),
@@ -343,7 +343,8 @@ def test_out_of_range_clock_values_are_refused(compiled_backend, pure_backend, b
     # the count of the first pending aggregate tagged as a string
     opened = snap.open_snapshot(data)
     assert opened.state.pending
-    state = opened.state._replace(pending=[{**opened.state.pending[0], "count": "many"}])
+    agg, qvalues = opened.state.pending[0]
+    state = opened.state._replace(pending=[({**agg, "count": "many"}, qvalues)])
     keys = data[opened.keys_start:opened.keys_end]
     bad = snap.assemble(opened.settings, state, opened.n_keys, keys)
     with pytest.raises(SnapshotError, match="aggregate field count"):

@@ -311,3 +311,13 @@ def test_on_bad_state_fresh_moves_the_file_aside_and_runs(tmp_path, mosquitto, n
     # the stop wrote a good state file in its place
     snapshot_format.open_snapshot((state_dir / STATE_FILE).read_bytes())
     assert json.dumps(final)
+
+
+def test_an_unusable_state_dir_is_a_setting_error(tmp_path, mosquitto, nats_server, spawn):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    d = spawn(mosquitto.url, nats_server.url, "--state-dir", str(blocker / "state"))
+    d.proc.wait(30)
+    assert d.proc.returncode == 2, d.tail()
+    errors = [r for r in d.records() if r.get("level") == "error"]
+    assert len(errors) == 1 and errors[0]["msg"] == "state_dir cannot be used", d.tail()

@@ -1544,7 +1544,7 @@ cdef _snap_state(Engine eng):
         ((eng.top_drops.total, _topn_entries(&eng.top_drops)),
          (eng.top_gaps.total, _topn_entries(&eng.top_gaps)),
          (eng.top_late.total, _topn_entries(&eng.top_late))),
-        [snap.pending_of(a) for a in eng.pending], list(eng.late_out))
+        snap.pending_of(eng.pending), list(eng.late_out))
 
 
 cdef _restore_topn(tc_topn *t, uint64_t total, list entries):
@@ -1591,7 +1591,8 @@ cdef _restore_state(Engine eng, st):
     _restore_topn(&eng.top_drops, st.offenders[0][0], st.offenders[0][1])
     _restore_topn(&eng.top_gaps, st.offenders[1][0], st.offenders[1][1])
     _restore_topn(&eng.top_late, st.offenders[2][0], st.offenders[2][1])
-    eng.pending = [Aggregate(**agg) for agg in st.pending]
+    eng.pending = [Aggregate(**agg, quantile_names=eng.quantile_names if qv else (),
+                             quantile_values=qv) for agg, qv in st.pending]
     eng.late_out, eng.late_unrouted = snap.late_kept(st, eng.late_capacity)
 
 

@@ -735,7 +735,7 @@ class Engine:
             dict(self._drops),
             tuple((t.total, t.entries()) for t in (self._top_drops, self._top_gaps,
                                                    self._top_late)),
-            [snap.pending_of(a) for a in self._pending], list(self._late_out))
+            snap.pending_of(self._pending), list(self._late_out))
 
     def snapshot(self) -> bytes:
         """The engine's whole state as bytes (docs/state.md): restore it with from_snapshot."""
@@ -772,9 +772,9 @@ class Engine:
         for summary, (total, entries) in zip((self._top_drops, self._top_gaps, self._top_late),
                                              st.offenders):
             _restore_topn(summary, total, entries)
-        self._pending = [Aggregate(**agg) for agg in st.pending]
+        self._pending = [Aggregate(**agg, quantile_names=self.quantile_names if qv else (),
+                                   quantile_values=qv) for agg, qv in st.pending]
         self._late_out, self._late_unrouted = snap.late_kept(st, self._late_capacity)
-
 
 
 def _utf8(name: str) -> bytes:
@@ -905,6 +905,12 @@ def _read_sketch(view: memoryview, pos: int, end: int, count: int,
     return sketch, start + 4 * nb
 
 
+def _pane_sound(stats) -> bool:
+    """tc_snap_pane_sound: sum, m2, min, max, first finite, m2 >= 0, min <= first <= max."""
+    total, m2, mn, mx, first = stats
+    return all(map(math.isfinite, stats)) and m2 >= 0.0 and mn <= first <= mx
+
+
 def _bad(what: str) -> SnapshotError:
     return SnapshotError("malformed", what)
 
@@ -945,6 +951,8 @@ def _restore_keys(engine: Engine, view: memoryview, n_keys: int) -> None:
                 raise _bad("panes in a key without data")
         elif abs(newest) > MAX_INTERVAL or (engine._started and newest > closed + lead):
             raise _bad(f"a key's newest interval {newest} is out of range")
+        if n_panes and not all(map(math.isfinite, (last, last_ts, nfts, frozen))):
+            raise _bad("a key's times or last value are not finite")
         if end - pos < dlen + slen + ulen:
             raise _bad("a key's names run past the keys section")
         device = _name(view, pos, dlen, "device")
@@ -960,8 +968,8 @@ def _restore_keys(engine: Engine, view: memoryview, n_keys: int) -> None:
             pos += PANE.size
             if age >= prev_age or count == 0:
                 raise _bad("pane ages out of order or an empty pane")
-            if not stats[1] >= 0.0:   # m2: never negative in a pane
-                raise _bad("a pane's m2 is negative or NaN")
+            if not _pane_sound(stats):
+                raise _bad("a pane's statistics are not finite or not ordered")
             prev_age = age
             j = newest - age
             times = None
@@ -970,6 +978,8 @@ def _restore_keys(engine: Engine, view: memoryview, n_keys: int) -> None:
                     raise _bad("a pane runs past the keys section")
                 times = OPEN_PANE.unpack_from(view, pos)
                 pos += OPEN_PANE.size
+                if not all(map(math.isfinite, times)):
+                    raise _bad("an open pane's times are not finite")
             sketch = None
             if alpha is not None:
                 sketch, pos = _read_sketch(view, pos, end, count, alpha)

@@ -22,7 +22,6 @@ from telemetry_cy.engine.rules import (
     MAX_QUANTILES,
     LateReading,
     aggregate_field_type,
-    quantile_name,
 )
 from telemetry_cy.engine.snapshot_errors import SnapshotError
 
@@ -60,7 +59,7 @@ class Settings(NamedTuple):
     event: bool
     lead: int                 # 0 in arrival mode
     allowed_lateness: float   # 0.0 in arrival mode
-    quantiles: tuple          # the q computed, ascending (their f64s open the engine section)
+    quantiles: tuple[float, ...]  # the q computed, ascending; () when off
     quantile_accuracy: float  # 0.0 when off
     max_keys: int
     key_ttl: float
@@ -89,7 +88,8 @@ class EngineState(NamedTuple):
     drops: dict[str, int]
     # (total, [(name bytes, count, error), ...] in slot order) for drops, gaps, late
     offenders: tuple[tuple[int, list[tuple[bytes, int, int]]], ...]
-    pending: list[dict]       # aggregates as pending_of gives them
+    # aggregates: AGGREGATE_FIELDS by name, and their quantile values (the engine's q order)
+    pending: list[tuple[dict, tuple[float, ...]]]
     late: list[LateReading]
 
 
@@ -128,18 +128,9 @@ def _tagged(out: list[bytes], v: object) -> None:
         out.append(_U8.pack(_FLOAT) + _F64.pack(float(v)))  # type: ignore[arg-type]
 
 
-def pending_of(aggregate) -> dict:
-    """A closed aggregate the engine has not returned yet, as the engine section keeps it: the
-    constructor's keyword arguments (its fields, its quantile names and values)."""
-    out = {field: getattr(aggregate, field) for field in AGGREGATE_FIELDS}
-    out["quantile_names"] = aggregate.quantile_names
-    out["quantile_values"] = aggregate.quantile_values
-    return out
-
-
-def engine_section(quantiles: tuple, state: EngineState) -> bytes:
-    out = [_F64.pack(q) for q in quantiles]
-    out += [CLOCK.pack(state.closed, state.newest_data, state.max_t, state.max_t_arrival),
+def engine_section(settings: Settings, state: EngineState) -> bytes:
+    out = [struct.pack(f"<{len(settings.quantiles)}d", *settings.quantiles),
+           CLOCK.pack(state.closed, state.newest_data, state.max_t, state.max_t_arrival),
            COUNTERS.pack(*state.counters, *state.seq_events, state.seq_gaps,
                          state.no_event_time, state.late_unrouted, 0)]
     out.append(_U8.pack(len(state.drops)))
@@ -154,12 +145,11 @@ def engine_section(quantiles: tuple, state: EngineState) -> bytes:
     for field in AGGREGATE_FIELDS:
         out += [_U8.pack(len(field)), field.encode("ascii")]
     out.append(_U32.pack(len(state.pending)))
-    for agg in state.pending:
+    for agg, qvalues in state.pending:
         for field in AGGREGATE_FIELDS:
             _tagged(out, agg.get(field))
-        values = agg["quantile_values"]
-        out.append(_U8.pack(len(values)))
-        out += [_F64.pack(v) for v in values]
+        out.append(_U8.pack(len(qvalues)))
+        out.append(struct.pack(f"<{len(qvalues)}d", *qvalues))
     out.append(_U32.pack(len(state.late)))
     for r in state.late:
         _str(out, r.device)
@@ -173,8 +163,8 @@ def engine_section(quantiles: tuple, state: EngineState) -> bytes:
 
 def prefix(settings: Settings, state: EngineState, n_keys: int, keys_len: int) -> bytes:
     """Header and engine section of a snapshot whose keys section is keys_len bytes long."""
+    body = engine_section(settings, state)
     s = settings
-    body = engine_section(s.quantiles, state)
     flags = ((FLAG_EVENT if s.event else 0) | (FLAG_QUANTILES if s.quantiles else 0)
              | (FLAG_STARTED if state.started else 0))
     file_len = HEADER.size + len(body) + keys_len + CRC.size
@@ -265,36 +255,32 @@ def open_snapshot(data) -> Opened:
     if n < HEADER.size + CRC.size:
         raise SnapshotError("truncated", f"{n} bytes, shorter than a snapshot header")
     (_, _, flags, file_len, engine_len, n_keys, window, emit_every, panes, lead, lateness,
-     q_acc, n_q, _, max_keys, key_ttl, idle, future, late_cap, max_name, max_payload,
-     _) = HEADER.unpack_from(view, 0)
+     q_acc, n_q, reserved1, max_keys, key_ttl, idle, future, late_cap, max_name, max_payload,
+     reserved2) = HEADER.unpack_from(view, 0)
     if file_len != n:
         raise SnapshotError("truncated", f"{n} bytes where the header says {file_len}")
     if CRC.unpack_from(view, n - CRC.size)[0] != checksum(view):
         raise SnapshotError("checksum", "the crc32 does not match: the file is corrupted")
-    if flags & ~(FLAG_EVENT | FLAG_QUANTILES | FLAG_STARTED):
-        raise SnapshotError("malformed", f"unknown flags {flags:#x}")
+    if flags & ~(FLAG_EVENT | FLAG_QUANTILES | FLAG_STARTED) or reserved1 or reserved2:
+        raise SnapshotError("malformed", f"unknown flags {flags:#x} or reserved fields not 0")
     keys_start = HEADER.size + engine_len
     if engine_len > n - HEADER.size - CRC.size:
         raise SnapshotError("malformed", "the engine section runs past the file")
-    if bool(n_q) != bool(flags & FLAG_QUANTILES) or n_q > MAX_QUANTILES:
-        raise SnapshotError("malformed", f"{n_q} quantiles, with the quantiles flag "
-                                         f"{'set' if flags & FLAG_QUANTILES else 'clear'}")
+    if n_q > MAX_QUANTILES or bool(n_q) != bool(flags & FLAG_QUANTILES):
+        raise SnapshotError("malformed", f"{n_q} quantiles, or the quantiles flag disagrees")
     cur = _Cursor(view, HEADER.size, keys_start)
-    qs = tuple(cur.f64("quantiles") for _ in range(n_q))
-    if not all(0.0 < q < 1.0 for q in qs) or list(qs) != sorted(set(qs)):
-        raise SnapshotError("malformed", f"quantiles {qs} are not ascending values in (0, 1)")
+    qs = cur.unpack(struct.Struct(f"<{n_q}d"), "quantiles")
     settings = Settings(window, emit_every, panes, bool(flags & FLAG_EVENT), lead, lateness,
-                        qs, q_acc, max_keys, key_ttl, idle, future, late_cap, max_name,
+                        tuple(qs), q_acc, max_keys, key_ttl, idle, future, late_cap, max_name,
                         max_payload)
-    state = _engine_state(cur, bool(flags & FLAG_STARTED),
-                          tuple(quantile_name(q) for q in qs))
+    state = _engine_state(cur, bool(flags & FLAG_STARTED), n_q)
     if cur.pos != keys_start:
         raise SnapshotError("malformed", "the engine section is longer than its fields")
     _check_clock(state, settings, n_keys)
     return Opened(settings, state, n_keys, keys_start, n - CRC.size)
 
 
-def _engine_state(cur: _Cursor, started: bool, quantile_names: tuple) -> EngineState:
+def _engine_state(cur: _Cursor, started: bool, n_q: int) -> EngineState:
     closed, newest_data, max_t, max_t_arrival = cur.unpack(CLOCK, "clock")
     c = cur.unpack(COUNTERS, "counters")
     drops = {}
@@ -332,13 +318,10 @@ def _engine_state(cur: _Cursor, started: bool, quantile_names: tuple) -> EngineS
                 agg[field] = cur.f64(field)
             else:
                 raise SnapshotError("malformed", f"aggregate value tag {tag}")
-        # an engine with quantiles gives every aggregate all of them
-        if cur.u8("aggregate quantiles") != len(quantile_names):
-            raise SnapshotError("malformed", "a pending aggregate's quantiles are not the "
-                                             "snapshot's")
-        agg["quantile_names"] = quantile_names
-        agg["quantile_values"] = tuple(cur.f64("aggregate quantile") for _ in quantile_names)
-        pending.append(agg)
+        nq = cur.u8("aggregate quantiles")
+        if nq not in (0, n_q):
+            raise SnapshotError("malformed", f"an aggregate with {nq} of {n_q} quantiles")
+        pending.append((agg, cur.unpack(struct.Struct(f"<{nq}d"), "aggregate quantiles")))
     late = []
     for _ in range(cur.u32("late readings")):
         device, sensor = cur.string("late device"), cur.string("late sensor")
@@ -379,10 +362,16 @@ def _check_clock(state: EngineState, settings: Settings, n_keys: int) -> None:
 # ---- settings ------------------------------------------------------------------------------------
 
 
-def quantile_settings(qs: tuple[float, ...], accuracy: float) -> tuple[tuple, float]:
-    """(quantiles, accuracy) as the snapshot holds them: the q ascending, and ((), 0.0) when
-    quantiles are off (the accuracy then shapes nothing)."""
-    return (tuple(qs), float(accuracy)) if qs else ((), 0.0)
+def quantile_settings(qs: tuple[float, ...], accuracy: float) -> tuple[tuple[float, ...], float]:
+    """(quantiles, accuracy) as the snapshot holds them: ((), 0.0) when quantiles are off (the
+    accuracy then shapes nothing)."""
+    return (tuple(float(q) for q in qs), float(accuracy)) if qs else ((), 0.0)
+
+
+def pending_of(aggregates) -> list[tuple[dict, tuple[float, ...]]]:
+    """An engine's aggregates not yet returned, as EngineState.pending holds them."""
+    return [({name: getattr(a, name) for name in AGGREGATE_FIELDS}, tuple(a.quantile_values))
+            for a in aggregates]
 
 
 def _describe(s: Settings) -> str:
@@ -390,8 +379,8 @@ def _describe(s: Settings) -> str:
              f"time={'event' if s.event else 'arrival'}"]
     if s.event:
         parts.append(f"allowed_lateness={s.allowed_lateness:g}s")
-    parts.append(f"quantiles={','.join(f'{q:g}' for q in s.quantiles)}@{s.quantile_accuracy:g}"
-                 if s.quantiles else "quantiles=off")
+    parts.append(f"quantiles={','.join(f'{q:g}' for q in s.quantiles)}"
+                 f" at accuracy {s.quantile_accuracy:g}" if s.quantiles else "quantiles=off")
     return ", ".join(parts)
 
 

@@ -183,6 +183,25 @@ static inline uint8_t *tc_snap_write_key(uint8_t *o, tc_key *k, const tc_snap_sh
         (p) += sizeof(v);                                                                          \
     } while (0)
 
+/* n little-endian doubles at p, all finite. */
+static inline int tc_snap_all_finite(const uint8_t *p, int n) {
+    for (int i = 0; i < n; i++) {
+        double x;
+        memcpy(&x, p + 8 * i, 8);
+        if (!isfinite(x)) return 0;
+    }
+    return 1;
+}
+
+/* A pane's sum, m2, min, max, first at p as the engine can have made them: finite (readings
+ * are), m2 >= 0 (a sum of squares), min <= first <= max. Both engines then compute the same
+ * numbers from it (a negative m2 would be NaN in C and an error in Python). */
+static inline int tc_snap_pane_sound(const uint8_t *p) {
+    double st[5];
+    memcpy(st, p, sizeof st);
+    return tc_snap_all_finite(p, 5) && st[1] >= 0.0 && st[2] <= st[4] && st[4] <= st[3];
+}
+
 /* Parses and checks the record at p (len bytes left). Returns its size, or 0 with *why set.
  * `again`: the bytes passed this check before (tc_snap_load after tc_snap_scan): the content
  * checks that cost (UTF-8, sketch stores) are skipped, every length check stays. */
@@ -212,6 +231,11 @@ static inline size_t tc_snap_parse(const uint8_t *p, size_t len, const tc_snap_s
             return 0;
         }
         TC_SNAP_GET(r->frozen_last, p);
+    }
+    if (!again && n_panes && (!isfinite(r->last) || !isfinite(r->last_ts) ||
+                              !isfinite(r->newest_first_ts) || !isfinite(r->frozen_last))) {
+        *why = "a key's times or last value are not finite";
+        return 0;
     }
     if ((flags & ~(TC_SNAP_HAS_UNIT | TC_SNAP_HAS_SEQ)) || (ulen && !(flags & TC_SNAP_HAS_UNIT))) {
         *why = "bad key flags";
@@ -262,20 +286,23 @@ static inline size_t tc_snap_parse(const uint8_t *p, size_t len, const tc_snap_s
         double m2;
         memcpy(&age, p, 2);
         memcpy(&count, p + 2, 4);
-        memcpy(&m2, p + 14, 8);   /* after the age, the count and the sum */
-        p += TC_SNAP_PANE;
         if (age >= prev_age || count == 0) {
             *why = "pane ages out of order or an empty pane";
             return 0;
         }
-        if (!(m2 >= 0.0)) {   /* never so in a pane (Welford's updates add non-negative terms) */
-            *why = "a pane's m2 is negative or NaN";
+        if (!again && !tc_snap_pane_sound(p + 6)) {
+            *why = "a pane's statistics are not finite or not ordered";
             return 0;
         }
+        p += TC_SNAP_PANE;
         prev_age = age;
         if (tc_snap_open_pane(s, r->newest - age, r->newest)) {
             if ((size_t)(end - p) < TC_SNAP_OPEN) {
                 *why = "a pane runs past the keys section";
+                return 0;
+            }
+            if (!again && !tc_snap_all_finite(p, 3)) {
+                *why = "an open pane's times are not finite";
                 return 0;
             }
             p += TC_SNAP_OPEN;

@@ -89,7 +89,7 @@ class Restored:
     path: Path
     age_s: float
     keys_in_file: int
-    engine: Any  # the restored Engine of the active backend (compiled or pure)
+    engine: Any  # the restored Engine (of the backend the caller gave)
 
 
 class BadState(Exception):

@@ -153,6 +153,7 @@ class Daemon:
         route_late = c.engine.time == "event" and bool(c.nats.late_subject)
         self.checkpoints: CheckpointWriter | None = None
         self.bad_state: BadState | None = None   # on_bad_state = fail: run() exits with it
+        self.state_dir_error: OSError | None = None   # state_dir unusable: run() exits 2
         self.engine = self._restore_or_make(engine_settings(c.engine, c.mqtt, route_late))
         self.emitter = emitter_factory(c.nats)
         self.engine_thread = EngineThread(
@@ -181,6 +182,9 @@ class Daemon:
         try:
             state.ensure_dir()
             restored = restore(state, ACTIVE.Engine, settings)
+        except OSError as exc:   # cannot create or read it: a setting to fix, like a bad path
+            self.state_dir_error = exc
+            return ACTIVE.Engine(**settings)
         except BadState as exc:
             if c.state.on_bad_state == "fail":
                 self.bad_state = exc
@@ -217,6 +221,11 @@ class Daemon:
         self.stop_requested.set()
 
     def run(self) -> int:
+        if self.state_dir_error is not None:
+            self.log.error("state_dir cannot be used", extra={"fields": {
+                "state_dir": self.config.state.dir, "error": str(self.state_dir_error),
+                "exit": EXIT_CONFIG}})
+            return EXIT_CONFIG
         if self.bad_state is not None:
             # one line naming the file and why; a restart would read the same file, so the unit
             # lists this code in RestartPreventExitStatus (no crash loop)
