@@ -914,23 +914,38 @@ def cmd_drain(args) -> dict:
 # ---- CLI -----------------------------------------------------------------------------------------
 
 
+def add_rig_args(p: argparse.ArgumentParser, disturbed: float, wait_quiet: float) -> None:
+    """The options every rig command takes (this rig's and perf/wakeups_rig.py's): what Rig,
+    the publishers and the daemon read from ``args``."""
+    p.add_argument("-o", "--output", help="write the JSON here")
+    p.add_argument("--package", help="a directory holding a built telemetry_cy/ to measure "
+                   "(default: the working tree); see perf/README.md for a HEAD export")
+    p.add_argument("--keys", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=4, help="pre-built readings per key")
+    p.add_argument("--procs", type=int, default=2, help="publisher processes")
+    p.add_argument("--window", type=float, default=10.0, help="engine window, seconds")
+    p.add_argument("--emit-every", type=float, default=1.0, help="engine tick, seconds")
+    p.add_argument("--disturbed", type=float, default=disturbed,
+                   help="a point is disturbed when others used more cores than this")
+    p.add_argument("--wait-quiet", type=float, default=wait_quiet,
+                   help="before a point, wait up to this long for the others to be quiet")
+
+
+def write_result(res: dict, output: str | None) -> None:
+    """The JSON to ``output`` (if given), the summary to stdout."""
+    text = json.dumps(res, indent=1)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text + "\n")
+        print(f"wrote {output}")
+    print(json.dumps(res.get("summary"), indent=1))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("ramp", "drain"):
-        p = sub.add_parser(name)
-        p.add_argument("-o", "--output", help="write the JSON here")
-        p.add_argument("--package", help="a directory holding a built telemetry_cy/ to measure "
-                       "(default: the working tree); see perf/README.md for a HEAD export")
-        p.add_argument("--keys", type=int, default=1000)
-        p.add_argument("--rounds", type=int, default=4, help="pre-built readings per key")
-        p.add_argument("--procs", type=int, default=2, help="publisher processes")
-        p.add_argument("--window", type=float, default=10.0, help="engine window, seconds")
-        p.add_argument("--emit-every", type=float, default=1.0, help="engine tick, seconds")
-        p.add_argument("--disturbed", type=float, default=0.25,
-                       help="a point is disturbed when others used more cores than this")
-        p.add_argument("--wait-quiet", type=float, default=20.0,
-                       help="before a point, wait up to this long for the others to be quiet")
+        add_rig_args(sub.add_parser(name), disturbed=0.25, wait_quiet=20.0)
     r = sub.choices["ramp"]
     r.add_argument("--subjects", default="baseline,ingest,pipeline")
     r.add_argument("--rates", default="20000,40000,60000,80000,100000,120000,150000,200000,"
@@ -952,12 +967,7 @@ def main(argv=None) -> int:
     d.add_argument("--pub-qos", type=int, default=0, choices=(0, 1))
     args = ap.parse_args(argv)
     res = cmd_ramp(args) if args.cmd == "ramp" else cmd_drain(args)
-    text = json.dumps(res, indent=1)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
-        print(f"wrote {args.output}")
-    print(json.dumps(res.get("summary"), indent=1))
+    write_result(res, args.output)
     return 0
 
 

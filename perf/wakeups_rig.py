@@ -364,19 +364,11 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("cpu", "latency"):
         p = sub.add_parser(name)
-        p.add_argument("-o", "--output", help="write the JSON here")
+        ir.add_rig_args(p, disturbed=0.35, wait_quiet=10.0)
         p.add_argument("--before", help="a directory holding the other build's telemetry_cy/")
-        p.add_argument("--package", help="the build to measure (default: the working tree)")
-        p.add_argument("--keys", type=int, default=1000)
-        p.add_argument("--rounds", type=int, default=4)
-        p.add_argument("--procs", type=int, default=2, help="publisher processes")
-        p.add_argument("--window", type=float, default=10.0)
-        p.add_argument("--emit-every", type=float, default=1.0)
         p.add_argument("--tick", type=float, default=0.001, help="publisher pacing interval, s")
         p.add_argument("--duration", type=float, default=8.0, help="seconds of sending per point")
         p.add_argument("--reps", type=int, default=2)
-        p.add_argument("--disturbed", type=float, default=0.35)
-        p.add_argument("--wait-quiet", type=float, default=10.0)
         p.add_argument("--repeats", type=int, default=1, help="repeats of a disturbed point")
         p.add_argument("--variants", default="",
                        help="also the working tree with these coalesce naps, e.g. 4ms (cpu) or "
@@ -394,12 +386,7 @@ def main(argv=None) -> int:
         commit = Path(args.before) / "COMMIT"
         res["args"]["before"] = ("export of " + commit.read_text().strip()
                                  if commit.exists() else "a build without COMMIT")
-    text = json.dumps(res, indent=1)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
-        print(f"wrote {args.output}")
-    print(json.dumps(res["summary"], indent=1))
+    ir.write_result(res, args.output)
     return 0
 
 

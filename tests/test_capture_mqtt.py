@@ -6,9 +6,10 @@
   QoS 2 too (its order against QoS 0/1 is mosquitto's to choose: compared per class).
 - One feed seen at once by the engine fed live (MqttSource + EngineThread, as the daemon), by the
   recorder and by the real ``mosquitto_sub -F '%U %t %x'``: ``replay(capture, Engine)`` gives the
-  live aggregates and drop counts, from the binary capture and from the text one. The readings
-  are published in bursts in the middle of each emit interval, so the few milliseconds between
-  the processes' arrival times never move a reading into another window.
+  live aggregates (as columns, and through Arrow) and drop counts, from the binary capture and
+  from the text one. The readings are published in bursts in the middle of each emit interval,
+  so the few milliseconds between the processes' arrival times never move a reading into another
+  window.
 - Rotation by size and by age; SIGTERM (exit 0, everything received is in the file); SIGKILL (the
   capture reads as a prefix, the torn tail reported); a full disk (a small tmpfs in a user
   namespace: one-line error, non-zero exit, the capture readable); an unreachable broker and an
@@ -327,14 +328,20 @@ def test_capture_through_the_engine_gives_the_live_aggregates(broker, fresh_brok
 
     for name in available():
         e = load(name).Engine(window=window, emit_every=every)
-        assert [a.as_dict() for a in replay(tmp_path / "feed.cap", e)] == live_dicts, name
+        columns = replay(tmp_path / "feed.cap", e)
+        assert columns.to_dicts() == live_dicts, name
         assert e.stats()["drops"] == live_drops, name
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            continue
+        assert columns.to_arrow().to_pylist() == live_dicts, name   # the notebook's path
     # the same feed as mosquitto_sub printed it: the same messages, the same aggregates
     text_msgs = [m for m in Capture(text_path).messages() if m.topic.startswith(b"site/")]
     assert [(m.topic, m.payload) for m in text_msgs] == [(m.topic, m.payload) for m in recorded]
     assert all(abs(a.ts - b.ts) < 1.0 for a, b in zip(text_msgs, recorded))
     e = ACTIVE.Engine(window=window, emit_every=every)
-    assert [a.as_dict() for a in replay(text_path, e)] == live_dicts
+    assert replay(text_path, e).to_dicts() == live_dicts
     # and the text capture replays into a broker: QoS 0, not retained, as the text says
     rec_b = recorders(tmp_path / "b", fresh_broker.url, tmp_path / "b.cap")
     rec_b.wait_ready()

@@ -82,6 +82,20 @@ def test_engine_thread_parks_when_idle_and_wakes_on_push():
         thread.stop()
 
 
+def test_stop_wakes_a_parked_thread(monkeypatch):
+    """stop() rings the parked thread awake: with the park's timeout and the next tick an hour
+    away, the thread is still joined (a stop that waited for the park would time out here)."""
+    from telemetry_cy.engine import engine_thread
+    monkeypatch.setattr(engine_thread, "MAX_PARK_S", 3600.0)
+    ring = ByteRing(1 << 16)
+    thread = EngineThread(Engine(window=3600.0, emit_every=3600.0, key_ttl=3600.0), ring,
+                          lambda aggs, now: None)
+    thread.start()
+    assert wait_for(lambda: thread.parks > 0)
+    thread.stop(timeout=30.0)
+    assert not thread.is_alive() and thread.error is None
+
+
 def test_engine_thread_error_is_surfaced():
     ring = ByteRing(1 << 16)
 

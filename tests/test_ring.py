@@ -454,3 +454,27 @@ def test_wait_wakes_when_a_producer_pushes(backend):
     t.join(30.0)
     assert not t.is_alive()
     assert woke == [True, (2.0, b"topic", b"payload")]
+
+
+def test_wake_ends_a_wait_without_records(backend):
+    """wake() (another thread asking the consumer to stop) ends a wait that no record would end:
+    the thread is joined long before its hour-long wait would have timed out."""
+    import threading
+    ring = backend.ByteRing(4096)
+    woke = []
+    t = threading.Thread(target=lambda: woke.append(ring.wait(3600.0)))
+    t.start()
+    threading.Event().wait(0.05)
+    ring.wake()
+    t.join(30.0)
+    assert not t.is_alive() and woke == [True]
+    assert ring.pop() is None
+
+
+def test_a_wake_before_the_wait_is_not_lost_and_counts_once(backend):
+    """A kick that comes before the consumer parks makes its next wait return at once (the
+    consumer looks at the kick after arming, as at the ring's head); the one after sleeps."""
+    ring = backend.ByteRing(4096)
+    ring.wake()
+    assert ring.wait(3600.0) is True
+    assert ring.wait(0.01) is False

@@ -114,7 +114,7 @@ def test_coalesce_is_checked_where_it_is_set(backend):
             MqttSource(ring, "mqtt://127.0.0.1:1", coalesce=bad)
     parser = argparse.ArgumentParser()
     cfg.add_arguments(parser)
-    assert cfg.load(parser.parse_args([]), {}).mqtt.coalesce == 0.002
+    assert cfg.load(parser.parse_args([]), {}).mqtt.coalesce == 0.004
     assert cfg.load(parser.parse_args(["--mqtt-coalesce", "5ms"]), {}).mqtt.coalesce == 0.005
     assert cfg.load(parser.parse_args(["--mqtt-coalesce", "0"]), {}).mqtt.coalesce == 0.0
     with pytest.raises(cfg.ConfigError, match="mqtt_coalesce"):

@@ -3,7 +3,8 @@
 docs/capture.md describes the format and the commands. From Python::
 
     from telemetry_cy.capture import Capture, replay
-    aggregates = replay("fleet.cap", Engine(window=60, emit_every=5))
+    aggregates = replay("fleet.cap", Engine(window=60, emit_every=5))   # Columns
+    df = aggregates.to_pandas()
     for msg in Capture("fleet.cap").messages(): ...
 """
 

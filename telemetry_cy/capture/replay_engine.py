@@ -5,7 +5,8 @@ kept for the drop offenders) and ticks on the aligned clock. Here the capture's 
 a private ring of the engine's own set and ``engine.drain``, in capture order, and the engine
 ticks at each aligned time the capture's arrival times pass, so the engine sees what the live
 daemon saw. At the end it ticks far enough past the last arrival to close every window that holds
-a reading.
+a reading. The aggregates come back as columns (``Engine.tick_columns``): ``.to_pandas()``,
+``.to_arrow()``, ``.to_polars()`` or ``.to_dicts()``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from telemetry_cy.backend import Backend, available, load
 from telemetry_cy.capture.reader import Capture
+from telemetry_cy.engine.column_buffers import Columns
 
 #: Records drained per engine.drain call (the daemon's EngineThread default).
 BATCH_RECORDS = 8192
@@ -46,17 +48,18 @@ def closing_tick(last_ts: float, engine) -> int:
     return math.floor(last_ts / every) + 1 + math.ceil(engine.window / every)
 
 
-def replay(path: str | os.PathLike, engine) -> list:
+def replay(path: str | os.PathLike, engine) -> Columns:
     """Runs the capture at ``path`` (binary, or mosquitto_sub ``%U %t %x`` text) through
     ``engine`` with the capture's arrival times and returns every aggregate it emits, oldest
-    first, up to the windows that hold the last reading. The engine keeps its counters
+    first, up to the windows that hold the last reading, as columns (``Columns``: the rows
+    ``engine.tick`` would have returned, in the same order). The engine keeps its counters
     (``engine.stats()``: drops by reason, ...). Raises CaptureError on a corrupted capture; a torn
     tail ends the replay there (``Capture(path).torn`` tells).
     """
     backend = _backend_of(engine)
     ring = _ring_for(backend, engine)
     every = engine.emit_every
-    out: list = []
+    out: list[Columns] = []
     started = False
     next_k = 0            # the next live tick, at next_k * emit_every (the daemon's form)
     last_ts = 0.0
@@ -73,7 +76,7 @@ def replay(path: str | os.PathLike, engine) -> list:
         drain_all()
         due, closed = math.floor(ts / every), closing_tick(last_ts, engine)
         while next_k <= due:
-            out.extend(engine.tick(next_k * every))
+            out.append(engine.tick_columns(next_k * every))
             next_k = due if closed <= next_k < due else next_k + 1
 
     for chunk in Capture(path).chunks():
@@ -94,5 +97,5 @@ def replay(path: str | os.PathLike, engine) -> list:
             last_ts = ts
     drain_all()
     if started:
-        out.extend(engine.tick(closing_tick(last_ts, engine) * every))
-    return out
+        out.append(engine.tick_columns(closing_tick(last_ts, engine) * every))
+    return Columns.concat(out)

@@ -20,7 +20,7 @@ cdef extern from "tc_window.h" nogil:
 
     ctypedef struct tc_agg:
         uint64_t count
-        double sum, mean, min, max, m2, first, last
+        double sum, mean, min, max, m2, first, last, var
 
     ctypedef struct tc_table:
         tc_key **keys
@@ -50,6 +50,7 @@ cdef extern from "tc_window.h" nogil:
     int tc_key_aggregate(const tc_key *k, uint32_t panes, int64_t tick, tc_agg *out)
     uint64_t tc_key_open_count(const tc_key *k, uint32_t panes, int64_t interval)
     void tc_prefetch_slot(const tc_table *t, uint64_t hash)
+    void tc_prefetch_key(const tc_key *k, uint32_t panes)
 
     # event time
     uint32_t tc_event_units(uint32_t ring, uint32_t lead)
@@ -170,6 +171,100 @@ cdef class Aggregate:
     cdef readonly tuple quantile_values
 
 
+# aggregate fields _ColumnBuilder holds at most (rules.AGGREGATE_FIELDS)
+cdef enum:
+    TC_MAX_COLUMNS = 32
+
+
+cdef extern from "tc_colbuf.h" nogil:
+    ctypedef struct tc_colbuf:
+        char *p
+        size_t len
+        size_t cap
+    void tc_colbuf_init(tc_colbuf *b)
+    void tc_colbuf_free(tc_colbuf *b)
+    int tc_colbuf_reserve(tc_colbuf *b, size_t need)
+    int tc_colbuf_put_string(tc_colbuf *data, int64_t *offsets, size_t i, const char *p,
+                             size_t size)
+    void tc_colbuf_set_bit(tc_colbuf *bits, size_t i, int valid)
+
+
+cdef extern from "tc_colfill.h" nogil:
+    enum:
+        TC_COLFILL_MAX_QS
+    ctypedef struct tc_colplan:
+        double *window_start
+        double *window_end
+        double *sum
+        double *mean
+        double *min
+        double *max
+        double *stddev
+        double *first
+        double *last
+        int64_t *count
+        uint32_t n_qs
+        double *qs[16]
+        tc_colbuf *device
+        tc_colbuf *sensor
+        tc_colbuf *unit
+        int64_t *device_off
+        int64_t *sensor_off
+        int64_t *unit_off
+        tc_colbuf *unit_valid
+        size_t unit_nulls
+    int tc_colplan_put(tc_colplan *pl, size_t i, const tc_key *k, uint32_t units,
+                       const tc_agg *a, double window_start, double window_end, const double *qs)
+
+
+@cython.final
+cdef class _ColumnBuffer:
+    cdef tc_colbuf buf
+    cdef char format[2]
+    cdef Py_ssize_t itemsize
+    cdef Py_ssize_t shape[1]
+    cdef Py_ssize_t strides[1]
+
+
+@cython.final
+cdef class _ColumnBuilder:
+    cdef tuple layout            # column_buffers.column_layout() of the engine's quantiles
+    cdef tuple names             # the layout's column names
+    cdef Py_ssize_t n, cap       # rows, and rows the value buffers have room for
+    cdef int n_cols
+    cdef int n_q                 # quantile columns (the last ones; append_key's qv)
+    cdef int kind[TC_MAX_COLUMNS]
+    cdef int source[TC_MAX_COLUMNS]
+    cdef bint nullable[TC_MAX_COLUMNS]
+    cdef Py_ssize_t nulls[TC_MAX_COLUMNS]
+    cdef Py_ssize_t str_hint[TC_MAX_COLUMNS]   # a string column's bytes per row, last take
+    cdef tc_colbuf values[TC_MAX_COLUMNS]      # float64 / int64 values; a string column's offsets
+    cdef tc_colbuf data[TC_MAX_COLUMNS]        # a string column's UTF-8 bytes
+    cdef tc_colbuf validity[TC_MAX_COLUMNS]    # a nullable column's bitmap
+    # how append_key fills a row: the plan (tc_colfill.h) for every column with a source, set
+    # by reserve(); col_of[source] = its column; the columns without a source (all null)
+    cdef tc_colplan plan
+    cdef int col_of[TC_MAX_COLUMNS]
+    cdef int n_null
+    cdef int null_cols[TC_MAX_COLUMNS]
+    # the last take()'s _ColumnBuffer objects (values, data, validity per column, or None),
+    # for _reclaim
+    cdef list spare
+
+    cdef _reclaim(self)
+    cdef _reset(self)
+    cdef int reserve(self, Py_ssize_t more) except -1
+    cdef void _plan(self) noexcept
+    cdef int _put_string(self, int c, Py_ssize_t i, const char *p, size_t size,
+                         bint valid) except -1
+    cdef void _set_valid(self, int c, Py_ssize_t i, bint valid) noexcept
+    cdef int _put_null(self, int c, Py_ssize_t i) except -1
+    cdef int append_key(self, const tc_key *k, uint32_t units, const tc_agg *agg,
+                        double window_start, double window_end, const double *qv) except -1
+    cdef int append_row(self, tuple row) except -1
+    cdef object take(self)
+
+
 @cython.final
 cdef class Engine:
     cdef tc_table table
@@ -184,6 +279,8 @@ cdef class Engine:
     cdef int64_t closed          # newest closed tick index (tick k closes interval k-1)
     cdef int64_t newest_data     # newest interval any key holds data in
     cdef list pending            # aggregates of closed ticks not yet returned by tick()
+    cdef _ColumnBuilder columns  # ... or by tick_columns(), when emit_columns
+    cdef bint emit_columns       # the last tick call was tick_columns
     # batch scratch space, reused across calls; items point into payload objects or the ring
     cdef batch_item *batch
     cdef Py_ssize_t batch_cap
@@ -240,7 +337,8 @@ cdef class Engine:
     cdef int _advance(self, int64_t interval) except -1
     cdef int _scan(self, int64_t tick, bint emit) except -1
     cdef int _init_quantiles(self, qcfg) except -1
-    cdef int _set_quantiles(self, Aggregate a, const tc_key *k, int64_t tick) except -1
+    cdef int _key_quantiles(self, const tc_key *k, int64_t tick, double *vals) except -1
+    cdef int _set_quantiles(self, Aggregate a, const double *vals) except -1
     cdef Py_ssize_t _run_all(self, Py_ssize_t n) except -1
     cdef int64_t _interval(self, double ts) except? -1
     cdef _push_fallback(self, Py_ssize_t i)
@@ -264,3 +362,5 @@ cdef class Engine:
     cdef int _event_payload(self, Py_ssize_t i) except -1
     cdef int _event_reading(self, const tc_reading *r, double arrival) except -1
     cdef int _event_tick(self, double now) except -1
+    cdef int _emit_to(self, bint columns) except -1
+    cdef int _close_to(self, double now, bint columns) except -1

@@ -1,6 +1,7 @@
 from collections.abc import Iterable
 from typing import TypedDict, final, type_check_only
 
+from telemetry_cy.engine.column_buffers import Columns
 from telemetry_cy.engine.rules import LateReading
 from telemetry_cy.source._ring import ByteRing
 
@@ -109,6 +110,9 @@ class Engine:
                      unit: str | None = None, seq: int | None = None,
                      t: float | None = None) -> None: ...
     def tick(self, now: float) -> list[Aggregate]: ...
+    def tick_columns(self, now: float) -> Columns:
+        """``tick(now)`` with the aggregates as columns: the same rows, in the same order, in
+        typed buffers (``column_buffers.Columns``) rather than one object per aggregate."""
     def open_readings(self) -> int:
         """Accepted readings of the intervals no tick has closed yet: in no aggregate so far."""
     def take_late(self) -> list[LateReading]:

@@ -6,10 +6,12 @@ import os
 
 cimport cython
 
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact, \
     PyBytes_FromStringAndSize
 from cpython.float cimport PyFloat_FromDouble
 from cpython.object cimport PyObject
+from cpython.list cimport PyList_GET_ITEM
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.sequence cimport PySequence_Fast_ITEMS
@@ -31,11 +33,13 @@ from telemetry_cy.engine._sketch cimport (
 from telemetry_cy.engine.rules import (
     AGGREGATE_FIELDS, DEFAULT_ALLOWED_LATENESS, DEFAULT_IDLE_TIMEOUT, DEFAULT_LATE_CAPACITY,
     DEFAULT_MAX_FUTURE, MAX_QUANTILES, QUANTILE_ACCURACY_DEFAULT, TOP_OFFENDERS, LateReading,
-    check_config, check_event_config, check_quantiles, present_fields, quantile_field,
-    top_entries,
+    aggregate_args, check_config, check_event_config, check_quantiles, present_fields,
+    quantile_field, top_entries,
 )
 from telemetry_cy.engine.cbor_fallback import decode_with_cbor2
 from telemetry_cy.engine import snapshot_format as snap
+from telemetry_cy.engine.column_buffers import COLUMNS as _COLUMNS, FLOAT64 as _FLOAT64, \
+    INT64 as _INT64, STRING as _STRING, Columns, column_layout
 from telemetry_cy.engine.snapshot_errors import SnapshotError
 from telemetry_cy.reasons import DROP_REASONS, ENGINE_REASONS
 
@@ -69,6 +73,9 @@ cdef uint64_t GIL_YIELD_MASK = 4095
 cdef enum:
     PIPE_DEPTH = 8
     PIPE_CAP = 16
+
+# _scan prefetches the record of the key this many keys ahead (tc_prefetch_key)
+cdef size_t SCAN_AHEAD = 6
 
 # push_many hands payloads to the decoder this many at a time
 cdef Py_ssize_t PUSH_CHUNK = 2048
@@ -132,6 +139,327 @@ cdef class Aggregate:
     def __repr__(self):
         return "Aggregate(" + ", ".join(
             f"{name}={value!r}" for name, value in present_fields(self).items()) + ")"
+
+
+# ---- columns (Engine.tick_columns) ---------------------------------------------------------------
+
+# where a column's values come from; the columns themselves are column_buffers.column_layout():
+# the statistics (column_buffers.COLUMNS), then the engine's quantiles, column j of those taking
+# source S_Q0 + j (the engine's j-th quantile). A nullable statistic with no source here is all
+# null (a field added to AGGREGATE_FIELDS shows up as a null column until it is given a source
+# here and a place in the fill plan, includes/tc_colfill.h).
+cdef enum:
+    S_NULL = 0
+    S_DEVICE, S_SENSOR, S_UNIT, S_COUNT
+    S_WINDOW_START, S_WINDOW_END, S_SUM, S_MEAN, S_MIN, S_MAX, S_STDDEV, S_FIRST, S_LAST
+    S_Q0
+
+cdef enum:
+    K_F64 = 0
+    K_I64 = 1
+    K_STR = 2
+
+_SOURCES = {
+    "device": S_DEVICE, "sensor": S_SENSOR, "unit": S_UNIT, "count": S_COUNT,
+    "window_start": S_WINDOW_START, "window_end": S_WINDOW_END, "sum": S_SUM, "mean": S_MEAN,
+    "min": S_MIN, "max": S_MAX, "stddev": S_STDDEV, "first": S_FIRST, "last": S_LAST,
+}
+_KINDS = {_FLOAT64: K_F64, _INT64: K_I64, _STRING: K_STR}
+# the kind of column each source writes (by source number, S_NULL first)
+_SOURCE_KINDS = (K_F64, K_STR, K_STR, K_STR, K_I64) + (K_F64,) * (S_Q0 - 1 - S_COUNT)
+for _name, _kind, _nullable in _COLUMNS:
+    if not _nullable and _name not in _SOURCES:
+        raise RuntimeError(f"aggregate field {_name!r} has no column source in _engine.pyx")
+if len(_COLUMNS) > TC_MAX_COLUMNS:
+    raise RuntimeError("more aggregate fields than _ColumnBuilder holds")
+
+
+cdef char _EMPTY[1]   # what an empty column's buffer points at
+
+cdef extern from "Python.h":
+    Py_ssize_t _refcount "Py_REFCNT"(PyObject *o)
+
+
+@cython.final
+cdef class _ColumnBuffer:
+    """One column's memory (a tc_colbuf) after the builder handed it over: exported read-only as a
+    buffer of `format` items, freed with this object. Every export holds a reference to it (the
+    memoryviews of a Columns, a pyarrow buffer over one), so the memory outlives them all."""
+
+    def __dealloc__(self):
+        tc_colbuf_free(&self.buf)
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("a column buffer is read-only")
+        view.buf = <void *>(self.buf.p if self.buf.p != NULL else _EMPTY)
+        view.obj = self
+        view.len = <Py_ssize_t>self.buf.len
+        view.readonly = 1
+        view.itemsize = self.itemsize
+        view.format = self.format if flags & PyBUF_FORMAT else NULL
+        view.ndim = 1
+        view.shape = self.shape if flags & PyBUF_ND else NULL
+        view.strides = self.strides if flags & PyBUF_STRIDES else NULL
+        view.suboffsets = NULL
+        view.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
+
+
+cdef _ColumnBuffer _hand_over(tc_colbuf *b, size_t length, char fmt, Py_ssize_t itemsize):
+    """The first `length` bytes of `b` as a _ColumnBuffer, which takes the memory; `b` is left
+    empty."""
+    cdef _ColumnBuffer out = _ColumnBuffer.__new__(_ColumnBuffer)
+    out.buf = b[0]
+    out.buf.len = length
+    tc_colbuf_init(b)
+    out.format[0] = fmt
+    out.format[1] = 0
+    out.itemsize = itemsize
+    out.shape[0] = <Py_ssize_t>length // itemsize
+    out.strides[0] = itemsize
+    return out
+
+
+@cython.final
+cdef class _ColumnBuilder:
+    """Aggregates appended straight into Arrow-layout column buffers (column_buffers.py), in C
+    memory (includes/tc_colbuf.h) that take() hands to Python without a copy. Owned by the
+    engine's thread, like the Engine."""
+
+    def __cinit__(self, tuple q_names):
+        cdef int c
+        self.layout = column_layout(q_names)
+        self.names = tuple([name for name, _, _ in self.layout])
+        if len(self.layout) > TC_MAX_COLUMNS or len(q_names) > TC_COLFILL_MAX_QS:
+            raise ValueError("more quantiles than the columns hold")
+        self.n_cols = len(self.layout)
+        self.n_null = 0
+        for c in range(S_Q0):
+            self.col_of[c] = -1
+        for c, (name, kind, nullable) in enumerate(self.layout):
+            self.kind[c] = _KINDS[kind]
+            self.source[c] = (S_Q0 + q_names.index(name) if name in q_names
+                              else _SOURCES.get(name, S_NULL))
+            self.nullable[c] = nullable
+            self.str_hint[c] = 16
+            tc_colbuf_init(&self.values[c])
+            tc_colbuf_init(&self.data[c])
+            tc_colbuf_init(&self.validity[c])
+            if self.source[c] == S_NULL:
+                self.null_cols[self.n_null] = c     # filled by append_key's generic loop
+                self.n_null += 1
+            elif self.source[c] < S_Q0:
+                self.col_of[self.source[c]] = c
+        # the plan (tc_colfill.h) fills every source but S_NULL: each must have its column, of
+        # the kind and nullability it writes
+        for c in range(1, S_Q0):
+            if (self.col_of[c] < 0 or self.kind[self.col_of[c]] != _SOURCE_KINDS[c]
+                    or self.nullable[self.col_of[c]] != (c == S_UNIT)):
+                raise RuntimeError(f"column source {c} has no column of its kind in the layout")
+        self.plan.n_qs = <uint32_t>len(q_names)
+        self.spare = []
+        self._reset()
+
+    def __dealloc__(self):
+        cdef int c
+        for c in range(self.n_cols):
+            tc_colbuf_free(&self.values[c])
+            tc_colbuf_free(&self.data[c])
+            tc_colbuf_free(&self.validity[c])
+
+    cdef _reclaim(self):
+        """Takes back the memory of the last take()'s buffers that nobody holds any more, so a
+        tick after one whose columns were dropped writes into pages already faulted in rather
+        than fresh ones the kernel must zero. The list is their only reference when the count
+        is 1: every export (a memoryview, a pyarrow buffer, a numpy array) holds one of its own."""
+        cdef Py_ssize_t x
+        cdef PyObject *o
+        cdef _ColumnBuffer cb
+        cdef tc_colbuf *slot
+        for x in range(len(self.spare)):
+            o = PyList_GET_ITEM(self.spare, x)
+            if o == <PyObject *>None or _refcount(o) != 1:
+                continue
+            slot = (&self.values[x // 3] if x % 3 == 0 else
+                    &self.data[x // 3] if x % 3 == 1 else &self.validity[x // 3])
+            if slot.cap >= (<_ColumnBuffer>o).buf.cap:
+                continue
+            cb = <_ColumnBuffer>o
+            tc_colbuf_free(slot)
+            slot[0] = cb.buf
+            slot.len = 0
+            tc_colbuf_init(&cb.buf)
+        self.spare = []
+
+    cdef _reset(self):
+        cdef int c
+        self.n = self.cap = 0
+        self.plan.unit_nulls = 0
+        for c in range(self.n_cols):
+            self.nulls[c] = 0
+            self.values[c].len = 0
+            self.data[c].len = 0
+            self.validity[c].len = 0
+
+    cdef int reserve(self, Py_ssize_t more) except -1:
+        """Room for `more` rows past the current ones (a string column's bytes: as many as its
+        rows took last time, and they grow as they come)."""
+        if self.n + more <= self.cap:
+            return 0
+        cdef Py_ssize_t cap = max(self.n + more, 2 * self.cap, 1024)
+        cdef int c
+        cdef size_t strings
+        if self.cap == 0 and self.spare:
+            self._reclaim()
+        for c in range(self.n_cols):
+            # a string column's values are its offsets: one more than its rows, the first 0
+            if tc_colbuf_reserve(&self.values[c], <size_t>(cap + (self.kind[c] == K_STR)) * 8):
+                raise MemoryError()
+            if self.kind[c] == K_STR:
+                if self.values[c].len == 0:
+                    (<int64_t *>self.values[c].p)[0] = 0
+                    self.values[c].len = 8
+                strings = self.data[c].len + <size_t>(more * self.str_hint[c])
+                if tc_colbuf_reserve(&self.data[c], strings):
+                    raise MemoryError()
+            if self.nullable[c] and tc_colbuf_reserve(&self.validity[c], <size_t>(cap + 7) // 8):
+                raise MemoryError()
+        self.cap = cap
+        self._plan()
+        return 0
+
+    cdef void _plan(self) noexcept:
+        """The plan of append_key (tc_colfill.h) over the buffers as they are now."""
+        cdef int c
+        cdef tc_colplan *pl = &self.plan
+        pl.window_start = <double *>self.values[self.col_of[S_WINDOW_START]].p
+        pl.window_end = <double *>self.values[self.col_of[S_WINDOW_END]].p
+        pl.sum = <double *>self.values[self.col_of[S_SUM]].p
+        pl.mean = <double *>self.values[self.col_of[S_MEAN]].p
+        pl.min = <double *>self.values[self.col_of[S_MIN]].p
+        pl.max = <double *>self.values[self.col_of[S_MAX]].p
+        pl.stddev = <double *>self.values[self.col_of[S_STDDEV]].p
+        pl.first = <double *>self.values[self.col_of[S_FIRST]].p
+        pl.last = <double *>self.values[self.col_of[S_LAST]].p
+        pl.count = <int64_t *>self.values[self.col_of[S_COUNT]].p
+        for c in range(self.n_cols):
+            if self.source[c] >= S_Q0:
+                pl.qs[self.source[c] - S_Q0] = <double *>self.values[c].p
+        pl.device = &self.data[self.col_of[S_DEVICE]]
+        pl.sensor = &self.data[self.col_of[S_SENSOR]]
+        pl.unit = &self.data[self.col_of[S_UNIT]]
+        pl.device_off = <int64_t *>self.values[self.col_of[S_DEVICE]].p
+        pl.sensor_off = <int64_t *>self.values[self.col_of[S_SENSOR]].p
+        pl.unit_off = <int64_t *>self.values[self.col_of[S_UNIT]].p
+        pl.unit_valid = &self.validity[self.col_of[S_UNIT]]
+
+    cdef int _put_string(self, int c, Py_ssize_t i, const char *p, size_t size,
+                         bint valid) except -1:
+        """Row i of string column c: `size` bytes at p, or a null (valid false)."""
+        if tc_colbuf_put_string(&self.data[c], <int64_t *>self.values[c].p, <size_t>i, p,
+                                size if valid else 0):
+            raise MemoryError()
+        if self.nullable[c]:
+            self._set_valid(c, i, valid)
+        return 0
+
+    cdef void _set_valid(self, int c, Py_ssize_t i, bint valid) noexcept:
+        tc_colbuf_set_bit(&self.validity[c], <size_t>i, valid)
+        if not valid:
+            self.nulls[c] += 1
+
+    cdef int append_key(self, const tc_key *k, uint32_t units, const tc_agg *agg,
+                        double window_start, double window_end, const double *qv) except -1:
+        """One key's aggregate, the same values _scan puts in an Aggregate; `units` is the
+        record's pane-sized units before its names, qv the key's quantiles (the engine's
+        order; read only when the layout has quantile columns)."""
+        cdef Py_ssize_t i = self.n
+        cdef int j
+        if i >= self.cap:
+            self.reserve(1)
+        if tc_colplan_put(&self.plan, <size_t>i, k, units, agg, window_start, window_end, qv):
+            raise MemoryError()
+        for j in range(self.n_null):
+            self._put_null(self.null_cols[j], i)
+        self.n = i + 1
+        return 0
+
+    cdef int _put_null(self, int c, Py_ssize_t i) except -1:
+        if self.kind[c] == K_STR:
+            return self._put_string(c, i, NULL, 0, False)
+        (<int64_t *>self.values[c].p)[i] = 0    # 0.0 or 0: the same eight zero bytes
+        self._set_valid(c, i, False)
+        return 0
+
+    cdef int append_row(self, tuple row) except -1:
+        """One aggregate given as Python values in the layout's order (the slow path: rows that
+        were already Aggregate objects)."""
+        cdef Py_ssize_t i = self.n
+        cdef int c
+        cdef bytes b
+        if len(row) != self.n_cols:
+            raise ValueError("a row must have one value per aggregate field")
+        for c in range(self.n_cols):
+            if row[c] is None and not self.nullable[c]:
+                raise TypeError("a null in a column that takes none")
+        if i >= self.cap:
+            self.reserve(1)
+        for c in range(self.n_cols):
+            v = row[c]
+            if v is None:
+                self._put_null(c, i)
+                continue
+            if self.kind[c] == K_F64:
+                (<double *>self.values[c].p)[i] = <double>v
+            elif self.kind[c] == K_I64:
+                (<int64_t *>self.values[c].p)[i] = <int64_t>v
+            else:
+                b = (<str>v).encode("utf-8")
+                self._put_string(c, i, PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b), True)
+                continue
+            if self.nullable[c]:
+                self._set_valid(c, i, True)
+        self.n = i + 1
+        return 0
+
+    cdef object take(self):
+        """The rows so far as column_buffers.Columns, their memory handed over; starts empty."""
+        cdef int c
+        cdef Py_ssize_t n = self.n
+        self.nulls[self.col_of[S_UNIT]] += <Py_ssize_t>self.plan.unit_nulls
+        self.plan.unit_nulls = 0
+        if self.cap == 0:
+            self.reserve(1)     # an empty string column still has its one offset
+        buffers, nulls = {}, {}
+        cdef list spare = []
+        cdef _ColumnBuffer values, data, validity
+        for c, (name, kind, nullable) in enumerate(self.layout):
+            validity = data = None
+            if self.nulls[c]:
+                validity = _hand_over(&self.validity[c], <size_t>(n + 7) // 8, b"B", 1)
+            if self.kind[c] == K_STR:
+                if n:
+                    self.str_hint[c] = <Py_ssize_t>(self.data[c].len // <size_t>n) + 1
+                values = _hand_over(&self.values[c], <size_t>(n + 1) * 8, b"q", 8)
+                data = _hand_over(&self.data[c], self.data[c].len, b"B", 1)
+                buffers[name] = (None if validity is None else memoryview(validity),
+                                 memoryview(values), memoryview(data))
+            else:
+                values = _hand_over(&self.values[c], <size_t>n * 8,
+                                    b"d" if self.kind[c] == K_F64 else b"q", 8)
+                buffers[name] = (None if validity is None else memoryview(validity),
+                                 memoryview(values))
+            nulls[name] = self.nulls[c]
+            spare += (values, data, validity)
+        self._reset()
+        self.spare = spare
+        return Columns(n, buffers, nulls, self.layout)
+
+    def __len__(self):
+        return self.n
 
 
 @cython.final
@@ -245,6 +573,8 @@ cdef class Engine:
         self.closed = 0
         self.newest_data = INT64_MIN
         self.pending = []
+        self.columns = _ColumnBuilder(self.quantile_names)
+        self.emit_columns = False
         self.received = self.payloads = self.readings = 0
         self.evicted = self.ticks = self.aggregates = 0
         memset(self.drops, 0, sizeof(self.drops))
@@ -532,32 +862,46 @@ cdef class Engine:
         cdef list out = self.pending
         cdef uint32_t panes = self.panes, units = self.units, ring = self.ring, lead = self.lead
         cdef bint event = self.event
+        cdef bint columns = emit and self.emit_columns
+        cdef size_t n_keys
+        cdef double qv[TC_MAX_COLUMNS]   # the key's quantiles, self.qs order (_key_quantiles)
+        if columns:
+            self.columns.reserve(<Py_ssize_t>self.table.n_keys)
         while i < self.table.n_keys:
             k = self.table.keys[i]
+            n_keys = self.table.n_keys
+            if i + SCAN_AHEAD < n_keys:
+                tc_prefetch_key(self.table.keys[i + SCAN_AHEAD], units)
             if emit and (tc_key_aggregate_event(k, panes, ring, lead, tick, &agg) if event
                          else tc_key_aggregate(k, panes, tick, &agg)):
-                a = Aggregate.__new__(Aggregate)
-                a.device = PyUnicode_DecodeUTF8(tc_key_device(k, units), k.device_len, NULL)
-                a.sensor = PyUnicode_DecodeUTF8(tc_key_sensor(k, units), k.sensor_len, NULL)
-                if k.unit_len == TC_NO_UNIT:
-                    a.unit = None
-                else:
-                    a.unit = PyUnicode_DecodeUTF8(tc_key_unit(k, units), k.unit_len, NULL)
-                a.window_start = window_start
-                a.window_end = tick_time
-                a.count = agg.count
-                a.sum = agg.sum
-                a.mean = agg.mean
-                a.min = agg.min
-                a.max = agg.max
-                a.stddev = sqrt(agg.m2 / <double>agg.count)
-                a.first = agg.first
-                a.last = agg.last
+                # one aggregate, two outputs: the columns, or an Aggregate (the same values)
                 if self.n_qs:
-                    self._set_quantiles(a, k, tick)
+                    self._key_quantiles(k, tick, qv)
+                if columns:
+                    self.columns.append_key(k, units, &agg, window_start, tick_time, qv)
                 else:
-                    a.quantile_names = a.quantile_values = NO_QUANTILES
-                out.append(a)
+                    a = Aggregate.__new__(Aggregate)
+                    a.device = PyUnicode_DecodeUTF8(tc_key_device(k, units), k.device_len, NULL)
+                    a.sensor = PyUnicode_DecodeUTF8(tc_key_sensor(k, units), k.sensor_len, NULL)
+                    if k.unit_len == TC_NO_UNIT:
+                        a.unit = None
+                    else:
+                        a.unit = PyUnicode_DecodeUTF8(tc_key_unit(k, units), k.unit_len, NULL)
+                    a.window_start = window_start
+                    a.window_end = tick_time
+                    a.count = agg.count
+                    a.sum = agg.sum
+                    a.mean = agg.mean
+                    a.min = agg.min
+                    a.max = agg.max
+                    a.stddev = sqrt(agg.var)
+                    a.first = agg.first
+                    a.last = agg.last
+                    if self.n_qs:
+                        self._set_quantiles(a, qv)
+                    else:
+                        a.quantile_names = a.quantile_values = NO_QUANTILES
+                    out.append(a)
                 self.aggregates += 1
                 if (self.aggregates & GIL_YIELD_MASK) == 0:
                     # Building a million aggregates holds the GIL for ~0.25 s, and no bytecode
@@ -573,23 +917,32 @@ cdef class Engine:
             i += 1
         return 0
 
-    cdef int _set_quantiles(self, Aggregate a, const tc_key *k, int64_t tick) except -1:
-        """The chosen quantiles of k's window at `tick`: its panes' sketches merged in C into the
-        scratch sketch. NaN when the window holds more than 2**32 - 1 values (the sketch's
-        limit; docs/windows.md)."""
+    cdef int _key_quantiles(self, const tc_key *k, int64_t tick, double *vals) except -1:
+        """The quantiles the engine computes (self.qs, named self.quantile_names) of k's window at
+        `tick`, into vals[0 .. n_qs): its panes' sketches merged in C into the scratch sketch.
+        NaN when the window holds more than 2**32 - 1 values (the sketch's limit;
+        docs/windows.md). Both outputs of _scan take them from here."""
         cdef int r = tc_key_qs_window(&self.table, k, self.panes, tick, &self.qscratch)
         cdef int i
-        cdef double vals[TC_QS_MAX_QUANTILES]
-        cdef tuple values = PyTuple_New(self.n_qs)
-        cdef object v
         if r == TC_SKETCH_E_NOMEM:
             raise MemoryError("telemetry-cy engine: out of memory merging a window's sketches")
         if r == TC_SKETCH_OK:
             # self.qs ascends (rules.check_quantiles): one walk for all of them
             tc_qs_quantiles(&self.qmap, &self.qscratch.h, self.qscratch.counts, self.qs,
                             self.n_qs, vals)
+        else:
+            for i in range(self.n_qs):
+                vals[i] = NAN
+        return 0
+
+    cdef int _set_quantiles(self, Aggregate a, const double *vals) except -1:
+        """An Aggregate's quantiles from _key_quantiles' values: the engine's names (shared) and
+        one tuple of the values."""
+        cdef int i
+        cdef tuple values = PyTuple_New(self.n_qs)
+        cdef object v
         for i in range(self.n_qs):
-            v = PyFloat_FromDouble(vals[i] if r == TC_SKETCH_OK else NAN)
+            v = PyFloat_FromDouble(vals[i])
             Py_INCREF(v)   # PyTuple_SET_ITEM steals the reference
             PyTuple_SET_ITEM(values, i, v)
         a.quantile_names = self.quantile_names
@@ -1019,14 +1372,44 @@ cdef class Engine:
     def tick(self, double now):
         """Closes every aligned tick <= now and returns the aggregates of all ticks closed since
         the last call, oldest tick first."""
+        self._close_to(now, False)
+        out = self.pending
+        self.pending = []
+        return out
+
+    def tick_columns(self, double now):
+        """tick(now) with the aggregates as columns (column_buffers.Columns): the same rows in
+        the same order, filled in C without an object per aggregate."""
+        self._close_to(now, True)
+        return self.columns.take()
+
+    cdef int _close_to(self, double now, bint columns) except -1:
+        """What tick and tick_columns share: every tick <= now closed into the chosen output."""
         cdef int64_t interval = self._interval(now)
+        self._emit_to(columns)
         if self.event:
             self._event_tick(now)
         elif not self.started or interval > self.closed:
             self._advance(interval)
-        out = self.pending
-        self.pending = []
-        return out
+        return 0
+
+    cdef int _emit_to(self, bint columns) except -1:
+        """Closed ticks go to the output of the last tick call. Ticks closed by data since then
+        are older than any the coming call closes: moved over first, in order (the slow path,
+        only when a caller switches between tick and tick_columns)."""
+        if columns == self.emit_columns:
+            return 0
+        cdef dict d
+        if columns:
+            for a in self.pending:
+                d = a.as_dict()
+                self.columns.append_row(tuple([d[name] for name in self.columns.names]))
+            self.pending = []
+        else:
+            self.pending = [Aggregate(*aggregate_args(d))
+                            for d in self.columns.take().to_dicts()]
+        self.emit_columns = columns
+        return 0
 
     def open_readings(self):
         """Readings accepted in the interval no tick has closed yet: they are in no aggregate
@@ -1062,7 +1445,7 @@ cdef class Engine:
             "state_bytes": tc_table_state_bytes(&self.table),
             "ticks": self.ticks,
             "aggregates": self.aggregates,
-            "pending": len(self.pending),
+            "pending": len(self.pending) + self.columns.n,
             "closed_tick": self.closed * self.emit_every if self.started else None,
             "event_time": {
                 "no_event_time": self.no_event_time,
@@ -1147,8 +1530,8 @@ cdef _snap_settings(Engine eng):
     return snap.Settings(
         eng.window, eng.emit_every, eng.panes, bool(eng.event), eng.lead,
         eng.allowed_lateness if eng.event else 0.0,
-        *snap.quantile_settings(eng.quantiles, eng.quantile_accuracy), eng.table.max_keys, eng.key_ttl,
-        eng.idle_timeout, eng.max_future, eng.late_capacity, eng.max_name_bytes,
+        *snap.quantile_settings(eng.quantiles, eng.quantile_accuracy), eng.table.max_keys,
+        eng.key_ttl, eng.idle_timeout, eng.max_future, eng.late_capacity, eng.max_name_bytes,
         eng.max_payload_bytes)
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from telemetry_cy.engine import snapshot_format as snap
 from telemetry_cy.engine._decode_py import decode
+from telemetry_cy.engine.column_buffers import ColumnBuilder, Columns, column_layout
 from telemetry_cy.engine.decode_types import Reading
 from telemetry_cy.engine.rules import (
     AGGREGATE_FIELDS,
@@ -31,6 +32,7 @@ from telemetry_cy.engine.rules import (
     TOPN_CAPACITY,
     TOPN_NAME_BYTES,
     LateReading,
+    aggregate_args,
     aggregate_field_type,
     check_config,
     check_event_config,
@@ -397,6 +399,9 @@ class Engine:
         self._closed = 0
         self._newest_data: int | None = None
         self._pending: list[Aggregate] = []
+        # tick_columns: closed ticks go to _pending_columns instead of _pending (_emit_to)
+        self._columns = False
+        self._pending_columns = ColumnBuilder(column_layout(self.quantile_names))
         self._received = self._payloads = self._readings = 0
         self._evicted = self._ticks = self._aggregates = 0
         self._drops = dict.fromkeys(ENGINE_REASONS, 0)
@@ -557,10 +562,13 @@ class Engine:
                 if agg is not None:
                     n, total, m2, mn, mx, first = agg[:6]
                     last = agg[6] if self._event else key.last
-                    self._pending.append(Aggregate(
-                        key.device, key.sensor, key.unit, window_start, tick_time, n, total,
-                        total / float(n), mn, mx, math.sqrt(m2 / float(n)), first, last,
-                        *self._quantiles(key, tick)))
+                    row = (key.device, key.sensor, key.unit, window_start, tick_time, n, total,
+                           total / float(n), mn, mx, math.sqrt(m2 / float(n)), first, last)
+                    qv = self._quantile_values(key, tick) if self._alpha is not None else ()
+                    if self._columns:
+                        self._pending_columns.append(row + qv)
+                    else:
+                        self._pending.append(Aggregate(*row, self.quantile_names, qv))
                     self._aggregates += 1
             if tick_time - key.last_ts >= self.key_ttl:
                 evict.append(name)
@@ -568,14 +576,14 @@ class Engine:
             del self._keys[name]
         self._evicted += len(evict)
 
-    def _quantiles(self, key: _Key, tick: int) -> tuple[tuple[str, ...], tuple[float, ...]]:
-        """The names and values of the key's window's quantiles (both () when off); NaN past
-        the sketch's 2**32 - 1 values."""
-        if self._alpha is None:
-            return (), ()
+    def _quantile_values(self, key: _Key, tick: int) -> tuple[float, ...]:
+        """The quantiles the engine computes (self.quantiles, named self.quantile_names) of the
+        key's window, for both outputs: NaN past the sketch's 2**32 - 1 values."""
+        assert self._alpha is not None
         window = key.window_sketch(tick, self._panes, self._alpha)
-        return self.quantile_names, tuple(
-            math.nan if window is None else window.quantile(q) for q in self.quantiles)
+        if window is None:
+            return (math.nan,) * len(self.quantiles)
+        return tuple(window.quantile(q) for q in self.quantiles)
 
     # ---- public API ----
 
@@ -619,13 +627,40 @@ class Engine:
     def tick(self, now: float) -> list[Aggregate]:
         """Closes every aligned tick <= now and returns the aggregates of all ticks closed since
         the last call, oldest tick first."""
+        self._close_to(now, columns=False)
+        out, self._pending = self._pending, []
+        return out
+
+    def tick_columns(self, now: float) -> Columns:
+        """``tick(now)`` with the aggregates as columns (``column_buffers.Columns``): the same
+        rows in the same order, without an object per aggregate."""
+        self._close_to(now, columns=True)
+        return self._pending_columns.take()
+
+    def _close_to(self, now: float, columns: bool) -> None:
+        """What tick and tick_columns share: every tick <= now closed into the chosen output."""
         interval = interval_of(now, self.emit_every)
+        self._emit_to(columns)
         if self._event:
             self._event_tick(float(now))
         elif not self._started or interval > self._closed:
             self._advance(interval)
-        out, self._pending = self._pending, []
-        return out
+
+    def _emit_to(self, columns: bool) -> None:
+        """Closed ticks go to the output of the last tick call. Ticks closed by data since then
+        are older than any the coming call closes: moved over first, in order."""
+        if columns == self._columns:
+            return
+        if columns:
+            for a in self._pending:
+                d = a.as_dict()
+                self._pending_columns.append(
+                    tuple(d[name] for name, _, _ in self._pending_columns.layout))
+            self._pending = []
+        else:
+            self._pending = [Aggregate(*aggregate_args(d))
+                             for d in self._pending_columns.take().to_dicts()]
+        self._columns = columns
 
     def open_readings(self) -> int:
         """Readings accepted in the interval no tick has closed yet: they are in no aggregate
@@ -658,7 +693,7 @@ class Engine:
             "state_bytes": _state_bytes(self._keys),
             "ticks": self._ticks,
             "aggregates": self._aggregates,
-            "pending": len(self._pending),
+            "pending": len(self._pending) + len(self._pending_columns),
             "closed_tick": self._closed * self.emit_every if self._started else None,
             "event_time": {
                 "no_event_time": self._no_event_time,
@@ -686,9 +721,8 @@ class Engine:
             self.window, self.emit_every, self._panes, self._event, self._lead,
             self.allowed_lateness if self._event else 0.0,
             *snap.quantile_settings(self.quantiles, self.quantile_accuracy), self.max_keys,
-            self.key_ttl,
-            self.idle_timeout, self.max_future, self._late_capacity, self.max_name_bytes,
-            self.max_payload_bytes)
+            self.key_ttl, self.idle_timeout, self.max_future, self._late_capacity,
+            self.max_name_bytes, self.max_payload_bytes)
 
     def _snapshot_state(self) -> snap.EngineState:
         return snap.EngineState(
@@ -741,7 +775,6 @@ class Engine:
         self._pending = [Aggregate(**agg, quantile_names=self.quantile_names if qv else (),
                                    quantile_values=qv) for agg, qv in st.pending]
         self._late_out, self._late_unrouted = snap.late_kept(st, self._late_capacity)
-
 
 
 def _utf8(name: str) -> bytes:

@@ -86,9 +86,12 @@ class EngineThread(threading.Thread):
                     next_snapshot = mono + SNAPSHOT_EVERY_S
                 if self.checkpoints is not None and self.checkpoints.due(mono):
                     self._checkpoint()
-                if consumed:
+                if consumed >= self.batch_records:
                     idle = 0
-                    continue
+                    continue   # a full batch: more is likely there
+                # A short batch emptied the ring (as good as): park now rather than after one
+                # more empty drain. wait() looks at the ring after arming the doorbell and
+                # returns at once if records came meanwhile, so none waits for the park.
                 idle += 1
                 if idle >= SPIN_DRAINS:
                     idle = 0
@@ -151,5 +154,8 @@ class EngineThread(threading.Thread):
     def stop(self, timeout: float | None = 10.0) -> None:
         """Asks the thread to drain the ring, close due windows and exit; waits for it."""
         self._stop_requested.set()
+        # A parked thread wakes now, not at the end of its park: the ring's wake() is a kick of
+        # the doorbell that the park cannot miss (tc_doorbell.h), set after the flag above.
+        self.ring.wake()
         if self.is_alive():
             self.join(timeout)

@@ -35,6 +35,17 @@ def present_fields(a) -> dict:
     return out
 
 
+def aggregate_args(fields: dict) -> tuple:
+    """An Aggregate's constructor arguments from a dict as present_fields gives it (the
+    statistics, then the quantiles by name): the inverse of as_dict()."""
+    names = tuple(name for name in fields if name not in _FIELD_SET)
+    return (*(fields[name] for name in AGGREGATE_FIELDS), names,
+            tuple(fields[name] for name in names))
+
+
+_FIELD_SET = frozenset(AGGREGATE_FIELDS)
+
+
 def quantile_field(a, name: str) -> float:
     """``a.<name>`` for a quantile field (both twins' __getattr__); AttributeError otherwise."""
     if not name.startswith("p") or name in QUANTILE_ATTRIBUTES:

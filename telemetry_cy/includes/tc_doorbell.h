@@ -18,6 +18,11 @@
  * mutex from arming until pthread_cond_timedwait releases it, and the producer signals under the
  * same mutex. The timeout bounds the sleep anyway (the engine also wakes for its ticks).
  *
+ * A kick (tc_doorbell_kick: any thread, e.g. one asking the consumer to stop) is a ring with a
+ * flag of its own instead of a record: the kicker stores `kicked` and then rings; the consumer
+ * takes `kicked` after arming, where it looks at the ring's head. The same fences order them, so
+ * a kick is never lost either: the consumer's current wait ends, or its next one does not sleep.
+ *
  * Ringing late (after more work, not after each commit) keeps this argument: a commit not yet
  * followed by a ring is a record the consumer may not see until the next ring, so the producer's
  * rule is "every commit is followed by a ring before the producer sleeps or exits", which bounds
@@ -38,6 +43,7 @@ typedef struct {
     pthread_mutex_t mutex;
     pthread_cond_t cond;      /* waits on CLOCK_MONOTONIC */
     _Atomic int waiting;
+    _Atomic int kicked;       /* tc_doorbell_kick: the consumer's next wait must not sleep */
     _Atomic uint64_t wakeups; /* signals sent: a gauge for how often the engine parked */
 } tc_doorbell;
 
@@ -50,6 +56,7 @@ static inline int tc_doorbell_init(tc_doorbell *db) {
     pthread_condattr_destroy(&attr);
     if (rc != 0) return -1;
     atomic_init(&db->waiting, 0);
+    atomic_init(&db->kicked, 0);
     atomic_init(&db->wakeups, 0);
     return 0;
 }
@@ -90,16 +97,37 @@ static inline int tc_doorbell_wait(tc_doorbell *db, int64_t timeout_ns) {
     return rung;
 }
 
-/* Producer side: cheap when nobody sleeps (a fence and a load). */
+/* Producer side: cheap when nobody sleeps (a fence and a load).
+ *
+ * The signal goes out after the unlock: signalled under the mutex, the woken consumer would find
+ * it still held, block on it and need a second wake-up (glibc does not move a condvar waiter onto
+ * the mutex). Still no lost wake-up: the consumer holds the mutex from arming until
+ * pthread_cond_timedwait releases it, so by the time the producer holds it the consumer either
+ * waits on the condvar (the signal after the unlock wakes it; a spurious wake-up before it finds
+ * waiting == 0 and returns as rung) or has already left on its timeout (the signal reaches nobody,
+ * or wakes a later wait early, which sees waiting == 1 again and goes back to sleep). */
 static inline void tc_doorbell_ring(tc_doorbell *db) {
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&db->waiting, memory_order_relaxed)) {
         pthread_mutex_lock(&db->mutex);
         atomic_store_explicit(&db->waiting, 0, memory_order_relaxed);
         atomic_fetch_add_explicit(&db->wakeups, 1, memory_order_relaxed);
-        pthread_cond_signal(&db->cond);
         pthread_mutex_unlock(&db->mutex);
+        pthread_cond_signal(&db->cond);
     }
+}
+
+/* Any thread: the consumer's current wait ends, or its next one returns at once (once). */
+static inline void tc_doorbell_kick(tc_doorbell *db) {
+    atomic_store_explicit(&db->kicked, 1, memory_order_relaxed);
+    tc_doorbell_ring(db);   /* its seq_cst fence orders the store before the load of waiting */
+}
+
+/* Consumer, after tc_doorbell_arm (its fence orders the load after the store of waiting) or
+ * after a wait: 1 when kicked since it last looked. */
+static inline int tc_doorbell_take_kick(tc_doorbell *db) {
+    if (!atomic_load_explicit(&db->kicked, memory_order_relaxed)) return 0;
+    return atomic_exchange_explicit(&db->kicked, 0, memory_order_relaxed);
 }
 
 #endif

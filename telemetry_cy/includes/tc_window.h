@@ -28,6 +28,16 @@
 
 #include "tc_sketch.h"
 
+/* TC_SCALAR_DIV: the scalar divisions of tc_div2 even where the CPU has two-lane ones (for
+ * tests/test_merge_lanes.py, which holds the two paths to the same bits) */
+#if defined(__SSE2__) && !defined(TC_SCALAR_DIV)
+#define TC_DIV2_SSE2 1
+#include <emmintrin.h>
+#elif defined(__aarch64__) && !defined(TC_SCALAR_DIV)
+#define TC_DIV2_NEON 1
+#include <arm_neon.h>
+#endif
+
 typedef struct {
     uint32_t count;
     uint32_t _pad;
@@ -60,6 +70,7 @@ typedef struct {
 typedef struct {
     uint64_t count;
     double sum, mean, min, max, m2, first, last;
+    double var;   /* m2 / count: the stddev is its square root */
 } tc_agg;
 
 typedef struct {
@@ -280,6 +291,20 @@ static inline void tc_prefetch_slot(const tc_table *t, uint64_t hash) {
 #else
     (void)t;
     (void)hash;
+#endif
+}
+
+/* A tick reads every live key's record whole (header, P panes, names), one key after another in
+ * dense order but each record somewhere else on the heap: at 1M keys every record is a run of
+ * cache misses the hardware does not see coming. The scan asks for the record a few keys ahead. */
+static inline void tc_prefetch_key(const tc_key *k, uint32_t panes) {
+#if defined(__GNUC__) || defined(__clang__)
+    const char *p = (const char *)k;
+    const char *end = tc_key_device(k, panes) + 64;   /* the names' first bytes too */
+    for (; p < end; p += 64) __builtin_prefetch(p, 0, 3);
+#else
+    (void)k;
+    (void)panes;
 #endif
 }
 
@@ -515,6 +540,27 @@ static inline uint64_t tc_key_open_count(const tc_key *k, uint32_t panes, int64_
     return k->panes[tc_pane_of(interval, panes)].count;
 }
 
+/* a / b and c / d, each rounded as the scalar IEEE division rounds it (so the results are the
+ * pure twin's bit for bit), in one two-lane division where the CPU has one. A tick's scan is bound
+ * by the divider, not by memory: the pairwise update below divides three times per pane, twelve
+ * panes a key at the default window, and a scalar division issues every few cycles only
+ * (docs/performance.md, "Columnar tick"). */
+static inline void tc_div2(double a, double b, double c, double d, double *ab, double *cd) {
+#if defined(TC_DIV2_SSE2)
+    __m128d q = _mm_div_pd(_mm_set_pd(c, a), _mm_set_pd(d, b));
+    *ab = _mm_cvtsd_f64(q);
+    *cd = _mm_cvtsd_f64(_mm_unpackhi_pd(q, q));
+#elif defined(TC_DIV2_NEON)
+    float64x2_t q = vdivq_f64(vcombine_f64(vdup_n_f64(a), vdup_n_f64(c)),
+                              vcombine_f64(vdup_n_f64(b), vdup_n_f64(d)));
+    *ab = vgetq_lane_f64(q, 0);
+    *cd = vgetq_lane_f64(q, 1);
+#else
+    *ab = a / b;
+    *cd = c / d;
+#endif
+}
+
 /* Merge panes [lo, hi] of a key (ring of `ring` panes) into out: every field but `last`. Returns
  * the count, 0 when no pane holds a reading. Panes are merged oldest first with Chan et al.'s
  * pairwise update, so the second moment never comes from a raw sum of squares. */
@@ -522,8 +568,10 @@ static inline uint64_t tc_merge_panes(const tc_key *k, uint32_t ring, int64_t lo
                                       tc_agg *out) {
     uint64_t n = 0;
     double sum = 0.0, m2 = 0.0, mn = 0.0, mx = 0.0, first = 0.0;
-    for (int64_t j = lo; j <= hi; j++) {
-        const tc_pane *p = &k->panes[tc_pane_of(j, ring)];
+    /* one 64-bit modulo for the first pane, then the ring index steps and wraps */
+    uint32_t x = tc_pane_of(lo, ring);
+    for (int64_t j = lo; j <= hi; j++, x = x + 1 == ring ? 0 : x + 1) {
+        const tc_pane *p = &k->panes[x];
         if (p->count == 0) continue;
         if (n == 0) {
             n = p->count;
@@ -535,8 +583,18 @@ static inline uint64_t tc_merge_panes(const tc_key *k, uint32_t ring, int64_t lo
             continue;
         }
         double na = (double)n, nb = (double)p->count;
-        double delta = p->sum / nb - sum / na;
-        m2 += p->m2 + delta * delta * (na * nb / (na + nb));
+        double mean_b, mean_a, w;
+        if (p->count == 1) {
+            /* a pane of one reading (a sensor that reports once an interval): its mean is its sum
+             * exactly (x / 1.0 == x), which leaves two divisions, one two-lane one */
+            mean_b = p->sum;
+            tc_div2(sum, na, na * nb, na + nb, &mean_a, &w);
+        } else {
+            tc_div2(p->sum, nb, sum, na, &mean_b, &mean_a);
+            w = na * nb / (na + nb);
+        }
+        double delta = mean_b - mean_a;
+        m2 += p->m2 + delta * delta * w;
         sum += p->sum;
         n += p->count;
         if (p->min < mn) mn = p->min;
@@ -545,7 +603,7 @@ static inline uint64_t tc_merge_panes(const tc_key *k, uint32_t ring, int64_t lo
     if (n == 0) return 0;
     out->count = n;
     out->sum = sum;
-    out->mean = sum / (double)n;
+    tc_div2(sum, (double)n, m2, (double)n, &out->mean, &out->var);
     out->min = mn;
     out->max = mx;
     out->m2 = m2;

@@ -253,10 +253,11 @@ class MqttSettings:
                             "5|3.1.1")
     keepalive: float = setting("mqtt_keepalive", at_least(parse_duration, 1.0), 30.0,
                                "MQTT keepalive", "duration")
-    coalesce: float = setting("mqtt_coalesce", _coalesce, 0.002, "under dense traffic the "
-                              "network thread naps this long between reads, so one read and one "
-                              "engine wake-up carry many messages (adds at most this latency; "
-                              "0 = read every message as it comes; at most 100ms)", "duration")
+    coalesce: float = setting("mqtt_coalesce", _coalesce, 0.004, "under dense traffic the "
+                              "network thread naps up to this long between reads (shorter at "
+                              "high rates), so one read and one engine wake-up carry many "
+                              "messages (adds at most this latency; 0 = read every message as "
+                              "it comes; at most 100ms)", "duration")
     username: str = setting("mqtt_username", parse_str, "", "MQTT user name")
     password: str = setting("mqtt_password", parse_str, "", "MQTT password (prefer "
                             "mqtt_password_file)", secret=True)

@@ -73,3 +73,10 @@ cdef class FrameReader:
     cdef bint _broken              # after a protocol error, until reset()
     cdef bint _unrung              # records committed by feed(notify=False), doorbell not rung
     cdef int _protocol
+    # pump()'s adaptive nap: records per second between reads (smoothed), and the
+    # CLOCK_MONOTONIC time of the last read
+    cdef double _rate
+    cdef double _last_read
+
+    cdef tuple _finish(self, double ts, size_t pos, size_t end, int rc, tc_mqtt_counts *c,
+                       tc_mqtt_other *o, const char *err, bint notify)

@@ -1,11 +1,23 @@
 """Type stubs for the compiled MQTT frame reader (``_frames.pyx``); twin: ``_frames_py.py``."""
 
-from typing import TypedDict, type_check_only
+from typing import Protocol, TypedDict, type_check_only
 
 from telemetry_cy.source._ring import ByteRing
 
 MIN_BUFFER_BYTES: int  # 64
 MAX_BUFFER_BYTES: int  # 2**30
+
+# pump()'s results (why it returned)
+PUMP_DEADLINE: int  # `until` passed: the caller's own turn is due
+PUMP_PACKETS: int  # a read owes PUBACKs or brought packets for paho: they come with it
+PUMP_WAKE: int  # the wake-up descriptor became readable
+PUMP_CLOSED: int  # the peer closed the connection
+PUMP_ERROR: int  # recv failed; the errno comes with it
+# pump()'s coalescing nap
+NAP_SKIP_FILL: float  # no nap after a read filling this share of the buffer (behind)
+NAP_TARGET_RECORDS: int  # a nap long enough for this many records at the measured rate ...
+NAP_FLOOR_S: float  # ... but not shorter than this, nor longer than the caller's ceiling
+RATE_GAIN: float  # weight of the newest read in the smoothed rate
 
 class FrameError(ValueError):
     """Protocol error: the connection must be dropped. ``acks``/``packets``: produced before it."""
@@ -15,6 +27,10 @@ class FrameError(ValueError):
     def __init__(
         self, message: str, acks: bytes | None = ..., packets: list[tuple[int, bytes]] | None = ...
     ) -> None: ...
+
+@type_check_only
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
 
 @type_check_only  # counters() returns a plain dict
 class FrameCounters(TypedDict):
@@ -60,6 +76,22 @@ class FrameReader:
         """
     def notify(self) -> None:
         """Ring the doorbell for the records of earlier ``feed(..., notify=False)``, if any."""
+    def pump(self, sock: _HasFileno, wake: _HasFileno, ceiling: float, until: float
+             ) -> tuple[int, int, bytes | None, list[tuple[int, bytes]], int, int]:
+        """Read turns on a plain TCP socket without the GIL until Python is needed.
+
+        Each turn: poll ``sock`` and ``wake`` (or, after a nap, read at once), one read (two
+        after a nap), parse into the ring, TCP_QUICKACK before any sleep so the broker's Nagle
+        holds nothing back for a delayed ACK; the doorbell rings before every sleep and before
+        returning. Dense traffic (the data was there, or came within ``ceiling`` seconds of the
+        poll; a read under NAP_SKIP_FILL of the buffer) is followed by a nap on ``wake`` of
+        NAP_TARGET_RECORDS at the smoothed rate, within [NAP_FLOOR_S, ``ceiling``]; 0 = none.
+        Returns ``(why, errno, acks, packets, nbytes, naps)`` when ``until``
+        (``time.monotonic()``) passes (PUMP_DEADLINE), a read owes PUBACKs or brings other
+        packets (PUMP_PACKETS, with them, as ``feed`` returns them), ``wake`` is readable
+        (PUMP_WAKE), the peer closed (PUMP_CLOSED) or recv failed (PUMP_ERROR, with errno).
+        ``nbytes``: bytes read; ``naps``: naps taken. Raises FrameError like ``feed``.
+        """
     def nap(self, fd: int, timeout: float) -> bool:
         """``notify()``, then sleep up to ``timeout`` seconds (milliseconds rounded up) or until
         ``fd`` is readable, without the GIL; True when ``fd`` is readable."""

@@ -16,9 +16,11 @@ is the pure-Python twin.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 from telemetry_cy.source._ring cimport ByteRing, tc_doorbell_ring, tc_load_relaxed_u64, tc_ring
 
@@ -30,10 +32,62 @@ cdef extern from "<poll.h>" nogil:
         short revents
     ctypedef unsigned long nfds_t
     int poll(pollfd *fds, nfds_t nfds, int timeout)
+    int ppoll(pollfd *fds, nfds_t nfds, const timespec *tmo, const void *sigmask)
     const short POLLIN
+    const short POLLHUP
+    const short POLLERR
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t recv(int fd, void *buf, size_t n, int flags)
+    int setsockopt(int fd, int level, int name, const void *value, unsigned int length)
+    const int MSG_DONTWAIT
+
+cdef extern from "<netinet/in.h>" nogil:
+    const int IPPROTO_TCP
+
+cdef extern from "<netinet/tcp.h>" nogil:
+    const int TCP_QUICKACK
 
 MIN_BUFFER_BYTES = 64
 MAX_BUFFER_BYTES = 1 << 30
+
+# pump()'s results as C constants for the loop without the GIL; the twin names them (PUMP_*)
+cdef enum:
+    P_DEADLINE, P_PACKETS, P_WAKE, P_CLOSED, P_ERROR
+cdef int P_MAX_POLL_MS = 1000
+
+from telemetry_cy.source._frames_py import (  # the twin's numbers: one policy, two twins
+    NAP_FLOOR_S, NAP_SKIP_FILL, NAP_TARGET_RECORDS, PUMP_CLOSED, PUMP_DEADLINE, PUMP_ERROR,
+    PUMP_PACKETS, PUMP_WAKE, RATE_GAIN)
+
+if (PUMP_DEADLINE, PUMP_PACKETS, PUMP_WAKE, PUMP_CLOSED, PUMP_ERROR) != (
+        P_DEADLINE, P_PACKETS, P_WAKE, P_CLOSED, P_ERROR):
+    raise ImportError("_frames.pyx and _frames_py.py number pump()'s results differently")
+
+cdef double _NAP_FLOOR = NAP_FLOOR_S
+cdef double _NAP_SKIP_FILL = NAP_SKIP_FILL
+cdef double _NAP_TARGET = NAP_TARGET_RECORDS
+cdef double _RATE_GAIN = RATE_GAIN
+
+
+cdef inline double _clock(int which) noexcept nogil:
+    cdef timespec t
+    clock_gettime(which, &t)
+    return <double>t.tv_sec + <double>t.tv_nsec * 1e-9
+
+
+cdef inline int _sleep_on(int fd, double seconds) noexcept nogil:
+    """Sleep up to ``seconds`` or until ``fd`` is readable (> 0 then; -1 EINTR)."""
+    cdef pollfd p
+    cdef timespec t
+    if seconds < 0.0:
+        seconds = 0.0
+    t.tv_sec = <long>seconds
+    t.tv_nsec = <long>((seconds - <double>t.tv_sec) * 1e9)
+    p.fd = fd
+    p.events = POLLIN
+    p.revents = 0
+    return ppoll(&p, 1, &t, NULL)
 
 
 class FrameError(ValueError):
@@ -71,6 +125,8 @@ cdef class FrameReader:
                      protocol == 5, <size_t>max_payload_bytes, self._acks)
         self._broken = False
         self._unrung = False
+        self._rate = 0.0
+        self._last_read = 0.0
 
     def __dealloc__(self):
         free(self._acks)
@@ -92,22 +148,28 @@ cdef class FrameReader:
         cdef const char *err = NULL
         cdef size_t pos = 0
         cdef size_t end = self.rd.fill + <size_t>nbytes
+        cdef int rc
+        memset(&c, 0, sizeof(c))
+        self.rd.n_acks = 0
+        tc_mqtt__add(&self.rd.bytes_in, <uint64_t>nbytes)
+        with nogil:
+            rc = tc_mqtt_parse(&self.rd, self.ring._ring, ts, &pos, end, &c, &o, &err)
+        return self._finish(ts, pos, end, rc, &c, &o, err, notify)
+
+    cdef tuple _finish(self, double ts, size_t pos, size_t end, int rc, tc_mqtt_counts *c,
+                       tc_mqtt_other *o, const char *err, bint notify):
+        """The rest of one read's parse, from a first result ``rc``, with the GIL: the packets
+        for paho, the counters, the doorbell, the PUBACK blob, the error, the compaction."""
         cdef tc_mqtt_reader *rd = &self.rd
         cdef tc_ring *ring = self.ring._ring
-        cdef int rc
         cdef list packets = []
-        memset(&c, 0, sizeof(c))
-        rd.n_acks = 0
-        tc_mqtt__add(&rd.bytes_in, <uint64_t>nbytes)
-        while True:
-            with nogil:
-                rc = tc_mqtt_parse(rd, ring, ts, &pos, end, &c, &o, &err)
-            if rc != TC_MQTT_OTHER:
-                break
+        while rc == TC_MQTT_OTHER:
             # Rare (acks, pings, QoS 2): the only Python objects a read creates besides the blob.
             packets.append((o.cmd, PyBytes_FromStringAndSize(<char *>rd.buf + o.body_off,
                                                              <Py_ssize_t>o.body_len)))
-        tc_mqtt_publish_counts(rd, &c)
+            with nogil:
+                rc = tc_mqtt_parse(rd, ring, ts, &pos, end, c, o, &err)
+        tc_mqtt_publish_counts(rd, c)
         if c.written:
             if notify:
                 # One wake-up per socket read, after the last commit.
@@ -125,6 +187,147 @@ cdef class FrameReader:
             raise FrameError(f"MQTT protocol error: {err.decode('ascii')}", acks, packets)
         tc_mqtt_compact(rd, pos, end)
         return acks, packets
+
+    def pump(self, sock, wake, double ceiling, double until):
+        """Read turns without the GIL until Python is needed. See ``_frames.pyi``."""
+        if self._broken:
+            raise FrameError("the reader hit a protocol error; reset() it for a new connection")
+        cdef int fd = sock.fileno()
+        cdef int wake_fd = wake.fileno()
+        cdef tc_mqtt_reader *rd = &self.rd
+        cdef tc_ring *ring = self.ring._ring
+        cdef tc_mqtt_counts c
+        cdef tc_mqtt_other o
+        cdef const char *err = NULL
+        cdef size_t pos = 0, end = 0
+        cdef int rc = TC_MQTT_DONE
+        cdef int why = -1
+        cdef int error = 0
+        cdef int one = 1
+        cdef int naps = 0
+        cdef uint64_t nbytes = 0
+        cdef ssize_t n, m
+        cdef double ts = 0.0, now, t_poll, waited, nap, inst
+        cdef bint after_nap = False, unrung = self._unrung, ack_due = False
+        cdef pollfd fds[2]
+        cdef int ms
+        cdef size_t skip_bytes = <size_t>(<double>rd.cap * _NAP_SKIP_FILL)
+        self._unrung = False
+        with nogil:
+            while True:
+                if not after_nap:
+                    # Ring before every sleep: each commit is followed by a ring before this
+                    # thread sleeps or returns (tc_doorbell.h), so no record waits past a turn.
+                    if unrung:
+                        tc_doorbell_ring(&self.ring.bell)
+                        unrung = False
+                    # And no ACK left delayed over a sleep: mosquitto, like most brokers, keeps
+                    # Nagle on, so while a segment it sent is unacknowledged it holds back all
+                    # that follows -- past our nap or poll, until the 40 ms delayed-ACK timer.
+                    # TCP_QUICKACK sends the ACK for what we read now.
+                    if ack_due:
+                        setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one))
+                        ack_due = False
+                    t_poll = _clock(CLOCK_MONOTONIC)
+                    if t_poll >= until:
+                        why = P_DEADLINE
+                        break
+                    ms = P_MAX_POLL_MS
+                    if until - t_poll < 0.001 * P_MAX_POLL_MS:
+                        ms = <int>((until - t_poll) * 1000.0) + 1
+                    fds[0].fd = fd
+                    fds[0].events = POLLIN
+                    fds[0].revents = 0
+                    fds[1].fd = wake_fd
+                    fds[1].events = POLLIN
+                    fds[1].revents = 0
+                    if poll(fds, 2, ms) < 0:
+                        if errno == EINTR:
+                            continue
+                        error = errno
+                        why = P_ERROR
+                        break
+                    if fds[1].revents:
+                        why = P_WAKE
+                        break
+                    if not (fds[0].revents & (POLLIN | POLLHUP | POLLERR)):
+                        continue   # timed out: the deadline check above ends the pump
+                    waited = _clock(CLOCK_MONOTONIC) - t_poll
+                else:
+                    waited = 0.0
+                n = recv(fd, rd.buf + rd.fill, rd.cap - rd.fill, MSG_DONTWAIT)
+                if n < 0:
+                    if errno == EINTR:
+                        continue
+                    if errno == EAGAIN:   # == EWOULDBLOCK on Linux
+                        after_nap = False   # nothing came during the nap: poll
+                        continue
+                    error = errno
+                    why = P_ERROR
+                    break
+                if n == 0:
+                    why = P_CLOSED
+                    break
+                ack_due = True
+                if after_nap and <size_t>n < rd.cap - rd.fill:
+                    # The second read after a nap (mqtt_client.py, FastClient._tc_reread):
+                    # what the broker's Nagle held back until the first read's ACK.
+                    m = recv(fd, rd.buf + rd.fill + n, rd.cap - rd.fill - n, MSG_DONTWAIT)
+                    if m > 0:
+                        n += m
+                now = _clock(CLOCK_MONOTONIC)
+                ts = _clock(CLOCK_REALTIME)   # one arrival time per read, as time.time()
+                nbytes += <uint64_t>n
+                tc_mqtt__add(&rd.bytes_in, <uint64_t>n)
+                memset(&c, 0, sizeof(c))
+                rd.n_acks = 0
+                pos = 0
+                end = rd.fill + <size_t>n
+                rc = tc_mqtt_parse(rd, ring, ts, &pos, end, &c, &o, &err)
+                if c.written:
+                    unrung = True
+                # The rate the nap adapts to: records per second between reads, smoothed.
+                if self._last_read > 0.0 and now > self._last_read:
+                    inst = <double>c.received / (now - self._last_read)
+                    self._rate += (inst - self._rate) * _RATE_GAIN
+                self._last_read = now
+                if rc != TC_MQTT_DONE or rd.n_acks:
+                    why = P_PACKETS   # _finish below, with the GIL
+                    break
+                tc_mqtt_publish_counts(rd, &c)
+                tc_mqtt_compact(rd, pos, end)
+                # Coalescing (docs/ingest.md): dense traffic (the data was there, or came within
+                # a nap of the poll) and not behind: ring, nap, then read without polling.
+                after_nap = False
+                if ceiling > 0.0 and waited < ceiling and <size_t>n < skip_bytes:
+                    if now >= until:
+                        why = P_DEADLINE
+                        break
+                    nap = ceiling
+                    if self._rate > 0.0 and _NAP_TARGET / self._rate < nap:
+                        nap = _NAP_TARGET / self._rate
+                        if nap < _NAP_FLOOR:
+                            nap = _NAP_FLOOR if _NAP_FLOOR < ceiling else ceiling
+                    setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one))   # as above
+                    ack_due = False
+                    if unrung:
+                        tc_doorbell_ring(&self.ring.bell)
+                        unrung = False
+                    naps += 1
+                    if _sleep_on(wake_fd, nap) > 0:
+                        why = P_WAKE
+                        break
+                    after_nap = True
+            if unrung:
+                tc_doorbell_ring(&self.ring.bell)
+                unrung = False
+            if ack_due:   # the caller may sleep next (or the next pump polls)
+                setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one))
+        acks, packets = None, []
+        if why == P_PACKETS:
+            # rings itself (notify=True) for what the rest of the read commits
+            acks, packets = self._finish(ts, pos, end, rc, &c, &o, err, True)
+        return why, error, acks, packets, nbytes, naps
 
     def notify(self):
         """Ring the ring's doorbell for the records of earlier ``feed(..., notify=False)`` calls,

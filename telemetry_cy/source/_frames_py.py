@@ -12,12 +12,53 @@ called from anywhere (under the GIL every counter is a plain int).
 
 from __future__ import annotations
 
+import errno as _errno
 import math
 import select
-from typing import Literal
+import socket
+import time
+from typing import Any, Literal
 
 MIN_BUFFER_BYTES = 64
 MAX_BUFFER_BYTES = 1 << 30
+
+# pump() results (why it returned)
+PUMP_DEADLINE = 0   # `until` passed: the caller's own turn is due (keepalive, stop flag)
+PUMP_PACKETS = 1    # a read owes PUBACKs or brought packets for paho: they come with it
+PUMP_WAKE = 2       # the wake-up descriptor became readable (stop())
+PUMP_CLOSED = 3     # the peer closed the connection (recv returned 0)
+PUMP_ERROR = 4      # recv failed; the errno comes with it
+
+# The coalescing nap of pump() (docs/ingest.md, "Coalesced wake-ups"); both twins read these.
+#: A read that fills this share of the receive buffer means we are behind: no nap after it.
+NAP_SKIP_FILL = 0.25
+#: A nap long enough for this many records at the measured rate, never longer than the
+#: caller's ceiling: one nap's fixed cost (two sleeps and wake-ups, one per thread, the reads,
+#: the doorbell: ~60 us of CPU on the AMD guest of docs/performance.md) spread over enough
+#: records to cost ~0.25 us each, and no longer a wait than that needs. Below ~64k msg/s (with
+#: the 4 ms default ceiling) the nap is the ceiling; above, it shortens with the rate.
+NAP_TARGET_RECORDS = 256
+#: The shortest nap (at the highest rates): below it a nap saves less than it costs.
+NAP_FLOOR_S = 0.0005
+#: Weight of the newest read in the smoothed rate (records between two reads over their time).
+RATE_GAIN = 0.25
+_IPPROTO_TCP = socket.IPPROTO_TCP
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
+
+
+def _quickack(sock: Any) -> None:
+    try:
+        sock.setsockopt(_IPPROTO_TCP, _TCP_QUICKACK, 1)
+    except OSError:   # not TCP (a test's socketpair), or not Linux
+        pass
+
+
+def nap_length(ceiling: float, rate: float) -> float:
+    """The nap pump() takes at ``rate`` records/s under a ``ceiling`` (seconds)."""
+    nap = ceiling
+    if rate > 0.0 and NAP_TARGET_RECORDS / rate < nap:
+        nap = max(NAP_TARGET_RECORDS / rate, min(NAP_FLOOR_S, ceiling))
+    return nap
 
 _PUBLISH = 3
 _MIN_QOS1_PUBLISH = 6
@@ -83,6 +124,8 @@ class FrameReader:
         self._fill = 0
         self._skip = 0
         self._broken = False
+        self._rate = 0.0        # pump(): records/s between reads, smoothed
+        self._last_read = 0.0   # pump(): time.monotonic() of the last read
         self._c = dict.fromkeys(("received", "written", "payload_bytes", "oversize", "ingest_full",
                                  "acked", "protocol_errors", "bytes"), 0)
 
@@ -235,6 +278,86 @@ class FrameReader:
                 acks.append(pid)
             p += total
         return p
+
+    def pump(self, sock: Any, wake: Any, ceiling: float, until: float
+             ) -> tuple[int, int, bytes | None, list[tuple[int, bytes]], int, int]:
+        """Read turns until Python is needed: the compiled reader's loop, step for step (there
+        without the GIL). Returns ``(why, errno, acks, packets, nbytes, naps)``."""
+        if self._broken:
+            raise FrameError("the reader hit a protocol error; reset() it for a new connection")
+        ceiling = float(ceiling)
+        until = float(until)
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        poller.register(wake.fileno(), select.POLLIN)
+        wake_fd = wake.fileno()
+        skip_bytes = int(self._cap * NAP_SKIP_FILL)
+        nbytes = naps = 0
+        after_nap = ack_due = False
+        try:
+            while True:
+                if not after_nap:
+                    if ack_due:   # no ACK left delayed over a sleep (the broker's Nagle)
+                        _quickack(sock)
+                        ack_due = False
+                    t_poll = time.monotonic()
+                    if t_poll >= until:
+                        return PUMP_DEADLINE, 0, None, [], nbytes, naps
+                    try:
+                        events = dict(poller.poll(min(1000, int((until - t_poll) * 1000.0) + 1)))
+                    except InterruptedError:
+                        continue
+                    except OSError as exc:
+                        return PUMP_ERROR, exc.errno or 0, None, [], nbytes, naps
+                    if events.get(wake_fd):
+                        return PUMP_WAKE, 0, None, [], nbytes, naps
+                    if not events.get(sock.fileno(), 0) & (select.POLLIN | select.POLLHUP
+                                                           | select.POLLERR):
+                        continue
+                    waited = time.monotonic() - t_poll
+                else:
+                    waited = 0.0
+                buf = self.writable()
+                try:
+                    n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+                except InterruptedError:
+                    continue
+                except BlockingIOError:
+                    after_nap = False
+                    continue
+                except OSError as exc:
+                    return PUMP_ERROR, exc.errno or _errno.EIO, None, [], nbytes, naps
+                if n == 0:
+                    return PUMP_CLOSED, 0, None, [], nbytes, naps
+                ack_due = True
+                if after_nap and n < len(buf):
+                    try:
+                        n += sock.recv_into(buf[n:], 0, socket.MSG_DONTWAIT)
+                    except OSError:
+                        pass
+                now = time.monotonic()
+                nbytes += n
+                received = self._c["received"]
+                acks, packets = self.feed(n, time.time())   # FrameError: raised to the caller
+                if self._last_read > 0.0 and now > self._last_read:
+                    inst = (self._c["received"] - received) / (now - self._last_read)
+                    self._rate += (inst - self._rate) * RATE_GAIN
+                self._last_read = now
+                if acks or packets:
+                    return PUMP_PACKETS, 0, acks, packets, nbytes, naps
+                after_nap = False
+                if ceiling > 0.0 and waited < ceiling and n < skip_bytes:
+                    if now >= until:
+                        return PUMP_DEADLINE, 0, None, [], nbytes, naps
+                    _quickack(sock)
+                    ack_due = False
+                    naps += 1
+                    if self.nap(wake_fd, nap_length(ceiling, self._rate)):
+                        return PUMP_WAKE, 0, None, [], nbytes, naps
+                    after_nap = True
+        finally:
+            if ack_due:
+                _quickack(sock)
 
     def notify(self) -> None:
         """Nothing to ring: every ``try_push`` of ``feed`` already rang."""

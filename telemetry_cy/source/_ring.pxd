@@ -96,6 +96,8 @@ cdef extern from "tc_doorbell.h" nogil:
     void tc_doorbell_disarm(tc_doorbell *db)
     int tc_doorbell_wait(tc_doorbell *db, long long timeout_ns)
     void tc_doorbell_ring(tc_doorbell *db)
+    void tc_doorbell_kick(tc_doorbell *db)
+    int tc_doorbell_take_kick(tc_doorbell *db)
 
 
 cdef class ByteRing:
@@ -105,3 +107,6 @@ cdef class ByteRing:
     # (one ring per socket read, not per record). See tc_doorbell.h.
     cdef tc_doorbell bell
     cdef bint bell_ready
+    # Consumer's: how long (ns) its last wait() lasted before records came; wait() spins
+    # only when that was short (see WAIT_SPIN_WORTH_NS in _ring.pyx).
+    cdef long long last_wait_ns

@@ -45,6 +45,8 @@ class ByteRing:
         RETAIN bits); TypeError when not an int, ValueError outside [0, 2**32)."""
     def wait(self, timeout: float) -> bool:
         """Consumer: sleep until a producer rings or timeout seconds pass (True: maybe records)."""
+    def wake(self) -> None:
+        """Any thread: the consumer's current ``wait()`` returns now, or its next one at once."""
     def pop(self) -> tuple[float, bytes, bytes] | None: ...
     def pop_many(self, max_records: int) -> list[tuple[float, bytes, bytes]]: ...
     def pop_many_flagged(self, max_records: int) -> list[tuple[float, bytes, bytes, int]]:

@@ -13,6 +13,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 import time as _time
 
@@ -32,8 +33,20 @@ def record_size(topic_len: int, payload_len: int) -> int:
 from telemetry_cy.source._ring_py import _check_capacity, _check_flags
 
 
-# polls of the ring in wait() before parking (each one acquire load of the producer's index)
+# polls of the ring in wait() before parking (each one acquire load of the producer's index;
+# 2000 of them take ~15 us on the AMD guest of docs/performance.md)
 cdef int WAIT_SPINS = 2000
+# ... but only when the last wait ended within this long: records then come back to back (the
+# producer is behind and reads without napping) and the spin saves a park. When the producer
+# naps between reads (coalesced wake-ups), the next records are a nap away and the spin would be
+# pure cost, once per nap.
+cdef long long WAIT_SPIN_WORTH_NS = 50000
+
+
+cdef inline long long _now_ns() noexcept nogil:
+    cdef timespec t
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return <long long>t.tv_sec * 1000000000 + t.tv_nsec
 
 
 cdef class ByteRing:
@@ -42,6 +55,7 @@ cdef class ByteRing:
     def __cinit__(self, capacity_bytes):
         self._ring = NULL
         self.bell_ready = False
+        self.last_wait_ns = 0
         _check_capacity(capacity_bytes)  # the twin's check: same errors, same words
         if tc_doorbell_init(&self.bell) != 0:
             raise MemoryError("cannot initialise the ring's doorbell")
@@ -67,24 +81,37 @@ cdef class ByteRing:
         Returns at once when a record is already there. True when there may be records."""
         cdef tc_ring_view v
         cdef long long timeout_ns = <long long>(max(timeout, 0.0) * 1e9)
+        cdef long long t0
         cdef int rung, spin
+        cdef int spins = WAIT_SPINS if self.last_wait_ns < WAIT_SPIN_WORTH_NS else 0
         cdef bint found = False
         with nogil:
-            # a brief busy-poll first (a few microseconds, no GIL, no syscall): under load the
-            # next socket read's records usually arrive within it, and parking costs a futex
-            for spin in range(WAIT_SPINS):
+            # a brief busy-poll first (a few microseconds, no GIL, no syscall) when records have
+            # been coming back to back: the next socket read's records usually arrive within
+            # it, and parking costs a futex
+            for spin in range(spins):
                 if tc_ring_peek(self._ring, &v):
                     found = True
                     break
         if found:
+            self.last_wait_ns = 0
             return True
         tc_doorbell_arm(&self.bell)
-        if tc_ring_peek(self._ring, &v):
+        if tc_doorbell_take_kick(&self.bell) or tc_ring_peek(self._ring, &v):
             tc_doorbell_disarm(&self.bell)
+            self.last_wait_ns = 0
             return True
         with nogil:
+            t0 = _now_ns()
             rung = tc_doorbell_wait(&self.bell, timeout_ns)
+            self.last_wait_ns = _now_ns() - t0
+        tc_doorbell_take_kick(&self.bell)   # this wait ended: the kick is spent
         return bool(rung)
+
+    def wake(self) -> None:
+        """Any thread: the consumer's current ``wait()`` returns now, or its next one at once
+        (once), records or not. For a consumer asked to stop (see tc_doorbell.h: kick)."""
+        tc_doorbell_kick(&self.bell)
 
     @property
     def capacity(self) -> int:

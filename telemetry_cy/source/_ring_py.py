@@ -63,7 +63,7 @@ class ByteRing:
     """Fixed-size SPSC ring of ``(ts, topic, payload)`` records. See ``_ring.pyi``."""
 
     __slots__ = ("_buf", "_cap", "_mask", "_max_record", "_head", "_tail", "_drops_full",
-                 "_bell")
+                 "_bell", "_kicked")
 
     def __init__(self, capacity_bytes: int) -> None:
         _check_capacity(capacity_bytes)
@@ -76,14 +76,25 @@ class ByteRing:
         self._tail = 0   # written by the consumer only
         self._drops_full = 0
         self._bell = threading.Condition()
+        self._kicked = False   # wake(): the consumer's next wait must not sleep
 
     def wait(self, timeout: float) -> bool:
         """Consumer: sleep until a producer pushes or `timeout` seconds pass. Returns at once when
         a record is already there. True when there may be records."""
         with self._bell:
-            if self._head != self._tail:
+            if self._kicked or self._head != self._tail:
+                self._kicked = False
                 return True
-            return self._bell.wait(max(timeout, 0.0))
+            rung = self._bell.wait(max(timeout, 0.0))
+            self._kicked = False
+            return rung
+
+    def wake(self) -> None:
+        """Any thread: the consumer's current ``wait()`` returns now, or its next one at once
+        (once), records or not."""
+        with self._bell:
+            self._kicked = True
+            self._bell.notify()
 
     @property
     def capacity(self) -> int:

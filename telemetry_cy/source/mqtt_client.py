@@ -4,7 +4,9 @@ paho-mqtt keeps what it is good at -- CONNECT and its properties, SUBSCRIBE, kee
 the handling of every packet that is not a PUBLISH QoS 0/1, TLS -- and ``FastClient`` replaces
 paho's ``loop_read`` (one ``recv`` per byte of header, one ``MQTTMessage`` per packet) with one big
 ``recv_into`` per readable event and ``FrameReader.feed``, which writes every PUBLISH QoS 0/1
-straight into the ring without the GIL and without a Python object per message.
+straight into the ring without the GIL and without a Python object per message. On plain TCP,
+``tc_pump`` goes further: whole read turns (poll, read, parse, doorbell, coalescing nap) run in
+``FrameReader.pump`` without the GIL, and come back here only for what needs paho.
 
 Ownership: a FastClient, its FrameReader and the reader's receive buffer belong to the one network
 thread of ``MqttSource`` (see mqtt_source.py); every method here runs on that thread.
@@ -23,6 +25,7 @@ pyproject.toml (``paho-mqtt>=2.1,<2.3``; 2.1 names the last-receive time ``_last
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import struct
@@ -54,6 +57,9 @@ PAHO_LAST_IN_NAMES: tuple[str, ...] = ("_last_bytes_received", "_last_msg_in")
 
 #: Either twin's protocol error.
 _FRAME_ERRORS: tuple[type[Exception], ...] = tuple(load(n).FrameError for n in available())
+#: FrameReader.pump's results, numbered alike by both twins
+_PUMP_CLOSED: int = load("pure").frames.PUMP_CLOSED
+_PUMP_ERROR: int = load("pure").frames.PUMP_ERROR
 
 _PUBACK = 0x40
 _IPPROTO_TCP = socket.IPPROTO_TCP
@@ -152,12 +158,44 @@ class FastClient(paho.Client):
             pass
         return m
 
+    def tc_pump(self, wake: Any, ceiling: float, until: float) -> tuple[MQTTErrorCode, int, int]:
+        """Plain TCP only: read turns in the frame reader without the GIL (FrameReader.pump:
+        poll, read, parse into the ring, ring the doorbell, nap) until ``until``
+        (time.monotonic()), a read that owes PUBACKs or brings other packets (handled here as
+        loop_read does), ``wake`` readable, or the connection's end. Returns ``(rc, why,
+        naps)``; ``why`` is the pump's reason (FrameReader's PUMP_* numbers)."""
+        sock: Any = self._sock
+        if sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN, _PUMP_CLOSED, 0
+        error = None
+        try:
+            why, err, acks, packets, nbytes, naps = self._tc_reader.pump(sock, wake, ceiling, until)
+        except _FRAME_ERRORS as exc:
+            why, err, nbytes, naps = _PUMP_ERROR, 0, 0, 0
+            acks, packets, error = getattr(exc, "acks"), getattr(exc, "packets"), exc
+        if nbytes:
+            with self._msgtime_mutex:
+                # loop_misc's keepalive reads this: bytes arrived, the connection is alive.
+                setattr(self, self._tc_last_in, paho.time_func())
+        if error is None and why == _PUMP_CLOSED:
+            return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST), why, naps
+        if error is None and why == _PUMP_ERROR:
+            self._tc_on_error(f"receive failed: {os.strerror(err)}")
+            return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST), why, naps
+        return self._tc_handle(acks, packets, error), why, naps
+
     def _tc_feed(self, n: int) -> MQTTErrorCode:
         error = None
         try:
             acks, packets = self._tc_reader.feed(n, time.time(), self.tc_notify)
         except _FRAME_ERRORS as exc:
             acks, packets, error = getattr(exc, "acks"), getattr(exc, "packets"), exc
+        return self._tc_handle(acks, packets, error)
+
+    def _tc_handle(self, acks: bytes | None, packets: list[tuple[int, bytes]],
+                   error: Exception | None) -> MQTTErrorCode:
+        """After a read's records are in the ring: the other packets to paho, then the PUBACKs,
+        then the protocol error, if any."""
         rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         for cmd, body in packets:
             # paho's own handling: CONNACK, SUBACK, PINGRESP, DISCONNECT, PUBLISH QoS 2, ...

@@ -50,8 +50,9 @@ _PROTOCOLS = {5: paho.MQTTv5, 4: paho.MQTTv311, 3: paho.MQTTv31, "5": paho.MQTTv
               "3.1.1": paho.MQTTv311, "311": paho.MQTTv311}
 #: a connection up this long was a working one: the next reconnect starts the backoff over
 STABLE_AFTER_S = 1.0
-#: A read that fills this share of the receive buffer means we are behind: no nap after it.
-NAP_SKIP_FILL = 0.25
+#: paho's loop_misc (keepalive, PINGRESP timeout) runs on this timer rather than every turn:
+#: at most this long, and at most a quarter of the keepalive, between two runs.
+MISC_EVERY_S = 1.0
 
 
 def _whole_seconds(name: str, value, limit: int) -> int:
@@ -91,10 +92,13 @@ class MqttSource:
             publisher set it; by default the broker clears it on live deliveries and sets it only
             on the retained messages it sends at subscribe time. The daemon does not need it
             (the flag does not change an aggregate); the capture recorder wants it.
-        coalesce: seconds (default 0.002, 0 = off) the network thread naps after a read when
-            traffic is dense, so that one wake-up, one read and one doorbell ring carry every
-            message that arrived meanwhile instead of one each; it bounds the latency it adds.
-            Reads that owe PUBACKs (QoS 1 deliveries) are not followed by a nap.
+        coalesce: the ceiling, in seconds (default 0.004, 0 = off), of the nap the network
+            thread takes after a read when traffic is dense, so that one wake-up, one read and
+            one doorbell ring (one engine wake-up) carry every message that arrived meanwhile
+            instead of one each; it bounds the latency it adds. Below the ceiling the nap
+            adapts to the rate (FrameReader.pump: long enough for NAP_TARGET_RECORDS records,
+            so high rates nap less). Reads that owe PUBACKs (QoS 1 deliveries) are not
+            followed by a nap.
     """
 
     def __init__(self, ring, url: str = "mqtt://127.0.0.1:1883",
@@ -106,7 +110,7 @@ class MqttSource:
                  max_payload_bytes: int = 65536, keepalive: float = 30,
                  recv_buffer_bytes: int = 1 << 20, *, backoff_initial: float = 0.1,
                  backoff_max: float = 30.0, connect_timeout: float = 5.0,
-                 retain_as_published: bool = False, coalesce: float = 0.002) -> None:
+                 retain_as_published: bool = False, coalesce: float = 0.004) -> None:
         tls, host, port, url_user, url_pass = parse_url(url)
         self._url = redact_url(url)
         self._host, self._port, self._tls = host, port, tls
@@ -154,7 +158,13 @@ class MqttSource:
                 or not 0 <= coalesce <= 0.1:
             raise ValueError(f"coalesce must be a number of seconds in [0, 0.1], got {coalesce!r}")
         self._coalesce = float(coalesce)
-        self._nap_skip_bytes = int(recv_buffer_bytes * NAP_SKIP_FILL)
+        frames = backend_of(ring).frames
+        # the frame reader's rule, for the Python turn's nap: a read that fills this share of
+        # the receive buffer means we are behind
+        self._nap_skip_bytes = int(recv_buffer_bytes * frames.NAP_SKIP_FILL)
+        self._pump_wake = frames.PUMP_WAKE
+        self._misc_every = min(MISC_EVERY_S, self._keepalive / 4) if self._keepalive \
+            else MISC_EVERY_S
         self._naps = 0
         self._ring = ring
         record = (24 + max_payload_bytes + 7) & ~7
@@ -375,23 +385,17 @@ class MqttSource:
         t_open = time.monotonic()
         t_up: float | None = None
         wake = self._wake_r
-        reader = self._reader
         # poll, not select: no FD_SETSIZE limit in a process with many descriptors.
         poller = select.poll()
         poller.register(wake, select.POLLIN)
-        wake_fd = wake.fileno()
         napped = False
         polled = None
+        misc_due = 0.0   # paho's loop_misc (keepalive, PINGRESP timeout) on a timer, not per turn
         while not self._stop.is_set():
             # Re-read every time: paho itself may replace the socket (its MQTT 3.1 downgrade).
             sock = client.socket()
             if sock is None:
                 break
-            if sock is not polled:
-                if polled is not None:
-                    poller.unregister(polled)
-                poller.register(sock, select.POLLIN)
-                polled = sock
             if t_up is None:
                 if self._conn.connected:
                     t_up = time.monotonic()
@@ -402,73 +406,111 @@ class MqttSource:
                                      f"{self._connect_timeout:.1f} s")
                     client._sock_close()
                     break
-            if napped:
-                # Straight to the read after a nap: dense traffic left data there (if not, the
-                # read finds none, no nap follows and the next turn polls).
-                ev, waited = select.POLLIN, 0.0
+            if not isinstance(sock, ssl.SSLSocket) and not napped and not client.want_write():
+                # Plain TCP with nothing to send: the frame reader's own loop, without the GIL
+                # (FrameReader.pump: poll, read, parse into the ring, ring the doorbell, nap),
+                # until paho is needed (PUBACKs to queue, packets, keepalive due, stop()).
+                rc, why, naps = client.tc_pump(wake, self._coalesce, misc_due)
+                self._naps += naps
+                if why == self._pump_wake:
+                    self._drain_wake()
+                if rc:
+                    break
             else:
-                pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-                poller.modify(sock, select.POLLIN | (select.POLLOUT if client.want_write() else 0))
-                t_poll = time.monotonic()
-                try:
-                    events = dict(poller.poll(0 if pending else 1000))
-                except (OSError, ValueError):   # the socket was closed under us
+                # TLS (or bytes waiting to go out): this loop polls and reads in Python.
+                if sock is not polled:
+                    if polled is not None:
+                        poller.unregister(polled)
+                    poller.register(sock, select.POLLIN)
+                    polled = sock
+                turn = self._python_turn(client, sock, poller, napped, misc_due)
+                if turn is None:
                     break
-                waited = time.monotonic() - t_poll
-                if wake.fileno() in events:
-                    try:
-                        wake.recv(4096)
-                    except OSError:
-                        pass
-                ev = events.get(sock.fileno(), 0)
-                if pending:
-                    ev |= select.POLLIN
-            n = 0
-            # POLLHUP/POLLERR too: the read then sees the EOF or the error and closes properly.
-            if ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
-                # after a nap, the broker may hold bytes back until this read's ACK (Nagle):
-                # the client reads a second time and ACKs at once (mqtt_client.py)
-                client.tc_after_nap = napped
-                if client.loop_read():
-                    break
-                n = client.tc_read_bytes
+                napped = turn
             if client.want_write():
                 # Non-blocking: whatever the socket does not take stays queued in paho, and the
-                # next poll() waits for POLLOUT.
+                # next turn polls for POLLOUT.
                 if client.loop_write():
                     break
-            if client.loop_misc():
-                break
-            # Coalescing: when the data was already there or came within a nap's length (dense
-            # traffic), sleep one nap and then read, so that one read takes all that arrived
-            # meanwhile: one wake-up, one read, one parse and one doorbell ring (one engine
-            # wake-up) per nap instead of per message. Sparse traffic (the poll waited longer)
-            # is read as it comes, so a lone message gains no latency; dense traffic gains at
-            # most one nap. Not after a big read (we are behind: catch up first), and not after
-            # a read that owed PUBACKs: the broker sends at most its inflight window of
-            # unacknowledged QoS 1 messages (mosquitto: max_inflight_messages, 20 by default),
-            # so napping on them would cap the rate at one window per nap. QoS 0 deliveries
-            # (QoS 0 publishers, the usual telemetry case, whatever our subscription's QoS) are
-            # coalesced.
-            # The doorbell for this turn's records rings here, just before this thread sleeps
-            # (nap or poll) and gives up the GIL: the engine thread then wakes into a free GIL
-            # instead of waking once more when the GIL is handed over. Before a nap the ring and
-            # the sleep are one call without the GIL (FrameReader.nap). Every commit is followed
-            # by a ring before the next sleep (and after the loop), so none is stranded.
-            napped = bool(n and waited < self._coalesce and n < self._nap_skip_bytes
-                          and not client.tc_read_acks)
-            if napped:
-                self._naps += 1
-                # the wake-up socket alone: stop() cuts the nap short, data does not
-                if reader.nap(wake_fd, self._coalesce):
-                    napped = False   # stop() rang: the next turn polls and drains the wake
-            else:
-                reader.notify()
-        reader.notify()   # a turn that ended in `break` after its read
+            now = time.monotonic()
+            if now >= misc_due:
+                if client.loop_misc():
+                    break
+                misc_due = now + self._misc_every
+        self._reader.notify()   # a turn that ended in `break` after its read
         up_for = (time.monotonic() - t_up) if t_up is not None else 0.0
         if self._stop.is_set() and client.socket() is not None:
             self._disconnect(client)
         return up_for
+
+    def _python_turn(self, client: FastClient, sock: Any, poller: Any, napped: bool,
+                     misc_due: float) -> bool | None:
+        """One turn of the Python read loop (TLS, or paho has bytes to send): poll, read, nap.
+        Returns whether it napped (the next turn reads without polling), None to end the
+        session."""
+        reader = self._reader
+        wake = self._wake_r
+        if napped:
+            # Straight to the read after a nap: dense traffic left data there (if not, the
+            # read finds none, no nap follows and the next turn polls).
+            ev, waited = select.POLLIN, 0.0
+        else:
+            pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+            poller.modify(sock, select.POLLIN | (select.POLLOUT if client.want_write() else 0))
+            t_poll = time.monotonic()
+            timeout = 0 if pending else max(0, math.ceil((misc_due - t_poll) * 1000.0))
+            # the doorbell rings before the poll (see below)
+            reader.notify()
+            try:
+                events = dict(poller.poll(min(timeout, 1000)))
+            except (OSError, ValueError):   # the socket was closed under us
+                return None
+            waited = time.monotonic() - t_poll
+            if wake.fileno() in events:
+                self._drain_wake()
+            ev = events.get(sock.fileno(), 0)
+            if pending:
+                ev |= select.POLLIN
+        n = 0
+        # POLLHUP/POLLERR too: the read then sees the EOF or the error and closes properly.
+        if ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
+            # after a nap, the broker may hold bytes back until this read's ACK (Nagle):
+            # the client reads a second time and ACKs at once (mqtt_client.py)
+            client.tc_after_nap = napped
+            if client.loop_read():
+                return None
+            n = client.tc_read_bytes
+        # Coalescing: when the data was already there or came within a nap's length (dense
+        # traffic), sleep one nap and then read, so that one read takes all that arrived
+        # meanwhile: one wake-up, one read, one parse and one doorbell ring (one engine
+        # wake-up) per nap instead of per message. Sparse traffic (the poll waited longer)
+        # is read as it comes, so a lone message gains no latency; dense traffic gains at
+        # most one nap. Not after a big read (we are behind: catch up first), and not after
+        # a read that owed PUBACKs: the broker sends at most its inflight window of
+        # unacknowledged QoS 1 messages (mosquitto: max_inflight_messages, 20 by default),
+        # so napping on them would cap the rate at one window per nap. QoS 0 deliveries
+        # (QoS 0 publishers, the usual telemetry case, whatever our subscription's QoS) are
+        # coalesced. FrameReader.pump applies the same rule (with a nap that adapts to the
+        # rate under the same ceiling); this Python turn naps the ceiling.
+        # The doorbell for this turn's records rings just before this thread sleeps (nap or
+        # poll) and gives up the GIL: the engine thread then wakes into a free GIL instead of
+        # waking once more when the GIL is handed over. Before a nap the ring and the sleep
+        # are one call without the GIL (FrameReader.nap). Every commit is followed by a ring
+        # before the next sleep (and after the loop), so none is stranded.
+        napped = bool(n and waited < self._coalesce and n < self._nap_skip_bytes
+                      and not client.tc_read_acks and not client.want_write())
+        if napped:
+            self._naps += 1
+            # the wake-up socket alone: stop() cuts the nap short, data does not
+            if reader.nap(wake.fileno(), self._coalesce):
+                napped = False   # stop() rang: the next turn polls and drains the wake
+        return napped
+
+    def _drain_wake(self) -> None:
+        try:
+            self._wake_r.recv(4096)
+        except OSError:
+            pass
 
     def _disconnect(self, client: FastClient) -> None:
         """Clean DISCONNECT (v5: the session expiry from CONNECT applies), bounded in time."""
