@@ -283,7 +283,6 @@ static inline size_t tc_snap_parse(const uint8_t *p, size_t len, const tc_snap_s
             *why = "a pane runs past the keys section";
             return 0;
         }
-        double m2;
         memcpy(&age, p, 2);
         memcpy(&count, p + 2, 4);
         if (age >= prev_age || count == 0) {
