@@ -52,19 +52,7 @@ sys.path.insert(0, str(ROOT / "perf"))
 
 from payloads import PayloadSet  # noqa: E402
 from telemetry_cy.engine._engine import Engine  # noqa: E402
-
-EMIT_EVERY = 5.0
-WINDOW = 60.0
-T0 = 1_800_000_000.0
-BATCH = 8192
-
-
-def feed_interval(engines, ps: PayloadSet, n_keys: int, interval: int) -> None:
-    base = T0 + EMIT_EVERY * interval
-    for start in range(0, n_keys, BATCH):
-        batch = ps.batch(start, min(BATCH, n_keys - start))
-        for e in engines:
-            e.push_many(batch, base + EMIT_EVERY * start / n_keys)
+from tick_to_wire import EMIT_EVERY, T0, WINDOW, feed_interval  # noqa: E402
 
 
 def timed(clock, fn, *args):

@@ -58,11 +58,14 @@ T0 = 1_800_000_000.0
 BATCH = 8192
 
 
-def feed_interval(engine, ps: PayloadSet, n_keys: int, interval: int) -> None:
+def feed_interval(engines, ps: PayloadSet, n_keys: int, interval: int) -> None:
+    """One reading per key into each engine, spread over emit interval `interval` (also used by
+    columns_tick.py)."""
     base = T0 + EMIT_EVERY * interval
     for start in range(0, n_keys, BATCH):
-        engine.push_many(ps.batch(start, min(BATCH, n_keys - start)),
-                         base + EMIT_EVERY * start / n_keys)
+        batch = ps.batch(start, min(BATCH, n_keys - start))
+        for e in engines:
+            e.push_many(batch, base + EMIT_EVERY * start / n_keys)
 
 
 def encode_wire(aggregates: list) -> tuple[int, int]:
@@ -128,14 +131,14 @@ def main() -> int:
     engine = Engine(window=WINDOW, emit_every=EMIT_EVERY, max_keys=args.keys + 1)
     interval = 0
     for interval in range(args.rounds):
-        feed_interval(engine, ps, args.keys, interval)
+        feed_interval((engine,), ps, args.keys, interval)
         engine.tick(T0 + EMIT_EVERY * (interval + 1))
     rows = []
     probe = GilProbe()
     probe.start()
     for rep in range(args.reps):
         interval += 1
-        feed_interval(engine, ps, args.keys, interval)
+        feed_interval((engine,), ps, args.keys, interval)
         time.sleep(0.05)
         probe.longest()
         t0 = time.perf_counter()

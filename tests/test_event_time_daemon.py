@@ -18,28 +18,12 @@ import time
 
 from support.brokers import NatsSubscriber
 from support.daemon import assert_balanced, paho_publisher, payload, publish_all
+from support.model import event_windows
 from telemetry_cy.sink.bodies import decode_body
 from telemetry_cy.sink.subjects import parse_subject
 
 DEVICES = [f"dev-{i}" for i in range(4)] + ["gw.1 ü"]  # one name that needs escaping
 WINDOW, EVERY, LATENESS = 3.0, 1.0, 2.0
-
-
-def _windows(readings: list[tuple[float, float]]) -> dict[float, dict]:
-    """Every window (by its end) that holds one of the (t, value) readings, recomputed."""
-    out = {}
-    ends = {math.floor(t / EVERY) * EVERY + EVERY * k for t, _ in readings
-            for k in range(1, round(WINDOW / EVERY) + 1)}
-    for end in ends:
-        span = sorted((t, v) for t, v in readings if end - WINDOW <= t < end)
-        values = [v for _, v in span]
-        mean = math.fsum(values) / len(values)
-        out[end] = dict(count=len(values), min=min(values), max=max(values), first=span[0][1],
-                        last=span[-1][1], sum=math.fsum(values), mean=mean,
-                        stddev=math.sqrt(math.fsum((v - mean) ** 2 for v in values)
-                                         / len(values)),
-                        window_start=end - WINDOW, magnitude=math.fsum(abs(v) for v in values))
-    return out
 
 
 def test_event_time_done_when(tmp_path, mosquitto, nats_server, spawn):
@@ -86,7 +70,8 @@ def test_event_time_done_when(tmp_path, mosquitto, nats_server, spawn):
         d.cleanup()
 
     assert code == 0, d.tail()
-    want = {(dev, end): w for dev, rs in in_time.items() for end, w in _windows(rs).items()}
+    want = {(dev, end): w for dev, rs in in_time.items()
+            for end, w in event_windows(rs, WINDOW, EVERY).items()}
     msgs = aggs.wait_count(len(want), 15.0)
     got = {}
     for msg in msgs:

@@ -29,26 +29,13 @@ import pytest
 
 from support.brokers import NatsSubscriber
 from support.daemon import paho_publisher, payload, publish_all
+from support.model import event_windows
 from telemetry_cy.backend import ACTIVE
 from telemetry_cy.engine import snapshot_format
 from telemetry_cy.service.checkpoints import STATE_FILE
 from telemetry_cy.sink.bodies import decode_body
 
 WINDOW, EVERY, LATENESS = 3.0, 1.0, 2.0
-
-
-def _windows(readings: list[tuple[float, float]]) -> dict[float, dict]:
-    """Every window (by its end) holding one of the (t, value) readings, recomputed."""
-    out = {}
-    ends = {math.floor(t / EVERY) * EVERY + EVERY * k for t, _ in readings
-            for k in range(1, round(WINDOW / EVERY) + 1)}
-    for end in ends:
-        span = sorted((t, v) for t, v in readings if end - WINDOW <= t < end)
-        values = [v for _, v in span]
-        out[end] = dict(count=len(values), min=min(values), max=max(values), first=span[0][1],
-                        last=span[-1][1], sum=math.fsum(values),
-                        magnitude=math.fsum(abs(v) for v in values))
-    return out
 
 
 def _bodies(sub: NatsSubscriber) -> list[dict]:
@@ -107,7 +94,8 @@ def test_sigterm_and_restart_mid_window_equals_an_uninterrupted_run(tmp_path, mo
     assert len(restored) == 1, second.tail()
     assert restored[0]["keys"] == len(devices) and restored[0]["readings"] == 300, restored
     assert restored[0]["age_s"] < 30
-    want = {(dev, end): w for dev, rs in readings.items() for end, w in _windows(rs).items()}
+    want = {(dev, end): w for dev, rs in readings.items()
+            for end, w in event_windows(rs, WINDOW, EVERY).items()}
     got: dict[tuple[str, float], dict] = {}
     msgs = aggs.wait_count(len(want), 15.0)
     for msg in msgs:

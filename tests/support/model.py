@@ -250,3 +250,22 @@ def close_enough(got: dict, want: dict, magnitude: float, rel: float = 1e-9) -> 
         elif got[name] != want[name]:
             bad.append(name)
     return bad
+
+
+def event_windows(readings: list[tuple[float, float]], window: float,
+                  every: float) -> dict[float, dict]:
+    """Every window (by its end) that holds one of the (t, value) readings, recomputed from
+    scratch: what a daemon in event time must publish for them (the end-to-end tests)."""
+    out = {}
+    ends = {math.floor(t / every) * every + every * k for t, _ in readings
+            for k in range(1, round(window / every) + 1)}
+    for end in ends:
+        span = sorted((t, v) for t, v in readings if end - window <= t < end)
+        values = [v for _, v in span]
+        mean = math.fsum(values) / len(values)
+        out[end] = dict(count=len(values), min=min(values), max=max(values), first=span[0][1],
+                        last=span[-1][1], sum=math.fsum(values), mean=mean,
+                        stddev=math.sqrt(math.fsum((v - mean) ** 2 for v in values)
+                                         / len(values)),
+                        window_start=end - window, magnitude=math.fsum(abs(v) for v in values))
+    return out
