@@ -50,11 +50,18 @@ def main(argv=None) -> int:
                       help="with --time event: how late a reading may be (5s)")
     demo.add_argument("--plain", action="store_true",
                       help="plain lines instead of the live view (automatic when not a terminal)")
+    merge = sub.add_parser("merge", help="scale-out: merge the partials of several run "
+                           "instances into the windows of the partitions this worker owns",
+                           description="docs/scale-out.md")
+    from telemetry_cy.service import merge_worker
+    merge_worker.add_arguments(merge)
     capture_cli.add_record_parser(sub)
     capture_cli.add_replay_parser(sub)
     args = parser.parse_args(argv)
     if args.command in ("record", "replay"):
         return args.func(args)
+    if args.command == "merge":
+        return merge_worker.main(args)
     if args.command == "run":
         try:
             settings = config.load(args)

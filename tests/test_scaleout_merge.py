@@ -1,0 +1,105 @@
+"""``telemetry-cy merge`` on a 3-node NATS cluster (docs/scale-out.md).
+
+Three instances (pure engines with their partials, in this process: the daemon's
+``--output partials`` is not built yet) split one stream at random and publish their partials to
+the replicated JetStream stream, each through another node of the cluster; two merge worker
+processes own half of the partitions each. The aggregates that come out on ``agg.>`` are the
+windows one engine fed the whole stream gives.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+
+from support.brokers import NatsSubscriber, wait_for
+from support.daemon import REPO
+from support.scaleout import EMIT, LATENESS, WINDOW, assert_same_windows, stream
+from telemetry_cy.engine import _engine_py
+from telemetry_cy.engine import partial_format as pf
+from telemetry_cy.engine.partials_py import InstancePartials
+from telemetry_cy.service.merge_worker import STREAM, SUBJECT_PREFIX
+from telemetry_cy.sink.bodies import decode_body
+
+PARTITIONS = 4
+
+
+def engine():
+    return _engine_py.Engine(window=WINDOW, emit_every=EMIT, time="event",
+                             allowed_lateness=LATENESS, key_ttl=1e6, idle_timeout=1.0)
+
+
+def start_worker(tmp_path, cluster, name, own):
+    err = open(tmp_path / f"{name}.stderr", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "telemetry_cy.service.cli", "merge", "--nats-url", cluster.url,
+         "--worker-id", name, "--window", f"{WINDOW}s", "--emit-every", f"{EMIT}s",
+         "--allowed-lateness", f"{LATENESS}s", "--partitions", str(PARTITIONS), "--own", own],
+        stdout=subprocess.PIPE, stderr=err, cwd=REPO, stdin=subprocess.DEVNULL,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    err.close()
+    return proc
+
+
+def test_two_workers_merge_three_instances_into_one_engines_windows(tmp_path, nats_cluster):
+    admins = [NatsSubscriber(url, subject=None) for url in nats_cluster.urls]
+    sub = NatsSubscriber(nats_cluster.urls[2], subject="agg.>")
+    workers = []
+    try:
+        admins[0].add_stream(STREAM, subjects=(f"{SUBJECT_PREFIX}.>",), num_replicas=3,
+                             max_bytes=1 << 26)
+        workers = [start_worker(tmp_path, nats_cluster, "wA", "0-1"),
+                   start_worker(tmp_path, nats_cluster, "wB", "2-3")]
+        # a worker is ready once it has subscribed: it says so on stderr
+        assert wait_for(lambda: all(b'"ready"' in (tmp_path / f"{n}.stderr").read_bytes()
+                                    for n in ("wA", "wB")), 15.0), \
+            [(tmp_path / f"{n}.stderr").read_text()[-2000:] for n in ("wA", "wB")]
+
+        readings = stream(11, 600, 12)
+        ws = pf.window_settings(WINDOW, EMIT, "event", LATENESS)
+        engines = [engine() for _ in range(3)]
+        outs = [InstancePartials(e, ws, f"inst{i}", PARTITIONS) for i, e in enumerate(engines)]
+        single = engine()
+
+        def publish(i, msgs):
+            async def go():
+                js = admins[i].nc.jetstream()
+                for part, data in msgs:
+                    await js.publish(f"{SUBJECT_PREFIX}.{part}", data)
+            if msgs:
+                admins[i].call(go())
+
+        rng = random.Random(3)
+        for j, (device, sensor, value, t) in enumerate(readings):
+            i = j if j < 3 else rng.randrange(3)
+            engines[i].push_reading(device, sensor, value, t, unit="u", t=t)
+            single.push_reading(device, sensor, value, t, unit="u", t=t)
+            publish(i, outs[i].collect())
+        end = readings[-1][3] + 100.0
+        for i, (e, o) in enumerate(zip(engines, outs)):
+            e.tick(end)
+            publish(i, o.collect() + o.leave())
+        want = [a.as_dict() for a in single.tick(end)]
+        assert single.stats()["drops"]["late"] == 0
+
+        assert wait_for(lambda: len(sub.msgs) >= len(want), 20.0), (len(sub.msgs), len(want))
+        time.sleep(0.5)   # and no more (a window twice would show)
+        got = [decode_body("json", m.data) for m in sub.msgs]
+        for g in got:
+            g.setdefault("quantile_names", ())
+            g.setdefault("quantile_values", ())
+        assert_same_windows(want, got, ())
+    finally:
+        for w in workers:
+            w.terminate()
+        finals = []
+        for w in workers:
+            out, _ = w.communicate(timeout=20)
+            finals.append(out)
+        sub.close()
+        for a in admins:
+            a.close()
+    for out in finals:
+        assert b'"incomplete": 0' in out and b'"stale": 0' in out, out
