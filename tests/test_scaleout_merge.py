@@ -9,6 +9,7 @@ windows one engine fed the whole stream gives.
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -31,12 +32,12 @@ def engine():
                              allowed_lateness=LATENESS, key_ttl=1e6, idle_timeout=1.0)
 
 
-def start_worker(tmp_path, cluster, name, own):
+def start_worker(tmp_path, cluster, name, own, *extra):
     err = open(tmp_path / f"{name}.stderr", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "telemetry_cy.service.cli", "merge", "--nats-url", cluster.url,
          "--worker-id", name, "--window", f"{WINDOW}s", "--emit-every", f"{EMIT}s",
-         "--allowed-lateness", f"{LATENESS}s", "--partitions", str(PARTITIONS), "--own", own],
+         "--allowed-lateness", f"{LATENESS}s", "--partitions", str(PARTITIONS), "--own", own, *extra],
         stdout=subprocess.PIPE, stderr=err, cwd=REPO, stdin=subprocess.DEVNULL,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     err.close()
@@ -47,10 +48,13 @@ def test_two_workers_merge_three_instances_into_one_engines_windows(tmp_path, na
     admins = [NatsSubscriber(url, subject=None) for url in nats_cluster.urls]
     sub = NatsSubscriber(nats_cluster.urls[2], subject="agg.>")
     workers = []
+    want: list = []
     try:
         admins[0].add_stream(STREAM, subjects=(f"{SUBJECT_PREFIX}.>",), num_replicas=3,
                              max_bytes=1 << 26)
-        workers = [start_worker(tmp_path, nats_cluster, "wA", "0-1"),
+        admins[0].add_stream("AGG", subjects=("agg.>",), num_replicas=3, max_bytes=1 << 26)
+        # one worker publishes through JetStream with message ids, the other on core NATS
+        workers = [start_worker(tmp_path, nats_cluster, "wA", "0-1", "--jetstream"),
                    start_worker(tmp_path, nats_cluster, "wB", "2-3")]
         # a worker is ready once it has subscribed: it says so on stderr
         assert wait_for(lambda: all(b'"ready"' in (tmp_path / f"{n}.stderr").read_bytes()
@@ -71,6 +75,10 @@ def test_two_workers_merge_three_instances_into_one_engines_windows(tmp_path, na
             if msgs:
                 admins[i].call(go())
 
+        # partials of another window setting, and bytes that are no partial: refused, counted
+        other = pf.window_settings(2 * WINDOW, EMIT, "event", LATENESS)
+        publish(0, [(0, pf.write(pf.KIND_PROGRESS, other, "stranger", 0, 0, 0, PARTITIONS)),
+                    (1, b"not a partial")])
         rng = random.Random(3)
         for j, (device, sensor, value, t) in enumerate(readings):
             i = j if j < 3 else rng.randrange(3)
@@ -91,6 +99,11 @@ def test_two_workers_merge_three_instances_into_one_engines_windows(tmp_path, na
             g.setdefault("quantile_names", ())
             g.setdefault("quantile_values", ())
         assert_same_windows(want, got, ())
+        # the stream holds every window once, each with its (key, window) message id
+        stored = admins[1].stream_msgs("AGG")
+        assert len(stored) == len(want)
+        ids = [m.headers.get("Nats-Msg-Id") for m in stored if m.headers]
+        assert len(set(ids)) == len(ids) and ids    # the JetStream worker's, all distinct
     finally:
         for w in workers:
             w.terminate()
@@ -101,5 +114,9 @@ def test_two_workers_merge_three_instances_into_one_engines_windows(tmp_path, na
         sub.close()
         for a in admins:
             a.close()
-    for out in finals:
-        assert b'"incomplete": 0' in out and b'"stale": 0' in out, out
+    stats = [json.loads(out.decode().splitlines()[-1]) for out in finals]
+    for st in stats:
+        assert st["incomplete"] == st["stale"] == st["gaps"] == 0, st
+    assert stats[0]["refused"] == {"settings": 1, "foreign": 1}, stats[0]
+    assert stats[1]["refused"] == {}, stats[1]
+    assert sum(st["published"] for st in stats) == len(want)

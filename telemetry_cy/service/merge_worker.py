@@ -26,7 +26,7 @@ from telemetry_cy.engine.pane_merge import PaneMerger
 from telemetry_cy.engine.partial_format import PartialError, WindowSettings, read, window_settings
 from telemetry_cy.service import config
 from telemetry_cy.sink.bodies import encode_json
-from telemetry_cy.sink.subjects import subject_for
+from telemetry_cy.sink.subjects import msg_id, subject_for
 
 STREAM = "PARTIALS"
 SUBJECT_PREFIX = "partials"
@@ -51,10 +51,10 @@ class MergeWorker:
     def __init__(self, urls: list[str], worker_id: str, settings: WindowSettings,
                  partitions: int, own: list[int], out_prefix: str = "agg",
                  instance_timeout: float = 10.0, replicas: int = 1,
-                 tick_every: float = 0.2) -> None:
+                 tick_every: float = 0.2, jetstream: bool = False) -> None:
         self.urls, self.worker_id, self.settings = urls, worker_id, settings
         self.partitions, self.own, self.out_prefix = partitions, sorted(own), out_prefix
-        self.replicas, self.tick_every = replicas, tick_every
+        self.replicas, self.tick_every, self.jetstream = replicas, tick_every, jetstream
         self.merger = PaneMerger(settings, instance_timeout)
         self.bad: dict[str, int] = {}
         self.published = 0
@@ -98,9 +98,16 @@ class MergeWorker:
 
     async def _turn(self, nc) -> None:
         self.merger.expire(time.monotonic())
+        js = nc.jetstream() if self.jetstream else None
         for agg in self.merger.emit():
             a = Aggregate(**agg)
-            await nc.publish(subject_for(self.out_prefix, a.device, a.sensor), encode_json(a))
+            subject, body = subject_for(self.out_prefix, a.device, a.sensor), encode_json(a)
+            if js is None:
+                await nc.publish(subject, body)
+            else:
+                # one id per (key, window): a window a takeover emits again is stored once
+                await js.publish(subject, body, headers={
+                    "Nats-Msg-Id": msg_id(a.device, a.sensor, a.window_end)})
             self.published += 1
         await nc.flush()
 
@@ -130,6 +137,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--own", default="",
                    help="the partitions this worker merges, e.g. 0-7 or 1,3,5 (all)")
     p.add_argument("--instance-timeout", type=config.parse_duration, default=10.0)
+    p.add_argument("--jetstream", action="store_true",
+                   help="publish the aggregates with JetStream acks and Nats-Msg-Id "
+                   "<device>|<sensor>|<window_end>")
     p.add_argument("--replicas", type=int, default=1,
                    help="replicas of the partials stream when this worker creates it (1)")
 
@@ -156,7 +166,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"telemetry-cy merge: {exc}", file=sys.stderr)
         return 2
     worker = MergeWorker(args.nats_url.split(","), args.worker_id, settings, args.partitions,
-                         own, instance_timeout=args.instance_timeout, replicas=args.replicas)
+                         own, instance_timeout=args.instance_timeout, replicas=args.replicas,
+                         jetstream=args.jetstream)
 
     async def go() -> None:
         loop = asyncio.get_running_loop()
