@@ -37,7 +37,8 @@ def start_worker(tmp_path, cluster, name, own, *extra):
     proc = subprocess.Popen(
         [sys.executable, "-m", "telemetry_cy.service.cli", "merge", "--nats-url", cluster.url,
          "--worker-id", name, "--window", f"{WINDOW}s", "--emit-every", f"{EMIT}s",
-         "--allowed-lateness", f"{LATENESS}s", "--partitions", str(PARTITIONS), "--own", own, *extra],
+         "--allowed-lateness", f"{LATENESS}s", "--partitions", str(PARTITIONS), "--own", own,
+         *extra],
         stdout=subprocess.PIPE, stderr=err, cwd=REPO, stdin=subprocess.DEVNULL,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     err.close()
