@@ -85,6 +85,26 @@ def test_split_and_merged_equals_one_engine(seed, instances, n, keys, quantiles)
     assert merger.stats.leaves == 3 * instances and not merger.instances
 
 
+def test_panes_closed_between_collects_are_all_sent():
+    # the daemon collects once a tick, not after every reading: the clock may pass many
+    # intervals (and the ring reuse their slots) in between, from the very first reading on
+    readings = stream(5, 400, 5)
+    ws = settings_for(())
+    engines = [make_engine(()) for _ in range(2)]
+    outs = [InstancePartials(e, ws, f"inst{i}", 2) for i, e in enumerate(engines)]
+    single = make_engine(())
+    for j, (device, sensor, value, t) in enumerate(readings):
+        engines[j % 2].push_reading(device, sensor, value, t, unit="u", t=t)
+        single.push_reading(device, sensor, value, t, unit="u", t=t)
+    merger = PaneMerger(ws)
+    end = readings[-1][3] + 100
+    for e, o in zip(engines, outs):
+        e.tick(end)
+        for _part, data in o.collect() + o.leave():
+            merger.take(pf.read(data), 0.0)
+    assert_same_windows([a.as_dict() for a in single.tick(end)], merger.emit(), ())
+
+
 def test_an_instance_that_dies_gives_incomplete_windows_never_wrong_ones():
     readings = stream(7, 400, 4)
     ws = settings_for(())

@@ -21,8 +21,8 @@ from support.scaleout import EMIT, LATENESS, WINDOW, assert_same_windows, stream
 from telemetry_cy.engine import _engine_py
 from telemetry_cy.engine import partial_format as pf
 from telemetry_cy.engine.partials_py import InstancePartials
-from telemetry_cy.service.merge_worker import STREAM, SUBJECT_PREFIX
 from telemetry_cy.sink.bodies import decode_body
+from telemetry_cy.sink.partials_stream import STREAM, SUBJECT_PREFIX
 
 PARTITIONS = 4
 

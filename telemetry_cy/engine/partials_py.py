@@ -73,8 +73,11 @@ class InstancePartials:
 
         def closing(interval: int) -> None:
             if engine._started and interval > engine._closed:
-                lo = engine._closed if self._sent is None else max(self._sent, engine._closed)
-                self._closed_panes.update(_panes_of(engine, lo, interval))
+                if self._sent is None:
+                    # where the clock started: nothing below it was ever accepted
+                    self._sent = engine._closed
+                self._closed_panes.update(
+                    _panes_of(engine, max(self._sent, engine._closed), interval))
             advance(interval)
         engine._advance = closing   # type: ignore[method-assign]
 

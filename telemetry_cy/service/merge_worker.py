@@ -19,32 +19,15 @@ import sys
 import time
 
 import nats
-from nats.js.api import DeliverPolicy, RetentionPolicy, StreamConfig
+from nats.js.api import DeliverPolicy
 
 from telemetry_cy.engine._engine_py import Aggregate
 from telemetry_cy.engine.pane_merge import PaneMerger
 from telemetry_cy.engine.partial_format import PartialError, WindowSettings, read, window_settings
 from telemetry_cy.service import config
 from telemetry_cy.sink.bodies import encode_json
+from telemetry_cy.sink.partials_stream import SUBJECT_PREFIX, ensure_stream
 from telemetry_cy.sink.subjects import msg_id, subject_for
-
-STREAM = "PARTIALS"
-SUBJECT_PREFIX = "partials"
-#: the stream's bound: limits retention, the oldest partials go first past it
-STREAM_MAX_BYTES = 1 << 30
-STREAM_MAX_AGE_S = 3600.0
-
-
-async def ensure_stream(nc, replicas: int) -> None:
-    """The partials stream, created when missing (a second worker finds it there)."""
-    js = nc.jetstream()
-    cfg = StreamConfig(name=STREAM, subjects=[f"{SUBJECT_PREFIX}.>"],
-                       retention=RetentionPolicy.LIMITS, max_bytes=STREAM_MAX_BYTES,
-                       max_age=STREAM_MAX_AGE_S, num_replicas=replicas)
-    try:
-        await js.stream_info(STREAM)
-    except nats.js.errors.NotFoundError:
-        await js.add_stream(cfg)
 
 
 class MergeWorker:
