@@ -202,8 +202,11 @@ class _Partition:
         for name in dead:
             lost_from = self._instances.pop(name).progress
             others = [i.progress for i in self._instances.values()]
-            # what it held in open panes is gone: from its progress to where the others are now,
-            # plus the lead (readings that late were still accepted there)
+            if self._departed is not None:
+                others.append(self._departed)
+            # what it held in open panes is gone: from its progress to where the others are now
+            # (those that left included: a bound that may be far, never short), plus the lead
+            # (readings that late were still accepted there)
             lost_to = max([lost_from, *others]) + self.settings.lead + 1
             self._lost.append((lost_from, lost_to))
         return dead
