@@ -121,3 +121,81 @@ def test_two_workers_merge_three_instances_into_one_engines_windows(tmp_path, na
     assert stats[0]["refused"] == {"settings": 1, "foreign": 1}, stats[0]
     assert stats[1]["refused"] == {}, stats[1]
     assert sum(st["published"] for st in stats) == len(want)
+
+
+def worker_stats(tmp_path, name) -> dict:
+    lines = [json.loads(line) for line in (tmp_path / f"{name}.stderr").read_text().splitlines()
+             if line.startswith("{")]
+    return lines[-1] if lines else {}
+
+
+def test_a_killed_worker_loses_no_window_and_the_stream_holds_each_once(tmp_path, nats_cluster):
+    admins = [NatsSubscriber(url, subject=None) for url in nats_cluster.urls]
+    workers: dict = {}
+    try:
+        admins[0].add_stream(STREAM, subjects=(f"{SUBJECT_PREFIX}.>",), num_replicas=3,
+                             max_bytes=1 << 26)
+        admins[0].add_stream("AGG", subjects=("agg.>",), num_replicas=3, max_bytes=1 << 26)
+        auto = ("--lease", "2s", "--jetstream", "--instance-timeout", "60s", "--replicas", "3")
+        for name in ("wA", "wB"):
+            workers[name] = start_worker(tmp_path, nats_cluster, name, "auto", *auto)
+        # both own a share: leases taken, the first comer handing the extra over
+        assert wait_for(lambda: all(worker_stats(tmp_path, n).get("own") for n in workers)
+                        and sum(len(worker_stats(tmp_path, n)["own"]) for n in workers)
+                        == PARTITIONS, 20.0), [worker_stats(tmp_path, n) for n in workers]
+
+        readings = stream(23, 900, 12)
+        ws = pf.window_settings(WINDOW, EMIT, "event", LATENESS)
+        engines = [engine() for _ in range(2)]
+        outs = [InstancePartials(e, ws, f"inst{i}", PARTITIONS) for i, e in enumerate(engines)]
+        single = engine()
+
+        def publish(i, msgs):
+            async def go():
+                js = admins[i].nc.jetstream()
+                for part, data in msgs:
+                    await js.publish(f"{SUBJECT_PREFIX}.{part}", data)
+            if msgs:
+                admins[i].call(go())
+
+        def feed(part):
+            for j, (device, sensor, value, t) in part:
+                i = j % 2
+                engines[i].push_reading(device, sensor, value, t, unit="u", t=t)
+                single.push_reading(device, sensor, value, t, unit="u", t=t)
+                publish(i, outs[i].collect())
+        items = list(enumerate(readings))
+        feed(items[:450])
+        # some windows are out, then one worker dies without a word
+        assert wait_for(lambda: len(admins[1].stream_msgs("AGG")) > 20, 15.0)
+        workers["wA"].kill()
+        workers["wA"].wait(10)
+        feed(items[450:])
+        end = readings[-1][3] + 100.0
+        for i, (e, o) in enumerate(zip(engines, outs)):
+            e.tick(end)
+            publish(i, o.collect() + o.leave())
+        want = [a.as_dict() for a in single.tick(end)]
+        assert single.stats()["drops"]["late"] == 0
+
+        # the survivor takes the dead one's partitions over and replays them from the stream
+        assert wait_for(lambda: len(admins[1].stream_msgs("AGG")) >= len(want), 30.0), \
+            (len(admins[1].stream_msgs("AGG")), len(want), worker_stats(tmp_path, "wB"))
+        time.sleep(1.0)
+        stored = admins[1].stream_msgs("AGG")
+        ids = [m.headers["Nats-Msg-Id"] for m in stored]
+        assert len(ids) == len(set(ids)) == len(want)     # every window, each once
+        got = [decode_body("json", m.data) for m in stored]
+        for g in got:
+            g.setdefault("quantile_names", ())
+            g.setdefault("quantile_values", ())
+        assert_same_windows(want, got, ())
+        st = worker_stats(tmp_path, "wB")
+        assert st["own"] == list(range(PARTITIONS)) and st["takeovers"] >= 1, st
+    finally:
+        for w in workers.values():
+            if w.poll() is None:
+                w.terminate()
+            w.communicate(timeout=20)
+        for a in admins:
+            a.close()

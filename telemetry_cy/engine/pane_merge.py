@@ -135,6 +135,22 @@ class PaneMerger:
                 out[name] = min(progress, out.get(name, progress))
         return out
 
+    def resume(self, partition: int, emitted: int | None) -> None:
+        """A partition taken over: its windows through tick `emitted` were published by the
+        previous owner, so they are not emitted again while its partials are replayed."""
+        part = self._parts[partition] = _Partition(self.settings, self.instance_timeout,
+                                                   self.stats)
+        part._emitted = emitted
+
+    def drop(self, partition: int) -> None:
+        """A partition this worker no longer owns: its state goes."""
+        self._parts.pop(partition, None)
+
+    def emitted(self) -> dict[int, int]:
+        """Partition -> the last tick emitted there."""
+        return {p: part._emitted for p, part in self._parts.items()
+                if part._emitted is not None}
+
     def emit(self) -> list[dict]:
         """Every window made final since the last call: partition by partition, oldest tick
         first within one."""
@@ -181,7 +197,8 @@ class _Partition:
 
     def _take_panes(self, msg: Partial) -> None:
         k = msg.interval
-        if self._emitted is not None and k < self._emitted:
+        # a pane that no window to come spans (window T spans intervals [T-P, T-1])
+        if self._emitted is not None and k < self._emitted - self.settings.panes + 1:
             self.stats.stale += len(msg.panes)
             return
         for p in msg.panes:

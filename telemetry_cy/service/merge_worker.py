@@ -19,7 +19,7 @@ import sys
 import time
 
 import nats
-from nats.js.api import DeliverPolicy
+from nats.js.api import DeliverPolicy, KeyValueConfig
 
 from telemetry_cy.engine._engine_py import Aggregate
 from telemetry_cy.engine.pane_merge import PaneMerger
@@ -29,18 +29,33 @@ from telemetry_cy.sink.bodies import encode_json
 from telemetry_cy.sink.partials_stream import SUBJECT_PREFIX, ensure_stream
 from telemetry_cy.sink.subjects import msg_id, subject_for
 
+#: KV buckets of automatic ownership: leases (they expire) and the last tick emitted per
+#: partition (kept: a new owner reads it to not emit a window twice)
+LEASES = "TCY_MERGE_LEASES"
+EMITTED = "TCY_MERGE_EMITTED"
+
 
 class MergeWorker:
     def __init__(self, urls: list[str], worker_id: str, settings: WindowSettings,
-                 partitions: int, own: list[int], out_prefix: str = "agg",
+                 partitions: int, own: list[int] | None, out_prefix: str = "agg",
                  instance_timeout: float = 10.0, replicas: int = 1,
-                 tick_every: float = 0.2, jetstream: bool = False) -> None:
+                 tick_every: float = 0.2, jetstream: bool = False,
+                 lease_s: float = 5.0) -> None:
         self.urls, self.worker_id, self.settings = urls, worker_id, settings
-        self.partitions, self.own, self.out_prefix = partitions, sorted(own), out_prefix
+        self.partitions, self.out_prefix = partitions, out_prefix
+        # None: ownership by leases (docs/scale-out.md, "Ownership and failover")
+        self.auto = own is None
+        self.own: list[int] = [] if own is None else sorted(own)
         self.replicas, self.tick_every, self.jetstream = replicas, tick_every, jetstream
+        self.lease_s = lease_s
         self.merger = PaneMerger(settings, instance_timeout)
         self.bad: dict[str, int] = {}
         self.published = 0
+        self.takeovers = 0
+        self._subs: dict[int, object] = {}
+        self._leases: dict[int, int] = {}      # partition -> revision of our lease
+        self._saved: dict[int, int] = {}       # partition -> last tick written to EMITTED
+        self._next_lease = 0.0
         self._stop = asyncio.Event()
 
     async def run(self, ready=None) -> None:
@@ -49,11 +64,13 @@ class MergeWorker:
         try:
             await ensure_stream(nc, self.replicas)
             js = nc.jetstream()
-            subs = []
-            for p in self.own:
-                subs.append(await js.subscribe(f"{SUBJECT_PREFIX}.{p}", cb=self._on_msg,
-                                               ordered_consumer=True,
-                                               deliver_policy=DeliverPolicy.ALL))
+            if self.auto:
+                self._kv = await _bucket(js, LEASES, self.lease_s, self.replicas)
+                self._kv_emitted = await _bucket(js, EMITTED, None, self.replicas)
+                await self._leasing(js)
+            else:
+                for p in self.own:
+                    await self._subscribe(js, p)
             if ready is not None:
                 ready()
             while not self._stop.is_set():
@@ -62,11 +79,84 @@ class MergeWorker:
                 except asyncio.TimeoutError:
                     pass
                 await self._turn(nc)
+                if self.auto and time.monotonic() >= self._next_lease:
+                    await self._leasing(js)
             await self._turn(nc)
-            for s in subs:
-                await s.unsubscribe()
+            for sub in list(self._subs.values()):
+                await sub.unsubscribe()   # type: ignore[attr-defined]
+            if self.auto:
+                for p, rev in self._leases.items():   # hand them over now, not at expiry
+                    try:
+                        await self._kv.delete(f"own.{p}", last=rev)
+                    except Exception:  # noqa: BLE001  (expiry frees it anyway)
+                        pass
         finally:
             await nc.close()
+
+    async def _subscribe(self, js, p: int) -> None:
+        # from the stream's start: a new owner replays what the old one had not merged
+        self._subs[p] = await js.subscribe(f"{SUBJECT_PREFIX}.{p}", cb=self._on_msg,
+                                           ordered_consumer=True,
+                                           deliver_policy=DeliverPolicy.ALL)
+
+    async def _leasing(self, js) -> None:
+        """Renews our leases (compare-and-swap on the revision: a lease someone else took is
+        lost, never overwritten) and takes free partitions up to a fair share."""
+        self._next_lease = time.monotonic() + self.lease_s / 4
+        kv = self._kv
+        await kv.put(f"worker.{self.worker_id}", b"1")
+        for p, rev in list(self._leases.items()):
+            try:
+                self._leases[p] = await kv.update(f"own.{p}", self.worker_id.encode(), last=rev)
+            except Exception:  # noqa: BLE001  (taken by another, or expired: let it go)
+                await self._release(p)
+        try:
+            keys = await kv.keys()
+        except Exception:  # noqa: BLE001  (NoKeysError: an empty bucket)
+            keys = []
+        workers = max(1, sum(k.startswith("worker.") for k in keys))
+        share = -(-self.partitions // workers)
+        # more than a fair share (a worker joined): hand the extra over; the last tick emitted
+        # there is saved already (_turn), so the next owner neither skips nor repeats a window
+        for p in sorted(self._leases)[share:]:
+            rev = self._leases[p]
+            await self._release(p)
+            try:
+                await kv.delete(f"own.{p}", last=rev)
+            except Exception:  # noqa: BLE001  (expiry frees it anyway)
+                pass
+        for p in range(self.partitions):
+            if len(self._leases) >= share:
+                break
+            if p in self._leases or f"own.{p}" in keys:
+                continue
+            try:
+                rev = await kv.create(f"own.{p}", self.worker_id.encode())
+            except Exception:  # noqa: BLE001  (another worker was first)
+                continue
+            self._leases[p] = rev
+            await self._take_over(js, p)
+        self.own = sorted(self._leases)
+
+    async def _take_over(self, js, p: int) -> None:
+        emitted = None
+        try:
+            entry = await self._kv_emitted.get(f"p.{p}")
+            emitted = int(entry.value)
+            self.takeovers += 1
+        except Exception:  # noqa: BLE001  (KeyNotFoundError: nobody emitted there yet)
+            pass
+        self.merger.resume(p, emitted)
+        if emitted is not None:
+            self._saved[p] = emitted
+        await self._subscribe(js, p)
+
+    async def _release(self, p: int) -> None:
+        self._leases.pop(p, None)
+        sub = self._subs.pop(p, None)
+        if sub is not None:
+            await sub.unsubscribe()   # type: ignore[attr-defined]
+        self.merger.drop(p)
 
     async def _on_msg(self, msg) -> None:
         try:
@@ -74,7 +164,7 @@ class MergeWorker:
         except PartialError as exc:
             self.bad[exc.reason] = self.bad.get(exc.reason, 0) + 1
             return
-        if partial.partition not in self.own or partial.partitions != self.partitions:
+        if partial.partition not in self._subs or partial.partitions != self.partitions:
             self.bad["settings"] = self.bad.get("settings", 0) + 1
             return
         self.merger.take(partial, time.monotonic())
@@ -93,6 +183,12 @@ class MergeWorker:
                     "Nats-Msg-Id": msg_id(a.device, a.sensor, a.window_end)})
             self.published += 1
         await nc.flush()
+        if self.auto:
+            # after the windows are out: a new owner skips through this tick
+            for p, tick in self.merger.emitted().items():
+                if p in self._leases and self._saved.get(p) != tick:
+                    await self._kv_emitted.put(f"p.{p}", str(tick).encode())
+                    self._saved[p] = tick
 
     def stop(self) -> None:
         self._stop.set()
@@ -102,7 +198,16 @@ class MergeWorker:
         return {"worker": self.worker_id, "own": self.own, "partials": s.partials,
                 "panes": s.panes, "published": self.published, "incomplete": s.incomplete,
                 "stale": s.stale, "gaps": s.gaps, "refused": {**s.refused, **self.bad},
-                "instances": len(self.merger.instances), "deaths": s.deaths}
+                "instances": len(self.merger.instances), "deaths": s.deaths,
+                "takeovers": self.takeovers}
+
+
+async def _bucket(js, name: str, ttl: float | None, replicas: int):
+    try:
+        return await js.key_value(name)
+    except Exception:  # noqa: BLE001  (BucketNotFoundError: the first worker makes it)
+        return await js.create_key_value(KeyValueConfig(bucket=name, ttl=ttl, history=1,
+                                                        replicas=replicas))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -118,7 +223,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantile-accuracy", type=config.parse_accuracy, default=0.01)
     p.add_argument("--partitions", type=int, default=16, help="partitions in all (16)")
     p.add_argument("--own", default="",
-                   help="the partitions this worker merges, e.g. 0-7 or 1,3,5 (all)")
+                   help="the partitions this worker merges, e.g. 0-7 or 1,3,5 (all); 'auto': "
+                   "by JetStream KV leases shared with the other workers, with failover")
+    p.add_argument("--lease", type=config.parse_duration, default=5.0,
+                   help="--own auto: a lease's life; a dead worker's partitions move after it "
+                   "(5s)")
     p.add_argument("--instance-timeout", type=config.parse_duration, default=10.0)
     p.add_argument("--jetstream", action="store_true",
                    help="publish the aggregates with JetStream acks and Nats-Msg-Id "
@@ -127,7 +236,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="replicas of the partials stream when this worker creates it (1)")
 
 
-def parse_own(text: str, partitions: int) -> list[int]:
+def parse_own(text: str, partitions: int) -> list[int] | None:
+    if text == "auto":
+        return None
     if not text:
         return list(range(partitions))
     out: set[int] = set()
@@ -150,7 +261,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     worker = MergeWorker(args.nats_url.split(","), args.worker_id, settings, args.partitions,
                          own, instance_timeout=args.instance_timeout, replicas=args.replicas,
-                         jetstream=args.jetstream)
+                         jetstream=args.jetstream, lease_s=args.lease)
 
     async def go() -> None:
         loop = asyncio.get_running_loop()
