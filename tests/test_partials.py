@@ -105,6 +105,30 @@ def test_panes_closed_between_collects_are_all_sent():
     assert_same_windows([a.as_dict() for a in single.tick(end)], merger.emit(), ())
 
 
+def test_an_instance_without_data_holds_no_window_back():
+    # a member of the shared group that got nothing yet: alive (heartbeats), not in the way
+    readings = stream(9, 200, 3)
+    ws = settings_for(())
+    busy, idle = make_engine(()), make_engine(())
+    outs = [InstancePartials(busy, ws, "busy", 1), InstancePartials(idle, ws, "idle", 1)]
+    single = make_engine(())
+    merger = PaneMerger(ws)
+    got: list[dict] = []
+    for device, sensor, value, t in readings:
+        busy.push_reading(device, sensor, value, t, unit="u", t=t)
+        single.push_reading(device, sensor, value, t, unit="u", t=t)
+        for _part, data in outs[0].collect() + outs[1].heartbeat():
+            merger.take(pf.read(data), 0.0)
+        got.extend(merger.emit())
+    assert got   # windows flow while the idle one is live
+    end = readings[-1][3] + 100
+    busy.tick(end)
+    for _part, data in outs[0].collect() + outs[0].leave() + outs[1].leave():
+        merger.take(pf.read(data), 0.0)
+    got.extend(merger.emit())
+    assert_same_windows([a.as_dict() for a in single.tick(end)], got, ())
+
+
 def test_an_instance_that_dies_gives_incomplete_windows_never_wrong_ones():
     readings = stream(7, 400, 4)
     ws = settings_for(())

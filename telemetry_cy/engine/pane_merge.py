@@ -29,6 +29,7 @@ from telemetry_cy.engine.partial_format import (
     KIND_LEAVE,
     KIND_PANES,
     KIND_PROGRESS,
+    NO_DATA,
     PanePartial,
     Partial,
     PartialError,
@@ -186,13 +187,19 @@ class _Partition:
             self.stats.gaps += msg.seq - expected
         inst.seq[msg.partition] = msg.seq + 1
         if msg.kind == KIND_PANES:
+            # it holds data from here on (after NO_DATA, or as a first message)
+            inst.progress = min(inst.progress, msg.interval)
             self._take_panes(msg)
         elif msg.kind in (KIND_PROGRESS, KIND_HEARTBEAT):
-            inst.progress = max(inst.progress, msg.interval)
+            # one subject per partition: an instance's messages here come in order
+            inst.progress = msg.interval
         elif msg.kind == KIND_LEAVE:
             # all it had is sent: with nobody else live, its progress is the frontier
             left = self._instances.pop(msg.instance).progress
-            self._departed = max(left, msg.interval, self._departed or left)
+            if msg.interval != NO_DATA:
+                self._departed = max(left if left != NO_DATA else msg.interval, msg.interval,
+                                     self._departed if self._departed is not None
+                                     else msg.interval)
             self.stats.leaves += 1
 
     def _take_panes(self, msg: Partial) -> None:
@@ -218,7 +225,9 @@ class _Partition:
                 if clock - i.heard >= self.instance_timeout]
         for name in dead:
             lost_from = self._instances.pop(name).progress
-            others = [i.progress for i in self._instances.values()]
+            if lost_from == NO_DATA:
+                continue   # it never held a pane
+            others = [i.progress for i in self._instances.values() if i.progress != NO_DATA]
             if self._departed is not None:
                 others.append(self._departed)
             # what it held in open panes is gone: from its progress to where the others are now
@@ -255,7 +264,8 @@ class _Partition:
         out: list[dict] = []
         # past the newest pane + P no window holds data: those ticks are final and empty
         newest = max((max(p) for p in self._keys.values() if p), default=start - s.panes)
-        for tick in range(start, min(frontier, newest + s.panes) + 1):
+        last = min(frontier, newest + s.panes)
+        for tick in range(start, last + 1):
             lost = any(lo <= tick - 1 and tick - s.panes < hi for lo, hi in self._lost)
             for (device, sensor), panes in self._keys.items():
                 agg = self._window(device, sensor, panes, tick)
@@ -267,8 +277,10 @@ class _Partition:
                     out.append(agg)
                     self.stats.windows += 1
             self._emitted = tick
-        if frontier >= start:
-            self._emitted = frontier
+        if last >= start:
+            # ticks past the newest pane + P are empty: done, without marking them (an instance
+            # without data yet, NO_DATA, must not push the mark to the end of time)
+            self._emitted = last
         self._forget()
         return out
 

@@ -50,6 +50,10 @@ KIND_PANES, KIND_PROGRESS, KIND_HEARTBEAT, KIND_LEAVE = 1, 2, 3, 4
 KINDS = {KIND_PANES: "panes", KIND_PROGRESS: "progress", KIND_HEARTBEAT: "heartbeat",
          KIND_LEAVE: "leave"}
 
+#: The progress of an instance whose clock has not started: it holds no pane, so it holds no
+#: window back (its heartbeats say it is alive all the same)
+NO_DATA = int(MAX_INTERVAL)
+
 FLAG_EVENT = 1       # time="event"
 FLAG_QUANTILES = 2   # every pane carries a sketch block
 

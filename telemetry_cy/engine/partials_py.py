@@ -20,6 +20,7 @@ from telemetry_cy.engine.partial_format import (
     KIND_LEAVE,
     KIND_PANES,
     KIND_PROGRESS,
+    NO_DATA,
     PanePartial,
     WindowSettings,
     partition_of,
@@ -113,11 +114,11 @@ class InstancePartials:
         return out
 
     def heartbeat(self) -> list[tuple[int, bytes]]:
-        interval = self._sent if self._sent is not None else 0
+        interval = self._sent if self._sent is not None else NO_DATA
         return [self._message(KIND_HEARTBEAT, part, interval) for part in range(self.partitions)]
 
     def leave(self) -> list[tuple[int, bytes]]:
         """After the clock was closed past every reading (tick far ahead, then collect()): the
         last messages, saying nothing more comes."""
-        interval = self._sent if self._sent is not None else 0
+        interval = self._sent if self._sent is not None else NO_DATA
         return [self._message(KIND_LEAVE, part, interval) for part in range(self.partitions)]
