@@ -199,3 +199,12 @@ def test_a_killed_worker_loses_no_window_and_the_stream_holds_each_once(tmp_path
             w.communicate(timeout=20)
         for a in admins:
             a.close()
+
+
+def test_print_nats_config_names_the_stream_the_workers_read():
+    out = subprocess.run([sys.executable, "-m", "telemetry_cy.service.cli", "merge",
+                          "--print-nats-config", "--replicas", "3"], capture_output=True,
+                         cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+                         timeout=60, check=True).stdout.decode()
+    add = [line for line in out.splitlines() if line.startswith(f"nats stream add {STREAM} ")]
+    assert len(add) == 1 and f"'{SUBJECT_PREFIX}.>'" in add[0] and "--replicas 3" in add[0]

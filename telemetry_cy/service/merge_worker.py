@@ -26,7 +26,13 @@ from telemetry_cy.engine.pane_merge import PaneMerger
 from telemetry_cy.engine.partial_format import PartialError, WindowSettings, read, window_settings
 from telemetry_cy.service import config
 from telemetry_cy.sink.bodies import encode_json
-from telemetry_cy.sink.partials_stream import SUBJECT_PREFIX, ensure_stream
+from telemetry_cy.sink.partials_stream import (
+    STREAM,
+    STREAM_MAX_AGE_S,
+    STREAM_MAX_BYTES,
+    SUBJECT_PREFIX,
+    ensure_stream,
+)
 from telemetry_cy.sink.subjects import msg_id, subject_for
 
 #: KV buckets of automatic ownership: leases (they expire) and the last tick emitted per
@@ -213,7 +219,8 @@ async def _bucket(js, name: str, ttl: float | None, replicas: int):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats-url", default="nats://127.0.0.1:4222",
                    help="NATS server URL(s), comma-separated for a cluster")
-    p.add_argument("--worker-id", required=True, help="this worker's name (logs, stats)")
+    p.add_argument("--worker-id", default="", help="this worker's name (logs, stats, leases); "
+                   "needed unless --print-nats-config")
     p.add_argument("--window", type=config.parse_duration, default=60.0)
     p.add_argument("--emit-every", type=config.parse_duration, default=5.0)
     p.add_argument("--time", choices=("event",), default="event",
@@ -232,6 +239,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jetstream", action="store_true",
                    help="publish the aggregates with JetStream acks and Nats-Msg-Id "
                    "<device>|<sensor>|<window_end>")
+    p.add_argument("--print-nats-config", action="store_true",
+                   help="print what the NATS side needs (the partials stream) and exit")
     p.add_argument("--replicas", type=int, default=1,
                    help="replicas of the partials stream when this worker creates it (1)")
 
@@ -250,7 +259,31 @@ def parse_own(text: str, partitions: int) -> list[int] | None:
     return sorted(out)
 
 
+def nats_config(replicas: int) -> str:
+    """What the NATS cluster needs: no subject mapping (instances hash keys to partitions
+    themselves), one stream for the partials, two KV buckets that `--own auto` makes itself."""
+    return "\n".join([
+        "# telemetry-cy scale-out: what the NATS side needs (docs/scale-out.md)",
+        "# JetStream on every server; no subject mapping: instances hash keys to partitions.",
+        "# The partials stream (created by the first instance or worker if missing):",
+        f"nats stream add {STREAM} --subjects '{SUBJECT_PREFIX}.>' --retention limits "
+        f"--max-bytes {STREAM_MAX_BYTES} --max-age {int(STREAM_MAX_AGE_S)}s "
+        f"--replicas {replicas} --storage file --discard old --dupe-window 2m --defaults",
+        "# With --own auto the workers create the KV buckets themselves:",
+        f"#   {LEASES} (ttl = --lease), {EMITTED} (no ttl), {replicas} replicas",
+        "# With --jetstream, a stream over the aggregates' subjects, e.g.:",
+        "nats stream add AGG --subjects 'agg.>' --retention limits --max-age 1h "
+        f"--replicas {replicas} --dupe-window 2m --defaults",
+    ])
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.print_nats_config:
+        print(nats_config(args.replicas))
+        return 0
+    if not args.worker_id:
+        print("telemetry-cy merge: --worker-id is needed", file=sys.stderr)
+        return 2
     try:
         settings = window_settings(args.window, args.emit_every, args.time,
                                    args.allowed_lateness, args.quantiles or None,
