@@ -160,3 +160,16 @@ def test_an_instance_killed_mid_run_gives_incomplete_windows_never_wrong_ones(
         assert (a["count"], a["min"], a["max"], a["first"], a["last"]) == \
             (g["count"], g["min"], g["max"], g["first"], g["last"]), (k, a, g)
     assert got and len(got) < len(want)
+
+
+def test_demo_scale_out_runs_the_deployment_and_aggregates_come_out():
+    out = subprocess.run(
+        [sys.executable, "-m", "telemetry_cy.service.cli", "demo", "--scale-out", "--duration",
+         "8", "--rate", "400", "--window", "4", "--emit-every", "1", "--allowed-lateness", "1"],
+        capture_output=True, cwd=REPO, timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}).stdout.decode()
+    lines = [ln for ln in out.splitlines() if ln.startswith("sent ")]
+    assert lines, out
+    last = lines[-1]
+    # both workers own partitions, and windows reached agg.>
+    assert last.count("own=[]") == 0 and int(last.rsplit(" ", 1)[1]) > 0, out

@@ -48,6 +48,9 @@ def main(argv=None) -> int:
                       "flush late, one clock runs ahead (arrival)")
     demo.add_argument("--allowed-lateness", type=_duration, default=5.0,
                       help="with --time event: how late a reading may be (5s)")
+    demo.add_argument("--scale-out", action="store_true",
+                      help="the scale-out deployment instead: a 3-node NATS cluster, 2 run "
+                      "instances sharing the MQTT load, 2 merge workers (docs/scale-out.md)")
     demo.add_argument("--plain", action="store_true",
                       help="plain lines instead of the live view (automatic when not a terminal)")
     merge = sub.add_parser("merge", help="scale-out: merge the partials of several run "
@@ -70,6 +73,9 @@ def main(argv=None) -> int:
             return 2
         from telemetry_cy.service import daemon
         return daemon.main(settings)
+    if args.scale_out:
+        from telemetry_cy.tools import scaleout_demo
+        return scaleout_demo.main(args)
     from telemetry_cy.tools import demo as demo_mod
     try:
         return demo_mod.main(args)
