@@ -58,6 +58,7 @@ class MergeWorker:
         self.bad: dict[str, int] = {}
         self.published = 0
         self.takeovers = 0
+        self.last_window_end = 0.0   # event time of the newest window published
         self._subs: dict[int, object] = {}
         self._leases: dict[int, int] = {}      # partition -> revision of our lease
         self._saved: dict[int, int] = {}       # partition -> last tick written to EMITTED
@@ -188,6 +189,7 @@ class MergeWorker:
                 await js.publish(subject, body, headers={
                     "Nats-Msg-Id": msg_id(a.device, a.sensor, a.window_end)})
             self.published += 1
+            self.last_window_end = max(self.last_window_end, a.window_end)
         await nc.flush()
         if self.auto:
             # after the windows are out: a new owner skips through this tick
@@ -205,7 +207,10 @@ class MergeWorker:
                 "panes": s.panes, "published": self.published, "incomplete": s.incomplete,
                 "stale": s.stale, "gaps": s.gaps, "refused": {**s.refused, **self.bad},
                 "instances": len(self.merger.instances), "deaths": s.deaths,
-                "takeovers": self.takeovers}
+                "takeovers": self.takeovers,
+                # how far the newest published window ends behind the wall clock (event time)
+                "lag_s": (round(time.time() - self.last_window_end, 3)
+                          if self.last_window_end else None)}
 
 
 async def _bucket(js, name: str, ttl: float | None, replicas: int):
