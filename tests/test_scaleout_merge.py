@@ -14,8 +14,9 @@ import random
 import subprocess
 import sys
 import time
+import urllib.request
 
-from support.brokers import NatsSubscriber, wait_for
+from support.brokers import NatsSubscriber, free_port, wait_for
 from support.daemon import REPO
 from support.scaleout import EMIT, LATENESS, WINDOW, assert_same_windows, stream
 from telemetry_cy.engine import _engine_py
@@ -30,6 +31,11 @@ PARTITIONS = 4
 def engine():
     return _engine_py.Engine(window=WINDOW, emit_every=EMIT, time="event",
                              allowed_lateness=LATENESS, key_ttl=1e6, idle_timeout=1.0)
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
 
 
 def start_worker(tmp_path, cluster, name, own, *extra):
@@ -55,7 +61,9 @@ def test_two_workers_merge_three_instances_into_one_engines_windows(tmp_path, na
                              max_bytes=1 << 26)
         admins[0].add_stream("AGG", subjects=("agg.>",), num_replicas=3, max_bytes=1 << 26)
         # one worker publishes through JetStream with message ids, the other on core NATS
-        workers = [start_worker(tmp_path, nats_cluster, "wA", "0-1", "--jetstream"),
+        metrics_port = free_port()
+        workers = [start_worker(tmp_path, nats_cluster, "wA", "0-1", "--jetstream",
+                                "--metrics-port", str(metrics_port)),
                    start_worker(tmp_path, nats_cluster, "wB", "2-3")]
         # a worker is ready once it has subscribed: it says so on stderr
         assert wait_for(lambda: all(b'"ready"' in (tmp_path / f"{n}.stderr").read_bytes()
@@ -105,6 +113,12 @@ def test_two_workers_merge_three_instances_into_one_engines_windows(tmp_path, na
         assert len(stored) == len(want)
         ids = [m.headers.get("Nats-Msg-Id") for m in stored if m.headers]
         assert len(set(ids)) == len(ids) and ids    # the JetStream worker's, all distinct
+        # its metrics say the same (the snapshot of its last turn)
+        assert wait_for(lambda: f"telemetry_cy_merge_published_total {float(len(ids))}"
+                        in scrape(metrics_port), 5.0), scrape(metrics_port)
+        text = scrape(metrics_port)
+        assert "telemetry_cy_merge_owned_partitions 2.0" in text
+        assert 'telemetry_cy_merge_refused_total{reason="settings"} 1.0' in text
     finally:
         for w in workers:
             w.terminate()

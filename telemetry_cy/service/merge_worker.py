@@ -59,6 +59,7 @@ class MergeWorker:
         self.published = 0
         self.takeovers = 0
         self.last_window_end = 0.0   # event time of the newest window published
+        self.snapshot: dict = {}
         self._subs: dict[int, object] = {}
         self._leases: dict[int, int] = {}      # partition -> revision of our lease
         self._saved: dict[int, int] = {}       # partition -> last tick written to EMITTED
@@ -191,6 +192,7 @@ class MergeWorker:
             self.published += 1
             self.last_window_end = max(self.last_window_end, a.window_end)
         await nc.flush()
+        self.snapshot = self.stats()   # replaced whole: what a metrics scrape reads
         if self.auto:
             # after the windows are out: a new owner skips through this tick
             for p, tick in self.merger.emitted().items():
@@ -244,6 +246,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jetstream", action="store_true",
                    help="publish the aggregates with JetStream acks and Nats-Msg-Id "
                    "<device>|<sensor>|<window_end>")
+    p.add_argument("--metrics-port", type=int, default=0,
+                   help="serve Prometheus /metrics on this loopback port (0 = off)")
     p.add_argument("--print-nats-config", action="store_true",
                    help="print what the NATS side needs (the partials stream) and exit")
     p.add_argument("--replicas", type=int, default=1,
@@ -300,6 +304,10 @@ def main(args: argparse.Namespace) -> int:
     worker = MergeWorker(args.nats_url.split(","), args.worker_id, settings, args.partitions,
                          own, instance_timeout=args.instance_timeout, replicas=args.replicas,
                          jetstream=args.jetstream, lease_s=args.lease)
+
+    if args.metrics_port:
+        from telemetry_cy.service.merge_metrics import serve
+        serve(lambda: worker.snapshot, args.metrics_port)
 
     async def go() -> None:
         loop = asyncio.get_running_loop()
