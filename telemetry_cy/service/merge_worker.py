@@ -172,9 +172,11 @@ class MergeWorker:
         except PartialError as exc:
             self.bad[exc.reason] = self.bad.get(exc.reason, 0) + 1
             return
-        if partial.partition not in self._subs or partial.partitions != self.partitions:
+        if partial.partitions != self.partitions:
             self.bad["settings"] = self.bad.get("settings", 0) + 1
             return
+        if partial.partition not in self._subs:
+            return   # delivered just before its partition was handed over: the new owner has it
         self.merger.take(partial, time.monotonic())
 
     async def _turn(self, nc) -> None:
