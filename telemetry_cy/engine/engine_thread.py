@@ -43,7 +43,8 @@ class EngineThread(threading.Thread):
                  clock: Callable[[], float] = time.time, batch_records: int = 8192,
                  name: str = "telemetry-cy-engine",
                  on_tick: Callable[[float], None] | None = None,
-                 emit_late: Callable[[list], None] | None = None, checkpoints=None):
+                 emit_late: Callable[[list], None] | None = None, checkpoints=None,
+                 after_tick: Callable[[], None] | None = None):
         super().__init__(name=name, daemon=True)
         self.engine = engine
         self.ring = ring
@@ -55,6 +56,8 @@ class EngineThread(threading.Thread):
         # tick, after the tick's aggregates (docs/windows.md, "Event time")
         self.emit_late = emit_late
         self.checkpoints = checkpoints
+        # output partials: turns the panes the tick closed into messages (docs/scale-out.md)
+        self.after_tick = after_tick
         self.last_tick_seconds = 0.0
         self._stop_requested = threading.Event()
         self._snapshot: dict = {}
@@ -130,6 +133,8 @@ class EngineThread(threading.Thread):
             late = self.engine.take_late()
             if late:
                 self.emit_late(late)
+        if self.after_tick is not None:
+            self.after_tick()
         self.last_tick_seconds = elapsed = time.perf_counter() - started
         if self.on_tick is not None:
             self.on_tick(elapsed)

@@ -48,13 +48,23 @@ def main(argv=None) -> int:
                       "flush late, one clock runs ahead (arrival)")
     demo.add_argument("--allowed-lateness", type=_duration, default=5.0,
                       help="with --time event: how late a reading may be (5s)")
+    demo.add_argument("--scale-out", action="store_true",
+                      help="the scale-out deployment instead: a 3-node NATS cluster, 2 run "
+                      "instances sharing the MQTT load, 2 merge workers (docs/scale-out.md)")
     demo.add_argument("--plain", action="store_true",
                       help="plain lines instead of the live view (automatic when not a terminal)")
+    merge = sub.add_parser("merge", help="scale-out: merge the partials of several run "
+                           "instances into the windows of the partitions this worker owns",
+                           description="docs/scale-out.md")
+    from telemetry_cy.service import merge_worker
+    merge_worker.add_arguments(merge)
     capture_cli.add_record_parser(sub)
     capture_cli.add_replay_parser(sub)
     args = parser.parse_args(argv)
     if args.command in ("record", "replay"):
         return args.func(args)
+    if args.command == "merge":
+        return merge_worker.main(args)
     if args.command == "run":
         try:
             settings = config.load(args)
@@ -63,6 +73,9 @@ def main(argv=None) -> int:
             return 2
         from telemetry_cy.service import daemon
         return daemon.main(settings)
+    if args.scale_out:
+        from telemetry_cy.tools import scaleout_demo
+        return scaleout_demo.main(args)
     from telemetry_cy.tools import demo as demo_mod
     try:
         return demo_mod.main(args)

@@ -318,6 +318,12 @@ class NatsSettings:
                                    "the oldest (emit_backlog)", "int")
     backlog_bytes: int = setting("emit_backlog_bytes", at_least(parse_size, 1024), 64 << 20,
                                  "bytes held while NATS is slow or down", "size")
+    output: str = setting("output", choice("aggregates", "partials"), "aggregates",
+                          "aggregates: windows to <prefix>.<device>.<sensor>; partials: the "
+                          "closed panes to the PARTIALS JetStream stream for telemetry-cy merge "
+                          "(event time; docs/scale-out.md)", "aggregates|partials")
+    partitions: int = setting("partitions", at_least(parse_int, 1), 16, "output partials: the "
+                              "key partitions (the merge workers' --partitions)", "int")
     late_subject: str = setting("late_subject", parse_str, "", "event time: publish late readings "
                                 "as JSON to <late_subject>.<device>.<sensor> (empty: count them "
                                 "only)")
@@ -598,6 +604,13 @@ def _check_together(config: Config) -> None:
             validate_prefix(config.nats.late_subject)
         except ValueError as exc:
             raise ConfigError(f"setting late_subject: {exc}") from None
+    if config.nats.output == "partials":
+        # what partials need and what the partial path does not carry (docs/scale-out.md)
+        if e.time != "event":
+            raise ConfigError("setting output: partials need time = event (docs/scale-out.md)")
+        if config.state.dir or config.nats.late_subject or config.nats.jetstream:
+            raise ConfigError("setting output: partials go without state_dir, late_subject "
+                              "and jetstream (the partials stream is always JetStream)")
     if not mqtt.url.startswith(("mqtt://", "mqtts://")):
         raise ConfigError(f"setting mqtt_url: expected mqtt://host:port or mqtts://host:port, "
                           f"got {redact_url(mqtt.url)!r}")

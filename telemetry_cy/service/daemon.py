@@ -130,6 +130,36 @@ def make_emitter(nats: NatsSettings):
         late_subject=nats.late_subject or None)
 
 
+#: a `now` past any reading: the last tick of an instance that leaves closes every pane
+FAR_FUTURE_S = 1e12
+
+
+def _discard(aggregates: list, now: float) -> None:
+    """output partials: the instance's own windows are not published (the merge makes them)."""
+
+
+def make_partials(c: Config):
+    """output partials (docs/scale-out.md): the pure engine (its clock hands each pane over as
+    it closes; the compiled engine has no such hook yet), its partials, their emitter."""
+    import os
+    import secrets
+    import socket
+
+    from telemetry_cy.engine._engine_py import Engine as PyEngine
+    from telemetry_cy.engine.partial_format import window_settings
+    from telemetry_cy.engine.partials_py import InstancePartials
+    from telemetry_cy.sink.partials_emitter import PartialsEmitter
+
+    e = c.engine
+    engine = PyEngine(**engine_settings(e, c.mqtt))
+    ws = window_settings(e.window, e.emit_every, e.time, e.allowed_lateness,
+                         e.quantiles or None, e.quantile_accuracy)
+    # unique per process: a restarted instance is a new member, its seq starts again at 0
+    instance = f"{c.mqtt.client_id or socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    partials = InstancePartials(engine, ws, instance, c.nats.partitions)
+    return engine, partials, PartialsEmitter(c.nats.servers, instance)
+
+
 def make_source(ring, mqtt: MqttSettings):
     from telemetry_cy.source.mqtt import MqttSource
 
@@ -154,12 +184,18 @@ class Daemon:
         self.checkpoints: CheckpointWriter | None = None
         self.bad_state: BadState | None = None   # on_bad_state = fail: run() exits with it
         self.state_dir_error: OSError | None = None   # state_dir unusable: run() exits 2
-        self.engine = self._restore_or_make(engine_settings(c.engine, c.mqtt, route_late))
-        self.emitter = emitter_factory(c.nats)
-        self.engine_thread = EngineThread(
-            self.engine, self.ring, self.emitter.submit,
-            emit_late=getattr(self.emitter, "submit_late", None) if route_late else None,
-            checkpoints=self.checkpoints)
+        self.partials = None
+        if c.nats.output == "partials":
+            self.engine, self.partials, self.emitter = make_partials(c)
+            self.engine_thread = EngineThread(self.engine, self.ring, _discard,
+                                              after_tick=self._send_partials)
+        else:
+            self.engine = self._restore_or_make(engine_settings(c.engine, c.mqtt, route_late))
+            self.emitter = emitter_factory(c.nats)
+            self.engine_thread = EngineThread(
+                self.engine, self.ring, self.emitter.submit,
+                emit_late=getattr(self.emitter, "submit_late", None) if route_late else None,
+                checkpoints=self.checkpoints)
         self.source = source_factory(self.ring, c.mqtt)
         self.stop_requested = threading.Event()
         self.signals = 0
@@ -170,6 +206,18 @@ class Daemon:
             self.metrics = MetricsServer(self, c.metrics.host, c.metrics.port,
                                          c.metrics.stale_after, version=__version__,
                                          engine_kind=ACTIVE.name)
+
+    def _send_partials(self) -> None:
+        """On the engine thread after each tick: the panes it closed, or a heartbeat."""
+        assert self.partials is not None
+        self.emitter.submit(self.partials.collect() or self.partials.heartbeat())
+
+    def _finish_partials(self) -> None:
+        """At stop, the engine thread gone: every pane closed and sent, then `leave`, so the
+        merge workers know all this instance held is in (docs/scale-out.md)."""
+        assert self.partials is not None
+        self.engine.tick(FAR_FUTURE_S)
+        self.emitter.submit(self.partials.collect() + self.partials.leave())
 
     def _restore_or_make(self, settings: dict):
         """The engine restored from --state-dir, or a new one (docs/state.md, "State files in
@@ -324,6 +372,8 @@ class Daemon:
         """Stops in data-flow order; each stage finishes what the previous one handed over."""
         self.source.stop()
         self.engine_thread.stop()   # its last act: the final snapshot, handed to the writer
+        if self.partials is not None:
+            self._finish_partials()
         if self.checkpoints is not None and not self.checkpoints.stop():
             self.log.error("the final checkpoint was not written", extra={"fields": {
                 "file": str(self.checkpoints.state.path)}})

@@ -1,0 +1,289 @@
+"""The partial format and the pane merge (docs/scale-out.md), against the single engine.
+
+The property that matters: a stream split over N instances in any way, their closed panes sent
+as partials (through the bytes of the format) and merged, gives the windows one engine fed the
+whole stream gives (event time, nothing late): count, min, max, first, last and quantiles equal,
+sum and stddev to 1e-9 relative. Then the reader: every message a writer makes reads back, and
+any corruption of one is a PartialError with a reason, never another exception.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import zlib
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from support.scaleout import EMIT, LATENESS, QS, WINDOW, assert_same_windows, stream
+from telemetry_cy.engine import _engine_py
+from telemetry_cy.engine import partial_format as pf
+from telemetry_cy.engine.pane_merge import PaneMerger
+from telemetry_cy.engine.partials_py import InstancePartials, closed_panes
+from telemetry_cy.engine.sketch_py import QuantileSketch
+
+
+def make_engine(quantiles):
+    return _engine_py.Engine(window=WINDOW, emit_every=EMIT, time="event",
+                             allowed_lateness=LATENESS, key_ttl=1e6, idle_timeout=1.0,
+                             quantiles=quantiles or None)
+
+
+def settings_for(quantiles):
+    return pf.window_settings(WINDOW, EMIT, "event", LATENESS, quantiles or None)
+
+
+def run_split(readings, instances: int, assign, quantiles, partitions: int = 3):
+    """(the single engine's aggregates, the merger's, the merger) for one stream."""
+    single = make_engine(quantiles)
+    engines = [make_engine(quantiles) for _ in range(instances)]
+    ws = settings_for(quantiles)
+    outs = [InstancePartials(e, ws, f"inst{i}", partitions) for i, e in enumerate(engines)]
+    merger = PaneMerger(ws)
+    merged: list[dict] = []
+    want = []
+
+    def deliver(msgs):
+        for _part, data in msgs:
+            merger.take(pf.read(data), 0.0)
+        merged.extend(merger.emit())
+
+    # every instance says where its clock starts before any data flows (a joined instance)
+    for i, (device, sensor, value, t) in enumerate(readings[:instances]):
+        engines[i].push_reading(device, sensor, value, t, unit="u", t=t)
+        single.push_reading(device, sensor, value, t, unit="u", t=t)
+        deliver(outs[i].collect())
+    for j, (device, sensor, value, t) in enumerate(readings[instances:]):
+        i = assign(j)
+        engines[i].push_reading(device, sensor, value, t, unit="u", t=t)
+        single.push_reading(device, sensor, value, t, unit="u", t=t)
+        deliver(outs[i].collect())
+    end = max(r[3] for r in readings) + 100.0
+    for e, o in zip(engines, outs):
+        e.tick(end)
+        deliver(o.collect())
+    for o in outs:
+        deliver(o.leave())
+    want = [a.as_dict() for a in single.tick(end)]
+    assert single.stats()["drops"]["late"] == 0
+    return want, merged, merger
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), instances=st.integers(1, 3),
+       n=st.integers(1, 250), keys=st.integers(1, 6), quantiles=st.sampled_from([(), QS]))
+def test_split_and_merged_equals_one_engine(seed, instances, n, keys, quantiles):
+    readings = stream(seed, max(n, instances), keys)
+    rng = random.Random(seed ^ 0x5EED)
+    want, got, merger = run_split(readings, instances, lambda j: rng.randrange(instances),
+                                  quantiles)
+    assert_same_windows(want, got, quantiles)
+    assert merger.stats.incomplete == merger.stats.stale == merger.stats.gaps == 0
+    assert merger.stats.leaves == 3 * instances and not merger.instances
+
+
+def test_panes_closed_between_collects_are_all_sent():
+    # the daemon collects once a tick, not after every reading: the clock may pass many
+    # intervals (and the ring reuse their slots) in between, from the very first reading on
+    readings = stream(5, 400, 5)
+    ws = settings_for(())
+    engines = [make_engine(()) for _ in range(2)]
+    outs = [InstancePartials(e, ws, f"inst{i}", 2) for i, e in enumerate(engines)]
+    single = make_engine(())
+    for j, (device, sensor, value, t) in enumerate(readings):
+        engines[j % 2].push_reading(device, sensor, value, t, unit="u", t=t)
+        single.push_reading(device, sensor, value, t, unit="u", t=t)
+    merger = PaneMerger(ws)
+    end = readings[-1][3] + 100
+    for e, o in zip(engines, outs):
+        e.tick(end)
+        for _part, data in o.collect() + o.leave():
+            merger.take(pf.read(data), 0.0)
+    assert_same_windows([a.as_dict() for a in single.tick(end)], merger.emit(), ())
+
+
+def test_an_instance_without_data_holds_no_window_back():
+    # a member of the shared group that got nothing yet: alive (heartbeats), not in the way
+    readings = stream(9, 200, 3)
+    ws = settings_for(())
+    busy, idle = make_engine(()), make_engine(())
+    outs = [InstancePartials(busy, ws, "busy", 1), InstancePartials(idle, ws, "idle", 1)]
+    single = make_engine(())
+    merger = PaneMerger(ws)
+    got: list[dict] = []
+    for device, sensor, value, t in readings:
+        busy.push_reading(device, sensor, value, t, unit="u", t=t)
+        single.push_reading(device, sensor, value, t, unit="u", t=t)
+        for _part, data in outs[0].collect() + outs[1].heartbeat():
+            merger.take(pf.read(data), 0.0)
+        got.extend(merger.emit())
+    assert got   # windows flow while the idle one is live
+    end = readings[-1][3] + 100
+    busy.tick(end)
+    for _part, data in outs[0].collect() + outs[0].leave() + outs[1].leave():
+        merger.take(pf.read(data), 0.0)
+    got.extend(merger.emit())
+    assert_same_windows([a.as_dict() for a in single.tick(end)], got, ())
+
+
+def test_an_instance_that_dies_gives_incomplete_windows_never_wrong_ones():
+    readings = stream(7, 400, 4)
+    ws = settings_for(())
+    engines = [make_engine(()) for _ in range(2)]
+    outs = [InstancePartials(e, ws, f"inst{i}", 1) for i, e in enumerate(engines)]
+    single = make_engine(())
+    merger = PaneMerger(ws, instance_timeout=5.0)
+    got: list[dict] = []
+    clock = 0.0
+    for j, (device, sensor, value, t) in enumerate(readings):
+        i = j % 2
+        if i == 1 and j > 200:
+            i = 0      # instance 1 is dead: its share goes to instance 0 (the shared group)
+        engines[i].push_reading(device, sensor, value, t, unit="u", t=t)
+        single.push_reading(device, sensor, value, t, unit="u", t=t)
+        clock = t
+        if j <= 200 or i == 0:
+            for _part, data in outs[i].collect():
+                merger.take(pf.read(data), clock)
+        if j == 250:
+            for _part, data in outs[0].heartbeat():   # the live one keeps saying so
+                merger.take(pf.read(data), clock + 5.0)
+            assert merger.expire(clock + 5.0) == ["inst1"]
+            (lo, hi), = merger._parts[0]._lost    # the intervals the dead one may have held
+        got.extend(merger.emit())
+    end = readings[-1][3] + 100
+    engines[0].tick(end)
+    for _part, data in outs[0].collect() + outs[0].leave():
+        merger.take(pf.read(data), clock)
+    got.extend(merger.emit())
+    want = {(a.device, a.sensor, a.window_end): a.as_dict() for a in single.tick(end)}
+    assert merger.stats.deaths == 1 and merger.stats.incomplete > 0
+    for g in got:   # every window published is the single engine's
+        a = want[(g["device"], g["sensor"], g["window_end"])]
+        assert (a["count"], a["min"], a["max"], a["first"], a["last"]) == \
+            (g["count"], g["min"], g["max"], g["first"], g["last"])
+    # a window not published spans what the dead instance held; the merger counts those it
+    # holds panes of (a key whose readings in it all went to the dead instance it cannot see)
+    missing = set(want) - {(g["device"], g["sensor"], g["window_end"]) for g in got}
+    assert missing and len(missing) >= merger.stats.incomplete
+    for _d, _s, end_time in missing:
+        tick = round(end_time / EMIT)
+        assert lo <= tick - 1 and tick - 3 < hi, (end_time, lo, hi)
+
+
+def test_partials_made_with_other_settings_are_refused_and_counted():
+    ws = settings_for(())
+    other = pf.window_settings(6.0, EMIT, "event", LATENESS)
+    merger = PaneMerger(ws)
+    merger.take(pf.read(pf.write(pf.KIND_PROGRESS, other, "x", 0, 5, 0, 1)), 0.0)
+    assert merger.stats.refused == {"settings": 1} and not merger.instances
+
+
+def test_closed_panes_refuses_arrival_time_and_open_intervals():
+    e = _engine_py.Engine(window=WINDOW, emit_every=EMIT)
+    e.push_reading("d", "s", 1.0, 10.0)
+    with pytest.raises(ValueError, match="event"):
+        closed_panes(e, 0, 10)
+    ev = make_engine(())
+    ev.push_reading("d", "s", 1.0, 10.0, t=10.0)
+    with pytest.raises(ValueError, match="not closed"):
+        closed_panes(ev, 0, 100)
+
+
+# ---- the format --------------------------------------------------------------------------------
+
+
+def sample_panes(quantiles, rng: random.Random, n: int = 3):
+    out = []
+    for i in range(n):
+        vals = [rng.uniform(-5, 5) for _ in range(rng.randint(1, 6))]
+        ts = sorted(rng.uniform(4.0, 4.999) for _ in vals)
+        mean = sum(vals) / len(vals)
+        sk = None
+        if quantiles:
+            sk = QuantileSketch(0.01)
+            sk.add_many(vals)
+        out.append(pf.PanePartial(f"d{i}", "s", None if i % 2 else "C", len(vals), sum(vals),
+                                  sum((v - mean) ** 2 for v in vals), min(vals), max(vals),
+                                  vals[0], ts[0], vals[-1], ts[-1], sk))
+    return out
+
+
+@pytest.mark.parametrize("quantiles", [(), QS])
+@pytest.mark.parametrize("kind", sorted(pf.KINDS))
+def test_every_message_reads_back(kind, quantiles):
+    ws = settings_for(quantiles)
+    panes = sample_panes(quantiles, random.Random(kind)) if kind == pf.KIND_PANES else ()
+    data = pf.write(kind, ws, "instance-é", 42, 4, 2, 5, panes)
+    msg = pf.read(data)
+    assert (msg.kind, msg.settings, msg.instance, msg.seq, msg.interval, msg.partition,
+            msg.partitions) == (kind, ws, "instance-é", 42, 4, 2, 5)
+    assert [replace(p, sketch=None) for p in msg.panes] == \
+        [replace(p, sketch=None) for p in panes]
+    for a, b in zip(msg.panes, panes):
+        assert (a.sketch is None and b.sketch is None) or a.sketch.to_bytes() == b.sketch.to_bytes()
+    # the writer is a function of its input: the same message twice gives the same bytes
+    assert pf.write(kind, msg.settings, msg.instance, msg.seq, msg.interval, msg.partition,
+                    msg.partitions, msg.panes) == data
+
+
+def _valid(quantiles=QS) -> bytes:
+    return pf.write(pf.KIND_PANES, settings_for(quantiles), "i", 0, 4, 0, 1,
+                    sample_panes(quantiles, random.Random(1)))
+
+
+def _reseal(data: bytes) -> bytes:
+    """The message with its length and checksum made right again, so that the field checks are
+    what sees the change."""
+    b = bytearray(data)
+    struct.pack_into("<Q", b, 16, len(b))
+    struct.pack_into("<I", b, len(b) - 4, zlib.crc32(bytes(b[:-4])))
+    return bytes(b)
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty"), (b"TCYSTATE" + bytes(100), "foreign"), (b"TCYPARTL\x02\0\0\0", "version"),
+    (b"TCYPARTL\x01\0\0\0", "truncated"), (_valid()[:-1], "truncated"),
+])
+def test_refusals_name_their_reason(data, reason):
+    with pytest.raises(pf.PartialError) as info:
+        pf.read(data)
+    assert info.value.reason == reason
+
+
+def test_a_flipped_bit_is_a_checksum_error():
+    b = bytearray(_valid())
+    b[120] ^= 4
+    with pytest.raises(pf.PartialError) as info:
+        pf.read(bytes(b))
+    assert info.value.reason == "checksum"
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), quantiles=st.sampled_from([(), QS]))
+def test_any_corruption_is_a_partial_error(data, quantiles):
+    b = bytearray(_valid(quantiles))
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(b) - 1))
+        b[pos] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        cut = data.draw(st.integers(0, len(b)))
+        b = b[:cut] + bytearray(data.draw(st.binary(max_size=16)))
+    sealed = _reseal(bytes(b)) if len(b) >= pf.HEADER.size + 4 else bytes(b)
+    for attempt in (bytes(b), sealed):
+        try:
+            msg = pf.read(attempt)
+        except pf.PartialError as exc:
+            assert exc.reason in pf.PARTIAL_REASONS
+        else:   # what reads is sound: it writes back to the same bytes
+            assert pf.write(msg.kind, msg.settings, msg.instance, msg.seq, msg.interval,
+                            msg.partition, msg.partitions, msg.panes) == attempt
+
+
+def test_partition_of_is_stable_and_spread():
+    assert pf.partition_of("dev1", "t", 8) == zlib.crc32(b"dev1\0t") % 8
+    parts = {pf.partition_of(f"dev{i}", "t", 4) for i in range(100)}
+    assert parts == {0, 1, 2, 3}

@@ -1,0 +1,175 @@
+"""The whole scale-out path with real brokers (docs/scale-out.md): mosquitto spreads one stream
+over three ``telemetry-cy run --output partials`` instances (a ``$share`` group), their partials go
+to the replicated stream of a 3-node NATS cluster, two ``telemetry-cy merge`` workers own half
+of the partitions each. The windows that come out are those one engine fed the whole stream
+gives (event time)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from support.brokers import NatsSubscriber, wait_for
+from support.daemon import REPO, paho_publisher, payload, publish_all
+from support.scaleout import EMIT, LATENESS, WINDOW, assert_same_windows
+from telemetry_cy.engine import _engine_py
+from telemetry_cy.sink.bodies import decode_body
+from telemetry_cy.sink.partials_stream import STREAM, SUBJECT_PREFIX
+
+PARTITIONS = 4
+SETTINGS = ("--window", f"{WINDOW}s", "--emit-every", f"{EMIT}s",
+            "--allowed-lateness", f"{LATENESS}s")
+
+
+def start_worker(tmp_path, cluster, name, own, *extra):
+    err = open(tmp_path / f"{name}.stderr", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "telemetry_cy.service.cli", "merge", "--nats-url", cluster.url,
+         "--worker-id", name, *SETTINGS, "--partitions", str(PARTITIONS), "--own", own,
+         *extra],
+        stdout=subprocess.PIPE, stderr=err, cwd=REPO, stdin=subprocess.DEVNULL,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    err.close()
+    return proc
+
+
+def test_shared_subscription_instances_and_merge_workers_give_one_engines_windows(
+        tmp_path, mosquitto, nats_cluster, spawn):
+    admin = NatsSubscriber(nats_cluster.urls[0], subject=None)
+    sub = NatsSubscriber(nats_cluster.urls[2], subject="agg.>")
+    workers = []
+    try:
+        admin.add_stream(STREAM, subjects=(f"{SUBJECT_PREFIX}.>",), num_replicas=3,
+                         max_bytes=1 << 26)
+        workers = [start_worker(tmp_path, nats_cluster, "wA", "0-1"),
+                   start_worker(tmp_path, nats_cluster, "wB", "2-3")]
+        instances = [spawn(mosquitto.url, nats_cluster.url, "--time", "event",
+                           "--allowed-lateness", f"{LATENESS}s", "--output", "partials",
+                           "--partitions", str(PARTITIONS), name=f"inst{i}",
+                           topic="$share/tcy/site/+/sensor/+", window=f"{WINDOW}s",
+                           emit_every=f"{EMIT}s")
+                     for i in range(3)]
+        for d in instances:
+            d.wait_up()
+        assert wait_for(lambda: all(b'"ready"' in (tmp_path / f"{n}.stderr").read_bytes()
+                                    for n in ("wA", "wB")), 15.0)
+
+        # event times in the recent past, in order but for a small disorder within the
+        # allowed lateness: nothing is late for one engine, nor for any instance
+        base = time.time() - 30.0
+        items, single = [], _engine_py.Engine(window=WINDOW, emit_every=EMIT, time="event",
+                                              allowed_lateness=LATENESS, key_ttl=1e6)
+        for i in range(600):
+            device, value = f"dev{i % 12}", float((i * 37) % 101) - 50.0
+            t = base + i * 0.02 - (0.3 if i % 7 == 0 else 0.0)
+            items.append((f"site/{device}/sensor/temp",
+                          payload(device, "temp", value, t=t, u="C")))
+            single.push_reading(device, "temp", value, t, unit="C", t=t)
+        pub = paho_publisher(mosquitto, "scaleout-pub")
+        try:
+            publish_all(pub, items)
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+        finals = [d.stop()[1] for d in instances]
+        received = [f["received"] for f in finals]
+        assert sum(received) == len(items) and all(received), received
+        want = [a.as_dict() for a in single.tick(base + 1e6)]
+        assert single.stats()["drops"]["late"] == 0
+
+        assert wait_for(lambda: len(sub.msgs) >= len(want), 20.0), (len(sub.msgs), len(want))
+        time.sleep(0.5)   # and no more (a window twice would show)
+        got = [decode_body("json", m.data) for m in sub.msgs]
+        for g in got:
+            g.setdefault("quantile_names", ())
+            g.setdefault("quantile_values", ())
+        assert_same_windows(want, got, ())
+    finally:
+        for w in workers:
+            w.terminate()
+        outs = [w.communicate(timeout=20)[0] for w in workers]
+        sub.close()
+        admin.close()
+    stats = [json.loads(out.decode().splitlines()[-1]) for out in outs]
+    for st in stats:
+        assert st["incomplete"] == st["stale"] == st["gaps"] == 0 and not st["refused"], st
+
+
+def test_an_instance_killed_mid_run_gives_incomplete_windows_never_wrong_ones(
+        tmp_path, mosquitto, nats_cluster, spawn):
+    admin = NatsSubscriber(nats_cluster.urls[0], subject=None)
+    sub = NatsSubscriber(nats_cluster.urls[1], subject="agg.>")
+    workers = []
+    try:
+        admin.add_stream(STREAM, subjects=(f"{SUBJECT_PREFIX}.>",), num_replicas=3,
+                         max_bytes=1 << 26)
+        workers = [start_worker(tmp_path, nats_cluster, f"w{i}", own, "--instance-timeout", "2s")
+                   for i, own in enumerate(("0-1", "2-3"))]
+        instances = [spawn(mosquitto.url, nats_cluster.url, "--time", "event",
+                           "--allowed-lateness", f"{LATENESS}s", "--output", "partials",
+                           "--partitions", str(PARTITIONS), name=f"inst{i}",
+                           topic="$share/tcy/site/+/sensor/+", window=f"{WINDOW}s",
+                           emit_every=f"{EMIT}s")
+                     for i in range(3)]
+        for d in instances:
+            d.wait_up()
+        base = time.time() - 60.0
+        single = _engine_py.Engine(window=WINDOW, emit_every=EMIT, time="event",
+                                   allowed_lateness=LATENESS, key_ttl=1e6)
+        halves: list[list] = [[], []]
+        for i in range(1200):
+            device, value = f"dev{i % 12}", float((i * 37) % 101) - 50.0
+            t = base + i * 0.02
+            halves[i >= 600].append((f"site/{device}/sensor/temp",
+                                     payload(device, "temp", value, t=t, u="C")))
+            single.push_reading(device, "temp", value, t, unit="C", t=t)
+        pub = paho_publisher(mosquitto, "scaleout-kill-pub")
+        try:
+            publish_all(pub, halves[0])
+            time.sleep(1.5)           # a tick or so: its partials so far are out
+            instances[2].kill9()      # and then it is gone, with what its open panes held
+            publish_all(pub, halves[1])
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+        # the workers declare it dead (2 s of silence) while the others still send heartbeats
+        assert wait_for(lambda: all(b'"deaths": 1' in (tmp_path / f"w{i}.stderr").read_bytes()
+                                    for i in range(2)), 15.0)
+        for d in instances[:2]:
+            d.stop()
+        want = {(a.device, a.sensor, a.window_end): a.as_dict()
+                for a in single.tick(base + 1e6)}
+        time.sleep(2.0)
+        got = [decode_body("json", m.data) for m in sub.msgs]
+    finally:
+        for w in workers:
+            w.terminate()
+        outs = [w.communicate(timeout=20)[0] for w in workers]
+        sub.close()
+        admin.close()
+    stats = [json.loads(out.decode().splitlines()[-1]) for out in outs]
+    assert sum(st["incomplete"] for st in stats) > 0, stats
+    seen = set()
+    for g in got:    # whatever is published is the single engine's window, once
+        k = (g["device"], g["sensor"], g["window_end"])
+        assert k not in seen
+        seen.add(k)
+        a = want[k]
+        assert (a["count"], a["min"], a["max"], a["first"], a["last"]) == \
+            (g["count"], g["min"], g["max"], g["first"], g["last"]), (k, a, g)
+    assert got and len(got) < len(want)
+
+
+def test_demo_scale_out_runs_the_deployment_and_aggregates_come_out():
+    out = subprocess.run(
+        [sys.executable, "-m", "telemetry_cy.service.cli", "demo", "--scale-out", "--duration",
+         "8", "--rate", "400", "--window", "4", "--emit-every", "1", "--allowed-lateness", "1"],
+        capture_output=True, cwd=REPO, timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}).stdout.decode()
+    lines = [ln for ln in out.splitlines() if ln.startswith("sent ")]
+    assert lines, out
+    last = lines[-1]
+    # both workers own partitions, and windows reached agg.>
+    assert last.count("own=[]") == 0 and int(last.rsplit(" ", 1)[1]) > 0, out
