@@ -55,7 +55,7 @@ class ProbeEngine:
                 self.ring.append(now - ts)
         return len(recs)
 
-    def run_ring(self, ring, seconds: float, batch_records: int) -> tuple[bool, int]:
+    def run_ring(self, ring, seconds: float, batch_records: int) -> bool:
         # the engine's loop between Python turns, in its twin's Python form around this drain:
         # the same parks on the same doorbell as the compiled one (builds before run_ring never
         # call it, hence the import here)

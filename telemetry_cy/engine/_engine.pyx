@@ -1368,30 +1368,28 @@ cdef class Engine:
         """The engine thread between two of its Python turns: drains the ring in batches of
         batch_records and, after a short batch, parks on the ring's doorbell without the GIL,
         until `seconds` have passed (monotonic clock; one drain always happens) or the ring is
-        woken (ByteRing.wake). Returns (woken, parks)."""
+        woken (ByteRing.wake). Returns True when woken (its parks count in ring.parks)."""
         cdef long long deadline = _mono_ns() + <long long>(max(seconds, 0.0) * 1e9)
         cdef long long left
         cdef Py_ssize_t n
         cdef int why
-        cdef long parks = 0
         while True:
             # a payload cbor2 must read, or data closing a tick, takes the GIL inside _drain
             # (as drain() does): neither needs the caller, whose tick collects what was closed
             n = self._drain(ring, batch_records)
             left = deadline - _mono_ns()
             if left <= 0:
-                return False, parks
+                return False
             if n >= batch_records:
                 # busy: no park, so look for a kick here (a stop must not wait for the deadline)
                 if tc_doorbell_take_kick(&ring.bell):
-                    return True, parks
+                    return True
                 continue
-            parks += 1
             with nogil:
                 why = ring.park_ns(left)
             if why == TC_PARK_KICKED:
                 # records that came with the kick stay in the ring for the caller's next drain
-                return True, parks
+                return True
 
     def push_reading(self, str device not None, str sensor not None, value, double ts,
                      unit=None, seq=None, t=None):

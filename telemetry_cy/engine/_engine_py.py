@@ -609,11 +609,11 @@ class Engine:
             self._push_one(payload, ts, interval_of(ts, self.emit_every), topic)
         return len(records)
 
-    def run_ring(self, ring, seconds: float, batch_records: int = 8192) -> tuple[bool, int]:
+    def run_ring(self, ring, seconds: float, batch_records: int = 8192) -> bool:
         """The engine thread between two of its Python turns: drains the ring in batches of
         batch_records and, after a short batch, parks on the ring's doorbell, until `seconds`
         have passed (monotonic clock; one drain always happens) or the ring is woken
-        (ByteRing.wake). Returns (woken, parks)."""
+        (ByteRing.wake). Returns True when woken (its parks count in ring.parks)."""
         return run_ring_loop(self.drain, ring, seconds, batch_records)
 
     def push_reading(self, device: str, sensor: str, value, ts: float, unit=None,
@@ -1015,18 +1015,16 @@ def _restore_keys(engine: Engine, view: memoryview, n_keys: int) -> None:
         engine._keys[(device, sensor)] = key
 
 
-def run_ring_loop(drain, ring, seconds: float, batch_records: int) -> tuple[bool, int]:
+def run_ring_loop(drain, ring, seconds: float, batch_records: int) -> bool:
     """Engine.run_ring of the twin, over any ``drain(ring, max_records) -> int`` (the latency
     probe of perf/ reuses it). The compiled loop is the same, in C between its drains."""
     deadline = time.monotonic() + max(seconds, 0.0)
-    parks = 0
     while True:
         n = drain(ring, batch_records)
         left = deadline - time.monotonic()
         if left <= 0:
-            return False, parks
+            return False
         if n >= batch_records:
             continue   # busy: a kick waits for the next park (at most one batch away)
-        parks += 1
         if ring.park(left) == PARK_KICKED:
-            return True, parks
+            return True

@@ -59,9 +59,13 @@ class EngineThread(threading.Thread):
         self.last_tick_seconds = 0.0
         self._stop_requested = threading.Event()
         self._snapshot: dict = {}
-        self.parks = 0
         self.open_readings = 0  # set once, when the thread stops
         self.error: BaseException | None = None
+
+    @property
+    def parks(self) -> int:
+        """How often this thread parked on the ring so far (the ring counts its consumer's)."""
+        return self.ring.parks
 
     def _next_tick(self, now: float) -> float:
         every = self.engine.emit_every
@@ -89,9 +93,7 @@ class EngineThread(threading.Thread):
                 # then) or stop() woke the ring: one Python turn per return, not one per park.
                 # Each park arms the doorbell before it looks at the ring (tc_doorbell.h), so no
                 # record waits for the deadline.
-                _woken, parks = run_ring(ring, min(max(next_tick - now, 0.0), MAX_PARK_S),
-                                         self.batch_records)
-                self.parks += parks
+                run_ring(ring, min(max(next_tick - now, 0.0), MAX_PARK_S), self.batch_records)
             # stop: what reached the ring is processed, then the windows that have closed
             while drain(ring, self.batch_records):
                 pass

@@ -117,6 +117,9 @@ cdef class ByteRing:
     # Consumer's: how long (ns) its last wait() lasted before records came; wait() spins
     # only when that was short (see WAIT_SPIN_WORTH_NS in _ring.pyx).
     cdef long long last_wait_ns
+    # Consumer's parks so far (wait/park calls): written by the consumer only, read by any thread
+    # (the engine thread's stats), hence relaxed atomics rather than a plain field.
+    cdef tc_atomic_u64 parks_n
 
     # Consumer, without the GIL: spin briefly (only after short waits), arm the doorbell, park
     # up to timeout_ns. Returns TC_PARK_TIMEOUT, TC_PARK_RECORDS or TC_PARK_KICKED (the kick is spent).

@@ -37,6 +37,9 @@ class ByteRing:
     def max_record_bytes(self) -> int:
         """Largest accepted ``record_size(len(topic), len(payload))``: capacity // 2 - 8."""
     @property
+    def parks(self) -> int:
+        """The consumer's ``wait()``/``park()`` calls so far (any thread may read it)."""
+    @property
     def used_bytes(self) -> int:
         """Bytes in use, wrap padding included (exact when neither side is running)."""
     @property

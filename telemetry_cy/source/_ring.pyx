@@ -61,6 +61,7 @@ cdef class ByteRing:
         self._ring = NULL
         self.bell_ready = False
         self.last_wait_ns = 0
+        tc_store_relaxed_u64(&self.parks_n, 0)
         _check_capacity(capacity_bytes)  # the twin's check: same errors, same words
         if tc_doorbell_init(&self.bell) != 0:
             raise MemoryError("cannot initialise the ring's doorbell")
@@ -107,6 +108,10 @@ cdef class ByteRing:
         cdef long long t0
         cdef int rung, spin
         cdef int spins = WAIT_SPINS if self.last_wait_ns < WAIT_SPIN_WORTH_NS else 0
+        tc_store_relaxed_u64(&self.parks_n, tc_load_relaxed_u64(&self.parks_n) + 1)
+        if tc_doorbell_take_kick(&self.bell):   # a kick wins over records: the consumer is wanted
+            self.last_wait_ns = 0
+            return TC_PARK_KICKED
         # a brief busy-poll first (a few microseconds, no syscall) when records have been
         # coming back to back: the next socket read's records usually arrive within it, and
         # parking costs a futex
@@ -134,6 +139,11 @@ cdef class ByteRing:
         """Any thread: the consumer's current ``wait()`` returns now, or its next one at once
         (once), records or not. For a consumer asked to stop (see tc_doorbell.h: kick)."""
         tc_doorbell_kick(&self.bell)
+
+    @property
+    def parks(self) -> int:
+        """The consumer's wait()/park() calls so far (any thread may read it)."""
+        return tc_load_relaxed_u64(&self.parks_n)
 
     @property
     def capacity(self) -> int:

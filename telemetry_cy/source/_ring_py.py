@@ -67,7 +67,7 @@ class ByteRing:
     """Fixed-size SPSC ring of ``(ts, topic, payload)`` records. See ``_ring.pyi``."""
 
     __slots__ = ("_buf", "_cap", "_mask", "_max_record", "_head", "_tail", "_drops_full",
-                 "_bell", "_kicked")
+                 "_bell", "_kicked", "_parks")
 
     def __init__(self, capacity_bytes: int) -> None:
         _check_capacity(capacity_bytes)
@@ -81,6 +81,7 @@ class ByteRing:
         self._drops_full = 0
         self._bell = threading.Condition()
         self._kicked = False   # wake(): the consumer's next wait must not sleep
+        self._parks = 0        # the consumer's wait()/park() calls (an int: any thread reads it)
 
     def wait(self, timeout: float) -> bool:
         """Consumer: sleep until a producer pushes or `timeout` seconds pass. Returns at once when
@@ -91,6 +92,7 @@ class ByteRing:
         """Consumer: wait() that says why it ended: PARK_TIMEOUT, PARK_RECORDS (a producer
         pushed, or records were there) or PARK_KICKED (wake(); the kick is spent)."""
         with self._bell:
+            self._parks += 1
             if self._kicked:
                 self._kicked = False
                 return PARK_KICKED
@@ -108,6 +110,11 @@ class ByteRing:
         with self._bell:
             self._kicked = True
             self._bell.notify()
+
+    @property
+    def parks(self) -> int:
+        """The consumer's wait()/park() calls so far (any thread may read it)."""
+        return self._parks
 
     @property
     def capacity(self) -> int:
