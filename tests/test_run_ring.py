@@ -42,7 +42,7 @@ def same_counters(a: dict, b: dict) -> list[str]:
     return [k for k in COUNTERS if a[k] != b[k]]
 
 
-# ---- ByteRing.park: why a park ended --------------------------------------------------------------
+# ---- ByteRing.park: why a park ended ---------------------------------------------------------
 
 def test_park_says_timeout_records_or_kicked(backend):
     ring = backend.ByteRing(1 << 12)
@@ -176,7 +176,7 @@ def test_run_ring_raises_what_drain_raises_and_strands_nothing(backend):
     assert ring.used_bytes == 0   # the batch was released, not left half-consumed
 
 
-# ---- nothing is stranded behind a park ------------------------------------------------------------
+# ---- nothing is stranded behind a park -------------------------------------------------------
 
 BURSTS = st.lists(st.tuples(st.integers(1, 50), st.sampled_from([0.0, 0.0005, 0.003])),
                   min_size=1, max_size=20)
