@@ -215,3 +215,38 @@ def test_a_producer_in_bursts_never_strands_a_record(backend, bursts, batch):
     t.join(60.0)
     assert not t.is_alive() and calls == [True]
     assert eng.stats()["readings"] == n
+
+
+# ---- the engine thread's Python turns around run_ring -------------------------------------------
+
+class CountingCheckpoints:
+    """What EngineThread needs of service/checkpoints.py: due whenever asked, counting submits."""
+
+    def __init__(self) -> None:
+        self.submitted = 0
+
+    def due(self, mono: float) -> bool:
+        return True
+
+    def submit(self, data: bytes, seconds: float) -> None:
+        self.submitted += 1
+
+
+def test_an_idle_engine_thread_still_returns_for_stats_and_checkpoints(backend):
+    """With the next tick an hour away and an empty ring, run_ring returns at MAX_PARK_S: the
+    heartbeat moves and due checkpoints are taken while the thread parks in between."""
+    from telemetry_cy.engine.engine_thread import EngineThread
+
+    ring = backend.ByteRing(1 << 16)
+    ckpt = CountingCheckpoints()
+    thread = EngineThread(backend.Engine(window=3600.0, emit_every=3600.0, key_ttl=3600.0), ring,
+                          lambda aggs, now: None, checkpoints=ckpt)
+    thread.start()
+    try:
+        assert wait_for(lambda: "heartbeat" in thread.stats())
+        beat = thread.stats()["heartbeat"]
+        assert wait_for(lambda: ckpt.submitted >= 3 and thread.stats()["heartbeat"] > beat)
+        assert thread.parks >= 1
+    finally:
+        thread.stop(timeout=30.0)
+    assert not thread.is_alive() and thread.error is None
