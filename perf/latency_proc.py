@@ -55,6 +55,13 @@ class ProbeEngine:
                 self.ring.append(now - ts)
         return len(recs)
 
+    def run_ring(self, ring, seconds: float, batch_records: int) -> bool:
+        # the engine's loop between Python turns, in its twin's Python form around this drain:
+        # the same parks on the same doorbell as the compiled one (builds before run_ring never
+        # call it, hence the import here)
+        from telemetry_cy.engine._engine_py import run_ring_loop
+        return run_ring_loop(self.drain, ring, seconds, batch_records)
+
     def tick(self, now: float) -> list:
         return []
 

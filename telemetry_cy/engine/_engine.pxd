@@ -3,6 +3,7 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from telemetry_cy.engine._decode cimport tc_decoded, tc_reading
 from telemetry_cy.engine._sketch cimport tc_sketch, tc_sketch_hdr, tc_sketch_map
+from telemetry_cy.source._ring cimport ByteRing
 
 
 cdef extern from "tc_window.h" nogil:
@@ -345,6 +346,7 @@ cdef class Engine:
     cdef _accept_python(self, str device, str sensor, double value, unit, seq, double ts,
                         int64_t interval)
     cdef int _reserve_batch(self, Py_ssize_t n) except -1
+    cdef Py_ssize_t _drain(self, ByteRing ring, Py_ssize_t max_records) except -1
     # event time
     cdef int _apply_event(self, uint64_t h, const char *dev, uint32_t dlen, const char *sen,
                           uint32_t slen, const char *unit, uint32_t ulen, double value, double t,

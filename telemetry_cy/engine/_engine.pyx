@@ -21,7 +21,10 @@ from libc.stdint cimport INT64_MIN, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.string cimport memcpy, memset
 
-from telemetry_cy.source._ring cimport ByteRing, tc_ring_consume, tc_ring_peek, tc_ring_release, tc_ring_view
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+from telemetry_cy.source._ring cimport ByteRing, TC_PARK_KICKED, tc_doorbell_take_kick, \
+    tc_ring_consume, tc_ring_peek, tc_ring_release, tc_ring_view
 from telemetry_cy.engine._decode cimport (
     TC_MIN_READING_BYTES, TC_PAYLOAD_DECODE_ERROR, TC_PAYLOAD_FALLBACK, TC_PAYLOAD_OK,
     tc_decode_payload,
@@ -64,6 +67,12 @@ cdef enum:
     EV_LATE = 2        # its first window was emitted
     EV_FUTURE = 3      # more than max_future ahead of its arrival
     EV_BAD = 4         # t / emit_every is no interval index: schema_mismatch
+
+cdef inline long long _mono_ns() noexcept nogil:
+    cdef timespec t
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return <long long>t.tv_sec * 1000000000 + t.tv_nsec
+
 
 # tick releases the GIL after every (mask + 1) aggregates it builds (~1 ms of work)
 cdef uint64_t GIL_YIELD_MASK = 4095
@@ -1329,6 +1338,9 @@ cdef class Engine:
         """Consumes up to max_records records from the ingest ring (this thread must be the
         ring's only consumer) and processes their payloads, each at its own arrival ts.
         Returns the number of records consumed."""
+        return self._drain(ring, max_records)
+
+    cdef Py_ssize_t _drain(self, ByteRing ring, Py_ssize_t max_records) except -1:
         cdef Py_ssize_t n = 0
         cdef tc_ring_view v
         self._reserve_batch(max_records)
@@ -1351,6 +1363,33 @@ cdef class Engine:
         finally:
             tc_ring_release(ring._ring)
         return n
+
+    def run_ring(self, ByteRing ring not None, double seconds, Py_ssize_t batch_records=8192):
+        """The engine thread between two of its Python turns: drains the ring in batches of
+        batch_records and, after a short batch, parks on the ring's doorbell without the GIL,
+        until `seconds` have passed (monotonic clock; one drain always happens) or the ring is
+        woken (ByteRing.wake). Returns True when woken (its parks count in ring.parks)."""
+        cdef long long deadline = _mono_ns() + <long long>(max(seconds, 0.0) * 1e9)
+        cdef long long left
+        cdef Py_ssize_t n
+        cdef int why
+        while True:
+            # a payload cbor2 must read, or data closing a tick, takes the GIL inside _drain
+            # (as drain() does): neither needs the caller, whose tick collects what was closed
+            n = self._drain(ring, batch_records)
+            left = deadline - _mono_ns()
+            if left <= 0:
+                return False
+            if n >= batch_records:
+                # busy: no park, so look for a kick here (a stop must not wait for the deadline)
+                if tc_doorbell_take_kick(&ring.bell):
+                    return True
+                continue
+            with nogil:
+                why = ring.park_ns(left)
+            if why == TC_PARK_KICKED:
+                # records that came with the kick stay in the ring for the caller's next drain
+                return True
 
     def push_reading(self, str device not None, str sensor not None, value, double ts,
                      unit=None, seq=None, t=None):

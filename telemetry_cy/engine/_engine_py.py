@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import struct
 import sys
+import time
 from dataclasses import field, make_dataclass
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,7 @@ from telemetry_cy.engine.rules import (
 from telemetry_cy.engine.sketch_py import QuantileSketch
 from telemetry_cy.engine.snapshot_errors import SnapshotError
 from telemetry_cy.reasons import ENGINE_REASONS
+from telemetry_cy.source._ring_py import PARK_KICKED
 
 
 def _as_dict(self) -> dict:
@@ -607,6 +609,13 @@ class Engine:
             self._push_one(payload, ts, interval_of(ts, self.emit_every), topic)
         return len(records)
 
+    def run_ring(self, ring, seconds: float, batch_records: int = 8192) -> bool:
+        """The engine thread between two of its Python turns: drains the ring in batches of
+        batch_records and, after a short batch, parks on the ring's doorbell, until `seconds`
+        have passed (monotonic clock; one drain always happens) or the ring is woken
+        (ByteRing.wake). Returns True when woken (its parks count in ring.parks)."""
+        return run_ring_loop(self.drain, ring, seconds, batch_records)
+
     def push_reading(self, device: str, sensor: str, value, ts: float, unit=None,
                      seq=None, t=None) -> None:
         """Adds one reading given as Python values (`seq`: the payload's optional `n`, `t` its
@@ -1014,3 +1023,18 @@ def _restore_keys(engine: Engine, view: memoryview, n_keys: int) -> None:
         if (device, sensor) in engine._keys:  # checked as tc_snap_build does: among kept keys
             raise _bad("a key appears twice")
         engine._keys[(device, sensor)] = key
+
+
+def run_ring_loop(drain, ring, seconds: float, batch_records: int) -> bool:
+    """Engine.run_ring of the twin, over any ``drain(ring, max_records) -> int`` (the latency
+    probe of perf/ reuses it). The compiled loop is the same, in C between its drains."""
+    deadline = time.monotonic() + max(seconds, 0.0)
+    while True:
+        n = drain(ring, batch_records)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if n >= batch_records:
+            continue   # busy: a kick waits for the next park (at most one batch away)
+        if ring.park(left) == PARK_KICKED:
+            return True

@@ -24,16 +24,17 @@ import threading
 import time
 from collections.abc import Callable
 
-#: Empty drains before parking. Spinning in Python costs the GIL, futex and clock calls (the perf
-#: rig measured 0.27 CPU-s per 100k messages at 200k msg/s with 200 spins, 0.10 with none), so
-#: the brief spin lives in C without the GIL instead: ByteRing.wait polls the ring before it parks.
-SPIN_DRAINS = 1
+#: No spinning in Python (it cost the GIL, futex and clock calls: the perf rig measured 0.27
+#: CPU-s per 100k messages at 200k msg/s with 200 spins, 0.10 with none): the engine's run_ring
+#: parks after the first short batch, and the park polls the ring briefly, in C without the GIL,
+#: only when the last wait was short (ByteRing.park).
 #: A clock tick at T waits until the clock reads T + TICK_LAG_S. The network thread stamps a whole
 #: socket read with one clock reading before it parses and commits the records; the lag (far
 #: longer than a read takes to parse) lets every record stamped before T reach the ring, and the
 #: engine drains the ring before it ticks, so no record stamped before T is found `late`.
 TICK_LAG_S = 0.05
-#: Longest park: bounds how late a tick or a stop request can be noticed.
+#: Longest run_ring call: bounds how late a tick (on a clock that jumps), a stats snapshot or a
+#: due checkpoint is noticed. A stop request wakes the ring and is noticed at once.
 MAX_PARK_S = 0.1
 SNAPSHOT_EVERY_S = 0.25
 
@@ -61,23 +62,24 @@ class EngineThread(threading.Thread):
         self.last_tick_seconds = 0.0
         self._stop_requested = threading.Event()
         self._snapshot: dict = {}
-        self.parks = 0
         self.open_readings = 0  # set once, when the thread stops
         self.error: BaseException | None = None
+
+    @property
+    def parks(self) -> int:
+        """How often this thread parked on the ring so far (the ring counts its consumer's)."""
+        return self.ring.parks
 
     def _next_tick(self, now: float) -> float:
         every = self.engine.emit_every
         return (math.floor(now / every) + 1) * every
 
     def run(self) -> None:
-        ring, drain = self.ring, self.engine.drain
-        now = self.clock()
-        next_tick = self._next_tick(now)
+        ring, drain, run_ring = self.ring, self.engine.drain, self.engine.run_ring
+        next_tick = self._next_tick(self.clock())
         next_snapshot = 0.0
-        idle = 0
         try:
             while not self._stop_requested.is_set():
-                consumed = drain(ring, self.batch_records)
                 now = self.clock() - TICK_LAG_S
                 if now >= next_tick:
                     self._drain_all()
@@ -89,17 +91,12 @@ class EngineThread(threading.Thread):
                     next_snapshot = mono + SNAPSHOT_EVERY_S
                 if self.checkpoints is not None and self.checkpoints.due(mono):
                     self._checkpoint()
-                if consumed >= self.batch_records:
-                    idle = 0
-                    continue   # a full batch: more is likely there
-                # A short batch emptied the ring (as good as): park now rather than after one
-                # more empty drain. wait() looks at the ring after arming the doorbell and
-                # returns at once if records came meanwhile, so none waits for the park.
-                idle += 1
-                if idle >= SPIN_DRAINS:
-                    idle = 0
-                    self.parks += 1
-                    ring.wait(min(max(next_tick - now, 0.0), MAX_PARK_S))
+                # Drain, park, drain ... in the engine (compiled: in C, parked without the GIL)
+                # until the tick is due or MAX_PARK_S passed (stats and checkpoints are looked at
+                # then) or stop() woke the ring: one Python turn per return, not one per park.
+                # Each park arms the doorbell before it looks at the ring (tc_doorbell.h), so no
+                # record waits for the deadline.
+                run_ring(ring, min(max(next_tick - now, 0.0), MAX_PARK_S), self.batch_records)
             # stop: what reached the ring is processed, then the windows that have closed
             while drain(ring, self.batch_records):
                 pass

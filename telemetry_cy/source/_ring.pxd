@@ -100,6 +100,13 @@ cdef extern from "tc_doorbell.h" nogil:
     int tc_doorbell_take_kick(tc_doorbell *db)
 
 
+# ByteRing.park: why the consumer's park ended
+cdef enum:
+    TC_PARK_TIMEOUT = 0   # the timeout passed, nobody rang
+    TC_PARK_RECORDS = 1   # a producer rang, or records were already there
+    TC_PARK_KICKED = 2    # wake() (a kick): someone wants the consumer back, records or not
+
+
 cdef class ByteRing:
     # Owned: allocated in __cinit__, freed in __dealloc__. Never NULL after construction.
     cdef tc_ring *_ring
@@ -110,3 +117,10 @@ cdef class ByteRing:
     # Consumer's: how long (ns) its last wait() lasted before records came; wait() spins
     # only when that was short (see WAIT_SPIN_WORTH_NS in _ring.pyx).
     cdef long long last_wait_ns
+    # Consumer's parks so far (wait/park calls): written by the consumer only, read by any thread
+    # (the engine thread's stats), hence relaxed atomics rather than a plain field.
+    cdef tc_atomic_u64 parks_n
+
+    # Consumer, without the GIL: spin briefly (only after short waits), arm the doorbell, park
+    # up to timeout_ns. Returns TC_PARK_TIMEOUT, TC_PARK_RECORDS or TC_PARK_KICKED (the kick is spent).
+    cdef int park_ns(self, long long timeout_ns) noexcept nogil

@@ -7,6 +7,9 @@ HEADER_SIZE: int  # 24: uint32 total_len, uint32 topic_len, double ts, uint32 pa
 ALIGN: int  # 8: every record starts and ends on an 8-byte boundary
 MIN_CAPACITY: int  # 64
 MAX_CAPACITY: int  # 2**31
+PARK_TIMEOUT: int  # 0: ByteRing.park's timeout passed, nobody rang
+PARK_RECORDS: int  # 1: a producer rang, or records were already there
+PARK_KICKED: int  # 2: wake(), records or not
 
 def record_size(topic_len: int, payload_len: int) -> int:
     """Bytes one record occupies: (24 + topic_len + payload_len) rounded up to 8."""
@@ -34,6 +37,9 @@ class ByteRing:
     def max_record_bytes(self) -> int:
         """Largest accepted ``record_size(len(topic), len(payload))``: capacity // 2 - 8."""
     @property
+    def parks(self) -> int:
+        """The consumer's ``wait()``/``park()`` calls so far (any thread may read it)."""
+    @property
     def used_bytes(self) -> int:
         """Bytes in use, wrap padding included (exact when neither side is running)."""
     @property
@@ -45,6 +51,8 @@ class ByteRing:
         RETAIN bits); TypeError when not an int, ValueError outside [0, 2**32)."""
     def wait(self, timeout: float) -> bool:
         """Consumer: sleep until a producer rings or timeout seconds pass (True: maybe records)."""
+    def park(self, timeout: float) -> int:
+        """Consumer: ``wait()`` saying why it ended: PARK_TIMEOUT, PARK_RECORDS or PARK_KICKED."""
     def wake(self) -> None:
         """Any thread: the consumer's current ``wait()`` returns now, or its next one at once."""
     def pop(self) -> tuple[float, bytes, bytes] | None: ...

@@ -42,6 +42,11 @@ cdef int WAIT_SPINS = 2000
 # pure cost, once per nap.
 cdef long long WAIT_SPIN_WORTH_NS = 50000
 
+# why ByteRing.park ended (the twin's values: _ring_py.PARK_*)
+PARK_TIMEOUT = TC_PARK_TIMEOUT
+PARK_RECORDS = TC_PARK_RECORDS
+PARK_KICKED = TC_PARK_KICKED
+
 
 cdef inline long long _now_ns() noexcept nogil:
     cdef timespec t
@@ -56,6 +61,7 @@ cdef class ByteRing:
         self._ring = NULL
         self.bell_ready = False
         self.last_wait_ns = 0
+        tc_store_relaxed_u64(&self.parks_n, 0)
         _check_capacity(capacity_bytes)  # the twin's check: same errors, same words
         if tc_doorbell_init(&self.bell) != 0:
             raise MemoryError("cannot initialise the ring's doorbell")
@@ -79,39 +85,65 @@ cdef class ByteRing:
     def wait(self, double timeout) -> bool:
         """Consumer: sleep (without the GIL) until a producer rings or `timeout` seconds pass.
         Returns at once when a record is already there. True when there may be records."""
-        cdef tc_ring_view v
         cdef long long timeout_ns = <long long>(max(timeout, 0.0) * 1e9)
+        cdef int why
+        with nogil:
+            why = self.park_ns(timeout_ns)
+        return why != TC_PARK_TIMEOUT
+
+    def park(self, double timeout) -> int:
+        """Consumer: wait() that says why it ended: PARK_TIMEOUT, PARK_RECORDS (a producer rang,
+        or records were there) or PARK_KICKED (wake(); the kick is spent)."""
+        cdef long long timeout_ns = <long long>(max(timeout, 0.0) * 1e9)
+        cdef int why
+        with nogil:
+            why = self.park_ns(timeout_ns)
+        return why
+
+    cdef int park_ns(self, long long timeout_ns) noexcept nogil:
+        # One park of the consumer, shared by wait() and the engine's run_ring (which parks
+        # between its drains without coming back to Python). The doorbell is armed under its
+        # mutex before the ring and the kick flag are looked at (tc_doorbell.h: no lost wake-up).
+        cdef tc_ring_view v
         cdef long long t0
         cdef int rung, spin
         cdef int spins = WAIT_SPINS if self.last_wait_ns < WAIT_SPIN_WORTH_NS else 0
-        cdef bint found = False
-        with nogil:
-            # a brief busy-poll first (a few microseconds, no GIL, no syscall) when records have
-            # been coming back to back: the next socket read's records usually arrive within
-            # it, and parking costs a futex
-            for spin in range(spins):
-                if tc_ring_peek(self._ring, &v):
-                    found = True
-                    break
-        if found:
+        tc_store_relaxed_u64(&self.parks_n, tc_load_relaxed_u64(&self.parks_n) + 1)
+        if tc_doorbell_take_kick(&self.bell):   # a kick wins over records: the consumer is wanted
             self.last_wait_ns = 0
-            return True
+            return TC_PARK_KICKED
+        # a brief busy-poll first (a few microseconds, no syscall) when records have been
+        # coming back to back: the next socket read's records usually arrive within it, and
+        # parking costs a futex
+        for spin in range(spins):
+            if tc_ring_peek(self._ring, &v):
+                self.last_wait_ns = 0
+                return TC_PARK_RECORDS
         tc_doorbell_arm(&self.bell)
-        if tc_doorbell_take_kick(&self.bell) or tc_ring_peek(self._ring, &v):
+        if tc_doorbell_take_kick(&self.bell):
             tc_doorbell_disarm(&self.bell)
             self.last_wait_ns = 0
-            return True
-        with nogil:
-            t0 = _now_ns()
-            rung = tc_doorbell_wait(&self.bell, timeout_ns)
-            self.last_wait_ns = _now_ns() - t0
-        tc_doorbell_take_kick(&self.bell)   # this wait ended: the kick is spent
-        return bool(rung)
+            return TC_PARK_KICKED
+        if tc_ring_peek(self._ring, &v):
+            tc_doorbell_disarm(&self.bell)
+            self.last_wait_ns = 0
+            return TC_PARK_RECORDS
+        t0 = _now_ns()
+        rung = tc_doorbell_wait(&self.bell, timeout_ns)
+        self.last_wait_ns = _now_ns() - t0
+        if tc_doorbell_take_kick(&self.bell):   # this wait ended: the kick is spent
+            return TC_PARK_KICKED
+        return TC_PARK_RECORDS if rung else TC_PARK_TIMEOUT
 
     def wake(self) -> None:
         """Any thread: the consumer's current ``wait()`` returns now, or its next one at once
         (once), records or not. For a consumer asked to stop (see tc_doorbell.h: kick)."""
         tc_doorbell_kick(&self.bell)
+
+    @property
+    def parks(self) -> int:
+        """The consumer's wait()/park() calls so far (any thread may read it)."""
+        return tc_load_relaxed_u64(&self.parks_n)
 
     @property
     def capacity(self) -> int:

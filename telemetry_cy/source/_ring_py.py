@@ -28,6 +28,10 @@ ALIGN = 8
 MIN_CAPACITY = 64
 MAX_CAPACITY = 1 << 31
 WRAP_MARK = 0xFFFFFFFF
+# why ByteRing.park ended
+PARK_TIMEOUT = 0   # the timeout passed, nobody rang
+PARK_RECORDS = 1   # a producer rang, or records were already there
+PARK_KICKED = 2    # wake(): someone wants the consumer back, records or not
 
 _HDR = struct.Struct("=IIdII")
 _MARK = struct.Struct("=I")
@@ -63,7 +67,7 @@ class ByteRing:
     """Fixed-size SPSC ring of ``(ts, topic, payload)`` records. See ``_ring.pyi``."""
 
     __slots__ = ("_buf", "_cap", "_mask", "_max_record", "_head", "_tail", "_drops_full",
-                 "_bell", "_kicked")
+                 "_bell", "_kicked", "_parks")
 
     def __init__(self, capacity_bytes: int) -> None:
         _check_capacity(capacity_bytes)
@@ -77,17 +81,28 @@ class ByteRing:
         self._drops_full = 0
         self._bell = threading.Condition()
         self._kicked = False   # wake(): the consumer's next wait must not sleep
+        self._parks = 0        # the consumer's wait()/park() calls (an int: any thread reads it)
 
     def wait(self, timeout: float) -> bool:
         """Consumer: sleep until a producer pushes or `timeout` seconds pass. Returns at once when
         a record is already there. True when there may be records."""
+        return self.park(timeout) != PARK_TIMEOUT
+
+    def park(self, timeout: float) -> int:
+        """Consumer: wait() that says why it ended: PARK_TIMEOUT, PARK_RECORDS (a producer
+        pushed, or records were there) or PARK_KICKED (wake(); the kick is spent)."""
         with self._bell:
-            if self._kicked or self._head != self._tail:
+            self._parks += 1
+            if self._kicked:
                 self._kicked = False
-                return True
+                return PARK_KICKED
+            if self._head != self._tail:
+                return PARK_RECORDS
             rung = self._bell.wait(max(timeout, 0.0))
-            self._kicked = False
-            return rung
+            if self._kicked:
+                self._kicked = False
+                return PARK_KICKED
+            return PARK_RECORDS if rung else PARK_TIMEOUT
 
     def wake(self) -> None:
         """Any thread: the consumer's current ``wait()`` returns now, or its next one at once
@@ -95,6 +110,11 @@ class ByteRing:
         with self._bell:
             self._kicked = True
             self._bell.notify()
+
+    @property
+    def parks(self) -> int:
+        """The consumer's wait()/park() calls so far (any thread may read it)."""
+        return self._parks
 
     @property
     def capacity(self) -> int:
