@@ -68,6 +68,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     if a.spin_drains is not None:
+        if not hasattr(engine_thread, "SPIN_DRAINS"):
+            # builds since Engine.run_ring park in C: there is no Python spin loop to tune
+            raise SystemExit("--spin-drains: this build's engine thread has no spin loop")
         engine_thread.SPIN_DRAINS = a.spin_drains   # read by EngineThread.run() at each park
 
     if a.drain_before_tick:
