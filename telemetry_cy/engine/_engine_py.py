@@ -200,6 +200,25 @@ class _Pane:
         self.count = 0
 
 
+def _pane_put(p: _Pane, x: float) -> bool:
+    """x into pane p's count, sum, m2, min and max (Welford, as tc_pane_put); True when p was
+    empty (its first is x then). first and last by time are the caller's: their times live in
+    the key for the newest pane and in the pane for an older open one."""
+    if p.count == 0:
+        p.count, p.sum, p.m2, p.min, p.max, p.first = 1, x, 0.0, x, x, x
+        return True
+    n = float(p.count)
+    delta = x - p.sum / n
+    p.sum += x
+    p.count += 1
+    p.m2 += delta * (x - p.sum / (n + 1.0))
+    if x < p.min:
+        p.min = x
+    if x > p.max:
+        p.max = x
+    return False
+
+
 class _Key:
     __slots__ = ("device", "sensor", "panes", "newest", "last", "last_ts", "newest_first_ts",
                  "unit", "seq", "sketches")
@@ -262,23 +281,9 @@ class _Key:
                 self.panes[j % n_panes].count = 0
             self.newest = interval
         p = self.panes[interval % n_panes]
-        if p.count == 0:
-            p.count, p.sum, p.m2, p.min, p.max, p.first = 1, x, 0.0, x, x, x
+        if _pane_put(p, x) or ts < self.newest_first_ts:
+            p.first = x
             self.newest_first_ts = ts
-        else:
-            n = float(p.count)
-            mean_old = p.sum / n
-            delta = x - mean_old
-            p.sum += x
-            p.count += 1
-            p.m2 += delta * (x - p.sum / (n + 1.0))
-            if x < p.min:
-                p.min = x
-            if x > p.max:
-                p.max = x
-            if ts < self.newest_first_ts:
-                p.first = x
-                self.newest_first_ts = ts
         if ts >= self.last_ts:
             self.last = x
             self.last_ts = ts
@@ -296,20 +301,9 @@ class _Key:
             p.first_ts = self.newest_first_ts
             return
         p = self.panes[interval % ring]
-        if p.count == 0:
-            p.count, p.sum, p.m2, p.min, p.max, p.first = 1, x, 0.0, x, x, x
+        if _pane_put(p, x):
             p.first_ts, p.last, p.last_ts = t, x, t
             return
-        n = float(p.count)
-        mean_old = p.sum / n
-        delta = x - mean_old
-        p.sum += x
-        p.count += 1
-        p.m2 += delta * (x - p.sum / (n + 1.0))
-        if x < p.min:
-            p.min = x
-        if x > p.max:
-            p.max = x
         if t < p.first_ts:
             p.first, p.first_ts = x, t
         if t >= p.last_ts:

@@ -74,6 +74,11 @@ class Model:
             self.drops["late"] += 1
             return "late"
         self.advance(k)
+        return self.store(device, sensor, ts, value, unit)
+
+    def store(self, device: str, sensor: str, time: float, value: float, unit) -> str | None:
+        """Keeps an accepted reading at its window time (arrival or event time); "key_limit"
+        when its key is new and max_keys keys are live."""
         key = (device, sensor)
         if key not in self.readings:
             if len(self.readings) >= self.max_keys:
@@ -81,7 +86,7 @@ class Model:
                 return "key_limit"
             self.readings[key] = []
         self.arrivals += 1
-        self.readings[key].append((float(ts), self.arrivals, float(value), unit))
+        self.readings[key].append((float(time), self.arrivals, float(value), unit))
         self.accepted += 1
         return None
 
@@ -192,16 +197,7 @@ class EventModel(Model):
         if t > self.max_t:
             self.max_t, self.max_t_arrival = t, arrival
         self.advance(self.target(self.max_t))
-        key = (device, sensor)
-        if key not in self.readings:
-            if len(self.readings) >= self.max_keys:
-                self.drops["key_limit"] += 1
-                return "key_limit"
-            self.readings[key] = []
-        self.arrivals += 1
-        self.readings[key].append((float(t), self.arrivals, float(value), unit))
-        self.accepted += 1
-        return None
+        return self.store(device, sensor, t, value, unit)
 
     def tick(self, now: float) -> list[dict]:
         if self.closed is not None:
