@@ -193,24 +193,10 @@ def read(data) -> Partial:
     """Checks and decodes one message. Raises PartialError."""
     view = memoryview(data).cast("B")
     n = len(view)
-    if n == 0:
-        raise PartialError("empty", "the message is empty (0 bytes)")
-    if n < len(MAGIC) or bytes(view[:len(MAGIC)]) != MAGIC:
-        raise PartialError("foreign", "not a telemetry-cy partial (no TCYPARTL magic)")
-    if n < len(MAGIC) + 4:
-        raise PartialError("truncated", f"{n} bytes, shorter than a partial header")
-    version = _U32.unpack_from(view, len(MAGIC))[0]
-    if version != VERSION:
-        raise PartialError("version", f"format version {version}; this build reads version "
-                                      f"{VERSION} (written by a newer telemetry-cy?)")
-    if n < HEADER.size + CRC.size:
-        raise PartialError("truncated", f"{n} bytes, shorter than a partial header")
+    snap.check_frame(view, MAGIC, VERSION, HEADER.size, PartialError, "partial")
     (_, _, kind, flags, length, window, emit_every, panes, lead, lateness, q_acc, n_q, inst_len,
      interval, seq, partition, partitions) = HEADER.unpack_from(view, 0)
-    if length != n:
-        raise PartialError("truncated", f"{n} bytes where the header says {length}")
-    if CRC.unpack_from(view, n - CRC.size)[0] != zlib.crc32(view[:n - CRC.size]):
-        raise PartialError("checksum", "the crc32 does not match: the message is corrupted")
+    snap.check_length_and_crc(view, length, PartialError, "message")
     if kind not in KINDS:
         raise _bad(f"unknown kind {kind}")
     if flags & ~(FLAG_EVENT | FLAG_QUANTILES):

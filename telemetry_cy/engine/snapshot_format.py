@@ -236,31 +236,46 @@ class _Cursor:
         return self.string(what) if flag else None
 
 
+def check_frame(view: memoryview, magic: bytes, version: int, header_size: int, error,
+                noun: str) -> None:
+    """The checks a stored or shipped format of ours opens with (snapshots, partials): not
+    empty, its magic, its version — before anything after it, which a newer writer may have
+    changed — and room for a header and the crc32. Raises `error(reason, message)`."""
+    n = len(view)
+    if n == 0:
+        raise error("empty", f"the {noun} is empty (0 bytes)")
+    if n < len(magic) or bytes(view[:len(magic)]) != magic:
+        raise error("foreign", f"not a telemetry-cy {noun} (no {magic.decode()} magic)")
+    if n < len(magic) + 4:
+        raise error("truncated", f"{n} bytes, shorter than a {noun} header")
+    found = _U32.unpack_from(view, len(magic))[0]
+    if found != version:
+        raise error("version", f"format version {found}; this build reads version "
+                               f"{version} (written by a newer telemetry-cy?)")
+    if n < header_size + CRC.size:
+        raise error("truncated", f"{n} bytes, shorter than a {noun} header")
+
+
+def check_length_and_crc(view: memoryview, length: int, error, noun: str) -> None:
+    """The header's length against the bytes there are, then the crc32 of all but its own last
+    4 bytes (checksum). Raises `error(reason, message)`."""
+    n = len(view)
+    if length != n:
+        raise error("truncated", f"{n} bytes where the header says {length}")
+    if CRC.unpack_from(view, n - CRC.size)[0] != checksum(view):
+        raise error("checksum", f"the crc32 does not match: the {noun} is corrupted")
+
+
 def open_snapshot(data) -> Opened:
     """Checks a snapshot's frame (magic, version, length, checksum) and reads its header and
     engine section. Raises SnapshotError."""
     view = memoryview(data).cast("B")
     n = len(view)
-    if n == 0:
-        raise SnapshotError("empty", "the snapshot is empty (0 bytes)")
-    if n < len(MAGIC) or bytes(view[:len(MAGIC)]) != MAGIC:
-        raise SnapshotError("foreign", "not a telemetry-cy snapshot (no TCYSTATE magic)")
-    if n < len(MAGIC) + 4:
-        raise SnapshotError("truncated", f"{n} bytes, shorter than a snapshot header")
-    version = _U32.unpack_from(view, len(MAGIC))[0]
-    if version != VERSION:
-        # before the length and checksum: a newer writer may have changed what follows
-        raise SnapshotError("version", f"format version {version}; this build reads version "
-                                       f"{VERSION} (written by a newer telemetry-cy?)")
-    if n < HEADER.size + CRC.size:
-        raise SnapshotError("truncated", f"{n} bytes, shorter than a snapshot header")
+    check_frame(view, MAGIC, VERSION, HEADER.size, SnapshotError, "snapshot")
     (_, _, flags, file_len, engine_len, n_keys, window, emit_every, panes, lead, lateness,
      q_acc, n_q, reserved1, max_keys, key_ttl, idle, future, late_cap, max_name, max_payload,
      reserved2) = HEADER.unpack_from(view, 0)
-    if file_len != n:
-        raise SnapshotError("truncated", f"{n} bytes where the header says {file_len}")
-    if CRC.unpack_from(view, n - CRC.size)[0] != checksum(view):
-        raise SnapshotError("checksum", "the crc32 does not match: the file is corrupted")
+    check_length_and_crc(view, file_len, SnapshotError, "file")
     if flags & ~(FLAG_EVENT | FLAG_QUANTILES | FLAG_STARTED) or reserved1 or reserved2:
         raise SnapshotError("malformed", f"unknown flags {flags:#x} or reserved fields not 0")
     keys_start = HEADER.size + engine_len
