@@ -873,7 +873,7 @@ cdef class Engine:
         cdef bint event = self.event
         cdef bint columns = emit and self.emit_columns
         cdef size_t n_keys
-        cdef double qv[TC_MAX_COLUMNS]   # the key's quantiles, self.qs order (_key_quantiles)
+        cdef double qv[TC_QS_MAX_QUANTILES]   # the key's quantiles, self.qs order (_key_quantiles)
         if columns:
             self.columns.reserve(<Py_ssize_t>self.table.n_keys)
         while i < self.table.n_keys:
