@@ -1,10 +1,14 @@
-"""The partial format and the pane merge (docs/scale-out.md), against the single engine.
+"""The partial format, the engines' partial mode and the pane merge (docs/scale-out.md), against
+the single engine.
 
 The property that matters: a stream split over N instances in any way, their closed panes sent
 as partials (through the bytes of the format) and merged, gives the windows one engine fed the
 whole stream gives (event time, nothing late): count, min, max, first, last and quantiles equal,
-sum and stddev to 1e-9 relative. Then the reader: every message a writer makes reads back, and
-any corruption of one is a PartialError with a reason, never another exception.
+sum and stddev to 1e-9 relative; on both engines. The compiled engine's closing hook
+(includes/tc_window_partials.h) is held to the pure twin's: the same messages, bit for bit, for
+any event-time stream (late readings, disorder, units changing, evictions). Then the reader:
+every message a writer makes reads back, and any corruption of one is a PartialError with a
+reason, never another exception.
 """
 
 from __future__ import annotations
@@ -14,32 +18,32 @@ import struct
 import zlib
 from dataclasses import replace
 
+import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from support.scaleout import EMIT, LATENESS, QS, WINDOW, assert_same_windows, stream
-from telemetry_cy.engine import _engine_py
 from telemetry_cy.engine import partial_format as pf
+from telemetry_cy.engine.instance_partials import InstancePartials
 from telemetry_cy.engine.pane_merge import PaneMerger
-from telemetry_cy.engine.partials_py import InstancePartials, closed_panes
 from telemetry_cy.engine.sketch_py import QuantileSketch
 
 
-def make_engine(quantiles):
-    return _engine_py.Engine(window=WINDOW, emit_every=EMIT, time="event",
-                             allowed_lateness=LATENESS, key_ttl=1e6, idle_timeout=1.0,
-                             quantiles=quantiles or None)
+def make_engine(backend, quantiles, partials=True, lateness=LATENESS, **kw):
+    return backend.Engine(window=WINDOW, emit_every=EMIT, time="event",
+                          allowed_lateness=lateness, key_ttl=kw.pop("key_ttl", 1e6),
+                          idle_timeout=1.0, quantiles=quantiles or None, partials=partials, **kw)
 
 
-def settings_for(quantiles):
-    return pf.window_settings(WINDOW, EMIT, "event", LATENESS, quantiles or None)
+def settings_for(quantiles, lateness=LATENESS):
+    return pf.window_settings(WINDOW, EMIT, "event", lateness, quantiles or None)
 
 
-def run_split(readings, instances: int, assign, quantiles, partitions: int = 3):
+def run_split(backend, readings, instances: int, assign, quantiles, partitions: int = 3):
     """(the single engine's aggregates, the merger's, the merger) for one stream."""
-    single = make_engine(quantiles)
-    engines = [make_engine(quantiles) for _ in range(instances)]
+    single = make_engine(backend, quantiles, partials=False)
+    engines = [make_engine(backend, quantiles) for _ in range(instances)]
     ws = settings_for(quantiles)
     outs = [InstancePartials(e, ws, f"inst{i}", partitions) for i, e in enumerate(engines)]
     merger = PaneMerger(ws)
@@ -75,24 +79,24 @@ def run_split(readings, instances: int, assign, quantiles, partitions: int = 3):
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), instances=st.integers(1, 3),
        n=st.integers(1, 250), keys=st.integers(1, 6), quantiles=st.sampled_from([(), QS]))
-def test_split_and_merged_equals_one_engine(seed, instances, n, keys, quantiles):
+def test_split_and_merged_equals_one_engine(backend, seed, instances, n, keys, quantiles):
     readings = stream(seed, max(n, instances), keys)
     rng = random.Random(seed ^ 0x5EED)
-    want, got, merger = run_split(readings, instances, lambda j: rng.randrange(instances),
-                                  quantiles)
+    want, got, merger = run_split(backend, readings, instances,
+                                  lambda j: rng.randrange(instances), quantiles)
     assert_same_windows(want, got, quantiles)
     assert merger.stats.incomplete == merger.stats.stale == merger.stats.gaps == 0
     assert merger.stats.leaves == 3 * instances and not merger.instances
 
 
-def test_panes_closed_between_collects_are_all_sent():
+def test_panes_closed_between_collects_are_all_sent(backend):
     # the daemon collects once a tick, not after every reading: the clock may pass many
     # intervals (and the ring reuse their slots) in between, from the very first reading on
     readings = stream(5, 400, 5)
     ws = settings_for(())
-    engines = [make_engine(()) for _ in range(2)]
+    engines = [make_engine(backend, ()) for _ in range(2)]
     outs = [InstancePartials(e, ws, f"inst{i}", 2) for i, e in enumerate(engines)]
-    single = make_engine(())
+    single = make_engine(backend, (), partials=False)
     for j, (device, sensor, value, t) in enumerate(readings):
         engines[j % 2].push_reading(device, sensor, value, t, unit="u", t=t)
         single.push_reading(device, sensor, value, t, unit="u", t=t)
@@ -105,13 +109,13 @@ def test_panes_closed_between_collects_are_all_sent():
     assert_same_windows([a.as_dict() for a in single.tick(end)], merger.emit(), ())
 
 
-def test_an_instance_without_data_holds_no_window_back():
+def test_an_instance_without_data_holds_no_window_back(backend):
     # a member of the shared group that got nothing yet: alive (heartbeats), not in the way
     readings = stream(9, 200, 3)
     ws = settings_for(())
-    busy, idle = make_engine(()), make_engine(())
+    busy, idle = make_engine(backend, ()), make_engine(backend, ())
     outs = [InstancePartials(busy, ws, "busy", 1), InstancePartials(idle, ws, "idle", 1)]
-    single = make_engine(())
+    single = make_engine(backend, (), partials=False)
     merger = PaneMerger(ws)
     got: list[dict] = []
     for device, sensor, value, t in readings:
@@ -129,12 +133,12 @@ def test_an_instance_without_data_holds_no_window_back():
     assert_same_windows([a.as_dict() for a in single.tick(end)], got, ())
 
 
-def test_an_instance_that_dies_gives_incomplete_windows_never_wrong_ones():
+def test_an_instance_that_dies_gives_incomplete_windows_never_wrong_ones(backend):
     readings = stream(7, 400, 4)
     ws = settings_for(())
-    engines = [make_engine(()) for _ in range(2)]
+    engines = [make_engine(backend, ()) for _ in range(2)]
     outs = [InstancePartials(e, ws, f"inst{i}", 1) for i, e in enumerate(engines)]
-    single = make_engine(())
+    single = make_engine(backend, (), partials=False)
     merger = PaneMerger(ws, instance_timeout=5.0)
     got: list[dict] = []
     clock = 0.0
@@ -182,15 +186,125 @@ def test_partials_made_with_other_settings_are_refused_and_counted():
     assert merger.stats.refused == {"settings": 1} and not merger.instances
 
 
-def test_closed_panes_refuses_arrival_time_and_open_intervals():
-    e = _engine_py.Engine(window=WINDOW, emit_every=EMIT)
-    e.push_reading("d", "s", 1.0, 10.0)
+def test_partial_mode_needs_event_time_and_is_asked_for(backend):
     with pytest.raises(ValueError, match="event"):
-        closed_panes(e, 0, 10)
-    ev = make_engine(())
-    ev.push_reading("d", "s", 1.0, 10.0, t=10.0)
-    with pytest.raises(ValueError, match="not closed"):
-        closed_panes(ev, 0, 100)
+        backend.Engine(window=WINDOW, emit_every=EMIT, partials=True)
+    with pytest.raises(TypeError):
+        make_engine(backend, (), partials=1)
+    plain = make_engine(backend, (), partials=False)
+    with pytest.raises(ValueError, match="partials=True"):
+        plain.take_closed_panes(1)
+    with pytest.raises(ValueError, match="partials=True"):
+        InstancePartials(plain, settings_for(()), "i", 1)
+    with pytest.raises(ValueError, match="partitions"):
+        make_engine(backend, ()).take_closed_panes(0)
+
+
+def event_stream(seed: int, n: int, keys: int, lateness: float):
+    """Batches of (device, sensor, value, unit, t) with their arrival: disorder within the allowed
+    lateness, a few readings beyond it (late), a few far ahead (the clock jumps past whole
+    rings), units that change, and now and then a tick with no data (idle_timeout)."""
+    rng = random.Random(seed)
+    max_t = arrival = 0.0
+    out = []
+    while n > 0:
+        if rng.random() < 0.05:
+            arrival += rng.uniform(0.5, 3.0)
+            out.append((arrival, []))   # a tick only
+            continue
+        batch = []
+        for _ in range(min(n, rng.randint(1, 8))):
+            r = rng.random()
+            if r < 0.05:
+                t = max_t - lateness - rng.uniform(1.0, 3.0)
+            elif r < 0.08:
+                t = max_t + rng.uniform(3.0, 12.0)
+            else:
+                t = max(0.0, max_t + rng.uniform(-lateness * 0.95, 0.5))
+            t = round(max(t, 0.0), 4)
+            max_t = max(max_t, t)
+            k = rng.randrange(keys)
+            batch.append((f"dev{k}", f"s{k % 2}", rng.choice([rng.uniform(-50, 50), float(k)]),
+                          rng.choice(["u", "u", "v", None]), t))
+            n -= 1
+        arrival = max(arrival, max_t) + rng.uniform(0.0, 0.3)
+        out.append((arrival, batch))
+    return out
+
+
+def feed(engine, ip, batches, rng: random.Random):
+    """The stream through `engine` (as payloads, or reading by reading), collected at random."""
+    msgs = []
+    for arrival, batch in batches:
+        if not batch:
+            engine.tick(arrival)
+        elif rng.random() < 0.5:
+            engine.push_many([cbor2.dumps({"d": d, "s": s, "v": v, "t": t,
+                                           **({"u": u} if u else {})})
+                              for d, s, v, u, t in batch], arrival)
+        else:
+            for d, s, v, u, t in batch:
+                engine.push_reading(d, s, v, arrival, unit=u, t=t)
+        if rng.random() < 0.3:
+            msgs += ip.collect()
+    engine.tick(1e9)   # the clock past every reading: every pane taken
+    return msgs + ip.collect() + ip.leave()
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300), keys=st.integers(1, 7),
+       lateness=st.sampled_from([0.0, 0.5, 1.0, 2.0]), quantiles=st.sampled_from([(), QS]),
+       key_ttl=st.sampled_from([4.0, 1e6]), partitions=st.integers(1, 4))
+def test_compiled_partials_are_the_twins_bit_for_bit(compiled_backend, seed, n, keys, lateness,
+                                                     quantiles, key_ttl, partitions):
+    from telemetry_cy.backend import load
+
+    batches = event_stream(seed, n, keys, lateness)
+    ws = settings_for(quantiles, lateness)
+    runs = []
+    for be in (compiled_backend, load("pure")):
+        e = make_engine(be, quantiles, lateness=lateness, key_ttl=key_ttl)
+        ip = InstancePartials(e, ws, "inst", partitions)
+        runs.append((feed(e, ip, batches, random.Random(seed)), e.stats(), ip))
+    (got, stats, ip), (want, want_stats, _) = runs
+    assert stats["drops"] == want_stats["drops"] and stats["evicted"] == want_stats["evicted"]
+    assert got == want
+    # every message reads back (times inside the pane's interval, sketches sound, ...), and every
+    # accepted reading is in exactly one pane sent
+    panes = [(msg.interval, p) for msg in map(pf.read, (data for _part, data in got))
+             for p in msg.panes]
+    assert sum(p.count for _, p in panes) == stats["readings"] and ip.lost_panes == 0
+    assert len({(j, p.device, p.sensor) for j, p in panes}) == len(panes)   # each pane once
+
+
+def test_a_full_buffer_loses_panes_counted_as_gaps(backend):
+    # room for a few panes only: the rest are counted, and the merge sees a gap, never silence
+    readings = stream(11, 300, 6)
+    e = make_engine(backend, (), partials_max_bytes=300)
+    ws = settings_for(())
+    ip = InstancePartials(e, ws, "inst", 2)
+    merger = PaneMerger(ws)
+    sent = 0
+    for j, (device, sensor, value, t) in enumerate(readings):
+        e.push_reading(device, sensor, value, t, unit="u", t=t)
+        if j == 0:   # the instance joins: its sequence starts
+            for _part, data in ip.collect():
+                merger.take(pf.read(data), 0.0)
+    e.tick(1e9)
+    for _part, data in ip.collect() + ip.leave():
+        msg = pf.read(data)
+        sent += len(msg.panes)
+        merger.take(msg, 0.0)
+    assert ip.lost_panes > 0 and sent > 0
+    assert merger.stats.gaps == 2   # one per partition: the panes lost in that collect
+    # nothing is lost when the buffer is drained before it fills (here: at every reading, the
+    # clock closing one interval of at most 6 keys, ~500 bytes)
+    e2 = make_engine(backend, (), partials_max_bytes=1000)
+    ip2 = InstancePartials(e2, ws, "inst", 2)
+    for device, sensor, value, t in readings[:40]:
+        e2.push_reading(device, sensor, value, t, unit="u", t=t)
+        ip2.collect()
+    assert ip2.lost_panes == 0
 
 
 # ---- the format --------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from support.daemon import REPO
 from support.scaleout import EMIT, LATENESS, WINDOW, assert_same_windows, stream
 from telemetry_cy.engine import _engine_py
 from telemetry_cy.engine import partial_format as pf
-from telemetry_cy.engine.partials_py import InstancePartials
+from telemetry_cy.engine.instance_partials import InstancePartials
 from telemetry_cy.sink.bodies import decode_body
 from telemetry_cy.sink.partials_stream import STREAM, SUBJECT_PREFIX
 
@@ -30,7 +30,8 @@ PARTITIONS = 4
 
 def engine():
     return _engine_py.Engine(window=WINDOW, emit_every=EMIT, time="event",
-                             allowed_lateness=LATENESS, key_ttl=1e6, idle_timeout=1.0)
+                             allowed_lateness=LATENESS, key_ttl=1e6, idle_timeout=1.0,
+                             partials=True)
 
 
 def scrape(port: int) -> str:

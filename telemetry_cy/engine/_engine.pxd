@@ -124,6 +124,24 @@ cdef extern from "tc_snapshot.h" nogil:
                      uint64_t n_keys, const unsigned char *keep, int scanned, const char **why)
 
 
+cdef extern from "tc_window_partials.h" nogil:
+    # partial mode: the closing hook's buffer of pane records (docs/scale-out.md)
+    ctypedef struct tc_pp_buf:
+        size_t n
+        uint64_t lost
+    ctypedef struct tc_pp_item:
+        int64_t interval
+        uint32_t partition
+        uint32_t len
+        const unsigned char *rec
+    void tc_pp_init(tc_pp_buf *b, size_t max_bytes)
+    void tc_pp_free(tc_pp_buf *b)
+    void tc_pp_take_key(tc_pp_buf *b, const tc_table *t, tc_key *k, uint32_t lead, int64_t lo,
+                        int64_t hi)
+    void tc_pp_order(const tc_pp_buf *b, uint32_t partitions, tc_pp_item *out)
+    void tc_pp_clear(tc_pp_buf *b)
+
+
 cdef struct batch_item:
     const char *data
     Py_ssize_t size
@@ -318,6 +336,10 @@ cdef class Engine:
     cdef tc_sketch qscratch
     cdef int n_qs
     cdef double qs[TC_QS_MAX_QUANTILES]
+    # partial mode (tc_window_partials.h): the clock copies each closed pane out into pp, which
+    # take_closed_panes drains; off unless partials=True (event time only)
+    cdef readonly bint partials
+    cdef tc_pp_buf pp
 
     cdef int _apply_reading(self, const char *dev, uint32_t dlen, const char *sen, uint32_t slen,
                             const char *unit, uint32_t ulen, double value, double ts,
@@ -336,6 +358,7 @@ cdef class Engine:
     cdef void _payload_offender(self, const batch_item *item, uint64_t w) noexcept nogil
     cdef Py_ssize_t _run_batch(self, Py_ssize_t start, Py_ssize_t n, int *why) noexcept nogil
     cdef int _advance(self, int64_t interval) except -1
+    cdef int _take_closing(self, int64_t interval) except -1
     cdef int _scan(self, int64_t tick, bint emit) except -1
     cdef int _init_quantiles(self, qcfg) except -1
     cdef int _key_quantiles(self, const tc_key *k, int64_t tick, double *vals) except -1

@@ -2,7 +2,7 @@ from collections.abc import Iterable
 from typing import TypedDict, final, type_check_only
 
 from telemetry_cy.engine.column_buffers import Columns
-from telemetry_cy.engine.rules import LateReading
+from telemetry_cy.engine.rules import ClosedPanes, LateReading
 from telemetry_cy.source._ring import ByteRing
 
 # SeqStats, Offender and Offenders exist for the type checker only: stats() builds plain dicts.
@@ -94,6 +94,7 @@ class Engine:
     quantiles: tuple[float, ...]  # the q computed, ascending; () = off
     quantile_names: tuple[str, ...]  # their fields: p50, p99.9 (rules.quantile_name)
     quantile_accuracy: float  # the sketch's relative accuracy alpha
+    partials: bool  # partial mode: the clock takes each closed pane (take_closed_panes)
     @property
     def max_keys(self) -> int: ...
     def __init__(self, window: float = 60.0, emit_every: float = 5.0, max_keys: int = 1_000_000,
@@ -102,7 +103,8 @@ class Engine:
                  allowed_lateness: float = 0.0, idle_timeout: float = 30.0,
                  max_future: float = 60.0, late_capacity: int = 0,
                  quantiles: Iterable[float] | None = None,
-                 quantile_accuracy: float = 0.01) -> None: ...
+                 quantile_accuracy: float = 0.01, partials: bool = False,
+                 partials_max_bytes: int = 1 << 30) -> None: ...
     def push(self, payload: bytes | bytearray | memoryview, ts: float) -> int: ...
     def push_many(self, payloads: Iterable[bytes | bytearray | memoryview], ts: float) -> int: ...
     def drain(self, ring: ByteRing, max_records: int = 4096) -> int: ...
@@ -117,6 +119,10 @@ class Engine:
         typed buffers (``column_buffers.Columns``) rather than one object per aggregate."""
     def open_readings(self) -> int:
         """Accepted readings of the intervals no tick has closed yet: in no aggregate so far."""
+    def take_closed_panes(self, partitions: int) -> ClosedPanes:
+        """Partial mode: the panes the clock closed since the last call, per (interval,
+        partition) in the partial format's pane encoding, and the panes lost to a full buffer
+        (docs/scale-out.md)."""
     def take_late(self) -> list[LateReading]:
         """Late readings kept since the last call (at most late_capacity), oldest first."""
     def snapshot(self) -> bytes:

@@ -35,9 +35,10 @@ from telemetry_cy.engine._sketch cimport (
 )
 from telemetry_cy.engine.rules import (
     AGGREGATE_FIELDS, DEFAULT_ALLOWED_LATENESS, DEFAULT_IDLE_TIMEOUT, DEFAULT_LATE_CAPACITY,
-    DEFAULT_MAX_FUTURE, MAX_QUANTILES, QUANTILE_ACCURACY_DEFAULT, TOP_OFFENDERS, LateReading,
-    aggregate_args, check_config, check_event_config, check_quantiles, present_fields,
-    quantile_field, top_entries,
+    DEFAULT_MAX_FUTURE, DEFAULT_PARTIALS_MAX_BYTES, MAX_QUANTILES, QUANTILE_ACCURACY_DEFAULT,
+    TOP_OFFENDERS, ClosedPanes, LateReading, aggregate_args, check_config, check_event_config,
+    check_partials, check_partitions, check_quantiles, present_fields, quantile_field,
+    top_entries,
 )
 from telemetry_cy.engine.cbor_fallback import decode_with_cbor2
 from telemetry_cy.engine import snapshot_format as snap
@@ -529,6 +530,7 @@ cdef class Engine:
 
     def __cinit__(self):
         tc_sketch_init(&self.qscratch)
+        tc_pp_init(&self.pp, 0)
         self.table.keys = NULL
         self.decoded.readings = NULL
         self.batch = NULL
@@ -537,12 +539,16 @@ cdef class Engine:
                  max_payload_bytes=65536, max_name_bytes=256, time="arrival",
                  allowed_lateness=DEFAULT_ALLOWED_LATENESS, idle_timeout=DEFAULT_IDLE_TIMEOUT,
                  max_future=DEFAULT_MAX_FUTURE, late_capacity=DEFAULT_LATE_CAPACITY,
-                 quantiles=None, quantile_accuracy=QUANTILE_ACCURACY_DEFAULT):
+                 quantiles=None, quantile_accuracy=QUANTILE_ACCURACY_DEFAULT, partials=False,
+                 partials_max_bytes=DEFAULT_PARTIALS_MAX_BYTES):
         cfg = check_config(window, emit_every, max_keys, key_ttl, max_payload_bytes,
                            max_name_bytes)
         ev = check_event_config(time, allowed_lateness, idle_timeout, max_future, late_capacity,
                                 cfg.emit_every, cfg.panes)
         qcfg = check_quantiles(quantiles, quantile_accuracy)
+        self.partials, pp_max = check_partials(partials, partials_max_bytes, ev.event)
+        tc_pp_free(&self.pp)
+        tc_pp_init(&self.pp, <size_t>pp_max)
         self.window = cfg.window
         self.emit_every = cfg.emit_every
         self.key_ttl = cfg.key_ttl
@@ -600,6 +606,7 @@ cdef class Engine:
         free(self.decoded.readings)
         free(self.batch)
         tc_sketch_free(&self.qscratch)
+        tc_pp_free(&self.pp)
 
     cdef int _init_quantiles(self, qcfg) except -1:
         self.quantiles = qcfg.qs
@@ -843,6 +850,10 @@ cdef class Engine:
             return 0
         if interval <= self.closed:
             return 0
+        if self.partials:
+            # before the scan (which may evict a key) and before the reading that moved the
+            # clock (which may reuse a closed pane's slot): tc_window_partials.h
+            self._take_closing(interval)
         cdef int64_t tick = self.closed + 1
         # a tick emits only for keys with data in its P intervals: past newest_data + P every
         # tick is empty, so jump to the target and only evict there
@@ -858,6 +869,18 @@ cdef class Engine:
             self._scan(interval, False)
         self.ticks += <uint64_t>(interval - self.closed)
         self.closed = interval
+        return 0
+
+    cdef int _take_closing(self, int64_t interval) except -1:
+        """The closing hook: every key's panes of [closed, interval) holding data, copied into
+        the partial buffer (tc_pp_take_key) while they are still open."""
+        cdef size_t i
+        cdef int64_t lo = self.closed
+        with nogil:
+            for i in range(self.table.n_keys):
+                if i + SCAN_AHEAD < self.table.n_keys:
+                    tc_prefetch_key(self.table.keys[i + SCAN_AHEAD], self.units)
+                tc_pp_take_key(&self.pp, &self.table, self.table.keys[i], self.lead, lo, interval)
         return 0
 
     cdef int _scan(self, int64_t tick, bint emit) except -1:
@@ -1464,6 +1487,44 @@ cdef class Engine:
         for i in range(self.table.n_keys):
             n += tc_key_open_count(self.table.keys[i], self.panes, self.closed)
         return n
+
+    def take_closed_panes(self, partitions):
+        """The panes the clock closed since the last call (partial mode), as a ClosedPanes:
+        per (interval, partition), ascending, the n pane records of the partial format, keys in
+        (device, sensor) order; and the panes lost to a full buffer (tc_window_partials.h)."""
+        if not self.partials:
+            raise ValueError("take_closed_panes needs an engine made with partials=True")
+        cdef uint32_t parts = check_partitions(partitions)
+        cdef size_t n = self.pp.n, i = 0, j, x, total
+        cdef tc_pp_item *items = NULL
+        cdef char *o
+        groups = []
+        if n:
+            items = <tc_pp_item *>malloc(n * sizeof(tc_pp_item))
+            if items == NULL:
+                raise MemoryError()
+            try:
+                with nogil:
+                    tc_pp_order(&self.pp, parts, items)
+                while i < n:
+                    j = i
+                    total = 0
+                    while (j < n and items[j].interval == items[i].interval
+                           and items[j].partition == items[i].partition):
+                        total += items[j].len
+                        j += 1
+                    body = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
+                    o = PyBytes_AS_STRING(body)
+                    for x in range(i, j):
+                        memcpy(o, items[x].rec, items[x].len)
+                        o += items[x].len
+                    groups.append((items[i].interval, items[i].partition, j - i, body))
+                    i = j
+            finally:
+                free(items)
+        lost = self.pp.lost
+        tc_pp_clear(&self.pp)
+        return ClosedPanes(self.closed if self.started else None, groups, lost)
 
     def take_late(self):
         """The late readings kept since the last call (event time with late_capacity > 0),

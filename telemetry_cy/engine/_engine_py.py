@@ -7,10 +7,12 @@ Same state layout (a ring of P panes per key), same arithmetic in the same order
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 import sys
 import time
+import zlib
 from dataclasses import field, make_dataclass
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,7 @@ from telemetry_cy.engine.rules import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LATE_CAPACITY,
     DEFAULT_MAX_FUTURE,
+    DEFAULT_PARTIALS_MAX_BYTES,
     MAX_INTERVAL,
     NO_TOPIC,
     QUANTILE_ACCURACY_DEFAULT,
@@ -32,11 +35,14 @@ from telemetry_cy.engine.rules import (
     TOP_OFFENDERS,
     TOPN_CAPACITY,
     TOPN_NAME_BYTES,
+    ClosedPanes,
     LateReading,
     aggregate_args,
     aggregate_field_type,
     check_config,
     check_event_config,
+    check_partials,
+    check_partitions,
     check_quantiles,
     check_reading,
     interval_of,
@@ -362,12 +368,18 @@ class Engine:
                  max_payload_bytes=65536, max_name_bytes=256, time="arrival",
                  allowed_lateness=DEFAULT_ALLOWED_LATENESS, idle_timeout=DEFAULT_IDLE_TIMEOUT,
                  max_future=DEFAULT_MAX_FUTURE, late_capacity=DEFAULT_LATE_CAPACITY,
-                 quantiles=None, quantile_accuracy=QUANTILE_ACCURACY_DEFAULT):
+                 quantiles=None, quantile_accuracy=QUANTILE_ACCURACY_DEFAULT, partials=False,
+                 partials_max_bytes=DEFAULT_PARTIALS_MAX_BYTES):
         cfg = check_config(window, emit_every, max_keys, key_ttl, max_payload_bytes,
                            max_name_bytes)
         ev = check_event_config(time, allowed_lateness, idle_timeout, max_future, late_capacity,
                                 cfg.emit_every, cfg.panes)
         qcfg = check_quantiles(quantiles, quantile_accuracy)
+        # partial mode (tc_window_partials.h): the clock's closing hook fills _taken, up to
+        # _taken_max bytes of records; a pane past that is counted in _lost
+        self.partials, self._taken_max = check_partials(partials, partials_max_bytes, ev.event)
+        self._taken: list[tuple[int, int, bytes, bytes, bytes]] = []
+        self._taken_bytes = self._lost = 0
         self.quantiles = qcfg.qs
         self.quantile_accuracy = qcfg.accuracy
         self.quantile_names = qcfg.names
@@ -534,6 +546,10 @@ class Engine:
             return
         if interval <= self._closed:
             return
+        if self.partials:
+            # before the scan (which may evict a key) and before the reading that moved the
+            # clock (which may reuse a closed pane's slot), as the compiled engine does
+            self._take_closing(self._closed, interval)
         tick = self._closed + 1
         if self._newest_data is None:
             last_emitting = tick - 1
@@ -546,6 +562,26 @@ class Engine:
             self._scan(interval, emit=False)
         self._ticks += interval - self._closed
         self._closed = interval
+
+    def _take_closing(self, lo: int, hi: int) -> None:
+        """tc_pp_take_key for every key: its panes of [lo, hi) holding data, as pane records."""
+        for key in self._keys.values():
+            if key.newest is None or key.newest < lo:
+                continue
+            ring = len(key.panes)
+            dev, sen = _utf8(key.device), _utf8(key.sensor)
+            for j in range(max(lo, key.newest - ring + 1), min(hi, key.newest + 1)):
+                p = key.panes[j % ring]
+                if not p.count:
+                    continue
+                sketch = None if key.sketches is None else key.sketches[j % ring]
+                rec = pane_record(dev, sen, key.unit, p.count, p.sum, p.m2, p.min, p.max,
+                                  p.first, p.first_ts, p.last, p.last_ts, sketch)
+                if len(rec) > self._taken_max - self._taken_bytes:
+                    self._lost += 1
+                    continue
+                self._taken_bytes += len(rec)
+                self._taken.append((j, zlib.crc32(dev + b"\0" + sen), dev, sen, rec))
 
     def _scan(self, tick: int, emit: bool) -> None:
         tick_time = float(tick) * self.emit_every
@@ -678,6 +714,24 @@ class Engine:
         return sum(key.panes[self._closed % n_panes].count for key in self._keys.values()
                    if key.newest == self._closed)
 
+    def take_closed_panes(self, partitions: int) -> ClosedPanes:
+        """The panes the clock closed since the last call (partial mode), as a ClosedPanes:
+        per (interval, partition), ascending, the n pane records of the partial format, keys in
+        (device, sensor) order; and the panes lost to a full buffer (tc_window_partials.h)."""
+        if not self.partials:
+            raise ValueError("take_closed_panes needs an engine made with partials=True")
+        parts = check_partitions(partitions)
+        # tc_pp_order's order; (interval, device, sensor) is unique: a key's pane closes once
+        taken = sorted((j, crc % parts, crc, dev, sen, rec)
+                       for j, crc, dev, sen, rec in self._taken)
+        groups = []
+        for (j, part), items in itertools.groupby(taken, key=lambda x: (x[0], x[1])):
+            recs = [x[5] for x in items]
+            groups.append((j, part, len(recs), b"".join(recs)))
+        lost = self._lost
+        self._taken, self._taken_bytes, self._lost = [], 0, 0
+        return ClosedPanes(self._closed if self._started else None, groups, lost)
+
     def take_late(self) -> list[LateReading]:
         """The late readings kept since the last call (event time with late_capacity > 0),
         oldest first. At most late_capacity are kept between two calls; the rest are still
@@ -809,6 +863,7 @@ KEY_HEAD = struct.Struct("<HHHHBQqddd")  # lengths, n_panes, flags | seq, newest
 PANE = struct.Struct("<HIddddd")         # age (newest - interval), count, sum, m2, min, max, first
 OPEN_PANE = struct.Struct("<ddd")        # first_ts, last, last_ts of an open pane below the newest
 SKETCH = struct.Struct("<iiHHI")         # pos_min, neg_min, pos_len, neg_len, n; then the counts
+PANE_KEY = struct.Struct("<HHHB")        # a partial's key: device, sensor, unit lengths, has unit
 _SKETCH_BYTES_HEAD = struct.Struct("<4sBBHdI")  # sketch_py's byte layout up to the zero count
 F64 = struct.Struct("<d")
 KEY_HAS_UNIT, KEY_HAS_SEQ = 1, 2
@@ -883,6 +938,19 @@ def _sketch_block(sketch: QuantileSketch, count: int) -> bytes:
     # sketch_py's byte layout holds the shape at 20..32 in the snapshot's order, counts from 32
     raw = sketch.to_bytes()
     return raw[20:32] + struct.pack("<I", count) + raw[32:]
+
+
+def pane_record(device: bytes, sensor: bytes, unit: str | None, count: int, total: float,
+                m2: float, mn: float, mx: float, first: float, first_ts: float, last: float,
+                last_ts: float, sketch: QuantileSketch | None) -> bytes:
+    """One key's pane in the partial format (docs/scale-out.md): the key, then the snapshot's
+    pane entry with age 0, its times, and its sketch block when given. The one writer of it in
+    Python: the twin's closing hook and partial_format.write (tc_window_partials.h in C)."""
+    u = b"" if unit is None else _utf8(unit)
+    out = (PANE_KEY.pack(len(device), len(sensor), len(u), unit is not None) + device + sensor
+           + u + PANE.pack(0, count, total, m2, mn, mx, first)
+           + OPEN_PANE.pack(first_ts, last, last_ts))
+    return out if sketch is None else out + _sketch_block(sketch, count)
 
 
 def _read_sketch(view: memoryview, pos: int, end: int, count: int,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from telemetry_cy.engine import snapshot_format as snap
-from telemetry_cy.engine._engine_py import OPEN_PANE, PANE, _read_sketch, _sketch_block
+from telemetry_cy.engine._engine_py import OPEN_PANE, PANE, PANE_KEY, _read_sketch, pane_record
 from telemetry_cy.engine.rules import (
     DEFAULT_ALLOWED_LATENESS,
     DEFAULT_IDLE_TIMEOUT,
@@ -61,7 +61,7 @@ FLAG_QUANTILES = 2   # every pane carries a sketch block
 #: quantile_accuracy | n_quantiles, instance id length | interval, seq | partition, partitions
 HEADER = struct.Struct("<8sIHHQ" "ddIIdd" "II" "qQ" "II")
 assert HEADER.size == 96
-KEY = struct.Struct("<HHHB")   # device, sensor, unit lengths; 1 when the key has a unit
+KEY = PANE_KEY   # device, sensor, unit lengths; 1 when the key has a unit
 CRC = struct.Struct("<I")
 _U32, _F64 = struct.Struct("<I"), struct.Struct("<d")
 MAX_INSTANCE_BYTES = 255
@@ -150,9 +150,27 @@ def partition_of(device: str, sensor: str, partitions: int) -> int:
 def write(kind: int, settings: WindowSettings, instance: str, seq: int, interval: int,
           partition: int, partitions: int, panes=()) -> bytes:
     """One message. Raises ValueError for arguments the reader would refuse."""
+    if kind != KIND_PANES and panes:
+        raise ValueError("only a panes message holds panes")
+    if settings.quantiles and any(p.sketch is None for p in panes):
+        raise ValueError("quantiles on: every pane needs its sketch")
+    records = b"".join(
+        pane_record(p.device.encode(), p.sensor.encode(), p.unit, p.count, p.sum, p.m2, p.min,
+                    p.max, p.first, p.first_ts, p.last, p.last_ts,
+                    p.sketch if settings.quantiles else None)
+        for p in panes)
+    return write_records(kind, settings, instance, seq, interval, partition, partitions,
+                         len(panes), records)
+
+
+def write_records(kind: int, settings: WindowSettings, instance: str, seq: int, interval: int,
+                  partition: int, partitions: int, n: int = 0, records: bytes = b"") -> bytes:
+    """``write`` with the panes already encoded: `records` holds n pane records as
+    ``_engine_py.pane_record`` writes them (an engine's ``take_closed_panes`` hands them out
+    so). Raises ValueError for arguments the reader would refuse."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind}")
-    if kind != KIND_PANES and panes:
+    if kind != KIND_PANES and (n or records):
         raise ValueError("only a panes message holds panes")
     inst = instance.encode("utf-8")
     if not 0 < len(inst) <= MAX_INSTANCE_BYTES:
@@ -163,17 +181,7 @@ def write(kind: int, settings: WindowSettings, instance: str, seq: int, interval
     flags = (FLAG_EVENT if s.event else 0) | (FLAG_QUANTILES if s.quantiles else 0)
     out = [b"", *(_F64.pack(q) for q in s.quantiles), inst]
     if kind == KIND_PANES:
-        out.append(_U32.pack(len(panes)))
-        for p in panes:
-            dev, sen = p.device.encode(), p.sensor.encode()
-            unit = b"" if p.unit is None else p.unit.encode()
-            out += [KEY.pack(len(dev), len(sen), len(unit), p.unit is not None), dev, sen, unit,
-                    PANE.pack(0, p.count, p.sum, p.m2, p.min, p.max, p.first),
-                    OPEN_PANE.pack(p.first_ts, p.last, p.last_ts)]
-            if s.quantiles:
-                if p.sketch is None:
-                    raise ValueError("quantiles on: every pane needs its sketch")
-                out.append(_sketch_block(p.sketch, p.count))
+        out += [_U32.pack(n), records]
     length = HEADER.size + sum(map(len, out)) + CRC.size
     out[0] = HEADER.pack(MAGIC, VERSION, kind, flags, length, s.window, s.emit_every, s.panes,
                          s.lead, s.allowed_lateness, s.quantile_accuracy, len(s.quantiles),

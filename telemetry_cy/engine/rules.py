@@ -231,6 +231,41 @@ def check_event_config(time, allowed_lateness, idle_timeout, max_future, late_ca
                        _count("late_capacity", late_capacity, 0, MAX_LATE_CAPACITY))
 
 
+# ---- partial mode (docs/scale-out.md, "run --output partials") ---------------------------------
+
+#: Bytes of closed panes an engine in partial mode holds for take_closed_panes() by default: as
+#: much as the stream that carries them holds (PARTIALS, 1 GiB); a larger buffer buys nothing.
+DEFAULT_PARTIALS_MAX_BYTES = 1 << 30
+MAX_PARTIALS_MAX_BYTES = 1 << 40
+#: A panes message's partition count is a u32 of the partial format.
+MAX_PARTITIONS = (1 << 32) - 1
+
+
+class ClosedPanes(NamedTuple):
+    """What ``Engine.take_closed_panes(partitions)`` hands over: the panes the clock closed since
+    the last call, already in the partial format's pane encoding (docs/scale-out.md)."""
+
+    closed: "int | None"  # every interval below it is closed (None: the clock has not started)
+    # (interval, partition, n, records): n pane records of one interval and partition, keys in
+    # (device, sensor) order, ascending by interval then partition
+    groups: "list[tuple[int, int, int, bytes]]"
+    lost: int  # panes closed since the last call that found the buffer full: not in groups
+
+
+def check_partials(partials, max_bytes, event: bool) -> tuple[bool, int]:
+    """(partials on, the buffer's byte limit) of an Engine's partial-mode arguments."""
+    if not isinstance(partials, bool):
+        raise TypeError(f"partials must be True or False, got {type(partials).__name__}")
+    if partials and not event:
+        raise ValueError("partials need time='event': arrival-time windows are not mergeable "
+                         "from panes (docs/scale-out.md)")
+    return partials, _count("partials_max_bytes", max_bytes, 1, MAX_PARTIALS_MAX_BYTES)
+
+
+def check_partitions(partitions) -> int:
+    return _count("partitions", partitions, 1, MAX_PARTITIONS)
+
+
 #: ts / emit_every must stay well inside an int64 interval index.
 MAX_INTERVAL = 4.0e18
 

@@ -75,6 +75,50 @@ static inline uint32_t tc_snap_ulen(const tc_key *k) {
 
 /* ---- writing ---------------------------------------------------------------------------------- */
 
+#define TC_SNAP_PUT(o, v)                                                                          \
+    do {                                                                                           \
+        memcpy((o), &(v), sizeof(v));                                                              \
+        (o) += sizeof(v);                                                                          \
+    } while (0)
+
+/* Bytes of one pane entry: the pane, its open times when `open`, its sketch block when h. */
+static inline size_t tc_snap_pane_size(int open, const tc_sketch_hdr *h) {
+    return TC_SNAP_PANE + (open ? TC_SNAP_OPEN : 0) +
+           (h ? TC_SNAP_SKETCH + 4 * (size_t)tc_sketch_buckets(h) : 0);
+}
+
+/* One pane entry at o; returns the end. The one writer of the pane encoding: the keys section
+ * here and the partial format (tc_window_partials.h) both write their panes with it, so the two
+ * formats cannot drift apart. `open`: the pane's times (NULL: not written); h and c: its sketch
+ * header and counts (h NULL: no sketch block). */
+static inline uint8_t *tc_snap_write_pane(uint8_t *o, uint16_t age, const tc_pane *p,
+                                          const tc_open_pane *open, const tc_sketch_hdr *h,
+                                          const uint32_t *c) {
+    TC_SNAP_PUT(o, age);
+    TC_SNAP_PUT(o, p->count);
+    TC_SNAP_PUT(o, p->sum);
+    TC_SNAP_PUT(o, p->m2);
+    TC_SNAP_PUT(o, p->min);
+    TC_SNAP_PUT(o, p->max);
+    TC_SNAP_PUT(o, p->first);
+    if (open) {
+        TC_SNAP_PUT(o, open->first_ts);
+        TC_SNAP_PUT(o, open->last);
+        TC_SNAP_PUT(o, open->last_ts);
+    }
+    if (h) {
+        uint32_t nb = tc_sketch_buckets(h);
+        TC_SNAP_PUT(o, h->pos_min);
+        TC_SNAP_PUT(o, h->neg_min);
+        TC_SNAP_PUT(o, h->pos_len);
+        TC_SNAP_PUT(o, h->neg_len);
+        TC_SNAP_PUT(o, h->n);
+        memcpy(o, c, 4 * (size_t)nb);
+        o += 4 * (size_t)nb;
+    }
+    return o;
+}
+
 /* Bytes of k's record. */
 static inline size_t tc_snap_key_size(const tc_key *k, const tc_snap_shape *s) {
     size_t n = TC_SNAP_KEY_HEAD + (s->event && s->lead ? 8 : 0) + k->device_len + k->sensor_len +
@@ -82,20 +126,13 @@ static inline size_t tc_snap_key_size(const tc_key *k, const tc_snap_shape *s) {
     if (k->newest == INT64_MIN) return n;
     for (int64_t j = k->newest - (int64_t)s->ring + 1; j <= k->newest; j++) {
         if (k->panes[tc_pane_of(j, s->ring)].count == 0) continue;
-        n += TC_SNAP_PANE + (tc_snap_open_pane(s, j, k->newest) ? TC_SNAP_OPEN : 0);
-        if (s->quantiles) {
-            const tc_sketch_hdr *h = &tc_qs_hdrs(tc_key_qs(k, s->units))[tc_pane_of(j, s->ring)];
-            n += TC_SNAP_SKETCH + 4 * (size_t)tc_sketch_buckets(h);
-        }
+        n += tc_snap_pane_size(tc_snap_open_pane(s, j, k->newest),
+                               s->quantiles ? &tc_qs_hdrs(tc_key_qs(k, s->units))[tc_pane_of(
+                                                  j, s->ring)]
+                                            : NULL);
     }
     return n;
 }
-
-#define TC_SNAP_PUT(o, v)                                                                          \
-    do {                                                                                           \
-        memcpy((o), &(v), sizeof(v));                                                              \
-        (o) += sizeof(v);                                                                          \
-    } while (0)
 
 /* Writes k's record at o (tc_snap_key_size bytes); returns the end. */
 static inline uint8_t *tc_snap_write_key(uint8_t *o, tc_key *k, const tc_snap_shape *s) {
@@ -147,30 +184,10 @@ static inline uint8_t *tc_snap_write_key(uint8_t *o, tc_key *k, const tc_snap_sh
             qc += nb;
             continue;
         }
-        uint16_t age = (uint16_t)(k->newest - j);
-        TC_SNAP_PUT(o, age);
-        TC_SNAP_PUT(o, p->count);
-        TC_SNAP_PUT(o, p->sum);
-        TC_SNAP_PUT(o, p->m2);
-        TC_SNAP_PUT(o, p->min);
-        TC_SNAP_PUT(o, p->max);
-        TC_SNAP_PUT(o, p->first);
-        if (tc_snap_open_pane(s, j, k->newest)) {
-            const tc_open_pane *op = tc_key_open_slot(k, ring, s->lead, j);
-            TC_SNAP_PUT(o, op->first_ts);
-            TC_SNAP_PUT(o, op->last);
-            TC_SNAP_PUT(o, op->last_ts);
-        }
-        if (h) {
-            TC_SNAP_PUT(o, h->pos_min);
-            TC_SNAP_PUT(o, h->neg_min);
-            TC_SNAP_PUT(o, h->pos_len);
-            TC_SNAP_PUT(o, h->neg_len);
-            TC_SNAP_PUT(o, h->n);
-            memcpy(o, qc, 4 * (size_t)nb);
-            o += 4 * (size_t)nb;
-            qc += nb;
-        }
+        const tc_open_pane *op =
+            tc_snap_open_pane(s, j, k->newest) ? tc_key_open_slot(k, ring, s->lead, j) : NULL;
+        o = tc_snap_write_pane(o, (uint16_t)(k->newest - j), p, op, h, qc);
+        qc += nb;
     }
     return o;
 }

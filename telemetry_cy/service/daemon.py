@@ -139,19 +139,18 @@ def _discard(aggregates: list, now: float) -> None:
 
 
 def make_partials(c: Config):
-    """output partials (docs/scale-out.md): the pure engine (its clock hands each pane over as
-    it closes; the compiled engine has no such hook yet), its partials, their emitter."""
+    """output partials (docs/scale-out.md): the active engine in partial mode (its clock hands
+    each pane over as it closes), its partials, their emitter."""
     import os
     import secrets
     import socket
 
-    from telemetry_cy.engine._engine_py import Engine as PyEngine
+    from telemetry_cy.engine.instance_partials import InstancePartials
     from telemetry_cy.engine.partial_format import window_settings
-    from telemetry_cy.engine.partials_py import InstancePartials
     from telemetry_cy.sink.partials_emitter import PartialsEmitter
 
     e = c.engine
-    engine = PyEngine(**engine_settings(e, c.mqtt))
+    engine = ACTIVE.Engine(**engine_settings(e, c.mqtt), partials=True)
     ws = window_settings(e.window, e.emit_every, e.time, e.allowed_lateness,
                          e.quantiles or None, e.quantile_accuracy)
     # unique per process: a restarted instance is a new member, its seq starts again at 0
