@@ -1,10 +1,11 @@
 """What partial mode costs an instance's engine thread (docs/scale-out.md, capacity model).
 
-Process CPU time per message, median of 3: 200,000 event-time CBOR payloads over 10,000 keys
-pushed in batches of 1,000 (``push_many``) into each engine, without and with partial mode
-(``partials=True`` and an ``InstancePartials`` of 16 partitions, collected every 20 batches: the
-closing hook, the drain and the messages). Every key reports once an interval here, so each
-message ends up in a pane of its own: the most panes a message can cost.
+Process CPU time per message, median of 3 (in rounds over the four cases): 200,000 event-time
+CBOR payloads over 10,000 keys pushed in batches of 1,000 (``push_many``) into each engine,
+without and with partial mode (``partials=True`` and an ``InstancePartials`` of 16 partitions,
+collected every 20 batches: the closing hook, the drain and the messages). Every key reports
+once an interval here, so each message ends up in a pane of its own: the most panes a message
+can cost. The 1-minute load average is printed before and after (a shared machine).
 
     python perf/partials_instance.py
 """
@@ -41,13 +42,25 @@ def run(backend: str, partials: bool, n: int = 200_000) -> tuple[float, int]:
     return (time.process_time() - t0) / n * 1e6, msgs
 
 
+def load_average() -> str:
+    """The 1-minute load average: the machine is shared, the figures are read against it."""
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
+
+
 def main() -> None:
-    for backend in ("pure", "compiled"):
-        for partials in (False, True):
-            runs = [run(backend, partials) for _ in range(3)]
-            us = statistics.median(r[0] for r in runs)
-            name = backend + ("+partials" if partials else "")
-            print(f"{name}: {us:.2f} us/msg ({1e6 / us:,.0f} msg/s; {runs[0][1]} messages)")
+    cases = [(b, p) for b in ("pure", "compiled") for p in (False, True)]
+    print(f"load average at start: {load_average()}")
+    # rounds over all four cases, so a burst of load from elsewhere hits each about alike
+    runs: dict[tuple[str, bool], list[tuple[float, int]]] = {c: [] for c in cases}
+    for _ in range(3):
+        for c in cases:
+            runs[c].append(run(*c))
+    for (backend, partials), rs in runs.items():
+        us = statistics.median(r[0] for r in rs)
+        name = backend + ("+partials" if partials else "")
+        print(f"{name}: {us:.2f} us/msg ({1e6 / us:,.0f} msg/s; {rs[0][1]} messages)")
+    print(f"load average at end: {load_average()}")
 
 
 if __name__ == "__main__":

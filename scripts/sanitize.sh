@@ -181,7 +181,7 @@ stage_python() {
             --rootdir "$ROOT" -c "$ROOT/pyproject.toml" \
             "$ROOT/tests/test_decode.py" "$ROOT/tests/test_frames.py" "$ROOT/tests/test_ring.py" \
             "$ROOT/tests/test_engine.py" "$ROOT/tests/test_engine_event.py" \
-            "$ROOT/tests/test_snapshot.py" \
+            "$ROOT/tests/test_snapshot.py" "$ROOT/tests/test_partials.py" \
             "$ROOT/tests/test_engine_quantiles.py" "$ROOT/tests/test_columns.py" \
             "$ROOT/tests/test_wire.py" "$ROOT/tests/test_sketch.py" \
             "$ROOT/tests/test_jetstream_acks.py" "$ROOT/tests/fuzz/test_fuzz_corpus.py" \
