@@ -23,7 +23,12 @@ from nats.js.api import DeliverPolicy, KeyValueConfig
 
 from telemetry_cy.engine._engine_py import Aggregate
 from telemetry_cy.engine.pane_merge import PaneMerger
-from telemetry_cy.engine.partial_format import PartialError, WindowSettings, read, window_settings
+from telemetry_cy.engine.partial_format import (
+    PartialError,
+    WindowSettings,
+    read,
+    window_settings,
+)
 from telemetry_cy.service import config
 from telemetry_cy.sink.bodies import encode_json
 from telemetry_cy.sink.partials_stream import (
@@ -226,48 +231,11 @@ async def _bucket(js, name: str, ttl: float | None, replicas: int):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nats-url", default="nats://127.0.0.1:4222",
-                   help="NATS server URL(s), comma-separated for a cluster")
-    p.add_argument("--worker-id", default="", help="this worker's name (logs, stats, leases); "
-                   "needed unless --print-nats-config")
-    p.add_argument("--window", type=config.parse_duration, default=60.0)
-    p.add_argument("--emit-every", type=config.parse_duration, default=5.0)
-    p.add_argument("--time", choices=("event",), default="event",
-                   help="partials exist in event time only (docs/scale-out.md)")
-    p.add_argument("--allowed-lateness", type=config.parse_duration, default=5.0)
-    p.add_argument("--quantiles", type=config.parse_quantiles, default=())
-    p.add_argument("--quantile-accuracy", type=config.parse_accuracy, default=0.01)
-    p.add_argument("--partitions", type=int, default=16, help="partitions in all (16)")
-    p.add_argument("--own", default="",
-                   help="the partitions this worker merges, e.g. 0-7 or 1,3,5 (all); 'auto': "
-                   "by JetStream KV leases shared with the other workers, with failover")
-    p.add_argument("--lease", type=config.parse_duration, default=5.0,
-                   help="--own auto: a lease's life; a dead worker's partitions move after it "
-                   "(5s)")
-    p.add_argument("--instance-timeout", type=config.parse_duration, default=10.0)
-    p.add_argument("--jetstream", action="store_true",
-                   help="publish the aggregates with JetStream acks and Nats-Msg-Id "
-                   "<device>|<sensor>|<window_end>")
-    p.add_argument("--metrics-port", type=int, default=0,
-                   help="serve Prometheus /metrics on this loopback port (0 = off)")
+    """The settings of config.MERGE (TOML, TELEMETRY_CY_*, flags: docs/configuration.md), and
+    one action of its own."""
+    config.add_arguments(p, config.MERGE)
     p.add_argument("--print-nats-config", action="store_true",
                    help="print what the NATS side needs (the partials stream) and exit")
-    p.add_argument("--replicas", type=int, default=1,
-                   help="replicas of the partials stream when this worker creates it (1)")
-
-
-def parse_own(text: str, partitions: int) -> list[int] | None:
-    if text == "auto":
-        return None
-    if not text:
-        return list(range(partitions))
-    out: set[int] = set()
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
-    if not out or min(out) < 0 or max(out) >= partitions:
-        raise ValueError(f"--own {text!r}: partitions are 0..{partitions - 1}")
-    return sorted(out)
 
 
 def nats_config(replicas: int) -> str:
@@ -289,27 +257,28 @@ def nats_config(replicas: int) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.print_nats_config:
-        print(nats_config(args.replicas))
-        return 0
-    if not args.worker_id:
-        print("telemetry-cy merge: --worker-id is needed", file=sys.stderr)
-        return 2
     try:
-        settings = window_settings(args.window, args.emit_every, args.time,
-                                   args.allowed_lateness, args.quantiles or None,
-                                   args.quantile_accuracy)
-        own = parse_own(args.own, args.partitions)
-    except ValueError as exc:
+        c: config.MergeConfig = config.load(args, command=config.MERGE)
+    except config.ConfigError as exc:
         print(f"telemetry-cy merge: {exc}", file=sys.stderr)
         return 2
-    worker = MergeWorker(args.nats_url.split(","), args.worker_id, settings, args.partitions,
-                         own, instance_timeout=args.instance_timeout, replicas=args.replicas,
-                         jetstream=args.jetstream, lease_s=args.lease)
+    if args.print_nats_config:
+        print(nats_config(c.nats.replicas))
+        return 0
+    if not c.worker.worker_id:
+        print("telemetry-cy merge: setting worker_id is needed (--worker-id)", file=sys.stderr)
+        return 2
+    w = c.windows
+    settings = window_settings(w.window, w.emit_every, w.time, w.allowed_lateness,
+                               w.quantiles or None, w.quantile_accuracy)
+    worker = MergeWorker(c.nats.servers, c.worker.worker_id, settings, c.worker.partitions,
+                         c.worker.own_partitions, out_prefix=c.nats.subject_prefix,
+                         instance_timeout=c.worker.instance_timeout, replicas=c.nats.replicas,
+                         jetstream=c.nats.jetstream, lease_s=c.worker.lease)
 
-    if args.metrics_port:
+    if c.metrics.port:
         from telemetry_cy.service.merge_metrics import serve
-        serve(lambda: worker.snapshot, args.metrics_port)
+        serve(lambda: worker.snapshot, c.metrics.port, c.metrics.host)
 
     async def go() -> None:
         loop = asyncio.get_running_loop()
