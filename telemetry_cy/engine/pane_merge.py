@@ -147,6 +147,16 @@ class PaneMerger:
         """A partition this worker no longer owns: its state goes."""
         self._parts.pop(partition, None)
 
+    def replay_needs(self, partition: int) -> tuple[int | None, frozenset[str], bool]:
+        """What a new owner's replay of ``partition`` must see (service/replay_floor.py): the
+        last tick emitted there, its live instances (their progress holds the windows back),
+        and whether a dead instance's loss still spans a window to come (then its messages
+        must be replayed as well)."""
+        part = self._parts.get(partition)
+        if part is None:
+            return None, frozenset(), False
+        return part._emitted, frozenset(part._instances), bool(part._lost)
+
     def emitted(self) -> dict[int, int]:
         """Partition -> the last tick emitted there."""
         return {p: part._emitted for p, part in self._parts.items()

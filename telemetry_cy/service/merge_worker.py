@@ -1,12 +1,14 @@
 """``telemetry-cy merge``: a merge worker (docs/scale-out.md). Partials in from the JetStream
-stream, the windows of its partitions out to ``agg.<device>.<sensor>``.
+stream, the windows of its partitions out to ``<subject_prefix>.<device>.<sensor>``.
 
 One asyncio loop, one nats-py client. The worker reads the subjects ``partials.<p>`` of the
-partitions it owns from the stream (all of it: a worker that starts replays what is kept, so
-nothing in flight is lost while no worker runs), feeds each message to a ``PaneMerger``, and on
-every turn of its timer declares silent instances dead, emits the windows made final and
-publishes them (JSON, the aggregates' body). Ownership is static here (``--partitions`` and
-``--own``); failover between workers is not built yet.
+partitions it owns from the stream, feeds each message to a ``PaneMerger``, and on every turn of
+its timer declares silent instances dead, emits the windows made final and publishes them
+(JSON, the aggregates' body). Ownership is static (``own`` a list) or by KV leases (``own =
+auto``): a partition taken from a previous owner is replayed from the stream position that owner
+committed with its last emitted tick (service/replay_floor.py), a partition nobody owned before
+from the stream's start (a worker that starts replays what is kept, so nothing in flight is lost
+while no worker runs).
 """
 
 from __future__ import annotations
@@ -19,17 +21,19 @@ import sys
 import time
 
 import nats
-from nats.js.api import DeliverPolicy, KeyValueConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 
 from telemetry_cy.engine._engine_py import Aggregate
 from telemetry_cy.engine.pane_merge import PaneMerger
 from telemetry_cy.engine.partial_format import (
+    KIND_PANES,
     PartialError,
     WindowSettings,
     read,
     window_settings,
 )
 from telemetry_cy.service import config
+from telemetry_cy.service.replay_floor import ReplayFloor
 from telemetry_cy.sink.bodies import encode_json
 from telemetry_cy.sink.partials_stream import (
     STREAM,
@@ -40,10 +44,30 @@ from telemetry_cy.sink.partials_stream import (
 )
 from telemetry_cy.sink.subjects import msg_id, subject_for
 
-#: KV buckets of automatic ownership: leases (they expire) and the last tick emitted per
-#: partition (kept: a new owner reads it to not emit a window twice)
+#: KV buckets of automatic ownership: leases (they expire) and, per partition, the last tick
+#: emitted with the stream position a replay needs (kept: a new owner reads it to emit no window
+#: twice and to replay only what was not merged)
 LEASES = "TCY_MERGE_LEASES"
 EMITTED = "TCY_MERGE_EMITTED"
+#: the version of the EMITTED entries' JSON (docs/scale-out.md, "Ownership and failover")
+EMITTED_VERSION = 1
+
+
+def emitted_entry(tick: int, from_seq: int | None) -> bytes:
+    return json.dumps({"v": EMITTED_VERSION, "tick": tick, "from_seq": from_seq},
+                      separators=(",", ":")).encode()
+
+
+def read_emitted_entry(value: bytes) -> tuple[int, int | None]:
+    """(tick, from_seq) of an EMITTED entry; ValueError for anything else (a takeover then
+    replays from the stream's start: slower, never wrong)."""
+    doc = json.loads(value)
+    if not isinstance(doc, dict) or doc.get("v") != EMITTED_VERSION:
+        raise ValueError(f"not a version {EMITTED_VERSION} entry")
+    tick, seq = doc.get("tick"), doc.get("from_seq")
+    if type(tick) is not int or not (seq is None or (type(seq) is int and seq >= 1)):
+        raise ValueError("bad tick or from_seq")
+    return tick, seq
 
 
 class MergeWorker:
@@ -63,11 +87,18 @@ class MergeWorker:
         self.bad: dict[str, int] = {}
         self.published = 0
         self.takeovers = 0
+        self.replayed = 0          # messages fed by takeover replays
+        self.replay_from: dict[int, int | None] = {}   # partition -> where its replay began
+        self._floors: dict[int, ReplayFloor] = {}      # partition -> its replay floor
+        # partition -> messages of a takeover replay not yet fed: the merge sees them at once,
+        # when the replay has caught up with the stream (replay_floor.py says why)
+        self._replaying: dict[int, list] = {}
         self.last_window_end = 0.0   # event time of the newest window published
         self.snapshot: dict = {}
         self._subs: dict[int, object] = {}
         self._leases: dict[int, int] = {}      # partition -> revision of our lease
-        self._saved: dict[int, int] = {}       # partition -> last tick written to EMITTED
+        # partition -> (tick, from_seq) last written to EMITTED
+        self._saved: dict[int, tuple[int, int | None]] = {}
         self._next_lease = 0.0
         self._stop = asyncio.Event()
 
@@ -106,11 +137,13 @@ class MergeWorker:
         finally:
             await nc.close()
 
-    async def _subscribe(self, js, p: int) -> None:
-        # from the stream's start: a new owner replays what the old one had not merged
+    async def _subscribe(self, js, p: int, from_seq: int | None = None) -> None:
+        # from the previous owner's floor, else from the stream's start
+        cfg = (ConsumerConfig(deliver_policy=DeliverPolicy.ALL) if from_seq is None else
+               ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                              opt_start_seq=from_seq))
         self._subs[p] = await js.subscribe(f"{SUBJECT_PREFIX}.{p}", cb=self._on_msg,
-                                           ordered_consumer=True,
-                                           deliver_policy=DeliverPolicy.ALL)
+                                           stream=STREAM, ordered_consumer=True, config=cfg)
 
     async def _leasing(self, js) -> None:
         """Renews our leases (compare-and-swap on the revision: a lease someone else took is
@@ -152,17 +185,28 @@ class MergeWorker:
         self.own = sorted(self._leases)
 
     async def _take_over(self, js, p: int) -> None:
-        emitted = None
+        emitted, from_seq = None, None
         try:
             entry = await self._kv_emitted.get(f"p.{p}")
-            emitted = int(entry.value)
-            self.takeovers += 1
         except Exception:  # noqa: BLE001  (KeyNotFoundError: nobody emitted there yet)
-            pass
+            entry = None
+        if entry is not None and entry.value:
+            self.takeovers += 1
+            try:
+                emitted, from_seq = read_emitted_entry(entry.value)
+            except ValueError:
+                try:   # an entry of a worker before the version: the tick alone
+                    emitted = int(entry.value)
+                except ValueError:
+                    emitted = None
         self.merger.resume(p, emitted)
+        self._floors[p] = ReplayFloor(from_seq)
+        self._replaying[p] = []
+        if entry is not None:
+            self.replay_from[p] = from_seq
         if emitted is not None:
-            self._saved[p] = emitted
-        await self._subscribe(js, p)
+            self._saved[p] = (emitted, from_seq)
+        await self._subscribe(js, p, from_seq)
 
     async def _release(self, p: int) -> None:
         self._leases.pop(p, None)
@@ -170,6 +214,8 @@ class MergeWorker:
         if sub is not None:
             await sub.unsubscribe()   # type: ignore[attr-defined]
         self.merger.drop(p)
+        self._floors.pop(p, None)
+        self._replaying.pop(p, None)
 
     async def _on_msg(self, msg) -> None:
         try:
@@ -180,8 +226,29 @@ class MergeWorker:
         if partial.partitions != self.partitions:
             self.bad["settings"] = self.bad.get("settings", 0) + 1
             return
-        if partial.partition not in self._subs:
+        p = partial.partition
+        if p not in self._subs:
             return   # delivered just before its partition was handed over: the new owner has it
+        seq = msg.metadata.sequence.stream
+        held = self._replaying.get(p)
+        if held is not None:
+            held.append((partial, seq))
+            if msg.metadata.num_pending:
+                return
+            # caught up: the whole replay at once, no turn in between (replay_floor.py)
+            del self._replaying[p]
+            if p in self.replay_from:   # a takeover's (a first owner reads the whole stream)
+                self.replayed += len(held)
+            for partial, seq in held:
+                self._take(partial, seq)
+            return
+        self._take(partial, seq)
+
+    def _take(self, partial, seq: int) -> None:
+        floor = self._floors.get(partial.partition)
+        if floor is not None:
+            floor.note(partial.instance,
+                       partial.interval if partial.kind == KIND_PANES else None, seq)
         self.merger.take(partial, time.monotonic())
 
     async def _turn(self, nc) -> None:
@@ -201,11 +268,19 @@ class MergeWorker:
         await nc.flush()
         self.snapshot = self.stats()   # replaced whole: what a metrics scrape reads
         if self.auto:
-            # after the windows are out: a new owner skips through this tick
-            for p, tick in self.merger.emitted().items():
-                if p in self._leases and self._saved.get(p) != tick:
-                    await self._kv_emitted.put(f"p.{p}", str(tick).encode())
-                    self._saved[p] = tick
+            # after the windows are out: a new owner skips through this tick and replays from
+            # the floor (the lowest stream position still needed)
+            for p in self._leases:
+                floor = self._floors.get(p)
+                if floor is None or p in self._replaying:
+                    continue
+                tick, live, loss_pending = self.merger.replay_needs(p)
+                if tick is None:
+                    continue
+                saved = (tick, floor.floor(tick, self.settings.panes, live, loss_pending))
+                if self._saved.get(p) != saved:
+                    await self._kv_emitted.put(f"p.{p}", emitted_entry(*saved))
+                    self._saved[p] = saved
 
     def stop(self) -> None:
         self._stop.set()
@@ -216,7 +291,8 @@ class MergeWorker:
                 "panes": s.panes, "published": self.published, "incomplete": s.incomplete,
                 "stale": s.stale, "gaps": s.gaps, "refused": {**s.refused, **self.bad},
                 "instances": len(self.merger.instances), "deaths": s.deaths,
-                "takeovers": self.takeovers,
+                "takeovers": self.takeovers, "replayed": self.replayed,
+                "replay_from": {str(p): seq for p, seq in sorted(self.replay_from.items())},
                 # how far the newest published window ends behind the wall clock (event time)
                 "lag_s": (round(time.time() - self.last_window_end, 3)
                           if self.last_window_end else None)}
@@ -249,7 +325,7 @@ def nats_config(replicas: int) -> str:
         f"--max-bytes {STREAM_MAX_BYTES} --max-age {int(STREAM_MAX_AGE_S)}s "
         f"--replicas {replicas} --storage file --discard old --dupe-window 2m --defaults",
         "# With --own auto the workers create the KV buckets themselves:",
-        f"#   {LEASES} (ttl = --lease), {EMITTED} (no ttl), {replicas} replicas",
+        f"#   {LEASES} (ttl = lease), {EMITTED} (no ttl), {replicas} replicas",
         "# With --jetstream, a stream over the aggregates' subjects, e.g.:",
         "nats stream add AGG --subjects 'agg.>' --retention limits --max-age 1h "
         f"--replicas {replicas} --dupe-window 2m --defaults",
