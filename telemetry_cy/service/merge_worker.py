@@ -87,6 +87,7 @@ class MergeWorker:
         self.bad: dict[str, int] = {}
         self.published = 0
         self.takeovers = 0
+        self.ready_s: float | None = None
         self.replayed = 0          # messages fed by takeover replays
         self.replay_from: dict[int, int | None] = {}   # partition -> where its replay began
         self._floors: dict[int, ReplayFloor] = {}      # partition -> its replay floor
@@ -103,6 +104,7 @@ class MergeWorker:
         self._stop = asyncio.Event()
 
     async def run(self, ready=None) -> None:
+        started = time.monotonic()
         nc = await nats.connect(self.urls, name=f"telemetry-cy merge {self.worker_id}",
                                 max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         try:
@@ -115,6 +117,8 @@ class MergeWorker:
             else:
                 for p in self.own:
                     await self._subscribe(js, p)
+            # connect to subscribed with the partitions taken (perf/merge_failover.py)
+            self.ready_s = round(time.monotonic() - started, 4)
             if ready is not None:
                 ready()
             while not self._stop.is_set():
@@ -134,6 +138,10 @@ class MergeWorker:
                         await self._kv.delete(f"own.{p}", last=rev)
                     except Exception:  # noqa: BLE001  (expiry frees it anyway)
                         pass
+                try:   # and no longer counted in the others' fair share
+                    await self._kv.delete(f"worker.{self.worker_id}")
+                except Exception:  # noqa: BLE001  (expiry removes it anyway)
+                    pass
         finally:
             await nc.close()
 
@@ -362,7 +370,8 @@ def main(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, worker.stop)
 
         def ready() -> None:
-            print(json.dumps({"msg": "ready", **worker.stats()}), file=sys.stderr, flush=True)
+            print(json.dumps({"msg": "ready", "ready_s": worker.ready_s, **worker.stats()}),
+                  file=sys.stderr, flush=True)
 
         async def stats_line() -> None:
             while True:
