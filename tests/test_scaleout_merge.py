@@ -1,10 +1,10 @@
 """``telemetry-cy merge`` on a 3-node NATS cluster (docs/scale-out.md).
 
 Three instances (pure engines with their partials, in this process, so the test controls each
-message; tests/test_scaleout_run.py runs the daemons) split one stream at random and publish their partials to
-the replicated JetStream stream, each through another node of the cluster; two merge worker
-processes own half of the partitions each. The aggregates that come out on ``agg.>`` are the
-windows one engine fed the whole stream gives.
+message; tests/test_scaleout_run.py runs the daemons) split one stream at random and publish
+their partials to the replicated JetStream stream, each through another node of the cluster;
+two merge worker processes own half of the partitions each. The aggregates that come out on
+``agg.>`` are the windows one engine fed the whole stream gives.
 """
 
 from __future__ import annotations
