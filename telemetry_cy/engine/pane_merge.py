@@ -162,10 +162,12 @@ class PaneMerger:
         return {p: part._emitted for p, part in self._parts.items()
                 if part._emitted is not None}
 
-    def emit(self) -> list[dict]:
+    def emit(self, hold: frozenset[int] | set[int] = frozenset()) -> list[dict]:
         """Every window made final since the last call: partition by partition, oldest tick
-        first within one."""
-        return [agg for _, part in sorted(self._parts.items()) for agg in part.emit()]
+        first within one. Partitions in ``hold`` emit nothing yet (a takeover's replay that has
+        not caught up: service/replay_floor.py)."""
+        return [agg for p, part in sorted(self._parts.items()) if p not in hold
+                for agg in part.emit()]
 
 
 class _Partition:

@@ -91,9 +91,9 @@ class MergeWorker:
         self.replayed = 0          # messages fed by takeover replays
         self.replay_from: dict[int, int | None] = {}   # partition -> where its replay began
         self._floors: dict[int, ReplayFloor] = {}      # partition -> its replay floor
-        # partition -> messages of a takeover replay not yet fed: the merge sees them at once,
-        # when the replay has caught up with the stream (replay_floor.py says why)
-        self._replaying: dict[int, list] = {}
+        # partitions whose takeover replay has not caught up with the stream: merged as they
+        # come, emitted only once caught up (replay_floor.py says why)
+        self._replaying: set[int] = set()
         self.last_window_end = 0.0   # event time of the newest window published
         self.snapshot: dict = {}
         self._subs: dict[int, object] = {}
@@ -209,9 +209,9 @@ class MergeWorker:
                     emitted = None
         self.merger.resume(p, emitted)
         self._floors[p] = ReplayFloor(from_seq)
-        self._replaying[p] = []
         if entry is not None:
             self.replay_from[p] = from_seq
+            self._replaying.add(p)
         if emitted is not None:
             self._saved[p] = (emitted, from_seq)
         await self._subscribe(js, p, from_seq)
@@ -223,7 +223,7 @@ class MergeWorker:
             await sub.unsubscribe()   # type: ignore[attr-defined]
         self.merger.drop(p)
         self._floors.pop(p, None)
-        self._replaying.pop(p, None)
+        self._replaying.discard(p)
 
     async def _on_msg(self, msg) -> None:
         try:
@@ -237,20 +237,12 @@ class MergeWorker:
         p = partial.partition
         if p not in self._subs:
             return   # delivered just before its partition was handed over: the new owner has it
-        seq = msg.metadata.sequence.stream
-        held = self._replaying.get(p)
-        if held is not None:
-            held.append((partial, seq))
-            if msg.metadata.num_pending:
-                return
-            # caught up: the whole replay at once, no turn in between (replay_floor.py)
-            del self._replaying[p]
-            if p in self.replay_from:   # a takeover's (a first owner reads the whole stream)
-                self.replayed += len(held)
-            for partial, seq in held:
-                self._take(partial, seq)
-            return
-        self._take(partial, seq)
+        meta = msg.metadata
+        if p in self._replaying:
+            self.replayed += 1
+            if not meta.num_pending:
+                self._replaying.discard(p)   # caught up: its windows may go out again
+        self._take(partial, meta.sequence.stream)
 
     def _take(self, partial, seq: int) -> None:
         floor = self._floors.get(partial.partition)
@@ -262,7 +254,7 @@ class MergeWorker:
     async def _turn(self, nc) -> None:
         self.merger.expire(time.monotonic())
         js = nc.jetstream() if self.jetstream else None
-        for agg in self.merger.emit():
+        for agg in self.merger.emit(hold=self._replaying):
             a = Aggregate(**agg)
             subject, body = subject_for(self.out_prefix, a.device, a.sensor), encode_json(a)
             if js is None:

@@ -15,9 +15,10 @@ A dead instance whose loss still spans a window to come is not visible that way 
 comes any more): while one exists the floor stays where it was (it was valid when the instance
 was alive, so it is below all its messages). The floor never moves back.
 
-A new owner reads from the floor and feeds the merge nothing until it has caught up with the
-stream (``num_pending`` 0): the state it then holds is the old owner's for every window after the
-emitted tick, whatever the order the replayed messages come in.
+A new owner reads from the floor and emits nothing in the partition until it has caught up with
+the stream (``num_pending`` 0): the merge state it then holds is the old owner's for every window
+after the emitted tick. Before that, an instance whose first message after the floor is yet to
+come would not hold the windows back, so a window could go out without its panes.
 """
 
 from __future__ import annotations
