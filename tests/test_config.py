@@ -191,3 +191,82 @@ def test_bad_quantile_settings_name_the_setting(argv, words):
     with pytest.raises(cfg.ConfigError) as err:
         parse(argv)
     assert words in str(err.value)
+
+
+# ---- telemetry-cy merge: the same layers, its own table (docs/configuration.md) --------------
+
+def parse_merge(argv=(), environ=None):
+    from telemetry_cy.service import merge_worker
+
+    parser = argparse.ArgumentParser()
+    merge_worker.add_arguments(parser)
+    return cfg.load(parser.parse_args(list(argv)), environ or {}, command=cfg.MERGE)
+
+
+def test_merge_defaults_and_the_window_settings_are_runs_own():
+    c = parse_merge()
+    assert isinstance(c, cfg.MergeConfig) and c == cfg.MergeConfig()
+    assert (c.windows.window, c.windows.emit_every, c.windows.time) == (60.0, 5.0, "event")
+    assert (c.worker.partitions, c.worker.own_partitions, c.worker.lease) == \
+        (16, list(range(16)), 5.0)
+    run = {s.name: s for s in cfg.SETTINGS}
+    for s in cfg.MERGE.settings:
+        if s.name in run and s.name != "time":
+            # one declaration: the same parser, default and meaning in both commands
+            r = run[s.name]
+            assert (s.parse, s.default, s.kind) == (r.parse, r.default, r.kind), s.name
+
+
+def test_merge_layers_share_a_file_with_run(tmp_path: Path):
+    path = tmp_path / "both.toml"
+    path.write_text('window = "30s"\nemit_every = "5s"\nallowed_lateness = "5s"\nqos = 0\n'
+                    '[mqtt]\nurl = "mqtt://127.0.0.1:1999"\n'
+                    '[nats]\nurl = "nats://127.0.0.1:5222"\n'
+                    '[merge]\nworker_id = "a"\nown = "auto"\nlease = "2s"\npartitions = 8\n')
+    # run reads its part and skips [merge]; merge reads the shared keys and its table
+    r = parse(["--config", str(path)])
+    assert (r.engine.window, r.mqtt.qos, r.nats.url) == (30.0, 0, "nats://127.0.0.1:5222")
+    c = parse_merge(["--config", str(path)])
+    assert (c.windows.window, c.windows.allowed_lateness, c.nats.url) == \
+        (30.0, 5.0, "nats://127.0.0.1:5222")
+    assert (c.worker.worker_id, c.worker.own_partitions, c.worker.lease,
+            c.worker.partitions) == ("a", None, 2.0, 8)
+    assert c.sources["own"] == f"config file {path}"
+    # environment over the file, flags over both
+    c = parse_merge(["--config", str(path), "--own", "0-3", "--jetstream"],
+                    {"TELEMETRY_CY_OWN": "1,2", "TELEMETRY_CY_WORKER_ID": "b",
+                     "TELEMETRY_CY_WINDOW": "1m"})
+    assert (c.worker.worker_id, c.worker.own_partitions, c.windows.window,
+            c.nats.jetstream) == ("b", [0, 1, 2, 3], 60.0, True)
+    assert c.sources["own"] == "flag --own" and c.sources["worker_id"] == \
+        "environment TELEMETRY_CY_WORKER_ID"
+    assert parse_merge(["--jetstream", "false"]).nats.jetstream is False
+    # a key neither command knows is still an error, in both
+    path.write_text('[merge]\nworkr_id = "a"\n')
+    with pytest.raises(cfg.ConfigError, match="unknown setting 'merge_workr_id'"):
+        parse_merge(["--config", str(path)])
+    path.write_text('mqtt_urll = "x"\n')
+    for load in (parse, parse_merge):
+        with pytest.raises(cfg.ConfigError, match="unknown setting 'mqtt_urll'"):
+            load(["--config", str(path)])
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--window", "7s"], r"^settings window/emit_every/allowed_lateness/quantiles: .*multiple"),
+    (["--time", "arrival"], r"^setting time \(flag --time\): expected one of event"),
+    (["--own", "9", "--partitions", "4"], r"^setting own: '9': partitions are 0..3"),
+    (["--own", "x-y"], r"^setting own: expected auto, or partitions"),
+    (["--lease", "0"], r"^setting lease .*at least 0.2"),
+    (["--replicas", "0"], r"^setting replicas .*at least 1"),
+    (["--quantiles", "2"], r"^setting quantiles"),
+])
+def test_merge_bad_values_name_the_setting(argv, words):
+    with pytest.raises(cfg.ConfigError) as err:
+        parse_merge(argv)
+    assert "\n" not in str(err.value) and re.search(words, str(err.value)), str(err.value)
+
+
+def test_merge_settings_are_documented():
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    assert cfg.markdown_reference(cfg.MERGE).strip() in doc
+    assert cfg.markdown_reference(cfg.RUN).strip() in doc

@@ -1,10 +1,10 @@
 """``telemetry-cy merge`` on a 3-node NATS cluster (docs/scale-out.md).
 
-Three instances (pure engines with their partials, in this process: the daemon's
-``--output partials`` is not built yet) split one stream at random and publish their partials to
-the replicated JetStream stream, each through another node of the cluster; two merge worker
-processes own half of the partitions each. The aggregates that come out on ``agg.>`` are the
-windows one engine fed the whole stream gives.
+Three instances (pure engines with their partials, in this process, so the test controls each
+message; tests/test_scaleout_run.py runs the daemons) split one stream at random and publish
+their partials to the replicated JetStream stream, each through another node of the cluster;
+two merge worker processes own half of the partitions each. The aggregates that come out on
+``agg.>`` are the windows one engine fed the whole stream gives.
 """
 
 from __future__ import annotations
@@ -207,6 +207,18 @@ def test_a_killed_worker_loses_no_window_and_the_stream_holds_each_once(tmp_path
         assert_same_windows(want, got, ())
         st = worker_stats(tmp_path, "wB")
         assert st["own"] == list(range(PARTITIONS)) and st["takeovers"] >= 1, st
+        # the replays began at the floor wA committed, past what was merged and emitted: each
+        # skipped a part of its partition's partials (and replayed at most the rest)
+        partials = admins[2].stream_msgs(STREAM)
+        assert st["replay_from"] and st["replayed"] > 0, st
+        skipped = 0
+        for p, from_seq in st["replay_from"].items():
+            seqs = [m.seq for m in partials if m.subject == f"{SUBJECT_PREFIX}.{p}"]
+            assert from_seq is not None and from_seq > seqs[0], (p, from_seq, seqs[:5])
+            skipped += sum(seq < from_seq for seq in seqs)
+        assert skipped > 0 and st["replayed"] < sum(
+            m.subject in {f"{SUBJECT_PREFIX}.{p}" for p in st["replay_from"]}
+            for m in partials), (skipped, st)
     finally:
         for w in workers.values():
             if w.poll() is None:

@@ -10,11 +10,13 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 
-from support.brokers import NatsSubscriber, wait_for
-from support.daemon import REPO, paho_publisher, payload, publish_all
+from support.brokers import NatsSubscriber, free_port, wait_for
+from support.daemon import REPO, assert_balanced, paho_publisher, payload, publish_all
 from support.scaleout import EMIT, LATENESS, WINDOW, assert_same_windows
 from telemetry_cy.engine import _engine_py
+from telemetry_cy.engine import partial_format as pf
 from telemetry_cy.sink.bodies import decode_body
 from telemetry_cy.sink.partials_stream import STREAM, SUBJECT_PREFIX
 
@@ -160,6 +162,60 @@ def test_an_instance_killed_mid_run_gives_incomplete_windows_never_wrong_ones(
         assert (a["count"], a["min"], a["max"], a["first"], a["last"]) == \
             (g["count"], g["min"], g["max"], g["first"], g["last"]), (k, a, g)
     assert got and len(got) < len(want)
+
+
+def test_an_instance_counts_partials_under_their_own_name_and_balances(
+        tmp_path, mosquitto, nats_server, spawn):
+    """Partial mode's counters (docs/metrics.md, "Partial mode"): no aggregate published, the
+    partial messages by kind, sent and their panes as the stream holds them, the balance."""
+    admin = NatsSubscriber(nats_server.url, subject=None)
+    port = free_port()
+    try:
+        d = spawn(mosquitto.url, nats_server.url, "--time", "event", "--allowed-lateness",
+                  f"{LATENESS}s", "--output", "partials", "--partitions", str(PARTITIONS),
+                  "--metrics-port", str(port), name="inst", window=f"{WINDOW}s",
+                  emit_every=f"{EMIT}s")
+        d.wait_up()
+        base = time.time() - 30.0
+        items = [(f"site/dev{i % 5}/sensor/temp",
+                  payload(f"dev{i % 5}", "temp", float(i), t=base + i * 0.05, u="C"))
+                 for i in range(300)]
+        pub = paho_publisher(mosquitto, "partials-count-pub")
+        try:
+            publish_all(pub, items)
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+        # heartbeats and progress go out while it runs; the stats line says so
+        line = d.wait_stats(lambda s: s.get("partials", {}).get("panes", 0) > 0
+                            and s["partials"]["progress"] > 0, 20.0)
+        assert line is not None, d.tail()
+        assert line["published"] == 0 and line["emitted"] == 0, line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert 'telemetry_cy_partials_total{kind="progress"}' in text, text
+        assert "telemetry_cy_partials_sent_total" in text and \
+            "telemetry_cy_published_total 0.0" in text
+        code, final = d.stop()
+        assert code == 0, d.tail()
+        stored = [pf.read(m.data) for m in admin.stream_msgs(STREAM)]
+    finally:
+        admin.close()
+    p = final["partials"]
+    assert_balanced(final)    # the aggregate path balances at 0 == 0 + 0 + 0
+    assert final["aggregates"] == final["published"] == 0, final
+    assert final["readings"] == len(items) and p["local_windows"] > 0, final
+    assert p["messages"] == p["sent"] + sum(p["drops"].values()) + p["backlog"], p
+    assert p["backlog"] == 0 and p["drops"] == {"backlog": 0}, p
+    # what it says it sent is what the stream holds: by kind, message for message, pane for pane
+    assert p["sent"] == len(stored), (p, len(stored))
+    kinds = {name: sum(m.kind == k for m in stored)
+             for k, name in ((pf.KIND_PANES, "panes"), (pf.KIND_PROGRESS, "progress"),
+                             (pf.KIND_HEARTBEAT, "heartbeat"), (pf.KIND_LEAVE, "leave"))}
+    assert p["made"] == kinds and kinds["leave"] == PARTITIONS, (p, kinds)
+    assert p["panes_sent"] == sum(len(m.panes) for m in stored)
+    # every accepted reading is in exactly one pane sent
+    assert sum(pane.count for m in stored for pane in m.panes) == len(items)
 
 
 def test_demo_scale_out_runs_the_deployment_and_aggregates_come_out():

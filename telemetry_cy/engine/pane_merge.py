@@ -147,15 +147,27 @@ class PaneMerger:
         """A partition this worker no longer owns: its state goes."""
         self._parts.pop(partition, None)
 
+    def replay_needs(self, partition: int) -> tuple[int | None, frozenset[str], bool]:
+        """What a new owner's replay of ``partition`` must see (service/replay_floor.py): the
+        last tick emitted there, its live instances (their progress holds the windows back),
+        and whether a dead instance's loss still spans a window to come (then its messages
+        must be replayed as well)."""
+        part = self._parts.get(partition)
+        if part is None:
+            return None, frozenset(), False
+        return part._emitted, frozenset(part._instances), bool(part._lost)
+
     def emitted(self) -> dict[int, int]:
         """Partition -> the last tick emitted there."""
         return {p: part._emitted for p, part in self._parts.items()
                 if part._emitted is not None}
 
-    def emit(self) -> list[dict]:
+    def emit(self, hold: frozenset[int] | set[int] = frozenset()) -> list[dict]:
         """Every window made final since the last call: partition by partition, oldest tick
-        first within one."""
-        return [agg for _, part in sorted(self._parts.items()) for agg in part.emit()]
+        first within one. Partitions in ``hold`` emit nothing yet (a takeover's replay that has
+        not caught up: service/replay_floor.py)."""
+        return [agg for p, part in sorted(self._parts.items()) if p not in hold
+                for agg in part.emit()]
 
 
 class _Partition:

@@ -1,4 +1,5 @@
-"""Settings of `telemetry-cy run`: typed sections, one table, four layers.
+"""Settings of `telemetry-cy run` and `telemetry-cy merge`: typed sections, one table per
+command, four layers.
 
 Each setting is declared once, as a field of the section that the component using it receives
 (``MqttSettings`` for the MQTT source, ``NatsSettings`` for the NATS emitter, ``EngineSettings`` for
@@ -11,6 +12,12 @@ environment variable ``TELEMETRY_CY_<NAME>``, overridden by a command-line flag 
 A bad value stops the program at start with one line naming the setting and where it came from.
 ``docs/configuration.md`` holds the table ``python -m telemetry_cy.service.config`` prints (a test
 keeps the two in step).
+
+``merge`` (docs/scale-out.md) goes through the same machinery with its own root (``MergeConfig``,
+``MERGE``): the window settings it shares with ``run`` are the same declarations (``same_as``), so
+one TOML file, one set of ``TELEMETRY_CY_*`` variables can feed both roles; its own settings may
+sit in a ``[merge]`` table of that file. Each command skips the keys only the other one knows and
+refuses a key neither knows.
 """
 
 from __future__ import annotations
@@ -229,6 +236,15 @@ def setting(name: str, parse: Callable[[Any], Any], default: Any, help: str, kin
     return field(default=default, metadata={_SPEC: spec})
 
 
+def same_as(section: type, attr: str, **changes: Any) -> Any:
+    """Another command's field holding the same setting as ``section.attr`` (its name, parser,
+    default and help, unless ``changes`` says otherwise): a setting both commands take is
+    declared once."""
+    spec = next(f.metadata[_SPEC] for f in fields(section) if f.name == attr)
+    spec = replace(spec, **changes)
+    return field(default=spec.default, metadata={_SPEC: spec})
+
+
 # Sections: one per component, handed to it whole. GROUP is the heading in --help and the docs.
 # Field order is the order of the table in docs/configuration.md.
 
@@ -424,10 +440,27 @@ class MetricsSettings:
                                  "engine thread has not looped, for longer than this", "duration")
 
 
-@dataclass(frozen=True)
-class Config:
-    """Every section, plus where each setting's value came from (by setting name)."""
+class _Root:
+    """What the roots of both commands offer: a setting's value by name, a dict safe to log."""
 
+    COMMAND: ClassVar[str]
+
+    def value(self, name: str) -> Any:
+        """A setting's value by its name (``mqtt_url``, ``window``, ...)."""
+        s = COMMANDS[self.COMMAND].by_name[name]
+        return getattr(getattr(self, s.section), s.attr)
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting by name, with each secret replaced: safe to log."""
+        return {s.name: ("***" if s.secret and v else v)
+                for s in COMMANDS[self.COMMAND].settings for v in (self.value(s.name),)}
+
+
+@dataclass(frozen=True)
+class Config(_Root):
+    """Every section of ``run``, plus where each setting's value came from (by setting name)."""
+
+    COMMAND: ClassVar[str] = "run"
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     nats: NatsSettings = field(default_factory=NatsSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
@@ -437,20 +470,115 @@ class Config:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
-    def value(self, name: str) -> Any:
-        """A setting's value by its name (``mqtt_url``, ``window``, ...)."""
-        s = BY_NAME[name]
-        return getattr(getattr(self, s.section), s.attr)
 
-    def redacted(self) -> dict[str, Any]:
-        """Every setting by name, with each secret replaced: safe to log."""
-        return {s.name: ("***" if s.secret and v else v)
-                for s in SETTINGS for v in (self.value(s.name),)}
+# ---- telemetry-cy merge (docs/scale-out.md) ---------------------------------------------------
+
+def parse_own(text: str, partitions: int) -> list[int] | None:
+    """The ``own`` setting: None for ``auto`` (leases), else the sorted partitions, all of them
+    when empty."""
+    text = text.strip()
+    if text == "auto":
+        return None
+    if not text:
+        return list(range(partitions))
+    out: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            out.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ValueError(f"expected auto, or partitions such as 0-7 or 1,3,5, got {text!r}") \
+            from None
+    if not out or min(out) < 0 or max(out) >= partitions:
+        raise ValueError(f"{text!r}: partitions are 0..{partitions - 1}")
+    return sorted(out)
 
 
-def _section_settings() -> tuple[Setting, ...]:
+@dataclass(frozen=True)
+class MergeNatsSettings:
+    """Where a merge worker reads partials and publishes windows (service/merge_worker.py)."""
+
+    GROUP: ClassVar[str] = "nats"
+    url: str = same_as(NatsSettings, "url")
+    subject_prefix: str = same_as(NatsSettings, "subject_prefix")
+    jetstream: bool = same_as(NatsSettings, "jetstream", help="publish the windows with "
+                              "JetStream acks and Nats-Msg-Id <device>|<sensor>|<window_end>: a "
+                              "window a takeover emits again is stored once")
+    replicas: int = setting("replicas", at_least(parse_int, 1), 1, "replicas of the partials "
+                            "stream and the lease buckets when this worker creates them", "int")
+
+    @property
+    def servers(self) -> list[str]:
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
+
+@dataclass(frozen=True)
+class MergeWindowSettings:
+    """The instances' window settings: a partial made with other ones is refused (reason
+    settings), so both roles read the same declarations."""
+
+    GROUP: ClassVar[str] = "windows"
+    window: float = same_as(EngineSettings, "window")
+    emit_every: float = same_as(EngineSettings, "emit_every")
+    time: str = same_as(EngineSettings, "time", parse=choice("event"), default="event",
+                        kind="event", help="partials exist in event time only")
+    allowed_lateness: float = same_as(EngineSettings, "allowed_lateness")
+    quantiles: tuple[float, ...] = same_as(EngineSettings, "quantiles")
+    quantile_accuracy: float = same_as(EngineSettings, "quantile_accuracy")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """A merge worker's partitions and its view of the instances (service/merge_worker.py)."""
+
+    GROUP: ClassVar[str] = "merge"
+    worker_id: str = setting("worker_id", parse_str, "", "this worker's name in logs, stats "
+                             "and leases (needed)")
+    partitions: int = same_as(NatsSettings, "partitions", help="the instances' partitions "
+                              "setting: how many partitions there are in all")
+    own: str = setting("own", parse_str, "", "the partitions this worker merges, e.g. 0-7 or "
+                       "1,3,5 (empty: all); auto: shared with the other workers through "
+                       "JetStream KV leases, with failover")
+    lease: float = setting("lease", at_least(parse_duration, 0.2), 5.0, "own = auto: a lease's "
+                           "life; a dead worker's partitions move within it plus a quarter of "
+                           "it", "duration")
+    instance_timeout: float = setting("instance_timeout", at_least(parse_duration, 0.1), 10.0,
+                                      "an instance silent this long is dead: the windows it "
+                                      "held open are counted incomplete", "duration")
+
+    @property
+    def own_partitions(self) -> list[int] | None:
+        """None: by leases (own = auto)."""
+        return parse_own(self.own, self.partitions)
+
+
+@dataclass(frozen=True)
+class MergeOperationsSettings:
+    """The merge worker's Prometheus /metrics (service/merge_metrics.py)."""
+
+    GROUP: ClassVar[str] = "operations"
+    port: int = same_as(MetricsSettings, "port", help="serve Prometheus /metrics on this TCP "
+                        "port (0 = off)")
+    host: str = same_as(MetricsSettings, "host")
+
+
+@dataclass(frozen=True)
+class MergeConfig(_Root):
+    """Every section of ``merge``, plus where each value came from."""
+
+    COMMAND: ClassVar[str] = "merge"
+    nats: MergeNatsSettings = field(default_factory=MergeNatsSettings)
+    windows: MergeWindowSettings = field(default_factory=MergeWindowSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    metrics: MergeOperationsSettings = field(default_factory=MergeOperationsSettings)
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+
+# ---- the machinery both commands share --------------------------------------------------------
+
+def _section_settings(root: type) -> tuple[Setting, ...]:
     found: list[Setting] = []
-    for section in fields(Config):
+    for section in fields(root):
         cls = section.default_factory
         if not is_dataclass(cls):
             continue  # sources
@@ -460,29 +588,57 @@ def _section_settings() -> tuple[Setting, ...]:
     return tuple(found)
 
 
-SETTINGS: tuple[Setting, ...] = _section_settings()
+@dataclass(frozen=True)
+class Command:
+    """One command's settings: its root class, the TOML table of its own settings (empty: the
+    top level), and what runs after parsing (``prepare`` on the values: secret files; ``check``
+    on the built root: rules that tie settings together)."""
+
+    name: str
+    root: type
+    table: str
+    prepare: Callable[[dict[str, Any], dict[str, str]], None]
+    check: Callable[[Any], None]
+
+    @property
+    def settings(self) -> tuple[Setting, ...]:
+        return _SETTINGS[self.name]
+
+    @property
+    def by_name(self) -> dict[str, Setting]:
+        return {s.name: s for s in self.settings}
+
+
+SETTINGS: tuple[Setting, ...] = _section_settings(Config)
 BY_NAME = {s.name: s for s in SETTINGS}
+_SETTINGS = {"run": SETTINGS, "merge": _section_settings(MergeConfig)}
 
 
-def _build(values: Mapping[str, Any], sources: Mapping[str, str]) -> Config:
+def _build(command: Command, values: Mapping[str, Any], sources: Mapping[str, str]) -> Any:
     sections: dict[str, dict[str, Any]] = {}
-    for s in SETTINGS:
+    for s in command.settings:
         sections.setdefault(s.section, {})[s.attr] = values[s.name]
     built: dict[str, Any] = {}
-    for f in fields(Config):
+    for f in fields(command.root):
         if f.name in sections:
             make = cast(Callable[..., Any], f.default_factory)   # the section's class
             built[f.name] = make(**sections[f.name])
-    return Config(**built, sources=dict(sources))
+    return command.root(**built, sources=dict(sources))
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, command: Command | None = None) -> None:
+    command = command or RUN
     parser.add_argument("--config", metavar="FILE", help="TOML file of settings")
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for s in SETTINGS:
+    for s in command.settings:
         group = groups.get(s.group) or groups.setdefault(
             s.group, parser.add_argument_group(f"{s.group} settings"))
         help_text = f"{s.help} [{s.kind}; default: {_default_text(s)}; env {s.env}]"
+        if s.kind == "bool":
+            # --jetstream alone means true; --jetstream false still says it
+            group.add_argument(s.flag, dest=s.name, metavar="BOOL", help=help_text,
+                               nargs="?", const="true", default=None)
+            continue
         group.add_argument(s.flag, dest=s.name, metavar=s.kind.upper(), help=help_text,
                            action="append" if s.repeatable else "store", default=None)
 
@@ -502,17 +658,39 @@ def _flatten_toml(data: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _toml_name(name: str) -> str:
-    # [mqtt] url = ... reads as mqtt_url; [nats] url as nats_url; plain names stay plain
-    return name if name in BY_NAME else {"mqtt_topics": "topic", "topics": "topic"}.get(name, name)
+_ALIASES = {"mqtt_topics": "topic", "topics": "topic"}
+
+
+def _toml_name(name: str, command: Command | None = None) -> str | None:
+    """The setting a flattened TOML key names for ``command``, or None when the key is another
+    command's (a file may hold both roles' settings). [mqtt] url = ... reads as mqtt_url,
+    [nats] url as nats_url, [merge] own as own (for merge); plain names stay plain."""
+    command = command or RUN
+    known = command.by_name
+    name = _ALIASES.get(name, name)
+    if name in known:
+        return name
+    if command.table and name.startswith(command.table + "_"):
+        inner = _ALIASES.get(name[len(command.table) + 1:], name[len(command.table) + 1:])
+        if inner in known:
+            return inner
+    for other in COMMANDS.values():
+        if other is command:
+            continue
+        if name in other.by_name or (other.table and name.startswith(other.table + "_")):
+            return None
+    return name   # unknown to every command: the caller says so
 
 
 def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None,
-         overrides: Mapping[str, Any] | None = None) -> Config:
-    """Resolves every setting: default < TOML file < environment < flags < ``overrides`` (a
-    program's own choices by setting name, e.g. the demo's private brokers), then checks them."""
+         overrides: Mapping[str, Any] | None = None, command: Command | None = None) -> Any:
+    """Resolves every setting of ``command`` (``run`` by default: a ``Config``; ``MERGE``: a
+    ``MergeConfig``): default < TOML file < environment < flags < ``overrides`` (a program's own
+    choices by setting name, e.g. the demo's private brokers), then checks them."""
+    command = command or RUN
+    settings, known = command.settings, command.by_name
     environ = os.environ if environ is None else environ
-    raw: dict[str, tuple[Any, str]] = {s.name: (s.default, "default") for s in SETTINGS}
+    raw: dict[str, tuple[Any, str]] = {s.name: (s.default, "default") for s in settings}
     path = getattr(args, "config", None) if args is not None else None
     if path:
         try:
@@ -521,25 +699,27 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
             raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
-        for name, value in _flatten_toml(data).items():
-            name = _toml_name(name)
-            if name not in BY_NAME:
+        for key, value in _flatten_toml(data).items():
+            name = _toml_name(key, command)
+            if name is None:
+                continue   # the other command's
+            if name not in known:
                 raise ConfigError(f"config: unknown setting {name!r} in {path}")
             raw[name] = (value, f"config file {path}")
-    for s in SETTINGS:
+    for s in settings:
         if s.env in environ:
             raw[s.name] = (environ[s.env], f"environment {s.env}")
     if args is not None:
-        for s in SETTINGS:
+        for s in settings:
             value = getattr(args, s.name, None)
             if value is not None:
                 raw[s.name] = (value, f"flag {s.flag}")
     for name, value in (overrides or {}).items():
-        if name not in BY_NAME:
+        if name not in known:
             raise ConfigError(f"unknown setting {name!r}")
         raw[name] = (value, "set by the program")
     values, sources = {}, {}
-    for s in SETTINGS:
+    for s in settings:
         value, source = raw[s.name]
         try:
             values[s.name] = s.parse(value)
@@ -548,10 +728,9 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
             reason = "invalid value" if s.secret else str(exc)
             raise ConfigError(f"setting {s.name} ({source}): {reason}") from None
         sources[s.name] = source
-    _read_secret_files(values, sources)
-    config = _build(values, sources)
-    _check_creds_file(config)
-    _check_together(config)
+    command.prepare(values, sources)
+    config = _build(command, values, sources)
+    command.check(config)
     return config
 
 
@@ -623,14 +802,45 @@ def _check_together(config: Config) -> None:
                           "client_id (set --client-id)")
 
 
-def markdown_reference() -> str:
-    """The settings table of docs/configuration.md (``python -m telemetry_cy.service.config``)."""
+def _check_merge(config: MergeConfig) -> None:
+    """The window settings as the partial format checks them, and own within partitions."""
+    from telemetry_cy.engine.partial_format import window_settings
+
+    w = config.windows
+    try:
+        window_settings(w.window, w.emit_every, w.time, w.allowed_lateness, w.quantiles or None,
+                        w.quantile_accuracy)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"settings window/emit_every/allowed_lateness/quantiles: {exc}") \
+            from None
+    try:
+        config.worker.own_partitions
+    except ValueError as exc:
+        raise ConfigError(f"setting own: {exc}") from None
+
+
+def _check_run(config: Config) -> None:
+    _check_creds_file(config)
+    _check_together(config)
+
+
+RUN = Command("run", Config, "", _read_secret_files, _check_run)
+MERGE = Command("merge", MergeConfig, "merge", lambda values, sources: None, _check_merge)
+COMMANDS = {c.name: c for c in (RUN, MERGE)}
+
+
+def markdown_reference(command: Command | None = None) -> str:
+    """A settings table of docs/configuration.md (``python -m telemetry_cy.service.config
+    [merge]``)."""
+    command = command or RUN
+    settings = command.settings
     lines = []
-    for group in dict.fromkeys(s.group for s in SETTINGS):
-        lines += [f"### {group.capitalize()}", "",
+    for group in dict.fromkeys(s.group for s in settings):
+        heading = group.capitalize() if command is RUN else f"`{command.name}`: {group}"
+        lines += [f"### {heading}", "",
                   "| setting | flag | environment | type | default | meaning |",
                   "|---|---|---|---|---|---|"]
-        for s in (s for s in SETTINGS if s.group == group):
+        for s in (s for s in settings if s.group == group):
             default = _default_text(s)
             default = "(empty)" if default == "" else f"`{default}`"
             meaning = s.help + (" Repeatable." if s.repeatable else "") + (
@@ -643,4 +853,6 @@ def markdown_reference() -> str:
 
 
 if __name__ == "__main__":
-    print(markdown_reference())
+    import sys
+
+    print(markdown_reference(COMMANDS[sys.argv[1] if len(sys.argv) > 1 else "run"]))

@@ -1,12 +1,14 @@
 """``telemetry-cy merge``: a merge worker (docs/scale-out.md). Partials in from the JetStream
-stream, the windows of its partitions out to ``agg.<device>.<sensor>``.
+stream, the windows of its partitions out to ``<subject_prefix>.<device>.<sensor>``.
 
 One asyncio loop, one nats-py client. The worker reads the subjects ``partials.<p>`` of the
-partitions it owns from the stream (all of it: a worker that starts replays what is kept, so
-nothing in flight is lost while no worker runs), feeds each message to a ``PaneMerger``, and on
-every turn of its timer declares silent instances dead, emits the windows made final and
-publishes them (JSON, the aggregates' body). Ownership is static here (``--partitions`` and
-``--own``); failover between workers is not built yet.
+partitions it owns from the stream, feeds each message to a ``PaneMerger``, and on every turn of
+its timer declares silent instances dead, emits the windows made final and publishes them
+(JSON, the aggregates' body). Ownership is static (``own`` a list) or by KV leases (``own =
+auto``): a partition taken from a previous owner is replayed from the stream position that owner
+committed with its last emitted tick (service/replay_floor.py), a partition nobody owned before
+from the stream's start (a worker that starts replays what is kept, so nothing in flight is lost
+while no worker runs).
 """
 
 from __future__ import annotations
@@ -19,12 +21,19 @@ import sys
 import time
 
 import nats
-from nats.js.api import DeliverPolicy, KeyValueConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 
 from telemetry_cy.engine._engine_py import Aggregate
 from telemetry_cy.engine.pane_merge import PaneMerger
-from telemetry_cy.engine.partial_format import PartialError, WindowSettings, read, window_settings
+from telemetry_cy.engine.partial_format import (
+    KIND_PANES,
+    PartialError,
+    WindowSettings,
+    read,
+    window_settings,
+)
 from telemetry_cy.service import config
+from telemetry_cy.service.replay_floor import ReplayFloor
 from telemetry_cy.sink.bodies import encode_json
 from telemetry_cy.sink.partials_stream import (
     STREAM,
@@ -35,10 +44,30 @@ from telemetry_cy.sink.partials_stream import (
 )
 from telemetry_cy.sink.subjects import msg_id, subject_for
 
-#: KV buckets of automatic ownership: leases (they expire) and the last tick emitted per
-#: partition (kept: a new owner reads it to not emit a window twice)
+#: KV buckets of automatic ownership: leases (they expire) and, per partition, the last tick
+#: emitted with the stream position a replay needs (kept: a new owner reads it to emit no window
+#: twice and to replay only what was not merged)
 LEASES = "TCY_MERGE_LEASES"
 EMITTED = "TCY_MERGE_EMITTED"
+#: the version of the EMITTED entries' JSON (docs/scale-out.md, "Ownership and failover")
+EMITTED_VERSION = 1
+
+
+def emitted_entry(tick: int, from_seq: int | None) -> bytes:
+    return json.dumps({"v": EMITTED_VERSION, "tick": tick, "from_seq": from_seq},
+                      separators=(",", ":")).encode()
+
+
+def read_emitted_entry(value: bytes) -> tuple[int, int | None]:
+    """(tick, from_seq) of an EMITTED entry; ValueError for anything else (a takeover then
+    replays from the stream's start: slower, never wrong)."""
+    doc = json.loads(value)
+    if not isinstance(doc, dict) or doc.get("v") != EMITTED_VERSION:
+        raise ValueError(f"not a version {EMITTED_VERSION} entry")
+    tick, seq = doc.get("tick"), doc.get("from_seq")
+    if type(tick) is not int or not (seq is None or (type(seq) is int and seq >= 1)):
+        raise ValueError("bad tick or from_seq")
+    return tick, seq
 
 
 class MergeWorker:
@@ -58,15 +87,24 @@ class MergeWorker:
         self.bad: dict[str, int] = {}
         self.published = 0
         self.takeovers = 0
+        self.ready_s: float | None = None
+        self.replayed = 0          # messages fed by takeover replays
+        self.replay_from: dict[int, int | None] = {}   # partition -> where its replay began
+        self._floors: dict[int, ReplayFloor] = {}      # partition -> its replay floor
+        # partitions whose takeover replay has not caught up with the stream: merged as they
+        # come, emitted only once caught up (replay_floor.py says why)
+        self._replaying: set[int] = set()
         self.last_window_end = 0.0   # event time of the newest window published
         self.snapshot: dict = {}
         self._subs: dict[int, object] = {}
         self._leases: dict[int, int] = {}      # partition -> revision of our lease
-        self._saved: dict[int, int] = {}       # partition -> last tick written to EMITTED
+        # partition -> (tick, from_seq) last written to EMITTED
+        self._saved: dict[int, tuple[int, int | None]] = {}
         self._next_lease = 0.0
         self._stop = asyncio.Event()
 
     async def run(self, ready=None) -> None:
+        started = time.monotonic()
         nc = await nats.connect(self.urls, name=f"telemetry-cy merge {self.worker_id}",
                                 max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         try:
@@ -79,6 +117,8 @@ class MergeWorker:
             else:
                 for p in self.own:
                     await self._subscribe(js, p)
+            # connect to subscribed with the partitions taken (perf/merge_failover.py)
+            self.ready_s = round(time.monotonic() - started, 4)
             if ready is not None:
                 ready()
             while not self._stop.is_set():
@@ -98,14 +138,20 @@ class MergeWorker:
                         await self._kv.delete(f"own.{p}", last=rev)
                     except Exception:  # noqa: BLE001  (expiry frees it anyway)
                         pass
+                try:   # and no longer counted in the others' fair share
+                    await self._kv.delete(f"worker.{self.worker_id}")
+                except Exception:  # noqa: BLE001  (expiry removes it anyway)
+                    pass
         finally:
             await nc.close()
 
-    async def _subscribe(self, js, p: int) -> None:
-        # from the stream's start: a new owner replays what the old one had not merged
+    async def _subscribe(self, js, p: int, from_seq: int | None = None) -> None:
+        # from the previous owner's floor, else from the stream's start
+        cfg = (ConsumerConfig(deliver_policy=DeliverPolicy.ALL) if from_seq is None else
+               ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                              opt_start_seq=from_seq))
         self._subs[p] = await js.subscribe(f"{SUBJECT_PREFIX}.{p}", cb=self._on_msg,
-                                           ordered_consumer=True,
-                                           deliver_policy=DeliverPolicy.ALL)
+                                           stream=STREAM, ordered_consumer=True, config=cfg)
 
     async def _leasing(self, js) -> None:
         """Renews our leases (compare-and-swap on the revision: a lease someone else took is
@@ -147,17 +193,28 @@ class MergeWorker:
         self.own = sorted(self._leases)
 
     async def _take_over(self, js, p: int) -> None:
-        emitted = None
+        emitted, from_seq = None, None
         try:
             entry = await self._kv_emitted.get(f"p.{p}")
-            emitted = int(entry.value)
-            self.takeovers += 1
         except Exception:  # noqa: BLE001  (KeyNotFoundError: nobody emitted there yet)
-            pass
+            entry = None
+        if entry is not None and entry.value:
+            self.takeovers += 1
+            try:
+                emitted, from_seq = read_emitted_entry(entry.value)
+            except ValueError:
+                try:   # an entry of a worker before the version: the tick alone
+                    emitted = int(entry.value)
+                except ValueError:
+                    emitted = None
         self.merger.resume(p, emitted)
+        self._floors[p] = ReplayFloor(from_seq)
+        if entry is not None:
+            self.replay_from[p] = from_seq
+            self._replaying.add(p)
         if emitted is not None:
-            self._saved[p] = emitted
-        await self._subscribe(js, p)
+            self._saved[p] = (emitted, from_seq)
+        await self._subscribe(js, p, from_seq)
 
     async def _release(self, p: int) -> None:
         self._leases.pop(p, None)
@@ -165,6 +222,8 @@ class MergeWorker:
         if sub is not None:
             await sub.unsubscribe()   # type: ignore[attr-defined]
         self.merger.drop(p)
+        self._floors.pop(p, None)
+        self._replaying.discard(p)
 
     async def _on_msg(self, msg) -> None:
         try:
@@ -175,14 +234,27 @@ class MergeWorker:
         if partial.partitions != self.partitions:
             self.bad["settings"] = self.bad.get("settings", 0) + 1
             return
-        if partial.partition not in self._subs:
+        p = partial.partition
+        if p not in self._subs:
             return   # delivered just before its partition was handed over: the new owner has it
+        meta = msg.metadata
+        if p in self._replaying:
+            self.replayed += 1
+            if not meta.num_pending:
+                self._replaying.discard(p)   # caught up: its windows may go out again
+        self._take(partial, meta.sequence.stream)
+
+    def _take(self, partial, seq: int) -> None:
+        floor = self._floors.get(partial.partition)
+        if floor is not None:
+            floor.note(partial.instance,
+                       partial.interval if partial.kind == KIND_PANES else None, seq)
         self.merger.take(partial, time.monotonic())
 
     async def _turn(self, nc) -> None:
         self.merger.expire(time.monotonic())
         js = nc.jetstream() if self.jetstream else None
-        for agg in self.merger.emit():
+        for agg in self.merger.emit(hold=self._replaying):
             a = Aggregate(**agg)
             subject, body = subject_for(self.out_prefix, a.device, a.sensor), encode_json(a)
             if js is None:
@@ -196,11 +268,19 @@ class MergeWorker:
         await nc.flush()
         self.snapshot = self.stats()   # replaced whole: what a metrics scrape reads
         if self.auto:
-            # after the windows are out: a new owner skips through this tick
-            for p, tick in self.merger.emitted().items():
-                if p in self._leases and self._saved.get(p) != tick:
-                    await self._kv_emitted.put(f"p.{p}", str(tick).encode())
-                    self._saved[p] = tick
+            # after the windows are out: a new owner skips through this tick and replays from
+            # the floor (the lowest stream position still needed)
+            for p in self._leases:
+                floor = self._floors.get(p)
+                if floor is None or p in self._replaying:
+                    continue
+                tick, live, loss_pending = self.merger.replay_needs(p)
+                if tick is None:
+                    continue
+                saved = (tick, floor.floor(tick, self.settings.panes, live, loss_pending))
+                if self._saved.get(p) != saved:
+                    await self._kv_emitted.put(f"p.{p}", emitted_entry(*saved))
+                    self._saved[p] = saved
 
     def stop(self) -> None:
         self._stop.set()
@@ -211,7 +291,8 @@ class MergeWorker:
                 "panes": s.panes, "published": self.published, "incomplete": s.incomplete,
                 "stale": s.stale, "gaps": s.gaps, "refused": {**s.refused, **self.bad},
                 "instances": len(self.merger.instances), "deaths": s.deaths,
-                "takeovers": self.takeovers,
+                "takeovers": self.takeovers, "replayed": self.replayed,
+                "replay_from": {str(p): seq for p, seq in sorted(self.replay_from.items())},
                 # how far the newest published window ends behind the wall clock (event time)
                 "lag_s": (round(time.time() - self.last_window_end, 3)
                           if self.last_window_end else None)}
@@ -226,48 +307,11 @@ async def _bucket(js, name: str, ttl: float | None, replicas: int):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nats-url", default="nats://127.0.0.1:4222",
-                   help="NATS server URL(s), comma-separated for a cluster")
-    p.add_argument("--worker-id", default="", help="this worker's name (logs, stats, leases); "
-                   "needed unless --print-nats-config")
-    p.add_argument("--window", type=config.parse_duration, default=60.0)
-    p.add_argument("--emit-every", type=config.parse_duration, default=5.0)
-    p.add_argument("--time", choices=("event",), default="event",
-                   help="partials exist in event time only (docs/scale-out.md)")
-    p.add_argument("--allowed-lateness", type=config.parse_duration, default=5.0)
-    p.add_argument("--quantiles", type=config.parse_quantiles, default=())
-    p.add_argument("--quantile-accuracy", type=config.parse_accuracy, default=0.01)
-    p.add_argument("--partitions", type=int, default=16, help="partitions in all (16)")
-    p.add_argument("--own", default="",
-                   help="the partitions this worker merges, e.g. 0-7 or 1,3,5 (all); 'auto': "
-                   "by JetStream KV leases shared with the other workers, with failover")
-    p.add_argument("--lease", type=config.parse_duration, default=5.0,
-                   help="--own auto: a lease's life; a dead worker's partitions move after it "
-                   "(5s)")
-    p.add_argument("--instance-timeout", type=config.parse_duration, default=10.0)
-    p.add_argument("--jetstream", action="store_true",
-                   help="publish the aggregates with JetStream acks and Nats-Msg-Id "
-                   "<device>|<sensor>|<window_end>")
-    p.add_argument("--metrics-port", type=int, default=0,
-                   help="serve Prometheus /metrics on this loopback port (0 = off)")
+    """The settings of config.MERGE (TOML, TELEMETRY_CY_*, flags: docs/configuration.md), and
+    one action of its own."""
+    config.add_arguments(p, config.MERGE)
     p.add_argument("--print-nats-config", action="store_true",
                    help="print what the NATS side needs (the partials stream) and exit")
-    p.add_argument("--replicas", type=int, default=1,
-                   help="replicas of the partials stream when this worker creates it (1)")
-
-
-def parse_own(text: str, partitions: int) -> list[int] | None:
-    if text == "auto":
-        return None
-    if not text:
-        return list(range(partitions))
-    out: set[int] = set()
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
-    if not out or min(out) < 0 or max(out) >= partitions:
-        raise ValueError(f"--own {text!r}: partitions are 0..{partitions - 1}")
-    return sorted(out)
 
 
 def nats_config(replicas: int) -> str:
@@ -281,7 +325,7 @@ def nats_config(replicas: int) -> str:
         f"--max-bytes {STREAM_MAX_BYTES} --max-age {int(STREAM_MAX_AGE_S)}s "
         f"--replicas {replicas} --storage file --discard old --dupe-window 2m --defaults",
         "# With --own auto the workers create the KV buckets themselves:",
-        f"#   {LEASES} (ttl = --lease), {EMITTED} (no ttl), {replicas} replicas",
+        f"#   {LEASES} (ttl = lease), {EMITTED} (no ttl), {replicas} replicas",
         "# With --jetstream, a stream over the aggregates' subjects, e.g.:",
         "nats stream add AGG --subjects 'agg.>' --retention limits --max-age 1h "
         f"--replicas {replicas} --dupe-window 2m --defaults",
@@ -289,27 +333,28 @@ def nats_config(replicas: int) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.print_nats_config:
-        print(nats_config(args.replicas))
-        return 0
-    if not args.worker_id:
-        print("telemetry-cy merge: --worker-id is needed", file=sys.stderr)
-        return 2
     try:
-        settings = window_settings(args.window, args.emit_every, args.time,
-                                   args.allowed_lateness, args.quantiles or None,
-                                   args.quantile_accuracy)
-        own = parse_own(args.own, args.partitions)
-    except ValueError as exc:
+        c: config.MergeConfig = config.load(args, command=config.MERGE)
+    except config.ConfigError as exc:
         print(f"telemetry-cy merge: {exc}", file=sys.stderr)
         return 2
-    worker = MergeWorker(args.nats_url.split(","), args.worker_id, settings, args.partitions,
-                         own, instance_timeout=args.instance_timeout, replicas=args.replicas,
-                         jetstream=args.jetstream, lease_s=args.lease)
+    if args.print_nats_config:
+        print(nats_config(c.nats.replicas))
+        return 0
+    if not c.worker.worker_id:
+        print("telemetry-cy merge: setting worker_id is needed (--worker-id)", file=sys.stderr)
+        return 2
+    w = c.windows
+    settings = window_settings(w.window, w.emit_every, w.time, w.allowed_lateness,
+                               w.quantiles or None, w.quantile_accuracy)
+    worker = MergeWorker(c.nats.servers, c.worker.worker_id, settings, c.worker.partitions,
+                         c.worker.own_partitions, out_prefix=c.nats.subject_prefix,
+                         instance_timeout=c.worker.instance_timeout, replicas=c.nats.replicas,
+                         jetstream=c.nats.jetstream, lease_s=c.worker.lease)
 
-    if args.metrics_port:
+    if c.metrics.port:
         from telemetry_cy.service.merge_metrics import serve
-        serve(lambda: worker.snapshot, args.metrics_port)
+        serve(lambda: worker.snapshot, c.metrics.port, c.metrics.host)
 
     async def go() -> None:
         loop = asyncio.get_running_loop()
@@ -317,7 +362,8 @@ def main(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, worker.stop)
 
         def ready() -> None:
-            print(json.dumps({"msg": "ready", **worker.stats()}), file=sys.stderr, flush=True)
+            print(json.dumps({"msg": "ready", "ready_s": worker.ready_s, **worker.stats()}),
+                  file=sys.stderr, flush=True)
 
         async def stats_line() -> None:
             while True:

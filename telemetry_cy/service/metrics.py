@@ -289,6 +289,31 @@ class PipelineCollector(Collector):
                          "snapshot on the engine thread plus write and fsyncs.",
                          ck.last_snapshot_seconds + ck.last_write_seconds)
 
+        p = snap.partials
+        if p is not None:   # output = partials (docs/metrics.md, "Partial mode")
+            f = CounterMetricFamily("telemetry_cy_partials", "Partial messages made for the "
+                                    "merge workers, by kind.", labels=["kind"])
+            for kind, n in sorted((p.get("made") or {}).items()):
+                f.add_metric([kind], float(n))
+            yield f
+            yield _counter("telemetry_cy_partials_sent", "Partial messages the partials stream "
+                           "acknowledged.", p.get("sent"))
+            yield _counter("telemetry_cy_partial_panes_sent", "Panes in the partial messages "
+                           "sent.", p.get("panes_sent"))
+            yield _counter("telemetry_cy_partials_retries", "Partial publishes retried (with "
+                           "the same Nats-Msg-Id).", p.get("retries"))
+            f = CounterMetricFamily("telemetry_cy_partials_dropped", "Partial messages "
+                                    "dropped, by reason (the merge sees a sequence gap).",
+                                    labels=["reason"])
+            for reason, n in sorted((p.get("drops") or {}).items()):
+                f.add_metric([reason], float(n))
+            yield f
+            yield _gauge("telemetry_cy_partials_backlog", "Partial messages waiting for the "
+                         "stream's ack.", p.get("backlog"))
+            yield _counter("telemetry_cy_partials_local_windows", "Windows the engine closed "
+                           "here and did not publish (the merge workers publish them).",
+                           p.get("local_windows"))
+
         yield _gauge("telemetry_cy_engine_heartbeat_age_seconds", "Time since the engine "
                      "thread last published its stats from its loop.",
                      self.health.heartbeat_age(snap, now))

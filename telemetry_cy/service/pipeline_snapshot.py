@@ -193,6 +193,10 @@ class PipelineSnapshot:
     unknown_reasons: tuple[str, ...]
     # state checkpoints (service/checkpoints.py): None without a state_dir
     checkpoint: CheckpointState | None = None
+    # output = partials (docs/scale-out.md): the partial messages (sink/partials_emitter.py)
+    # plus local_windows, the windows the instance's engine closed and did not publish (the
+    # merge workers do); None in aggregate mode
+    partials: Mapping[str, Any] | None = None
 
     @classmethod
     def read(cls, pipeline: Pipeline) -> PipelineSnapshot:
@@ -211,6 +215,12 @@ class PipelineSnapshot:
                    ckpt: Mapping[str, Any] | None = None) -> PipelineSnapshot:
         """From the parts' ``stats()`` dicts, already read downstream first."""
         drops, unknown = merge_drops(src, eng, emi)
+        aggregates, partials = _int(eng, "aggregates"), emi.get("partials")
+        if partials is not None:
+            # partial mode: no aggregate leaves this process, so the aggregate path balances at
+            # 0 (aggregates == published + emit_backlog + backlog); what the engine closed is
+            # named for what it is
+            partials, aggregates = {**partials, "local_windows": aggregates}, 0
         return cls(
             received=_int(src, "received"), payload_bytes=_int(src, "payload_bytes"),
             mqtt=MqttState(
@@ -220,7 +230,7 @@ class PipelineSnapshot:
                 down_seconds=_float(src, "down_seconds")),
             ring_used_bytes=ring_used_bytes, ring_capacity=ring_capacity,
             payloads=_int(eng, "payloads"), readings=_int(eng, "readings"),
-            aggregates=_int(eng, "aggregates"), live_keys=_int(eng, "live_keys"),
+            aggregates=aggregates, live_keys=_int(eng, "live_keys"),
             evicted=_int(eng, "evicted"), open_readings=_int(eng, "open_readings"),
             state_bytes=_int(eng, "state_bytes"), heartbeat=_optional_float(eng, "heartbeat"),
             seq=eng.get("seq"), offenders=eng.get("offenders"),
@@ -235,7 +245,8 @@ class PipelineSnapshot:
                 down_seconds=_float(emi, "down_seconds")),
             jetstream=JetStreamState.from_stats(emi.get("jetstream")),
             drops=drops, unknown_reasons=unknown,
-            checkpoint=None if ckpt is None else CheckpointState.from_stats(ckpt))
+            checkpoint=None if ckpt is None else CheckpointState.from_stats(ckpt),
+            partials=partials)
 
     def counters(self, uptime_s: float) -> dict[str, Any]:
         """The final counters printed on stop (one JSON object). Balance rules
@@ -244,6 +255,8 @@ class PipelineSnapshot:
         readings of decoded payloads == readings + schema_mismatch + non_finite + key_limit + late
         + sketch_full
         aggregates == published + drops[emit_backlog] + backlog
+        partial mode (``partials``): aggregates == published == 0, and
+        partials[messages] == partials[sent] + sum(partials[drops]) + partials[backlog]
         at stop, open_readings = readings of the interval no tick closed (in no aggregate); with
         window == emit_every: readings == sum of published counts + open_readings + (readings of
         aggregates dropped as emit_backlog)"""
@@ -278,6 +291,8 @@ class PipelineSnapshot:
             out["event_time"] = dict(self.event_time)
         if self.checkpoint is not None:
             out["checkpoint"] = self.checkpoint.as_dict()
+        if self.partials is not None:
+            out["partials"] = dict(self.partials)
         return out
 
     def stats_line(self) -> dict[str, Any]:
@@ -306,6 +321,14 @@ class PipelineSnapshot:
         for kind, top in (self.offenders or {}).items():
             if top:  # the three heaviest names, as name: count
                 line[f"top_{kind}"] = {entry[0]: entry[1] for entry in top[:3]}
+        p = self.partials
+        if p is not None:   # what the instance sends the merge workers, and what it lost
+            made = p.get("made") or {}
+            line["partials"] = {
+                "sent": p.get("sent", 0), "panes": p.get("panes_sent", 0),
+                "progress": made.get("progress", 0), "heartbeats": made.get("heartbeat", 0),
+                "backlog": p.get("backlog", 0),
+                "drops": {k: v for k, v in (p.get("drops") or {}).items() if v}}
         ck = self.checkpoint
         if ck is not None:
             line["checkpoint"] = {"age_s": ck.age_s(), "bytes": ck.last_bytes,

@@ -11,13 +11,19 @@ bounded: past ``max_backlog`` messages the oldest is dropped and counted as ``em
 the merge workers then see the gap in that instance's sequence (``gaps``) and the windows it
 touched are incomplete there, never silently wrong.
 
-Counters (``stats()``): written by the loop thread, each read whole.
+Counters (``stats()``): written by the loop thread, each read whole. They count partial
+messages under their own names (``partials``: made by kind, sent, panes sent, backlog, drops by
+reason), never as ``published``, which in the daemon means aggregates NATS confirmed: an instance
+in partial mode publishes none (docs/metrics.md, "Partial mode"). Balance, at any reading:
+``made == sent + drops + backlog`` (a message is counted made as it enters the queue, and leaves
+it as sent or dropped).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import struct
 import threading
 import time
 
@@ -26,6 +32,23 @@ import nats
 from telemetry_cy.connection import Backoff, ConnectionClock
 from telemetry_cy.sink.partials_stream import SUBJECT_PREFIX, ensure_stream
 
+#: the message kinds by their number (header offset 12, docs/scale-out.md "The partial format")
+KINDS = {1: "panes", 2: "progress", 3: "heartbeat", 4: "leave"}
+
+
+def _peek(data: bytes) -> tuple[str, int, int]:
+    """(kind, seq, panes) of a message our own writer made: the header's fixed fields (kind at
+    12, quantile count at 64, instance id length at 68, seq at 80), and for a panes message the
+    body's leading u32 count after the header, the q values and the id. Counting only: the
+    bytes go out untouched."""
+    kind = KINDS.get(int.from_bytes(data[12:14], "little"), "other")
+    nq, id_len = struct.unpack_from("<II", data, 64)
+    seq = int.from_bytes(data[80:88], "little")
+    panes = 0
+    if kind == "panes":
+        (panes,) = struct.unpack_from("<I", data, 96 + 8 * nq + id_len)
+    return kind, seq, panes
+
 
 class PartialsEmitter:
     def __init__(self, servers: list[str], instance: str, max_backlog: int = 100_000,
@@ -33,14 +56,16 @@ class PartialsEmitter:
         self.servers, self.instance = servers, instance
         self.max_backlog, self.replicas = max_backlog, replicas
         self.connect_opts = connect_opts or {}
-        self._queue: collections.deque[tuple[int, int, bytes]] = collections.deque()
+        # (partition, seq, panes in it, bytes)
+        self._queue: collections.deque[tuple[int, int, int, bytes]] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._conn = ConnectionClock()
         self._backoff = Backoff(0.05, 2.0)
         self._published = self._dropped = self._retries = self._reconnects = 0
-        self._submitted = 0
+        self._panes_sent = 0
+        self._made = dict.fromkeys(KINDS.values(), 0)
         self._closing = False
         self._done: asyncio.Event | None = None
 
@@ -53,9 +78,10 @@ class PartialsEmitter:
 
     def _take(self, messages: list[tuple[int, bytes]]) -> None:
         for partition, data in messages:
-            self._submitted += 1
-            # the seq sits at offset 80 of every message (docs/scale-out.md): the id part
-            self._queue.append((partition, int.from_bytes(data[80:88], "little"), data))
+            kind, seq, panes = _peek(data)
+            self._made[kind] = self._made.get(kind, 0) + 1
+            # the seq is the Nats-Msg-Id's last part
+            self._queue.append((partition, seq, panes, data))
         while len(self._queue) > self.max_backlog:
             self._queue.popleft()
             self._dropped += 1
@@ -116,7 +142,7 @@ class PartialsEmitter:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            partition, seq, data = self._queue[0]
+            partition, seq, panes, data = self._queue[0]
             try:
                 await js.publish(f"{SUBJECT_PREFIX}.{partition}", data, timeout=2.0, headers={
                     "Nats-Msg-Id": f"{self.instance}|{partition}|{seq}"})
@@ -130,6 +156,7 @@ class PartialsEmitter:
             self._backoff.reset()
             self._queue.popleft()
             self._published += 1
+            self._panes_sent += panes
         await nc.close()
         self._done.set()
 
@@ -152,13 +179,19 @@ class PartialsEmitter:
         return self._conn.connected
 
     def stats(self) -> dict:
+        """The NATS part of the pipeline snapshot: no aggregates (``published`` 0, no aggregate
+        backlog or drops), the partial messages in ``partials``."""
         conn = self._conn.state()
+        made = dict(self._made)
         return {
-            "published": self._published, "submitted": self._submitted,
-            "drops": {"emit_backlog": self._dropped},
-            "backlog_aggregates": len(self._queue), "backlog_batches": 0, "backlog_bytes": 0,
-            "retries": self._retries, "connected": conn.connected,
-            "reconnects": self._reconnects,
+            "published": 0, "drops": {},
+            "backlog_aggregates": 0, "backlog_batches": 0, "backlog_bytes": 0,
+            "connected": conn.connected, "reconnects": self._reconnects,
             "disconnected_seconds": round(conn.disconnected_seconds, 3),
             "down_seconds": round(conn.down_seconds, 3), "last_error": conn.last_error or "",
+            "partials": {
+                "made": made, "messages": sum(made.values()), "sent": self._published,
+                "panes_sent": self._panes_sent, "backlog": len(self._queue),
+                "drops": {"backlog": self._dropped}, "retries": self._retries,
+            },
         }

@@ -1,0 +1,151 @@
+"""A takeover's replay from the committed floor (service/replay_floor.py, docs/scale-out.md
+"Ownership and failover"), without brokers: one partition's messages in stream order, an owner
+merging them and committing (last tick, floor) after each turn, and at any turn a new owner that
+resumes at that tick and is fed the messages from the floor on (all at once: the caught-up
+replay), then both go on. The new owner must publish exactly what the old one would have
+published after that turn, so the windows of the two owners together are one engine's: none
+lost, none twice. And the floor moves: the replay is shorter than the stream."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from support.scaleout import EMIT, LATENESS, WINDOW, assert_same_windows, stream
+from telemetry_cy.engine import _engine_py
+from telemetry_cy.engine import partial_format as pf
+from telemetry_cy.engine.pane_merge import PaneMerger
+from telemetry_cy.engine.partials_py import InstancePartials
+from telemetry_cy.service.merge_worker import emitted_entry, read_emitted_entry
+from telemetry_cy.service.replay_floor import ReplayFloor
+
+
+def engine():
+    return _engine_py.Engine(window=WINDOW, emit_every=EMIT, time="event",
+                             allowed_lateness=LATENESS, key_ttl=1e6)
+
+
+def partial_stream(seed: int, instances: int, n: int, stall: float = 1.0):
+    """The partition's messages in stream order (one partition: every key's), the turns (how
+    many messages were in the stream at each), and one engine's windows. From ``stall`` (a
+    fraction of the readings) on, instance 0 gets no readings: its clock stands, its open panes
+    wait, and it only sends heartbeats (as the daemon does at each tick when nothing closed),
+    holding the windows back until it leaves."""
+    ws = pf.window_settings(WINDOW, EMIT, "event", LATENESS)
+    rng = random.Random(seed)
+    engines = [engine() for _ in range(instances)]
+    outs = [InstancePartials(e, ws, f"inst{i}", 1) for i, e in enumerate(engines)]
+    single = engine()
+    msgs: list[pf.Partial] = []
+    turns: list[int] = []
+    for j, (device, sensor, value, t) in enumerate(stream(seed, n, 6)):
+        stalled = instances > 1 and j >= stall * n
+        i = rng.randrange(1 if stalled else 0, instances)
+        engines[i].push_reading(device, sensor, value, t, unit="u", t=t)
+        single.push_reading(device, sensor, value, t, unit="u", t=t)
+        msgs += [pf.read(data) for _p, data in outs[i].collect()]
+        if rng.random() < 0.1:
+            if stalled:
+                msgs += [pf.read(data) for _p, data in outs[0].heartbeat()]
+            turns.append(len(msgs))
+    end = n + 1e4
+    for e, o in zip(engines, outs):
+        e.tick(end)
+        msgs += [pf.read(data) for _p, data in o.collect() + o.leave()]
+    turns.append(len(msgs))
+    return ws, msgs, turns, [a.as_dict() for a in single.tick(end)]
+
+
+def take(merger: PaneMerger, floor: ReplayFloor, msg: pf.Partial, seq: int) -> None:
+    floor.note(msg.instance, msg.interval if msg.kind == pf.KIND_PANES else None, seq)
+    merger.take(msg, 0.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), instances=st.integers(1, 3), cut=st.floats(0.05, 0.95),
+       stall=st.sampled_from([1.0, 0.3, 0.6]))
+def test_a_replay_from_the_floor_publishes_what_the_old_owner_would_have(seed, instances, cut,
+                                                                          stall):
+    ws, msgs, turns, want = partial_stream(seed, instances, 500, stall)
+    old, old_floor = PaneMerger(ws), ReplayFloor()
+    before: list[dict] = []
+    at = turns[int(cut * (len(turns) - 1))]      # the turn after which the old owner dies
+    fed, committed = 0, (None, None)
+    for turn in turns:
+        if turn > at:
+            break
+        for seq in range(fed + 1, turn + 1):     # stream sequences start at 1
+            take(old, old_floor, msgs[seq - 1], seq)
+        fed = turn
+        before += old.emit()
+        tick, live, lost = old.replay_needs(0)
+        if tick is not None:                      # what the owner writes to EMITTED
+            committed = read_emitted_entry(emitted_entry(
+                tick, old_floor.floor(tick, ws.panes, live, lost)))
+    tick, from_seq = committed
+    # the new owner: resumes at the tick, replays from the floor to what the stream holds now
+    new, new_floor = PaneMerger(ws), ReplayFloor(from_seq)
+    new.resume(0, tick)
+    start = from_seq or 1
+    for seq in range(start, fed + 1):
+        take(new, new_floor, msgs[seq - 1], seq)
+    after = new.emit()
+    for turn in [t for t in turns if t > at]:
+        for seq in range(fed + 1, turn + 1):
+            take(new, new_floor, msgs[seq - 1], seq)
+        fed = turn
+        after += new.emit()
+    assert_same_windows(want, before + after, ())    # none lost, none twice, all right
+    assert new.stats.gaps == 0 and new.stats.incomplete == 0
+
+
+def test_the_floor_moves_past_the_start_and_never_back():
+    ws, msgs, turns, _ = partial_stream(5, 3, 800)
+    merger, floor = PaneMerger(ws), ReplayFloor()
+    floors, fed = [], 0
+    for turn in turns:
+        for seq in range(fed + 1, turn + 1):
+            take(merger, floor, msgs[seq - 1], seq)
+        fed = turn
+        merger.emit()
+        tick, live, lost = merger.replay_needs(0)
+        if tick is not None:
+            floors.append(floor.floor(tick, ws.panes, live, lost))
+    assert floors == sorted(floors) and floors[-1] > len(msgs) // 2, floors
+    # once everyone left, nothing is needed: a replay would start after the last message
+    assert floors[-1] == len(msgs) + 1
+
+
+def test_the_floor_keeps_each_live_instances_last_message_and_the_panes_still_needed():
+    def floor_for(emitted, live):
+        f = ReplayFloor()
+        f.note("a", None, 5)     # a's progress: it holds the windows back, seen again or not
+        f.note("b", 10, 6)       # panes of interval 10
+        return f.floor(emitted, 3, frozenset(live), loss_pending=False)
+    assert floor_for(12, {"a", "b"}) == 5     # window 12 spans intervals 9..11: both needed
+    assert floor_for(12, {"b"}) == 6          # a left: its messages are not
+    assert floor_for(20, {"a", "b"}) == 5     # the panes are behind every window to come
+    assert floor_for(20, {"b"}) == 6          # b's last message
+    assert floor_for(20, set()) == 7          # nobody live, nothing needed: after the last
+
+
+def test_a_pending_loss_holds_the_floor():
+    floor = ReplayFloor(7)
+    floor.note("a", 10, 20)
+    assert floor.floor(12, 3, frozenset({"a"}), loss_pending=True) == 7
+    assert floor.floor(12, 3, frozenset({"a"}), loss_pending=False) == 20
+    assert floor.floor(None, 3, frozenset(), loss_pending=False) == 20
+
+
+def test_emitted_entries_are_versioned_and_checked():
+    assert read_emitted_entry(emitted_entry(42, 17)) == (42, 17)
+    assert read_emitted_entry(emitted_entry(42, None)) == (42, None)
+    for bad in (b'{"v":2,"tick":1,"from_seq":1}', b'{"v":1,"tick":"1","from_seq":1}',
+                b'{"v":1,"tick":1,"from_seq":0}', b"[]", b"12"):
+        try:
+            read_emitted_entry(bad)
+        except ValueError:
+            continue
+        raise AssertionError(bad)
