@@ -21,9 +21,10 @@ import time
 import nats
 from nats.js.api import DeliverPolicy, KeyValueConfig
 
+from telemetry_cy.backend import ACTIVE
 from telemetry_cy.engine._engine_py import Aggregate
 from telemetry_cy.engine.pane_merge import PaneMerger
-from telemetry_cy.engine.partial_format import PartialError, WindowSettings, read, window_settings
+from telemetry_cy.engine.partial_format import PartialError, WindowSettings, window_settings
 from telemetry_cy.service import config
 from telemetry_cy.sink.bodies import encode_json
 from telemetry_cy.sink.partials_stream import (
@@ -168,7 +169,7 @@ class MergeWorker:
 
     async def _on_msg(self, msg) -> None:
         try:
-            partial = read(msg.data)
+            partial = ACTIVE.read_partial(msg.data)   # the compiled reader unless pure
         except PartialError as exc:
             self.bad[exc.reason] = self.bad.get(exc.reason, 0) + 1
             return
