@@ -144,6 +144,13 @@ def test_crafted_keys_and_panes(readers):
         b = bytearray(data)
         struct.pack_into("<I", b, head, count)
         assert same(readers, reseal(b)) == ("refused", "malformed")
+    # an instance id of 256 bytes, the message built around it (the writer refuses one)
+    b = bytearray(pf.write(pf.KIND_LEAVE, ws, "x" * 255, 0, 4, 0, 1))
+    b[pf.HEADER.size + 8:pf.HEADER.size + 8] = b"y"
+    struct.pack_into("<I", b, 68, 256)
+    assert same(readers, reseal(b)) == ("refused", "malformed")
+    struct.pack_into("<I", b, 68, 255)   # the same bytes, one too many after the id
+    assert same(readers, reseal(b)) == ("refused", "malformed")
     # a surrogate (U+D800, CESU-style) in the instance id
     b = bytearray(pf.write(pf.KIND_LEAVE, ws, "abc", 0, 4, 0, 1))
     b[pf.HEADER.size + 8:pf.HEADER.size + 11] = b"\xed\xa0\x80"

@@ -38,13 +38,15 @@ def _value(rng: random.Random) -> float:
 
 
 def random_panes(rng: random.Random, settings: pf.WindowSettings, interval: int,
-                 n: int) -> list[pf.PanePartial]:
+                 n: int, wide: bool = True) -> list[pf.PanePartial]:
     """n panes of distinct keys, each as an engine makes one: its readings' statistics, times in
-    the interval, the sketch of its readings when quantiles are on."""
+    the interval, the sketch of its readings when quantiles are on. `wide`: values of every
+    sign and size (sketch stores up to their cap); else a sensor's (15 to 25: small stores)."""
     lo, hi = interval * settings.emit_every, (interval + 1) * settings.emit_every
     out = []
     for i in range(n):
-        vals = [_value(rng) for _ in range(rng.randint(1, 8))]
+        vals = [_value(rng) if wide else rng.uniform(15.0, 25.0)
+                for _ in range(rng.randint(1, 8))]
         mean = sum(vals) / len(vals)
         ts = sorted(lo + rng.random() * (hi - lo) for _ in range(2))
         ts = [t if lo <= t < hi else lo for t in ts]
@@ -60,7 +62,7 @@ def random_panes(rng: random.Random, settings: pf.WindowSettings, interval: int,
 
 
 def random_message(rng: random.Random, kind: int | None = None, n_panes: int | None = None,
-                   settings: pf.WindowSettings | None = None) -> bytes:
+                   settings: pf.WindowSettings | None = None, wide: bool = True) -> bytes:
     settings = settings or random_settings(rng)
     kind = kind if kind is not None else rng.choice(sorted(pf.KINDS))
     interval = rng.choice([0, 7, -3, 10**9, 123456])
@@ -68,7 +70,7 @@ def random_message(rng: random.Random, kind: int | None = None, n_panes: int | N
     panes = ()
     if kind == pf.KIND_PANES:
         n = n_panes if n_panes is not None else rng.choice([0, 1, 2, 5, 20, rng.randint(0, 200)])
-        panes = random_panes(rng, settings, interval, n)
+        panes = random_panes(rng, settings, interval, n, wide)
     instance = rng.choice(["i", "instance-é", "x" * 255, f"host-{rng.randrange(1000)}"])
     return pf.write(kind, settings, instance, rng.randrange(2**64), interval,
                     rng.randrange(partitions), partitions, panes)
