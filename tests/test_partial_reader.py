@@ -50,6 +50,13 @@ def test_a_thousand_panes(readers, quantiles):
     data = pf.write(pf.KIND_PANES, ws, "inst", 3, 40, 1, 2, random_panes(rng, ws, 40, 1000))
     result = same(readers, data)
     assert result[0] == "ok" and len(result[1].panes) == 1000
+    if quantiles is None:   # no sketch (compared by identity): the values themselves are equal
+        compiled, pure = readers
+        a, b = compiled(data), pure(data)
+        assert a == b and hash(a) == hash(b)
+        assert all(type(p) is pf.PanePartial for p in a.panes)
+        with pytest.raises(AttributeError):
+            a.panes[0].count = 3   # frozen as the twin's
 
 
 def _sample(quantiles: bool, n: int = 6) -> bytes:
