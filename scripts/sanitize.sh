@@ -11,7 +11,7 @@
 # Settings (environment):
 #   FUZZ_RUNS=N        generated inputs per fuzz target after the corpus (default 200000)
 #   FUZZ_MAX_LEN=N     largest generated input (default 4096; corpus files are replayed whole)
-#   FUZZ_TARGETS="..." fuzz targets to run (default "cbor frames sketch jsack snapshot")
+#   FUZZ_TARGETS="..." fuzz targets to run (default "cbor frames sketch jsack snapshot partial")
 #   FUZZ_SEED=N        seed (libFuzzer -seed / the stand-alone driver's PRNG; default 1)
 #   FUZZ_ENGINE=libfuzzer|driver   default: libFuzzer when clang can link -fsanitize=fuzzer,
 #                      else the stand-alone driver (tests/fuzz/fuzz_driver.c) with cc
@@ -60,7 +60,7 @@ save_artifacts() {   # $1: directory holding crash-*/timeout-*/leak-* files
     return 0
 }
 
-# ---- fuzz: the CBOR, MQTT frame, sketch, JetStream ack and snapshot (keys section) readers ----
+# ---- fuzz: the CBOR, MQTT frame, sketch, JetStream ack, snapshot (keys section) and partial readers ----
 
 SAN_FLAGS=(-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
 C_FLAGS=(-std=gnu11 -O1 -g -Wall -Wextra -I"$INC")
@@ -81,7 +81,7 @@ pick_engine() {
 stage_fuzz() {
     local engine; engine=$(pick_engine)
     log "fuzz: engine=$engine runs=$FUZZ_RUNS per target, max_len=$FUZZ_MAX_LEN, seed=$FUZZ_SEED"
-    for target in ${FUZZ_TARGETS:-cbor frames sketch jsack snapshot}; do
+    for target in ${FUZZ_TARGETS:-cbor frames sketch jsack snapshot partial}; do
         local exe=$TMP/fuzz_$target work=$TMP/work_$target art=$TMP/art_$target
         mkdir -p "$work" "$art"
         if [ "$engine" = libfuzzer ]; then
@@ -182,6 +182,7 @@ stage_python() {
             "$ROOT/tests/test_decode.py" "$ROOT/tests/test_frames.py" "$ROOT/tests/test_ring.py" \
             "$ROOT/tests/test_engine.py" "$ROOT/tests/test_engine_event.py" \
             "$ROOT/tests/test_snapshot.py" "$ROOT/tests/test_partials.py" \
+            "$ROOT/tests/test_partial_reader.py" \
             "$ROOT/tests/test_engine_quantiles.py" "$ROOT/tests/test_columns.py" \
             "$ROOT/tests/test_wire.py" "$ROOT/tests/test_sketch.py" \
             "$ROOT/tests/test_jetstream_acks.py" "$ROOT/tests/fuzz/test_fuzz_corpus.py" \

@@ -1,7 +1,7 @@
 """Compiled or pure: decided here, once, for every component.
 
 Each compiled module has a pure-Python twin with the same API and the same results (the twin is the
-test oracle). A :class:`Backend` is a matched set of the five: the compiled engine drains only the
+test oracle). A :class:`Backend` is a matched set of them: the compiled engine drains only the
 compiled ring, the compiled frame reader writes only into the compiled ring, so a component never
 mixes the two. The process-wide choice is :data:`ACTIVE`: the compiled set unless
 ``TELEMETRY_CY_PURE=1`` (or the compiled modules are not built, in which case importing the
@@ -27,6 +27,8 @@ MODULES: dict[str, tuple[str, str]] = {
     "frames": ("telemetry_cy.source._frames", "telemetry_cy.source._frames_py"),
     "wire": ("telemetry_cy.sink._wire", "telemetry_cy.sink._wire_py"),
     "sketch": ("telemetry_cy.engine._sketch", "telemetry_cy.engine.sketch_py"),
+    # the reader of the partial format (its writer is pure Python only)
+    "partial": ("telemetry_cy.engine._partial", "telemetry_cy.engine.partial_format"),
 }
 
 NOT_BUILT = (
@@ -48,6 +50,7 @@ class Backend:
     frames: ModuleType
     wire: ModuleType
     sketch: ModuleType
+    partial: ModuleType
 
     # The classes and functions components use, so no component names a module.
     @property
@@ -73,6 +76,11 @@ class Backend:
     @property
     def encode_batch(self) -> Any:
         return self.wire.encode_batch
+
+    @property
+    def read_partial(self) -> Any:
+        """partial_format.read, or its compiled twin: what a merge worker reads messages with."""
+        return self.partial.read
 
     @property
     def compiled(self) -> bool:

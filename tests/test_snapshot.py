@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import random
 import struct
-import zlib
 
 import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from support.framing import reseal
 from support.model import Model, close_enough
 from telemetry_cy.engine import snapshot_format as snap
 from telemetry_cy.engine.snapshot_errors import SNAPSHOT_REASONS, SnapshotError
@@ -208,8 +208,7 @@ def _resealed(data: bytes, i: int, value: int) -> bytes:
     """data with byte i set to value and the checksum made to match."""
     bad = bytearray(data)
     bad[i] = value
-    struct.pack_into("<I", bad, len(bad) - 4, zlib.crc32(bytes(bad[:-4])))
-    return bytes(bad)
+    return reseal(bad)
 
 
 @pytest.mark.parametrize("backend", ["compiled", "pure"])
@@ -336,9 +335,8 @@ def test_out_of_range_clock_values_are_refused(compiled_backend, pure_backend, b
     for what, (at, raw) in cases.items():
         bad = bytearray(data)
         bad[at:at + len(raw)] = raw
-        struct.pack_into("<I", bad, len(bad) - 4, zlib.crc32(bytes(bad[:-4])))
         with pytest.raises(SnapshotError) as info:
-            cls.from_snapshot(bytes(bad), **config)
+            cls.from_snapshot(reseal(bad), **config)
         assert info.value.reason == "malformed", what
     # the count of the first pending aggregate tagged as a string
     opened = snap.open_snapshot(data)

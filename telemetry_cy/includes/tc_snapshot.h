@@ -219,6 +219,46 @@ static inline int tc_snap_pane_sound(const uint8_t *p) {
     return tc_snap_all_finite(p, 5) && st[1] >= 0.0 && st[2] <= st[4] && st[4] <= st[3];
 }
 
+/* The sketch block at p of a pane holding `count` readings (no byte read at or past end): the
+ * 16-byte head into *h, then its pos_len + neg_len u32 counts, which must be the stores of a
+ * sketch of qmap's mapping (in range, tight) holding exactly the pane's readings. qmap NULL: no
+ * mapping (a partial's accuracy outside the sketch's range), every block is refused. Returns its
+ * size, or 0 with *why set. `again`: as tc_snap_parse's, only the length checks. The snapshot's
+ * keys and the partial format's panes (tc_partial.h) carry the same block. */
+static inline size_t tc_snap_sketch(const uint8_t *p, const uint8_t *end, const tc_sketch_map *qmap,
+                                    uint32_t count, tc_sketch_hdr *h, const char **why, int again) {
+    const uint8_t *start = p;
+    if ((size_t)(end - p) < TC_SNAP_SKETCH) {
+        *why = "a sketch runs past the keys section";
+        return 0;
+    }
+    TC_SNAP_GET(h->pos_min, p);
+    TC_SNAP_GET(h->neg_min, p);
+    TC_SNAP_GET(h->pos_len, p);
+    TC_SNAP_GET(h->neg_len, p);
+    TC_SNAP_GET(h->n, p);
+    size_t nb = tc_sketch_buckets(h);
+    if (h->pos_len > TC_SKETCH_CAP || h->neg_len > TC_SKETCH_CAP || (size_t)(end - p) < 4 * nb) {
+        *why = "a sketch's stores are too long";
+        return 0;
+    }
+    if (!again) {
+        if (!qmap || tc_sketch_check_store(qmap, h->pos_min, h->pos_len, p) != TC_SKETCH_OK ||
+            tc_sketch_check_store(qmap, h->neg_min, h->neg_len, p + 4 * (size_t)h->pos_len) !=
+                TC_SKETCH_OK) {
+            *why = "a sketch store is outside the mapping or not tight";
+            return 0;
+        }
+        uint64_t sum = 0;
+        for (size_t b = 0; b < nb; b++) sum += tc_sketch_get_u32(p + 4 * b);
+        if (h->n != count || sum > h->n) {
+            *why = "a sketch does not hold its pane's readings";
+            return 0;
+        }
+    }
+    return (size_t)(p - start) + 4 * nb;
+}
+
 /* Parses and checks the record at p (len bytes left). Returns its size, or 0 with *why set.
  * `again`: the bytes passed this check before (tc_snap_load after tc_snap_scan): the content
  * checks that cost (UTF-8, sketch stores) are skipped, every length check stays. */
@@ -325,37 +365,10 @@ static inline size_t tc_snap_parse(const uint8_t *p, size_t len, const tc_snap_s
         }
         if (s->quantiles) {
             tc_sketch_hdr h;
-            if ((size_t)(end - p) < TC_SNAP_SKETCH) {
-                *why = "a sketch runs past the keys section";
-                return 0;
-            }
-            TC_SNAP_GET(h.pos_min, p);
-            TC_SNAP_GET(h.neg_min, p);
-            TC_SNAP_GET(h.pos_len, p);
-            TC_SNAP_GET(h.neg_len, p);
-            TC_SNAP_GET(h.n, p);
-            size_t nb = tc_sketch_buckets(&h);
-            if (h.pos_len > TC_SKETCH_CAP || h.neg_len > TC_SKETCH_CAP ||
-                (size_t)(end - p) < 4 * nb) {
-                *why = "a sketch's stores are too long";
-                return 0;
-            }
-            if (!again) {
-                if (tc_sketch_check_store(s->qmap, h.pos_min, h.pos_len, p) != TC_SKETCH_OK ||
-                    tc_sketch_check_store(s->qmap, h.neg_min, h.neg_len,
-                                          p + 4 * (size_t)h.pos_len) != TC_SKETCH_OK) {
-                    *why = "a sketch store is outside the mapping or not tight";
-                    return 0;
-                }
-                uint64_t sum = 0;
-                for (size_t b = 0; b < nb; b++) sum += tc_sketch_get_u32(p + 4 * b);
-                if (h.n != count || sum > h.n) {
-                    *why = "a sketch does not hold its pane's readings";
-                    return 0;
-                }
-            }
-            p += 4 * nb;
-            r->qs_counts += (uint32_t)nb;
+            size_t used = tc_snap_sketch(p, end, s->qmap, count, &h, why, again);
+            if (used == 0) return 0;
+            p += used;
+            r->qs_counts += tc_sketch_buckets(&h);
         }
     }
     return (size_t)(p - start);

@@ -126,9 +126,9 @@ static inline void tc_pp_take_key(tc_pp_buf *b, const tc_table *t, tc_key *k, ui
         }
         if (!crc_done) {
             const char nul = 0;
-            crc = tc_crc32_update(0, tc_key_device(k, units), dlen);
-            crc = tc_crc32_update(crc, &nul, 1);
-            crc = tc_crc32_update(crc, tc_key_sensor(k, units), slen);
+            crc = tc_crc32(0, (const uint8_t *)tc_key_device(k, units), dlen);
+            crc = tc_crc32(crc, (const uint8_t *)&nul, 1);
+            crc = tc_crc32(crc, (const uint8_t *)tc_key_sensor(k, units), slen);
             crc_done = 1;
         }
         uint8_t *o = b->buf + b->len;

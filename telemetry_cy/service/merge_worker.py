@@ -23,13 +23,13 @@ import time
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 
+from telemetry_cy.backend import ACTIVE
 from telemetry_cy.engine._engine_py import Aggregate
 from telemetry_cy.engine.pane_merge import PaneMerger
 from telemetry_cy.engine.partial_format import (
     KIND_PANES,
     PartialError,
     WindowSettings,
-    read,
     window_settings,
 )
 from telemetry_cy.service import config
@@ -227,7 +227,7 @@ class MergeWorker:
 
     async def _on_msg(self, msg) -> None:
         try:
-            partial = read(msg.data)
+            partial = ACTIVE.read_partial(msg.data)   # the compiled reader unless pure
         except PartialError as exc:
             self.bad[exc.reason] = self.bad.get(exc.reason, 0) + 1
             return

@@ -63,14 +63,19 @@ def seeds() -> dict[str, bytes]:
     return out
 
 
-def main() -> int:
-    SNAPSHOT_DIR.mkdir(parents=True, exist_ok=True)
-    for old in SNAPSHOT_DIR.glob("*.bin"):
+def write_corpus(directory: Path, corpus: dict[str, bytes]) -> int:
+    """directory/<name>.bin for each seed, and no other .bin file (a seed dropped is deleted)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.bin"):
         old.unlink()
-    for name, data in seeds().items():
-        (SNAPSHOT_DIR / f"{name}.bin").write_bytes(data)
-    print(f"wrote {len(seeds())} seeds to {SNAPSHOT_DIR}")
+    for name, data in corpus.items():
+        (directory / f"{name}.bin").write_bytes(data)
+    print(f"wrote {len(corpus)} seeds to {directory}")
     return 0
+
+
+def main() -> int:
+    return write_corpus(SNAPSHOT_DIR, seeds())
 
 
 if __name__ == "__main__":

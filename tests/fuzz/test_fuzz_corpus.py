@@ -1,12 +1,15 @@
 """The fuzz seed corpora on every test run (a few seconds; the long fuzzing: scripts/sanitize.sh).
 
-1. The C fuzz targets (fuzz_cbor.c, fuzz_frames.c, fuzz_snapshot.c with the stand-alone driver)
+1. The C fuzz targets (fuzz_cbor.c, fuzz_frames.c, fuzz_snapshot.c, fuzz_partial.c with the
+   stand-alone driver)
    are built with the system compiler -- with AddressSanitizer + UBSan when the compiler can --
    and replay the corpus plus a few thousand mutants: no crash, no invariant violated.
 2. The compiled readers and their pure-Python twins agree on every corpus input: the CBOR reader
    payload by payload (status, readings, counters), the frame reader stream by stream with the
-   same cuts into socket reads (acks, packets, records, counters, errors).
-3. The corpus is what make_corpus.py writes (nobody edited one side only).
+   same cuts into socket reads (acks, packets, records, counters, errors), the partial reader
+   message by message (values, or the reason of its refusal).
+3. The corpus is what make_corpus.py (make_snapshot_corpus.py, make_partial_corpus.py) writes
+   (nobody edited one side only).
 
 Files found by a fuzzer (crash-*, or a libFuzzer corpus directory) are added under corpus/ by hand
 after the bug is fixed, so they are replayed here from then on.
@@ -28,6 +31,8 @@ ROOT = HERE.parent.parent
 INCLUDES = ROOT / "telemetry_cy" / "includes"
 CBOR = sorted((HERE / "corpus" / "cbor").glob("*.bin"))
 FRAMES = sorted((HERE / "corpus" / "frames").glob("*.bin"))
+PARTIAL = sorted((HERE / "corpus" / "partial").glob("*.bin"))
+C_TARGETS = ["cbor", "frames", "snapshot", "partial"]
 
 
 def _cc() -> str | None:
@@ -54,7 +59,7 @@ def harnesses(tmp_path_factory) -> dict[str, Path]:
         pytest.skip("no C compiler (cc, gcc or clang) on PATH")
     d = tmp_path_factory.mktemp("fuzz")
     out = {}
-    for target in ("cbor", "frames", "snapshot"):
+    for target in C_TARGETS:
         exe = d / f"fuzz_{target}"
         r = _build(cc, target, exe, sanitize=True)
         if r.returncode != 0 or subprocess.run([str(exe), "-runs=0"], capture_output=True,
@@ -65,7 +70,7 @@ def harnesses(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("target", ["cbor", "frames", "snapshot"])
+@pytest.mark.parametrize("target", C_TARGETS)
 def test_c_target_replays_corpus_and_mutants(harnesses, target, tmp_path):
     corpus = HERE / "corpus" / target
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
@@ -88,13 +93,14 @@ def test_corpus_is_what_make_corpus_writes(tmp_path):
     assert len(CBOR) > 200 and len(FRAMES) > 100
 
 
-def test_snapshot_corpus_is_what_make_snapshot_corpus_writes():
-    spec = importlib.util.spec_from_file_location("make_snapshot_corpus",
-                                                  HERE / "make_snapshot_corpus.py")
+@pytest.mark.parametrize("target", ["snapshot", "partial"])
+def test_corpus_is_what_its_generator_writes(target):
+    spec = importlib.util.spec_from_file_location(f"make_{target}_corpus",
+                                                  HERE / f"make_{target}_corpus.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    on_disk = {p.stem: p.read_bytes() for p in (HERE / "corpus" / "snapshot").glob("*.bin")}
-    assert on_disk == mod.seeds(), "run python tests/fuzz/make_snapshot_corpus.py"
+    on_disk = {p.stem: p.read_bytes() for p in (HERE / "corpus" / target).glob("*.bin")}
+    assert on_disk == mod.seeds(), f"run python tests/fuzz/make_{target}_corpus.py"
 
 
 # ---- compiled == pure on the corpus --------------------------------------------------------------
@@ -146,3 +152,17 @@ def test_frames_corpus_compiled_equals_pure(compiled_backend, pure_backend):
     for path in FRAMES:
         data = path.read_bytes()
         assert _frames_run(compiled_backend, data) == _frames_run(pure_backend, data), path.name
+
+
+def test_partial_corpus_compiled_equals_pure(compiled_backend, pure_backend):
+    """Each seed as fuzz_partial.c reads it (resealed when its mode byte says so)."""
+    from support.partial_messages import outcome, reseal
+
+    kinds = set()
+    for path in PARTIAL:
+        data = path.read_bytes()
+        msg = reseal(data[1:]) if data[0] & 1 and len(data) > 100 else data[1:]
+        got = outcome(compiled_backend.read_partial, msg)
+        assert got == outcome(pure_backend.read_partial, msg), path.name
+        kinds.add(got[1] if got[0] == "refused" else got[1].kind)
+    assert kinds >= {1, 2, 3, 4, "malformed", "truncated", "checksum"}
