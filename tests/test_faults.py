@@ -236,12 +236,14 @@ BURST_FACTOR = 10
                          ids=["3s", "10s"])
 def test_burst_ten_times_the_sustainable_rate(mosquitto, nats_server, spawn, burst_s):
     """--ring-bytes 96KiB and a 20 ms coalescing nap: at BASE_RATE a nap gathers ~16 KB, 6x under
-    the ring (room for a nap stretched by a busy machine), and nothing is dropped; a burst of 10x
-    for burst_s gathers ~160 KB per nap, more than the ring holds (the default 2 ms nap lets even
-    the burst fit, so the test lengthens it), and every drop is `ingest_full`; the network thread
-    keeps the MQTT connection alive (keepalive 2 s: a stalled thread would be disconnected by
-    mosquitto within 3 s); after the burst and one second for what the broker still held,
-    BASE_RATE runs with zero new drops."""
+    the ring, and nothing is dropped. A burst of 10x for burst_s: the nap adapts to the rate
+    (~256 records a nap), so a machine whose engine keeps up absorbs the burst whole, and one that
+    falls behind overflows the ring; either way every message is received and either written or
+    dropped as `ingest_full` (no other reason, never a silent loss), the network thread keeps the
+    MQTT connection alive (keepalive 2 s: a stalled thread would be disconnected by mosquitto
+    within 3 s), and after the burst and one second for what the broker still held, BASE_RATE
+    runs with zero new drops. The overflow itself is checked deterministically, with a ring the
+    test drains by hand, in tests/test_frames.py and tests/test_mqtt.py."""
     d = spawn(mosquitto.url, nats_server.url, "--qos", "0", "--ring-bytes", "96KiB",
               "--max-payload-bytes", "1024", "--mqtt-keepalive", "2s",
               "--mqtt-coalesce", "20ms")
@@ -280,21 +282,21 @@ def test_burst_ten_times_the_sustainable_rate(mosquitto, nats_server, spawn, bur
     drops_burst = phases["recovery"]["drops"]
     drops_after = phases["after"]["drops"]
     assert drops_before == {}, f"BASE_RATE is not sustainable here: {drops_before}"
-    assert set(drops_burst) == {"ingest_full"} and drops_burst["ingest_full"] > 0, phases
+    assert set(drops_burst) <= {"ingest_full"}, phases
     assert drops_after == drops_burst, f"drops continued after the burst: {phases}"
     time.sleep(1.5)
     code, final = d.stop()
     assert code == 0, d.tail()
     assert_balanced(final)
     assert final["received"] == pub.sent
-    assert final["drops"]["ingest_full"] == drops_burst["ingest_full"]
+    assert final["drops"].get("ingest_full", 0) == drops_burst.get("ingest_full", 0)
     assert final["mqtt"]["connects"] == 1 and final["mqtt"]["disconnects"] == 0, final
     assert not log_lines(d, "connection lost"), d.tail()
     burst = phases["burst"]
     print(f"burst {burst_s:.0f}s: {burst['sent']} msgs at {burst['rate']:.0f} msg/s, "
-          f"ingest_full={drops_burst['ingest_full']} (during the burst "
+          f"ingest_full={drops_burst.get('ingest_full', 0)} (during the burst "
           f"{burst['drops'].get('ingest_full', 0)}) "
-          f"({100 * drops_burst['ingest_full'] / burst['sent']:.0f} % of the burst), "
+          f"({100 * drops_burst.get('ingest_full', 0) / burst['sent']:.0f} % of the burst), "
           f"before/after at {phases['before']['rate']:.0f}/{phases['after']['rate']:.0f} msg/s, "
           f"mqtt={final['mqtt']}")
 
