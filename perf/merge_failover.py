@@ -35,7 +35,7 @@ import nats
 from scaleout_rig import Load, cli, env, machine, start_cluster
 from telemetry_cy.engine import _engine_py
 from telemetry_cy.engine import partial_format as pf
-from telemetry_cy.engine.partials_py import InstancePartials
+from telemetry_cy.engine.instance_partials import InstancePartials
 from telemetry_cy.service.config import parse_duration
 from telemetry_cy.service.merge_worker import LEASES
 from telemetry_cy.sink.partials_stream import SUBJECT_PREFIX
@@ -127,7 +127,7 @@ class Feeder:
         self.js = nc.jetstream()
         ws = pf.window_settings(WINDOW, EMIT, "event", 0.0)
         self.engine = _engine_py.Engine(window=WINDOW, emit_every=EMIT, time="event",
-                                        allowed_lateness=0.0, key_ttl=1e6)
+                                        allowed_lateness=0.0, key_ttl=1e6, partials=True)
         self.out = InstancePartials(self.engine, ws, "feeder", partitions)
         self.sent = 0
 

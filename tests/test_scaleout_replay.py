@@ -16,15 +16,15 @@ from hypothesis import strategies as st
 from support.scaleout import EMIT, LATENESS, WINDOW, assert_same_windows, stream
 from telemetry_cy.engine import _engine_py
 from telemetry_cy.engine import partial_format as pf
+from telemetry_cy.engine.instance_partials import InstancePartials
 from telemetry_cy.engine.pane_merge import PaneMerger
-from telemetry_cy.engine.partials_py import InstancePartials
 from telemetry_cy.service.merge_worker import emitted_entry, read_emitted_entry
 from telemetry_cy.service.replay_floor import ReplayFloor
 
 
-def engine():
+def engine(partials: bool = False):
     return _engine_py.Engine(window=WINDOW, emit_every=EMIT, time="event",
-                             allowed_lateness=LATENESS, key_ttl=1e6)
+                             allowed_lateness=LATENESS, key_ttl=1e6, partials=partials)
 
 
 def partial_stream(seed: int, instances: int, n: int, stall: float = 1.0):
@@ -35,7 +35,7 @@ def partial_stream(seed: int, instances: int, n: int, stall: float = 1.0):
     holding the windows back until it leaves."""
     ws = pf.window_settings(WINDOW, EMIT, "event", LATENESS)
     rng = random.Random(seed)
-    engines = [engine() for _ in range(instances)]
+    engines = [engine(partials=True) for _ in range(instances)]
     outs = [InstancePartials(e, ws, f"inst{i}", 1) for i, e in enumerate(engines)]
     single = engine()
     msgs: list[pf.Partial] = []
