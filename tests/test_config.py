@@ -71,6 +71,7 @@ def test_layers_override_in_order(tmp_path: Path):
     (["--expected-stream", "AGG"], r"^setting expected_stream: only JetStream"),
     (["--jetstream", "true", "--max-in-flight", "0"], r"^setting max_in_flight .*at least 1"),
     (["--max-in-flight-bytes", "512"], r"^setting max_in_flight_bytes .*at least 1024"),
+    (["--partials-max-bytes", "0"], r"^setting partials_max_bytes .*between 1 and"),
 ])
 def test_bad_values_name_the_setting(argv, words):
     with pytest.raises(cfg.ConfigError) as err:
@@ -143,6 +144,15 @@ def test_overrides_come_last_and_are_checked():
         cfg.load(None, {}, overrides={"window": 7.0})
     with pytest.raises(cfg.ConfigError, match="unknown setting 'windw'"):
         cfg.load(None, {}, overrides={"windw": 7.0})
+
+
+def test_partials_max_bytes_is_the_engines_limit():
+    from telemetry_cy.engine.rules import DEFAULT_PARTIALS_MAX_BYTES, MAX_PARTIALS_MAX_BYTES
+
+    assert parse().nats.partials_max_bytes == DEFAULT_PARTIALS_MAX_BYTES
+    assert parse(["--partials-max-bytes", "64KiB"]).nats.partials_max_bytes == 65536
+    with pytest.raises(cfg.ConfigError, match="partials_max_bytes"):
+        parse([], {"TELEMETRY_CY_PARTIALS_MAX_BYTES": str(MAX_PARTIALS_MAX_BYTES + 1)})
 
 
 def test_nats_servers_split_on_commas():

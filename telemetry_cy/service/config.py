@@ -175,6 +175,16 @@ def parse_stream_name(value: Any) -> str:
     return text
 
 
+def parse_partials_max_bytes(value: Any) -> int:
+    """A size the engine takes as its partial buffer's limit (engine/rules.check_partials)."""
+    from telemetry_cy.engine.rules import check_partials
+
+    try:
+        return check_partials(True, parse_size(value), True)[1]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+
+
 def choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = str(value).strip().lower()
@@ -340,6 +350,12 @@ class NatsSettings:
                           "(event time; docs/scale-out.md)", "aggregates|partials")
     partitions: int = setting("partitions", at_least(parse_int, 1), 16, "output partials: the "
                               "key partitions (the merge workers' --partitions)", "int")
+    # the engine's own default (rules.DEFAULT_PARTIALS_MAX_BYTES, test_config holds them equal)
+    partials_max_bytes: int = setting(
+        "partials_max_bytes", parse_partials_max_bytes, 1 << 30, "output partials: most bytes "
+        "of closed panes the engine holds until the next tick takes them (about one interval's "
+        "worth); a pane past it is not sent, counted as a pane drop partial_buffer_full, and "
+        "the merge workers see a sequence gap", "size")
     late_subject: str = setting("late_subject", parse_str, "", "event time: publish late readings "
                                 "as JSON to <late_subject>.<device>.<sensor> (empty: count them "
                                 "only)")

@@ -150,7 +150,8 @@ def make_partials(c: Config):
     from telemetry_cy.sink.partials_emitter import PartialsEmitter
 
     e = c.engine
-    engine = ACTIVE.Engine(**engine_settings(e, c.mqtt), partials=True)
+    engine = ACTIVE.Engine(**engine_settings(e, c.mqtt), partials=True,
+                           partials_max_bytes=c.nats.partials_max_bytes)
     ws = window_settings(e.window, e.emit_every, e.time, e.allowed_lateness,
                          e.quantiles or None, e.quantile_accuracy)
     # unique per process: a restarted instance is a new member, its seq starts again at 0

@@ -16,7 +16,9 @@ messages under their own names (``partials``: made by kind, sent, panes sent, ba
 reason), never as ``published``, which in the daemon means aggregates NATS confirmed: an instance
 in partial mode publishes none (docs/metrics.md, "Partial mode"). Balance, at any reading:
 ``made == sent + drops + backlog`` (a message is counted made as it enters the queue, and leaves
-it as sent or dropped).
+it as sent or dropped), and the same for the panes those messages carry: ``panes == panes_sent +
+pane_drops + panes_backlog`` (the panes the engine could not keep never reach this queue: the
+pipeline snapshot adds them, service/pipeline_snapshot.py).
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ class PartialsEmitter:
         self._conn = ConnectionClock()
         self._backoff = Backoff(0.05, 2.0)
         self._published = self._dropped = self._retries = self._reconnects = 0
-        self._panes_sent = 0
+        # panes in the messages made, sent, dropped with their message, waiting in the queue:
+        # each kept on its own (not derived from the others) so the balance is a real check
+        self._panes_made = self._panes_sent = self._panes_dropped = self._panes_queued = 0
         self._made = dict.fromkeys(KINDS.values(), 0)
         self._closing = False
         self._done: asyncio.Event | None = None
@@ -80,11 +84,15 @@ class PartialsEmitter:
         for partition, data in messages:
             kind, seq, panes = _peek(data)
             self._made[kind] = self._made.get(kind, 0) + 1
+            self._panes_made += panes
             # the seq is the Nats-Msg-Id's last part
             self._queue.append((partition, seq, panes, data))
+            self._panes_queued += panes
         while len(self._queue) > self.max_backlog:
-            self._queue.popleft()
+            _, _, panes, _ = self._queue.popleft()
             self._dropped += 1
+            self._panes_queued -= panes
+            self._panes_dropped += panes
         assert self._wake is not None
         self._wake.set()
 
@@ -157,6 +165,7 @@ class PartialsEmitter:
             self._queue.popleft()
             self._published += 1
             self._panes_sent += panes
+            self._panes_queued -= panes
         await nc.close()
         self._done.set()
 
@@ -193,5 +202,7 @@ class PartialsEmitter:
                 "made": made, "messages": sum(made.values()), "sent": self._published,
                 "panes_sent": self._panes_sent, "backlog": len(self._queue),
                 "drops": {"backlog": self._dropped}, "retries": self._retries,
+                "panes": self._panes_made, "panes_backlog": self._panes_queued,
+                "pane_drops": {"backlog": self._panes_dropped},
             },
         }
