@@ -155,6 +155,36 @@ def test_partials_max_bytes_is_the_engines_limit():
         parse([], {"TELEMETRY_CY_PARTIALS_MAX_BYTES": str(MAX_PARTIALS_MAX_BYTES + 1)})
 
 
+def test_nats_credentials_and_tls_reach_every_nats_client(tmp_path: Path, tls_certs):
+    """run's aggregate emitter, run's partials emitter and merge take the same settings through
+    the same code (sink/nats_options.connect_options)."""
+    import ssl
+
+    from telemetry_cy.service.daemon import make_emitter, make_partials
+    from telemetry_cy.sink.nats_options import connect_options
+
+    (tmp_path / "pw").write_text("s3cr3t\n")
+    flags = ["--nats-url", "tls://127.0.0.1:4222", "--nats-user", "u", "--nats-password-file",
+             str(tmp_path / "pw"), "--nats-ca-file", tls_certs.ca_file, "--nats-cert-file",
+             tls_certs.client_cert, "--nats-key-file", tls_certs.client_key]
+    run = parse([*flags, "--time", "event", "--output", "partials"])
+    merge = parse_merge(flags)
+    assert run.nats.auth == merge.nats.auth and merge.nats.password == "s3cr3t"
+    opts = connect_options(merge.nats.servers, **merge.nats.auth)
+    partials = make_partials(run)[2].connect_opts
+    aggregates = make_emitter(run.nats)._connect_opts
+    for got in (opts, partials, aggregates):
+        assert (got["user"], got["password"], got["token"], got["user_credentials"]) == \
+            ("u", "s3cr3t", None, None)
+        assert isinstance(got["tls"], ssl.SSLContext) and got["tls"].check_hostname
+    # a bad combination fails at start, for merge as for run, with the setting's words
+    for load in (parse, parse_merge):
+        with pytest.raises(cfg.ConfigError, match="either a token or user/password"):
+            load([*flags, "--nats-token", "t"])
+        with pytest.raises(cfg.ConfigError, match="nats_ca_file"):
+            load(["--nats-ca-file", str(tmp_path / "missing.pem")])
+
+
 def test_nats_servers_split_on_commas():
     c = parse(["--nats-url", "nats://127.0.0.1:4222, nats://127.0.0.1:4223,"])
     assert c.nats.servers == ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]

@@ -32,6 +32,7 @@ import time
 import nats
 
 from telemetry_cy.connection import Backoff, ConnectionClock
+from telemetry_cy.sink.nats_options import Redactor
 from telemetry_cy.sink.partials_stream import SUBJECT_PREFIX, ensure_stream
 
 #: the message kinds by their number (header offset 12, docs/scale-out.md "The partial format")
@@ -57,7 +58,10 @@ class PartialsEmitter:
                  replicas: int = 1, connect_opts: dict | None = None) -> None:
         self.servers, self.instance = servers, instance
         self.max_backlog, self.replicas = max_backlog, replicas
+        # credentials and TLS: sink/nats_options.connect_options, as every NATS client takes them
         self.connect_opts = connect_opts or {}
+        # no secret of those reaches the stats' last_error
+        self._redact = Redactor.of(servers, self.connect_opts)
         # (partition, seq, panes in it, bytes)
         self._queue: collections.deque[tuple[int, int, int, bytes]] = collections.deque()
         self._wake: asyncio.Event | None = None
@@ -132,7 +136,7 @@ class PartialsEmitter:
                                         disconnected_cb=self._disconnected,
                                         **self.connect_opts)
             except Exception as exc:  # noqa: BLE001  (any failure: wait and try again)
-                self._conn.note_error(str(exc))
+                self._conn.note_error(self._redact(str(exc)))
                 if self._closing:
                     self._done.set()
                     return
@@ -142,7 +146,7 @@ class PartialsEmitter:
         try:
             await ensure_stream(nc, self.replicas)
         except Exception as exc:  # noqa: BLE001  (a stream made by the operator is fine too)
-            self._conn.note_error(f"stream: {exc}")
+            self._conn.note_error(self._redact(f"stream: {exc}"))
         while True:
             if not self._queue:
                 if self._closing:
@@ -156,7 +160,7 @@ class PartialsEmitter:
                     "Nats-Msg-Id": f"{self.instance}|{partition}|{seq}"})
             except Exception as exc:  # noqa: BLE001  (refused, no answer, no connection)
                 self._retries += 1
-                self._conn.note_error(str(exc))
+                self._conn.note_error(self._redact(str(exc)))
                 if self._closing and not nc.is_connected:
                     break
                 await asyncio.sleep(self._backoff.next_delay())
