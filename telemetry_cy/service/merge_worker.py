@@ -111,7 +111,7 @@ class MergeWorker:
         self.published = 0
         self.takeovers = 0
         self.ready_s: float | None = None
-        self.replayed = 0          # messages fed by takeover replays
+        self.replayed = 0          # messages takeover replays read (refused ones included)
         self.replay_from: dict[int, int | None] = {}   # partition -> where its replay began
         self._floors: dict[int, ReplayFloor] = {}      # partition -> its replay floor
         # partitions whose takeover replay has not caught up with the stream: merged as they
@@ -214,7 +214,13 @@ class MergeWorker:
         cfg = (ConsumerConfig(deliver_policy=DeliverPolicy.ALL) if from_seq is None else
                ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                               opt_start_seq=from_seq))
-        self._subs[p] = await js.subscribe(f"{SUBJECT_PREFIX}.{p}", cb=self._on_msg,
+
+        async def on_msg(msg) -> None:
+            if p not in self._subs:
+                return   # delivered just before p was handed over: the new owner has it
+            meta = msg.metadata
+            self.consume(p, msg.data, meta.sequence.stream, meta.num_pending)
+        self._subs[p] = await js.subscribe(f"{SUBJECT_PREFIX}.{p}", cb=on_msg,
                                            stream=STREAM, ordered_consumer=True, config=cfg)
 
     async def _leasing(self, js) -> None:
@@ -257,18 +263,25 @@ class MergeWorker:
         self.own = sorted(self._leases)
 
     async def _take_over(self, js, p: int) -> None:
-        emitted, from_seq = None, None
         try:
             entry = await self._kv_emitted.get(f"p.{p}")
         except Exception:  # noqa: BLE001  (KeyNotFoundError: nobody emitted there yet)
             entry = None
-        if entry is not None and entry.value:
+        from_seq = self.resume(p, None if entry is None else (entry.value or b""))
+        await self._subscribe(js, p, from_seq)
+
+    def resume(self, p: int, entry: bytes | None) -> int | None:
+        """Takes partition p with the previous owner's EMITTED entry (None: there is none,
+        nobody emitted there yet). Returns the stream sequence its replay begins at (None: the
+        stream's start); until the replay has caught up, p's windows are held (``consume``)."""
+        emitted, from_seq = None, None
+        if entry:
             self.takeovers += 1
             try:
-                emitted, from_seq = read_emitted_entry(entry.value)
+                emitted, from_seq = read_emitted_entry(entry)
             except ValueError:
                 try:   # an entry of a worker before the version: the tick alone
-                    emitted = int(entry.value)
+                    emitted = int(entry)
                 except ValueError:
                     emitted = None
         self.merger.resume(p, emitted)
@@ -278,7 +291,7 @@ class MergeWorker:
             self._replaying.add(p)
         if emitted is not None:
             self._saved[p] = (emitted, from_seq)
-        await self._subscribe(js, p, from_seq)
+        return from_seq
 
     async def _release(self, p: int) -> None:
         self._leases.pop(p, None)
@@ -289,24 +302,38 @@ class MergeWorker:
         self._floors.pop(p, None)
         self._replaying.discard(p)
 
-    async def _on_msg(self, msg) -> None:
-        try:
-            partial = read(msg.data)
-        except PartialError as exc:
-            self.bad[exc.reason] = self.bad.get(exc.reason, 0) + 1
-            return
-        if partial.partitions != self.partitions:
-            self.bad["settings"] = self.bad.get("settings", 0) + 1
-            return
-        p = partial.partition
-        if p not in self._subs:
-            return   # delivered just before its partition was handed over: the new owner has it
-        meta = msg.metadata
+    def consume(self, p: int, data: bytes, seq: int, pending: int) -> None:
+        """One message of partition p's subscription: stream sequence ``seq``, ``pending`` more
+        after it. A takeover replay has consumed it whether it is merged or refused: a refused
+        message is counted (``refused``) and still moves the replay on, so a replay whose last
+        message is refused has caught up, and p's windows go out at the next turn instead of
+        waiting for the next valid message."""
         if p in self._replaying:
             self.replayed += 1
-            if not meta.num_pending:
+            if not pending:
                 self._replaying.discard(p)   # caught up: its windows may go out again
-        self._take(partial, meta.sequence.stream)
+        try:
+            partial = read(data)
+        except PartialError as exc:
+            self._refuse(exc.reason)
+            return
+        if partial.partitions != self.partitions:
+            self._refuse("settings")
+            return
+        if partial.partition != p:
+            # on another partition's subject: no instance writes that (it publishes each
+            # message on its own partition's subject); merged, it would corrupt p's floor
+            self._refuse("malformed")
+            return
+        self._take(partial, seq)
+
+    def _refuse(self, reason: str) -> None:
+        self.bad[reason] = self.bad.get(reason, 0) + 1
+
+    def windows(self) -> list[dict]:
+        """The windows made final since the last call, but none of a partition whose takeover
+        replay has not caught up yet (replay_floor.py says why)."""
+        return self.merger.emit(hold=self._replaying)
 
     def _take(self, partial, seq: int) -> None:
         floor = self._floors.get(partial.partition)
@@ -318,7 +345,7 @@ class MergeWorker:
     async def _turn(self, nc) -> None:
         self.merger.expire(time.monotonic())
         js = nc.jetstream() if self.jetstream else None
-        for agg in self.merger.emit(hold=self._replaying):
+        for agg in self.windows():
             a = Aggregate(**agg)
             subject, body = subject_for(self.out_prefix, a.device, a.sensor), encode_json(a)
             if js is None:
