@@ -8,8 +8,8 @@ next (a partition's messages must stay in order: the merge reads progress after 
 refused or unanswered publish is retried, after the process's backoff, with the same
 ``Nats-Msg-Id`` (``<instance>|<partition>|<seq>``), so the stream stores it once. The queue is
 bounded: past ``max_backlog`` messages the oldest is dropped and counted as ``emit_backlog`` —
-the merge workers then see the gap in that instance's sequence (``gaps``) and the windows it
-touched are incomplete there, never silently wrong.
+the merge workers then see the gap in that instance's sequence and count it (``gaps``); the
+windows its panes belonged to go out short of them (docs/scale-out.md, "What is left").
 
 Counters (``stats()``): written by the loop thread, each read whole. They count partial
 messages under their own names (``partials``: made by kind, sent, panes sent, backlog, drops by
