@@ -71,6 +71,7 @@ def test_layers_override_in_order(tmp_path: Path):
     (["--expected-stream", "AGG"], r"^setting expected_stream: only JetStream"),
     (["--jetstream", "true", "--max-in-flight", "0"], r"^setting max_in_flight .*at least 1"),
     (["--max-in-flight-bytes", "512"], r"^setting max_in_flight_bytes .*at least 1024"),
+    (["--partials-max-bytes", "0"], r"^setting partials_max_bytes .*between 1 and"),
 ])
 def test_bad_values_name_the_setting(argv, words):
     with pytest.raises(cfg.ConfigError) as err:
@@ -143,6 +144,45 @@ def test_overrides_come_last_and_are_checked():
         cfg.load(None, {}, overrides={"window": 7.0})
     with pytest.raises(cfg.ConfigError, match="unknown setting 'windw'"):
         cfg.load(None, {}, overrides={"windw": 7.0})
+
+
+def test_partials_max_bytes_is_the_engines_limit():
+    from telemetry_cy.engine.rules import DEFAULT_PARTIALS_MAX_BYTES, MAX_PARTIALS_MAX_BYTES
+
+    assert parse().nats.partials_max_bytes == DEFAULT_PARTIALS_MAX_BYTES
+    assert parse(["--partials-max-bytes", "64KiB"]).nats.partials_max_bytes == 65536
+    with pytest.raises(cfg.ConfigError, match="partials_max_bytes"):
+        parse([], {"TELEMETRY_CY_PARTIALS_MAX_BYTES": str(MAX_PARTIALS_MAX_BYTES + 1)})
+
+
+def test_nats_credentials_and_tls_reach_every_nats_client(tmp_path: Path, tls_certs):
+    """run's aggregate emitter, run's partials emitter and merge take the same settings through
+    the same code (sink/nats_options.connect_options)."""
+    import ssl
+
+    from telemetry_cy.service.daemon import make_emitter, make_partials
+    from telemetry_cy.sink.nats_options import connect_options
+
+    (tmp_path / "pw").write_text("s3cr3t\n")
+    flags = ["--nats-url", "tls://127.0.0.1:4222", "--nats-user", "u", "--nats-password-file",
+             str(tmp_path / "pw"), "--nats-ca-file", tls_certs.ca_file, "--nats-cert-file",
+             tls_certs.client_cert, "--nats-key-file", tls_certs.client_key]
+    run = parse([*flags, "--time", "event", "--output", "partials"])
+    merge = parse_merge(flags)
+    assert run.nats.auth == merge.nats.auth and merge.nats.password == "s3cr3t"
+    opts = connect_options(merge.nats.servers, **merge.nats.auth)
+    partials = make_partials(run)[2].connect_opts
+    aggregates = make_emitter(run.nats)._connect_opts
+    for got in (opts, partials, aggregates):
+        assert (got["user"], got["password"], got["token"], got["user_credentials"]) == \
+            ("u", "s3cr3t", None, None)
+        assert isinstance(got["tls"], ssl.SSLContext) and got["tls"].check_hostname
+    # a bad combination fails at start, for merge as for run, with the setting's words
+    for load in (parse, parse_merge):
+        with pytest.raises(cfg.ConfigError, match="either a token or user/password"):
+            load([*flags, "--nats-token", "t"])
+        with pytest.raises(cfg.ConfigError, match="nats_ca_file"):
+            load(["--nats-ca-file", str(tmp_path / "missing.pem")])
 
 
 def test_nats_servers_split_on_commas():

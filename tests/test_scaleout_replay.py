@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from support.scaleout import EMIT, LATENESS, WINDOW, assert_same_windows, stream
@@ -18,13 +18,13 @@ from telemetry_cy.engine import _engine_py
 from telemetry_cy.engine import partial_format as pf
 from telemetry_cy.engine.instance_partials import InstancePartials
 from telemetry_cy.engine.pane_merge import PaneMerger
-from telemetry_cy.service.merge_worker import emitted_entry, read_emitted_entry
+from telemetry_cy.service.merge_worker import MergeWorker, emitted_entry, read_emitted_entry
 from telemetry_cy.service.replay_floor import ReplayFloor
 
 
-def engine():
+def engine(partials: bool = False):
     return _engine_py.Engine(window=WINDOW, emit_every=EMIT, time="event",
-                             allowed_lateness=LATENESS, key_ttl=1e6, partials=True)
+                             allowed_lateness=LATENESS, key_ttl=1e6, partials=partials)
 
 
 def partial_stream(seed: int, instances: int, n: int, stall: float = 1.0):
@@ -32,28 +32,34 @@ def partial_stream(seed: int, instances: int, n: int, stall: float = 1.0):
     many messages were in the stream at each), and one engine's windows. From ``stall`` (a
     fraction of the readings) on, instance 0 gets no readings: its clock stands, its open panes
     wait, and it only sends heartbeats (as the daemon does at each tick when nothing closed),
-    holding the windows back until it leaves."""
+    holding the windows back until it leaves. The messages as bytes: ``partial_bytes``."""
+    ws, datas, turns, want = partial_bytes(seed, instances, n, stall)
+    return ws, [pf.read(data) for data in datas], turns, want
+
+
+def partial_bytes(seed: int, instances: int, n: int, stall: float = 1.0):
+    """``partial_stream`` with each message as the bytes the stream holds."""
     ws = pf.window_settings(WINDOW, EMIT, "event", LATENESS)
     rng = random.Random(seed)
-    engines = [engine() for _ in range(instances)]
+    engines = [engine(partials=True) for _ in range(instances)]
     outs = [InstancePartials(e, ws, f"inst{i}", 1) for i, e in enumerate(engines)]
     single = engine()
-    msgs: list[pf.Partial] = []
+    msgs: list[bytes] = []
     turns: list[int] = []
     for j, (device, sensor, value, t) in enumerate(stream(seed, n, 6)):
         stalled = instances > 1 and j >= stall * n
         i = rng.randrange(1 if stalled else 0, instances)
         engines[i].push_reading(device, sensor, value, t, unit="u", t=t)
         single.push_reading(device, sensor, value, t, unit="u", t=t)
-        msgs += [pf.read(data) for _p, data in outs[i].collect()]
+        msgs += [data for _p, data in outs[i].collect()]
         if rng.random() < 0.1:
             if stalled:
-                msgs += [pf.read(data) for _p, data in outs[0].heartbeat()]
+                msgs += [data for _p, data in outs[0].heartbeat()]
             turns.append(len(msgs))
     end = n + 1e4
     for e, o in zip(engines, outs):
         e.tick(end)
-        msgs += [pf.read(data) for _p, data in o.collect() + o.leave()]
+        msgs += [data for _p, data in o.collect() + o.leave()]
     turns.append(len(msgs))
     return ws, msgs, turns, [a.as_dict() for a in single.tick(end)]
 
@@ -99,6 +105,73 @@ def test_a_replay_from_the_floor_publishes_what_the_old_owner_would_have(seed, i
         after += new.emit()
     assert_same_windows(want, before + after, ())    # none lost, none twice, all right
     assert new.stats.gaps == 0 and new.stats.incomplete == 0
+
+
+def refused(kind: str, valid: bytes) -> tuple[bytes, str]:
+    """A message a merge worker refuses, made from a valid one, and the reason it counts."""
+    if kind == "foreign":
+        return b"not a partial", "foreign"
+    if kind == "checksum":
+        damaged = bytearray(valid)
+        damaged[len(damaged) // 2] ^= 0xFF
+        return bytes(damaged), "checksum"
+    other = pf.window_settings(2 * WINDOW, EMIT, "event", LATENESS)   # kind "settings"
+    return pf.write(pf.KIND_PROGRESS, other, "stranger", 0, 0, 0, 1), "settings"
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), instances=st.integers(1, 3), cut=st.floats(0.05, 0.9),
+       kind=st.sampled_from(["foreign", "checksum", "settings"]))
+def test_a_replay_ending_on_a_refused_message_has_caught_up(seed, instances, cut, kind):
+    """The old owner merges a turn's messages and dies before emitting them; the stream's last
+    message when the new owner (a MergeWorker) takes over is one it refuses. That message is
+    consumed all the same: the replay has caught up, and the new owner emits at once what the
+    old one was about to, instead of holding the partition until the next valid message."""
+    ws, datas, turns, want = partial_bytes(seed, instances, 300)
+    msgs = [pf.read(d) for d in datas]
+    at = turns[int(cut * (len(turns) - 1))]
+    old, old_floor = PaneMerger(ws), ReplayFloor()
+    before: list[dict] = []
+    fed, committed = 0, None
+    for turn in [t for t in turns if t <= at]:
+        for seq in range(fed + 1, turn + 1):
+            take(old, old_floor, msgs[seq - 1], seq)
+        fed = turn
+        would = old.emit()          # at turn `at` it dies before these go out
+        if turn == at:
+            break
+        before += would
+        tick, live, lost = old.replay_needs(0)
+        if tick is not None:
+            committed = emitted_entry(tick, old_floor.floor(tick, ws.panes, live, lost))
+    assume(would and committed is not None)
+    # the stream as the new owner finds it: the messages so far, then the refused one
+    bad, reason = refused(kind, datas[fed - 1])
+    stream_now = datas[:fed] + [bad]
+    new = MergeWorker([], "new", ws, 1, None)
+    start = new.resume(0, committed) or 1
+    for seq in range(start, len(stream_now) + 1):
+        new.consume(0, stream_now[seq - 1], seq, pending=len(stream_now) - seq)
+    after = new.windows()
+    assert_same_windows(would, after, ())      # not held: what the old owner had ready
+    stats = new.stats()
+    assert stats["refused"] == {reason: 1} and stats["replayed"] == len(stream_now) - start + 1
+    # and on from there, the two owners' windows are one engine's
+    for seq in range(fed + 1, len(datas) + 1):
+        new.consume(0, datas[seq - 1], seq + 1, pending=len(datas) - seq)
+    after += new.windows()
+    assert_same_windows(want, before + after, ())
+
+
+def test_a_message_on_another_partitions_subject_is_refused():
+    ws = pf.window_settings(WINDOW, EMIT, "event", LATENESS)
+    worker = MergeWorker([], "w", ws, 2, [0])
+    # instance a's progress in partition 0, on partition 0's subject: merged
+    worker.consume(0, pf.write(pf.KIND_PROGRESS, ws, "a", 0, 5, 0, 2), 1, pending=0)
+    # its progress in partition 1, delivered on partition 0's subject: refused
+    worker.consume(0, pf.write(pf.KIND_PROGRESS, ws, "a", 0, 5, 1, 2), 2, pending=0)
+    stats = worker.stats()
+    assert stats["refused"] == {"malformed": 1} and stats["partials"] == 1, stats
 
 
 def test_the_floor_moves_past_the_start_and_never_back():

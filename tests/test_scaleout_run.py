@@ -207,6 +207,8 @@ def test_an_instance_counts_partials_under_their_own_name_and_balances(
     assert final["readings"] == len(items) and p["local_windows"] > 0, final
     assert p["messages"] == p["sent"] + sum(p["drops"].values()) + p["backlog"], p
     assert p["backlog"] == 0 and p["drops"] == {"backlog": 0}, p
+    assert p["pane_drops"] == {"backlog": 0, "partial_buffer_full": 0}, p
+    assert p["panes"] == p["panes_sent"] and p["panes_backlog"] == 0, p
     # what it says it sent is what the stream holds: by kind, message for message, pane for pane
     assert p["sent"] == len(stored), (p, len(stored))
     kinds = {name: sum(m.kind == k for m in stored)
@@ -216,6 +218,63 @@ def test_an_instance_counts_partials_under_their_own_name_and_balances(
     assert p["panes_sent"] == sum(len(m.panes) for m in stored)
     # every accepted reading is in exactly one pane sent
     assert sum(pane.count for m in stored for pane in m.panes) == len(items)
+
+
+def test_panes_past_the_partial_buffer_are_counted_dropped_and_leave_sequence_gaps(
+        tmp_path, mosquitto, nats_server, spawn):
+    """partials_max_bytes tiny: many panes close between two ticks (a burst spanning many
+    intervals of event time), most find the engine's partial buffer full. Each is counted
+    (pane_drops[partial_buffer_full], in the stats line, the metrics and the final counters),
+    the panes balance, and every partition's sequence skips where they would have been, so the
+    merge workers count the gap."""
+    admin = NatsSubscriber(nats_server.url, subject=None)
+    port = free_port()
+    try:
+        d = spawn(mosquitto.url, nats_server.url, "--time", "event", "--allowed-lateness",
+                  f"{LATENESS}s", "--output", "partials", "--partitions", str(PARTITIONS),
+                  "--partials-max-bytes", "300", "--metrics-port", str(port), name="inst",
+                  window=f"{WINDOW}s", emit_every=f"{EMIT}s")
+        d.wait_up()
+        base = time.time() - 60.0
+        # 8 keys over 40 s of event time, published at once: far more than 300 bytes of panes
+        # close before the engine thread's next tick drains them
+        items = [(f"site/dev{i % 8}/sensor/temp",
+                  payload(f"dev{i % 8}", "temp", float(i), t=base + i * 0.1, u="C"))
+                 for i in range(400)]
+        pub = paho_publisher(mosquitto, "partials-lost-pub")
+        try:
+            publish_all(pub, items)
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+        line = d.wait_stats(lambda s: s.get("partials", {}).get("pane_drops", {})
+                            .get("partial_buffer_full", 0) > 0, 20.0)
+        assert line is not None, d.tail()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        lost_metric = [ln for ln in text.splitlines() if ln.startswith(
+            'telemetry_cy_partial_panes_dropped_total{reason="partial_buffer_full"}')]
+        assert lost_metric and float(lost_metric[0].split()[-1]) > 0, text
+        code, final = d.stop()
+        assert code == 0, d.tail()
+        stored = [pf.read(m.data) for m in admin.stream_msgs(STREAM)]
+    finally:
+        admin.close()
+    p = final["partials"]
+    assert_balanced(final)
+    lost = p["pane_drops"]["partial_buffer_full"]
+    assert lost > 0 and p["pane_drops"]["backlog"] == 0, p
+    # the panes balance, and the messages still do
+    assert p["panes"] == p["panes_sent"] + sum(p["pane_drops"].values()) + p["panes_backlog"], p
+    assert p["messages"] == p["sent"] + sum(p["drops"].values()) + p["backlog"], p
+    assert p["sent"] == len(stored) and p["panes_sent"] == sum(len(m.panes) for m in stored)
+    # what was sent is short of the readings by what the lost panes held, never more
+    sent_readings = sum(pane.count for m in stored for pane in m.panes)
+    assert 0 < sent_readings < final["readings"] == len(items), (sent_readings, final)
+    # every partition's sequence skips where panes were lost: the merge sees a gap there
+    for part in range(PARTITIONS):
+        seqs = [m.seq for m in stored if m.partition == part]
+        assert seqs == sorted(seqs) and seqs[-1] + 1 > len(seqs), (part, seqs)
 
 
 def test_demo_scale_out_runs_the_deployment_and_aggregates_come_out():

@@ -30,7 +30,10 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+if TYPE_CHECKING:
+    from telemetry_cy.sink.nats_options import NatsAuth
 
 
 class ConfigError(ValueError):
@@ -175,6 +178,16 @@ def parse_stream_name(value: Any) -> str:
     return text
 
 
+def parse_partials_max_bytes(value: Any) -> int:
+    """A size the engine takes as its partial buffer's limit (engine/rules.check_partials)."""
+    from telemetry_cy.engine.rules import check_partials
+
+    try:
+        return check_partials(True, parse_size(value), True)[1]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+
+
 def choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = str(value).strip().lower()
@@ -290,8 +303,32 @@ class MqttSettings:
                               "a power of two)", "size")
 
 
+class _NatsClient:
+    """What both commands' NATS sections give their clients: the server list, and the
+    credentials and TLS settings as sink/nats_options.connect_options takes them."""
+
+    url: str
+    user: str
+    password: str
+    token: str
+    creds_file: str
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+    @property
+    def servers(self) -> list[str]:
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
+    @property
+    def auth(self) -> NatsAuth:
+        return {"user": self.user, "password": self.password, "token": self.token,
+                "creds_file": self.creds_file, "tls_ca_file": self.ca_file,
+                "tls_cert_file": self.cert_file, "tls_key_file": self.key_file}
+
+
 @dataclass(frozen=True)
-class NatsSettings:
+class NatsSettings(_NatsClient):
     """The NATS emitter (sink/nats_emitter.py) and its backlog."""
 
     GROUP: ClassVar[str] = "nats"
@@ -340,13 +377,15 @@ class NatsSettings:
                           "(event time; docs/scale-out.md)", "aggregates|partials")
     partitions: int = setting("partitions", at_least(parse_int, 1), 16, "output partials: the "
                               "key partitions (the merge workers' --partitions)", "int")
+    # the engine's own default (rules.DEFAULT_PARTIALS_MAX_BYTES, test_config holds them equal)
+    partials_max_bytes: int = setting(
+        "partials_max_bytes", parse_partials_max_bytes, 1 << 30, "output partials: most bytes "
+        "of closed panes the engine holds until the next tick takes them (about one interval's "
+        "worth); a pane past it is not sent, counted as a pane drop partial_buffer_full, and "
+        "the merge workers see a sequence gap", "size")
     late_subject: str = setting("late_subject", parse_str, "", "event time: publish late readings "
                                 "as JSON to <late_subject>.<device>.<sensor> (empty: count them "
                                 "only)")
-
-    @property
-    def servers(self) -> list[str]:
-        return [u.strip() for u in self.url.split(",") if u.strip()]
 
 
 @dataclass(frozen=True)
@@ -495,8 +534,9 @@ def parse_own(text: str, partitions: int) -> list[int] | None:
 
 
 @dataclass(frozen=True)
-class MergeNatsSettings:
-    """Where a merge worker reads partials and publishes windows (service/merge_worker.py)."""
+class MergeNatsSettings(_NatsClient):
+    """Where a merge worker reads partials and publishes windows (service/merge_worker.py), and
+    how it connects: run's credentials and TLS settings."""
 
     GROUP: ClassVar[str] = "nats"
     url: str = same_as(NatsSettings, "url")
@@ -506,10 +546,15 @@ class MergeNatsSettings:
                               "window a takeover emits again is stored once")
     replicas: int = setting("replicas", at_least(parse_int, 1), 1, "replicas of the partials "
                             "stream and the lease buckets when this worker creates them", "int")
-
-    @property
-    def servers(self) -> list[str]:
-        return [u.strip() for u in self.url.split(",") if u.strip()]
+    user: str = same_as(NatsSettings, "user")
+    password: str = same_as(NatsSettings, "password")
+    password_file: str = same_as(NatsSettings, "password_file")
+    token: str = same_as(NatsSettings, "token")
+    token_file: str = same_as(NatsSettings, "token_file")
+    creds_file: str = same_as(NatsSettings, "creds_file")
+    ca_file: str = same_as(NatsSettings, "ca_file")
+    cert_file: str = same_as(NatsSettings, "cert_file")
+    key_file: str = same_as(NatsSettings, "key_file")
 
 
 @dataclass(frozen=True)
@@ -554,9 +599,13 @@ class WorkerSettings:
 
 @dataclass(frozen=True)
 class MergeOperationsSettings:
-    """The merge worker's Prometheus /metrics (service/merge_metrics.py)."""
+    """The merge worker's start and its Prometheus /metrics (service/merge_worker.py,
+    service/merge_metrics.py)."""
 
     GROUP: ClassVar[str] = "operations"
+    start_timeout: float = same_as(LifecycleSettings, "start_timeout", help="exit with code 3 "
+                                   "when NATS is not connected this long after start (0 = keep "
+                                   "retrying)")
     port: int = same_as(MetricsSettings, "port", help="serve Prometheus /metrics on this TCP "
                         "port (0 = off)")
     host: str = same_as(MetricsSettings, "host")
@@ -570,7 +619,7 @@ class MergeConfig(_Root):
     nats: MergeNatsSettings = field(default_factory=MergeNatsSettings)
     windows: MergeWindowSettings = field(default_factory=MergeWindowSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
-    metrics: MergeOperationsSettings = field(default_factory=MergeOperationsSettings)
+    operations: MergeOperationsSettings = field(default_factory=MergeOperationsSettings)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
@@ -735,10 +784,11 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
 
 
 def _read_secret_files(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """Each ``*_file`` secret setting the command has, read into its secret."""
     for secret, path_name in (("mqtt_password", "mqtt_password_file"),
                               ("nats_password", "nats_password_file"),
                               ("nats_token", "nats_token_file")):
-        path = values[path_name]
+        path = values.get(path_name)
         if not path:
             continue
         try:
@@ -748,16 +798,24 @@ def _read_secret_files(values: dict[str, Any], sources: dict[str, str]) -> None:
         sources[secret] = f"file {path}"
 
 
-def _check_creds_file(config: Config) -> None:
-    """A bad credentials file fails at start, not at every connect (emitter.check_creds_file)."""
-    path = config.nats.creds_file
-    if not path:
-        return
-    from telemetry_cy.sink.nats_emitter import check_creds_file
+def _check_nats_auth(config: Config | MergeConfig) -> None:
+    """Bad credentials or TLS settings fail at start, not at every connect
+    (sink/nats_options.connect_options, what every NATS client of both commands takes)."""
+    from telemetry_cy.sink.nats_options import check_creds_file, connect_options
+
+    nats = config.nats
+    if nats.creds_file:
+        try:
+            check_creds_file(nats.creds_file)
+        except ValueError as exc:
+            raise ConfigError(f"setting nats_creds_file: {exc}") from None
     try:
-        check_creds_file(path)
+        connect_options(nats.servers, **nats.auth)
     except ValueError as exc:
-        raise ConfigError(f"setting nats_creds_file: {exc}") from None
+        raise ConfigError(f"NATS settings: {exc}") from None
+    except OSError as exc:   # a CA, certificate or key file that cannot be read or used
+        raise ConfigError(f"settings nats_ca_file/nats_cert_file/nats_key_file: "
+                          f"{exc.strerror or exc}") from None
 
 
 def _check_together(config: Config) -> None:
@@ -817,15 +875,16 @@ def _check_merge(config: MergeConfig) -> None:
         config.worker.own_partitions
     except ValueError as exc:
         raise ConfigError(f"setting own: {exc}") from None
+    _check_nats_auth(config)
 
 
 def _check_run(config: Config) -> None:
-    _check_creds_file(config)
+    _check_nats_auth(config)
     _check_together(config)
 
 
 RUN = Command("run", Config, "", _read_secret_files, _check_run)
-MERGE = Command("merge", MergeConfig, "merge", lambda values, sources: None, _check_merge)
+MERGE = Command("merge", MergeConfig, "merge", _read_secret_files, _check_merge)
 COMMANDS = {c.name: c for c in (RUN, MERGE)}
 
 

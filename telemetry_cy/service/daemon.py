@@ -123,10 +123,7 @@ def make_emitter(nats: NatsSettings):
         jetstream=nats.jetstream, expected_stream=nats.expected_stream or None,
         max_in_flight=nats.max_in_flight, max_in_flight_bytes=nats.max_in_flight_bytes,
         max_backlog_batches=nats.backlog_batches,
-        max_backlog_bytes=nats.backlog_bytes, user=nats.user or None,
-        password=nats.password or None, token=nats.token or None,
-        creds_file=nats.creds_file or None, tls_ca_file=nats.ca_file or None,
-        tls_cert_file=nats.cert_file or None, tls_key_file=nats.key_file or None,
+        max_backlog_bytes=nats.backlog_bytes, **nats.auth,
         late_subject=nats.late_subject or None)
 
 
@@ -147,16 +144,19 @@ def make_partials(c: Config):
 
     from telemetry_cy.engine.instance_partials import InstancePartials
     from telemetry_cy.engine.partial_format import window_settings
+    from telemetry_cy.sink.nats_options import connect_options
     from telemetry_cy.sink.partials_emitter import PartialsEmitter
 
     e = c.engine
-    engine = ACTIVE.Engine(**engine_settings(e, c.mqtt), partials=True)
+    engine = ACTIVE.Engine(**engine_settings(e, c.mqtt), partials=True,
+                           partials_max_bytes=c.nats.partials_max_bytes)
     ws = window_settings(e.window, e.emit_every, e.time, e.allowed_lateness,
                          e.quantiles or None, e.quantile_accuracy)
     # unique per process: a restarted instance is a new member, its seq starts again at 0
     instance = f"{c.mqtt.client_id or socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     partials = InstancePartials(engine, ws, instance, c.nats.partitions)
-    return engine, partials, PartialsEmitter(c.nats.servers, instance)
+    return engine, partials, PartialsEmitter(
+        c.nats.servers, instance, connect_opts=connect_options(c.nats.servers, **c.nats.auth))
 
 
 def make_source(ring, mqtt: MqttSettings):

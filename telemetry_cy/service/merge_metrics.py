@@ -23,7 +23,8 @@ _COUNTERS = (
     ("gaps", "Partial messages missing from an instance's sequence."),
     ("deaths", "Instances declared dead (silent for instance_timeout)."),
     ("takeovers", "Partitions taken over from a previous owner."),
-    ("replayed", "Partial messages a takeover replayed, from the previous owner's floor."),
+    ("replayed", "Partial messages a takeover replayed (refused ones included), from the "
+                 "previous owner's floor."),
 )
 
 

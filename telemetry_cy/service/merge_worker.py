@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import sys
 import time
@@ -33,8 +34,10 @@ from telemetry_cy.engine.partial_format import (
     window_settings,
 )
 from telemetry_cy.service import config
+from telemetry_cy.service.logs import redact_url
 from telemetry_cy.service.replay_floor import ReplayFloor
 from telemetry_cy.sink.bodies import encode_json
+from telemetry_cy.sink.nats_options import Redactor, connect_options
 from telemetry_cy.sink.partials_stream import (
     STREAM,
     STREAM_MAX_AGE_S,
@@ -51,6 +54,14 @@ LEASES = "TCY_MERGE_LEASES"
 EMITTED = "TCY_MERGE_EMITTED"
 #: the version of the EMITTED entries' JSON (docs/scale-out.md, "Ownership and failover")
 EMITTED_VERSION = 1
+#: exit codes of `telemetry-cy merge` (those of `run` where they mean the same)
+EXIT_OK, EXIT_CONFIG, EXIT_UNREACHABLE = 0, 2, 3
+#: the same NATS error is written to stderr at most once per this many seconds
+ERROR_LOG_EVERY_S = 60.0
+
+
+class NotConnected(Exception):
+    """NATS not connected within start_timeout; the message says why (no secret in it)."""
 
 
 def emitted_entry(tick: int, from_seq: int | None) -> bytes:
@@ -75,8 +86,20 @@ class MergeWorker:
                  partitions: int, own: list[int] | None, out_prefix: str = "agg",
                  instance_timeout: float = 10.0, replicas: int = 1,
                  tick_every: float = 0.2, jetstream: bool = False,
-                 lease_s: float = 5.0) -> None:
+                 lease_s: float = 5.0, connect_opts: dict | None = None,
+                 start_timeout: float = 0.0) -> None:
         self.urls, self.worker_id, self.settings = urls, worker_id, settings
+        # credentials and TLS (sink/nats_options.connect_options: run's own mechanism); their
+        # secrets never reach stderr or the stats
+        self.connect_opts = connect_opts or {}
+        self._redact = Redactor.of(urls, self.connect_opts)
+        self.start_timeout = start_timeout
+        self.last_error: str | None = None
+        self._logged_errors: dict[str, float] = {}   # error text -> when last written
+        self._connected = False
+        # the distinct errors before the first connection, in order: what a failed start names
+        # (a refused login is followed by the broken pipe of the closed socket: both are said)
+        self._start_errors: list[str] = []
         self.partitions, self.out_prefix = partitions, out_prefix
         # None: ownership by leases (docs/scale-out.md, "Ownership and failover")
         self.auto = own is None
@@ -88,7 +111,7 @@ class MergeWorker:
         self.published = 0
         self.takeovers = 0
         self.ready_s: float | None = None
-        self.replayed = 0          # messages fed by takeover replays
+        self.replayed = 0          # messages takeover replays read (refused ones included)
         self.replay_from: dict[int, int | None] = {}   # partition -> where its replay began
         self._floors: dict[int, ReplayFloor] = {}      # partition -> its replay floor
         # partitions whose takeover replay has not caught up with the stream: merged as they
@@ -103,10 +126,51 @@ class MergeWorker:
         self._next_lease = 0.0
         self._stop = asyncio.Event()
 
+    async def _on_error(self, exc: Exception) -> None:
+        """nats-py's error callback: every failed connect and later error. Kept as last_error
+        and written to stderr, each text at most once per ERROR_LOG_EVERY_S."""
+        text = self._redact(str(exc) or type(exc).__name__)
+        self.last_error = text
+        if not self._connected and text not in self._start_errors:
+            self._start_errors.append(text)
+        now = time.monotonic()
+        if now - self._logged_errors.get(text, -ERROR_LOG_EVERY_S) >= ERROR_LOG_EVERY_S:
+            self._logged_errors[text] = now
+            print(json.dumps({"msg": "nats error", "worker": self.worker_id, "error": text}),
+                  file=sys.stderr, flush=True)
+
+    async def _connect(self):
+        """The connected client; None when stopped first. Retries as the reconnects do (nats-py
+        never gives up with max_reconnect_attempts -1); NotConnected past start_timeout (> 0)."""
+        nc = nats.NATS()
+        connecting = asyncio.ensure_future(nc.connect(
+            self.urls, name=f"telemetry-cy merge {self.worker_id}", max_reconnect_attempts=-1,
+            reconnect_time_wait=0.2, error_cb=self._on_error, **self.connect_opts))
+        stopping = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait({connecting, stopping}, timeout=self.start_timeout or None,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if connecting in done:
+            connecting.result()   # a failure nats-py does not retry goes up as it is
+            self._connected = True
+            return nc
+        connecting.cancel()
+        try:
+            await nc.close()
+        except Exception:  # noqa: BLE001  (never connected: nothing to close cleanly)
+            pass
+        if self._stop.is_set():
+            return None
+        servers = ",".join(redact_url(u) for u in self.urls)
+        raise NotConnected(f"not connected to NATS ({servers}) within start_timeout "
+                           f"{self.start_timeout:g} s: "
+                           f"{'; '.join(self._start_errors[:5]) or 'no answer'}")
+
     async def run(self, ready=None) -> None:
         started = time.monotonic()
-        nc = await nats.connect(self.urls, name=f"telemetry-cy merge {self.worker_id}",
-                                max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        nc = await self._connect()
+        if nc is None:
+            return
         try:
             await ensure_stream(nc, self.replicas)
             js = nc.jetstream()
@@ -150,7 +214,13 @@ class MergeWorker:
         cfg = (ConsumerConfig(deliver_policy=DeliverPolicy.ALL) if from_seq is None else
                ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                               opt_start_seq=from_seq))
-        self._subs[p] = await js.subscribe(f"{SUBJECT_PREFIX}.{p}", cb=self._on_msg,
+
+        async def on_msg(msg) -> None:
+            if p not in self._subs:
+                return   # delivered just before p was handed over: the new owner has it
+            meta = msg.metadata
+            self.consume(p, msg.data, meta.sequence.stream, meta.num_pending)
+        self._subs[p] = await js.subscribe(f"{SUBJECT_PREFIX}.{p}", cb=on_msg,
                                            stream=STREAM, ordered_consumer=True, config=cfg)
 
     async def _leasing(self, js) -> None:
@@ -193,18 +263,25 @@ class MergeWorker:
         self.own = sorted(self._leases)
 
     async def _take_over(self, js, p: int) -> None:
-        emitted, from_seq = None, None
         try:
             entry = await self._kv_emitted.get(f"p.{p}")
         except Exception:  # noqa: BLE001  (KeyNotFoundError: nobody emitted there yet)
             entry = None
-        if entry is not None and entry.value:
+        from_seq = self.resume(p, None if entry is None else (entry.value or b""))
+        await self._subscribe(js, p, from_seq)
+
+    def resume(self, p: int, entry: bytes | None) -> int | None:
+        """Takes partition p with the previous owner's EMITTED entry (None: there is none,
+        nobody emitted there yet). Returns the stream sequence its replay begins at (None: the
+        stream's start); until the replay has caught up, p's windows are held (``consume``)."""
+        emitted, from_seq = None, None
+        if entry:
             self.takeovers += 1
             try:
-                emitted, from_seq = read_emitted_entry(entry.value)
+                emitted, from_seq = read_emitted_entry(entry)
             except ValueError:
                 try:   # an entry of a worker before the version: the tick alone
-                    emitted = int(entry.value)
+                    emitted = int(entry)
                 except ValueError:
                     emitted = None
         self.merger.resume(p, emitted)
@@ -214,7 +291,7 @@ class MergeWorker:
             self._replaying.add(p)
         if emitted is not None:
             self._saved[p] = (emitted, from_seq)
-        await self._subscribe(js, p, from_seq)
+        return from_seq
 
     async def _release(self, p: int) -> None:
         self._leases.pop(p, None)
@@ -225,24 +302,38 @@ class MergeWorker:
         self._floors.pop(p, None)
         self._replaying.discard(p)
 
-    async def _on_msg(self, msg) -> None:
-        try:
-            partial = ACTIVE.read_partial(msg.data)   # the compiled reader unless pure
-        except PartialError as exc:
-            self.bad[exc.reason] = self.bad.get(exc.reason, 0) + 1
-            return
-        if partial.partitions != self.partitions:
-            self.bad["settings"] = self.bad.get("settings", 0) + 1
-            return
-        p = partial.partition
-        if p not in self._subs:
-            return   # delivered just before its partition was handed over: the new owner has it
-        meta = msg.metadata
+    def consume(self, p: int, data: bytes, seq: int, pending: int) -> None:
+        """One message of partition p's subscription: stream sequence ``seq``, ``pending`` more
+        after it. A takeover replay has consumed it whether it is merged or refused: a refused
+        message is counted (``refused``) and still moves the replay on, so a replay whose last
+        message is refused has caught up, and p's windows go out at the next turn instead of
+        waiting for the next valid message."""
         if p in self._replaying:
             self.replayed += 1
-            if not meta.num_pending:
+            if not pending:
                 self._replaying.discard(p)   # caught up: its windows may go out again
-        self._take(partial, meta.sequence.stream)
+        try:
+            partial = ACTIVE.read_partial(data)   # the compiled reader unless pure
+        except PartialError as exc:
+            self._refuse(exc.reason)
+            return
+        if partial.partitions != self.partitions:
+            self._refuse("settings")
+            return
+        if partial.partition != p:
+            # on another partition's subject: no instance writes that (it publishes each
+            # message on its own partition's subject); merged, it would corrupt p's floor
+            self._refuse("malformed")
+            return
+        self._take(partial, seq)
+
+    def _refuse(self, reason: str) -> None:
+        self.bad[reason] = self.bad.get(reason, 0) + 1
+
+    def windows(self) -> list[dict]:
+        """The windows made final since the last call, but none of a partition whose takeover
+        replay has not caught up yet (replay_floor.py says why)."""
+        return self.merger.emit(hold=self._replaying)
 
     def _take(self, partial, seq: int) -> None:
         floor = self._floors.get(partial.partition)
@@ -254,7 +345,7 @@ class MergeWorker:
     async def _turn(self, nc) -> None:
         self.merger.expire(time.monotonic())
         js = nc.jetstream() if self.jetstream else None
-        for agg in self.merger.emit(hold=self._replaying):
+        for agg in self.windows():
             a = Aggregate(**agg)
             subject, body = subject_for(self.out_prefix, a.device, a.sensor), encode_json(a)
             if js is None:
@@ -337,24 +428,30 @@ def main(args: argparse.Namespace) -> int:
         c: config.MergeConfig = config.load(args, command=config.MERGE)
     except config.ConfigError as exc:
         print(f"telemetry-cy merge: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     if args.print_nats_config:
         print(nats_config(c.nats.replicas))
         return 0
     if not c.worker.worker_id:
         print("telemetry-cy merge: setting worker_id is needed (--worker-id)", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     w = c.windows
     settings = window_settings(w.window, w.emit_every, w.time, w.allowed_lateness,
                                w.quantiles or None, w.quantile_accuracy)
     worker = MergeWorker(c.nats.servers, c.worker.worker_id, settings, c.worker.partitions,
                          c.worker.own_partitions, out_prefix=c.nats.subject_prefix,
                          instance_timeout=c.worker.instance_timeout, replicas=c.nats.replicas,
-                         jetstream=c.nats.jetstream, lease_s=c.worker.lease)
+                         jetstream=c.nats.jetstream, lease_s=c.worker.lease,
+                         connect_opts=connect_options(c.nats.servers, **c.nats.auth),
+                         start_timeout=c.operations.start_timeout)
 
-    if c.metrics.port:
+    if c.operations.port:
         from telemetry_cy.service.merge_metrics import serve
-        serve(lambda: worker.snapshot, c.metrics.port, c.metrics.host)
+        serve(lambda: worker.snapshot, c.operations.port, c.operations.host)
+
+    # asyncio warns on every TLS connection nats-py closes after a refusal ("returning true
+    # from eof_received() has no effect when using ssl"): noise beside the error lines above
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
 
     async def go() -> None:
         loop = asyncio.get_running_loop()
@@ -375,6 +472,11 @@ def main(args: argparse.Namespace) -> int:
             await worker.run(ready)
         finally:
             task.cancel()
-    asyncio.run(go())
+    code = EXIT_OK
+    try:
+        asyncio.run(go())
+    except NotConnected as exc:
+        print(f"telemetry-cy merge: {exc}", file=sys.stderr, flush=True)
+        code = EXIT_UNREACHABLE
     print(json.dumps(worker.stats()), flush=True)
-    return 0
+    return code

@@ -298,8 +298,19 @@ class PipelineCollector(Collector):
             yield f
             yield _counter("telemetry_cy_partials_sent", "Partial messages the partials stream "
                            "acknowledged.", p.get("sent"))
+            yield _counter("telemetry_cy_partial_panes", "Panes the engine closed with data "
+                           "(one per key and interval).", p.get("panes"))
             yield _counter("telemetry_cy_partial_panes_sent", "Panes in the partial messages "
                            "sent.", p.get("panes_sent"))
+            f = CounterMetricFamily("telemetry_cy_partial_panes_dropped", "Panes not sent, by "
+                                    "reason: partial_buffer_full (the engine's partial buffer "
+                                    "was full), backlog (in a dropped message).",
+                                    labels=["reason"])
+            for reason, n in sorted((p.get("pane_drops") or {}).items()):
+                f.add_metric([reason], float(n))
+            yield f
+            yield _gauge("telemetry_cy_partial_panes_backlog", "Panes in the partial messages "
+                         "waiting for the stream's ack.", p.get("panes_backlog"))
             yield _counter("telemetry_cy_partials_retries", "Partial publishes retried (with "
                            "the same Nats-Msg-Id).", p.get("retries"))
             f = CounterMetricFamily("telemetry_cy_partials_dropped", "Partial messages "

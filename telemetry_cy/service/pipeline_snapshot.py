@@ -195,7 +195,8 @@ class PipelineSnapshot:
     checkpoint: CheckpointState | None = None
     # output = partials (docs/scale-out.md): the partial messages (sink/partials_emitter.py)
     # plus local_windows, the windows the instance's engine closed and did not publish (the
-    # merge workers do); None in aggregate mode
+    # merge workers do), and in pane_drops[partial_buffer_full] the panes the engine's bounded
+    # partial buffer could not keep (engine/instance_partials.py); None in aggregate mode
     partials: Mapping[str, Any] | None = None
 
     @classmethod
@@ -206,21 +207,32 @@ class PipelineSnapshot:
         eng = pipeline.engine_thread.stats()
         ring_used = pipeline.ring.used_bytes
         src = pipeline.source.stats()
-        return cls.from_stats(src, eng, emi, ring_used, pipeline.ring.capacity, ckpt)
+        # the engine thread's count, read after the emitter's like the engine's own (downstream
+        # first): a pane is counted lost before any message made after it
+        partials = getattr(pipeline, "partials", None)
+        lost = 0 if partials is None else partials.lost_panes
+        return cls.from_stats(src, eng, emi, ring_used, pipeline.ring.capacity, ckpt, lost)
 
     @classmethod
     def from_stats(cls, src: Mapping[str, Any], eng: Mapping[str, Any],
                    emi: Mapping[str, Any], ring_used_bytes: int = 0,
                    ring_capacity: int = 0,
-                   ckpt: Mapping[str, Any] | None = None) -> PipelineSnapshot:
-        """From the parts' ``stats()`` dicts, already read downstream first."""
+                   ckpt: Mapping[str, Any] | None = None,
+                   lost_panes: int = 0) -> PipelineSnapshot:
+        """From the parts' ``stats()`` dicts, already read downstream first; ``lost_panes``:
+        partial mode's panes the engine could not keep (``InstancePartials.lost_panes``)."""
         drops, unknown = merge_drops(src, eng, emi)
         aggregates, partials = _int(eng, "aggregates"), emi.get("partials")
         if partials is not None:
             # partial mode: no aggregate leaves this process, so the aggregate path balances at
             # 0 (aggregates == published + emit_backlog + backlog); what the engine closed is
-            # named for what it is
-            partials, aggregates = {**partials, "local_windows": aggregates}, 0
+            # named for what it is. A lost pane never became part of a message: it is a pane
+            # drop of its own reason, and the panes closed are those made into messages plus
+            # those lost (docs/metrics.md, "Partial mode")
+            pane_drops = {**(partials.get("pane_drops") or {}), "partial_buffer_full": lost_panes}
+            partials = {**partials, "local_windows": aggregates, "pane_drops": pane_drops,
+                        "panes": _int(partials, "panes") + lost_panes}
+            aggregates = 0
         return cls(
             received=_int(src, "received"), payload_bytes=_int(src, "payload_bytes"),
             mqtt=MqttState(
@@ -257,6 +269,8 @@ class PipelineSnapshot:
         aggregates == published + drops[emit_backlog] + backlog
         partial mode (``partials``): aggregates == published == 0, and
         partials[messages] == partials[sent] + sum(partials[drops]) + partials[backlog]
+        partials[panes] == partials[panes_sent] + sum(partials[pane_drops]) +
+        partials[panes_backlog]
         at stop, open_readings = readings of the interval no tick closed (in no aggregate); with
         window == emit_every: readings == sum of published counts + open_readings + (readings of
         aggregates dropped as emit_backlog)"""
@@ -328,7 +342,8 @@ class PipelineSnapshot:
                 "sent": p.get("sent", 0), "panes": p.get("panes_sent", 0),
                 "progress": made.get("progress", 0), "heartbeats": made.get("heartbeat", 0),
                 "backlog": p.get("backlog", 0),
-                "drops": {k: v for k, v in (p.get("drops") or {}).items() if v}}
+                "drops": {k: v for k, v in (p.get("drops") or {}).items() if v},
+                "pane_drops": {k: v for k, v in (p.get("pane_drops") or {}).items() if v}}
         ck = self.checkpoint
         if ck is not None:
             line["checkpoint"] = {"age_s": ck.age_s(), "bytes": ck.last_bytes,

@@ -60,7 +60,7 @@ from telemetry_cy.sink.nats_batches import (
     encode_batch,
     msg_id,
 )
-from telemetry_cy.sink.nats_options import Redactor, check_auth, check_creds_file, tls_context
+from telemetry_cy.sink.nats_options import Redactor, check_creds_file, connect_options
 from telemetry_cy.sink.nats_streams import streams_capturing
 from telemetry_cy.sink.subjects import validate_prefix
 
@@ -121,7 +121,8 @@ class NatsEmitter:
         # event time: late readings on <late_subject>.<device>.<sensor> (sink/late_messages.py)
         self._late = (LateQueue(validate_prefix(late_subject), max_backlog_batches,
                                 max_backlog_bytes) if late_subject else None)
-        check_auth(user, password, token, creds_file)
+        auth = connect_options(self.servers, user, password, token, creds_file, tls_ca_file,
+                               tls_cert_file, tls_key_file)
         self.jetstream = jetstream
         self.max_backlog_batches = max_backlog_batches
         self.max_backlog_bytes = max_backlog_bytes
@@ -135,16 +136,13 @@ class NatsEmitter:
         self.on_published = on_published
 
         # secrets never leave this object in stats, errors or logs: redact them from any text
-        self._redact = Redactor(self.servers, password, token)
+        self._redact = Redactor.of(self.servers, auth)
         self._safe_servers = ",".join(redact_url(u) for u in self.servers)
         self._connect_opts: dict[str, Any] = dict(
             servers=self.servers, name=name, connect_timeout=connect_timeout,
             allow_reconnect=True, max_reconnect_attempts=-1,
             reconnect_time_wait=reconnect_time_wait,
-            reconnect_to_server_handler=self._next_server, user=user, password=password,
-            token=token, user_credentials=creds_file,
-            tls=tls_context(self.servers, tls_ca_file, tls_cert_file, tls_key_file),
-            flush_timeout=flush_timeout,
+            reconnect_to_server_handler=self._next_server, **auth, flush_timeout=flush_timeout,
             error_cb=self._on_error, disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected, closed_cb=self._on_closed)
 

@@ -1,4 +1,8 @@
-"""What the NATS emitter checks before it connects, and the secrets it keeps out of its output.
+"""How every NATS client of the project authenticates and sets up TLS, checked before it
+connects, and the secrets it keeps out of its output. The clients: the aggregate emitter
+(sink/nats_emitter.py), the partials emitter (sink/partials_emitter.py), the merge worker
+(service/merge_worker.py); each takes ``connect_options`` whole, so the settings mean the same
+and fail the same way in all of them.
 
 Everything here runs at construction, on the caller's thread, so a bad credentials file or TLS
 setting is a clear ValueError at start rather than a connection loop that never succeeds.
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Sequence
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 _CREDS_SECTIONS = ((b"BEGIN NATS USER JWT", "user JWT"), (b"BEGIN USER NKEY SEED", "nkey seed"))
@@ -59,10 +64,43 @@ def tls_context(servers: Sequence[str], ca_file: str | None, cert_file: str | No
     return ctx
 
 
+class NatsAuth(TypedDict):
+    """The credentials and TLS settings, by ``connect_options``' parameter names (service/config.py
+    gives them so: empty strings for what is not set)."""
+
+    user: str
+    password: str
+    token: str
+    creds_file: str
+    tls_ca_file: str
+    tls_cert_file: str
+    tls_key_file: str
+
+
+def connect_options(servers: Sequence[str], user: str | None = None,
+                    password: str | None = None, token: str | None = None,
+                    creds_file: str | None = None, tls_ca_file: str | None = None,
+                    tls_cert_file: str | None = None,
+                    tls_key_file: str | None = None) -> dict[str, Any]:
+    """The credentials and TLS keyword arguments of nats-py's ``connect`` (``user``,
+    ``password``, ``token``, ``user_credentials``, ``tls``), checked (check_auth, tls_context):
+    ValueError on a bad setting. An empty string means not set, as in the settings."""
+    user, password, token, creds_file = (v or None for v in (user, password, token, creds_file))
+    check_auth(user, password, token, creds_file)
+    return {"user": user, "password": password, "token": token, "user_credentials": creds_file,
+            "tls": tls_context(servers, tls_ca_file or None, tls_cert_file or None,
+                               tls_key_file or None)}
+
+
 class Redactor:
     """Replaces every secret the emitter was given (password, token, and the user info of the
     server URLs: ``nats://TOKEN@host`` puts a token there) by ``***`` in a text, so that stats,
     errors and logs never carry one."""
+
+    @classmethod
+    def of(cls, servers: Sequence[str], options: dict[str, Any]) -> Redactor:
+        """The redactor of a client connecting with ``connect_options``' ``options``."""
+        return cls(servers, options.get("password"), options.get("token"))
 
     def __init__(self, servers: Sequence[str], *secrets: str | None) -> None:
         found = set(secrets)

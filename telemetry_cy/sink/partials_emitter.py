@@ -8,15 +8,17 @@ next (a partition's messages must stay in order: the merge reads progress after 
 refused or unanswered publish is retried, after the process's backoff, with the same
 ``Nats-Msg-Id`` (``<instance>|<partition>|<seq>``), so the stream stores it once. The queue is
 bounded: past ``max_backlog`` messages the oldest is dropped and counted as ``emit_backlog`` —
-the merge workers then see the gap in that instance's sequence (``gaps``) and the windows it
-touched are incomplete there, never silently wrong.
+the merge workers then see the gap in that instance's sequence and count it (``gaps``); the
+windows its panes belonged to go out short of them (docs/scale-out.md, "What is left").
 
 Counters (``stats()``): written by the loop thread, each read whole. They count partial
 messages under their own names (``partials``: made by kind, sent, panes sent, backlog, drops by
 reason), never as ``published``, which in the daemon means aggregates NATS confirmed: an instance
 in partial mode publishes none (docs/metrics.md, "Partial mode"). Balance, at any reading:
 ``made == sent + drops + backlog`` (a message is counted made as it enters the queue, and leaves
-it as sent or dropped).
+it as sent or dropped), and the same for the panes those messages carry: ``panes == panes_sent +
+pane_drops + panes_backlog`` (the panes the engine could not keep never reach this queue: the
+pipeline snapshot adds them, service/pipeline_snapshot.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import time
 import nats
 
 from telemetry_cy.connection import Backoff, ConnectionClock
+from telemetry_cy.sink.nats_options import Redactor
 from telemetry_cy.sink.partials_stream import SUBJECT_PREFIX, ensure_stream
 
 #: the message kinds by their number (header offset 12, docs/scale-out.md "The partial format")
@@ -55,7 +58,10 @@ class PartialsEmitter:
                  replicas: int = 1, connect_opts: dict | None = None) -> None:
         self.servers, self.instance = servers, instance
         self.max_backlog, self.replicas = max_backlog, replicas
+        # credentials and TLS: sink/nats_options.connect_options, as every NATS client takes them
         self.connect_opts = connect_opts or {}
+        # no secret of those reaches the stats' last_error
+        self._redact = Redactor.of(servers, self.connect_opts)
         # (partition, seq, panes in it, bytes)
         self._queue: collections.deque[tuple[int, int, int, bytes]] = collections.deque()
         self._wake: asyncio.Event | None = None
@@ -64,7 +70,9 @@ class PartialsEmitter:
         self._conn = ConnectionClock()
         self._backoff = Backoff(0.05, 2.0)
         self._published = self._dropped = self._retries = self._reconnects = 0
-        self._panes_sent = 0
+        # panes in the messages made, sent, dropped with their message, waiting in the queue:
+        # each kept on its own (not derived from the others) so the balance is a real check
+        self._panes_made = self._panes_sent = self._panes_dropped = self._panes_queued = 0
         self._made = dict.fromkeys(KINDS.values(), 0)
         self._closing = False
         self._done: asyncio.Event | None = None
@@ -80,11 +88,15 @@ class PartialsEmitter:
         for partition, data in messages:
             kind, seq, panes = _peek(data)
             self._made[kind] = self._made.get(kind, 0) + 1
+            self._panes_made += panes
             # the seq is the Nats-Msg-Id's last part
             self._queue.append((partition, seq, panes, data))
+            self._panes_queued += panes
         while len(self._queue) > self.max_backlog:
-            self._queue.popleft()
+            _, _, panes, _ = self._queue.popleft()
             self._dropped += 1
+            self._panes_queued -= panes
+            self._panes_dropped += panes
         assert self._wake is not None
         self._wake.set()
 
@@ -124,7 +136,7 @@ class PartialsEmitter:
                                         disconnected_cb=self._disconnected,
                                         **self.connect_opts)
             except Exception as exc:  # noqa: BLE001  (any failure: wait and try again)
-                self._conn.note_error(str(exc))
+                self._conn.note_error(self._redact(str(exc)))
                 if self._closing:
                     self._done.set()
                     return
@@ -134,7 +146,7 @@ class PartialsEmitter:
         try:
             await ensure_stream(nc, self.replicas)
         except Exception as exc:  # noqa: BLE001  (a stream made by the operator is fine too)
-            self._conn.note_error(f"stream: {exc}")
+            self._conn.note_error(self._redact(f"stream: {exc}"))
         while True:
             if not self._queue:
                 if self._closing:
@@ -148,7 +160,7 @@ class PartialsEmitter:
                     "Nats-Msg-Id": f"{self.instance}|{partition}|{seq}"})
             except Exception as exc:  # noqa: BLE001  (refused, no answer, no connection)
                 self._retries += 1
-                self._conn.note_error(str(exc))
+                self._conn.note_error(self._redact(str(exc)))
                 if self._closing and not nc.is_connected:
                     break
                 await asyncio.sleep(self._backoff.next_delay())
@@ -157,6 +169,7 @@ class PartialsEmitter:
             self._queue.popleft()
             self._published += 1
             self._panes_sent += panes
+            self._panes_queued -= panes
         await nc.close()
         self._done.set()
 
@@ -193,5 +206,7 @@ class PartialsEmitter:
                 "made": made, "messages": sum(made.values()), "sent": self._published,
                 "panes_sent": self._panes_sent, "backlog": len(self._queue),
                 "drops": {"backlog": self._dropped}, "retries": self._retries,
+                "panes": self._panes_made, "panes_backlog": self._panes_queued,
+                "pane_drops": {"backlog": self._panes_dropped},
             },
         }
