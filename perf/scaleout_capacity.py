@@ -15,6 +15,8 @@ model"), on loopback, this machine:
 * ``merge``: one ``telemetry-cy merge`` process (all partitions) reading a stream pre-filled
   with the partials of --instances instances × --keys keys × --intervals intervals: panes merged
   per second from its ready line to its last window on ``agg.>``, and its CPU per pane.
+  ``--profile DIR`` runs that worker under cProfile (DIR/merge<rep>.prof; docs/performance.md,
+  "The merge worker's cost per pane").
 
 Each point is repeated --reps times, interleaved; the summary gives medians of one run.
 
