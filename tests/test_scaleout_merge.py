@@ -120,6 +120,7 @@ def test_two_workers_merge_three_instances_into_one_engines_windows(tmp_path, na
         text = scrape(metrics_port)
         assert "telemetry_cy_merge_owned_partitions 2.0" in text
         assert 'telemetry_cy_merge_refused_total{reason="settings"} 1.0' in text
+        assert "telemetry_cy_merge_too_large_total 0.0" in text
     finally:
         for w in workers:
             w.terminate()
