@@ -15,6 +15,8 @@ model"), on loopback, this machine:
 * ``merge``: one ``telemetry-cy merge`` process (all partitions) reading a stream pre-filled
   with the partials of --instances instances × --keys keys × --intervals intervals: panes merged
   per second from its ready line to its last window on ``agg.>``, and its CPU per pane.
+  ``--profile DIR`` runs that worker under cProfile (DIR/merge<rep>.prof; docs/performance.md,
+  "The merge worker's cost per pane").
 
 Each point is repeated --reps times, interleaved; the summary gives medians of one run.
 
@@ -268,11 +270,15 @@ def merge_point(cluster, a, msgs, panes_total: int, tmp: Path, rep: int) -> dict
     th.start()
     time.sleep(0.5)
     err = open(tmp / f"merge{rep}.stderr", "wb")
-    proc = subprocess.Popen(cli("merge", "--nats-url", cluster.url, "--worker-id", f"cap{rep}",
-                                "--window", "5s", "--emit-every", "1s", "--allowed-lateness",
-                                "0s", "--partitions", str(a.partitions), "--own",
-                                f"0-{a.partitions - 1}"),
-                            stdout=subprocess.PIPE, stderr=err, env=env())
+    # --profile: the worker under cProfile (its stats written when SIGTERM ends it)
+    prof = ([sys.executable, "-m", "cProfile", "-o", str(a.profile / f"merge{rep}.prof")]
+            if a.profile else [])
+    command = cli("merge", "--nats-url", cluster.url, "--worker-id", f"cap{rep}",
+                  "--window", "5s", "--emit-every", "1s", "--allowed-lateness", "0s",
+                  "--partitions", str(a.partitions), "--own", f"0-{a.partitions - 1}")
+    if prof:
+        command = prof + command[1:]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, env=env())
     err.close()
     while b'"ready"' not in (tmp / f"merge{rep}.stderr").read_bytes():
         time.sleep(0.005)
@@ -346,8 +352,12 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=2000)
     ap.add_argument("--intervals", type=int, default=20)
     ap.add_argument("--partitions", type=int, default=16)
+    ap.add_argument("--profile", type=Path,
+                    help="merge: run the worker under cProfile, merge<rep>.prof in this folder")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
+    if a.profile:
+        a.profile.mkdir(parents=True, exist_ok=True)
     result: dict = {"machine": machine(), "load_start": os.getloadavg(), "command": sys.argv}
     summary: dict = {}
     with tempfile.TemporaryDirectory() as tmp_name:

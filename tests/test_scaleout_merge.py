@@ -120,6 +120,7 @@ def test_two_workers_merge_three_instances_into_one_engines_windows(tmp_path, na
         text = scrape(metrics_port)
         assert "telemetry_cy_merge_owned_partitions 2.0" in text
         assert 'telemetry_cy_merge_refused_total{reason="settings"} 1.0' in text
+        assert "telemetry_cy_merge_too_large_total 0.0" in text
     finally:
         for w in workers:
             w.terminate()
@@ -235,3 +236,40 @@ def test_print_nats_config_names_the_stream_the_workers_read():
                          timeout=60, check=True).stdout.decode()
     add = [line for line in out.splitlines() if line.startswith(f"nats stream add {STREAM} ")]
     assert len(add) == 1 and f"'{SUBJECT_PREFIX}.>'" in add[0] and "--replicas 3" in add[0]
+
+
+def test_a_workers_windows_go_out_as_the_body_encoder_writes_them_and_a_too_long_one_counts(
+        nats_server):
+    # the core NATS emit path (the wire encoder's PUB chunks) against a real server: subjects
+    # and bodies as subject_for/encode_json give them, in order; a subject longer than a server
+    # takes is not sent but counted
+    import asyncio
+
+    import nats
+
+    from telemetry_cy.service.merge_worker import Aggregate, MergeWorker
+    from telemetry_cy.sink.bodies import encode_json
+    from telemetry_cy.sink.subjects import subject_for
+
+    sub = NatsSubscriber(nats_server.url)
+    try:
+        ws = pf.window_settings(WINDOW, EMIT, "event", LATENESS)
+        worker = MergeWorker([nats_server.url], "w-encode", ws, PARTITIONS, [0])
+        aggs = [Aggregate(device, "temp", "C", 0.0, 5.0, 3, 6.5, 6.5 / 3, 1.0, 3.5, 0.75, 1.0,
+                          2.0) for device in ("dev.1", "d" * 4000, "dév 2")]
+
+        async def go() -> None:
+            nc = await nats.connect(nats_server.url)
+            try:
+                await worker._publish(nc, aggs)
+                await nc.flush()
+            finally:
+                await nc.close()
+        asyncio.run(go())
+        got = sub.wait_count(2)
+        assert [(m.subject, m.data) for m in got] == [
+            (subject_for("agg", a.device, a.sensor), encode_json(a)) for a in (aggs[0], aggs[2])]
+        assert (worker.published, worker.too_large) == (2, 1)
+        assert worker.stats()["too_large"] == 1
+    finally:
+        sub.close()

@@ -18,6 +18,7 @@ _COUNTERS = (
     ("partials", "Partial messages merged."),
     ("panes", "Panes merged."),
     ("published", "Windows published."),
+    ("too_large", "Windows not published: subject or body longer than the server takes."),
     ("incomplete", "(key, window) pairs never published: an instance died in them."),
     ("stale", "Panes no window to come spans (a late joiner, or replayed after a takeover)."),
     ("gaps", "Partial messages missing from an instance's sequence."),

@@ -25,7 +25,6 @@ import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 
 from telemetry_cy.backend import ACTIVE
-from telemetry_cy.engine._engine_py import Aggregate
 from telemetry_cy.engine.pane_merge import PaneMerger
 from telemetry_cy.engine.partial_format import (
     KIND_PANES,
@@ -37,6 +36,7 @@ from telemetry_cy.service import config
 from telemetry_cy.service.logs import redact_url
 from telemetry_cy.service.replay_floor import ReplayFloor
 from telemetry_cy.sink.bodies import encode_json
+from telemetry_cy.sink.nats_batches import ENCODE_SLICE, MAX_SUBJECT_BYTES, encode_batch
 from telemetry_cy.sink.nats_options import Redactor, connect_options
 from telemetry_cy.sink.partials_stream import (
     STREAM,
@@ -46,6 +46,9 @@ from telemetry_cy.sink.partials_stream import (
     ensure_stream,
 )
 from telemetry_cy.sink.subjects import msg_id, subject_for
+
+#: the active backend's aggregate: what its wire encoder (encode_batch) takes
+Aggregate = ACTIVE.Aggregate
 
 #: KV buckets of automatic ownership: leases (they expire) and, per partition, the last tick
 #: emitted with the stream position a replay needs (kept: a new owner reads it to emit no window
@@ -109,6 +112,7 @@ class MergeWorker:
         self.merger = PaneMerger(settings, instance_timeout)
         self.bad: dict[str, int] = {}
         self.published = 0
+        self.too_large = 0         # windows not published: subject or body too long to send
         self.takeovers = 0
         self.ready_s: float | None = None
         self.replayed = 0          # messages takeover replays read (refused ones included)
@@ -344,18 +348,20 @@ class MergeWorker:
 
     async def _turn(self, nc) -> None:
         self.merger.expire(time.monotonic())
-        js = nc.jetstream() if self.jetstream else None
-        for agg in self.windows():
-            a = Aggregate(**agg)
-            subject, body = subject_for(self.out_prefix, a.device, a.sensor), encode_json(a)
-            if js is None:
-                await nc.publish(subject, body)
-            else:
+        aggs = [Aggregate(**agg) for agg in self.windows()]
+        if self.jetstream:
+            js = nc.jetstream()
+            for a in aggs:
                 # one id per (key, window): a window a takeover emits again is stored once
-                await js.publish(subject, body, headers={
-                    "Nats-Msg-Id": msg_id(a.device, a.sensor, a.window_end)})
-            self.published += 1
-            self.last_window_end = max(self.last_window_end, a.window_end)
+                await js.publish(subject_for(self.out_prefix, a.device, a.sensor),
+                                 encode_json(a),
+                                 headers={"Nats-Msg-Id": msg_id(a.device, a.sensor,
+                                                                a.window_end)})
+                self.published += 1
+        else:
+            await self._publish(nc, aggs)
+        if aggs:
+            self.last_window_end = max(self.last_window_end, max(a.window_end for a in aggs))
         await nc.flush()
         self.snapshot = self.stats()   # replaced whole: what a metrics scrape reads
         if self.auto:
@@ -373,13 +379,31 @@ class MergeWorker:
                     await self._kv_emitted.put(f"p.{p}", emitted_entry(*saved))
                     self._saved[p] = saved
 
+    async def _publish(self, nc, aggs: list) -> None:
+        """Core NATS: the windows as ready PUB protocol chunks by the emitter's wire encoder
+        (sink/nats_batches.py; bodies as bodies.encode_json), put on the client's write queue:
+        one encode and one write a chunk, not a publish() a window (most of the worker's time
+        went there: docs/performance.md, "The merge worker's cost per pane")."""
+        for i in range(0, len(aggs), ENCODE_SLICE):
+            chunks, encoded, too_large, _ = encode_batch(
+                aggs[i:i + ENCODE_SLICE], self.out_prefix, "json", MAX_SUBJECT_BYTES,
+                max_body_bytes=nc.max_payload)
+            self.published += encoded
+            # a subject or body the server would close the connection on: counted, not sent
+            self.too_large += too_large
+            for chunk in chunks:
+                await nc._send_command(chunk)
+            if nc._flush_queue.empty():   # as nats-py's publish() does: wake its writer
+                await nc._flush_pending()
+
     def stop(self) -> None:
         self._stop.set()
 
     def stats(self) -> dict:
         s = self.merger.stats
         return {"worker": self.worker_id, "own": self.own, "partials": s.partials,
-                "panes": s.panes, "published": self.published, "incomplete": s.incomplete,
+                "panes": s.panes, "published": self.published, "too_large": self.too_large,
+                "incomplete": s.incomplete,
                 "stale": s.stale, "gaps": s.gaps, "refused": {**s.refused, **self.bad},
                 "instances": len(self.merger.instances), "deaths": s.deaths,
                 "takeovers": self.takeovers, "replayed": self.replayed,
