@@ -12,9 +12,12 @@ every reading lands exactly once, counters and windows equal. Nothing here asser
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import cbor2
 import pytest
@@ -23,6 +26,7 @@ from hypothesis import strategies as st
 
 from telemetry_cy.backend import BackendUnavailable, load
 from telemetry_cy.tools.mqtt_loadgen import publish_frame
+from test_ring import _compile, tsan_cc  # noqa: F401, F811 (tsan_cc: the fixture that finds cc)
 
 try:
     C = load("compiled")
@@ -323,3 +327,39 @@ def test_the_property_run_exercises_lending():
     c.stop()
     finish(eng, ring)
     assert ring.lends > 0 and eng.stats()["readings"] == 600
+
+
+# ---- the protocol under ThreadSanitizer (tests/c/lend_stress.c) ----------------------------------
+
+LEND_HARNESS = Path(__file__).resolve().parent / "c" / "lend_stress.c"
+
+
+@pytest.fixture(scope="module")
+def lend_harness(tsan_cc, tmp_path_factory) -> Path:  # noqa: F811 (the imported fixture)
+    exe = tmp_path_factory.mktemp("tsan_lend") / "lend_stress_tsan"
+    # -Wno-tsan: TSan does not model the doorbell's seq_cst fences (the Dekker half of
+    # tc_doorbell.h); the lend protocol it checks here is acquire/release on `lend` alone
+    flags = ["-std=gnu11", "-fsanitize=thread", "-O1", "-g", "-pthread", "-Wno-tsan"]
+    r = _compile(tsan_cc, exe, LEND_HARNESS, flags)
+    assert r.returncode == 0, r.stderr
+    return exe
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("100000", "1", "65536", "37", "300"),     # some records left for the consumer
+        ("100000", "2", "4096", "0", "50"),        # tiny ring, kicks racing every borrow
+        ("50000", "3", "1048576", "5", "1000"),    # most lent drains stop early
+    ],
+    ids=["roomy", "tiny-ring-many-kicks", "early-stops"],
+)
+def test_lend_protocol_under_thread_sanitizer(lend_harness, args):
+    """Producer, consumer and kicker threads: every record processed once and in order whoever
+    drains it, and no race on the lent state (TSan)."""
+    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=0 exitcode=66")
+    run = subprocess.run([str(lend_harness), *args], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert "WARNING: ThreadSanitizer" not in run.stderr, run.stderr[:4000]
+    assert run.returncode == 0, run.stdout + run.stderr[:4000]
+    assert "errors=0" in run.stdout
