@@ -208,6 +208,7 @@ stage_python() {
     if (cd "$build" && env "${env[@]}" "$PY" -m pytest -q -p no:cacheprovider -x \
             --rootdir "$ROOT" -c "$ROOT/pyproject.toml" \
             "$ROOT/tests/test_decode.py" "$ROOT/tests/test_frames.py" "$ROOT/tests/test_ring.py" \
+            "$ROOT/tests/test_lend.py" \
             "$ROOT/tests/test_engine.py" "$ROOT/tests/test_engine_event.py" \
             "$ROOT/tests/test_snapshot.py" \
             "$ROOT/tests/test_engine_quantiles.py" "$ROOT/tests/test_columns.py" \
