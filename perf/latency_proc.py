@@ -5,7 +5,10 @@ perf/wakeups_rig.py's publisher just before its write). Run by ``wakeups_rig.py 
 
 The stand-in drains with ``ring.pop_many`` (Python objects, the GIL held) where the real engine
 decodes in C without the GIL: it measures when a record can be read on the engine thread, which is
-what the wake-up path (network thread, ring, doorbell, the engine thread's park) decides.
+what the wake-up path (network thread, ring, doorbell, the engine thread's park) decides. It is
+never lent to the network thread (includes/tc_park.h: only the compiled engine offers a C drain
+entry), so it measures the doorbell path; a record drained into a lent engine is processed in
+the turn of its read, i.e. at the ``read_*`` figures plus the drain's microseconds.
 
 stdout: ``{"event": "ready"}`` once subscribed; on SIGTERM one JSON line with the percentiles (ms)
 of publish -> engine (``p50_ms`` ...), publish -> network thread's read (``read_*``: the record's

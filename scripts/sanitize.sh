@@ -116,7 +116,7 @@ stage_fuzz() {
     done
 }
 
-# ---- tsan: the SPSC ring's C stress harness (tests/c/spsc_stress.c) ---------------------------------
+# ---- tsan: the C stress harnesses of the SPSC ring and of the lend protocol (tests/c/) -----------
 
 stage_tsan() {
     local exe=$TMP/spsc_stress_tsan
@@ -144,6 +144,34 @@ stage_tsan() {
         else
             printf '%s\n' "$out" | tail -40 >&2
             fail "tsan spsc_stress $args"
+        fi
+    done
+    # the lend protocol (tc_park.h): producer, consumer and kicker threads, the consumer's state
+    # handed back and forth; -Wno-tsan: TSan does not model the doorbell's seq_cst fences, the
+    # lend word's acquire/release is what this run checks
+    local lend=$TMP/lend_stress_tsan
+    if ! "$CC" -std=gnu11 -fsanitize=thread -O1 -g -pthread -Wno-tsan -I"$INC" \
+            "$ROOT/tests/c/lend_stress.c" -o "$lend"; then
+        fail "tsan: build lend_stress"; return
+    fi
+    # records seed capacity gil_every kick_us (see lend_stress.c)
+    local lend_configs=("$((n / 2)) 1 65536 37 300" "$((n / 2)) 2 4096 0 50"
+                        "$((n / 4)) 3 1048576 5 1000")
+    for args in "${lend_configs[@]}"; do
+        local t0; t0=$(now)
+        local out rc
+        # shellcheck disable=SC2086
+        out=$(TSAN_OPTIONS="halt_on_error=1 exitcode=66" "$lend" $args 2>&1) && rc=0 || rc=$?
+        if grep -q "unexpected memory mapping" <<<"$out"; then
+            # shellcheck disable=SC2086
+            out=$(TSAN_OPTIONS="halt_on_error=1 exitcode=66" setarch "$(uname -m)" -R "$lend" $args 2>&1) \
+                && rc=0 || rc=$?
+        fi
+        if [ "$rc" = 0 ] && ! grep -q "WARNING: ThreadSanitizer" <<<"$out" && grep -q "errors=0" <<<"$out"; then
+            log "tsan lend_stress $args: ok in $(since "$t0") s: $(grep -o 'by_lender=[0-9]* lends=[0-9]*' <<<"$out" | head -1)"
+        else
+            printf '%s\n' "$out" | tail -40 >&2
+            fail "tsan lend_stress $args"
         fi
     done
 }
@@ -180,6 +208,7 @@ stage_python() {
     if (cd "$build" && env "${env[@]}" "$PY" -m pytest -q -p no:cacheprovider -x \
             --rootdir "$ROOT" -c "$ROOT/pyproject.toml" \
             "$ROOT/tests/test_decode.py" "$ROOT/tests/test_frames.py" "$ROOT/tests/test_ring.py" \
+            "$ROOT/tests/test_lend.py" \
             "$ROOT/tests/test_engine.py" "$ROOT/tests/test_engine_event.py" \
             "$ROOT/tests/test_snapshot.py" "$ROOT/tests/test_partials.py" \
             "$ROOT/tests/test_partial_reader.py" \

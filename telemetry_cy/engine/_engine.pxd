@@ -3,7 +3,7 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from telemetry_cy.engine._decode cimport tc_decoded, tc_reading
 from telemetry_cy.engine._sketch cimport tc_sketch, tc_sketch_hdr, tc_sketch_map
-from telemetry_cy.source._ring cimport ByteRing
+from telemetry_cy.source._ring cimport ByteRing, tc_lender, tc_ring
 
 
 cdef extern from "tc_window.h" nogil:
@@ -340,6 +340,14 @@ cdef class Engine:
     # take_closed_panes drains; off unless partials=True (event time only)
     cdef readonly bint partials
     cdef tc_pp_buf pp
+    # Lent to the network thread while run_ring parks (tc_park.h): `lender` (drain entry
+    # _lent_drain, ctx this engine) is offered only inside run_ring's park, `lend_ring` is the
+    # ring being drained then; between its borrow and give-back the network thread owns every
+    # field of this engine. A lent drain that ran out of memory leaves lend_error for run_ring
+    # to raise on its own thread.
+    cdef tc_lender lender
+    cdef tc_ring *lend_ring
+    cdef int lend_error
 
     cdef int _apply_reading(self, const char *dev, uint32_t dlen, const char *sen, uint32_t slen,
                             const char *unit, uint32_t ulen, double value, double ts,
@@ -370,6 +378,7 @@ cdef class Engine:
                         int64_t interval)
     cdef int _reserve_batch(self, Py_ssize_t n) except -1
     cdef Py_ssize_t _drain(self, ByteRing ring, Py_ssize_t max_records) except -1
+    cdef int _drain_lent(self) noexcept nogil
     # event time
     cdef int _apply_event(self, uint64_t h, const char *dev, uint32_t dlen, const char *sen,
                           uint32_t slen, const char *unit, uint32_t ulen, double value, double t,

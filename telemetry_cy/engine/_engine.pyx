@@ -24,7 +24,8 @@ from libc.string cimport memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from telemetry_cy.source._ring cimport ByteRing, TC_PARK_KICKED, tc_doorbell_take_kick, \
-    tc_ring_consume, tc_ring_peek, tc_ring_release, tc_ring_view
+    tc_lender, tc_ring, tc_ring_consume, tc_ring_mark, tc_ring_peek, tc_ring_release, \
+    tc_ring_rewind, tc_ring_view
 from telemetry_cy.engine._decode cimport (
     TC_MIN_READING_BYTES, TC_PAYLOAD_DECODE_ERROR, TC_PAYLOAD_FALLBACK, TC_PAYLOAD_OK,
     tc_decode_payload,
@@ -89,6 +90,18 @@ cdef size_t SCAN_AHEAD = 6
 
 # push_many hands payloads to the decoder this many at a time
 cdef Py_ssize_t PUSH_CHUNK = 2048
+
+# A drain lent to the network thread (run_ring, tc_park.h) takes at most this many records: it
+# bounds how long the engine thread, woken meanwhile, may wait for its engine (~1 us a record).
+# The network thread lends only for turns of at most LEND_MAX_RECORDS (_frames_py.py) records.
+cdef enum:
+    LENT_DRAIN_MAX = 512
+
+
+cdef int _lent_drain(void *ctx) noexcept nogil:
+    # tc_lender.drain: ctx is the Engine, kept alive by the run_ring call that lent it (a
+    # borrowed reference, no refcount touched: this runs on the network thread without the GIL)
+    return (<Engine>ctx)._drain_lent()
 
 if MAX_QUANTILES != TC_QS_MAX_QUANTILES:
     raise ImportError("telemetry_cy.engine._engine is out of date with rules.MAX_QUANTILES")
@@ -529,6 +542,10 @@ cdef class Engine:
     """
 
     def __cinit__(self):
+        self.lender.drain = _lent_drain
+        self.lender.ctx = <void *>self
+        self.lend_ring = NULL
+        self.lend_error = 0
         tc_sketch_init(&self.qscratch)
         tc_pp_init(&self.pp, 0)
         self.table.keys = NULL
@@ -1387,15 +1404,65 @@ cdef class Engine:
             tc_ring_release(ring._ring)
         return n
 
-    def run_ring(self, ByteRing ring not None, double seconds, Py_ssize_t batch_records=8192):
+    cdef int _drain_lent(self) noexcept nogil:
+        """_drain on the network thread while run_ring's park lends the engine (tc_park.h):
+        without the GIL, so it stops before the first record that needs it (a payload for cbor2,
+        data moving the clock, an event-time payload to route: RUN_* other than RUN_DONE) and
+        leaves that record and the rest in the ring for the engine thread (rewound to the mark
+        taken before the record's peek). Returns 1 when it left records in the ring."""
+        cdef tc_ring *r = self.lend_ring
+        cdef size_t marks[LENT_DRAIN_MAX]
+        cdef tc_ring_view v
+        cdef Py_ssize_t n = 0, done
+        cdef Py_ssize_t most = self.batch_cap if self.batch_cap < LENT_DRAIN_MAX else LENT_DRAIN_MAX
+        cdef int why = RUN_DONE
+        while n < most:
+            marks[n] = tc_ring_mark(r)
+            if not tc_ring_peek(r, &v):
+                break
+            self.batch[n].data = <const char *>v.payload
+            self.batch[n].size = <Py_ssize_t>v.payload_len
+            self.batch[n].ts = v.ts
+            self.batch[n].topic = <const char *>v.topic
+            self.batch[n].topic_len = <Py_ssize_t>v.topic_len
+            tc_ring_consume(r, &v)
+            n += 1
+        if n == 0:
+            return 0
+        self.batch_topics = True
+        if self.event:
+            done = self._run_batch_event(0, n, &why)
+        else:
+            done = self._run_batch(0, n, &why)
+        if why == RUN_NO_MEMORY:
+            # as _run_all after the same stop, but raised on the engine thread (run_ring)
+            self.lend_error = RUN_NO_MEMORY
+        self.received += <uint64_t>done
+        if done < n:
+            tc_ring_rewind(r, marks[done])
+        tc_ring_release(r)
+        if done < n:
+            return 1
+        return tc_ring_peek(r, &v)   # at its bound with more behind: the engine thread's
+
+    def run_ring(self, ByteRing ring not None, double seconds, Py_ssize_t batch_records=8192,
+                 bint lend=True):
         """The engine thread between two of its Python turns: drains the ring in batches of
         batch_records and, after a short batch, parks on the ring's doorbell without the GIL,
         until `seconds` have passed (monotonic clock; one drain always happens) or the ring is
-        woken (ByteRing.wake). Returns True when woken (its parks count in ring.parks)."""
+        woken (ByteRing.wake). Returns True when woken (its parks count in ring.parks).
+
+        While parked it lends the engine (`lend`): the network thread may drain a few records
+        into it itself instead of waking this thread (tc_park.h; ring.lends counts those)."""
         cdef long long deadline = _mono_ns() + <long long>(max(seconds, 0.0) * 1e9)
         cdef long long left
         cdef Py_ssize_t n
         cdef int why
+        cdef tc_lender *lender = NULL
+        self._reserve_batch(min(batch_records, LENT_DRAIN_MAX))   # the lent drain cannot grow it
+        if lend:
+            self.lend_ring = ring._ring   # ring outlives the call: run_ring holds it
+            lender = &self.lender
         while True:
             # a payload cbor2 must read, or data closing a tick, takes the GIL inside _drain
             # (as drain() does): neither needs the caller, whose tick collects what was closed
@@ -1409,7 +1476,10 @@ cdef class Engine:
                     return True
                 continue
             with nogil:
-                why = ring.park_ns(left)
+                why = ring.park_ns(left, lender)
+            if self.lend_error:
+                self.lend_error = 0
+                raise MemoryError("telemetry-cy engine: out of memory growing the window table")
             if why == TC_PARK_KICKED:
                 # records that came with the kick stay in the ring for the caller's next drain
                 return True

@@ -639,11 +639,16 @@ class Engine:
             self._push_one(payload, ts, interval_of(ts, self.emit_every), topic)
         return len(records)
 
-    def run_ring(self, ring, seconds: float, batch_records: int = 8192) -> bool:
+    def run_ring(self, ring, seconds: float, batch_records: int = 8192,
+                 lend: bool = True) -> bool:
         """The engine thread between two of its Python turns: drains the ring in batches of
         batch_records and, after a short batch, parks on the ring's doorbell, until `seconds`
         have passed (monotonic clock; one drain always happens) or the ring is woken
-        (ByteRing.wake). Returns True when woken (its parks count in ring.parks)."""
+        (ByteRing.wake). Returns True when woken (its parks count in ring.parks).
+
+        ``lend`` is the compiled engine's (lent to the compiled reader's pump while parked,
+        includes/tc_park.h); this twin is never lent: a Python engine cannot be run by the
+        network thread without the GIL, and the pure ring wakes its consumer on every push."""
         return run_ring_loop(self.drain, ring, seconds, batch_records)
 
     def push_reading(self, device: str, sensor: str, value, ts: float, unit=None,

@@ -95,7 +95,10 @@ class EngineThread(threading.Thread):
                 # until the tick is due or MAX_PARK_S passed (stats and checkpoints are looked at
                 # then) or stop() woke the ring: one Python turn per return, not one per park.
                 # Each park arms the doorbell before it looks at the ring (tc_doorbell.h), so no
-                # record waits for the deadline.
+                # record waits for the deadline. While parked, the compiled engine is lent to the
+                # network thread, which at moderate rates drains a turn's few records into it
+                # itself instead of waking this thread (includes/tc_park.h): this thread then
+                # wakes for its own deadlines and for stop().
                 run_ring(ring, min(max(next_tick - now, 0.0), MAX_PARK_S), self.batch_records)
             # stop: what reached the ring is processed, then the windows that have closed
             while drain(ring, self.batch_records):
@@ -144,6 +147,8 @@ class EngineThread(threading.Thread):
     def _publish_stats(self, mono: float | None = None) -> None:
         stats = self.engine.stats()
         stats["parks"] = self.parks
+        # drains the network thread ran for this thread while it was parked (tc_park.h)
+        stats["lends"] = self.ring.lends
         stats["open_readings"] = self.open_readings
         stats["ring_used_bytes"] = self.ring.used_bytes
         stats["heartbeat"] = time.monotonic() if mono is None else mono

@@ -376,6 +376,21 @@ static inline void tc_ring_release(tc_ring *r)
     tc_store_release_size(&r->tail, r->c_next);
 }
 
+/* Where the next tc_ring_peek starts, and back to such a mark: a consumer that consumed records it
+ * then cannot process (tc_park.h: a lent drain stopping before a record only the consumer's own
+ * thread may process) rewinds to the mark taken before that record's peek, then releases. Only
+ * between peeks and before the release that would pass the mark: consumer-private state, the
+ * producer never sees an unreleased cursor. */
+static inline size_t tc_ring_mark(const tc_ring *r)
+{
+    return r->c_next;
+}
+
+static inline void tc_ring_rewind(tc_ring *r, size_t mark)
+{
+    r->c_next = mark;
+}
+
 /* ---- either side -------------------------------------------------------------------------------- */
 
 /* Bytes in use (records, wrap padding, consumed-but-unreleased records), for a depth gauge. Exact when

@@ -29,15 +29,56 @@
  * the delay by one turn of its loop (tests/test_wakeups.py parks the consumer without a timeout to
  * check that nothing is left behind). Fewer rings are also what makes coalescing work: the
  * consumer parks at most once per producer turn, not once per record.
+ *
+ * -- Lending the consumer (tc_park.h) ------------------------------------------------------------
+ * At moderate rates a wake-up per producer turn is most of the consumer's cost: the work it wakes
+ * for (a few dozen records) is smaller than the sleep and wake-up around it. So while the consumer
+ * is parked it may *lend* itself: it publishes a tc_lender (a C drain function and its context, the
+ * engine) and the producer, instead of ringing, runs that drain on its own thread. Ownership of
+ * everything the drain touches (the ring's consumer side and the consumer's state, e.g. the engine's
+ * tables) moves with one atomic word, `lend`:
+ *
+ *     NONE --offer (consumer, release)--> OFFERED --borrow (producer CAS, acquire)--> BORROWED
+ *     BORROWED --give_back (producer, release)--> OFFERED --withdraw (consumer CAS, acquire)--> NONE
+ *
+ * - The consumer offers only after its last look at the ring (tc_park: armed, kick and ring checked)
+ *   and touches neither the ring's consumer side nor the lent state until its withdraw CAS succeeds.
+ *   Its offer is a release store: its earlier drains (plain writes to the engine, the ring's
+ *   consumer cursor) happen-before the producer's borrow CAS, an acquire that reads that store.
+ * - The producer owns the lent state from its borrow CAS to its give_back store (release); the
+ *   consumer's withdraw CAS (acquire) reads OFFERED only from that store (or from its own offer), so
+ *   the producer's drain happens-before whatever the consumer does next. Every change of `lend` is a
+ *   read-modify-write or the owner's store, so the modification order is a single chain and no two
+ *   threads ever hold the state at once: a borrow needs OFFERED, a withdraw turns OFFERED into NONE,
+ *   and a consumer that wakes while the state is BORROWED spins (then yields) until it is given back
+ *   -- a wait bounded by one drain, whose size the lender bounds.
+ * - No record is lost or seen twice: the lender consumes and releases what it processed and leaves
+ *   the rest in the ring; it reports whether it left any, and then the producer rings (after giving
+ *   back, so the consumer it wakes does not spin). The producer's rule becomes "every commit is
+ *   followed, before it sleeps, by a ring or by a borrowed drain that consumed it", which keeps the
+ *   argument above: what the consumer did not see when it armed was either drained for it or rung.
+ * - A kick still ends the park: it rings as before; the consumer withdraws (waiting at most for the
+ *   drain in progress) and returns KICKED.
  */
 #ifndef TC_DOORBELL_H
 #define TC_DOORBELL_H
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
+
+/* The consumer's state lent to the producer: drain(ctx) processes what the ring holds (bounded
+ * work), consumes and releases what it processed and returns 1 when it left records in the ring
+ * (a record needing what only the consumer's own thread may do, or its bound), else 0. */
+typedef struct {
+    int (*drain)(void *ctx);
+    void *ctx;
+} tc_lender;
+
+enum { TC_LEND_NONE = 0, TC_LEND_OFFERED = 1, TC_LEND_BORROWED = 2 };
 
 typedef struct {
     pthread_mutex_t mutex;
@@ -45,6 +86,9 @@ typedef struct {
     _Atomic int waiting;
     _Atomic int kicked;       /* tc_doorbell_kick: the consumer's next wait must not sleep */
     _Atomic uint64_t wakeups; /* signals sent: a gauge for how often the engine parked */
+    _Atomic int lend;         /* TC_LEND_*: who owns the consumer's state (see above) */
+    tc_lender *lender;        /* the consumer's, written before it offers; read by a borrower */
+    _Atomic uint64_t lends;   /* borrowed drains: a gauge for the wake-ups they saved */
 } tc_doorbell;
 
 static inline int tc_doorbell_init(tc_doorbell *db) {
@@ -58,6 +102,9 @@ static inline int tc_doorbell_init(tc_doorbell *db) {
     atomic_init(&db->waiting, 0);
     atomic_init(&db->kicked, 0);
     atomic_init(&db->wakeups, 0);
+    atomic_init(&db->lend, TC_LEND_NONE);
+    db->lender = NULL;
+    atomic_init(&db->lends, 0);
     return 0;
 }
 
@@ -128,6 +175,45 @@ static inline void tc_doorbell_kick(tc_doorbell *db) {
 static inline int tc_doorbell_take_kick(tc_doorbell *db) {
     if (!atomic_load_explicit(&db->kicked, memory_order_relaxed)) return 0;
     return atomic_exchange_explicit(&db->kicked, 0, memory_order_relaxed);
+}
+
+/* Consumer, parked (after its last look at the ring): the producer may drain with `lender`. */
+static inline void tc_doorbell_offer(tc_doorbell *db, tc_lender *lender) {
+    db->lender = lender;
+    atomic_store_explicit(&db->lend, TC_LEND_OFFERED, memory_order_release);
+}
+
+/* Consumer, woken: takes its state back, waiting for a borrowed drain to be given back. */
+static inline void tc_doorbell_withdraw(tc_doorbell *db) {
+    unsigned spins = 0;
+    int expect = TC_LEND_OFFERED;
+    while (!atomic_compare_exchange_weak_explicit(&db->lend, &expect, TC_LEND_NONE,
+                                                  memory_order_acquire, memory_order_relaxed)) {
+        expect = TC_LEND_OFFERED;
+        if (++spins > 64) sched_yield();   /* the borrower may be off-core: let it finish */
+    }
+}
+
+/* Producer: 1 when it now holds the consumer's state (then tc_doorbell_give_back it), else 0. */
+static inline int tc_doorbell_borrow(tc_doorbell *db) {
+    int expect = TC_LEND_OFFERED;
+    if (atomic_load_explicit(&db->lend, memory_order_relaxed) != TC_LEND_OFFERED) return 0;
+    return atomic_compare_exchange_strong_explicit(&db->lend, &expect, TC_LEND_BORROWED,
+                                                   memory_order_acquire, memory_order_relaxed);
+}
+
+/* Any thread, a gauge: the consumer is parked and lent (or its state is borrowed right now). */
+static inline int tc_doorbell_lent(tc_doorbell *db) {
+    return atomic_load_explicit(&db->lend, memory_order_relaxed) != TC_LEND_NONE;
+}
+
+static inline uint64_t tc_doorbell_lends(tc_doorbell *db) {
+    return atomic_load_explicit(&db->lends, memory_order_relaxed);
+}
+
+static inline void tc_doorbell_give_back(tc_doorbell *db) {
+    atomic_fetch_add_explicit(&db->lends, 1, memory_order_relaxed);
+    atomic_store_explicit(&db->lend, TC_LEND_OFFERED, memory_order_release);
 }
 
 #endif

@@ -71,7 +71,7 @@ cdef class FrameReader:
     cdef object _view
     cdef unsigned char *_acks      # malloc'd once; PUBACK blob of the current feed
     cdef bint _broken              # after a protocol error, until reset()
-    cdef bint _unrung              # records committed by feed(notify=False), doorbell not rung
+    cdef uint64_t _unrung          # records committed by feed(notify=False), not handed off
     cdef int _protocol
     # pump()'s adaptive nap: records per second between reads (smoothed), and the
     # CLOCK_MONOTONIC time of the last read

@@ -18,6 +18,7 @@ NAP_SKIP_FILL: float  # no nap after a read filling this share of the buffer (be
 NAP_TARGET_RECORDS: int  # a nap long enough for this many records at the measured rate ...
 NAP_FLOOR_S: float  # ... but not shorter than this, nor longer than the caller's ceiling
 RATE_GAIN: float  # weight of the newest read in the smoothed rate
+LEND_MAX_RECORDS: int  # a turn of at most this many records is drained into a lent engine
 
 class FrameError(ValueError):
     """Protocol error: the connection must be dropped. ``acks``/``packets``: produced before it."""
@@ -75,17 +76,20 @@ class FrameReader:
         naps, not while it holds the GIL).
         """
     def notify(self) -> None:
-        """Ring the doorbell for the records of earlier ``feed(..., notify=False)``, if any."""
+        """Hand off the records of earlier ``feed(..., notify=False)``, if any: drained into a
+        lent engine (at most LEND_MAX_RECORDS), else the doorbell rung."""
     def pump(self, sock: _HasFileno, wake: _HasFileno, ceiling: float, until: float
              ) -> tuple[int, int, bytes | None, list[tuple[int, bytes]], int, int]:
         """Read turns on a plain TCP socket without the GIL until Python is needed.
 
         Each turn: poll ``sock`` and ``wake`` (or, after a nap, read at once), one read (two
         after a nap), parse into the ring, TCP_QUICKACK before any sleep so the broker's Nagle
-        holds nothing back for a delayed ACK; the doorbell rings before every sleep and before
-        returning. Dense traffic (the data was there, or came within ``ceiling`` seconds of the
-        poll; a read under NAP_SKIP_FILL of the buffer) is followed by a nap on ``wake`` of
-        NAP_TARGET_RECORDS at the smoothed rate, within [NAP_FLOOR_S, ``ceiling``]; 0 = none.
+        holds nothing back for a delayed ACK; before every sleep and before returning the turn's
+        records are handed off: drained into the engine when it is parked and lent and they are at
+        most LEND_MAX_RECORDS (includes/tc_park.h), else the doorbell rung. Dense traffic (the
+        data was there, or came within ``ceiling`` seconds of the poll; a read under
+        NAP_SKIP_FILL of the buffer) is followed by a nap on ``wake`` of NAP_TARGET_RECORDS
+        at the smoothed rate, within [NAP_FLOOR_S, ``ceiling``]; 0 = none.
         Returns ``(why, errno, acks, packets, nbytes, naps)`` when ``until``
         (``time.monotonic()``) passes (PUMP_DEADLINE), a read owes PUBACKs or brings other
         packets (PUMP_PACKETS, with them, as ``feed`` returns them), ``wake`` is readable

@@ -22,7 +22,8 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
-from telemetry_cy.source._ring cimport ByteRing, tc_doorbell_ring, tc_load_relaxed_u64, tc_ring
+from telemetry_cy.source._ring cimport ByteRing, tc_doorbell_ring, tc_hand_off, \
+    tc_load_relaxed_u64, tc_ring
 
 
 cdef extern from "<poll.h>" nogil:
@@ -57,8 +58,8 @@ cdef enum:
 cdef int P_MAX_POLL_MS = 1000
 
 from telemetry_cy.source._frames_py import (  # the twin's numbers: one policy, two twins
-    NAP_FLOOR_S, NAP_SKIP_FILL, NAP_TARGET_RECORDS, PUMP_CLOSED, PUMP_DEADLINE, PUMP_ERROR,
-    PUMP_PACKETS, PUMP_WAKE, RATE_GAIN)
+    LEND_MAX_RECORDS, NAP_FLOOR_S, NAP_SKIP_FILL, NAP_TARGET_RECORDS, PUMP_CLOSED, PUMP_DEADLINE,
+    PUMP_ERROR, PUMP_PACKETS, PUMP_WAKE, RATE_GAIN)
 
 if (PUMP_DEADLINE, PUMP_PACKETS, PUMP_WAKE, PUMP_CLOSED, PUMP_ERROR) != (
         P_DEADLINE, P_PACKETS, P_WAKE, P_CLOSED, P_ERROR):
@@ -68,6 +69,7 @@ cdef double _NAP_FLOOR = NAP_FLOOR_S
 cdef double _NAP_SKIP_FILL = NAP_SKIP_FILL
 cdef double _NAP_TARGET = NAP_TARGET_RECORDS
 cdef double _RATE_GAIN = RATE_GAIN
+cdef uint64_t _LEND_MAX = LEND_MAX_RECORDS
 
 
 cdef inline double _clock(int which) noexcept nogil:
@@ -124,7 +126,7 @@ cdef class FrameReader:
         tc_mqtt_init(&self.rd, <unsigned char *>PyByteArray_AS_STRING(self._buf), cap,
                      protocol == 5, <size_t>max_payload_bytes, self._acks)
         self._broken = False
-        self._unrung = False
+        self._unrung = 0
         self._rate = 0.0
         self._last_read = 0.0
 
@@ -172,10 +174,11 @@ cdef class FrameReader:
         tc_mqtt_publish_counts(rd, c)
         if c.written:
             if notify:
-                # One wake-up per socket read, after the last commit.
+                # One wake-up per socket read, after the last commit (the GIL is held here:
+                # no lent drain, see pump for that).
                 tc_doorbell_ring(&self.ring.bell)
             else:
-                self._unrung = True   # the caller rings with notify() before it sleeps
+                self._unrung += c.written   # the caller hands off with notify() or nap()
         acks = None
         if rd.n_acks:
             acks = PyBytes_FromStringAndSize(<char *>rd.acks, <Py_ssize_t>(4 * rd.n_acks))
@@ -208,19 +211,21 @@ cdef class FrameReader:
         cdef uint64_t nbytes = 0
         cdef ssize_t n, m
         cdef double ts = 0.0, now, t_poll, waited, nap, inst
-        cdef bint after_nap = False, unrung = self._unrung, ack_due = False
+        cdef bint after_nap = False, ack_due = False
+        cdef uint64_t unrung = self._unrung   # records committed, not handed off yet
         cdef pollfd fds[2]
         cdef int ms
         cdef size_t skip_bytes = <size_t>(<double>rd.cap * _NAP_SKIP_FILL)
-        self._unrung = False
+        self._unrung = 0
         with nogil:
             while True:
                 if not after_nap:
-                    # Ring before every sleep: each commit is followed by a ring before this
-                    # thread sleeps or returns (tc_doorbell.h), so no record waits past a turn.
+                    # Hand off before every sleep: each commit is followed by a ring, or by a
+                    # drain into the lent engine, before this thread sleeps or returns
+                    # (tc_doorbell.h, tc_park.h), so no record waits past a turn.
                     if unrung:
-                        tc_doorbell_ring(&self.ring.bell)
-                        unrung = False
+                        tc_hand_off(&self.ring.bell, unrung, _LEND_MAX)
+                        unrung = 0
                     # And no ACK left delayed over a sleep: mosquitto, like most brokers, keeps
                     # Nagle on, so while a segment it sent is unacknowledged it holds back all
                     # that follows -- past our nap or poll, until the 40 ms delayed-ACK timer.
@@ -284,8 +289,7 @@ cdef class FrameReader:
                 pos = 0
                 end = rd.fill + <size_t>n
                 rc = tc_mqtt_parse(rd, ring, ts, &pos, end, &c, &o, &err)
-                if c.written:
-                    unrung = True
+                unrung += c.written
                 # The rate the nap adapts to: records per second between reads, smoothed.
                 if self._last_read > 0.0 and now > self._last_read:
                     inst = <double>c.received / (now - self._last_read)
@@ -311,16 +315,18 @@ cdef class FrameReader:
                     setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one))   # as above
                     ack_due = False
                     if unrung:
-                        tc_doorbell_ring(&self.ring.bell)
-                        unrung = False
+                        # few records (moderate rates): drained here into the parked engine, which
+                        # then sleeps on; many: rung, the engine thread takes them in parallel
+                        tc_hand_off(&self.ring.bell, unrung, _LEND_MAX)
+                        unrung = 0
                     naps += 1
                     if _sleep_on(wake_fd, nap) > 0:
                         why = P_WAKE
                         break
                     after_nap = True
             if unrung:
-                tc_doorbell_ring(&self.ring.bell)
-                unrung = False
+                tc_hand_off(&self.ring.bell, unrung, _LEND_MAX)
+                unrung = 0
             if ack_due:   # the caller may sleep next (or the next pump polls)
                 setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one))
         acks, packets = None, []
@@ -330,11 +336,14 @@ cdef class FrameReader:
         return why, error, acks, packets, nbytes, naps
 
     def notify(self):
-        """Ring the ring's doorbell for the records of earlier ``feed(..., notify=False)`` calls,
-        if any (a fence and a load when the consumer is not parked)."""
-        if self._unrung:
-            self._unrung = False
-            tc_doorbell_ring(&self.ring.bell)
+        """Hand off the records of earlier ``feed(..., notify=False)`` calls, if any: drained into
+        the parked engine when it is lent and they are few, else the doorbell rung (a fence and a
+        load when the consumer is not parked)."""
+        cdef uint64_t unrung = self._unrung
+        self._unrung = 0
+        if unrung:
+            with nogil:
+                tc_hand_off(&self.ring.bell, unrung, _LEND_MAX)
 
     def nap(self, int fd, double timeout):
         """``notify()``, then sleep up to ``timeout`` seconds (whole milliseconds, rounded up) or
@@ -345,14 +354,14 @@ cdef class FrameReader:
         cdef int ms = <int>(timeout * 1000.0)
         if ms < timeout * 1000.0:
             ms += 1
-        cdef bint ring = self._unrung
-        self._unrung = False
+        cdef uint64_t unrung = self._unrung
+        self._unrung = 0
         p.fd = fd
         p.events = POLLIN
         p.revents = 0
         with nogil:
-            if ring:
-                tc_doorbell_ring(&self.ring.bell)
+            if unrung:
+                tc_hand_off(&self.ring.bell, unrung, _LEND_MAX)
             rc = poll(&p, 1, ms)
         return rc > 0   # -1 (EINTR): as if woken; the caller's loop looks again
 

@@ -42,6 +42,13 @@ NAP_TARGET_RECORDS = 256
 NAP_FLOOR_S = 0.0005
 #: Weight of the newest read in the smoothed rate (records between two reads over their time).
 RATE_GAIN = 0.25
+#: The compiled reader's hand-off (includes/tc_park.h): a turn that committed at most this many
+#: records drains them into the parked engine itself (no wake-up of the engine thread) when the
+#: engine is lent; a bigger turn rings the doorbell, so that at high rates both threads work. With
+#: the 4 ms nap ceiling: lent below ~32k msg/s. This twin never lends (its ring's ``try_push``
+#: notifies on every record; the pure engine parks in Python): the compiled pump is tested against
+#: the pure engine as oracle instead (tests/test_lend.py).
+LEND_MAX_RECORDS = 128
 _IPPROTO_TCP = socket.IPPROTO_TCP
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
 

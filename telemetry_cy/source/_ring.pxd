@@ -9,7 +9,7 @@
 # Lifetime: the C ring lives exactly as long as its ByteRing object. Both threads must hold a
 # reference to the ByteRing (not just the raw pointer) for as long as they may touch the ring.
 
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 cdef extern from "tc_atomic.h" nogil:
     # Opaque to Cython: read and write only through the tc_* functions, never with `=`.
@@ -81,6 +81,8 @@ cdef extern from "spsc_ring.h" nogil:
     int tc_ring_peek(tc_ring *r, tc_ring_view *v)
     void tc_ring_consume(tc_ring *r, const tc_ring_view *v)
     void tc_ring_release(tc_ring *r)
+    size_t tc_ring_mark(const tc_ring *r)
+    void tc_ring_rewind(tc_ring *r, size_t mark)
 
     # any thread
     uint64_t tc_ring_drops_full(tc_ring *r)
@@ -98,13 +100,27 @@ cdef extern from "tc_doorbell.h" nogil:
     void tc_doorbell_ring(tc_doorbell *db)
     void tc_doorbell_kick(tc_doorbell *db)
     int tc_doorbell_take_kick(tc_doorbell *db)
+    # lending the parked consumer to the producer (see the header's "Lending the consumer")
+    ctypedef struct tc_lender:
+        int (*drain)(void *ctx) noexcept nogil
+        void *ctx
+    void tc_doorbell_offer(tc_doorbell *db, tc_lender *lender)
+    void tc_doorbell_withdraw(tc_doorbell *db)
+    int tc_doorbell_borrow(tc_doorbell *db)
+    void tc_doorbell_give_back(tc_doorbell *db)
+    uint64_t tc_doorbell_lends(tc_doorbell *db)
+    int tc_doorbell_lent(tc_doorbell *db)
 
 
-# ByteRing.park: why the consumer's park ended
-cdef enum:
-    TC_PARK_TIMEOUT = 0   # the timeout passed, nobody rang
-    TC_PARK_RECORDS = 1   # a producer rang, or records were already there
-    TC_PARK_KICKED = 2    # wake() (a kick): someone wants the consumer back, records or not
+cdef extern from "tc_park.h" nogil:
+    # why tc_park (ByteRing.park) ended
+    enum:
+        TC_PARK_TIMEOUT   # the timeout passed, nobody rang
+        TC_PARK_RECORDS   # a producer rang, or records were already there
+        TC_PARK_KICKED    # wake() (a kick): someone wants the consumer back, records or not
+    int tc_park(tc_ring *ring, tc_doorbell *db, int spins, int64_t timeout_ns,
+                tc_lender *lender, int64_t *slept_ns)
+    int tc_hand_off(tc_doorbell *db, uint64_t records, uint64_t lend_max)
 
 
 cdef class ByteRing:
@@ -122,5 +138,6 @@ cdef class ByteRing:
     cdef tc_atomic_u64 parks_n
 
     # Consumer, without the GIL: spin briefly (only after short waits), arm the doorbell, park
-    # up to timeout_ns. Returns TC_PARK_TIMEOUT, TC_PARK_RECORDS or TC_PARK_KICKED (the kick is spent).
-    cdef int park_ns(self, long long timeout_ns) noexcept nogil
+    # up to timeout_ns, lent to the producer while asleep when `lender` is not NULL (tc_park.h).
+    # Returns TC_PARK_TIMEOUT, TC_PARK_RECORDS or TC_PARK_KICKED (the kick is spent).
+    cdef int park_ns(self, long long timeout_ns, tc_lender *lender) noexcept nogil

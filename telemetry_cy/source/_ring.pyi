@@ -40,6 +40,13 @@ class ByteRing:
     def parks(self) -> int:
         """The consumer's ``wait()``/``park()`` calls so far (any thread may read it)."""
     @property
+    def lent(self) -> bool:
+        """The consumer is parked and lent to the producer right now (a gauge; twin: False)."""
+    @property
+    def lends(self) -> int:
+        """Drains the producer ran for the parked, lent consumer (the compiled engine's
+        ``run_ring`` with the compiled reader's ``pump``): wake-ups saved. Always 0 in the twin."""
+    @property
     def used_bytes(self) -> int:
         """Bytes in use, wrap padding included (exact when neither side is running)."""
     @property

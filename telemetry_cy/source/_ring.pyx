@@ -10,10 +10,9 @@ Thread rules for the Python methods mirror the C ones: ``try_push`` belongs to t
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 import time as _time
 
@@ -46,12 +45,6 @@ cdef long long WAIT_SPIN_WORTH_NS = 50000
 PARK_TIMEOUT = TC_PARK_TIMEOUT
 PARK_RECORDS = TC_PARK_RECORDS
 PARK_KICKED = TC_PARK_KICKED
-
-
-cdef inline long long _now_ns() noexcept nogil:
-    cdef timespec t
-    clock_gettime(CLOCK_MONOTONIC, &t)
-    return <long long>t.tv_sec * 1000000000 + t.tv_nsec
 
 
 cdef class ByteRing:
@@ -88,7 +81,7 @@ cdef class ByteRing:
         cdef long long timeout_ns = <long long>(max(timeout, 0.0) * 1e9)
         cdef int why
         with nogil:
-            why = self.park_ns(timeout_ns)
+            why = self.park_ns(timeout_ns, NULL)
         return why != TC_PARK_TIMEOUT
 
     def park(self, double timeout) -> int:
@@ -97,48 +90,38 @@ cdef class ByteRing:
         cdef long long timeout_ns = <long long>(max(timeout, 0.0) * 1e9)
         cdef int why
         with nogil:
-            why = self.park_ns(timeout_ns)
+            why = self.park_ns(timeout_ns, NULL)
         return why
 
-    cdef int park_ns(self, long long timeout_ns) noexcept nogil:
-        # One park of the consumer, shared by wait() and the engine's run_ring (which parks
-        # between its drains without coming back to Python). The doorbell is armed under its
-        # mutex before the ring and the kick flag are looked at (tc_doorbell.h: no lost wake-up).
-        cdef tc_ring_view v
-        cdef long long t0
-        cdef int rung, spin
+    cdef int park_ns(self, long long timeout_ns, tc_lender *lender) noexcept nogil:
+        # One park of the consumer, shared by wait()/park() and the engine's run_ring (which
+        # parks between its drains without coming back to Python, lent to the network thread).
+        # tc_park arms the doorbell before it looks at the ring and the kick flag (tc_doorbell.h:
+        # no lost wake-up) and offers the lender only after that last look.
+        cdef int64_t slept = 0
         cdef int spins = WAIT_SPINS if self.last_wait_ns < WAIT_SPIN_WORTH_NS else 0
+        cdef int why
         tc_store_relaxed_u64(&self.parks_n, tc_load_relaxed_u64(&self.parks_n) + 1)
-        if tc_doorbell_take_kick(&self.bell):   # a kick wins over records: the consumer is wanted
-            self.last_wait_ns = 0
-            return TC_PARK_KICKED
-        # a brief busy-poll first (a few microseconds, no syscall) when records have been
-        # coming back to back: the next socket read's records usually arrive within it, and
-        # parking costs a futex
-        for spin in range(spins):
-            if tc_ring_peek(self._ring, &v):
-                self.last_wait_ns = 0
-                return TC_PARK_RECORDS
-        tc_doorbell_arm(&self.bell)
-        if tc_doorbell_take_kick(&self.bell):
-            tc_doorbell_disarm(&self.bell)
-            self.last_wait_ns = 0
-            return TC_PARK_KICKED
-        if tc_ring_peek(self._ring, &v):
-            tc_doorbell_disarm(&self.bell)
-            self.last_wait_ns = 0
-            return TC_PARK_RECORDS
-        t0 = _now_ns()
-        rung = tc_doorbell_wait(&self.bell, timeout_ns)
-        self.last_wait_ns = _now_ns() - t0
-        if tc_doorbell_take_kick(&self.bell):   # this wait ended: the kick is spent
-            return TC_PARK_KICKED
-        return TC_PARK_RECORDS if rung else TC_PARK_TIMEOUT
+        why = tc_park(self._ring, &self.bell, spins, timeout_ns, lender, &slept)
+        # a park that did not sleep (records or a kick were there) counts as a short wait
+        self.last_wait_ns = slept
+        return why
 
     def wake(self) -> None:
         """Any thread: the consumer's current ``wait()`` returns now, or its next one at once
         (once), records or not. For a consumer asked to stop (see tc_doorbell.h: kick)."""
         tc_doorbell_kick(&self.bell)
+
+    @property
+    def lends(self) -> int:
+        """Drains a producer ran on its own thread while the consumer was parked and lent
+        (tc_park.h), each one a wake-up saved (any thread may read it)."""
+        return tc_doorbell_lends(&self.bell)
+
+    @property
+    def lent(self) -> bool:
+        """The consumer is parked and lent to the producer right now (a gauge, any thread)."""
+        return tc_doorbell_lent(&self.bell) != 0
 
     @property
     def parks(self) -> int:

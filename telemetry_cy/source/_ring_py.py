@@ -117,6 +117,17 @@ class ByteRing:
         return self._parks
 
     @property
+    def lent(self) -> bool:
+        """The consumer is parked and lent to the producer: never here (see ``lends``)."""
+        return False
+
+    @property
+    def lends(self) -> int:
+        """Drains a producer ran for the parked consumer: always 0 here. The compiled ring's
+        consumer may lend itself (includes/tc_park.h); this one is woken on every push."""
+        return 0
+
+    @property
     def capacity(self) -> int:
         return self._cap
 
