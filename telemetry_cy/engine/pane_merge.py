@@ -158,6 +158,9 @@ class PaneMerger:
         part = self._parts[partition] = _Partition(self.settings, self.instance_timeout,
                                                    self.stats)
         part._emitted = emitted
+        # with a tick emitted the replay starts at that owner's floor: the messages below it
+        # are not needed, so an instance's first message there may have any seq
+        part._resumed = emitted is not None
 
     def drop(self, partition: int) -> None:
         """A partition this worker no longer owns: its state goes."""
@@ -201,6 +204,8 @@ class _Partition:
         self._emitted: int | None = None     # the last tick emitted
         self._lost: list[tuple[int, int]] = []   # interval ranges [lo, hi) a dead instance held
         self._departed: int | None = None        # the progress of those that left, the newest
+        # a takeover's replay from a floor: an instance first seen past seq 0 joined before it
+        self._resumed = False
         self.stats = stats
         self._quantile_names = tuple(quantile_name(q) for q in settings.quantiles)
 
@@ -209,15 +214,19 @@ class _Partition:
     def take(self, msg: Partial, clock: float) -> None:
         self.stats.partials += 1
         inst = self._instances.get(msg.instance)
+        joined = inst is None
         if inst is None:
             start = msg.interval
             inst = self._instances[msg.instance] = _Instance(start, start, clock)
             self.stats.joins += 1
         inst.heard = clock
         expected = inst.seq.get(msg.partition, 0)
-        if msg.seq > expected and msg.partition in inst.seq:
+        if msg.seq > expected and (not joined or not self._resumed):
+            # a first message past seq 0 is a gap too (its first messages were lost, or the
+            # stream no longer holds them), unless a takeover's replay floor vouches that what
+            # came before it is not needed (service/replay_floor.py)
             self.stats.gaps += msg.seq - expected
-            self._open_gap(inst)
+            self._open_gap(inst, None if joined else inst.progress)
         inst.seq[msg.partition] = msg.seq + 1
         if msg.kind == KIND_PANES:
             # it holds data from here on (after NO_DATA, or as a first message)
@@ -257,16 +266,17 @@ class _Partition:
 
     # ---- gaps ----
 
-    def _open_gap(self, inst: _Instance) -> None:
+    def _open_gap(self, inst: _Instance, since: int | None) -> None:
         """A message of ``inst`` is missing. Its panes (if it had any) are of intervals at or
-        above the instance's progress before it: each pane goes out after the progress below
-        it. Without a progress (NO_DATA: its first data may be what went missing), they may be
-        of any interval a window to come spans. The instance's progress stays there, holding
-        the windows back, until its next progress bounds the loss (``_close_gap``)."""
+        above ``since``, the instance's progress before it: each pane goes out after the
+        progress below it. Without one (None: its first messages are missing; NO_DATA: its
+        first data may be what went missing) they may be of any interval a window to come
+        spans. The instance's progress stays there, holding the windows back, until its next
+        progress bounds the loss (``_close_gap``)."""
         if inst.gap_from is not None:
             return   # one open already, from an older progress: it covers this one
-        if inst.progress != NO_DATA:
-            inst.gap_from = inst.progress
+        if since is not None and since != NO_DATA:
+            inst.gap_from = since
         elif self._emitted is not None:
             inst.gap_from = self._emitted + 1 - self.settings.panes
         else:
