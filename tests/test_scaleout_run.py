@@ -17,6 +17,7 @@ from support.daemon import REPO, assert_balanced, paho_publisher, payload, publi
 from support.scaleout import EMIT, LATENESS, WINDOW, assert_same_windows
 from telemetry_cy.engine import _engine_py
 from telemetry_cy.engine import partial_format as pf
+from telemetry_cy.engine.pane_merge import PaneMerger
 from telemetry_cy.sink.bodies import decode_body
 from telemetry_cy.sink.partials_stream import STREAM, SUBJECT_PREFIX
 
@@ -275,6 +276,29 @@ def test_panes_past_the_partial_buffer_are_counted_dropped_and_leave_sequence_ga
     for part in range(PARTITIONS):
         seqs = [m.seq for m in stored if m.partition == part]
         assert seqs == sorted(seqs) and seqs[-1] + 1 > len(seqs), (part, seqs)
+    # merged, those gaps give incomplete windows, never short ones (issue #14): every window
+    # published is the single engine's, every other one the merger was given a pane of is
+    # counted incomplete
+    single = _engine_py.Engine(window=WINDOW, emit_every=EMIT, time="event",
+                               allowed_lateness=LATENESS, key_ttl=1e6)
+    for i in range(len(items)):
+        single.push_reading(f"dev{i % 8}", "temp", float(i), base + i * 0.1, unit="C",
+                            t=base + i * 0.1)
+    want = {(a.device, a.sensor, a.window_end): a.as_dict() for a in single.tick(base + 1e6)}
+    merger = PaneMerger(pf.window_settings(WINDOW, EMIT, "event", LATENESS))
+    for m in stored:
+        merger.take(m, 0.0)
+    got = merger.emit()
+    for g in got:
+        a = want[(g["device"], g["sensor"], g["window_end"])]
+        assert (a["count"], a["min"], a["max"], a["first"], a["last"]) == \
+            (g["count"], g["min"], g["max"], g["first"], g["last"]), (a, g)
+    given = {(pane.device, pane.sensor, m.interval) for m in stored for pane in m.panes}
+    panes = round(WINDOW / EMIT)
+    missing = {k for k in set(want) - {(g["device"], g["sensor"], g["window_end"]) for g in got}
+               if any((k[0], k[1], j) in given
+                      for j in range(round(k[2] / EMIT) - panes, round(k[2] / EMIT)))}
+    assert merger.stats.gaps > 0 and merger.stats.incomplete == len(missing) > 0, merger.stats
 
 
 def test_demo_scale_out_runs_the_deployment_and_aggregates_come_out():

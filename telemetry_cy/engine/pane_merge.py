@@ -15,6 +15,14 @@ it held in open panes is lost). A death makes every window that spans an interva
 progress up to the frontier of the others at that moment, plus the lead, unpublishable: those
 (key, window) pairs are counted ``incomplete`` and never emitted.
 
+Gaps: a message missing from an instance's sequence on a partition (dropped by its emitter's
+backlog, or panes its engine could not keep, sent as a skipped number) may have held panes of
+any key of the partition, of an interval from the instance's progress before the gap up to the
+first progress it sends after (``heartbeat`` and ``leave`` carry one too): every pane below a
+progress was sent before it. Those intervals are lost as a death's are (the same ``_lost``
+ranges), and the instance holds the windows back at its progress before the gap until that
+progress comes, so no window spanning them goes out short.
+
 ``sketch_py.QuantileSketch`` is the sketch of both sides here: the compiled engine writes the
 same bytes (docs/quantiles.md), so a merge worker reads either.
 """
@@ -82,6 +90,9 @@ class _Instance:
     joined: int              # the interval of its first message
     heard: float             # the merger's clock at its last message
     seq: dict = field(default_factory=dict)   # partition -> next expected seq
+    # a gap seen and its loss not yet bounded: the lowest interval the lost panes may have
+    # (its next progress bounds them from above); None: no gap open
+    gap_from: int | None = None
 
 
 @dataclass
@@ -91,7 +102,8 @@ class MergeStats:
     refused: dict = field(default_factory=dict)   # reason -> messages refused
     stale: int = 0            # panes of windows already emitted (a late joiner)
     gaps: int = 0             # messages missing from an instance's sequence
-    incomplete: int = 0       # (key, window) pairs never published: an instance died in them
+    incomplete: int = 0       # (key, window) pairs never published: an instance died in them,
+    #                           or a message of one that may have held their panes is missing
     windows: int = 0          # aggregates emitted
     joins: int = 0            # (instance, partition) pairs that joined
     leaves: int = 0           # and that left
@@ -146,6 +158,9 @@ class PaneMerger:
         part = self._parts[partition] = _Partition(self.settings, self.instance_timeout,
                                                    self.stats)
         part._emitted = emitted
+        # with a tick emitted the replay starts at that owner's floor: the messages below it
+        # are not needed, so an instance's first message there may have any seq
+        part._resumed = emitted is not None
 
     def drop(self, partition: int) -> None:
         """A partition this worker no longer owns: its state goes."""
@@ -154,12 +169,15 @@ class PaneMerger:
     def replay_needs(self, partition: int) -> tuple[int | None, frozenset[str], bool]:
         """What a new owner's replay of ``partition`` must see (service/replay_floor.py): the
         last tick emitted there, its live instances (their progress holds the windows back),
-        and whether a dead instance's loss still spans a window to come (then its messages
-        must be replayed as well)."""
+        and whether a loss (a death's, or a gap's, open or bounded) still spans a window to
+        come: then the messages that reveal it must be replayed as well, so the floor must not
+        move."""
         part = self._parts.get(partition)
         if part is None:
             return None, frozenset(), False
-        return part._emitted, frozenset(part._instances), bool(part._lost)
+        pending = bool(part._lost) or any(i.gap_from is not None
+                                          for i in part._instances.values())
+        return part._emitted, frozenset(part._instances), pending
 
     def emitted(self) -> dict[int, int]:
         """Partition -> the last tick emitted there."""
@@ -186,6 +204,8 @@ class _Partition:
         self._emitted: int | None = None     # the last tick emitted
         self._lost: list[tuple[int, int]] = []   # interval ranges [lo, hi) a dead instance held
         self._departed: int | None = None        # the progress of those that left, the newest
+        # a takeover's replay from a floor: an instance first seen past seq 0 joined before it
+        self._resumed = False
         self.stats = stats
         self._quantile_names = tuple(quantile_name(q) for q in settings.quantiles)
 
@@ -194,14 +214,19 @@ class _Partition:
     def take(self, msg: Partial, clock: float) -> None:
         self.stats.partials += 1
         inst = self._instances.get(msg.instance)
+        joined = inst is None
         if inst is None:
             start = msg.interval
             inst = self._instances[msg.instance] = _Instance(start, start, clock)
             self.stats.joins += 1
         inst.heard = clock
         expected = inst.seq.get(msg.partition, 0)
-        if msg.seq > expected and msg.partition in inst.seq:
+        if msg.seq > expected and (not joined or not self._resumed):
+            # a first message past seq 0 is a gap too (its first messages were lost, or the
+            # stream no longer holds them), unless a takeover's replay floor vouches that what
+            # came before it is not needed (service/replay_floor.py)
             self.stats.gaps += msg.seq - expected
+            self._open_gap(inst, None if joined else inst.progress)
         inst.seq[msg.partition] = msg.seq + 1
         if msg.kind == KIND_PANES:
             # it holds data from here on (after NO_DATA, or as a first message)
@@ -209,8 +234,10 @@ class _Partition:
             self._take_panes(msg)
         elif msg.kind in (KIND_PROGRESS, KIND_HEARTBEAT):
             # one subject per partition: an instance's messages here come in order
+            self._close_gap(inst, msg.interval)
             inst.progress = msg.interval
         elif msg.kind == KIND_LEAVE:
+            self._close_gap(inst, msg.interval)
             # all it had is sent: with nobody else live, its progress is the frontier
             left = self._instances.pop(msg.instance).progress
             if msg.interval != NO_DATA:
@@ -236,6 +263,36 @@ class _Partition:
             else:
                 merged.add(p)
         self.stats.panes += len(msg.panes)
+
+    # ---- gaps ----
+
+    def _open_gap(self, inst: _Instance, since: int | None) -> None:
+        """A message of ``inst`` is missing. Its panes (if it had any) are of intervals at or
+        above ``since``, the instance's progress before it: each pane goes out after the
+        progress below it. Without one (None: its first messages are missing; NO_DATA: its
+        first data may be what went missing) they may be of any interval a window to come
+        spans. The instance's progress stays there, holding the windows back, until its next
+        progress bounds the loss (``_close_gap``)."""
+        if inst.gap_from is not None:
+            return   # one open already, from an older progress: it covers this one
+        if since is not None and since != NO_DATA:
+            inst.gap_from = since
+        elif self._emitted is not None:
+            inst.gap_from = self._emitted + 1 - self.settings.panes
+        else:
+            inst.gap_from = -NO_DATA   # nothing emitted yet: every interval
+        inst.progress = min(inst.progress, inst.gap_from)
+
+    def _close_gap(self, inst: _Instance, interval: int) -> None:
+        """``inst``'s progress after a gap: every pane it lost is of an interval below it, so
+        the loss is [gap_from, interval), lost as a death's is: every window of the partition
+        spanning it (of every key: the lost message's keys are unknown) is counted incomplete.
+        NO_DATA (a heartbeat of an instance that never held data): nothing was lost."""
+        if inst.gap_from is None:
+            return
+        if interval != NO_DATA and interval > inst.gap_from:
+            self._lost.append((inst.gap_from, interval))
+        inst.gap_from = None
 
     # ---- membership ----
 

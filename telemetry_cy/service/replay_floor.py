@@ -13,7 +13,10 @@ Below that sequence every message is one of:
 
 A dead instance whose loss still spans a window to come is not visible that way (nothing of it
 comes any more): while one exists the floor stays where it was (it was valid when the instance
-was alive, so it is below all its messages). The floor never moves back.
+was alive, so it is below all its messages). Nor is a gap in an instance's sequence (a message
+missing, its loss open or bounded, pane_merge.py): a replay from past the message before the gap
+would see the instance join after it and lose nothing, so the floor stays too (it was below that
+message). The floor never moves back.
 
 A new owner reads from the floor and emits nothing in the partition until it has caught up with
 the stream (``num_pending`` 0): the merge state it then holds is the old owner's for every window
