@@ -26,6 +26,16 @@ SETTINGS = ("--window", f"{WINDOW}s", "--emit-every", f"{EMIT}s",
             "--allowed-lateness", f"{LATENESS}s")
 
 
+def publish_once(mosquitto, client_id: str, items) -> None:
+    """Publishes items (topic, payload) at QoS 1 and waits for every PUBACK."""
+    pub = paho_publisher(mosquitto, client_id)
+    try:
+        publish_all(pub, items)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+
+
 def start_worker(tmp_path, cluster, name, own, *extra):
     err = open(tmp_path / f"{name}.stderr", "wb")
     proc = subprocess.Popen(
@@ -70,12 +80,7 @@ def test_shared_subscription_instances_and_merge_workers_give_one_engines_window
             items.append((f"site/{device}/sensor/temp",
                           payload(device, "temp", value, t=t, u="C")))
             single.push_reading(device, "temp", value, t, unit="C", t=t)
-        pub = paho_publisher(mosquitto, "scaleout-pub")
-        try:
-            publish_all(pub, items)
-        finally:
-            pub.loop_stop()
-            pub.disconnect()
+        publish_once(mosquitto, "scaleout-pub", items)
         finals = [d.stop()[1] for d in instances]
         received = [f["received"] for f in finals]
         assert sum(received) == len(items) and all(received), received
@@ -181,12 +186,7 @@ def test_an_instance_counts_partials_under_their_own_name_and_balances(
         items = [(f"site/dev{i % 5}/sensor/temp",
                   payload(f"dev{i % 5}", "temp", float(i), t=base + i * 0.05, u="C"))
                  for i in range(300)]
-        pub = paho_publisher(mosquitto, "partials-count-pub")
-        try:
-            publish_all(pub, items)
-        finally:
-            pub.loop_stop()
-            pub.disconnect()
+        publish_once(mosquitto, "partials-count-pub", items)
         # heartbeats and progress go out while it runs; the stats line says so
         line = d.wait_stats(lambda s: s.get("partials", {}).get("panes", 0) > 0
                             and s["partials"]["progress"] > 0, 20.0)
@@ -242,12 +242,7 @@ def test_panes_past_the_partial_buffer_are_counted_dropped_and_leave_sequence_ga
         items = [(f"site/dev{i % 8}/sensor/temp",
                   payload(f"dev{i % 8}", "temp", float(i), t=base + i * 0.1, u="C"))
                  for i in range(400)]
-        pub = paho_publisher(mosquitto, "partials-lost-pub")
-        try:
-            publish_all(pub, items)
-        finally:
-            pub.loop_stop()
-            pub.disconnect()
+        publish_once(mosquitto, "partials-lost-pub", items)
         line = d.wait_stats(lambda s: s.get("partials", {}).get("pane_drops", {})
                             .get("partial_buffer_full", 0) > 0, 20.0)
         assert line is not None, d.tail()

@@ -219,6 +219,17 @@ static inline int tc_snap_pane_sound(const uint8_t *p) {
     return tc_snap_all_finite(p, 5) && st[1] >= 0.0 && st[2] <= st[4] && st[4] <= st[3];
 }
 
+/* The 16-byte head of a sketch block at p into *h (the caller checked that it is there);
+ * returns p past it. One reader of the head for the checks and for the build. */
+static inline const uint8_t *tc_snap_sketch_head(const uint8_t *p, tc_sketch_hdr *h) {
+    TC_SNAP_GET(h->pos_min, p);
+    TC_SNAP_GET(h->neg_min, p);
+    TC_SNAP_GET(h->pos_len, p);
+    TC_SNAP_GET(h->neg_len, p);
+    TC_SNAP_GET(h->n, p);
+    return p;
+}
+
 /* The sketch block at p of a pane holding `count` readings (no byte read at or past end): the
  * 16-byte head into *h, then its pos_len + neg_len u32 counts, which must be the stores of a
  * sketch of qmap's mapping (in range, tight) holding exactly the pane's readings. qmap NULL: no
@@ -232,11 +243,7 @@ static inline size_t tc_snap_sketch(const uint8_t *p, const uint8_t *end, const 
         *why = "a sketch runs past the keys section";
         return 0;
     }
-    TC_SNAP_GET(h->pos_min, p);
-    TC_SNAP_GET(h->neg_min, p);
-    TC_SNAP_GET(h->pos_len, p);
-    TC_SNAP_GET(h->neg_len, p);
-    TC_SNAP_GET(h->n, p);
+    p = tc_snap_sketch_head(p, h);
     size_t nb = tc_sketch_buckets(h);
     if (h->pos_len > TC_SKETCH_CAP || h->neg_len > TC_SKETCH_CAP || (size_t)(end - p) < 4 * nb) {
         *why = "a sketch's stores are too long";
@@ -460,11 +467,7 @@ static inline int tc_snap_build(tc_table *t, const tc_snap_rec *r, const tc_snap
         }
         if (qb) {
             tc_sketch_hdr *h = &tc_qs_hdrs(qb)[tc_pane_of(j, ring)];
-            TC_SNAP_GET(h->pos_min, p);
-            TC_SNAP_GET(h->neg_min, p);
-            TC_SNAP_GET(h->pos_len, p);
-            TC_SNAP_GET(h->neg_len, p);
-            TC_SNAP_GET(h->n, p);
+            p = tc_snap_sketch_head(p, h);
             size_t nb = tc_sketch_buckets(h);
             memcpy(qc, p, 4 * nb);
             qc += nb;
