@@ -334,31 +334,36 @@ class _Key:
         return None if merged is None else merged[:6]
 
     def _merge(self, lo: int, hi: int):
-        """tc_merge_panes: (count, sum, m2, min, max, first, the newest non-empty pane) over
-        intervals [lo, hi] (Chan's update for m2), or None when they hold no reading."""
+        """tc_merge_panes over intervals [lo, hi]: merge_panes of the ring's panes there."""
         ring = len(self.panes)
-        n = 0
-        newest = None
-        for j in range(lo, hi + 1):
-            p = self.panes[j % ring]
-            if p.count == 0:
-                continue
-            newest = p
-            if n == 0:
-                n, total, m2, mn, mx, first = p.count, p.sum, p.m2, p.min, p.max, p.first
-                continue
-            na, nb = float(n), float(p.count)
-            delta = p.sum / nb - total / na
-            m2 += p.m2 + delta * delta * (na * nb / (na + nb))
-            total += p.sum
-            n += p.count
-            if p.min < mn:
-                mn = p.min
-            if p.max > mx:
-                mx = p.max
+        return merge_panes(self.panes[j % ring] for j in range(lo, hi + 1))
+
+
+def merge_panes(panes):
+    """tc_merge_panes: (count, sum, m2, min, max, first, the newest non-empty pane) of panes
+    given oldest first (Chan's update for m2; empty ones skipped), or None when they hold no
+    reading. The engine's window and the merge worker's (pane_merge.py) are both this."""
+    n = 0
+    newest = None
+    for p in panes:
+        if p.count == 0:
+            continue
+        newest = p
         if n == 0:
-            return None
-        return n, total, m2, mn, mx, first, newest
+            n, total, m2, mn, mx, first = p.count, p.sum, p.m2, p.min, p.max, p.first
+            continue
+        na, nb = float(n), float(p.count)
+        delta = p.sum / nb - total / na
+        m2 += p.m2 + delta * delta * (na * nb / (na + nb))
+        total += p.sum
+        n += p.count
+        if p.min < mn:   # min()/max() without the calls: this runs per pane of every window
+            mn = p.min
+        if p.max > mx:
+            mx = p.max
+    if n == 0:
+        return None
+    return n, total, m2, mn, mx, first, newest
 
 
 class Engine:

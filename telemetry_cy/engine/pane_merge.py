@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from telemetry_cy.engine._engine_py import merge_panes
 from telemetry_cy.engine.partial_format import (
     KIND_HEARTBEAT,
     KIND_LEAVE,
@@ -381,31 +382,16 @@ class _Partition:
     def _window(self, device: str, sensor: str, panes: dict[int, _Merged],
                 tick: int) -> dict | None:
         s = self.settings
-        n = 0
-        total = m2 = mn = mx = first = 0.0
-        newest = None
-        sketch = QuantileSketch(s.quantile_accuracy) if s.quantiles else None
-        for j in range(tick - s.panes, tick):
-            p = panes.get(j)
-            if p is None:
-                continue
-            newest = p
-            if sketch is not None and p.sketch is not None:
-                sketch.merge(p.sketch)
-            if n == 0:
-                n, total, m2, mn, mx, first = p.count, p.sum, p.m2, p.min, p.max, p.first
-                continue
-            na, nb = float(n), float(p.count)
-            delta = p.sum / nb - total / na
-            m2 += p.m2 + delta * delta * (na * nb / (na + nb))
-            total += p.sum
-            n += p.count
-            if p.min < mn:   # min()/max() without the calls, as _Merged.add
-                mn = p.min
-            if p.max > mx:
-                mx = p.max
-        if newest is None:
+        held = [p for p in (panes.get(j) for j in range(tick - s.panes, tick)) if p is not None]
+        merged = merge_panes(held)
+        if merged is None:
             return None
+        n, total, m2, mn, mx, first, newest = merged
+        sketch = QuantileSketch(s.quantile_accuracy) if s.quantiles else None
+        if sketch is not None:
+            for p in held:
+                if p.sketch is not None:
+                    sketch.merge(p.sketch)
         return {
             "device": device, "sensor": sensor, "unit": newest.unit,
             "window_start": float(tick - s.panes) * s.emit_every,
