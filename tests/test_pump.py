@@ -7,6 +7,7 @@ Every wait polls with a deadline; nothing asserts on timing.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -79,6 +80,41 @@ def test_the_end_of_the_stream_and_a_wake_end_the_pump(backend, tcp_pair):
     wake_r.recv(16)
     theirs.shutdown(socket.SHUT_WR)
     assert reader.pump(ours, wake_r, 0.002, time.monotonic() + 3600)[0] == P.PUMP_CLOSED
+
+
+def test_interrupt_ends_a_pump_that_naps_in_dense_traffic(backend, tcp_pair):
+    """A pump in dense traffic never polls (it naps and reads): stop() reaches it through
+    interrupt(), after the nap, and the interrupt is used up by the PUMP_WAKE it causes."""
+    theirs, ours, wake_r, _ = tcp_pair
+    ring = backend.ByteRing(1 << 22)
+    reader = backend.FrameReader(ring, protocol=4)
+    stop = threading.Event()
+
+    def send():
+        i = 0
+        while not stop.is_set():
+            theirs.sendall(publish_frame(f"s/{i}", b"v"))
+            i += 1
+            time.sleep(0.0005)
+
+    def interrupt_when_napping():
+        deadline = time.monotonic() + 20
+        while ring.used_bytes < 2000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        reader.interrupt()
+
+    threads = [threading.Thread(target=send), threading.Thread(target=interrupt_when_napping)]
+    for t in threads:
+        t.start()
+    try:
+        why, _err, _acks, _packets, nbytes, naps = reader.pump(ours, wake_r, 0.004,
+                                                               time.monotonic() + 30)
+        assert why == P.PUMP_WAKE and naps >= 1 and nbytes > 0
+        assert reader.pump(ours, wake_r, 0.004, time.monotonic() + 0.2)[0] == P.PUMP_DEADLINE
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
 
 
 def test_a_protocol_error_raises_frame_error_with_what_came_before(backend, tcp_pair):

@@ -77,6 +77,8 @@ cdef class FrameReader:
     # CLOCK_MONOTONIC time of the last read
     cdef double _rate
     cdef double _last_read
+    # set by interrupt() (any thread), cleared by pump() when it returns PUMP_WAKE
+    cdef tc_atomic_u64 _interrupt
 
     cdef tuple _finish(self, double ts, size_t pos, size_t end, int rc, tc_mqtt_counts *c,
                        tc_mqtt_other *o, const char *err, bint notify)

@@ -82,20 +82,23 @@ class FrameReader:
              ) -> tuple[int, int, bytes | None, list[tuple[int, bytes]], int, int]:
         """Read turns on a plain TCP socket without the GIL until Python is needed.
 
-        Each turn: poll ``sock`` and ``wake`` (or, after a nap, read at once), one read (two
-        after a nap), parse into the ring, TCP_QUICKACK before any sleep so the broker's Nagle
-        holds nothing back for a delayed ACK; before every sleep and before returning the turn's
-        records are handed off: drained into the engine when it is parked and lent and they are at
-        most LEND_MAX_RECORDS (includes/tc_park.h), else the doorbell rung. Dense traffic (the
-        data was there, or came within ``ceiling`` seconds of the poll; a read under
-        NAP_SKIP_FILL of the buffer) is followed by a nap on ``wake`` of NAP_TARGET_RECORDS
-        at the smoothed rate, within [NAP_FLOOR_S, ``ceiling``]; 0 = none.
+        Each turn: poll ``sock`` and ``wake`` (or, after a nap, TCP_QUICKACK and read at once),
+        one read, parse into the ring; TCP_QUICKACK before a poll or a return, so the broker's
+        Nagle holds nothing back for a delayed ACK; before every sleep and before returning,
+        the turn's records are handed off: drained into the engine when it is parked and lent
+        and they are at most LEND_MAX_RECORDS (includes/tc_park.h), else the doorbell rung.
+        Dense traffic (the data was there, or came within ``ceiling`` seconds of the poll; a
+        read under NAP_SKIP_FILL of the buffer) is followed by a timed nap of
+        NAP_TARGET_RECORDS at the smoothed rate, within [NAP_FLOOR_S, ``ceiling``]; 0 = none
+        (``interrupt()`` ends the pump after the nap, with PUMP_WAKE, as ``wake`` ends a poll).
         Returns ``(why, errno, acks, packets, nbytes, naps)`` when ``until``
         (``time.monotonic()``) passes (PUMP_DEADLINE), a read owes PUBACKs or brings other
         packets (PUMP_PACKETS, with them, as ``feed`` returns them), ``wake`` is readable
         (PUMP_WAKE), the peer closed (PUMP_CLOSED) or recv failed (PUMP_ERROR, with errno).
         ``nbytes``: bytes read; ``naps``: naps taken. Raises FrameError like ``feed``.
         """
+    def interrupt(self) -> None:
+        """Make a napping ``pump()`` return PUMP_WAKE after its nap (any thread)."""
     def nap(self, fd: int, timeout: float) -> bool:
         """``notify()``, then sleep up to ``timeout`` seconds (milliseconds rounded up) or until
         ``fd`` is readable, without the GIL; True when ``fd`` is readable."""

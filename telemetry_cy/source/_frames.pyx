@@ -23,7 +23,7 @@ from libc.string cimport memset
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 from telemetry_cy.source._ring cimport ByteRing, tc_doorbell_ring, tc_hand_off, \
-    tc_load_relaxed_u64, tc_ring
+    tc_load_acquire_u64, tc_load_relaxed_u64, tc_ring, tc_store_relaxed_u64, tc_store_release_u64
 
 
 cdef extern from "<poll.h>" nogil:
@@ -33,10 +33,12 @@ cdef extern from "<poll.h>" nogil:
         short revents
     ctypedef unsigned long nfds_t
     int poll(pollfd *fds, nfds_t nfds, int timeout)
-    int ppoll(pollfd *fds, nfds_t nfds, const timespec *tmo, const void *sigmask)
     const short POLLIN
     const short POLLHUP
     const short POLLERR
+
+cdef extern from "<time.h>" nogil:
+    int clock_nanosleep(int clock_id, int flags, const timespec *request, timespec *remain)
 
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t recv(int fd, void *buf, size_t n, int flags)
@@ -78,18 +80,19 @@ cdef inline double _clock(int which) noexcept nogil:
     return <double>t.tv_sec + <double>t.tv_nsec * 1e-9
 
 
-cdef inline int _sleep_on(int fd, double seconds) noexcept nogil:
-    """Sleep up to ``seconds`` or until ``fd`` is readable (> 0 then; -1 EINTR)."""
-    cdef pollfd p
+cdef inline void _nap(double seconds) noexcept nogil:
+    """Sleep ``seconds`` (an EINTR ends it early: the nap is a hint, not a deadline).
+
+    A plain timed sleep, not a poll of the wake-up socket: on the KVM guests of
+    docs/performance.md a ppoll on one descriptor costs ~25-33 us of CPU per nap against ~20 us
+    for this (the descriptor's lookup, wait-queue entry and removal, all cache-cold after a
+    sleep). stop() reaches a napping pump through FrameReader.interrupt() instead."""
     cdef timespec t
     if seconds < 0.0:
         seconds = 0.0
     t.tv_sec = <long>seconds
     t.tv_nsec = <long>((seconds - <double>t.tv_sec) * 1e9)
-    p.fd = fd
-    p.events = POLLIN
-    p.revents = 0
-    return ppoll(&p, 1, &t, NULL)
+    clock_nanosleep(CLOCK_MONOTONIC, 0, &t, NULL)
 
 
 class FrameError(ValueError):
@@ -129,6 +132,7 @@ cdef class FrameReader:
         self._unrung = 0
         self._rate = 0.0
         self._last_read = 0.0
+        tc_store_relaxed_u64(&self._interrupt, 0)
 
     def __dealloc__(self):
         free(self._acks)
@@ -209,7 +213,7 @@ cdef class FrameReader:
         cdef int one = 1
         cdef int naps = 0
         cdef uint64_t nbytes = 0
-        cdef ssize_t n, m
+        cdef ssize_t n
         cdef double ts = 0.0, now, t_poll, waited, nap, inst
         cdef bint after_nap = False, ack_due = False
         cdef uint64_t unrung = self._unrung   # records committed, not handed off yet
@@ -253,6 +257,7 @@ cdef class FrameReader:
                         why = P_ERROR
                         break
                     if fds[1].revents:
+                        tc_store_relaxed_u64(&self._interrupt, 0)   # stop() rang both
                         why = P_WAKE
                         break
                     if not (fds[0].revents & (POLLIN | POLLHUP | POLLERR)):
@@ -260,6 +265,15 @@ cdef class FrameReader:
                     waited = _clock(CLOCK_MONOTONIC) - t_poll
                 else:
                     waited = 0.0
+                    # After a nap, one ACK and one read. The broker's Nagle has held back all it
+                    # queued for us behind its last unacknowledged segment: this ACK releases it
+                    # into our receive queue (the broker's transmit runs in this call's softirq,
+                    # on loopback) before the read, so one recv takes the whole nap's traffic.
+                    # (ACKing before the nap instead let the broker send one small segment at
+                    # once and hold the rest: two reads and two ACKs a nap.)
+                    if ack_due:
+                        setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one))
+                        ack_due = False
                 n = recv(fd, rd.buf + rd.fill, rd.cap - rd.fill, MSG_DONTWAIT)
                 if n < 0:
                     if errno == EINTR:
@@ -274,12 +288,6 @@ cdef class FrameReader:
                     why = P_CLOSED
                     break
                 ack_due = True
-                if after_nap and <size_t>n < rd.cap - rd.fill:
-                    # The second read after a nap (mqtt_client.py, FastClient._tc_reread):
-                    # what the broker's Nagle held back until the first read's ACK.
-                    m = recv(fd, rd.buf + rd.fill + n, rd.cap - rd.fill - n, MSG_DONTWAIT)
-                    if m > 0:
-                        n += m
                 now = _clock(CLOCK_MONOTONIC)
                 ts = _clock(CLOCK_REALTIME)   # one arrival time per read, as time.time()
                 nbytes += <uint64_t>n
@@ -312,15 +320,16 @@ cdef class FrameReader:
                         nap = _NAP_TARGET / self._rate
                         if nap < _NAP_FLOOR:
                             nap = _NAP_FLOOR if _NAP_FLOOR < ceiling else ceiling
-                    setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one))   # as above
-                    ack_due = False
+                    # no ACK here: the one after the nap does its work (see there)
                     if unrung:
                         # few records (moderate rates): drained here into the parked engine, which
                         # then sleeps on; many: rung, the engine thread takes them in parallel
                         tc_hand_off(&self.ring.bell, unrung, _LEND_MAX)
                         unrung = 0
                     naps += 1
-                    if _sleep_on(wake_fd, nap) > 0:
+                    _nap(nap)
+                    if tc_load_acquire_u64(&self._interrupt):
+                        tc_store_relaxed_u64(&self._interrupt, 0)
                         why = P_WAKE
                         break
                     after_nap = True
@@ -334,6 +343,11 @@ cdef class FrameReader:
             # rings itself (notify=True) for what the rest of the read commits
             acks, packets = self._finish(ts, pos, end, rc, &c, &o, err, True)
         return why, error, acks, packets, nbytes, naps
+
+    def interrupt(self):
+        """Make a napping pump() return PUMP_WAKE after its nap (any thread; stop() calls it
+        besides ringing the wake-up socket, which only a poll sees)."""
+        tc_store_release_u64(&self._interrupt, 1)
 
     def notify(self):
         """Hand off the records of earlier ``feed(..., notify=False)`` calls, if any: drained into

@@ -133,6 +133,7 @@ class FrameReader:
         self._broken = False
         self._rate = 0.0        # pump(): records/s between reads, smoothed
         self._last_read = 0.0   # pump(): time.monotonic() of the last read
+        self._interrupted = False   # interrupt(): cut the next nap of pump() short
         self._c = dict.fromkeys(("received", "written", "payload_bytes", "oversize", "ingest_full",
                                  "acked", "protocol_errors", "bytes"), 0)
 
@@ -317,6 +318,7 @@ class FrameReader:
                     except OSError as exc:
                         return PUMP_ERROR, exc.errno or 0, None, [], nbytes, naps
                     if events.get(wake_fd):
+                        self._interrupted = False   # stop() rang both
                         return PUMP_WAKE, 0, None, [], nbytes, naps
                     if not events.get(sock.fileno(), 0) & (select.POLLIN | select.POLLHUP
                                                            | select.POLLERR):
@@ -324,6 +326,9 @@ class FrameReader:
                     waited = time.monotonic() - t_poll
                 else:
                     waited = 0.0
+                    if ack_due:   # one ACK after the nap releases what the broker's Nagle held
+                        _quickack(sock)
+                        ack_due = False
                 buf = self.writable()
                 try:
                     n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
@@ -337,11 +342,6 @@ class FrameReader:
                 if n == 0:
                     return PUMP_CLOSED, 0, None, [], nbytes, naps
                 ack_due = True
-                if after_nap and n < len(buf):
-                    try:
-                        n += sock.recv_into(buf[n:], 0, socket.MSG_DONTWAIT)
-                    except OSError:
-                        pass
                 now = time.monotonic()
                 nbytes += n
                 received = self._c["received"]
@@ -356,15 +356,19 @@ class FrameReader:
                 if ceiling > 0.0 and waited < ceiling and n < skip_bytes:
                     if now >= until:
                         return PUMP_DEADLINE, 0, None, [], nbytes, naps
-                    _quickack(sock)
-                    ack_due = False
                     naps += 1
-                    if self.nap(wake_fd, nap_length(ceiling, self._rate)):
+                    time.sleep(nap_length(ceiling, self._rate))   # a timed sleep: see interrupt()
+                    if self._interrupted:
+                        self._interrupted = False
                         return PUMP_WAKE, 0, None, [], nbytes, naps
                     after_nap = True
         finally:
             if ack_due:
                 _quickack(sock)
+
+    def interrupt(self) -> None:
+        """Make a napping pump() return PUMP_WAKE after its nap (any thread)."""
+        self._interrupted = True
 
     def notify(self) -> None:
         """Nothing to ring: every ``try_push`` of ``feed`` already rang."""

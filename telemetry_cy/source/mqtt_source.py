@@ -228,6 +228,7 @@ class MqttSource:
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop reading, DISCONNECT cleanly, join the network thread. True when it ended in time."""
         self._stop.set()
+        self._reader.interrupt()   # a pump napping in dense traffic does not poll the wake-up
         self._wake()
         t = self._thread
         if t is None:
