@@ -51,8 +51,6 @@ cdef extern from "tc_window.h" nogil:
     int tc_key_aggregate(const tc_key *k, uint32_t panes, int64_t tick, tc_agg *out)
     uint64_t tc_key_open_count(const tc_key *k, uint32_t panes, int64_t interval)
     void tc_prefetch_slot(const tc_table *t, uint64_t hash)
-    void tc_prefetch_dense(const tc_table *t, uint64_t hash)
-    void tc_prefetch_record(const tc_table *t, uint64_t hash, uint32_t pane)
     void tc_prefetch_key(const tc_key *k, uint32_t panes)
 
     # event time
@@ -363,8 +361,6 @@ cdef class Engine:
                        uint32_t slen, const char *unit, uint32_t ulen, double value, double time,
                        int64_t interval, uint32_t pane, uint64_t seq, bint has_seq,
                        int *rc) noexcept nogil
-    cdef void _pipe_prefetch(self, pipe_entry *pipe, size_t head, size_t tail) noexcept nogil
-    cdef void _pipe_prefetch_all(self, pipe_entry *pipe, size_t head, size_t tail) noexcept nogil
     cdef Py_ssize_t _pipe_flush(self, pipe_entry *pipe, size_t head, size_t tail) noexcept nogil
     cdef void _count_decoded(self, const batch_item *item) noexcept nogil
     cdef void _payload_offender(self, const batch_item *item, uint64_t w) noexcept nogil

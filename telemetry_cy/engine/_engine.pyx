@@ -79,13 +79,10 @@ cdef inline long long _mono_ns() noexcept nogil:
 # tick releases the GIL after every (mask + 1) aggregates it builds (~1 ms of work)
 cdef uint64_t GIL_YIELD_MASK = 4095
 
-# _run_batch's prefetch pipeline: a reading's hash slot is prefetched when it enters, the dense
-# array's entry PIPE_STAGE readings later, its record's lines 2 * PIPE_STAGE later, and it is applied
-# PIPE_DEPTH readings after it entered; the ring holds up to PIPE_DEPTH + 1 of them (PIPE_DEPTH <
-# PIPE_CAP, a power of two)
+# _run_batch's prefetch pipeline: a reading is applied PIPE_DEPTH readings after its hash slot was
+# prefetched; the ring holds up to PIPE_DEPTH + 1 of them (PIPE_DEPTH < PIPE_CAP, a power of two)
 cdef enum:
-    PIPE_STAGE = 4
-    PIPE_DEPTH = 12
+    PIPE_DEPTH = 8
     PIPE_CAP = 16
 
 # _scan prefetches the record of the key this many keys ahead (tc_prefetch_key)
@@ -770,7 +767,6 @@ cdef class Engine:
                     e.ts = ts
                     e.index = i
                     tail += 1
-                    self._pipe_prefetch(pipe, head, tail)
                     if tail - head > PIPE_DEPTH:
                         e = &pipe[head % PIPE_CAP]
                         head += 1
@@ -829,32 +825,11 @@ cdef class Engine:
         why[0] = RUN_DONE
         return n
 
-    cdef void _pipe_prefetch(self, pipe_entry *pipe, size_t head, size_t tail) noexcept nogil:
-        """The later prefetch stages of the entries PIPE_STAGE and 2 * PIPE_STAGE before the
-        newest one (tc_prefetch_dense, tc_prefetch_record)."""
-        cdef pipe_entry *e
-        if tail - head > PIPE_STAGE:
-            e = &pipe[(tail - 1 - PIPE_STAGE) % PIPE_CAP]
-            tc_prefetch_dense(&self.table, e.hash)
-            if tail - head > 2 * PIPE_STAGE:
-                e = &pipe[(tail - 1 - 2 * PIPE_STAGE) % PIPE_CAP]
-                tc_prefetch_record(&self.table, e.hash, e.pane)
-
-    cdef void _pipe_prefetch_all(self, pipe_entry *pipe, size_t head, size_t tail) noexcept nogil:
-        """Before a flush: both later stages for every waiting entry, one stage after the other
-        (a short batch, such as a lent drain's, is mostly flushed)."""
-        cdef size_t x
-        for x in range(head, tail):
-            tc_prefetch_dense(&self.table, pipe[x % PIPE_CAP].hash)
-        for x in range(head, tail):
-            tc_prefetch_record(&self.table, pipe[x % PIPE_CAP].hash, pipe[x % PIPE_CAP].pane)
-
     cdef Py_ssize_t _pipe_flush(self, pipe_entry *pipe, size_t head, size_t tail) noexcept nogil:
         """Applies the pipeline's entries [head, tail) in order. Returns -1, or the batch index
         of the entry that ran out of memory (counted; the entries after it are not)."""
         cdef size_t x
         cdef pipe_entry *e
-        self._pipe_prefetch_all(pipe, head, tail)
         for x in range(head, tail):
             e = &pipe[x % PIPE_CAP]
             self.payloads += 1
@@ -1235,7 +1210,6 @@ cdef class Engine:
                         e.ts = item.ts
                         e.index = i
                         tail += 1
-                        self._pipe_prefetch(pipe, head, tail)
                         if tail - head > PIPE_DEPTH:
                             failed = self._pipe_flush_event(pipe, head, head + 1)
                             head += 1
@@ -1292,8 +1266,6 @@ cdef class Engine:
         """_pipe_flush in event mode (e.r.t is the resolved event time, e.ts the arrival)."""
         cdef size_t x
         cdef pipe_entry *e
-        if tail - head > 1:   # not the loop's one-entry steps: those had their stages
-            self._pipe_prefetch_all(pipe, head, tail)
         for x in range(head, tail):
             e = &pipe[x % PIPE_CAP]
             self.payloads += 1

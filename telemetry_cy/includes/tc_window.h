@@ -294,40 +294,6 @@ static inline void tc_prefetch_slot(const tc_table *t, uint64_t hash) {
 #endif
 }
 
-/* The later stages of a pipelined lookup, after tc_prefetch_slot: once the slot is in cache, the
- * dense array's entry it names; once that is, the record's lines a reading touches (its header, the
- * pane it updates, the first bytes of its names). Each stage reads only what an earlier stage
- * asked for, so a batch of lookups overlaps its misses instead of taking them one after another:
- * on a network-thread drain, after a nap, every one of them is cold (docs/performance.md). Only the
- * first slot of the probe is followed (a collision costs the misses it always did), and nothing
- * here writes: a record moved or a table grown since costs a useless prefetch. */
-static inline void tc_prefetch_dense(const tc_table *t, uint64_t hash) {
-#if defined(__GNUC__) || defined(__clang__)
-    uint64_t s = t->slots[(size_t)hash & t->slot_mask];
-    if (s != 0 && (s >> 32) == (hash >> 32))
-        __builtin_prefetch(&t->keys[(s & 0xFFFFFFFFu) - 1], 0, 3);
-#else
-    (void)t;
-    (void)hash;
-#endif
-}
-
-static inline void tc_prefetch_record(const tc_table *t, uint64_t hash, uint32_t pane) {
-#if defined(__GNUC__) || defined(__clang__)
-    uint64_t s = t->slots[(size_t)hash & t->slot_mask];
-    if (s != 0 && (s >> 32) == (hash >> 32) && (s & 0xFFFFFFFFu) <= t->n_keys) {
-        const tc_key *k = t->keys[(s & 0xFFFFFFFFu) - 1];
-        __builtin_prefetch(k, 1, 3);
-        __builtin_prefetch(&k->panes[pane], 1, 3);
-        __builtin_prefetch(tc_key_device(k, t->panes), 0, 3);
-    }
-#else
-    (void)t;
-    (void)hash;
-    (void)pane;
-#endif
-}
-
 /* A tick reads every live key's record whole (header, P panes, names), one key after another in
  * dense order but each record somewhere else on the heap: at 1M keys every record is a run of
  * cache misses the hardware does not see coming. The scan asks for the record a few keys ahead. */
