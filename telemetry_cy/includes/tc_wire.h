@@ -1,6 +1,7 @@
 /* Byte-level pieces of the NATS wire encoder (_wire.pyx): a growable buffer, the subject-token
- * test, JSON string escaping, decimal integers and CBOR heads/floats; and the reader of JetStream
- * publish acks (tc_acks_*, at the end), which scans the server's bytes for the emitter.
+ * test, JSON string escaping, decimal integers and CBOR heads/floats (JSON floats are tc_repr.h's);
+ * and the reader of JetStream publish acks (tc_acks_*, at the end), which scans the server's bytes
+ * for the emitter.
  *
  * No Python here. The rules they implement are Python's (subjects.py, json, cbor2); _wire.pyx
  * decides when they apply and falls back to the Python functions otherwise, and tests/test_wire.py
@@ -117,82 +118,6 @@ static inline void tc_wire_put_u64(tc_wbuf *b, uint64_t v)
         v /= 10;
     } while (v);
     tc_wire_put(b, tmp + sizeof tmp - n, n);
-}
-
-/* Decimal with a minus sign when negative. Reserve 20 (|v| < 2**63 here). */
-static inline void tc_wire_put_i64(tc_wbuf *b, int64_t v)
-{
-    if (v < 0) {
-        b->p[b->len++] = '-';
-        tc_wire_put_u64(b, (uint64_t)0 - (uint64_t)v);
-    } else {
-        tc_wire_put_u64(b, (uint64_t)v);
-    }
-}
-
-/* repr(x) (Python's shortest round-trip form) when it has at most 15 significant digits and
- * 1e-4 <= |x| < 1e14 (fixed notation there); else 0 and nothing written, and the caller asks
- * PyOS_double_to_string. Readings such as 21.95 take this path in ~20 ns instead of dtoa's ~150.
- *
- * Why it is exact: distinct decimals of at most 15 significant digits (DBL_DIG) never round to
- * the same double, so if one of them rounds to x it is the only one of its length or shorter,
- * which makes it repr's digits. If one exists, the nearest point of the 15-digit grid of x's
- * decade, m / 10**k, is one (it is at least as close to x; the tie case is the neighbour), and
- * x * 10**k is off by far less than 1 from the exact value, so m is within 1 of round(x * 10**k).
- * Each candidate is checked exactly: m < 2**53 and 10**k (k <= 18) are exact doubles and IEEE
- * division rounds correctly, so (double)m / 10**k == x iff m / 10**k rounds to x. A misjudged
- * decade only makes the grid coarser (fewer hits) or fails the m < 10**15 bound. Reserve 24. */
-static inline int tc_wire_put_short_double(tc_wbuf *b, double x)
-{
-    static const double pow10[19] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10,
-                                     1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18};
-    double ax = x < 0 ? -x : x;
-    if (!(ax >= 1e-4 && ax < 1e14))
-        return 0;
-    int k = 18;  /* 14 - decade: m = ax * 10**k in [1e14, 1e15) */
-    while (k > 1 && ax * pow10[k] >= 1e15)
-        k--;
-    double p = pow10[k];
-    int64_t m = (int64_t)(ax * p + 0.5), c;
-    if (m >= 999999999999999)  /* m + 1 must keep to 15 digits */
-        return 0;
-    if ((double)m / p == ax)
-        c = m;
-    else if ((double)(m - 1) / p == ax)
-        c = m - 1;
-    else if ((double)(m + 1) / p == ax)
-        c = m + 1;
-    else
-        return 0;
-    while (k > 0 && c % 10 == 0) {
-        c /= 10;
-        k--;
-    }
-    char digits[20];
-    int n = 0;
-    for (int64_t v = c; v; v /= 10)
-        digits[sizeof digits - ++n] = (char)('0' + v % 10);
-    const char *d = digits + sizeof digits - n;
-    char *o = b->p + b->len;
-    if (x < 0)
-        *o++ = '-';
-    if (k == 0) {                       /* whole: "1234.0" */
-        memcpy(o, d, (size_t)n);
-        memcpy(o + n, ".0", 2);
-        o += n + 2;
-    } else if (n > k) {                 /* "12.34" */
-        memcpy(o, d, (size_t)(n - k));
-        o[n - k] = '.';
-        memcpy(o + n - k + 1, d + n - k, (size_t)k);
-        o += n + 1;
-    } else {                            /* "0.001234" */
-        memcpy(o, "0.", 2);
-        memset(o + 2, '0', (size_t)(k - n));
-        memcpy(o + 2 + k - n, d, (size_t)n);
-        o += 2 + k;
-    }
-    b->len = (size_t)(o - b->p);
-    return 1;
 }
 
 /* A CBOR head in its shortest form, as cbor2 writes it. Reserve 9. */

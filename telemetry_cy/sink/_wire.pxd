@@ -1,7 +1,13 @@
-# Declarations of the wire encoder's and the ack reader's C pieces (includes/tc_wire.h); the
-# rules are in _wire.pyx and tc_wire.h.
+# Declarations of the wire encoder's and the ack reader's C pieces (includes/tc_wire.h, and
+# tc_repr.h for the JSON floats); the rules are in _wire.pyx and those headers.
 
 from libc.stdint cimport int64_t, uint64_t
+
+
+cdef extern from "tc_repr.h" nogil:
+    enum:
+        TC_REPR_MAX
+    size_t tc_repr_double(char *out, double x)
 
 
 cdef extern from "tc_wire.h" nogil:
@@ -16,8 +22,6 @@ cdef extern from "tc_wire.h" nogil:
     int tc_wire_plain_token(const char *s, size_t n)
     void tc_wire_put_json_str(tc_wbuf *b, const char *s, size_t n)
     void tc_wire_put_u64(tc_wbuf *b, uint64_t v)
-    void tc_wire_put_i64(tc_wbuf *b, int64_t v)
-    int tc_wire_put_short_double(tc_wbuf *b, double x)
     void tc_wire_put_cbor_head(tc_wbuf *b, unsigned major, uint64_t v)
     void tc_wire_put_cbor_f64(tc_wbuf *b, double x)
 

@@ -70,6 +70,11 @@ def subject_order(aggregates: Iterable[object]) -> list[object]:
     in their given order when it is the same: a stable sort. JetStream stores a tick batch in
     this order markedly faster than in the engine's hash order (docs/jetstream.md)."""
 
+def float_text(x: float) -> str:
+    """``repr(float(x))``, as the JSON bodies write a float: the encoder's own formatter
+    (includes/tc_repr.h, Ryu's shortest digits in repr's layout), exposed so the tests can hold
+    it to repr on any double; "nan", "inf" and "-inf" for the non-finite ones."""
+
 class AckWindow:
     """The answers to one emitter's JetStream publishes, read from the connection's bytes
     (tc_wire.h's tc_acks_*: that comment has the rules). A batch's messages carry the reply

@@ -14,21 +14,18 @@ to the Python functions, so the escaping and encoding rules live in one place:
   valid UTF-8 (lone surrogates: JSON then escapes the whole body as ASCII), or one that is not an
   exact ``str`` (unit: or None) -> ``encode_json`` / ``encode_cbor``.
 
-JSON floats are ``float.__repr__`` (what json writes), i.e. ``PyOS_double_to_string(x, 'r')``,
-CPython's only shortest round-trip formatter (David Gay's dtoa; ~150-300 ns a call). Two exact
-shortcuts skip it for the common values: whole numbers below 1e16 (window bounds) and values whose
-repr has at most 15 significant digits (readings such as 21.95: ``tc_wire_put_short_double``,
-which says why it is exact). Means and standard deviations usually need 16-17 digits and dtoa.
+JSON floats are ``float.__repr__`` (what json writes), written by ``tc_repr_double``
+(includes/tc_repr.h: Ryu's shortest digits in repr's layout, the same text for every finite
+double) without a call into Python, an allocation or dtoa's bignum arithmetic; `float_text`
+exposes it (with put_repr's spelling of the non-finite values) to the tests.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.conversion cimport Py_DTSF_ADD_DOT_0, PyOS_double_to_string
 from cpython.exc cimport PyErr_Clear
-from cpython.mem cimport PyMem_Free
 from libc.stdlib cimport free, malloc
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DATA, PyUnicode_GET_LENGTH
-from libc.math cimport isfinite, signbit
+from libc.math cimport isfinite
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memchr, memset, strlen
 
@@ -149,21 +146,12 @@ cdef inline void put_text(tc_wbuf *b, bint cbor, const text *t) noexcept:
         tc_wire_put_json_str(b, t.p, <size_t>t.n)
 
 
-cdef int put_double(tc_wbuf *b, bint cbor, double x) except -1:
-    cdef char *s
+cdef inline void put_double(tc_wbuf *b, bint cbor, double x) noexcept:
+    """A finite x: CBOR float64, or repr(x) as json writes it. Reserve TC_REPR_MAX (24)."""
     if cbor:
         tc_wire_put_cbor_f64(b, x)
-    elif -1e16 < x < 1e16 and x == <double><int64_t>x and not (x == 0.0 and signbit(x)):
-        # Whole numbers (window bounds, integer readings) skip dtoa and its allocation: below
-        # 1e16 repr writes them as all their digits + ".0" (exponent form starts at 1e16);
-        # -0.0 keeps its sign on the dtoa path.
-        tc_wire_put_i64(b, <int64_t>x)
-        tc_wire_put(b, b".0", 2)
-    elif not tc_wire_put_short_double(b, x):
-        s = PyOS_double_to_string(x, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)  # float.__repr__, as json
-        tc_wire_put(b, s, strlen(s))
-        PyMem_Free(s)
-    return 0
+    else:
+        b.len += tc_repr_double(b.p + b.len, x)
 
 
 cdef int put_body(tc_wbuf *b, bint cbor, Aggregate a, const text *dev, const text *sen,
@@ -235,16 +223,27 @@ cdef object id_of(str name, text *t):
     return token
 
 
-cdef int put_repr(tc_wbuf *b, double x) except -1:
-    """repr(x). Reserve 24 (finite; dtoa output is copied whole otherwise)."""
-    cdef char *s
+cdef inline void put_repr(tc_wbuf *b, double x) noexcept:
+    """repr(x), for every double. Reserve TC_REPR_MAX (24)."""
     if isfinite(x):
-        return put_double(b, False, x)
-    s = PyOS_double_to_string(x, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
-    reserve(b, strlen(s))
-    tc_wire_put(b, s, strlen(s))
-    PyMem_Free(s)
-    return 0
+        b.len += tc_repr_double(b.p + b.len, x)
+    elif x != x:
+        tc_wire_put(b, b"nan", 3)     # whatever the NaN's sign and payload, as float.__repr__
+    elif x > 0:
+        tc_wire_put(b, b"inf", 3)
+    else:
+        tc_wire_put(b, b"-inf", 4)
+
+
+def float_text(double x):
+    """See ``_wire.pyi``."""
+    cdef char out[TC_REPR_MAX]
+    cdef tc_wbuf b
+    b.p = out
+    b.len = 0
+    b.cap = TC_REPR_MAX
+    put_repr(&b, x)
+    return out[:b.len].decode("ascii")
 
 
 cdef object encode_messages(aggregates, str prefix, str format, Py_ssize_t max_subject,

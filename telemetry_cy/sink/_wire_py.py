@@ -139,6 +139,11 @@ def subject_order(aggregates) -> list:
     return sorted(aggregates, key=key)
 
 
+def float_text(x: float) -> str:
+    """See ``_wire.pyi``: repr itself, which json.dumps writes for a float."""
+    return repr(float(x))
+
+
 # ---- JetStream publish acks: tc_wire.h's tc_acks_*, line for line -------------------------------
 
 #: the kinds of answer, in tc_wire.h's order (TC_ACK_*)
