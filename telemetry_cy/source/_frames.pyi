@@ -82,11 +82,12 @@ class FrameReader:
              ) -> tuple[int, int, bytes | None, list[tuple[int, bytes]], int, int]:
         """Read turns on a plain TCP socket without the GIL until Python is needed.
 
-        Each turn: poll ``sock`` and ``wake`` (or, after a nap, TCP_QUICKACK and read at once),
-        one read, parse into the ring; TCP_QUICKACK before a poll or a return, so the broker's
-        Nagle holds nothing back for a delayed ACK; before every sleep and before returning,
-        the turn's records are handed off: drained into the engine when it is parked and lent
-        and they are at most LEND_MAX_RECORDS (includes/tc_park.h), else the doorbell rung.
+        Each turn: poll ``sock`` and ``wake`` (or, after a nap, read at once), one read (two
+        after a nap), parse into the ring; TCP_QUICKACK before any sleep or return, so the
+        broker's Nagle holds nothing back for a delayed ACK; before every sleep and before
+        returning, the turn's records are handed off: drained into the engine when it is
+        parked and lent and they are at most LEND_MAX_RECORDS (includes/tc_park.h), else the
+        doorbell rung.
         Dense traffic (the data was there, or came within ``ceiling`` seconds of the poll; a
         read under NAP_SKIP_FILL of the buffer) is followed by a timed nap of
         NAP_TARGET_RECORDS at the smoothed rate, within [NAP_FLOOR_S, ``ceiling``]; 0 = none

@@ -326,9 +326,6 @@ class FrameReader:
                     waited = time.monotonic() - t_poll
                 else:
                     waited = 0.0
-                    if ack_due:   # one ACK after the nap releases what the broker's Nagle held
-                        _quickack(sock)
-                        ack_due = False
                 buf = self.writable()
                 try:
                     n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
@@ -342,6 +339,11 @@ class FrameReader:
                 if n == 0:
                     return PUMP_CLOSED, 0, None, [], nbytes, naps
                 ack_due = True
+                if after_nap and n < len(buf):
+                    try:
+                        n += sock.recv_into(buf[n:], 0, socket.MSG_DONTWAIT)
+                    except OSError:
+                        pass
                 now = time.monotonic()
                 nbytes += n
                 received = self._c["received"]
@@ -356,6 +358,8 @@ class FrameReader:
                 if ceiling > 0.0 and waited < ceiling and n < skip_bytes:
                     if now >= until:
                         return PUMP_DEADLINE, 0, None, [], nbytes, naps
+                    _quickack(sock)
+                    ack_due = False
                     naps += 1
                     time.sleep(nap_length(ceiling, self._rate))   # a timed sleep: see interrupt()
                     if self._interrupted:
