@@ -182,8 +182,11 @@ stage_python() {
     local build=$TMP/py
     mkdir -p "$build"
     cp "$ROOT/setup.py" "$ROOT/pyproject.toml" "$build/"
-    # the package without the working tree's compiled files
-    (cd "$ROOT" && tar cf - --exclude='*.so' --exclude='__pycache__' --exclude='*.c' telemetry_cy) \
+    # the package without the working tree's compiled files. Its Cython-generated .c files come
+    # along (tar keeps their times): the generated C does not depend on the sanitizer flags, and
+    # cythonize regenerates any that is older than its .pyx, .pxd or headers; so the build only
+    # compiles, and compiles the C the main suite ran.
+    (cd "$ROOT" && tar cf - --exclude='*.so' --exclude='__pycache__' telemetry_cy) \
         | (cd "$build" && tar xf -)
     local t0; t0=$(now)
     if ! (cd "$build" && TELEMETRY_CY_SANITIZE=address,undefined "$PY" setup.py -q build_ext \
@@ -204,9 +207,13 @@ stage_python() {
     local which
     which=$(cd "$build" && env "${env[@]}" "$PY" -c 'import telemetry_cy.engine._decode as m; print(m.__file__)')
     case "$which" in "$build"/*) ;; *) fail "python: the ASan build is not the one imported ($which)"; return;; esac
-    # cwd = the build dir, so `telemetry_cy` resolves there and not in the working tree. The
-    # cases of the pure twins alone (ids with `pure` and without `compiled`) run no compiled code:
-    # they run in the main suite and are left out here, where every test costs several times more.
+    # cwd = the build dir, so `telemetry_cy` resolves there and not in the working tree. Left
+    # out here, where every test costs several times more, and run in the main suite: the cases
+    # of the pure twins alone (ids with `pure` and without `compiled`), which run no compiled
+    # code; the seed corpora checked against their generators (pure Python); and the C fuzz
+    # targets' corpus replays (`c_target_replays`, `fuzz_target_replays`: plain C programs the
+    # test builds with ASan+UBSan itself, which the fuzz stage above runs on the same corpora
+    # with 200,000 generated inputs each).
     if (cd "$build" && env "${env[@]}" "$PY" -m pytest -q -p no:cacheprovider -x \
             --rootdir "$ROOT" -c "$ROOT/pyproject.toml" \
             "$ROOT/tests/test_decode.py" "$ROOT/tests/test_frames.py" "$ROOT/tests/test_ring.py" \
@@ -217,7 +224,8 @@ stage_python() {
             "$ROOT/tests/test_engine_quantiles.py" "$ROOT/tests/test_columns.py" \
             "$ROOT/tests/test_wire.py" "$ROOT/tests/test_sketch.py" \
             "$ROOT/tests/test_jetstream_acks.py" "$ROOT/tests/fuzz/test_fuzz_corpus.py" \
-            -k "not thread_sanitizer and not strict_c11 and not (pure and not compiled)" \
+            -k "not thread_sanitizer and not strict_c11 and not (pure and not compiled) \
+                and not corpus_is_what and not c_target_replays and not fuzz_target_replays" \
             >"$TMP/pytest.log" 2>&1) \
             && ! grep -qE "ERROR: AddressSanitizer|runtime error" "$TMP/pytest.log"; then
         log "python: $(tail -1 "$TMP/pytest.log") under ASan+UBSan in $(since "$t0") s"

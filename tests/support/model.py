@@ -42,9 +42,19 @@ class QuantileBounds(NamedTuple):
 def rank_quantile(values: list[float], q: float) -> QuantileBounds:
     """x_lo, x_hi: ranks floor(q(n-1)) and ceil(q(n-1)) (0-based, exact arithmetic on the double
     q) of the sorted values, |x| < 1e-9 taken as 0."""
+    (bounds,) = rank_quantiles(values, (q,))
+    return bounds
+
+
+def rank_quantiles(values: list[float], qs) -> list[QuantileBounds]:
+    """`rank_quantile` for each q in ``qs``, sorting the values once (a window of 10^5-10^6
+    values: the sort is the oracle's cost)."""
     xs = sorted(0.0 if abs(v) < 1e-9 else v for v in values)
-    r = Fraction(q) * (len(xs) - 1)
-    return QuantileBounds(q, xs[math.floor(r)], xs[math.ceil(r)])
+    out = []
+    for q in qs:
+        r = Fraction(q) * (len(xs) - 1)
+        out.append(QuantileBounds(q, xs[math.floor(r)], xs[math.ceil(r)]))
+    return out
 
 
 class Model:
