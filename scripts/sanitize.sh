@@ -222,7 +222,8 @@ stage_python() {
             "$ROOT/tests/test_snapshot.py" "$ROOT/tests/test_partials.py" \
             "$ROOT/tests/test_partial_reader.py" \
             "$ROOT/tests/test_engine_quantiles.py" "$ROOT/tests/test_columns.py" \
-            "$ROOT/tests/test_wire.py" "$ROOT/tests/test_sketch.py" \
+            "$ROOT/tests/test_wire.py" "$ROOT/tests/test_float_text.py" \
+            "$ROOT/tests/test_sketch.py" \
             "$ROOT/tests/test_jetstream_acks.py" "$ROOT/tests/fuzz/test_fuzz_corpus.py" \
             -k "not thread_sanitizer and not strict_c11 and not (pure and not compiled) \
                 and not corpus_is_what and not c_target_replays and not fuzz_target_replays" \

@@ -146,7 +146,13 @@ def test_run_ring_matches_push_of_the_same_records(backend, records, batch):
     for ts, payload in sorted(records, key=lambda r: r[0]):
         assert ring.try_push(ts, b"site/1/sensor/t", payload)
         ref.push(payload, ts)
-    assert eng.run_ring(ring, 0.002, batch) is False and ring.used_bytes == 0
+    # a call returns once its 2 ms are up: on a loaded machine the pure twin may need more
+    # than one call for 120 records (its cbor2 fallback is Python), never more than a few
+    for _ in range(1000):
+        assert eng.run_ring(ring, 0.002, batch) is False
+        if ring.used_bytes == 0:
+            break
+    assert ring.used_bytes == 0
     assert same_counters(eng.stats(), ref.stats()) == []
     assert as_dicts(eng.tick(200.0)) == as_dicts(ref.tick(200.0))
 
