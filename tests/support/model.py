@@ -235,13 +235,21 @@ class EventModel(Model):
                    if self.interval(r[0]) >= self.closed)
 
 
+# The smallest subnormal double: below ~1e-154 a reading's square underflows into the subnormals,
+# where each rounding of the sum of squared deviations may be off by half of this, absolutely.
+_TINY = 2.0 ** -1074
+
+
 def close_enough(got: dict, want: dict, magnitude: float, rel: float = 1e-9) -> list[str]:
     """Field names where `got` differs from the exact `want`: count, min, max, first, last and
     names exactly; sum, mean and stddev within `rel` of the data's magnitude (sum of |x| for the
-    sum, max |x| for mean and stddev), which is what floating point can promise."""
+    sum, max |x| for mean and stddev), which is what floating point can promise -- the stddev
+    also within the square root of the subnormal rounding its squares may take (a few readings
+    of ~1e-158 have squares below the normal range)."""
     bad = []
     per_reading = magnitude / want["count"]
-    scale = {"sum": magnitude, "mean": per_reading, "stddev": per_reading}
+    scale = {"sum": magnitude, "mean": per_reading,
+             "stddev": per_reading + math.sqrt(4 * want["count"] * _TINY) / rel}
     # the quantiles: exactly the configured ones, by name and in order, each within its bound
     quantiles = {name: v for name, v in got.items() if name not in AGGREGATE_FIELDS}
     if list(quantiles) != list(want["quantiles"]):
