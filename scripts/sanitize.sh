@@ -118,6 +118,28 @@ stage_fuzz() {
 
 # ---- tsan: the C stress harnesses of the SPSC ring and of the lend protocol (tests/c/) -----------
 
+# One TSan harness run: tsan_run NAME EXE SUMMARY_REGEX "ARGS". Passes when it exits 0, TSan
+# warns of nothing and it prints errors=0; logs the part of its output SUMMARY_REGEX matches.
+tsan_run() {
+    local name=$1 exe=$2 summary=$3 args=$4
+    local t0; t0=$(now)
+    local out rc
+    # shellcheck disable=SC2086
+    out=$(TSAN_OPTIONS="halt_on_error=1 exitcode=66" "$exe" $args 2>&1) && rc=0 || rc=$?
+    if grep -q "unexpected memory mapping" <<<"$out"; then
+        # high ASLR entropy (newer kernels) breaks older TSan runtimes: retry without ASLR
+        # shellcheck disable=SC2086
+        out=$(TSAN_OPTIONS="halt_on_error=1 exitcode=66" setarch "$(uname -m)" -R "$exe" $args 2>&1) \
+            && rc=0 || rc=$?
+    fi
+    if [ "$rc" = 0 ] && ! grep -q "WARNING: ThreadSanitizer" <<<"$out" && grep -q "errors=0" <<<"$out"; then
+        log "tsan $name $args: ok in $(since "$t0") s: $(grep -o "$summary" <<<"$out" | head -1)"
+    else
+        printf '%s\n' "$out" | tail -40 >&2
+        fail "tsan $name $args"
+    fi
+}
+
 stage_tsan() {
     local exe=$TMP/spsc_stress_tsan
     if ! "$CC" -std=gnu11 -fsanitize=thread -O1 -g -pthread -I"$INC" "$ROOT/tests/c/spsc_stress.c" \
@@ -129,22 +151,7 @@ stage_tsan() {
     local configs=("$n 1 4096 200 0 1" "$n 2 65536 100 0 1" "$n 3 65536 100 0 0"
                    "$((n / 2)) 4 16384 64 500 1" "$((n / 4)) 5 1048576 2000 0 0")
     for args in "${configs[@]}"; do
-        local t0; t0=$(now)
-        local out rc
-        # shellcheck disable=SC2086
-        out=$(TSAN_OPTIONS="halt_on_error=1 exitcode=66" "$exe" $args 2>&1) && rc=0 || rc=$?
-        if grep -q "unexpected memory mapping" <<<"$out"; then
-            # high ASLR entropy (newer kernels) breaks older TSan runtimes: retry without ASLR
-            # shellcheck disable=SC2086
-            out=$(TSAN_OPTIONS="halt_on_error=1 exitcode=66" setarch "$(uname -m)" -R "$exe" $args 2>&1) \
-                && rc=0 || rc=$?
-        fi
-        if [ "$rc" = 0 ] && ! grep -q "WARNING: ThreadSanitizer" <<<"$out" && grep -q "errors=0" <<<"$out"; then
-            log "tsan spsc_stress $args: ok in $(since "$t0") s: $(grep -o 'received=[0-9]* dropped=[0-9]*' <<<"$out" | head -1)"
-        else
-            printf '%s\n' "$out" | tail -40 >&2
-            fail "tsan spsc_stress $args"
-        fi
+        tsan_run spsc_stress "$exe" 'received=[0-9]* dropped=[0-9]*' "$args"
     done
     # the lend protocol (tc_park.h): producer, consumer and kicker threads, the consumer's state
     # handed back and forth; -Wno-tsan: TSan does not model the doorbell's seq_cst fences, the
@@ -158,21 +165,7 @@ stage_tsan() {
     local lend_configs=("$((n / 2)) 1 65536 37 300" "$((n / 2)) 2 4096 0 50"
                         "$((n / 4)) 3 1048576 5 1000")
     for args in "${lend_configs[@]}"; do
-        local t0; t0=$(now)
-        local out rc
-        # shellcheck disable=SC2086
-        out=$(TSAN_OPTIONS="halt_on_error=1 exitcode=66" "$lend" $args 2>&1) && rc=0 || rc=$?
-        if grep -q "unexpected memory mapping" <<<"$out"; then
-            # shellcheck disable=SC2086
-            out=$(TSAN_OPTIONS="halt_on_error=1 exitcode=66" setarch "$(uname -m)" -R "$lend" $args 2>&1) \
-                && rc=0 || rc=$?
-        fi
-        if [ "$rc" = 0 ] && ! grep -q "WARNING: ThreadSanitizer" <<<"$out" && grep -q "errors=0" <<<"$out"; then
-            log "tsan lend_stress $args: ok in $(since "$t0") s: $(grep -o 'by_lender=[0-9]* lends=[0-9]*' <<<"$out" | head -1)"
-        else
-            printf '%s\n' "$out" | tail -40 >&2
-            fail "tsan lend_stress $args"
-        fi
+        tsan_run lend_stress "$lend" 'by_lender=[0-9]* lends=[0-9]*' "$args"
     done
 }
 
