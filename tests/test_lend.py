@@ -12,9 +12,7 @@ every reading lands exactly once, counters and windows equal. Nothing here asser
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ from hypothesis import strategies as st
 
 from telemetry_cy.backend import BackendUnavailable, load
 from telemetry_cy.tools.mqtt_loadgen import publish_frame
-from test_ring import _compile, tsan_cc  # noqa: F401, F811 (tsan_cc: the fixture that finds cc)
+from test_ring import _compile, run_tsan_harness, tsan_cc  # noqa: F401, F811 (tsan_cc: the fixture)
 
 try:
     C = load("compiled")
@@ -125,6 +123,18 @@ def lent_consumer(eng, ring, batch=64):
     return c
 
 
+def lent_after_one_reading(ring_bytes=1 << 20, **engine_kw):
+    """(ring, eng, ref, prod, consumer): the compiled engine and its pure reference (window 10 s,
+    tick 5 s) with one reading at ts 100.0 each, the engine's consumer parked and lent."""
+    ring = C.ByteRing(ring_bytes)
+    kw = dict(window=10.0, emit_every=5.0, **engine_kw)
+    eng, ref = C.Engine(**kw), P.Engine(**kw)
+    prod = Producer(ring)
+    prod.turn([reading()], 100.0)
+    ref.push(reading(), 100.0)
+    return ring, eng, ref, prod, lent_consumer(eng, ring)
+
+
 def test_a_small_turn_is_drained_by_the_producer_and_the_engine_sleeps_on():
     ring = C.ByteRing(1 << 20)
     eng, ref = C.Engine(window=10.0, emit_every=5.0), P.Engine(window=10.0, emit_every=5.0)
@@ -149,12 +159,7 @@ def test_a_small_turn_is_drained_by_the_producer_and_the_engine_sleeps_on():
 
 
 def test_a_turn_bigger_than_the_lend_limit_wakes_the_engine_thread():
-    ring = C.ByteRing(1 << 22)
-    eng, ref = C.Engine(window=10.0, emit_every=5.0), P.Engine(window=10.0, emit_every=5.0)
-    prod = Producer(ring)
-    prod.turn([reading()], 100.0)
-    ref.push(reading(), 100.0)
-    c = lent_consumer(eng, ring)
+    ring, eng, ref, prod, c = lent_after_one_reading(1 << 22)
     lends, parks = ring.lends, ring.parks
     big = [reading(d=f"d{i % 7}", v=float(i)) for i in range(LEND_MAX + 1)]
     prod.turn(big, 100.5)
@@ -171,12 +176,7 @@ def test_a_turn_bigger_than_the_lend_limit_wakes_the_engine_thread():
 def test_a_lent_drain_stops_before_a_record_that_needs_the_gil(needs_gil):
     """The lent drain applies the records before it, leaves it and the rest in the ring (rewound:
     none of them counted yet) and rings; the engine thread takes them with the GIL."""
-    ring = C.ByteRing(1 << 20)
-    eng, ref = C.Engine(window=10.0, emit_every=5.0), P.Engine(window=10.0, emit_every=5.0)
-    prod = Producer(ring)
-    prod.turn([reading()], 100.0)
-    ref.push(reading(), 100.0)
-    c = lent_consumer(eng, ring)
+    ring, eng, ref, prod, c = lent_after_one_reading()
     parks = ring.parks
     if needs_gil == "fallback":
         turn = [(reading(v=2.0), 101.0), (reading(v=3.0), 101.0), (FALLBACK, 101.0),
@@ -243,13 +243,7 @@ def test_run_ring_without_lend_is_never_lent():
 
 def test_a_lent_drain_that_runs_out_of_keys_counts_like_push():
     """key_limit drops happen inside the lent drain (no GIL needed): counted as push counts them."""
-    ring = C.ByteRing(1 << 20)
-    eng = C.Engine(window=10.0, emit_every=5.0, max_keys=4)
-    ref = P.Engine(window=10.0, emit_every=5.0, max_keys=4)
-    prod = Producer(ring)
-    prod.turn([reading()], 100.0)
-    ref.push(reading(), 100.0)
-    c = lent_consumer(eng, ring)
+    ring, eng, ref, prod, c = lent_after_one_reading(max_keys=4)
     for k in range(5):
         batch = [reading(d=f"k{k}-{i}") for i in range(4)]
         prod.turn(batch, 101.0)
@@ -357,9 +351,4 @@ def lend_harness(tsan_cc, tmp_path_factory) -> Path:  # noqa: F811 (the imported
 def test_lend_protocol_under_thread_sanitizer(lend_harness, args):
     """Producer, consumer and kicker threads: every record processed once and in order whoever
     drains it, and no race on the lent state (TSan)."""
-    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=0 exitcode=66")
-    run = subprocess.run([str(lend_harness), *args], capture_output=True, text=True, timeout=300,
-                         env=env)
-    assert "WARNING: ThreadSanitizer" not in run.stderr, run.stderr[:4000]
-    assert run.returncode == 0, run.stdout + run.stderr[:4000]
-    assert "errors=0" in run.stdout
+    run_tsan_harness(lend_harness, args, timeout=300)
