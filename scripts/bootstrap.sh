@@ -120,7 +120,9 @@ install_os_packages
 install_python_env
 case "$cmd" in
     install) log "done: activate with 'source $VENV/bin/activate'" ;;
-    test) exec "$VENV/bin/python" -m pytest "$@" ;;
+    # one worker per CPU, each test to whichever worker is free (worksteal); `-n 0` after it
+    # runs the suite in one process
+    test) exec "$VENV/bin/python" -m pytest -n auto --dist worksteal "$@" ;;
     demo) exec "$VENV/bin/telemetry-cy" demo "$@" ;;
     *) log "unknown command: $cmd (install | test | demo)"; exit 2 ;;
 esac

@@ -207,7 +207,9 @@ stage_python() {
     # targets' corpus replays (`c_target_replays`, `fuzz_target_replays`: plain C programs the
     # test builds with ASan+UBSan itself, which the fuzz stage above runs on the same corpora
     # with 200,000 generated inputs each).
+    # -n auto: one worker per CPU (each inherits the preload), as in the main suite
     if (cd "$build" && env "${env[@]}" "$PY" -m pytest -q -p no:cacheprovider -x \
+            -n auto --dist worksteal \
             --rootdir "$ROOT" -c "$ROOT/pyproject.toml" \
             "$ROOT/tests/test_decode.py" "$ROOT/tests/test_frames.py" "$ROOT/tests/test_ring.py" \
             "$ROOT/tests/test_lend.py" \
