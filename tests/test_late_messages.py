@@ -5,6 +5,7 @@ is tests/test_event_time_daemon.py (core NATS) and tests/test_jetstream_daemon.p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -70,11 +71,20 @@ def test_chunks_are_bounded(monkeypatch):
 
 def test_queue_balance_and_drop_oldest():
     q = LateQueue("late", max_batches=2, max_bytes=1 << 20)
-    for i in range(3):
-        batch, _ = encode_late([_late(value=float(i))] * 4, "late", 3072, 1 << 20)
-        q.handoff = (q.handoff[0] + 1, q.handoff[1] + 4, q.handoff[2])
-        q.taken = (q.taken[0] + 1, q.taken[1] + 4)
-        q.backlog.add(batch)
+
+    def take(readings):  # what the emitter's loop does with a handed-over batch
+        q.lane.took(len(readings))
+        q.backlog.add(encode_late(readings, "late", 3072, 1 << 20)[0])
+
+    loop = asyncio.new_event_loop()
+    try:
+        for i in range(3):
+            assert q.lane.offer(loop, take, [_late(value=float(i))] * 4, 64, True)
+        assert q.stats() == {"routed": 12, "published": 0, "dropped": 0, "backlog": 12}
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    finally:
+        loop.close()
     assert q.stats() == {"routed": 12, "published": 0, "dropped": 4, "backlog": 8}
     q.backlog.take_oldest()
     q.published += 4

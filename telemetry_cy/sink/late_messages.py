@@ -18,6 +18,7 @@ import json
 import sys
 
 from telemetry_cy.sink.backlog import Backlog, Batch
+from telemetry_cy.sink.handoff import HandoffLane
 from telemetry_cy.sink.subjects import late_msg_id, subject_for
 
 #: The fields of a late message body, in order.
@@ -108,26 +109,22 @@ class LateQueue:
     batch dropped first) and counters, so the aggregates' balance stays as it is and this one
     holds beside it: routed == published + dropped + backlog.
 
-    Ownership as in the emitter: the producer (engine) thread writes only `handoff`; the loop
-    thread writes the rest under the emitter's stats lock."""
+    Ownership as in the emitter: the producer (engine) thread writes only its side of `lane`
+    (the late readings' own hand-off to the loop, handoff.HandoffLane); the loop thread writes
+    the rest under the emitter's stats lock."""
 
     def __init__(self, prefix: str, max_batches: int, max_bytes: int) -> None:
         self.prefix = prefix
         self.backlog = Backlog(max_batches, max_bytes)
-        self.handoff = (0, 0, 0)        # (batches handed over, messages, messages refused)
-        self.taken = (0, 0)             # (batches, messages) the loop took
+        self.lane = HandoffLane()       # late readings handed over / refused / taken
         self.published = 0
         self.dropped_here = 0           # too large, or handed over and never taken
 
     def stats(self) -> dict[str, int]:
-        """Under the emitter's lock; the hand-off is read last (handed >= taken)."""
+        """Under the emitter's lock."""
         backlog = self.backlog
-        taken = self.taken[1]
-        out = {"published": self.published,
-               "dropped": self.dropped_here + backlog.dropped,
-               "backlog": backlog.aggregates}
-        _, handed, refused = self.handoff
-        out["routed"] = handed + refused
-        out["dropped"] += refused
-        out["backlog"] += handed - taken
-        return out
+        lane = self.lane.counts()
+        return {"published": self.published,
+                "dropped": self.dropped_here + backlog.dropped + lane.refused,
+                "backlog": backlog.aggregates + lane.waiting_items,
+                "routed": lane.offered}

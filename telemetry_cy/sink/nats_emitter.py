@@ -27,11 +27,14 @@ reconnect policy, so a full stream is not hammered.
 Reconnects wait by the process's one policy (`connection.Backoff`), the up/down time is kept by
 its one clock (`connection.ConnectionClock`, read by `stats()` and the health check).
 
-Counters: the engine thread writes only `_handoff` (one tuple, replaced whole), the loop thread
-writes the rest under `_lock`, which only the loop thread and `stats()` readers take. Balance, at
-any snapshot: submitted == published + drops[emit_backlog] + backlog_aggregates, where
-backlog_aggregates includes batches handed over but not yet taken by the loop (and, of a
-JetStream batch published in part, only the part not acked yet).
+Counters: each kind of batch (aggregates here, late readings in `LateQueue`) crosses to the loop
+through its own `handoff.HandoffLane`: the engine thread writes only the lanes' `handoff` tuples
+(one per lane, replaced whole; it takes no lock), the loop thread writes their `taken` tuples
+and every other counter under `_lock`, which only the loop thread, `stats()` readers and `stop()`
+take (`stop()` writes under it once the loop thread is gone: what was handed over and never
+taken). Balance, at any snapshot: submitted == published + drops[emit_backlog] +
+backlog_aggregates, where backlog_aggregates includes batches handed over but not yet taken by
+the loop (and, of a JetStream batch published in part, only the part not acked yet).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from telemetry_cy.backend import ACTIVE
 from telemetry_cy.connection import Backoff, ConnectionClock
 from telemetry_cy.service.logs import redact_url
 from telemetry_cy.sink.backlog import Backlog, Batch
+from telemetry_cy.sink.handoff import HandoffLane
 from telemetry_cy.sink.jetstream import JetStreamPublisher
 from telemetry_cy.sink.late_messages import JetStreamLate, LateQueue, encode_late
 from telemetry_cy.sink.nats_batches import (
@@ -146,12 +150,11 @@ class NatsEmitter:
             error_cb=self._on_error, disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected, closed_cb=self._on_closed)
 
-        # written by the producer (engine) thread only: (batches, aggregates) handed to the
-        # loop, aggregates refused at the door (emitter not running, or loop not keeping up)
-        self._handoff = (0, 0, 0)
+        # the tick batches' way to the loop: the engine thread offers (aggregates refused at the
+        # door: emitter not running, or loop not keeping up), the loop thread takes under _lock
+        self._lane = HandoffLane()
         # written by the loop thread only, under _lock
         self._lock = threading.Lock()
-        self._taken = (0, 0)
         self._published = self._batches_published = self._flushes = 0
         self._dropped_here = 0   # emit_backlog outside the backlog: too large, never taken
         self._too_large = 0
@@ -186,39 +189,15 @@ class NatsEmitter:
         The list is taken over as is (the engine builds a fresh list per tick). If the emitter is
         not running, or the loop has not picked up max(max_backlog_batches, 64) earlier
         hand-offs (it is stuck), the batch is dropped here and counted as `emit_backlog`."""
-        n = len(aggregates)
-        if not n:
-            return
-        batches, aggs, refused = self._handoff
-        loop = self._loop
-        if (not self._accepting or loop is None
-                or batches - self._taken[0] >= self._max_in_flight):
-            self._handoff = (batches, aggs, refused + n)
-            return
-        # counted before the call so the loop can never have taken more than was handed
-        self._handoff = (batches + 1, aggs + n, refused)
-        try:
-            loop.call_soon_threadsafe(self._take, aggregates)
-        except RuntimeError:  # the loop closed under a late submit (stop() raced with us)
-            self._handoff = (batches, aggs, refused + n)
+        self._lane.offer(self._loop, self._take, aggregates, self._max_in_flight,
+                         self._accepting)
 
     def submit_late(self, readings: list) -> None:
         """Hands late readings (engine ``LateReading``) to the NATS thread, like `submit`; a
         no-op without a late_subject. Refused ones count as dropped late messages."""
-        late, n = self._late, len(readings)
-        if late is None or not n:
-            return
-        batches, handed, refused = late.handoff
-        loop = self._loop
-        if (not self._accepting or loop is None
-                or batches - late.taken[0] >= self._max_in_flight):
-            late.handoff = (batches, handed, refused + n)
-            return
-        late.handoff = (batches + 1, handed + n, refused)
-        try:
-            loop.call_soon_threadsafe(self._take_late, readings)
-        except RuntimeError:
-            late.handoff = (batches, handed, refused + n)
+        if self._late is not None:
+            self._late.lane.offer(self._loop, self._take_late, readings, self._max_in_flight,
+                                  self._accepting)
 
     # ---------------------------------------------------------------- loop side
 
@@ -234,7 +213,7 @@ class NatsEmitter:
         batch, too_large = encode_late(readings, late.prefix, MAX_SUBJECT_BYTES,
                                        self._nc.max_payload, js)
         with self._lock:
-            late.taken = (late.taken[0] + 1, late.taken[1] + len(readings))
+            late.lane.took(len(readings))
             late.dropped_here += too_large
             if batch is not None:
                 late.backlog.add(batch)
@@ -258,7 +237,7 @@ class NatsEmitter:
         batch, too_large = self._encoder.encode(aggregates, self._nc.max_payload)
         dropped = 0
         with self._lock:
-            self._taken = (self._taken[0] + 1, self._taken[1] + len(aggregates))
+            self._lane.took(len(aggregates))
             self._dropped_here += too_large
             self._too_large += too_large
             if batch is not None:
@@ -628,18 +607,9 @@ class NatsEmitter:
         thread.join(10.0)
         # hand-offs the loop never took (scheduled before it closed) are lost: count them
         with self._lock:
-            batches, aggs, _ = self._handoff
-            lost = aggs - self._taken[1]
-            if lost > 0:
-                self._dropped_here += lost
-                self._taken = (batches, aggs)
-            late = self._late
-            if late is not None:
-                batches, handed, _ = late.handoff
-                lost = handed - late.taken[1]
-                if lost > 0:
-                    late.dropped_here += lost
-                    late.taken = (batches, handed)
+            self._dropped_here += self._lane.lost_on_stop()
+            if self._late is not None:
+                self._late.dropped_here += self._late.lane.lost_on_stop()
 
     async def _shutdown(self, deadline_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -672,7 +642,6 @@ class NatsEmitter:
         """A consistent snapshot, safe from any thread."""
         conn = self._conn.state()
         with self._lock:
-            taken_batches, taken_aggs = self._taken
             backlog = self._backlog
             out: dict[str, Any] = {
                 "published": self._published,
@@ -691,12 +660,12 @@ class NatsEmitter:
             backlog_bytes = backlog.nbytes
             if self._late is not None:
                 out["late"] = self._late.stats()
-        # read after the loop-side snapshot: handed >= taken, so in-flight is never negative
-        batches, aggs, refused = self._handoff
-        out["drops"]["emit_backlog"] += refused
-        out["submitted"] = aggs + refused
-        out["backlog_batches"] = backlog_batches + batches - taken_batches
-        out["backlog_aggregates"] = backlog_aggs + aggs - taken_aggs
+            # with the loop-side counters: what is handed over and not taken is in the backlog
+            lane = self._lane.counts()
+        out["drops"]["emit_backlog"] += lane.refused
+        out["submitted"] = lane.offered
+        out["backlog_batches"] = backlog_batches + lane.waiting_batches
+        out["backlog_aggregates"] = backlog_aggs + lane.waiting_items
         out["backlog_bytes"] = backlog_bytes
         if self._js is not None:
             # written by the loop thread without a lock: counters only, each read whole
