@@ -7,6 +7,8 @@ refused message as a gap, as it counts one dropped from the queue."""
 from __future__ import annotations
 
 import collections
+import os
+import signal
 import threading
 from types import SimpleNamespace
 
@@ -219,6 +221,46 @@ def test_what_nats_never_took_is_dropped_once_the_loop_is_gone(nats_server):
     assert p["sent"] == p["backlog"] == p["panes_backlog"] == 0, p
     assert p["drops"] == {"backlog": len(read_all(batches))}, p
     assert p["pane_drops"] == {"backlog": panes_in(batches)}, p
+
+
+def test_a_full_queue_drops_the_oldest_waiting_message_never_the_one_in_flight(nats_server,
+                                                                              nats_admin):
+    """The queue fills while the stream has a publish to answer (the server paused with SIGSTOP):
+    the message dropped is the oldest waiting one, and the one in flight, acked once the server
+    resumes, is counted sent -- with its own panes, so the balances hold message for message."""
+    batches, _ = instance_batches(13, "inst-flight")
+    msgs = [(part, data) for batch in batches for part, data in batch]
+    first = msgs[:1]   # sent before the pause: the stream is there and answers
+    # a message with panes to go out while the server is paused, then two without
+    at = next(i for i, (_, data) in enumerate(msgs) if i and pf.read(data).panes
+              and not pf.read(msgs[i + 1][1]).panes)
+    flying, waiting = msgs[at], msgs[at + 1:at + 3]
+    em = start(nats_server.url, "inst-flight", max_backlog=2)   # the one in flight and one
+    try:
+        assert em.wait_connected(10.0)
+        em.submit(first)
+        assert wait_for(lambda: em.stats()["partials"]["sent"] == 1, 10.0)
+        os.kill(nats_server.proc.pid, signal.SIGSTOP)
+        try:
+            em.submit([flying])
+            assert wait_for(lambda: em._in_flight, 1.0)   # written, its ack not read yet
+            for msg in waiting:
+                em.submit([msg])
+            # the second waiting message overflows the queue: the first waiting one goes
+            assert wait_for(lambda: em.stats()["partials"]["drops"]["backlog"] == 1, 1.0)
+        finally:
+            os.kill(nats_server.proc.pid, signal.SIGCONT)
+        sent = [first, [flying], waiting[1:]]
+        assert wait_for(lambda: em.stats()["partials"]["sent"] == len(read_all(sent)), 10.0)
+        p = em.stats()["partials"]   # before stop(), which would drop whatever is left
+    finally:
+        em.stop()
+    assert em.stats()["partials"] == p
+    assert_balanced(p)
+    assert p["backlog"] == p["panes_backlog"] == 0, p
+    assert p["drops"] == {"backlog": 1} and p["pane_drops"] == {"backlog": 0}, p
+    assert p["panes_sent"] == panes_in(sent) > panes_in([first]), p
+    assert stored_ids(nats_admin) == ids(sent)
 
 
 def test_the_daemon_shows_the_refused_in_its_counters_stats_line_and_metrics():

@@ -10,12 +10,13 @@ publish is retried, after the process's backoff, with the same ``Nats-Msg-Id``
 (``<instance>|<partition>|<seq>``), so the stream stores it once.
 
 Drops, all under the reason ``backlog``, messages and the panes in them: past ``max_backlog``
-queued messages the oldest is dropped; a batch the loop cannot take is refused at the door (the
-emitter not started or stopped, ``max_in_flight`` earlier batches not taken yet -- the loop stuck
-or starved --, or the loop closed under the call); a batch handed over that the loop never took
-before it ended is counted at stop. Either way the message's sequence number never reaches the
-stream: the merge workers see the gap in that instance's sequence and count it (``gaps``), and
-the windows its panes may have belonged to are never published (docs/scale-out.md, "Gaps").
+queued messages the oldest waiting one is dropped (never the one being published); a batch the
+loop cannot take is refused at the door (the emitter not started or stopped, ``max_in_flight``
+earlier batches not taken yet -- the loop stuck or starved --, or the loop closed under the
+call); once the loop has ended, stop() drops what it never sent (batches never taken, the
+queue's rest). Either way the message's sequence number never reaches the stream: the merge
+workers see the gap in that instance's sequence and count it (``gaps``), and the windows its
+panes may have belonged to are never published (docs/scale-out.md, "Gaps").
 
 Counters (``stats()``): made by kind and panes made are counted by the engine thread as it hands
 a batch over (one tuple replaced whole, read last, so a reading never shows more out than in),
@@ -98,6 +99,8 @@ class PartialsEmitter:
         # kept on its own (not derived from the others) so the balance is a real check
         self._panes_sent = self._panes_dropped = self._panes_queued = 0
         self._closing = False
+        # loop thread only: the queue's head is being published (popped once it is acked)
+        self._in_flight = False
         self._done: asyncio.Event | None = None
 
     # ---- the engine thread's side ----
@@ -130,7 +133,11 @@ class PartialsEmitter:
             self._queue.extend(items)
             self._panes_queued += panes
             while len(self._queue) > self.max_backlog:
-                _, _, oldest, _ = self._queue.popleft()
+                # the head may be in flight (this runs while the publisher awaits its ack): then
+                # the oldest waiting message goes, never the one the stream may be storing
+                oldest_at = 1 if self._in_flight else 0
+                _, _, oldest, _ = self._queue[oldest_at]
+                del self._queue[oldest_at]
                 self._dropped += 1
                 self._panes_queued -= oldest
                 self._panes_dropped += oldest
@@ -195,10 +202,12 @@ class PartialsEmitter:
                 await self._wake.wait()
                 continue
             partition, seq, panes, data = self._queue[0]
+            self._in_flight = True
             try:
                 await js.publish(f"{SUBJECT_PREFIX}.{partition}", data, timeout=2.0, headers={
                     "Nats-Msg-Id": f"{self.instance}|{partition}|{seq}"})
             except Exception as exc:  # noqa: BLE001  (refused, no answer, no connection)
+                self._in_flight = False
                 self._retries += 1
                 self._conn.note_error(self._redact(str(exc)))
                 if self._closing and not nc.is_connected:
@@ -206,6 +215,7 @@ class PartialsEmitter:
                 await asyncio.sleep(self._backoff.next_delay())
                 continue
             self._backoff.reset()
+            self._in_flight = False
             with self._lock:
                 self._queue.popleft()
                 self._published += 1
