@@ -69,6 +69,15 @@ def assert_made(p: dict, batches: list[Batch]) -> None:
     assert p["panes"] == sum(len(m.panes) for m in msgs), p
 
 
+def assert_all_dropped(p: dict, batches: list[Batch]) -> None:
+    """Nothing sent, nothing waiting: every message handed to submit dropped, with its panes."""
+    assert_made(p, batches)
+    assert_balanced(p)
+    assert p["sent"] == p["backlog"] == p["panes_backlog"] == 0, p
+    assert p["drops"] == {"backlog": len(read_all(batches))}, p
+    assert p["pane_drops"] == {"backlog": panes_in(batches)}, p
+
+
 def stored_ids(admin) -> list[tuple[int, int]]:
     return [(m.partition, m.seq) for m in (pf.read(s.data) for s in admin.stream_msgs(STREAM))]
 
@@ -137,11 +146,7 @@ def test_an_absent_or_stopped_loop_refuses_every_batch_and_counts_it(nats_server
         never.submit(batch)
     never.stop()
     p = never.stats()["partials"]
-    assert_made(p, batches)
-    assert_balanced(p)
-    assert p["sent"] == p["backlog"] == p["panes_backlog"] == 0, p
-    assert p["drops"] == {"backlog": len(read_all(batches))}, p
-    assert p["pane_drops"] == {"backlog": panes_in(batches)}, p
+    assert_all_dropped(p, batches)
 
     em = start(nats_server.url, "inst-stopped")
     try:
@@ -189,11 +194,7 @@ def test_what_a_gone_loop_never_sent_is_counted_at_stop(nats_server, monkeypatch
     assert not em._thread.is_alive() and [e.exc_type for e in ended] == [SystemExit]
     em.stop()   # the thread is gone: what it never sent is lost, and counted
     p = em.stats()["partials"]
-    assert_made(p, batches[:3])
-    assert_balanced(p)
-    assert p["sent"] == p["backlog"] == p["panes_backlog"] == 0, p
-    assert p["drops"] == {"backlog": len(read_all(batches[:3]))}, p
-    assert p["pane_drops"] == {"backlog": panes_in(batches[:3])}, p
+    assert_all_dropped(p, batches[:3])
     em.stop()   # counted once
     assert em.stats()["partials"] == p
 
@@ -216,11 +217,7 @@ def test_what_nats_never_took_is_dropped_once_the_loop_is_gone(nats_server):
         em.stop(10.0)   # the publish under way fails, the loop sees it is closing and ends
     assert not em._thread.is_alive()
     p = em.stats()["partials"]
-    assert_made(p, batches)
-    assert_balanced(p)
-    assert p["sent"] == p["backlog"] == p["panes_backlog"] == 0, p
-    assert p["drops"] == {"backlog": len(read_all(batches))}, p
-    assert p["pane_drops"] == {"backlog": panes_in(batches)}, p
+    assert_all_dropped(p, batches)
 
 
 def test_a_full_queue_drops_the_oldest_waiting_message_never_the_one_in_flight(nats_server,
