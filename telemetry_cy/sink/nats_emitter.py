@@ -607,9 +607,9 @@ class NatsEmitter:
         thread.join(10.0)
         # hand-offs the loop never took (scheduled before it closed) are lost: count them
         with self._lock:
-            self._dropped_here += self._lane.lost_on_stop()
+            self._dropped_here += self._lane.lost_on_stop().items
             if self._late is not None:
-                self._late.dropped_here += self._late.lane.lost_on_stop()
+                self._late.dropped_here += self._late.lane.lost_on_stop().items
 
     async def _shutdown(self, deadline_s: float) -> None:
         loop = asyncio.get_running_loop()
