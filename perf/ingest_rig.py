@@ -379,7 +379,9 @@ class Rig:
         self.snap = snapshot_package(self.tmp / "snap", src_root)
         self.env = dict(os.environ, PYTHONPATH=str(self.snap), PYTHONDONTWRITEBYTECODE="1")
         self.machine = machine_info(self.snap, src_root)
-        self.mosq = Mosquitto(self.tmp / "mosquitto", persistence=False, extra_conf=MOSQ_EXTRA)
+        # broker_extra: broker configuration lines a rig adds (wakeups_rig --broker-nodelay)
+        self.mosq = Mosquitto(self.tmp / "mosquitto", persistence=False,
+                              extra_conf=MOSQ_EXTRA + getattr(args, "broker_extra", ""))
         self.nats = NatsServer(self.tmp / "nats", jetstream=False) if need_nats else None
         self.counter: subprocess.Popen | None = None
         self.nats_count = 0

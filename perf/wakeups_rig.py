@@ -18,6 +18,9 @@ last write]: CPU seconds of the subject process (utime + stime of /proc/<pid>/st
 received messages, the same per thread (/proc/<pid>/task/<tid>/stat; threads labelled in start
 order: main, nats, engine, mqtt for the daemon), voluntary context switches per message (each one
 a sleep that ended in a wake-up), and "other_cores": CPU used by processes outside the rig.
+``--floor 4,8``: also perf/yardstick/nap_floor.c with those naps (subjects ``floor_4ms`` ...), an
+MQTT subscriber in plain C that does only the pump's reads, quick ACKs and naps: what the kernel
+and the hypervisor charge for the design itself, below which no build of the daemon can go.
 ``--strace-rates``: an extra point per subject at those rates under ``strace -c -f`` for the
 syscall counts per message (strace slows the process: its CPU figures are not used).
 
@@ -105,7 +108,46 @@ class DaemonVariant(ir.Daemon):
         self.name = f"pipeline_c{coalesce}"
 
 
-def make_subjects(rig: ir.Rig, before: Path | None, variants: list[str] = ()) -> dict:
+class NapFloor(ir.Subject):
+    """perf/yardstick/nap_floor.c: the pump's reads, quick ACKs and naps with nothing behind
+    them. Its CPU per message is the part of the daemon's that the kernel and the hypervisor
+    charge for the design itself; it counts PUBLISHes into a shared mapped file."""
+
+    def __init__(self, rig: ir.Rig, nap_ms: float = 4.0):
+        super().__init__(rig)
+        self.nap_ms = nap_ms
+        self.name = f"floor_{nap_ms:g}ms"
+        self.exe = Path(rig.tmp) / "nap_floor"
+        if not self.exe.exists():
+            src = HERE / "yardstick" / "nap_floor.c"
+            subprocess.run(["cc", "-O2", "-o", str(self.exe), str(src)], check=True)
+
+    def start(self) -> None:
+        fd, self.counter = tempfile.mkstemp(prefix="tcy-floor-", dir=self.rig.shm)
+        os.close(fd)
+        self.proc = subprocess.Popen(
+            [str(self.exe), str(self.rig.mosq.port), "site/#", self.counter, str(self.nap_ms)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+    def raw_count(self) -> int:
+        try:
+            with open(self.counter, "rb") as f:
+                data = f.read(8)
+        except OSError:
+            return 0
+        return struct.unpack("<Q", data)[0] if len(data) == 8 else 0
+
+    def finish(self) -> dict:
+        n = self.raw_count()
+        _, err = self.stop()
+        os.unlink(self.counter)
+        tail = (err or b"")[-500:]
+        return {"received_raw": n, "drops": {},
+                "stderr": tail.decode(errors="replace") if isinstance(tail, bytes) else tail}
+
+
+def make_subjects(rig: ir.Rig, before: Path | None, variants: list[str] = (),
+                  floor_naps: list[float] = ()) -> dict:
     # stats lines once a second (the default is 10 s): the rig counts messages from them, and
     # at 5k msg/s the rig's usual 200 ms would cost the main thread ~0.04 CPU-s per 100k
     subjects = {"baseline": lambda: ir.MosquittoSub(rig),
@@ -115,6 +157,8 @@ def make_subjects(rig: ir.Rig, before: Path | None, variants: list[str] = ()) ->
         subjects["pipeline_before"] = lambda: DaemonBefore(view, stats_every="1s")
     for v in variants:
         subjects[f"pipeline_c{v}"] = lambda v=v: DaemonVariant(rig, v)
+    for ms in floor_naps:
+        subjects[f"floor_{ms:g}ms"] = lambda ms=ms: NapFloor(rig, ms)
     return subjects
 
 
@@ -227,7 +271,8 @@ def cmd_cpu(args) -> dict:
     t_begin = time.time()
     with ir.Rig(args, need_nats=True) as rig:
         subjects = make_subjects(rig, Path(args.before).resolve() if args.before else None,
-                                 [v for v in args.variants.split(",") if v])
+                                 [v for v in args.variants.split(",") if v],
+                                 [float(ms) for ms in args.floor.split(",") if ms])
         if args.before:
             rig.machine["before"] = {"commit": (
                 (Path(args.before) / "COMMIT").read_text().strip()
@@ -378,6 +423,12 @@ def main(argv=None) -> int:
     c.add_argument("--grace", type=float, default=2.5,
                    help="seconds after the last write for the tail (stats lines come every 1 s)")
     c.add_argument("--strace-rates", default="", help="e.g. 5000: extra points under strace -c")
+    c.add_argument("--broker-nodelay", dest="broker_extra", action="store_const",
+                   const="set_tcp_nodelay true\n", default="",
+                   help="the broker with set_tcp_nodelay true (Nagle off: nothing held back)")
+    c.add_argument("--floor", default="",
+                   help="naps in ms, e.g. 4,8: also perf/yardstick/nap_floor.c with each (subjects "
+                        "floor_4ms ...): the pump's reads and naps alone, the design's floor here")
     lat = sub.choices["latency"]
     lat.add_argument("--rates", default="1000,5000,20000")
     args = ap.parse_args(argv)
