@@ -279,7 +279,7 @@ def test_stats_shape(backend):
     stats = backend.Engine().stats()
     assert set(stats["drops"]) == set(ENGINE_REASONS)
     for name in ("received", "payloads", "readings", "live_keys", "evicted", "state_bytes",
-                 "ticks", "aggregates", "pending"):
+                 "partial_buffer_bytes", "ticks", "aggregates", "pending"):
         assert isinstance(stats[name], int), name
 
 

@@ -308,6 +308,86 @@ def test_a_full_buffer_loses_panes_counted_as_gaps(backend):
     assert ip2.lost_panes == 0
 
 
+def memory(engine) -> tuple[int, int]:
+    stats = engine.stats()
+    return stats["state_bytes"], stats["partial_buffer_bytes"]
+
+
+def push_batch(engine, arrival: float, batch) -> None:
+    if not batch:
+        engine.tick(arrival)
+    for d, s, v, u, t in batch:
+        engine.push_reading(d, s, v, arrival, unit=u, t=t)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 200), keys=st.integers(1, 7),
+       quantiles=st.sampled_from([(), QS]), key_ttl=st.sampled_from([4.0, 1e6]))
+def test_state_bytes_is_the_plain_engines_plus_the_partial_buffer(backend, seed, n, keys,
+                                                                  quantiles, key_ttl):
+    """state_bytes counts partial mode's buffer (docs/metrics.md): at every step of any
+    event-time stream, drains included, an engine in partial mode holds what the same engine
+    without it holds plus partial_buffer_bytes, which is at least the records it hands out.
+    Without partial mode there is no buffer: partial_buffer_bytes is 0."""
+    rng = random.Random(seed)
+    part = make_engine(backend, quantiles, key_ttl=key_ttl)
+    plain = make_engine(backend, quantiles, partials=False, key_ttl=key_ttl)
+    for arrival, batch in event_stream(seed, n, keys, LATENESS) + [(1e9, [])]:
+        push_batch(part, arrival, batch)
+        push_batch(plain, arrival, batch)
+        (held, buf), (plain_held, plain_buf) = memory(part), memory(plain)
+        assert plain_buf == 0 and held - buf == plain_held, (held, buf, plain_held)
+        if rng.random() < 0.3:
+            closed = part.take_closed_panes(rng.randint(1, 3))
+            assert buf >= sum(len(body) for *_, body in closed.groups), buf
+            assert memory(part)[0] - memory(part)[1] == plain_held
+
+
+def test_compiled_state_bytes_hold_the_partial_buffers_capacity(compiled_backend):
+    """Compiled engine, exact (tc_pp_bytes): the clock closing panes of known keys moves
+    state_bytes by the buffer's growth and nothing else; a drain keeps the capacity for the next
+    interval (tc_pp_clear), so neither moves; a quieter interval does not shrink it, a busier
+    one grows it again; a full buffer stops growing however many panes it loses."""
+    e = make_engine(compiled_backend, ())
+    names = [(f"dev{k}", f"s{k % 3}") for k in range(600)]
+    every = [(d, s, 0.5) for d, s in names]
+    for d, s, t in every:
+        e.push_reading(d, s, 1.0, t, unit="u", t=t)
+    start = memory(e)
+    assert start[1] == 0   # nothing closed yet: nothing allocated
+
+    def close(readings) -> tuple[int, int, int]:
+        """Readings of known keys (the clock moves with them), then a drain: the memory held
+        after them and the panes drained."""
+        before = memory(e)
+        for d, s, t in readings:
+            e.push_reading(d, s, 2.0, t, unit="u", t=t)
+        held, buf = memory(e)
+        assert held - before[0] == buf - before[1] >= 0
+        closed = e.take_closed_panes(4)
+        assert buf >= sum(len(body) for *_, body in closed.groups)
+        assert memory(e) == (held, buf)   # drained: the capacity stays, counted
+        return held, buf, sum(n for _j, _p, n, _b in closed.groups)
+
+    held, buf, panes = close([("dev0", "s0", 9.5)])   # every key's pane of interval 0
+    assert panes == 600 and buf > 0 and held == start[0] + buf
+    assert close([("dev0", "s0", 12.5)]) == (held, buf, 1)   # one pane: fits, nothing moves
+    # two intervals of every key closed in one drain: twice the panes, more memory
+    more = close([(d, s, t) for t in (13.1, 14.1) for d, s in names] + [("dev0", "s0", 30.5)])
+    assert more[2] == 1 + 2 * 600 and more[1] > buf and more[0] - held == more[1] - buf
+
+    small = make_engine(compiled_backend, (), partials_max_bytes=300)
+    for d, s, t in every[:50]:
+        small.push_reading(d, s, 1.0, t, unit="u", t=t)
+    small.push_reading("dev0", "s0", 1.0, 9.5, unit="u", t=9.5)
+    full = memory(small)
+    assert small.take_closed_panes(1).lost > 0
+    for d, s, _t in every[:50]:
+        small.push_reading(d, s, 1.0, 10.5, unit="u", t=10.5)
+    small.push_reading("dev0", "s0", 1.0, 20.5, unit="u", t=20.5)
+    assert memory(small) == full and small.take_closed_panes(1).lost > 0
+
+
 def lossy_split(backend, readings, instances: int, rng: random.Random, drop: float,
                 max_bytes: list[int | None], partitions: int = 2):
     """A stream split over instances that collect at random moments (up to 20 readings apart),

@@ -138,3 +138,16 @@ def test_jetstream_counters_only_in_jetstream_mode():
     # the stats line keeps what an operator watches, errors only when there are some
     assert snap.stats_line()["jetstream"] == {"acks": 5, "duplicates": 2, "resent": 4,
                                               "errors": {"wrong_stream": 7}, "in_flight": 3}
+
+
+def test_partial_mode_shows_the_partial_buffers_memory():
+    # the engine's partial_buffer_bytes, already inside its state_bytes, shown on its own where
+    # partial mode's figures are (docs/metrics.md, "Partial mode")
+    eng = {"state_bytes": 5000, "partial_buffer_bytes": 1200, "aggregates": 4}
+    emi = {"partials": {"sent": 2, "panes": 3, "panes_sent": 3}}
+    snap = PipelineSnapshot.from_stats({}, eng, emi)
+    final = snap.counters(1.0)
+    assert final["state_bytes"] == 5000 and final["partials"]["buffer_bytes"] == 1200
+    assert snap.stats_line()["partials"]["buffer_bytes"] == 1200
+    plain = PipelineSnapshot.from_stats({}, {"state_bytes": 5000, "partial_buffer_bytes": 0}, {})
+    assert plain.partials is None and plain.counters(1.0)["state_bytes"] == 5000

@@ -187,9 +187,11 @@ def test_an_instance_counts_partials_under_their_own_name_and_balances(
                   payload(f"dev{i % 5}", "temp", float(i), t=base + i * 0.05, u="C"))
                  for i in range(300)]
         publish_once(mosquitto, "partials-count-pub", items)
-        # heartbeats and progress go out while it runs; the stats line says so
+        # heartbeats and progress go out while it runs, the engine's partial buffer holds the
+        # panes it took; the stats line says so
         line = d.wait_stats(lambda s: s.get("partials", {}).get("panes", 0) > 0
-                            and s["partials"]["progress"] > 0, 20.0)
+                            and s["partials"]["progress"] > 0
+                            and s["partials"]["buffer_bytes"] > 0, 20.0)
         assert line is not None, d.tail()
         assert line["published"] == 0 and line["emitted"] == 0, line
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
@@ -197,6 +199,13 @@ def test_an_instance_counts_partials_under_their_own_name_and_balances(
         assert 'telemetry_cy_partials_total{kind="progress"}' in text, text
         assert "telemetry_cy_partials_sent_total" in text and \
             "telemetry_cy_published_total 0.0" in text
+        # the partial buffer keeps its memory once it took panes, inside state_bytes too
+        gauges = {ln.split()[0]: float(ln.split()[1]) for ln in text.splitlines()
+                  if ln.startswith(("telemetry_cy_partial_buffer_bytes ",
+                                    "telemetry_cy_state_bytes "))}
+        assert 0 < gauges["telemetry_cy_partial_buffer_bytes"] < \
+            gauges["telemetry_cy_state_bytes"], gauges
+        assert line["partials"]["buffer_bytes"] < line["state_bytes"], line
         code, final = d.stop()
         assert code == 0, d.tail()
         stored = [pf.read(m.data) for m in admin.stream_msgs(STREAM)]
@@ -210,6 +219,7 @@ def test_an_instance_counts_partials_under_their_own_name_and_balances(
     assert p["backlog"] == 0 and p["drops"] == {"backlog": 0}, p
     assert p["pane_drops"] == {"backlog": 0, "partial_buffer_full": 0}, p
     assert p["panes"] == p["panes_sent"] and p["panes_backlog"] == 0, p
+    assert 0 < p["buffer_bytes"] < final["state_bytes"], final
     # what it says it sent is what the stream holds: by kind, message for message, pane for pane
     assert p["sent"] == len(stored), (p, len(stored))
     kinds = {name: sum(m.kind == k for m in stored)

@@ -140,6 +140,7 @@ cdef extern from "tc_window_partials.h" nogil:
                         int64_t hi)
     void tc_pp_order(const tc_pp_buf *b, uint32_t partitions, tc_pp_item *out)
     void tc_pp_clear(tc_pp_buf *b)
+    size_t tc_pp_bytes(const tc_pp_buf *b)
 
 
 cdef struct batch_item:

@@ -137,4 +137,6 @@ class Engine:
     def stats(self) -> dict[str, object]:
         """Counters and gauges. Besides the drop and window counters: ``stats()["seq"]`` is a
         ``SeqStats``, ``stats()["offenders"]`` an ``Offenders`` (top 10 of each summary, by
-        count) and ``stats()["event_time"]`` an ``EventTimeStats``."""
+        count) and ``stats()["event_time"]`` an ``EventTimeStats``. ``state_bytes`` is the
+        memory of the window state, the partial buffer's included; ``partial_buffer_bytes``
+        that buffer's part (0 unless partials=True)."""

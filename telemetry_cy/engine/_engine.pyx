@@ -1605,6 +1605,9 @@ cdef class Engine:
         return out
 
     def stats(self):
+        # partial mode's buffer keeps its capacity between drains: memory of the window state
+        # like the table's, so state_bytes counts it (0 outside partial mode: nothing allocated)
+        cdef size_t pp_bytes = tc_pp_bytes(&self.pp)
         return {
             "received": self.received,
             "payloads": self.payloads,
@@ -1612,7 +1615,8 @@ cdef class Engine:
             "drops": {reason: self.drops[i] for i, reason in enumerate(ENGINE_REASONS)},
             "live_keys": self.table.n_keys,
             "evicted": self.evicted,
-            "state_bytes": tc_table_state_bytes(&self.table),
+            "state_bytes": tc_table_state_bytes(&self.table) + pp_bytes,
+            "partial_buffer_bytes": pp_bytes,
             "ticks": self.ticks,
             "aggregates": self.aggregates,
             "pending": len(self.pending) + self.columns.n,

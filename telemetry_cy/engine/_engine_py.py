@@ -750,6 +750,9 @@ class Engine:
         return out
 
     def stats(self) -> dict:
+        # partial mode's buffer is window state too (tc_pp_bytes; 0 outside partial mode, where
+        # the compiled buffer never allocates)
+        taken = _buffer_size(self._taken) if self.partials else 0
         return {
             "received": self._received,
             "payloads": self._payloads,
@@ -757,7 +760,8 @@ class Engine:
             "drops": dict(self._drops),
             "live_keys": len(self._keys),
             "evicted": self._evicted,
-            "state_bytes": _state_bytes(self._keys),
+            "state_bytes": _state_bytes(self._keys) + taken,
+            "partial_buffer_bytes": taken,
             "ticks": self._ticks,
             "aggregates": self._aggregates,
             "pending": len(self._pending) + len(self._pending_columns),
@@ -865,6 +869,14 @@ def _state_bytes(keys: dict) -> int:
             total += sum(sys.getsizeof(sk) + 8 * len(sk.buckets()[2]) + 8 * len(sk.buckets()[4])
                          for sk in key.sketches)
     return total
+
+
+def _buffer_size(taken: list) -> int:
+    # tc_pp_bytes's twin, in Python objects as _state_bytes: the list, its tuples and what they
+    # hold, each object once (a key's device and sensor bytes are shared by the panes taken
+    # from it in one pass)
+    objs = {id(x): x for item in taken for x in (item, *item)}
+    return sys.getsizeof(taken) + sum(sys.getsizeof(x) for x in objs.values())
 
 
 # ---- the keys section of a snapshot (docs/state.md; twin of includes/tc_snapshot.h) ----------

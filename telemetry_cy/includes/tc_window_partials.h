@@ -19,7 +19,9 @@
  * Bounded: the records' bytes never pass max_bytes. A pane that would pass it (or finds no memory)
  * is not taken and is counted in `lost`; the instance turns a loss into a gap in its sequence
  * numbers, which the merge counts (docs/scale-out.md). Drained once a tick, the buffer holds about
- * one interval of panes (~90 bytes each without quantiles).
+ * one interval of panes (~90 bytes each without quantiles). The memory stays allocated across
+ * drains (the next interval has about as many panes): tc_pp_bytes is what it holds, which the
+ * engine counts in its state_bytes.
  *
  * No Python, no locks: the engine's thread owns the buffer, as it owns the window table.
  */
@@ -63,6 +65,14 @@ static inline void tc_pp_free(tc_pp_buf *b) {
     free(b->buf);
     free(b->ents);
     tc_pp_init(b, b->max_bytes);
+}
+
+/* The heap memory the buffer holds, kept across drains (tc_pp_clear): the records' capacity (at
+ * most max_bytes) and the entries' (it doubles: at most twice the records taken, 256 at the
+ * least). Not the struct itself, which lives in its owner (the engine object). Exact, like
+ * tc_table_state_bytes. */
+static inline size_t tc_pp_bytes(const tc_pp_buf *b) {
+    return b->cap + b->ents_cap * sizeof(tc_pp_entry);
 }
 
 /* Room for one more record of `size` bytes: 0, or -1 (full, or no memory). */

@@ -226,8 +226,8 @@ class PipelineCollector(Collector):
                      snap.backlog_bytes)
         yield _gauge("telemetry_cy_live_keys", "Live (device, sensor) keys.",
                      snap.live_keys)
-        yield _gauge("telemetry_cy_state_bytes", "Memory held by the window state.",
-                     snap.state_bytes)
+        yield _gauge("telemetry_cy_state_bytes", "Memory held by the window state (with "
+                     "partial mode's buffer).", snap.state_bytes)
 
         yield _gauge("telemetry_cy_mqtt_connected", "1 when connected and subscribed to MQTT.",
                      1 if snap.mqtt.connected else 0)
@@ -324,6 +324,9 @@ class PipelineCollector(Collector):
             yield _counter("telemetry_cy_partials_local_windows", "Windows the engine closed "
                            "here and did not publish (the merge workers publish them).",
                            p.get("local_windows"))
+            yield _gauge("telemetry_cy_partial_buffer_bytes", "Memory held by the engine's "
+                         "partial buffer (counted in telemetry_cy_state_bytes too).",
+                         p.get("buffer_bytes"))
 
         yield _gauge("telemetry_cy_engine_heartbeat_age_seconds", "Time since the engine "
                      "thread last published its stats from its loop.",

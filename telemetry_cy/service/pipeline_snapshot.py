@@ -195,8 +195,9 @@ class PipelineSnapshot:
     checkpoint: CheckpointState | None = None
     # output = partials (docs/scale-out.md): the partial messages (sink/partials_emitter.py)
     # plus local_windows, the windows the instance's engine closed and did not publish (the
-    # merge workers do), and in pane_drops[partial_buffer_full] the panes the engine's bounded
-    # partial buffer could not keep (engine/instance_partials.py); None in aggregate mode
+    # merge workers do), in pane_drops[partial_buffer_full] the panes the engine's bounded
+    # partial buffer could not keep (engine/instance_partials.py), and in buffer_bytes the memory
+    # that buffer holds (part of state_bytes); None in aggregate mode
     partials: Mapping[str, Any] | None = None
 
     @classmethod
@@ -231,7 +232,8 @@ class PipelineSnapshot:
             # those lost (docs/metrics.md, "Partial mode")
             pane_drops = {**(partials.get("pane_drops") or {}), "partial_buffer_full": lost_panes}
             partials = {**partials, "local_windows": aggregates, "pane_drops": pane_drops,
-                        "panes": _int(partials, "panes") + lost_panes}
+                        "panes": _int(partials, "panes") + lost_panes,
+                        "buffer_bytes": _int(eng, "partial_buffer_bytes")}
             aggregates = 0
         return cls(
             received=_int(src, "received"), payload_bytes=_int(src, "payload_bytes"),
@@ -341,7 +343,7 @@ class PipelineSnapshot:
             line["partials"] = {
                 "sent": p.get("sent", 0), "panes": p.get("panes_sent", 0),
                 "progress": made.get("progress", 0), "heartbeats": made.get("heartbeat", 0),
-                "backlog": p.get("backlog", 0),
+                "backlog": p.get("backlog", 0), "buffer_bytes": p.get("buffer_bytes", 0),
                 "drops": {k: v for k, v in (p.get("drops") or {}).items() if v},
                 "pane_drops": {k: v for k, v in (p.get("pane_drops") or {}).items() if v}}
         ck = self.checkpoint
