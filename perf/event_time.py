@@ -34,6 +34,7 @@ import gc
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -142,6 +143,17 @@ def run_keys(modes: list[str], n_keys: int, repeats: int) -> list[dict]:
     return out
 
 
+def build_commit(tree: Path) -> str:
+    """The commit of the package measured: an export's COMMIT file (perf/README.md), else the
+    checkout's HEAD; not its path, which names a directory of one machine."""
+    marker = tree / "COMMIT"
+    if marker.exists():
+        return marker.read_text().strip()
+    head = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True,
+                          text=True)
+    return head.stdout.strip() if head.returncode == 0 else "unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keys", type=int, nargs="+", default=[1000, 1_000_000])
@@ -153,7 +165,7 @@ def main() -> None:
     results = []
     for n in args.keys:
         for r in run_keys(args.modes, n, args.repeats):
-            r["build"] = str(Path(telemetry_cy.__file__).resolve().parents[1])
+            r["build"] = build_commit(Path(telemetry_cy.__file__).resolve().parents[1])
             results.append(r)
             print(f"{n:>9} keys  {r['mode']:<10} {r['ns_per_reading']:7.1f} ns/reading (cpu)  "
                   f"state {r['state_bytes_per_key']:.0f} B/key  "
