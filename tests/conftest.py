@@ -18,8 +18,8 @@ import pytest
 
 from telemetry_cy import backend as backends
 
-pytest_plugins = ["support.brokers", "support.daemon", "support.emitters", "support.logs",
-                  "support.nats_cluster"]
+pytest_plugins = ["support.brokers", "support.c_build", "support.daemon", "support.emitters",
+                  "support.logs", "support.nats_cluster"]
 
 
 def _load(name: backends.BackendName) -> backends.Backend:

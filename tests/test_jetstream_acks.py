@@ -9,7 +9,6 @@ answers mean, the body classifier against a json-based oracle, and the C fuzz ta
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +17,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from support.c_build import build_fuzz_target, need_cc
+
 HERE = Path(__file__).resolve().parent
-INCLUDES = HERE.parent / "telemetry_cy" / "includes"
 FUZZ = HERE / "fuzz"
 CORPUS = FUZZ / "corpus" / "jsack"
 
@@ -333,27 +333,8 @@ def test_corpus_is_what_corpus_writes():
     assert got == want, "run: python tests/test_jetstream_acks.py --write-corpus"
 
 
-def _cc() -> str | None:
-    for name in ("cc", "gcc", "clang"):
-        if shutil.which(name):
-            return name
-    return None
-
-
 def test_fuzz_target_replays_corpus_and_mutants(tmp_path):
-    cc = _cc()
-    if cc is None:
-        pytest.skip("no C compiler (cc, gcc or clang) on PATH")
-    exe = tmp_path / "fuzz_jsack"
-    base = ["-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", f"-I{INCLUDES}",
-            str(FUZZ / "fuzz_jsack.c"), str(FUZZ / "fuzz_driver.c"), "-o", str(exe), "-lm"]
-    san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-           "-fno-omit-frame-pointer"]
-    r = subprocess.run([cc, *san, *base], capture_output=True, text=True, timeout=180)
-    if r.returncode != 0 or subprocess.run([str(exe), "-runs=0"], capture_output=True,
-                                           timeout=60).returncode != 0:
-        r = subprocess.run([cc, *base], capture_output=True, text=True, timeout=180)   # no ASan
-    assert r.returncode == 0, r.stderr
+    exe = build_fuzz_target(need_cc(), "jsack", tmp_path / "fuzz_jsack")
     run = subprocess.run([str(exe), "-runs=20000", "-max_len=4096", "-seed=3", str(CORPUS)],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from support.c_build import compile_c, run_tsan_harness
 from telemetry_cy.backend import BackendUnavailable, load
 from telemetry_cy.tools.mqtt_loadgen import publish_frame
-from test_ring import _compile, run_tsan_harness, tsan_cc  # noqa: F401, F811 (tsan_cc: the fixture)
 
 try:
     C = load("compiled")
@@ -329,12 +329,12 @@ LEND_HARNESS = Path(__file__).resolve().parent / "c" / "lend_stress.c"
 
 
 @pytest.fixture(scope="module")
-def lend_harness(tsan_cc, tmp_path_factory) -> Path:  # noqa: F811 (the imported fixture)
+def lend_harness(tsan_cc, tmp_path_factory) -> Path:
     exe = tmp_path_factory.mktemp("tsan_lend") / "lend_stress_tsan"
     # -Wno-tsan: TSan does not model the doorbell's seq_cst fences (the Dekker half of
     # tc_doorbell.h); the lend protocol it checks here is acquire/release on `lend` alone
     flags = ["-std=gnu11", "-fsanitize=thread", "-O1", "-g", "-pthread", "-Wno-tsan"]
-    r = _compile(tsan_cc, exe, LEND_HARNESS, flags)
+    r = compile_c(tsan_cc, exe, [LEND_HARNESS], flags)
     assert r.returncode == 0, r.stderr
     return exe
 

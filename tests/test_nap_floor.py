@@ -5,8 +5,6 @@ If it counted wrongly, its CPU per message would be a wrong floor. Against a rea
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -15,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from support.c_build import compile_c, need_cc
 from telemetry_cy.tools.mqtt_loadgen import RawPublisher, publish_frame
 
 SOURCE = Path(__file__).resolve().parent.parent / "perf" / "yardstick" / "nap_floor.c"
@@ -22,13 +21,8 @@ SOURCE = Path(__file__).resolve().parent.parent / "perf" / "yardstick" / "nap_fl
 
 @pytest.fixture(scope="module")
 def nap_floor(tmp_path_factory) -> Path:
-    cc = next((c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c and shutil.which(c)),
-              None)
-    if cc is None:
-        pytest.skip("no C compiler (cc, gcc or clang) on PATH")
     exe = tmp_path_factory.mktemp("nap_floor") / "nap_floor"
-    built = subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe),
-                            str(SOURCE)], capture_output=True, text=True, timeout=120)
+    built = compile_c(need_cc(), exe, [SOURCE], ["-O2", "-Wall", "-Wextra", "-Werror"])
     assert built.returncode == 0, built.stderr
     return exe
 

@@ -8,9 +8,7 @@ harness ``tests/c/spsc_stress.c`` under ThreadSanitizer.
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from support.c_build import compile_c, need_cc, run_tsan_harness
+
 ROOT = Path(__file__).resolve().parent.parent
-INCLUDES = ROOT / "telemetry_cy" / "includes"
 HARNESS = ROOT / "tests" / "c" / "spsc_stress.c"
 
 HEADER = 24
@@ -351,27 +350,13 @@ def test_stress_zero_records(backend):
 # ---- the C harness: strict C11, and ThreadSanitizer ----------------------------------------------
 
 
-def _cc() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
-def _compile(cc: str, out: Path, src: Path, flags: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([cc, *flags, f"-I{INCLUDES}", str(src), "-o", str(out)],
-                          capture_output=True, text=True, timeout=120)
-
-
 def test_c_harness_strict_c11(tmp_path):
     """The headers are plain ISO C11: no warnings with -Wall -Wextra -pedantic, and the harness
     passes."""
-    cc = _cc()
-    if cc is None:
-        pytest.skip("no C compiler (cc, gcc or clang) on PATH")
+    cc = need_cc()
     exe = tmp_path / "spsc_stress"
     flags = ["-std=c11", "-O2", "-pthread", "-Wall", "-Wextra", "-pedantic", "-Werror"]
-    r = _compile(cc, exe, HARNESS, flags)
+    r = compile_c(cc, exe, [HARNESS], flags)
     assert r.returncode == 0, r.stderr
     run = subprocess.run([str(exe), "500000", "11", "4096", "200", "0", "1"], capture_output=True,
                          text=True, timeout=60)
@@ -379,29 +364,10 @@ def test_c_harness_strict_c11(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tsan_cc(tmp_path_factory) -> str:
-    cc = _cc()
-    if cc is None:
-        pytest.skip("no C compiler (cc, gcc or clang) on PATH")
-    d = tmp_path_factory.mktemp("tsan_probe")
-    probe = d / "probe.c"
-    probe.write_text("#include <pthread.h>\nint main(void){return 0;}\n")
-    r = _compile(cc, d / "probe", probe, ["-fsanitize=thread", "-pthread"])
-    if r.returncode != 0:
-        pytest.skip(f"{cc} cannot build with -fsanitize=thread (on Debian: the gcc package's "
-                    f"libtsan): {r.stderr.strip()[:300]}")
-    run = subprocess.run([str(d / "probe")], capture_output=True, text=True, timeout=30)
-    if run.returncode != 0:
-        # e.g. "FATAL: ThreadSanitizer: unexpected memory mapping" with high ASLR entropy
-        pytest.skip(f"ThreadSanitizer binaries do not run here: {run.stderr.strip()[:300]}")
-    return cc
-
-
-@pytest.fixture(scope="module")
 def tsan_harness(tsan_cc, tmp_path_factory) -> Path:
     exe = tmp_path_factory.mktemp("tsan") / "spsc_stress_tsan"
     flags = ["-std=gnu11", "-fsanitize=thread", "-O1", "-g", "-pthread"]
-    r = _compile(tsan_cc, exe, HARNESS, flags)
+    r = compile_c(tsan_cc, exe, [HARNESS], flags)
     assert r.returncode == 0, r.stderr
     return exe
 
@@ -418,16 +384,6 @@ def tsan_harness(tsan_cc, tmp_path_factory) -> Path:
 )
 def test_c_harness_under_thread_sanitizer(tsan_harness, args):
     run_tsan_harness(tsan_harness, args, timeout=120)
-
-
-def run_tsan_harness(exe, args, timeout: float) -> None:
-    """One run of a C harness built with -fsanitize=thread: no TSan warning, exit 0, errors=0."""
-    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=0 exitcode=66")
-    run = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
-                         env=env)
-    assert "WARNING: ThreadSanitizer" not in run.stderr, run.stderr[:4000]
-    assert run.returncode == 0, run.stdout + run.stderr[:4000]
-    assert "errors=0" in run.stdout
 
 
 # ---- doorbell: the consumer parks while empty and wakes promptly --------------------------------

@@ -17,7 +17,6 @@ import array
 import math
 import os
 import random
-import shutil
 import struct
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from support.c_build import build_fuzz_target, need_cc
 from telemetry_cy.engine import sketch_py
 
 ALPHAS = (0.005, 0.01, 0.02, 0.05)
@@ -36,7 +36,6 @@ DBL_MAX = sys.float_info.max
 CAP = sketch_py.CAP
 HERE = Path(__file__).resolve().parent
 FUZZ = HERE / "fuzz"
-INCLUDES = HERE.parent / "telemetry_cy" / "includes"
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -540,33 +539,8 @@ def test_corpus_is_what_make_sketch_corpus_writes():
     assert on_disk == mod.seeds(), "run python tests/fuzz/make_sketch_corpus.py"
 
 
-def _cc() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
-def _build(cc: str, out: Path, sanitize: bool) -> subprocess.CompletedProcess:
-    flags = ["-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror"]
-    if sanitize:
-        flags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-                  "-fno-omit-frame-pointer"]
-    return subprocess.run([cc, *flags, f"-I{INCLUDES}", str(FUZZ / "fuzz_sketch.c"),
-                           str(FUZZ / "fuzz_driver.c"), "-o", str(out), "-lm"],
-                          capture_output=True, text=True, timeout=180)
-
-
 def test_fuzz_target_replays_corpus_and_mutants(tmp_path):
-    cc = _cc()
-    if cc is None:
-        pytest.skip("no C compiler (cc, gcc or clang) on PATH")
-    exe = tmp_path / "fuzz_sketch"
-    r = _build(cc, exe, sanitize=True)
-    if r.returncode != 0 or subprocess.run([str(exe), "-runs=0"], capture_output=True,
-                                           timeout=60).returncode != 0:
-        r = _build(cc, exe, sanitize=False)   # no sanitizer runtime here
-    assert r.returncode == 0, r.stderr
+    exe = build_fuzz_target(need_cc(), "sketch", tmp_path / "fuzz_sketch")
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
     run = subprocess.run([str(exe), "-runs=20000", "-seed=7", str(FUZZ / "corpus" / "sketch")],

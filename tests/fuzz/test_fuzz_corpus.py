@@ -19,55 +19,26 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from support.c_build import build_fuzz_target, need_cc
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-INCLUDES = ROOT / "telemetry_cy" / "includes"
 CBOR = sorted((HERE / "corpus" / "cbor").glob("*.bin"))
 FRAMES = sorted((HERE / "corpus" / "frames").glob("*.bin"))
 PARTIAL = sorted((HERE / "corpus" / "partial").glob("*.bin"))
 C_TARGETS = ["cbor", "frames", "snapshot", "partial"]
 
 
-def _cc() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
-def _build(cc: str, target: str, out: Path, sanitize: bool) -> subprocess.CompletedProcess:
-    flags = ["-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror"]
-    if sanitize:
-        flags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-                  "-fno-omit-frame-pointer"]
-    return subprocess.run([cc, *flags, f"-I{INCLUDES}", str(HERE / f"fuzz_{target}.c"),
-                           str(HERE / "fuzz_driver.c"), "-o", str(out), "-lm"],
-                          capture_output=True, text=True, timeout=180)
-
-
 @pytest.fixture(scope="module")
 def harnesses(tmp_path_factory) -> dict[str, Path]:
-    cc = _cc()
-    if cc is None:
-        pytest.skip("no C compiler (cc, gcc or clang) on PATH")
+    cc = need_cc()
     d = tmp_path_factory.mktemp("fuzz")
-    out = {}
-    for target in C_TARGETS:
-        exe = d / f"fuzz_{target}"
-        r = _build(cc, target, exe, sanitize=True)
-        if r.returncode != 0 or subprocess.run([str(exe), "-runs=0"], capture_output=True,
-                                               timeout=60).returncode != 0:
-            r = _build(cc, target, exe, sanitize=False)   # no sanitizer runtime here
-        assert r.returncode == 0, r.stderr
-        out[target] = exe
-    return out
+    return {target: build_fuzz_target(cc, target, d / f"fuzz_{target}") for target in C_TARGETS}
 
 
 @pytest.mark.parametrize("target", C_TARGETS)
